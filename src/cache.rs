@@ -1,0 +1,122 @@
+//! File data on local disk, one sparse file per entry under `STATE/data/`.
+//!
+//! The block cache (its own issue) takes this layout over as is: a data file holds the bytes of
+//! an entry at their own offsets, so adding a table of which ranges are present needs no
+//! migration of user data. Today an entry's data file is either complete (`Entry::local`) or
+//! absent.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::store::EntryId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cache i/o on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+impl CacheError {
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            CacheError::Io { source, .. } => source.raw_os_error(),
+        }
+    }
+}
+
+pub type CacheResult<T> = Result<T, CacheError>;
+
+#[derive(Debug, Clone)]
+pub struct FileCache {
+    root: PathBuf,
+}
+
+impl FileCache {
+    pub fn open(state_dir: &Path) -> CacheResult<FileCache> {
+        let root = state_dir.join("data");
+        std::fs::create_dir_all(&root).map_err(|source| CacheError::Io {
+            path: root.clone(),
+            source,
+        })?;
+        Ok(FileCache { root })
+    }
+
+    pub fn path(&self, id: EntryId) -> PathBuf {
+        self.root.join(id.0.to_string())
+    }
+
+    /// A scratch path beside the data files, for downloads that are renamed into place.
+    pub fn temp_path(&self, id: EntryId) -> PathBuf {
+        self.root.join(format!("{}.part", id.0))
+    }
+
+    fn err(&self, id: EntryId) -> impl Fn(io::Error) -> CacheError + '_ {
+        move |source| CacheError::Io {
+            path: self.path(id),
+            source,
+        }
+    }
+
+    /// Opens the data file for reading and writing, creating an empty one when asked.
+    pub fn open_file(&self, id: EntryId, create: bool) -> CacheResult<File> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .open(self.path(id))
+            .map_err(self.err(id))
+    }
+
+    pub fn create_empty(&self, id: EntryId) -> CacheResult<File> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(self.path(id))
+            .map_err(self.err(id))
+    }
+
+    pub fn len(&self, id: EntryId) -> CacheResult<Option<u64>> {
+        match std::fs::metadata(self.path(id)) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.err(id)(e)),
+        }
+    }
+
+    pub fn remove(&self, id: EntryId) -> CacheResult<()> {
+        match std::fs::remove_file(self.path(id)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.err(id)(e)),
+        }
+    }
+
+    /// Moves a finished download into place.
+    pub fn commit_temp(&self, id: EntryId) -> CacheResult<()> {
+        std::fs::rename(self.temp_path(id), self.path(id)).map_err(self.err(id))
+    }
+
+    /// Free and total bytes of the disk under the cache, for statfs.
+    pub fn disk_space(&self) -> CacheResult<(u64, u64, u64)> {
+        let c = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes()).map_err(|_| {
+            CacheError::Io {
+                path: self.root.clone(),
+                source: io::Error::from(io::ErrorKind::InvalidInput),
+            }
+        })?;
+        // SAFETY: statvfs writes into the zeroed struct we own; the path is NUL-terminated.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return Err(CacheError::Io {
+                path: self.root.clone(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        let bs = st.f_frsize as u64;
+        Ok((st.f_blocks as u64 * bs, st.f_bavail as u64 * bs, bs))
+    }
+}

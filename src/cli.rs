@@ -1,0 +1,364 @@
+//! The `stratus` command line. It reaches a running mount only through the control
+//! attributes (see `control`), never through private channels.
+
+use std::io::{BufRead, BufReader};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use sha2::{Digest, Sha256};
+
+use crate::control;
+use crate::daemon::{self, MountConfig, Ready, READY_FD_ENV};
+use crate::remote::RemoteUrl;
+
+#[derive(Parser, Debug)]
+#[command(name = "stratus", version, about = "A folder kept in sync with object storage")]
+struct Cli {
+    /// More log output (debug level); STRATUS_LOG overrides it with a full filter.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Mount REMOTE (a directory, file:///path, s3://, az:// or gs://) on MOUNTPOINT.
+    Mount {
+        remote: String,
+        mountpoint: PathBuf,
+        /// Where the journal and cached data live (default: one per remote and mountpoint
+        /// under $XDG_STATE_HOME/stratus).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Stay in the foreground and log to stderr.
+        #[arg(long)]
+        foreground: bool,
+        /// Seconds a closed file is left alone before it is uploaded.
+        #[arg(long, default_value_t = 2.0)]
+        write_back: f64,
+        /// Extra object_store option, KEY=VALUE (repeatable).
+        #[arg(short = 'o', value_name = "KEY=VALUE")]
+        options: Vec<String>,
+        /// Log file (the background daemon uses STATE_DIR/stratus.log).
+        #[arg(long, hide = true)]
+        log_file: Option<PathBuf>,
+    },
+    /// Unmount cleanly; what is still queued stays queued for the next mount.
+    Unmount { mountpoint: PathBuf },
+    /// Show whether the remote is reachable, what is queued, and the last error.
+    Status { mountpoint: PathBuf },
+    /// Push queued changes now.
+    Sync {
+        mountpoint: PathBuf,
+        /// Return only once everything queued before this call reached the remote.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds (exit status 1).
+        #[arg(long)]
+        timeout: Option<f64>,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("stratus: {}", chain.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: bool, file: Option<&Path>) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATUS_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if verbose { "stratus=debug,info" } else { "info" })
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match file {
+        Some(path) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening log file {}", path.display()))?;
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(f))
+                .init();
+        }
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+    Ok(())
+}
+
+fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    Ok(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    })
+}
+
+/// One state dir per (remote, mountpoint) pair, so mounting the same pair again resumes.
+fn default_state_dir(remote: &RemoteUrl, mp: &Path) -> anyhow::Result<PathBuf> {
+    let base = match std::env::var_os("XDG_STATE_HOME") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from(std::env::var_os("HOME").context("neither XDG_STATE_HOME nor HOME is set")?)
+            .join(".local/state"),
+    };
+    let mut h = Sha256::new();
+    h.update(remote.canonical().as_bytes());
+    h.update([0]);
+    h.update(mp.as_os_str().as_encoded_bytes());
+    let digest = hex::encode(h.finalize());
+    let slug: String = mp
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "root".into())
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .take(40)
+        .collect();
+    Ok(base.join("stratus").join(format!("{slug}-{}", &digest[..12])))
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Mount {
+            remote,
+            mountpoint,
+            state_dir,
+            foreground,
+            write_back,
+            options,
+            log_file,
+        } => {
+            let url = RemoteUrl::parse(&remote).map_err(|e| anyhow::anyhow!("bad remote: {e}"))?;
+            let mp = absolute(&mountpoint)?;
+            let state_dir = match state_dir {
+                Some(d) => absolute(&d)?,
+                None => default_state_dir(&url, &mp)?,
+            };
+            let mut opts = Vec::new();
+            for o in &options {
+                let (k, v) = o
+                    .split_once('=')
+                    .with_context(|| format!("-o {o}: expected KEY=VALUE"))?;
+                opts.push((k.to_string(), v.to_string()));
+            }
+            if !(0.0..=86_400.0).contains(&write_back) {
+                bail!("--write-back must be between 0 and 86400 seconds");
+            }
+            let cfg = MountConfig {
+                remote: url,
+                mountpoint: mp,
+                state_dir,
+                write_back: Duration::from_secs_f64(write_back),
+                options: opts,
+                fuse_threads: 4,
+            };
+            if foreground {
+                init_logging(cli.verbose, log_file.as_deref())?;
+                let mut ready = Ready::from_env();
+                if let Err(e) = daemon::run(cfg, &mut ready) {
+                    let msg = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+                    tracing::error!(error = %msg, "mount failed");
+                    ready.fail(&msg);
+                    return Err(e);
+                }
+                Ok(ExitCode::SUCCESS)
+            } else {
+                spawn_daemon(&remote, &cfg, &options, cli.verbose)
+            }
+        }
+        Cmd::Unmount { mountpoint } => unmount(&absolute(&mountpoint)?),
+        Cmd::Status { mountpoint } => status(&mountpoint),
+        Cmd::Sync {
+            mountpoint,
+            wait,
+            timeout,
+        } => sync(&mountpoint, wait, timeout.map(Duration::from_secs_f64)),
+    }
+}
+
+/// Starts `stratus mount --foreground` detached, and returns once it reports the mount live
+/// (exit 0) or says why it cannot mount (exit 1, with its one-line reason).
+fn spawn_daemon(remote: &str, cfg: &MountConfig, options: &[String], verbose: bool) -> anyhow::Result<ExitCode> {
+    daemon::check_mountpoint(&cfg.mountpoint)?;
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
+    let log = cfg.state_dir.join("stratus.log");
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 fills the two-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("creating the ready pipe");
+    }
+    // SAFETY: both descriptors were just created and are owned here.
+    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let write_fd = fds[1];
+    let mut cmd = Command::new(std::env::current_exe().context("locating the stratus binary")?);
+    cmd.arg("mount")
+        .arg(remote)
+        .arg(&cfg.mountpoint)
+        .arg("--foreground")
+        .arg("--state-dir")
+        .arg(&cfg.state_dir)
+        .arg("--write-back")
+        .arg(cfg.write_back.as_secs_f64().to_string())
+        .arg("--log-file")
+        .arg(&log);
+    if verbose {
+        cmd.arg("-v");
+    }
+    for o in options {
+        cmd.arg("-o").arg(o);
+    }
+    cmd.env(READY_FD_ENV, write_fd.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            // Keep the write end open across exec for the child alone.
+            let flags = libc::fcntl(write_fd, libc::F_GETFD);
+            libc::fcntl(write_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting the mount daemon")?;
+    drop(write_end);
+    let mut line = String::new();
+    BufReader::new(std::fs::File::from(read_end))
+        .read_line(&mut line)
+        .context("waiting for the mount daemon")?;
+    let line = line.trim();
+    if line == "ok" {
+        println!(
+            "mounted {} on {} (state dir {})",
+            cfg.remote.canonical(),
+            cfg.mountpoint.display(),
+            cfg.state_dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let _ = child.wait();
+    match line.strip_prefix("error: ") {
+        Some(reason) => bail!("{reason}"),
+        None => bail!("the mount daemon exited early; see {}", log.display()),
+    }
+}
+
+fn status_of(mp: &Path) -> anyhow::Result<control::Status> {
+    let raw = control::get(mp, control::STATUS)
+        .with_context(|| format!("{} is not a running stratus mount", mp.display()))?;
+    Ok(control::Status::decode(&String::from_utf8_lossy(&raw)))
+}
+
+fn unmount(mp: &Path) -> anyhow::Result<ExitCode> {
+    let pid = status_of(mp).ok().map(|s| s.pid);
+    let out = Command::new("fusermount3").arg("-u").arg(mp).output();
+    let ok = matches!(&out, Ok(o) if o.status.success());
+    if !ok {
+        let c = std::ffi::CString::new(mp.as_os_str().as_encoded_bytes())?;
+        // SAFETY: NUL-terminated path.
+        if unsafe { libc::umount(c.as_ptr()) } != 0 {
+            let why = match out {
+                Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+                Err(e) => e.to_string(),
+            };
+            bail!("cannot unmount {}: {why}", mp.display());
+        }
+    }
+    // Wait for the daemon to close its journal, so a following mount finds it free.
+    if let Some(pid) = pid.filter(|p| *p > 0) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            if std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.split(' ').nth(2) == Some("Z"))
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    println!("unmounted {}", mp.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+fn status(mp: &Path) -> anyhow::Result<ExitCode> {
+    let s = status_of(mp)?;
+    println!("remote:      {}", s.remote);
+    println!(
+        "reachable:   {}",
+        if s.reachable { "yes" } else { "no (changes are queued)" }
+    );
+    println!("queued:      {} entries, {}", s.queued_entries, human(s.queued_bytes));
+    println!("uploading:   {}", s.uploading);
+    println!("still open:  {} (uploaded once closed or fsync'd)", s.waiting_for_writer);
+    println!("errors:      {}", s.errors);
+    println!("last error:  {}", s.last_error.as_deref().unwrap_or("none"));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sync(mp: &Path, wait: bool, timeout: Option<Duration>) -> anyhow::Result<ExitCode> {
+    control::set(mp, control::SYNC, b"1")
+        .with_context(|| format!("{} is not a running stratus mount", mp.display()))?;
+    if !wait {
+        println!("sync requested");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let barrier = String::from_utf8_lossy(&control::get(mp, control::BARRIER)?).trim().to_string();
+    let name = format!("{}{barrier}", control::PENDING_PREFIX);
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let pending = control::decode_pending(&String::from_utf8_lossy(&control::get(mp, &name)?));
+        if pending.is_empty() {
+            println!("everything queued before this call is on the remote");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let failed: Vec<_> = pending.iter().filter(|p| p.state == "error").collect();
+        let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
+        if failed.len() == pending.len() || timed_out {
+            if timed_out {
+                eprintln!("stratus: timed out; {} still pending:", pending.len());
+            } else {
+                eprintln!("stratus: {} entries failed to sync:", failed.len());
+            }
+            for p in pending.iter().take(20) {
+                eprintln!(
+                    "  {} {}{}",
+                    p.state,
+                    p.path,
+                    p.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
+                );
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

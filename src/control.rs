@@ -1,0 +1,311 @@
+//! The control protocol: `user.stratus.*` extended attributes that a running mount answers.
+//!
+//! The CLI reaches a mount only through these, so a shell with `getfattr`/`setfattr` can do
+//! everything the CLI does.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::store::{EntryId, JobKind, JobState};
+use crate::vfs::{Vfs, VfsError, VfsResult};
+
+/// Per file: `synced`, `pending`, `uploading` or `error`.
+pub const STATE: &str = "user.stratus.state";
+/// On the root: the status report (`key: value` lines, see [`Status`]).
+pub const STATUS: &str = "user.stratus.status";
+/// On the root, set: sync now (cut write-back delays and backoffs short).
+pub const SYNC: &str = "user.stratus.sync";
+/// On the root: the newest journal sequence number handed out so far.
+pub const BARRIER: &str = "user.stratus.barrier";
+/// On the root, `user.stratus.pending.N`: the jobs at or below N that have not finished.
+pub const PENDING_PREFIX: &str = "user.stratus.pending.";
+
+/// What `stratus status` prints, as the mount reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    pub pid: u32,
+    pub remote: String,
+    pub reachable: bool,
+    pub queued_entries: u64,
+    pub queued_bytes: u64,
+    pub waiting_for_writer: u64,
+    pub uploading: u64,
+    pub errors: u64,
+    pub last_error: Option<String>,
+}
+
+impl Status {
+    pub fn encode(&self) -> String {
+        let mut s = format!(
+            "pid: {}\nremote: {}\nreachable: {}\nqueued_entries: {}\nqueued_bytes: {}\n\
+             waiting_for_writer: {}\nuploading: {}\nerrors: {}\n",
+            self.pid,
+            self.remote,
+            if self.reachable { "yes" } else { "no" },
+            self.queued_entries,
+            self.queued_bytes,
+            self.waiting_for_writer,
+            self.uploading,
+            self.errors
+        );
+        if let Some(e) = &self.last_error {
+            s.push_str(&format!("last_error: {}\n", e.replace('\n', " ")));
+        }
+        s
+    }
+
+    pub fn decode(s: &str) -> Status {
+        let mut st = Status::default();
+        for line in s.lines() {
+            let Some((k, v)) = line.split_once(": ") else { continue };
+            match k {
+                "pid" => st.pid = v.parse().unwrap_or(0),
+                "remote" => st.remote = v.to_string(),
+                "reachable" => st.reachable = v == "yes",
+                "queued_entries" => st.queued_entries = v.parse().unwrap_or(0),
+                "queued_bytes" => st.queued_bytes = v.parse().unwrap_or(0),
+                "waiting_for_writer" => st.waiting_for_writer = v.parse().unwrap_or(0),
+                "uploading" => st.uploading = v.parse().unwrap_or(0),
+                "errors" => st.errors = v.parse().unwrap_or(0),
+                "last_error" => st.last_error = Some(v.to_string()),
+                _ => {}
+            }
+        }
+        st
+    }
+}
+
+/// One unfinished job, as `user.stratus.pending.N` lists it: `SEQ STATE PATH [ERROR]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingJob {
+    pub seq: i64,
+    pub state: String,
+    pub path: String,
+    pub error: Option<String>,
+}
+
+pub fn encode_pending(jobs: &[PendingJob]) -> String {
+    let mut s = String::new();
+    for j in jobs {
+        s.push_str(&format!("{}\t{}\t{}", j.seq, j.state, j.path.replace(['\t', '\n'], " ")));
+        if let Some(e) = &j.error {
+            s.push('\t');
+            s.push_str(&e.replace(['\t', '\n'], " "));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+pub fn decode_pending(s: &str) -> Vec<PendingJob> {
+    s.lines()
+        .filter_map(|l| {
+            let mut it = l.split('\t');
+            Some(PendingJob {
+                seq: it.next()?.parse().ok()?,
+                state: it.next()?.to_string(),
+                path: it.next()?.to_string(),
+                error: it.next().map(str::to_string),
+            })
+        })
+        .collect()
+}
+
+/// Serves the control attributes of a mount.
+pub struct Control {
+    vfs: Arc<Vfs>,
+    remote: String,
+}
+
+impl Control {
+    pub fn new(vfs: Arc<Vfs>, remote: String) -> Control {
+        Control { vfs, remote }
+    }
+
+    pub fn vfs(&self) -> &Arc<Vfs> {
+        &self.vfs
+    }
+
+    fn status(&self) -> VfsResult<Status> {
+        let store = self.vfs.store();
+        let q = store.read(|db| db.queue_stats())?;
+        let last_error = store
+            .health
+            .last_error()
+            .map(|(_, m)| m)
+            .or(q.last_error.clone());
+        Ok(Status {
+            pid: std::process::id(),
+            remote: self.remote.clone(),
+            reachable: store.health.is_reachable(),
+            queued_entries: q.entries,
+            queued_bytes: q.bytes,
+            waiting_for_writer: q.held,
+            uploading: q.uploading,
+            errors: q.parked,
+            last_error,
+        })
+    }
+
+    fn pending(&self, barrier: i64) -> VfsResult<Vec<PendingJob>> {
+        let store = self.vfs.store();
+        store.read(|db| {
+            let mut out = Vec::new();
+            for j in db.pending_up_to(barrier)? {
+                let path = match &j.kind {
+                    JobKind::Sync(id) => db
+                        .path_of(*id)?
+                        .map(|p| String::from_utf8_lossy(&p).into_owned())
+                        .unwrap_or_else(|| format!("(unlinked entry {})", id.0)),
+                    JobKind::Delete { key, .. } => format!("(delete) {key}"),
+                };
+                out.push(PendingJob {
+                    seq: j.seq,
+                    state: match j.state {
+                        JobState::Queued => "pending",
+                        JobState::Uploading => "uploading",
+                        JobState::Parked => "error",
+                    }
+                    .to_string(),
+                    path,
+                    error: j.last_error,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    pub fn getxattr(&self, ino: EntryId, name: &[u8]) -> VfsResult<Vec<u8>> {
+        let name = std::str::from_utf8(name).map_err(|_| VfsError::NoAttr)?;
+        let root = ino == EntryId::ROOT;
+        match name {
+            STATE => Ok(self.vfs.sync_state(ino)?.as_str().as_bytes().to_vec()),
+            STATUS if root => Ok(self.status()?.encode().into_bytes()),
+            BARRIER if root => {
+                let b = self.vfs.store().read(|db| db.journal_barrier())?;
+                Ok(b.to_string().into_bytes())
+            }
+            n if root && n.starts_with(PENDING_PREFIX) => {
+                let barrier: i64 = n[PENDING_PREFIX.len()..]
+                    .parse()
+                    .map_err(|_| VfsError::NoAttr)?;
+                Ok(encode_pending(&self.pending(barrier)?).into_bytes())
+            }
+            _ => {
+                // Makes sure the entry exists, so a stale inode answers ENOENT, not ENODATA.
+                self.vfs.getattr(ino)?;
+                Err(VfsError::NoAttr)
+            }
+        }
+    }
+
+    pub fn setxattr(&self, ino: EntryId, name: &[u8], _value: &[u8]) -> VfsResult<()> {
+        let name = std::str::from_utf8(name).unwrap_or("");
+        match name {
+            SYNC if ino == EntryId::ROOT => {
+                let store = self.vfs.store();
+                store.write(|db| db.retry_now(crate::store::now_ms()))?;
+                store.kick.notify_one();
+                tracing::info!("sync requested");
+                Ok(())
+            }
+            _ => {
+                self.vfs.getattr(ino)?;
+                tracing::warn!(name, "extended attributes are not stored; answering ENOTSUP");
+                Err(VfsError::NotSupported("extended attributes"))
+            }
+        }
+    }
+
+    pub fn listxattr(&self, ino: EntryId) -> VfsResult<Vec<u8>> {
+        self.vfs.getattr(ino)?;
+        let mut names = vec![STATE];
+        if ino == EntryId::ROOT {
+            names.push(STATUS);
+        }
+        let mut out = Vec::new();
+        for n in names {
+            out.extend_from_slice(n.as_bytes());
+            out.push(0);
+        }
+        Ok(out)
+    }
+}
+
+/// Client side: reads an attribute of a path on a mount.
+pub fn get(path: &Path, name: &str) -> io::Result<Vec<u8>> {
+    let p = CString::new(path.as_os_str().as_bytes())?;
+    let n = CString::new(name)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: NUL-terminated strings and a buffer whose length is passed.
+    let r = unsafe {
+        libc::getxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(r as usize);
+    Ok(buf)
+}
+
+/// Client side: sets an attribute of a path on a mount.
+pub fn set(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
+    let p = CString::new(path.as_os_str().as_bytes())?;
+    let n = CString::new(name)?;
+    // SAFETY: NUL-terminated strings and a buffer whose length is passed.
+    let r = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr() as *const libc::c_void,
+            value.len(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_round_trip() {
+        let s = Status {
+            pid: 42,
+            remote: "s3://b/p".into(),
+            reachable: false,
+            queued_entries: 3,
+            queued_bytes: 1 << 20,
+            waiting_for_writer: 1,
+            uploading: 1,
+            errors: 2,
+            last_error: Some("remote unavailable: connection\nrefused".into()),
+        };
+        let back = Status::decode(&s.encode());
+        assert_eq!(back.last_error.as_deref(), Some("remote unavailable: connection refused"));
+        assert_eq!(Status { last_error: None, ..back }, Status { last_error: None, ..s });
+    }
+
+    #[test]
+    fn pending_round_trip() {
+        let jobs = vec![
+            PendingJob { seq: 1, state: "pending".into(), path: "a\tb".into(), error: None },
+            PendingJob { seq: 7, state: "error".into(), path: "x".into(), error: Some("403".into()) },
+        ];
+        let back = decode_pending(&encode_pending(&jobs));
+        assert_eq!(back[0].path, "a b");
+        assert_eq!(back[1], jobs[1]);
+    }
+}

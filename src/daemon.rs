@@ -1,0 +1,267 @@
+//! Runs one mount in the foreground: state dir, remote, uploader and the FUSE session.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use fuser::MountOption;
+
+use crate::cache::FileCache;
+use crate::control::Control;
+use crate::fuse::StratusFs;
+use crate::remote::{Remote, RemoteUrl};
+use crate::store::Store;
+use crate::sync::{populate, SyncConfig, Uploader};
+use crate::vfs::{Vfs, VfsConfig};
+
+/// Environment variable naming the pipe on which a daemon tells its parent it is ready.
+pub const READY_FD_ENV: &str = "STRATUS_READY_FD";
+
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    pub remote: RemoteUrl,
+    pub mountpoint: PathBuf,
+    pub state_dir: PathBuf,
+    pub write_back: Duration,
+    pub options: Vec<(String, String)>,
+    pub fuse_threads: usize,
+}
+
+/// Reports readiness (or the reason for failing) to the `stratus mount` that started us.
+pub struct Ready(Option<File>);
+
+impl Ready {
+    pub fn from_env() -> Ready {
+        let fd = std::env::var(READY_FD_ENV)
+            .ok()
+            .and_then(|v| v.parse::<i32>().ok());
+        std::env::remove_var(READY_FD_ENV);
+        // SAFETY: the parent passed us this descriptor for exactly this purpose, and nothing
+        // else in this process owns it.
+        Ready(fd.map(|fd| unsafe { File::from_raw_fd(fd) }))
+    }
+
+    pub fn ok(&mut self) {
+        if let Some(mut f) = self.0.take() {
+            let _ = f.write_all(b"ok\n");
+        }
+    }
+
+    pub fn fail(&mut self, msg: &str) {
+        if let Some(mut f) = self.0.take() {
+            let _ = f.write_all(format!("error: {}\n", msg.replace('\n', " ")).as_bytes());
+        }
+    }
+}
+
+/// Holds `STATE/lock` for the life of the mount: a second mount of the same state dir fails.
+fn lock_state_dir(dir: &Path) -> anyhow::Result<File> {
+    let path = dir.join("lock");
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let holder = std::fs::read_to_string(&path).unwrap_or_default();
+        bail!(
+            "state dir {} is held by another live mount (pid {})",
+            dir.display(),
+            holder.trim()
+        );
+    }
+    f.set_len(0)?;
+    write!(f, "{}", std::process::id())?;
+    Ok(f)
+}
+
+/// Checks that `mp` can be mounted on; a mount left behind by a killed daemon (ENOTCONN) is
+/// detached first so that remounting after a crash just works.
+pub fn check_mountpoint(mp: &Path) -> anyhow::Result<()> {
+    match std::fs::metadata(mp) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            tracing::warn!(mountpoint = %mp.display(), "detaching a dead mount left by a previous daemon");
+            let st = std::process::Command::new("fusermount3")
+                .arg("-uz")
+                .arg(mp)
+                .status();
+            if !matches!(st, Ok(s) if s.success()) {
+                let c = std::ffi::CString::new(mp.as_os_str().as_encoded_bytes())?;
+                // SAFETY: NUL-terminated path.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+            return check_mountpoint_fresh(mp);
+        }
+        _ => check_mountpoint_fresh(mp),
+    }
+}
+
+fn check_mountpoint_fresh(mp: &Path) -> anyhow::Result<()> {
+    let m = std::fs::metadata(mp)
+        .with_context(|| format!("mountpoint {} is missing", mp.display()))?;
+    if !m.is_dir() {
+        bail!("mountpoint {} is not a directory", mp.display());
+    }
+    let parent = mp.parent().unwrap_or(Path::new("/"));
+    if let Ok(pm) = std::fs::metadata(parent) {
+        if pm.dev() != m.dev() && is_mounted(mp) {
+            bail!("mountpoint {} is already a mount", mp.display());
+        }
+    }
+    if std::fs::read_dir(mp)
+        .with_context(|| format!("reading mountpoint {}", mp.display()))?
+        .next()
+        .is_some()
+    {
+        bail!("mountpoint {} is not empty", mp.display());
+    }
+    Ok(())
+}
+
+/// Whether `mp` appears in the mount table.
+pub fn is_mounted(mp: &Path) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = mp.to_string_lossy();
+    table
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|p| p.replace("\\040", " ") == want)
+}
+
+/// Mounts and serves until unmounted (by `stratus unmount`, fusermount3 -u, umount or a
+/// signal). What is still queued stays in the journal for the next mount.
+pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
+    let _lock = lock_state_dir(&cfg.state_dir)?;
+    check_mountpoint(&cfg.mountpoint)?;
+
+    let store = Arc::new(Store::open(&cfg.state_dir.join("state.db"))?);
+    let identity = cfg.remote.canonical();
+    match store.read(|db| db.meta_get("remote"))? {
+        Some(r) if r != identity => bail!(
+            "state dir {} belongs to remote {r}, not {identity}",
+            cfg.state_dir.display()
+        ),
+        Some(_) => {}
+        None => store.write(|db| db.meta_set("remote", &identity))?,
+    }
+    let cache = FileCache::open(&cfg.state_dir)?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("stratus-io")
+        .build()
+        .context("starting the async runtime")?;
+    let remote = Arc::new(Remote::open(&cfg.remote, &cfg.options).map_err(anyhow::Error::msg)?);
+
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let sync_cfg = SyncConfig {
+        default_uid: uid,
+        default_gid: gid,
+    };
+    let populated = store.read(|db| db.meta_get("populated"))?.is_some();
+    let check = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), remote.check()).await
+    });
+    let check = match check {
+        Ok(r) => r,
+        Err(_) => Err(crate::remote::RemoteError::unavailable("no answer within 30 s")),
+    };
+    match check {
+        Ok(()) => {
+            if !populated {
+                tracing::info!(remote = %identity, "scanning the remote");
+                let objects = rt
+                    .block_on(remote.scan())
+                    .with_context(|| format!("listing {identity}"))?;
+                let n = populate(&store, &objects, &sync_cfg)?;
+                tracing::info!(entries = n, "state dir filled from the remote");
+            }
+        }
+        Err(e) if e.is_transient() && populated => {
+            tracing::warn!(error = %e, "remote unreachable; serving from local state");
+            store.health.record_error(true, &e.to_string());
+        }
+        Err(e) if e.is_transient() => {
+            bail!("remote {identity} unreachable and no local state to serve from: {e}")
+        }
+        Err(e) => bail!("remote {identity} refused us: {e}"),
+    }
+
+    let vfs = Arc::new(Vfs::new(
+        store.clone(),
+        cache.clone(),
+        remote.clone(),
+        rt.handle().clone(),
+        VfsConfig {
+            write_back: cfg.write_back,
+            default_uid: uid,
+            default_gid: gid,
+            fetch_timeout: Duration::from_secs(300),
+        },
+    ));
+    let held = vfs.recover()?;
+    if held > 0 {
+        tracing::info!(entries = held, "recovered writes from the previous run");
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let uploader = rt.spawn(Uploader::new(store.clone(), cache, remote).run(stop_rx));
+
+    let fs = StratusFs::new(Control::new(vfs, identity.clone()));
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(identity.clone()),
+        MountOption::Subtype("stratus".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        config.acl = fuser::SessionACL::All;
+    }
+    config.n_threads = Some(cfg.fuse_threads);
+    let mut session = fuser::Session::new(fs, &cfg.mountpoint, &config)
+        .with_context(|| format!("mounting on {}", cfg.mountpoint.display()))?;
+    let mut unmounter = session.unmount_callable();
+    rt.spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("signal received; unmounting");
+        if let Err(e) = unmounter.unmount() {
+            tracing::warn!(error = %e, "unmount failed");
+        }
+    });
+    tracing::info!(mountpoint = %cfg.mountpoint.display(), remote = %identity, "mount is live");
+    ready.ok();
+    let served = session.run();
+    tracing::info!("unmounted; stopping the uploader");
+    let _ = stop_tx.send(true);
+    let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), uploader).await });
+    rt.shutdown_timeout(Duration::from_secs(2));
+    served.context("serving the mount")?;
+    Ok(())
+}

@@ -1,0 +1,15 @@
+//! stratus: a folder kept in sync with object storage, served through FUSE.
+//!
+//! Dependencies point one way: `cli` and `daemon` assemble the parts; `fuse` translates
+//! kernel requests into calls on `control` and `vfs`; `vfs` and `sync` never import each
+//! other and meet in `store`; `store`, `cache` and `remote` are leaves.
+
+pub mod cache;
+pub mod cli;
+pub mod control;
+pub mod daemon;
+pub mod fuse;
+pub mod remote;
+pub mod store;
+pub mod sync;
+pub mod vfs;

@@ -1,0 +1,428 @@
+//! The remote: one small interface over a local folder or an object store, speaking in keys
+//! relative to the mount's root.
+
+mod error;
+mod local;
+mod object;
+pub mod s3_raw;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub use error::{RemoteError, RemoteResult};
+pub use local::{hash_file, LocalRemote};
+pub use object::ObjectRemote;
+
+/// Attributes that ride along with each object, as `stratus_*` metadata (underscores, not
+/// dashes: Azure refuses dashes in metadata names).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Meta {
+    pub mtime_ns: Option<i64>,
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub sha256: Option<String>,
+    pub symlink: Option<String>,
+}
+
+const META_MTIME: &str = "stratus_mtime";
+const META_MODE: &str = "stratus_mode";
+const META_UID: &str = "stratus_uid";
+const META_GID: &str = "stratus_gid";
+const META_SHA256: &str = "stratus_sha256";
+const META_SYMLINK: &str = "stratus_symlink";
+
+/// Bytes that cannot travel in an HTTP header value, escaped in the symlink target.
+const HEADER_UNSAFE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
+impl Meta {
+    pub fn to_pairs(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut push = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                out.push((k.to_string(), v));
+            }
+        };
+        push(META_MTIME, self.mtime_ns.map(|v| v.to_string()));
+        push(META_MODE, self.mode.map(|v| format!("{v:o}")));
+        push(META_UID, self.uid.map(|v| v.to_string()));
+        push(META_GID, self.gid.map(|v| v.to_string()));
+        push(META_SHA256, self.sha256.clone());
+        push(
+            META_SYMLINK,
+            // percent_encoding always escapes non-ASCII bytes too.
+            self.symlink
+                .as_ref()
+                .map(|t| percent_encoding::utf8_percent_encode(t, HEADER_UNSAFE).to_string()),
+        );
+        out
+    }
+
+    /// Reads our metadata back; anything missing or malformed is `None` (objects written by
+    /// other tools carry none of it).
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Meta {
+        let mut m = Meta::default();
+        for (k, v) in pairs {
+            match k.to_ascii_lowercase().as_str() {
+                META_MTIME => m.mtime_ns = v.parse().ok(),
+                META_MODE => m.mode = u32::from_str_radix(v, 8).ok().map(|v| v & 0o7777),
+                META_UID => m.uid = v.parse().ok(),
+                META_GID => m.gid = v.parse().ok(),
+                META_SHA256 => m.sha256 = Some(v.to_string()),
+                META_SYMLINK => {
+                    m.symlink = percent_encoding::percent_decode_str(v)
+                        .decode_utf8()
+                        .ok()
+                        .map(|s| s.into_owned())
+                }
+                _ => {}
+            }
+        }
+        m
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// One entry of the remote tree as a scan sees it.
+#[derive(Debug, Clone)]
+pub struct ObjectInfo {
+    /// Relative path, `/`-separated, already checked to be a valid POSIX path.
+    pub key: String,
+    pub kind: ObjectKind,
+    pub size: u64,
+    pub etag: Option<String>,
+    pub version: Option<String>,
+    pub last_modified_ns: Option<i64>,
+    pub meta: Meta,
+}
+
+/// What the remote answered to a write.
+#[derive(Debug, Clone, Default)]
+pub struct Written {
+    pub etag: Option<String>,
+    pub version: Option<String>,
+}
+
+/// A parsed REMOTE argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteUrl {
+    Local(PathBuf),
+    S3 { bucket: String, prefix: String },
+    Azure { container: String, prefix: String },
+    Gcs { bucket: String, prefix: String },
+}
+
+impl RemoteUrl {
+    pub fn parse(s: &str) -> Result<RemoteUrl, String> {
+        let split = |rest: &str| -> Result<(String, String), String> {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(format!("{s}: missing bucket or container name"));
+            }
+            let prefix = prefix.trim_matches('/').to_string();
+            if let Some(reason) = prefix.split('/').filter(|_| !prefix.is_empty()).find_map(|p| {
+                check_component(p.as_bytes()).err()
+            }) {
+                return Err(format!("{s}: bad prefix: {reason}"));
+            }
+            Ok((bucket.to_string(), prefix))
+        };
+        if let Some(rest) = s.strip_prefix("s3://") {
+            let (bucket, prefix) = split(rest)?;
+            return Ok(RemoteUrl::S3 { bucket, prefix });
+        }
+        if let Some(rest) = s.strip_prefix("az://") {
+            let (container, prefix) = split(rest)?;
+            return Ok(RemoteUrl::Azure { container, prefix });
+        }
+        if let Some(rest) = s.strip_prefix("gs://") {
+            let (bucket, prefix) = split(rest)?;
+            return Ok(RemoteUrl::Gcs { bucket, prefix });
+        }
+        if let Some(rest) = s.strip_prefix("file://") {
+            if !rest.starts_with('/') {
+                return Err(format!("{s}: a file:// URL needs an absolute path (file:///abs/path)"));
+            }
+            return Ok(RemoteUrl::Local(PathBuf::from(rest)));
+        }
+        if s.contains("://") {
+            return Err(format!(
+                "{s}: unknown scheme (expected a directory, file://, s3://, az:// or gs://)"
+            ));
+        }
+        if s.is_empty() {
+            return Err("empty remote".into());
+        }
+        let p = Path::new(s);
+        let abs = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            std::env::current_dir().map_err(|e| e.to_string())?.join(p)
+        };
+        Ok(RemoteUrl::Local(abs))
+    }
+
+    /// A stable, human-readable identity, used to name the default state dir.
+    pub fn canonical(&self) -> String {
+        match self {
+            RemoteUrl::Local(p) => format!("file://{}", p.display()),
+            RemoteUrl::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+            RemoteUrl::Azure { container, prefix } => format!("az://{container}/{prefix}"),
+            RemoteUrl::Gcs { bucket, prefix } => format!("gs://{bucket}/{prefix}"),
+        }
+    }
+}
+
+/// Longest name one path component may have, as on Linux filesystems.
+pub const NAME_MAX: usize = 255;
+
+/// Why a path component cannot be a file name in the mount, if it cannot.
+pub fn check_component(name: &[u8]) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("empty path component".into());
+    }
+    if name == b"." || name == b".." {
+        return Err(format!("'{}' is not a file name", String::from_utf8_lossy(name)));
+    }
+    if name.len() > NAME_MAX {
+        return Err(format!("component longer than {NAME_MAX} bytes"));
+    }
+    if name.contains(&0) || name.contains(&b'/') {
+        return Err("NUL or '/' inside a name".into());
+    }
+    Ok(())
+}
+
+/// Splits a remote key into valid components, or says why it cannot be shown.
+pub fn check_key(key: &str) -> Result<Vec<&str>, String> {
+    let parts: Vec<&str> = key.split('/').collect();
+    for p in &parts {
+        check_component(p.as_bytes())?;
+    }
+    Ok(parts)
+}
+
+/// Builds a consistent tree from raw listing rows: drops keys that are not valid POSIX paths,
+/// adds the directories that are only implied by deeper keys, and settles keys that are both
+/// a file and a directory (the directory wins; the file is skipped with a warning, never deleted).
+pub fn normalize_listing(rows: Vec<ObjectInfo>) -> Vec<ObjectInfo> {
+    let mut by_key: BTreeMap<String, ObjectInfo> = BTreeMap::new();
+    let mut dirs: BTreeMap<String, ()> = BTreeMap::new();
+    for row in rows {
+        let parts = match check_key(&row.key) {
+            Ok(p) => p,
+            Err(reason) => {
+                tracing::warn!(key = %row.key, %reason, "skipping remote key that is not a valid path");
+                continue;
+            }
+        };
+        for i in 1..parts.len() {
+            dirs.insert(parts[..i].join("/"), ());
+        }
+        if row.kind == ObjectKind::Dir {
+            dirs.insert(row.key.clone(), ());
+        }
+        match by_key.get(&row.key) {
+            Some(existing) if existing.kind == ObjectKind::Dir => {
+                if row.kind != ObjectKind::Dir {
+                    tracing::warn!(key = %row.key, "remote key is both a file and a directory; showing the directory");
+                }
+            }
+            _ => {
+                by_key.insert(row.key.clone(), row);
+            }
+        }
+    }
+    for d in dirs.keys() {
+        match by_key.get(d) {
+            Some(o) if o.kind == ObjectKind::Dir => {}
+            Some(_) => {
+                tracing::warn!(key = %d, "remote key is both a file and a directory; showing the directory");
+                by_key.insert(d.clone(), implied_dir(d));
+            }
+            None => {
+                by_key.insert(d.clone(), implied_dir(d));
+            }
+        }
+    }
+    by_key.into_values().collect()
+}
+
+fn implied_dir(key: &str) -> ObjectInfo {
+    ObjectInfo {
+        key: key.to_string(),
+        kind: ObjectKind::Dir,
+        size: 0,
+        etag: None,
+        version: None,
+        last_modified_ns: None,
+        meta: Meta::default(),
+    }
+}
+
+/// The remote a mount talks to. An enum, not a trait object: there are two shapes and the
+/// sync engine needs both to behave identically.
+pub enum Remote {
+    Local(LocalRemote),
+    Object(ObjectRemote),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $r:ident => $e:expr) => {
+        match $self {
+            Remote::Local($r) => $e,
+            Remote::Object($r) => $e,
+        }
+    };
+}
+
+impl Remote {
+    /// Builds the client for `url`; `options` are extra object_store settings from `-o`.
+    pub fn open(url: &RemoteUrl, options: &[(String, String)]) -> Result<Remote, String> {
+        match url {
+            RemoteUrl::Local(p) => {
+                if !options.is_empty() {
+                    return Err("-o options apply to cloud remotes only".into());
+                }
+                Ok(Remote::Local(LocalRemote::new(p.clone())))
+            }
+            _ => Ok(Remote::Object(ObjectRemote::open(url, options)?)),
+        }
+    }
+
+    /// Longest key (relative path) the backend accepts.
+    pub fn max_key_len(&self) -> usize {
+        dispatch!(self, r => r.max_key_len())
+    }
+
+    /// Whether the backend can store a file of this name; `Err` says why not.
+    pub fn check_name(&self, name: &[u8]) -> Result<(), String> {
+        check_component(name)?;
+        let s = std::str::from_utf8(name).map_err(|_| "name is not valid UTF-8".to_string())?;
+        dispatch!(self, r => r.check_name(s))
+    }
+
+    /// Cheap request that proves the remote answers and accepts our credentials.
+    pub async fn check(&self) -> RemoteResult<()> {
+        dispatch!(self, r => r.check().await)
+    }
+
+    /// The whole tree with metadata, normalized.
+    pub async fn scan(&self) -> RemoteResult<Vec<ObjectInfo>> {
+        let rows = dispatch!(self, r => r.scan().await)?;
+        Ok(normalize_listing(rows))
+    }
+
+    /// Downloads the whole object to `dest`, returning its size.
+    pub async fn download(&self, key: &str, dest: &Path) -> RemoteResult<u64> {
+        dispatch!(self, r => r.download(key, dest).await)
+    }
+
+    /// Uploads a file's content with metadata; `meta.sha256` must already be set.
+    pub async fn upload_file(&self, key: &str, src: &Path, size: u64, meta: &Meta) -> RemoteResult<Written> {
+        dispatch!(self, r => r.upload_file(key, src, size, meta).await)
+    }
+
+    pub async fn put_symlink(&self, key: &str, meta: &Meta) -> RemoteResult<Written> {
+        dispatch!(self, r => r.put_symlink(key, meta).await)
+    }
+
+    pub async fn put_dir(&self, key: &str, meta: &Meta) -> RemoteResult<Written> {
+        dispatch!(self, r => r.put_dir(key, meta).await)
+    }
+
+    /// Server-side copy of a file or symlink object, metadata included.
+    pub async fn copy(&self, from: &str, to: &str) -> RemoteResult<Written> {
+        dispatch!(self, r => r.copy(from, to).await)
+    }
+
+    /// Deletes an object (or a directory marker); a missing key is success.
+    pub async fn delete(&self, key: &str, dir: bool) -> RemoteResult<()> {
+        dispatch!(self, r => r.delete(key, dir).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(key: &str) -> ObjectInfo {
+        ObjectInfo {
+            key: key.into(),
+            kind: ObjectKind::File,
+            size: 1,
+            etag: None,
+            version: None,
+            last_modified_ns: None,
+            meta: Meta::default(),
+        }
+    }
+
+    #[test]
+    fn url_forms() {
+        assert_eq!(
+            RemoteUrl::parse("s3://b/some/prefix/").unwrap(),
+            RemoteUrl::S3 {
+                bucket: "b".into(),
+                prefix: "some/prefix".into()
+            }
+        );
+        assert_eq!(
+            RemoteUrl::parse("file:///tmp/x").unwrap(),
+            RemoteUrl::Local("/tmp/x".into())
+        );
+        assert!(RemoteUrl::parse("s3://").is_err());
+        assert!(RemoteUrl::parse("ftp://x").is_err());
+        assert!(RemoteUrl::parse("file://relative").is_err());
+        assert!(RemoteUrl::parse("s3://b/../x").is_err());
+    }
+
+    #[test]
+    fn meta_round_trip() {
+        let m = Meta {
+            mtime_ns: Some(1_700_000_000_123_456_789),
+            mode: Some(0o640),
+            uid: Some(1000),
+            gid: Some(100),
+            sha256: Some("ab".repeat(32)),
+            symlink: Some("../a b/%x\ny".into()),
+        };
+        let pairs = m.to_pairs();
+        assert!(pairs.iter().all(|(k, _)| !k.contains('-')));
+        assert!(pairs.iter().all(|(_, v)| !v.chars().any(|c| c.is_control())));
+        let back = Meta::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn bad_keys_are_dropped_and_dirs_implied() {
+        let rows = vec![
+            file("a//b"),
+            file("../x"),
+            file("x/./y"),
+            file("."),
+            file(&"n".repeat(256)),
+            file("ok/deep/file"),
+            file("both"),
+            file("both/child"),
+        ];
+        let out = normalize_listing(rows);
+        let keys: Vec<(&str, ObjectKind)> = out.iter().map(|o| (o.key.as_str(), o.kind)).collect();
+        assert_eq!(
+            keys,
+            vec![
+                ("both", ObjectKind::Dir),
+                ("both/child", ObjectKind::File),
+                ("ok", ObjectKind::Dir),
+                ("ok/deep", ObjectKind::Dir),
+                ("ok/deep/file", ObjectKind::File),
+            ]
+        );
+    }
+}

@@ -1,0 +1,417 @@
+//! A plain folder as the remote: files stay files, directories stay directories, symlinks stay
+//! symlinks, and mode, owner and mtime are the file's own attributes.
+//!
+//! object_store's `LocalFileSystem` refuses object metadata and conditional updates, so this
+//! backend writes the folder itself. Every write lands in a temporary sibling that is fsync'd
+//! and renamed over the target, so another reader never sees half a file.
+
+use std::ffi::CString;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+
+use super::{Meta, ObjectInfo, ObjectKind, RemoteError, RemoteResult, Written};
+
+const TEMP_PREFIX: &str = ".stratus-tmp-";
+const SHA_XATTR: &str = "user.stratus_sha256";
+
+pub struct LocalRemote {
+    root: PathBuf,
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn io_err(path: &Path, e: io::Error) -> RemoteError {
+    match e.kind() {
+        io::ErrorKind::NotFound => RemoteError::NotFound(path.display().to_string()),
+        io::ErrorKind::PermissionDenied => {
+            RemoteError::Permanent(format!("{}: {e}", path.display()))
+        }
+        _ => match e.raw_os_error() {
+            Some(libc::ENAMETOOLONG) | Some(libc::EINVAL) | Some(libc::EILSEQ) => {
+                RemoteError::Permanent(format!("{}: {e}", path.display()))
+            }
+            // A full or vanished disk under the remote folder may recover: keep retrying.
+            _ => RemoteError::unavailable(format!("{}: {e}", path.display())),
+        },
+    }
+}
+
+fn etag_of(m: &fs::Metadata) -> String {
+    format!("{:x}-{:x}-{:x}", m.ino(), m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128, m.size())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> RemoteResult<T> + Send + 'static,
+) -> RemoteResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RemoteError::unavailable(format!("worker thread failed: {e}")))?
+}
+
+impl LocalRemote {
+    pub fn new(root: PathBuf) -> LocalRemote {
+        LocalRemote { root }
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        if key.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(key)
+        }
+    }
+
+    pub fn max_key_len(&self) -> usize {
+        (libc::PATH_MAX as usize).saturating_sub(self.root.as_os_str().len() + 2)
+    }
+
+    pub fn check_name(&self, _name: &str) -> Result<(), String> {
+        Ok(())
+    }
+
+    pub async fn check(&self) -> RemoteResult<()> {
+        let root = self.root.clone();
+        blocking(move || match fs::metadata(&root) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(RemoteError::Permanent(format!(
+                "{} is not a directory",
+                root.display()
+            ))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(RemoteError::unavailable(
+                format!("remote folder {} does not exist", root.display()),
+            )),
+            Err(e) => Err(io_err(&root, e)),
+        })
+        .await
+    }
+
+    pub async fn scan(&self) -> RemoteResult<Vec<ObjectInfo>> {
+        let root = self.root.clone();
+        blocking(move || {
+            let mut out = Vec::new();
+            let mut stack = vec![(root.clone(), String::new())];
+            while let Some((dir, prefix)) = stack.pop() {
+                let rd = fs::read_dir(&dir).map_err(|e| io_err(&dir, e))?;
+                for ent in rd {
+                    let ent = ent.map_err(|e| io_err(&dir, e))?;
+                    let name = ent.file_name();
+                    let Some(name) = name.to_str() else {
+                        tracing::warn!(path = %ent.path().display(), "skipping remote name that is not UTF-8");
+                        continue;
+                    };
+                    if name.starts_with(TEMP_PREFIX) {
+                        continue;
+                    }
+                    let key = if prefix.is_empty() {
+                        name.to_string()
+                    } else {
+                        format!("{prefix}/{name}")
+                    };
+                    let path = ent.path();
+                    let m = match fs::symlink_metadata(&path) {
+                        Ok(m) => m,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(io_err(&path, e)),
+                    };
+                    let ft = m.file_type();
+                    let (kind, symlink) = if ft.is_dir() {
+                        stack.push((path.clone(), key.clone()));
+                        (ObjectKind::Dir, None)
+                    } else if ft.is_symlink() {
+                        let t = fs::read_link(&path).map_err(|e| io_err(&path, e))?;
+                        (ObjectKind::Symlink, Some(t.to_string_lossy().into_owned()))
+                    } else if ft.is_file() {
+                        (ObjectKind::File, None)
+                    } else {
+                        tracing::warn!(path = %path.display(), "skipping special file in remote folder");
+                        continue;
+                    };
+                    let mtime_ns = m.mtime() * 1_000_000_000 + m.mtime_nsec();
+                    out.push(ObjectInfo {
+                        key,
+                        kind,
+                        size: if kind == ObjectKind::File { m.size() } else { 0 },
+                        etag: Some(etag_of(&m)),
+                        version: None,
+                        last_modified_ns: Some(mtime_ns),
+                        meta: Meta {
+                            mtime_ns: Some(mtime_ns),
+                            mode: Some(m.mode() & 0o7777),
+                            uid: Some(m.uid()),
+                            gid: Some(m.gid()),
+                            sha256: if kind == ObjectKind::File {
+                                get_sha_xattr(&path)
+                            } else {
+                                None
+                            },
+                            symlink,
+                        },
+                    });
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn download(&self, key: &str, dest: &Path) -> RemoteResult<u64> {
+        let src = self.path(key);
+        let dest = dest.to_path_buf();
+        blocking(move || {
+            let mut from = fs::File::open(&src).map_err(|e| io_err(&src, e))?;
+            let mut to = fs::File::create(&dest).map_err(RemoteError::Io)?;
+            let n = io::copy(&mut from, &mut to).map_err(|e| io_err(&src, e))?;
+            Ok(n)
+        })
+        .await
+    }
+
+    pub async fn upload_file(
+        &self,
+        key: &str,
+        src: &Path,
+        _size: u64,
+        meta: &Meta,
+    ) -> RemoteResult<Written> {
+        let dest = self.path(key);
+        let src = src.to_path_buf();
+        let meta = meta.clone();
+        blocking(move || {
+            let tmp = temp_beside(&dest)?;
+            let r = (|| {
+                let mut from = fs::File::open(&src).map_err(RemoteError::Io)?;
+                let mut to = fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+                io::copy(&mut from, &mut to).map_err(|e| io_err(&tmp, e))?;
+                to.flush().map_err(|e| io_err(&tmp, e))?;
+                apply_meta(&tmp, &meta, false)?;
+                if let Some(h) = &meta.sha256 {
+                    set_sha_xattr(&tmp, h);
+                }
+                to.sync_all().map_err(|e| io_err(&tmp, e))?;
+                replace(&tmp, &dest)
+            })();
+            if r.is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+            r
+        })
+        .await
+    }
+
+    pub async fn put_symlink(&self, key: &str, meta: &Meta) -> RemoteResult<Written> {
+        let dest = self.path(key);
+        let meta = meta.clone();
+        blocking(move || {
+            let target = meta.symlink.clone().unwrap_or_default();
+            let tmp = temp_beside(&dest)?;
+            std::os::unix::fs::symlink(&target, &tmp).map_err(|e| io_err(&tmp, e))?;
+            let r = apply_meta(&tmp, &meta, true).and_then(|_| replace(&tmp, &dest));
+            if r.is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+            r
+        })
+        .await
+    }
+
+    pub async fn put_dir(&self, key: &str, meta: &Meta) -> RemoteResult<Written> {
+        let dest = self.path(key);
+        let meta = meta.clone();
+        blocking(move || {
+            match fs::symlink_metadata(&dest) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(RemoteError::Permanent(format!(
+                        "{} exists and is not a directory",
+                        dest.display()
+                    )))
+                }
+                Err(_) => fs::create_dir_all(&dest).map_err(|e| io_err(&dest, e))?,
+            }
+            apply_meta(&dest, &meta, false)?;
+            let m = fs::metadata(&dest).map_err(|e| io_err(&dest, e))?;
+            Ok(Written {
+                etag: Some(etag_of(&m)),
+                version: None,
+            })
+        })
+        .await
+    }
+
+    pub async fn copy(&self, from: &str, to: &str) -> RemoteResult<Written> {
+        let src = self.path(from);
+        let dest = self.path(to);
+        blocking(move || {
+            let m = fs::symlink_metadata(&src).map_err(|e| io_err(&src, e))?;
+            let meta = Meta {
+                mtime_ns: Some(m.mtime() * 1_000_000_000 + m.mtime_nsec()),
+                mode: Some(m.mode() & 0o7777),
+                uid: Some(m.uid()),
+                gid: Some(m.gid()),
+                sha256: get_sha_xattr(&src),
+                symlink: None,
+            };
+            let tmp = temp_beside(&dest)?;
+            let r = (|| {
+                if m.file_type().is_symlink() {
+                    let t = fs::read_link(&src).map_err(|e| io_err(&src, e))?;
+                    std::os::unix::fs::symlink(t, &tmp).map_err(|e| io_err(&tmp, e))?;
+                    apply_meta(&tmp, &meta, true)?;
+                } else {
+                    let mut from = fs::File::open(&src).map_err(|e| io_err(&src, e))?;
+                    let mut out = fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+                    io::copy(&mut from, &mut out).map_err(|e| io_err(&tmp, e))?;
+                    apply_meta(&tmp, &meta, false)?;
+                    if let Some(h) = &meta.sha256 {
+                        set_sha_xattr(&tmp, h);
+                    }
+                    out.sync_all().map_err(|e| io_err(&tmp, e))?;
+                }
+                replace(&tmp, &dest)
+            })();
+            if r.is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+            r
+        })
+        .await
+    }
+
+    pub async fn delete(&self, key: &str, dir: bool) -> RemoteResult<()> {
+        let p = self.path(key);
+        blocking(move || {
+            let r = if dir {
+                fs::remove_dir(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+            match r {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                    // Something we never knew about lives there: leave it rather than lose it.
+                    tracing::warn!(path = %p.display(), "remote directory not empty; left in place");
+                    Ok(())
+                }
+                Err(e) => Err(io_err(&p, e)),
+            }
+        })
+        .await
+    }
+}
+
+fn temp_beside(dest: &Path) -> RemoteResult<PathBuf> {
+    let parent = dest.parent().unwrap_or(Path::new("/"));
+    fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    Ok(parent.join(format!("{TEMP_PREFIX}{}-{n}", std::process::id())))
+}
+
+fn replace(tmp: &Path, dest: &Path) -> RemoteResult<Written> {
+    if let Ok(m) = fs::symlink_metadata(dest) {
+        if m.is_dir() {
+            return Err(RemoteError::Permanent(format!(
+                "{} is a directory in the remote folder",
+                dest.display()
+            )));
+        }
+    }
+    fs::rename(tmp, dest).map_err(|e| io_err(dest, e))?;
+    let m = fs::symlink_metadata(dest).map_err(|e| io_err(dest, e))?;
+    Ok(Written {
+        etag: Some(etag_of(&m)),
+        version: None,
+    })
+}
+
+fn apply_meta(path: &Path, meta: &Meta, symlink: bool) -> RemoteResult<()> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| RemoteError::Permanent(format!("{}: NUL in path", path.display())))?;
+    if meta.uid.is_some() || meta.gid.is_some() {
+        let uid = meta.uid.map(|u| u as libc::uid_t).unwrap_or(u32::MAX);
+        let gid = meta.gid.map(|g| g as libc::gid_t).unwrap_or(u32::MAX);
+        // SAFETY: plain syscall on a NUL-terminated path. Failure (not root) is expected and
+        // harmless: the file keeps our owner.
+        unsafe { libc::lchown(c.as_ptr(), uid, gid) };
+    }
+    if !symlink {
+        if let Some(mode) = meta.mode {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777))
+                .map_err(|e| io_err(path, e))?;
+        }
+    }
+    if let Some(ns) = meta.mtime_ns {
+        let t = UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64);
+        let ts = libc::timespec {
+            tv_sec: ns.div_euclid(1_000_000_000) as libc::time_t,
+            tv_nsec: ns.rem_euclid(1_000_000_000) as libc::c_long,
+        };
+        let times = [ts, ts];
+        let flags = if symlink { libc::AT_SYMLINK_NOFOLLOW } else { 0 };
+        // SAFETY: `times` holds two valid timespecs; the path is NUL-terminated.
+        let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), flags) };
+        if r != 0 {
+            tracing::debug!(path = %path.display(), time = ?t, "could not set mtime in remote folder");
+        }
+    }
+    Ok(())
+}
+
+fn set_sha_xattr(path: &Path, hash: &str) {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return;
+    };
+    let name = CString::new(SHA_XATTR).expect("static name");
+    // SAFETY: valid NUL-terminated strings and a buffer of the given length. Filesystems
+    // without user xattrs simply do not keep the hash.
+    unsafe {
+        libc::setxattr(
+            c.as_ptr(),
+            name.as_ptr(),
+            hash.as_ptr() as *const libc::c_void,
+            hash.len(),
+            0,
+        )
+    };
+}
+
+fn get_sha_xattr(path: &Path) -> Option<String> {
+    let c = CString::new(path.as_os_str().as_bytes()).ok()?;
+    let name = CString::new(SHA_XATTR).ok()?;
+    let mut buf = [0u8; 128];
+    // SAFETY: the buffer outlives the call and its length is passed.
+    let n = unsafe {
+        libc::getxattr(
+            c.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+        )
+    };
+    if n <= 0 {
+        return None;
+    }
+    String::from_utf8(buf[..n as usize].to_vec()).ok()
+}
+
+/// SHA-256 of a file, hex-encoded.
+pub fn hash_file(path: &Path) -> io::Result<String> {
+    let mut f = fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}

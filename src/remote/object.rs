@@ -1,0 +1,497 @@
+//! S3, Azure Blob and Google Cloud Storage through object_store, plus raw S3 requests where
+//! object_store's `Path` cannot express a key.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+use object_store::path::Path;
+use object_store::{
+    Attribute, AttributeValue, Attributes, ClientOptions, GetOptions, ObjectStore, ObjectStoreExt,
+    PutMode, PutMultipartOptions, PutOptions, PutPayload, RetryConfig, WriteMultipart,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::s3_raw::S3Raw;
+use super::{Meta, ObjectInfo, ObjectKind, RemoteError, RemoteResult, RemoteUrl, Written};
+
+/// Files above this go up as multipart uploads.
+const MULTIPART_THRESHOLD: u64 = 16 * 1024 * 1024;
+const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Parts in flight at once for one multipart upload.
+const PARTS_IN_FLIGHT: usize = 4;
+/// HEAD requests in flight at once while scanning.
+const SCAN_CONCURRENCY: usize = 16;
+/// All three clouds cap object names at 1024 bytes.
+const MAX_KEY: usize = 1024;
+
+pub struct ObjectRemote {
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    /// Present for S3, which is the cloud whose directory markers we write.
+    raw: Option<S3Raw>,
+    name: &'static str,
+}
+
+/// Maps object_store's errors onto the decisions the uploader makes.
+pub fn map_err(e: object_store::Error) -> RemoteError {
+    use object_store::Error as E;
+    match e {
+        E::NotFound { path, .. } => RemoteError::NotFound(path),
+        E::Precondition { path, .. } | E::AlreadyExists { path, .. } => {
+            RemoteError::Conflict(path)
+        }
+        E::PermissionDenied { path, source } | E::Unauthenticated { path, source } => {
+            RemoteError::Permanent(format!("access denied to {path}: {source}"))
+        }
+        E::InvalidPath { source } => RemoteError::Permanent(format!("invalid key: {source}")),
+        e @ (E::NotSupported { .. } | E::NotImplemented { .. } | E::UnknownConfigurationKey { .. }) => {
+            RemoteError::Permanent(e.to_string())
+        }
+        other => classify_message(other.to_string()),
+    }
+}
+
+/// object_store folds HTTP failures into `Generic`; its text still carries the status code.
+fn classify_message(msg: String) -> RemoteError {
+    if let Some(i) = msg.find("status code: ") {
+        let code: u16 = msg[i + 13..]
+            .chars()
+            .take(3)
+            .collect::<String>()
+            .parse()
+            .unwrap_or(0);
+        if (400..500).contains(&code) && code != 408 && code != 429 {
+            return RemoteError::Permanent(msg);
+        }
+    }
+    RemoteError::unavailable(msg)
+}
+
+fn attributes(meta: &Meta) -> Attributes {
+    meta.to_pairs()
+        .into_iter()
+        .map(|(k, v)| (Attribute::Metadata(k.into()), AttributeValue::from(v)))
+        .collect()
+}
+
+fn meta_of(attrs: &Attributes) -> Meta {
+    Meta::from_pairs(attrs.iter().filter_map(|(k, v)| match k {
+        Attribute::Metadata(k) => Some((k.as_ref(), v.as_ref())),
+        _ => None,
+    }))
+}
+
+fn retry_config() -> RetryConfig {
+    // Our own queue retries for as long as it takes; object_store's retries only smooth over
+    // single dropped requests, so keep them short and let the status show the outage.
+    RetryConfig {
+        max_retries: 2,
+        retry_timeout: Duration::from_secs(15),
+        ..Default::default()
+    }
+}
+
+fn client_options() -> ClientOptions {
+    ClientOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_timeout(Duration::from_secs(120))
+}
+
+impl ObjectRemote {
+    pub fn open(url: &RemoteUrl, options: &[(String, String)]) -> Result<ObjectRemote, String> {
+        let bad_opt = |k: &str, e: object_store::Error| format!("-o {k}: {e}");
+        match url {
+            RemoteUrl::S3 { bucket, prefix } => {
+                let mut b = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(retry_config())
+                    .with_client_options(client_options());
+                for (k, v) in options {
+                    let key: AmazonS3ConfigKey = k.parse().map_err(|e| bad_opt(k, e))?;
+                    b = b.with_config(key, v);
+                }
+                let endpoint = b.get_config_value(&AmazonS3ConfigKey::Endpoint);
+                let region = b
+                    .get_config_value(&AmazonS3ConfigKey::Region)
+                    .unwrap_or_else(|| "us-east-1".into());
+                let virtual_hosted = b
+                    .get_config_value(&AmazonS3ConfigKey::VirtualHostedStyleRequest)
+                    .is_some_and(|v| v == "true");
+                let s3 = b.build().map_err(|e| format!("s3://{bucket}: {e}"))?;
+                let raw = S3Raw::new(
+                    endpoint,
+                    bucket.clone(),
+                    region,
+                    virtual_hosted,
+                    s3.credentials().clone(),
+                );
+                Ok(ObjectRemote {
+                    store: Arc::new(s3),
+                    prefix: prefix.clone(),
+                    raw: Some(raw),
+                    name: "s3",
+                })
+            }
+            RemoteUrl::Azure { container, prefix } => {
+                let mut b = MicrosoftAzureBuilder::from_env()
+                    .with_container_name(container)
+                    .with_retry(retry_config())
+                    .with_client_options(client_options());
+                for (k, v) in options {
+                    let key: AzureConfigKey = k.parse().map_err(|e| bad_opt(k, e))?;
+                    b = b.with_config(key, v);
+                }
+                let az = b.build().map_err(|e| format!("az://{container}: {e}"))?;
+                Ok(ObjectRemote {
+                    store: Arc::new(az),
+                    prefix: prefix.clone(),
+                    raw: None,
+                    name: "azure",
+                })
+            }
+            RemoteUrl::Gcs { bucket, prefix } => {
+                let mut b = GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(retry_config())
+                    .with_client_options(client_options());
+                for (k, v) in options {
+                    let key: GoogleConfigKey = k.parse().map_err(|e| bad_opt(k, e))?;
+                    b = b.with_config(key, v);
+                }
+                let gcs = b.build().map_err(|e| format!("gs://{bucket}: {e}"))?;
+                Ok(ObjectRemote {
+                    store: Arc::new(gcs),
+                    prefix: prefix.clone(),
+                    raw: None,
+                    name: "gcs",
+                })
+            }
+            RemoteUrl::Local(_) => Err("not an object store URL".into()),
+        }
+    }
+
+    fn full(&self, key: &str) -> String {
+        match (self.prefix.is_empty(), key.is_empty()) {
+            (true, _) => key.to_string(),
+            (false, true) => self.prefix.clone(),
+            (false, false) => format!("{}/{key}", self.prefix),
+        }
+    }
+
+    fn path(&self, key: &str) -> RemoteResult<Path> {
+        let full = self.full(key);
+        // `parse`, not `from`: `from` would percent-encode characters and the object would no
+        // longer sit at the user's path byte for byte.
+        Path::parse(&full)
+            .map_err(|e| RemoteError::Permanent(format!("key {full:?} not accepted: {e}")))
+    }
+
+    pub fn max_key_len(&self) -> usize {
+        MAX_KEY.saturating_sub(self.prefix.len() + 2)
+    }
+
+    pub fn check_name(&self, name: &str) -> Result<(), String> {
+        if name.chars().any(|c| c.is_ascii_control()) {
+            return Err(format!("{} object keys cannot hold control characters", self.name));
+        }
+        Ok(())
+    }
+
+    pub async fn check(&self) -> RemoteResult<()> {
+        let probe = self.path(".stratus-probe")?;
+        match self.store.head(&probe).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    fn strip<'a>(&self, full: &'a str) -> Option<&'a str> {
+        if self.prefix.is_empty() {
+            Some(full)
+        } else {
+            full.strip_prefix(self.prefix.as_str())?.strip_prefix('/')
+        }
+    }
+
+    pub async fn scan(&self) -> RemoteResult<Vec<ObjectInfo>> {
+        let list_prefix = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        // (relative key, is directory marker, size, etag, last modified)
+        let mut rows: Vec<(String, bool, u64, Option<String>, Option<i64>)> = Vec::new();
+        if let Some(raw) = &self.raw {
+            for o in raw.list(&list_prefix).await? {
+                let Some(rel) = self.strip(&o.key) else { continue };
+                let (rel, marker) = match rel.strip_suffix('/') {
+                    Some(r) => (r, true),
+                    None => (rel, false),
+                };
+                if rel.is_empty() {
+                    continue;
+                }
+                let lm = o.last_modified.and_then(|t| t.timestamp_nanos_opt());
+                rows.push((rel.to_string(), marker, o.size, o.etag, lm));
+            }
+        } else {
+            let prefix = if self.prefix.is_empty() {
+                None
+            } else {
+                Some(self.path("")?)
+            };
+            let mut s = self.store.list(prefix.as_ref());
+            while let Some(o) = s.try_next().await.map_err(map_err)? {
+                let Some(rel) = self.strip(o.location.as_ref()) else { continue };
+                let lm = o.last_modified.timestamp_nanos_opt();
+                rows.push((rel.to_string(), false, o.size, o.e_tag, lm));
+            }
+        }
+        let results: Vec<RemoteResult<Option<ObjectInfo>>> = futures::stream::iter(rows)
+            .map(|(rel, marker, size, etag, lm)| async move {
+                if super::check_key(&rel).is_err() {
+                    // Reported by normalize_listing; not worth a HEAD.
+                    return Ok(Some(ObjectInfo {
+                        key: rel,
+                        kind: ObjectKind::File,
+                        size,
+                        etag,
+                        version: None,
+                        last_modified_ns: lm,
+                        meta: Meta::default(),
+                    }));
+                }
+                let (meta, version) = match self.head_meta(&rel, marker).await? {
+                    Some(m) => m,
+                    None => return Ok(None),
+                };
+                let kind = if marker {
+                    ObjectKind::Dir
+                } else if meta.symlink.is_some() {
+                    ObjectKind::Symlink
+                } else {
+                    ObjectKind::File
+                };
+                Ok(Some(ObjectInfo {
+                    key: rel,
+                    kind,
+                    size,
+                    etag,
+                    version,
+                    last_modified_ns: lm,
+                    meta,
+                }))
+            })
+            .buffer_unordered(SCAN_CONCURRENCY)
+            .collect()
+            .await;
+        let mut out = Vec::with_capacity(results.len());
+        for r in results {
+            if let Some(o) = r? {
+                out.push(o);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Our metadata of one object; `None` if it vanished since the listing.
+    async fn head_meta(&self, rel: &str, marker: bool) -> RemoteResult<Option<(Meta, Option<String>)>> {
+        if let Some(raw) = &self.raw {
+            let key = if marker {
+                format!("{}/", self.full(rel))
+            } else {
+                self.full(rel)
+            };
+            let h = raw.head(&key).await?;
+            return Ok(h.map(|h| {
+                let meta = Meta::from_pairs(h.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                (meta, h.version)
+            }));
+        }
+        let opts = GetOptions {
+            head: true,
+            ..Default::default()
+        };
+        match self.store.get_opts(&self.path(rel)?, opts).await {
+            Ok(r) => Ok(Some((meta_of(&r.attributes), r.meta.version))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    pub async fn download(&self, key: &str, dest: &std::path::Path) -> RemoteResult<u64> {
+        let r = self.store.get(&self.path(key)?).await.map_err(map_err)?;
+        let mut f = tokio::fs::File::create(dest).await?;
+        let mut stream = r.into_stream();
+        let mut n = 0u64;
+        while let Some(chunk) = stream.try_next().await.map_err(map_err)? {
+            f.write_all(&chunk).await?;
+            n += chunk.len() as u64;
+        }
+        f.flush().await?;
+        Ok(n)
+    }
+
+    pub async fn upload_file(
+        &self,
+        key: &str,
+        src: &std::path::Path,
+        size: u64,
+        meta: &Meta,
+    ) -> RemoteResult<Written> {
+        let path = self.path(key)?;
+        if size <= MULTIPART_THRESHOLD {
+            let data = tokio::fs::read(src).await?;
+            let opts = PutOptions {
+                mode: PutMode::Overwrite,
+                attributes: attributes(meta),
+                ..Default::default()
+            };
+            let r = self
+                .store
+                .put_opts(&path, PutPayload::from(data), opts)
+                .await
+                .map_err(map_err)?;
+            return Ok(Written {
+                etag: r.e_tag,
+                version: r.version,
+            });
+        }
+        let opts = PutMultipartOptions {
+            attributes: attributes(meta),
+            ..Default::default()
+        };
+        let upload = self
+            .store
+            .put_multipart_opts(&path, opts)
+            .await
+            .map_err(map_err)?;
+        let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let mut f = tokio::fs::File::open(src).await?;
+        let mut buf = vec![0u8; PART_SIZE];
+        let r: RemoteResult<()> = async {
+            loop {
+                let n = read_full(&mut f, &mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                w.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(map_err)?;
+                w.write(&buf[..n]);
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = r {
+            // An aborted upload leaves no partial object behind.
+            let _ = w.abort().await;
+            return Err(e);
+        }
+        let r = w.finish().await.map_err(map_err)?;
+        Ok(Written {
+            etag: r.e_tag,
+            version: r.version,
+        })
+    }
+
+    pub async fn put_symlink(&self, key: &str, meta: &Meta) -> RemoteResult<Written> {
+        let body = meta.symlink.clone().unwrap_or_default().into_bytes();
+        let opts = PutOptions {
+            mode: PutMode::Overwrite,
+            attributes: attributes(meta),
+            ..Default::default()
+        };
+        let r = self
+            .store
+            .put_opts(&self.path(key)?, PutPayload::from(body), opts)
+            .await
+            .map_err(map_err)?;
+        Ok(Written {
+            etag: r.e_tag,
+            version: r.version,
+        })
+    }
+
+    pub async fn put_dir(&self, key: &str, meta: &Meta) -> RemoteResult<Written> {
+        match &self.raw {
+            Some(raw) => {
+                let etag = raw
+                    .put_empty(&format!("{}/", self.full(key)), &meta.to_pairs())
+                    .await?;
+                Ok(Written {
+                    etag,
+                    version: None,
+                })
+            }
+            None => {
+                tracing::warn!(
+                    backend = self.name,
+                    key,
+                    "directory markers are not supported on this backend yet; an empty directory \
+                     exists only in this mount until it holds a file"
+                );
+                Ok(Written::default())
+            }
+        }
+    }
+
+    pub async fn copy(&self, from: &str, to: &str) -> RemoteResult<Written> {
+        let to_path = self.path(to)?;
+        self.store
+            .copy(&self.path(from)?, &to_path)
+            .await
+            .map_err(map_err)?;
+        let m = self.store.head(&to_path).await.map_err(map_err)?;
+        Ok(Written {
+            etag: m.e_tag,
+            version: m.version,
+        })
+    }
+
+    pub async fn delete(&self, key: &str, dir: bool) -> RemoteResult<()> {
+        if dir {
+            if let Some(raw) = &self.raw {
+                raw.delete(&format!("{}/", self.full(key))).await?;
+            }
+            return Ok(());
+        }
+        match self.store.delete(&self.path(key)?).await {
+            // Azure answers NotFound for a missing key where S3 says nothing: both are success.
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+}
+
+async fn read_full(f: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        let r = f.read(&mut buf[n..]).await?;
+        if r == 0 {
+            break;
+        }
+        n += r;
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_decide_retry() {
+        let p = classify_message("Server returned non-2xx status code: 400 Bad Request: x".into());
+        assert!(matches!(p, RemoteError::Permanent(_)));
+        let t = classify_message("Server returned non-2xx status code: 503 Service Unavailable".into());
+        assert!(t.is_transient());
+        let t = classify_message("Server returned non-2xx status code: 429 Too Many Requests".into());
+        assert!(t.is_transient());
+        let t = classify_message("error sending request: connection refused".into());
+        assert!(t.is_transient());
+    }
+}

@@ -1,0 +1,822 @@
+//! The state database: the tree of entries, what the remote holds for each, and the journal
+//! that is also the offline queue.
+//!
+//! One SQLite connection behind a `std::sync::Mutex`: SQLite serialises writers anyway, and a
+//! single connection lets every FUSE op and the uploader compose their reads and writes into one
+//! `BEGIN IMMEDIATE` transaction. The lock is never held across an `.await`.
+
+mod schema;
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use tokio::sync::Notify;
+
+pub use schema::SCHEMA_VERSION;
+
+/// The id of an entry, which is also its inode number. Stable across remounts of one state dir.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntryId(pub u64);
+
+impl EntryId {
+    pub const ROOT: EntryId = EntryId(1);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+}
+
+impl Kind {
+    fn to_sql(self) -> i64 {
+        match self {
+            Kind::File => 1,
+            Kind::Dir => 2,
+            Kind::Symlink => 3,
+        }
+    }
+
+    fn from_sql(v: i64) -> rusqlite::Result<Self> {
+        match v {
+            1 => Ok(Kind::File),
+            2 => Ok(Kind::Dir),
+            3 => Ok(Kind::Symlink),
+            other => Err(rusqlite::Error::IntegralValueOutOfRange(0, other)),
+        }
+    }
+}
+
+/// Bits of `Entry::dirty`: what the remote copy lacks.
+pub mod dirty {
+    pub const CONTENT: i64 = 1;
+    pub const META: i64 = 2;
+}
+
+/// What the remote held for an entry the last time we synced it: the base of later decisions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Synced {
+    pub key: Option<String>,
+    pub etag: Option<String>,
+    pub version: Option<String>,
+    pub hash: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub id: EntryId,
+    /// `None` for the root and for a file that was unlinked while still open.
+    pub parent: Option<EntryId>,
+    pub name: Vec<u8>,
+    pub kind: Kind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub atime_ns: i64,
+    pub target: Option<Vec<u8>>,
+    /// The data file in the cache holds the whole content.
+    pub local: bool,
+    pub synced: Synced,
+    pub dirty: i64,
+    /// Bumped by every change that must reach the remote; the uploader compares it before
+    /// declaring an entry clean, so a change made during an upload is never forgotten.
+    pub dirty_seq: i64,
+}
+
+/// The fields of a new entry; the rest start empty.
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    pub parent: EntryId,
+    pub name: Vec<u8>,
+    pub kind: Kind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub target: Option<Vec<u8>>,
+    pub local: bool,
+    pub synced: Synced,
+    pub dirty: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobKind {
+    /// Make the remote match this entry's current state and path.
+    Sync(EntryId),
+    /// Remove a key that no entry owns any more.
+    Delete { key: String, dir: bool },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    Queued,
+    Uploading,
+    Parked,
+}
+
+impl JobState {
+    fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Uploading => "uploading",
+            JobState::Parked => "parked",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub seq: i64,
+    pub kind: JobKind,
+    pub attempts: i64,
+    pub state: JobState,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct QueueStats {
+    pub entries: u64,
+    pub bytes: u64,
+    pub held: u64,
+    pub parked: u64,
+    pub uploading: u64,
+    pub max_seq: i64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("state database {path} is corrupt ({detail}); it was left untouched because it may hold unsynced changes")]
+    Corrupt { path: String, detail: String },
+    #[error("state database {path} was written by a newer stratus (schema {found}, this build knows up to {supported}); it was left untouched")]
+    TooNew {
+        path: String,
+        found: i64,
+        supported: i64,
+    },
+    #[error("entry {0:?} not found")]
+    Missing(EntryId),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+pub fn now_ms() -> i64 {
+    now_ns() / 1_000_000
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+    /// Wakes the uploader when the journal gains work.
+    pub wake: Notify,
+    /// A forced sync: also cuts short a backoff after a transient failure.
+    pub kick: Notify,
+    /// What the uploader last learnt about the remote; in memory only.
+    pub health: Health,
+}
+
+/// The remote's health as the uploader saw it last, shown by `stratus status`.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub unreachable: std::sync::atomic::AtomicBool,
+    pub last_error: Mutex<Option<(i64, String)>>,
+}
+
+impl Health {
+    pub fn record_error(&self, transient: bool, msg: &str) {
+        if transient {
+            self.unreachable
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some((now_ms(), msg.to_string()));
+    }
+
+    pub fn record_ok(&self) {
+        self.unreachable
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_reachable(&self) -> bool {
+        !self.unreachable.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn last_error(&self) -> Option<(i64, String)> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database. A corrupt or newer database is refused, never rewritten.
+    pub fn open(path: &Path) -> StoreResult<Store> {
+        let display = path.display().to_string();
+        let existed = path.exists();
+        let conn = Connection::open(path)?;
+        let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
+            path: display.clone(),
+            detail: e.to_string(),
+        };
+        if existed {
+            // Any read of the header fails on a file that is not a database.
+            let check: String = conn
+                .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
+                .map_err(corrupt)?;
+            if check != "ok" {
+                return Err(StoreError::Corrupt {
+                    path: display,
+                    detail: check,
+                });
+            }
+        }
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(corrupt)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: display,
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // NORMAL in WAL mode survives a crash of this process (SIGKILL); fsync(2) on a file
+        // upgrades to a FULL commit, see `make_durable`.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "OFF")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        schema::migrate(&conn)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+            wake: Notify::new(),
+            kick: Notify::new(),
+            health: Health::default(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (the transaction rolls back on
+        // drop), so a poisoned lock is safe to reuse.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn read<T, E: From<StoreError>>(&self, f: impl FnOnce(&Db<'_>) -> Result<T, E>) -> Result<T, E> {
+        let conn = self.lock();
+        let db = Db {
+            conn: &conn,
+            woke: std::cell::Cell::new(false),
+        };
+        f(&db)
+    }
+
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction; commits only if it returns `Ok`.
+    pub fn write<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Db<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StoreError::from)?;
+        let db = Db {
+            conn: &tx,
+            woke: std::cell::Cell::new(false),
+        };
+        let out = f(&db)?;
+        let woke = db.woke.get();
+        tx.commit().map_err(StoreError::from)?;
+        drop(conn);
+        if woke {
+            self.wake.notify_one();
+        }
+        Ok(out)
+    }
+
+    /// Makes every transaction committed so far survive a power cut: one commit with
+    /// `synchronous=FULL` syncs the WAL, which holds all earlier frames too.
+    pub fn make_durable(&self) -> StoreResult<()> {
+        let conn = self.lock();
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let r = conn.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('last_fsync', ?1)",
+            params![now_ms().to_string()],
+        );
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        r?;
+        Ok(())
+    }
+}
+
+/// A view of the database inside `Store::read` or `Store::write`: all SQL lives here.
+pub struct Db<'a> {
+    conn: &'a Connection,
+    woke: std::cell::Cell<bool>,
+}
+
+const ENTRY_COLS: &str = "id, parent, name, kind, mode, uid, gid, size, mtime_ns, ctime_ns, \
+     atime_ns, target, local, synced_key, synced_etag, synced_version, synced_hash, dirty, dirty_seq";
+
+fn entry_from_row(r: &Row<'_>) -> rusqlite::Result<Entry> {
+    Ok(Entry {
+        id: EntryId(r.get::<_, i64>(0)? as u64),
+        parent: r.get::<_, Option<i64>>(1)?.map(|p| EntryId(p as u64)),
+        name: r.get(2)?,
+        kind: Kind::from_sql(r.get(3)?)?,
+        mode: r.get(4)?,
+        uid: r.get(5)?,
+        gid: r.get(6)?,
+        size: r.get::<_, i64>(7)? as u64,
+        mtime_ns: r.get(8)?,
+        ctime_ns: r.get(9)?,
+        atime_ns: r.get(10)?,
+        target: r.get(11)?,
+        local: r.get(12)?,
+        synced: Synced {
+            key: r.get(13)?,
+            etag: r.get(14)?,
+            version: r.get(15)?,
+            hash: r.get(16)?,
+        },
+        dirty: r.get(17)?,
+        dirty_seq: r.get(18)?,
+    })
+}
+
+fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
+    let entry: Option<i64> = r.get(1)?;
+    let key: Option<String> = r.get(2)?;
+    let kind = match (entry, key) {
+        (Some(id), _) => JobKind::Sync(EntryId(id as u64)),
+        (None, Some(key)) => JobKind::Delete {
+            key,
+            dir: r.get(3)?,
+        },
+        (None, None) => return Err(rusqlite::Error::InvalidQuery),
+    };
+    let state: String = r.get(5)?;
+    Ok(Job {
+        seq: r.get(0)?,
+        kind,
+        attempts: r.get(4)?,
+        state: match state.as_str() {
+            "uploading" => JobState::Uploading,
+            "parked" => JobState::Parked,
+            _ => JobState::Queued,
+        },
+        last_error: r.get(6)?,
+    })
+}
+
+const JOB_COLS: &str = "seq, entry_id, delete_key, delete_dir, attempts, state, last_error";
+
+impl Db<'_> {
+    pub fn meta_get(&self, key: &str) -> StoreResult<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn meta_set(&self, key: &str, value: &str) -> StoreResult<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    pub fn get(&self, id: EntryId) -> StoreResult<Option<Entry>> {
+        let mut st = self
+            .conn
+            .prepare_cached(&format!("SELECT {ENTRY_COLS} FROM entries WHERE id = ?1"))?;
+        Ok(st
+            .query_row([id.0 as i64], entry_from_row)
+            .optional()?)
+    }
+
+    pub fn must_get(&self, id: EntryId) -> StoreResult<Entry> {
+        self.get(id)?.ok_or(StoreError::Missing(id))
+    }
+
+    pub fn lookup(&self, parent: EntryId, name: &[u8]) -> StoreResult<Option<Entry>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {ENTRY_COLS} FROM entries WHERE parent = ?1 AND name = ?2"
+        ))?;
+        Ok(st
+            .query_row(params![parent.0 as i64, name], entry_from_row)
+            .optional()?)
+    }
+
+    pub fn children(&self, parent: EntryId) -> StoreResult<Vec<Entry>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {ENTRY_COLS} FROM entries WHERE parent = ?1 ORDER BY name"
+        ))?;
+        let rows = st.query_map([parent.0 as i64], entry_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn has_children(&self, parent: EntryId) -> StoreResult<bool> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT 1 FROM entries WHERE parent = ?1 LIMIT 1")?;
+        Ok(st.exists([parent.0 as i64])?)
+    }
+
+    /// Every entry below `dir`, depth first.
+    pub fn descendants(&self, dir: EntryId) -> StoreResult<Vec<Entry>> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            for c in self.children(d)? {
+                if c.kind == Kind::Dir {
+                    stack.push(c.id);
+                }
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The entry's path relative to the mount root, `None` when it is unlinked.
+    pub fn path_of(&self, id: EntryId) -> StoreResult<Option<Vec<u8>>> {
+        let mut parts: Vec<Vec<u8>> = Vec::new();
+        let mut cur = id;
+        while cur != EntryId::ROOT {
+            let mut st = self
+                .conn
+                .prepare_cached("SELECT parent, name FROM entries WHERE id = ?1")?;
+            let row: Option<(Option<i64>, Vec<u8>)> = st
+                .query_row([cur.0 as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            match row {
+                Some((Some(p), name)) => {
+                    parts.push(name);
+                    cur = EntryId(p as u64);
+                }
+                _ => return Ok(None),
+            }
+        }
+        parts.reverse();
+        Ok(Some(parts.join(&b'/')))
+    }
+
+    /// The live entry at a relative path, if any.
+    pub fn resolve(&self, path: &[u8]) -> StoreResult<Option<Entry>> {
+        let mut cur = match self.get(EntryId::ROOT)? {
+            Some(e) => e,
+            None => return Ok(None),
+        };
+        for part in path.split(|b| *b == b'/').filter(|p| !p.is_empty()) {
+            match self.lookup(cur.id, part)? {
+                Some(e) => cur = e,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(cur))
+    }
+
+    pub fn insert_root(&self, mode: u32, uid: u32, gid: u32, synced: &Synced) -> StoreResult<()> {
+        let now = now_ns();
+        self.conn.execute(
+            "INSERT OR IGNORE INTO entries(id, parent, name, kind, mode, uid, gid, size, mtime_ns, \
+             ctime_ns, atime_ns, local, synced_key) VALUES (1, NULL, x'', 2, ?1, ?2, ?3, 0, ?4, ?4, ?4, 1, ?5)",
+            params![mode, uid, gid, now, synced.key],
+        )?;
+        Ok(())
+    }
+
+    pub fn insert(&self, e: &NewEntry) -> StoreResult<Entry> {
+        let now = now_ns();
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO entries(parent, name, kind, mode, uid, gid, size, mtime_ns, ctime_ns, atime_ns, \
+             target, local, synced_key, synced_etag, synced_version, synced_hash, dirty, dirty_seq) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, 0)",
+        )?;
+        st.execute(params![
+            e.parent.0 as i64,
+            e.name,
+            e.kind.to_sql(),
+            e.mode,
+            e.uid,
+            e.gid,
+            e.size as i64,
+            e.mtime_ns,
+            now,
+            e.target,
+            e.local,
+            e.synced.key,
+            e.synced.etag,
+            e.synced.version,
+            e.synced.hash,
+            e.dirty,
+        ])?;
+        let id = EntryId(self.conn.last_insert_rowid() as u64);
+        self.must_get(id)
+    }
+
+    /// Writes back every attribute of `e` (the caller read, changed and hands it back).
+    pub fn update(&self, e: &Entry) -> StoreResult<()> {
+        let mut st = self.conn.prepare_cached(
+            "UPDATE entries SET parent = ?2, name = ?3, mode = ?4, uid = ?5, gid = ?6, size = ?7, \
+             mtime_ns = ?8, ctime_ns = ?9, atime_ns = ?10, target = ?11, local = ?12, dirty = ?13 \
+             WHERE id = ?1",
+        )?;
+        st.execute(params![
+            e.id.0 as i64,
+            e.parent.map(|p| p.0 as i64),
+            e.name,
+            e.mode,
+            e.uid,
+            e.gid,
+            e.size as i64,
+            e.mtime_ns,
+            e.ctime_ns,
+            e.atime_ns,
+            e.target,
+            e.local,
+            e.dirty,
+        ])?;
+        Ok(())
+    }
+
+    pub fn set_size_mtime(&self, id: EntryId, size: u64, mtime_ns: i64) -> StoreResult<()> {
+        let mut st = self.conn.prepare_cached(
+            "UPDATE entries SET size = ?2, mtime_ns = ?3, ctime_ns = max(ctime_ns, ?3) WHERE id = ?1",
+        )?;
+        st.execute(params![id.0 as i64, size as i64, mtime_ns])?;
+        Ok(())
+    }
+
+    pub fn set_local(&self, id: EntryId, local: bool) -> StoreResult<()> {
+        self.conn.execute(
+            "UPDATE entries SET local = ?2 WHERE id = ?1",
+            params![id.0 as i64, local],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_synced(&self, id: EntryId, synced: &Synced) -> StoreResult<()> {
+        self.conn.execute(
+            "UPDATE entries SET synced_key = ?2, synced_etag = ?3, synced_version = ?4, synced_hash = ?5 \
+             WHERE id = ?1",
+            params![id.0 as i64, synced.key, synced.etag, synced.version, synced.hash],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_entry(&self, id: EntryId) -> StoreResult<()> {
+        self.conn
+            .execute("DELETE FROM entries WHERE id = ?1", [id.0 as i64])?;
+        self.conn
+            .execute("DELETE FROM journal WHERE entry_id = ?1", [id.0 as i64])?;
+        Ok(())
+    }
+
+    /// Live entries (other than `except`) whose remote copy sits at `key`.
+    pub fn owners_of_key(&self, key: &str, except: Option<EntryId>) -> StoreResult<Vec<Entry>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {ENTRY_COLS} FROM entries WHERE synced_key = ?1 AND parent IS NOT NULL AND id != ?2"
+        ))?;
+        let rows = st.query_map(
+            params![key, except.map(|e| e.0 as i64).unwrap_or(-1)],
+            entry_from_row,
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Entries unlinked while open; after a restart nothing holds them any more.
+    pub fn orphans(&self) -> StoreResult<Vec<EntryId>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id FROM entries WHERE parent IS NULL AND id != 1")?;
+        let rows = st.query_map([], |r| Ok(EntryId(r.get::<_, i64>(0)? as u64)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn entry_count(&self) -> StoreResult<u64> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM entries", [], |r| r.get::<_, i64>(0))?
+            as u64)
+    }
+
+    // ---- journal ----
+
+    /// Queues (or re-arms) the sync of `id`, keeping its place in the queue if it had one.
+    /// `ready_at_ms = None` holds the job until an open writer lets go.
+    pub fn enqueue_sync(&self, id: EntryId, dirty: i64, ready_at_ms: Option<i64>) -> StoreResult<()> {
+        self.conn.execute(
+            "UPDATE entries SET dirty = dirty | ?2, dirty_seq = dirty_seq + 1 WHERE id = ?1",
+            params![id.0 as i64, dirty],
+        )?;
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO journal(entry_id, ready_at_ms, state) VALUES (?1, ?2, 'queued') \
+             ON CONFLICT(entry_id) WHERE entry_id IS NOT NULL DO UPDATE SET \
+             ready_at_ms = CASE WHEN journal.ready_at_ms IS NULL THEN NULL ELSE excluded.ready_at_ms END, \
+             state = CASE WHEN state = 'parked' THEN 'queued' ELSE state END, \
+             attempts = CASE WHEN state = 'parked' THEN 0 ELSE attempts END",
+        )?;
+        st.execute(params![id.0 as i64, ready_at_ms])?;
+        self.woke.set(true);
+        Ok(())
+    }
+
+    /// Sets when a queued sync may run, without counting it as a new change.
+    pub fn set_ready(&self, id: EntryId, ready_at_ms: Option<i64>) -> StoreResult<()> {
+        let mut st = self
+            .conn
+            .prepare_cached("UPDATE journal SET ready_at_ms = ?2 WHERE entry_id = ?1")?;
+        st.execute(params![id.0 as i64, ready_at_ms])?;
+        self.woke.set(true);
+        Ok(())
+    }
+
+    pub fn enqueue_delete(&self, key: &str, dir: bool) -> StoreResult<()> {
+        self.conn.execute(
+            "INSERT INTO journal(delete_key, delete_dir, ready_at_ms, state) VALUES (?1, ?2, 0, 'queued')",
+            params![key, dir],
+        )?;
+        self.woke.set(true);
+        Ok(())
+    }
+
+    /// Held jobs whose writer is gone (the daemon restarted): they are ready now.
+    pub fn release_held(&self, ready_at_ms: i64) -> StoreResult<Vec<EntryId>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT entry_id FROM journal WHERE ready_at_ms IS NULL AND entry_id IS NOT NULL")?;
+        let ids: Vec<EntryId> = st
+            .query_map([], |r| Ok(EntryId(r.get::<_, i64>(0)? as u64)))?
+            .collect::<Result<_, _>>()?;
+        self.conn.execute(
+            "UPDATE journal SET ready_at_ms = ?1 WHERE ready_at_ms IS NULL",
+            [ready_at_ms],
+        )?;
+        self.conn.execute(
+            "UPDATE journal SET state = 'queued' WHERE state = 'uploading'",
+            [],
+        )?;
+        Ok(ids)
+    }
+
+    /// The oldest job that may run now, skipping parked and held ones.
+    pub fn next_job(&self, now_ms: i64) -> StoreResult<Option<Job>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {JOB_COLS} FROM journal WHERE state != 'parked' AND ready_at_ms IS NOT NULL \
+             AND ready_at_ms <= ?1 ORDER BY seq LIMIT 1"
+        ))?;
+        Ok(st.query_row([now_ms], job_from_row).optional()?)
+    }
+
+    /// When the next not-yet-ready job becomes ready.
+    pub fn next_ready_at(&self) -> StoreResult<Option<i64>> {
+        Ok(self.conn.query_row(
+            "SELECT min(ready_at_ms) FROM journal WHERE state != 'parked' AND ready_at_ms IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    pub fn job_for(&self, id: EntryId) -> StoreResult<Option<Job>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {JOB_COLS} FROM journal WHERE entry_id = ?1"
+        ))?;
+        Ok(st.query_row([id.0 as i64], job_from_row).optional()?)
+    }
+
+    pub fn set_job_state(&self, seq: i64, state: JobState) -> StoreResult<()> {
+        self.conn.execute(
+            "UPDATE journal SET state = ?2 WHERE seq = ?1",
+            params![seq, state.as_str()],
+        )?;
+        Ok(())
+    }
+
+    /// A transient failure: the job stays first in line, retried after `retry_at_ms`.
+    pub fn retry_job(&self, seq: i64, error: &str, retry_at_ms: i64) -> StoreResult<()> {
+        self.conn.execute(
+            "UPDATE journal SET state = 'queued', attempts = attempts + 1, last_error = ?2, \
+             ready_at_ms = CASE WHEN ready_at_ms IS NULL THEN NULL ELSE ?3 END WHERE seq = ?1",
+            params![seq, error, retry_at_ms],
+        )?;
+        Ok(())
+    }
+
+    /// A permanent failure: the job waits for the user (or a later change) instead of
+    /// blocking the rest of the queue.
+    pub fn park_job(&self, seq: i64, error: &str) -> StoreResult<()> {
+        self.conn.execute(
+            "UPDATE journal SET state = 'parked', attempts = attempts + 1, last_error = ?2 WHERE seq = ?1",
+            params![seq, error],
+        )?;
+        Ok(())
+    }
+
+    pub fn remove_job(&self, seq: i64) -> StoreResult<()> {
+        self.conn.execute("DELETE FROM journal WHERE seq = ?1", [seq])?;
+        Ok(())
+    }
+
+    /// Finishes a sync: the remote now holds `synced`. The job and the dirty bits go only if
+    /// nothing changed since `seen_dirty_seq`; otherwise the job stays for another round.
+    pub fn complete_sync(
+        &self,
+        seq: i64,
+        id: EntryId,
+        seen_dirty_seq: i64,
+        synced: &Synced,
+    ) -> StoreResult<bool> {
+        self.set_synced(id, synced)?;
+        let changed = self.conn.execute(
+            "UPDATE entries SET dirty = 0 WHERE id = ?1 AND dirty_seq = ?2",
+            params![id.0 as i64, seen_dirty_seq],
+        )?;
+        if changed == 1 {
+            self.remove_job(seq)?;
+            Ok(true)
+        } else {
+            self.set_job_state(seq, JobState::Queued)?;
+            Ok(false)
+        }
+    }
+
+    /// Makes every waiting job run at once (a forced sync): write-back delays and backoffs
+    /// are cut short, parked jobs get another try; held ones still wait for their writer.
+    pub fn retry_now(&self, now_ms: i64) -> StoreResult<()> {
+        self.conn.execute(
+            "UPDATE journal SET ready_at_ms = ?1 WHERE ready_at_ms > ?1",
+            [now_ms],
+        )?;
+        self.conn.execute(
+            "UPDATE journal SET state = 'queued' WHERE state = 'parked'",
+            [],
+        )?;
+        self.woke.set(true);
+        Ok(())
+    }
+
+    pub fn queue_stats(&self) -> StoreResult<QueueStats> {
+        let (entries, bytes, held, parked, uploading, max_seq): (i64, i64, i64, i64, i64, i64) =
+            self.conn.query_row(
+                "SELECT count(*), coalesce(sum(CASE WHEN e.kind = 1 AND (e.dirty & 1) = 1 THEN e.size ELSE 0 END), 0), \
+                 coalesce(sum(j.ready_at_ms IS NULL), 0), coalesce(sum(j.state = 'parked'), 0), \
+                 coalesce(sum(j.state = 'uploading'), 0), \
+                 coalesce((SELECT max(seq) FROM journal), 0) \
+                 FROM journal j LEFT JOIN entries e ON e.id = j.entry_id",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            )?;
+        let max_seq = max_seq.max(self.journal_barrier()?);
+        let last_error = self
+            .conn
+            .query_row(
+                "SELECT last_error FROM journal WHERE last_error IS NOT NULL ORDER BY seq LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(QueueStats {
+            entries: entries as u64,
+            bytes: bytes as u64,
+            held: held as u64,
+            parked: parked as u64,
+            uploading: uploading as u64,
+            max_seq,
+            last_error,
+        })
+    }
+
+    /// The highest journal sequence number handed out so far, including finished jobs.
+    pub fn journal_barrier(&self) -> StoreResult<i64> {
+        Ok(self.conn.query_row(
+            "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'journal'), 0)",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Jobs at or below `barrier` that have not finished, oldest first.
+    pub fn pending_up_to(&self, barrier: i64) -> StoreResult<Vec<Job>> {
+        let mut st = self.conn.prepare(&format!(
+            "SELECT {JOB_COLS} FROM journal WHERE seq <= ?1 ORDER BY seq"
+        ))?;
+        let rows = st.query_map([barrier], job_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}

@@ -1,0 +1,887 @@
+//! The filesystem core: POSIX operations over the state database and the file cache, with no
+//! FUSE types, so it can be tested without a kernel in the loop.
+//!
+//! Every operation that changes the tree commits its effect and its journal row in one
+//! transaction before it returns, so a SIGKILL right after any reply loses nothing. Writes go
+//! to the entry's data file; the first write after the entry was last released "arms" it: the
+//! journal row is held until the last writer lets go (close or fsync), then waits out the
+//! write-back delay.
+
+mod error;
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use error::{VfsError, VfsResult};
+
+use crate::cache::FileCache;
+use crate::remote::Remote;
+use crate::store::{dirty, now_ms, now_ns, Db, Entry, EntryId, Kind, NewEntry, Store, Synced};
+
+#[derive(Debug, Clone)]
+pub struct VfsConfig {
+    /// How long a closed file is left alone before it is uploaded.
+    pub write_back: Duration,
+    /// Owner of remote objects that carry no owner metadata.
+    pub default_uid: u32,
+    pub default_gid: u32,
+    /// Longest wait for a whole-file fetch before the open fails with EIO.
+    pub fetch_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub atime: SystemTime,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+}
+
+/// A change requested by setattr; `None` leaves the field alone.
+#[derive(Debug, Clone, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SystemTime>,
+    pub mtime: Option<SystemTime>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: Kind,
+    pub name: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+/// The sync state of one entry, as `user.stratus.state` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncState {
+    Synced,
+    Pending,
+    Uploading,
+    Error,
+}
+
+impl SyncState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncState::Synced => "synced",
+            SyncState::Pending => "pending",
+            SyncState::Uploading => "uploading",
+            SyncState::Error => "error",
+        }
+    }
+}
+
+struct Handle {
+    id: EntryId,
+    file: Option<File>,
+    writable: bool,
+    /// Directory listing taken at the first readdir, so that paging is stable.
+    listing: Mutex<Option<Arc<Vec<DirEntry>>>>,
+}
+
+/// In-memory state of an entry that is open.
+#[derive(Debug, Clone)]
+struct Live {
+    open: u32,
+    writers: u32,
+    /// Written since the journal row was last released: the row is held.
+    armed: bool,
+    size: u64,
+    mtime_ns: i64,
+    unlinked: bool,
+}
+
+pub struct Vfs {
+    store: Arc<Store>,
+    cache: FileCache,
+    remote: Arc<Remote>,
+    rt: tokio::runtime::Handle,
+    cfg: VfsConfig,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    /// Lock order: `live` before the store's connection, never the other way round.
+    live: Mutex<HashMap<EntryId, Live>>,
+    fetching: Mutex<HashMap<EntryId, Arc<Mutex<()>>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn ns_to_time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+fn time_to_ns(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i64,
+        Err(e) => -(e.duration().as_nanos() as i64),
+    }
+}
+
+impl Vfs {
+    pub fn new(
+        store: Arc<Store>,
+        cache: FileCache,
+        remote: Arc<Remote>,
+        rt: tokio::runtime::Handle,
+        cfg: VfsConfig,
+    ) -> Vfs {
+        Vfs {
+            store,
+            cache,
+            remote,
+            rt,
+            cfg,
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            live: Mutex::new(HashMap::new()),
+            fetching: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    fn r<T>(&self, f: impl FnOnce(&Db<'_>) -> VfsResult<T>) -> VfsResult<T> {
+        self.store.read(f)
+    }
+
+    fn w<T>(&self, f: impl FnOnce(&Db<'_>) -> VfsResult<T>) -> VfsResult<T> {
+        self.store.write(f)
+    }
+
+    fn attr_of(&self, e: &Entry, live: Option<&Live>) -> Attr {
+        let (size, mtime_ns) = match live {
+            Some(l) => (l.size, l.mtime_ns),
+            None => (e.size, e.mtime_ns),
+        };
+        Attr {
+            ino: e.id.0,
+            kind: e.kind,
+            size,
+            perm: (e.mode & 0o7777) as u16,
+            nlink: match (e.kind, e.parent.is_some() || e.id == EntryId::ROOT) {
+                (_, false) => 0,
+                (Kind::Dir, true) => 2,
+                (_, true) => 1,
+            },
+            uid: e.uid,
+            gid: e.gid,
+            atime: ns_to_time(e.atime_ns),
+            mtime: ns_to_time(mtime_ns),
+            ctime: ns_to_time(e.ctime_ns.max(mtime_ns)),
+        }
+    }
+
+    fn attr(&self, e: &Entry) -> Attr {
+        let live = lock(&self.live);
+        self.attr_of(e, live.get(&e.id))
+    }
+
+    fn ready_at(&self) -> i64 {
+        now_ms() + self.cfg.write_back.as_millis() as i64
+    }
+
+    /// Checks a new name against POSIX and the remote's key rules.
+    fn check_new_name(&self, db: &Db<'_>, parent: EntryId, name: &[u8]) -> VfsResult<()> {
+        if name.len() > crate::remote::NAME_MAX {
+            return Err(VfsError::NameTooLong(format!("{} bytes", name.len())));
+        }
+        if let Err(reason) = self.remote.check_name(name) {
+            tracing::warn!(name = %String::from_utf8_lossy(name), %reason, "refusing a name the remote cannot store");
+            return Err(VfsError::Invalid(reason));
+        }
+        let parent_path = db.path_of(parent)?.ok_or(VfsError::NotFound)?;
+        let key_len = parent_path.len() + usize::from(!parent_path.is_empty()) + name.len();
+        if key_len > self.remote.max_key_len() {
+            tracing::warn!(key_len, max = self.remote.max_key_len(), "refusing a path longer than the remote's key limit");
+            return Err(VfsError::NameTooLong(format!(
+                "path of {key_len} bytes exceeds the remote's {}-byte key limit",
+                self.remote.max_key_len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn dir(&self, db: &Db<'_>, id: EntryId) -> VfsResult<Entry> {
+        let e = db.get(id)?.ok_or(VfsError::NotFound)?;
+        if e.kind != Kind::Dir {
+            return Err(VfsError::NotDir);
+        }
+        Ok(e)
+    }
+
+    fn touch_dir(&self, db: &Db<'_>, dir: &Entry) -> VfsResult<()> {
+        let mut d = dir.clone();
+        let now = now_ns();
+        d.mtime_ns = now;
+        d.ctime_ns = now;
+        db.update(&d)?;
+        Ok(())
+    }
+
+    pub fn lookup(&self, parent: EntryId, name: &OsStr) -> VfsResult<Attr> {
+        let name = name.as_bytes();
+        if name.len() > crate::remote::NAME_MAX {
+            return Err(VfsError::NameTooLong(format!("{} bytes", name.len())));
+        }
+        let e = self.store.read(|db| db.lookup(parent, name))?;
+        let e = e.ok_or(VfsError::NotFound)?;
+        Ok(self.attr(&e))
+    }
+
+    pub fn getattr(&self, ino: EntryId) -> VfsResult<Attr> {
+        let e = self.store.read(|db| db.get(ino))?.ok_or(VfsError::NotFound)?;
+        Ok(self.attr(&e))
+    }
+
+    pub fn setattr(&self, ino: EntryId, set: &SetAttr) -> VfsResult<Attr> {
+        let mut e = self.store.read(|db| db.get(ino))?.ok_or(VfsError::NotFound)?;
+        let now = now_ns();
+        let mut flags = 0;
+        if let Some(size) = set.size {
+            if e.kind == Kind::Dir {
+                return Err(VfsError::IsDir);
+            }
+            if e.kind != Kind::File {
+                return Err(VfsError::Invalid("truncate of a symlink".into()));
+            }
+            if !e.local {
+                if size == 0 {
+                    self.cache.create_empty(e.id)?;
+                    self.store.write(|db| db.set_local(e.id, true))?;
+                    e.local = true;
+                } else {
+                    self.fetch(&e)?;
+                    e.local = true;
+                }
+            }
+            let f = self.cache.open_file(e.id, true)?;
+            f.set_len(size)?;
+            e.size = size;
+            e.mtime_ns = now;
+            flags |= dirty::CONTENT;
+        }
+        if let Some(mode) = set.mode {
+            e.mode = mode & 0o7777;
+            flags |= dirty::META;
+        }
+        if let Some(uid) = set.uid {
+            e.uid = uid;
+            flags |= dirty::META;
+        }
+        if let Some(gid) = set.gid {
+            e.gid = gid;
+            flags |= dirty::META;
+        }
+        if let Some(t) = set.mtime {
+            e.mtime_ns = time_to_ns(t);
+            flags |= dirty::META;
+        }
+        if let Some(t) = set.atime {
+            e.atime_ns = time_to_ns(t);
+        }
+        e.ctime_ns = now;
+        let mut live = lock(&self.live);
+        if let Some(l) = live.get_mut(&e.id) {
+            if set.size.is_some() {
+                l.size = e.size;
+            }
+            if set.size.is_some() || set.mtime.is_some() {
+                l.mtime_ns = e.mtime_ns;
+            }
+        }
+        let ready = match live.get(&e.id) {
+            Some(l) if l.armed => None,
+            _ => Some(self.ready_at()),
+        };
+        let unlinked = e.parent.is_none() && e.id != EntryId::ROOT;
+        self.w(|db| {
+            db.update(&e)?;
+            if flags != 0 && !unlinked && e.id != EntryId::ROOT {
+                db.enqueue_sync(e.id, flags, ready)?;
+            }
+            Ok(())
+        })?;
+        Ok(self.attr_of(&e, live.get(&e.id)))
+    }
+
+    pub fn readlink(&self, ino: EntryId) -> VfsResult<Vec<u8>> {
+        let e = self.store.read(|db| db.get(ino))?.ok_or(VfsError::NotFound)?;
+        match (e.kind, e.target) {
+            (Kind::Symlink, Some(t)) => Ok(t),
+            _ => Err(VfsError::Invalid("not a symlink".into())),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert_child(
+        &self,
+        parent: EntryId,
+        name: &[u8],
+        kind: Kind,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        target: Option<Vec<u8>>,
+        ready: Option<i64>,
+    ) -> VfsResult<Entry> {
+        let e = self.w(|db| {
+            let p = self.dir(db, parent)?;
+            self.check_new_name(db, parent, name)?;
+            if db.lookup(parent, name)?.is_some() {
+                return Err(VfsError::Exists);
+            }
+            // setgid directories hand their group down, as on a local disk.
+            let gid = if p.mode & 0o2000 != 0 { p.gid } else { gid };
+            let mode = if kind == Kind::Dir && p.mode & 0o2000 != 0 {
+                mode | 0o2000
+            } else {
+                mode
+            };
+            let e = db.insert(&NewEntry {
+                parent,
+                name: name.to_vec(),
+                kind,
+                mode: mode & 0o7777,
+                uid,
+                gid,
+                size: target.as_ref().map(|t| t.len() as u64).unwrap_or(0),
+                mtime_ns: now_ns(),
+                target: target.clone(),
+                local: true,
+                synced: Synced::default(),
+                dirty: 0,
+            })?;
+            if kind == Kind::File {
+                self.cache
+                    .create_empty(e.id)
+?;
+            }
+            db.enqueue_sync(e.id, dirty::CONTENT | dirty::META, ready)?;
+            self.touch_dir(db, &p)?;
+            Ok(e)
+        });
+        e
+    }
+
+    pub fn mkdir(&self, parent: EntryId, name: &OsStr, mode: u32, uid: u32, gid: u32) -> VfsResult<Attr> {
+        let e = self.insert_child(parent, name.as_bytes(), Kind::Dir, mode, uid, gid, None, Some(now_ms()))?;
+        Ok(self.attr(&e))
+    }
+
+    pub fn symlink(&self, parent: EntryId, name: &OsStr, target: &[u8], uid: u32, gid: u32) -> VfsResult<Attr> {
+        if std::str::from_utf8(target).is_err() {
+            return Err(VfsError::Invalid("symlink target is not valid UTF-8".into()));
+        }
+        let e = self.insert_child(
+            parent,
+            name.as_bytes(),
+            Kind::Symlink,
+            0o777,
+            uid,
+            gid,
+            Some(target.to_vec()),
+            Some(now_ms()),
+        )?;
+        Ok(self.attr(&e))
+    }
+
+    /// Creates and opens a regular file. The journal row is held until the handle is released.
+    pub fn create(&self, parent: EntryId, name: &OsStr, mode: u32, uid: u32, gid: u32) -> VfsResult<(Attr, u64)> {
+        let mut live = lock(&self.live);
+        let e = self.insert_child(parent, name.as_bytes(), Kind::File, mode, uid, gid, None, None)?;
+        let file = self.cache.open_file(e.id, false)?;
+        live.insert(
+            e.id,
+            Live {
+                open: 1,
+                writers: 1,
+                armed: true,
+                size: 0,
+                mtime_ns: e.mtime_ns,
+                unlinked: false,
+            },
+        );
+        drop(live);
+        let fh = self.add_handle(e.id, Some(file), true);
+        Ok((self.attr(&e), fh))
+    }
+
+    fn add_handle(&self, id: EntryId, file: Option<File>, writable: bool) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.handles).insert(
+            fh,
+            Arc::new(Handle {
+                id,
+                file,
+                writable,
+                listing: Mutex::new(None),
+            }),
+        );
+        fh
+    }
+
+    fn handle(&self, fh: u64) -> VfsResult<Arc<Handle>> {
+        lock(&self.handles).get(&fh).cloned().ok_or(VfsError::BadHandle)
+    }
+
+    /// Downloads the whole object into the entry's data file (this stand-in for the
+    /// block cache: ranged reads come with it).
+    fn fetch(&self, e: &Entry) -> VfsResult<()> {
+        let gate = lock(&self.fetching).entry(e.id).or_default().clone();
+        let _g = lock(&gate);
+        let fresh = self.store.read(|db| db.get(e.id))?.ok_or(VfsError::NotFound)?;
+        if fresh.local {
+            return Ok(());
+        }
+        let key = fresh
+            .synced
+            .key
+            .clone()
+            .ok_or_else(|| VfsError::Invalid("entry has neither local data nor a remote copy".into()))?;
+        let tmp = self.cache.temp_path(e.id);
+        tracing::debug!(%key, "fetching whole object");
+        let r = self.rt.block_on(async {
+            tokio::time::timeout(self.cfg.fetch_timeout, self.remote.download(&key, &tmp)).await
+        });
+        let n = match r {
+            Ok(Ok(n)) => n,
+            Ok(Err(err)) => {
+                let _ = std::fs::remove_file(&tmp);
+                tracing::warn!(%key, %err, "fetch failed");
+                return Err(VfsError::Remote(err));
+            }
+            Err(_) => {
+                let _ = std::fs::remove_file(&tmp);
+                tracing::warn!(%key, "fetch timed out");
+                return Err(VfsError::Remote(crate::remote::RemoteError::unavailable("fetch timed out")));
+            }
+        };
+        self.cache.commit_temp(e.id)?;
+        self.w(|db| {
+            db.set_local(e.id, true)?;
+            if n != fresh.size {
+                db.set_size_mtime(e.id, n, fresh.mtime_ns)?;
+            }
+            Ok(())
+        })?;
+        lock(&self.fetching).remove(&e.id);
+        Ok(())
+    }
+
+    pub fn open(&self, ino: EntryId, writable: bool) -> VfsResult<u64> {
+        let e = self.store.read(|db| db.get(ino))?.ok_or(VfsError::NotFound)?;
+        match e.kind {
+            Kind::Dir => return Ok(self.add_handle(e.id, None, false)),
+            Kind::Symlink => return Err(VfsError::Invalid("open of a symlink".into())),
+            Kind::File => {}
+        }
+        if !e.local {
+            self.fetch(&e)?;
+        }
+        let file = if writable {
+            self.cache.open_file(e.id, false)?
+        } else {
+            File::open(self.cache.path(e.id))?
+        };
+        let mut live = lock(&self.live);
+        let size = self.cache.len(e.id)?.unwrap_or(e.size);
+        let l = live.entry(e.id).or_insert(Live {
+            open: 0,
+            writers: 0,
+            armed: false,
+            size,
+            mtime_ns: e.mtime_ns,
+            unlinked: false,
+        });
+        l.open += 1;
+        if writable {
+            l.writers += 1;
+        }
+        drop(live);
+        Ok(self.add_handle(e.id, Some(file), writable))
+    }
+
+    pub fn opendir(&self, ino: EntryId) -> VfsResult<u64> {
+        let e = self.store.read(|db| db.get(ino))?.ok_or(VfsError::NotFound)?;
+        if e.kind != Kind::Dir {
+            return Err(VfsError::NotDir);
+        }
+        Ok(self.add_handle(e.id, None, false))
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> VfsResult<Vec<u8>> {
+        let h = self.handle(fh)?;
+        let f = h.file.as_ref().ok_or(VfsError::IsDir)?;
+        let mut buf = vec![0u8; size as usize];
+        let mut n = 0;
+        while n < buf.len() {
+            let r = f.read_at(&mut buf[n..], offset + n as u64)?;
+            if r == 0 {
+                break;
+            }
+            n += r;
+        }
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> VfsResult<u32> {
+        let h = self.handle(fh)?;
+        if !h.writable {
+            return Err(VfsError::BadHandle);
+        }
+        let f = h.file.as_ref().ok_or(VfsError::IsDir)?;
+        {
+            let mut live = lock(&self.live);
+            let l = live.get_mut(&h.id).ok_or(VfsError::BadHandle)?;
+            if !l.armed && !l.unlinked {
+                // Journal first: once this write is acknowledged, a crash must find it queued.
+                self.store.write(|db| db.enqueue_sync(h.id, dirty::CONTENT, None))?;
+                l.armed = true;
+            }
+        }
+        f.write_all_at(data, offset)?;
+        let mut live = lock(&self.live);
+        if let Some(l) = live.get_mut(&h.id) {
+            l.size = l.size.max(offset + data.len() as u64);
+            l.mtime_ns = now_ns();
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// Writes an armed entry's size and mtime back and lets its upload go after the
+    /// write-back delay. Called with the `live` lock held.
+    fn disarm(&self, id: EntryId, l: &mut Live) -> VfsResult<()> {
+        if !l.armed {
+            return Ok(());
+        }
+        let ready = self.ready_at();
+        let unlinked = l.unlinked;
+        self.w(|db| {
+            db.set_size_mtime(id, l.size, l.mtime_ns)?;
+            if !unlinked {
+                db.set_ready(id, Some(ready))?;
+            }
+            Ok(())
+        })?;
+        l.armed = false;
+        Ok(())
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> VfsResult<()> {
+        let h = self.handle(fh)?;
+        if let Some(f) = &h.file {
+            if datasync {
+                f.sync_data()?;
+            } else {
+                f.sync_all()?;
+            }
+        }
+        {
+            let mut live = lock(&self.live);
+            if let Some(l) = live.get_mut(&h.id) {
+                self.disarm(h.id, l)?;
+            }
+        }
+        self.store.make_durable()?;
+        Ok(())
+    }
+
+    pub fn release(&self, fh: u64) -> VfsResult<()> {
+        let h = lock(&self.handles).remove(&fh).ok_or(VfsError::BadHandle)?;
+        if h.file.is_none() {
+            return Ok(());
+        }
+        let mut live = lock(&self.live);
+        let Some(l) = live.get_mut(&h.id) else {
+            return Ok(());
+        };
+        l.open = l.open.saturating_sub(1);
+        if h.writable {
+            l.writers = l.writers.saturating_sub(1);
+        }
+        let mut result = Ok(());
+        if l.writers == 0 {
+            result = self.disarm(h.id, l);
+        }
+        if l.open == 0 {
+            let l = live.remove(&h.id).expect("present");
+            if l.unlinked {
+                self.store.write(|db| db.delete_entry(h.id))?;
+                self.cache.remove(h.id)?;
+            }
+        }
+        result
+    }
+
+    pub fn releasedir(&self, fh: u64) -> VfsResult<()> {
+        lock(&self.handles).remove(&fh);
+        Ok(())
+    }
+
+    pub fn readdir(&self, fh: u64, ino: EntryId, offset: u64) -> VfsResult<Arc<Vec<DirEntry>>> {
+        let h = self.handle(fh)?;
+        let mut listing = lock(&h.listing);
+        if offset == 0 || listing.is_none() {
+            let (me, children) = self.r(|db| {
+                let me = db.get(ino)?.ok_or(VfsError::NotFound)?;
+                Ok((me.clone(), db.children(ino)?))
+            })
+            ?;
+            let mut v = Vec::with_capacity(children.len() + 2);
+            v.push(DirEntry { ino: me.id.0, kind: Kind::Dir, name: b".".to_vec() });
+            v.push(DirEntry {
+                ino: me.parent.map(|p| p.0).unwrap_or(EntryId::ROOT.0),
+                kind: Kind::Dir,
+                name: b"..".to_vec(),
+            });
+            v.extend(children.into_iter().map(|c| DirEntry { ino: c.id.0, kind: c.kind, name: c.name }));
+            *listing = Some(Arc::new(v));
+        }
+        Ok(listing.clone().expect("set above"))
+    }
+
+    /// Removes `e` from the tree: its remote copy is queued for deletion, and an open file
+    /// lives on, unnamed, until its last handle is released.
+    fn remove_entry(&self, db: &Db<'_>, live: &mut HashMap<EntryId, Live>, e: &Entry) -> VfsResult<()> {
+        if let Some(key) = &e.synced.key {
+            db.enqueue_delete(key, e.kind == Kind::Dir)?;
+        }
+        match live.get_mut(&e.id) {
+            Some(l) if l.open > 0 => {
+                l.unlinked = true;
+                let mut gone = e.clone();
+                gone.parent = None;
+                gone.ctime_ns = now_ns();
+                db.update(&gone)?;
+                db.set_synced(e.id, &Synced::default())?;
+                if let Some(job) = db.job_for(e.id)? {
+                    db.remove_job(job.seq)?;
+                }
+            }
+            _ => {
+                db.delete_entry(e.id)?;
+                if e.kind == Kind::File {
+                    self.cache.remove(e.id)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn unlink(&self, parent: EntryId, name: &OsStr) -> VfsResult<()> {
+        let mut live = lock(&self.live);
+        self.w(|db| {
+                let p = self.dir(db, parent)?;
+                let e = db.lookup(parent, name.as_bytes())?.ok_or(VfsError::NotFound)?;
+                if e.kind == Kind::Dir {
+                    return Err(VfsError::IsDir);
+                }
+                self.remove_entry(db, &mut live, &e)?;
+                self.touch_dir(db, &p)
+            })
+            
+    }
+
+    pub fn rmdir(&self, parent: EntryId, name: &OsStr) -> VfsResult<()> {
+        if name.as_bytes() == b"." {
+            return Err(VfsError::Invalid("rmdir of '.'".into()));
+        }
+        let mut live = lock(&self.live);
+        self.w(|db| {
+                let p = self.dir(db, parent)?;
+                let e = db.lookup(parent, name.as_bytes())?.ok_or(VfsError::NotFound)?;
+                if e.kind != Kind::Dir {
+                    return Err(VfsError::NotDir);
+                }
+                if db.has_children(e.id)? {
+                    return Err(VfsError::NotEmpty);
+                }
+                self.remove_entry(db, &mut live, &e)?;
+                self.touch_dir(db, &p)
+            })
+            
+    }
+
+    pub fn rename(
+        &self,
+        parent: EntryId,
+        name: &OsStr,
+        newparent: EntryId,
+        newname: &OsStr,
+        noreplace: bool,
+    ) -> VfsResult<()> {
+        let (name, newname) = (name.as_bytes(), newname.as_bytes());
+        let mut live = lock(&self.live);
+        let ready_now = Some(now_ms());
+        self.w(|db| {
+                let p = self.dir(db, parent)?;
+                let np = self.dir(db, newparent)?;
+                let src = db.lookup(parent, name)?.ok_or(VfsError::NotFound)?;
+                if parent == newparent && name == newname {
+                    return Ok(());
+                }
+                self.check_new_name(db, newparent, newname)?;
+                if src.kind == Kind::Dir {
+                    // A directory cannot move below itself.
+                    let mut cur = Some(newparent);
+                    while let Some(c) = cur {
+                        if c == src.id {
+                            return Err(VfsError::Invalid(
+                                "cannot move a directory inside itself".into(),
+                            ));
+                        }
+                        cur = db.get(c)?.and_then(|e| e.parent);
+                    }
+                }
+                if let Some(dst) = db.lookup(newparent, newname)? {
+                    if dst.id == src.id {
+                        return Ok(());
+                    }
+                    if noreplace {
+                        return Err(VfsError::Exists);
+                    }
+                    match (src.kind == Kind::Dir, dst.kind == Kind::Dir) {
+                        (true, true) => {
+                            if db.has_children(dst.id)? {
+                                return Err(VfsError::NotEmpty);
+                            }
+                        }
+                        (true, false) => return Err(VfsError::NotDir),
+                        (false, true) => return Err(VfsError::IsDir),
+                        (false, false) => {}
+                    }
+                    self.remove_entry(db, &mut live, &dst)?;
+                }
+                let mut moved = src.clone();
+                moved.parent = Some(newparent);
+                moved.name = newname.to_vec();
+                moved.ctime_ns = now_ns();
+                db.update(&moved)?;
+                let held = |id: EntryId| matches!(live.get(&id), Some(l) if l.armed);
+                db.enqueue_sync(src.id, 0, if held(src.id) { None } else { ready_now })?;
+                if src.kind == Kind::Dir {
+                    for d in db.descendants(src.id)? {
+                        db.enqueue_sync(d.id, 0, if held(d.id) { None } else { ready_now })?;
+                    }
+                }
+                self.touch_dir(db, &p)?;
+                if newparent != parent {
+                    self.touch_dir(db, &np)?;
+                }
+                Ok(())
+            })
+            
+    }
+
+    pub fn statfs(&self) -> VfsResult<StatFs> {
+        let (total, avail, bs) = self.cache.disk_space()?;
+        let files = self.store.read(|db| db.entry_count())?;
+        let bsize = bs.max(512);
+        Ok(StatFs {
+            blocks: total / bsize,
+            bfree: avail / bsize,
+            bavail: avail / bsize,
+            files: files + 1_000_000,
+            ffree: 1_000_000,
+            bsize: bsize as u32,
+            namelen: crate::remote::NAME_MAX as u32,
+        })
+    }
+
+    pub fn sync_state(&self, ino: EntryId) -> VfsResult<SyncState> {
+        self.r(|db| {
+                db.get(ino)?.ok_or(VfsError::NotFound)?;
+                Ok(db.job_for(ino)?)
+            })
+            
+            .map(|job| match job {
+                None => SyncState::Synced,
+                Some(j) => match j.state {
+                    crate::store::JobState::Parked => SyncState::Error,
+                    crate::store::JobState::Uploading => SyncState::Uploading,
+                    crate::store::JobState::Queued => SyncState::Pending,
+                },
+            })
+    }
+
+    /// Called once at start: the previous run may have died with writers armed. Their data
+    /// files hold everything that was acknowledged, so size and mtime come from there.
+    pub fn recover(&self) -> VfsResult<usize> {
+        let orphans = self.store.read(|db| db.orphans())?;
+        for id in &orphans {
+            self.store.write(|db| db.delete_entry(*id))?;
+            self.cache.remove(*id)?;
+        }
+        let held = self.store.write(|db| db.release_held(now_ms()))?;
+        for id in &held {
+            let Some(e) = self.store.read(|db| db.get(*id))? else { continue };
+            if e.kind != Kind::File || !e.local {
+                continue;
+            }
+            let path = self.cache.path(*id);
+            if let Ok(m) = std::fs::metadata(&path) {
+                let mtime = m.modified().map(time_to_ns).unwrap_or(e.mtime_ns);
+                self.store.write(|db| db.set_size_mtime(*id, m.len(), mtime.max(e.mtime_ns)))?;
+            }
+        }
+        Ok(held.len())
+    }
+
+    /// Hard links: one object per path cannot express them.
+    pub fn link(&self) -> VfsResult<Attr> {
+        tracing::warn!("hard links are not supported (one object per path); answering ENOTSUP");
+        Err(VfsError::NotSupported("hard links"))
+    }
+
+    /// Device nodes, fifos and sockets have no object form.
+    pub fn mknod(&self, parent: EntryId, name: &OsStr, mode: u32, uid: u32, gid: u32) -> VfsResult<(Attr, u64)> {
+        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
+            tracing::warn!("special files (devices, fifos, sockets) are not supported; answering ENOTSUP");
+            return Err(VfsError::NotSupported("special files"));
+        }
+        let (attr, fh) = self.create(parent, name, mode & 0o7777, uid, gid)?;
+        self.release(fh)?;
+        Ok((attr, 0))
+    }
+
+    pub fn default_owner(&self) -> (u32, u32) {
+        (self.cfg.default_uid, self.cfg.default_gid)
+    }
+}
+
