@@ -796,8 +796,20 @@ impl Vfs {
                 let held = |id: EntryId| matches!(live.get(&id), Some(l) if l.armed);
                 db.enqueue_sync(src.id, 0, if held(src.id) { None } else { ready_now })?;
                 if src.kind == Kind::Dir {
-                    for d in db.descendants(src.id)? {
+                    let below = db.descendants(src.id)?;
+                    for d in &below {
                         db.enqueue_sync(d.id, 0, if held(d.id) { None } else { ready_now })?;
+                    }
+                    // The old directory markers go after every child has moved out (their
+                    // jobs come first in the queue), deepest first.
+                    let mut old_dirs: Vec<String> = std::iter::once(&src)
+                        .chain(below.iter())
+                        .filter(|d| d.kind == Kind::Dir)
+                        .filter_map(|d| d.synced.key.clone())
+                        .collect();
+                    old_dirs.sort_by_key(|k| std::cmp::Reverse(k.matches('/').count()));
+                    for k in old_dirs {
+                        db.enqueue_delete(&k, true)?;
                     }
                 }
                 self.touch_dir(db, &p)?;

@@ -257,11 +257,9 @@ impl Uploader {
             }
         };
         match &old {
-            // Children move by their own jobs, queued after this one; the old directory goes
-            // once they have left it.
-            Some(old) if e.kind == Kind::Dir => {
-                self.store.write(|db| db.enqueue_delete(old, true))?;
-            }
+            // An old directory marker is removed by the delete job that the rename queued
+            // behind the children's moves.
+            Some(_) if e.kind == Kind::Dir => {}
             Some(old) => self.delete_key(old, false).await?,
             None => {}
         }

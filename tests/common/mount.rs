@@ -1,0 +1,444 @@
+//! Real mounts for tests: a fresh remote (a local folder, or a bucket on a moto S3 server),
+//! the built `stratus` binary mounting it, and a view of what landed on the remote that does
+//! not go through the mount.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use stratus::remote::s3_raw::S3Raw;
+use stratus::remote::Meta;
+
+use super::moto::Moto;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_stratus");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Local,
+    S3,
+}
+
+/// One moto server per test binary; every test gets its own bucket on it.
+fn moto() -> Arc<Moto> {
+    static MOTO: OnceLock<Mutex<Option<Arc<Moto>>>> = OnceLock::new();
+    let cell = MOTO.get_or_init(|| Mutex::new(None));
+    let mut g = cell.lock().unwrap_or_else(|e| e.into_inner());
+    g.get_or_insert_with(|| Arc::new(Moto::start())).clone()
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// One object on the remote as another tool would see it.
+#[derive(Debug, Clone)]
+pub struct RemoteObj {
+    pub kind: ObjKind,
+    pub data: Vec<u8>,
+    pub meta: Meta,
+}
+
+pub struct Env {
+    pub backend: Backend,
+    pub tmp: tempfile::TempDir,
+    /// The remote folder (Local) or unused.
+    pub root: PathBuf,
+    pub bucket: String,
+    pub moto: Option<Arc<Moto>>,
+    /// Where stratus talks to S3 (the moto endpoint, or a proxy in front of it).
+    pub endpoint: Mutex<String>,
+}
+
+impl Env {
+    pub fn new(backend: Backend) -> Env {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let root = tmp.path().join("remote");
+        std::fs::create_dir(&root).unwrap();
+        let bucket = format!("bucket-{}-{n}", std::process::id());
+        let moto = (backend == Backend::S3).then(|| {
+            let m = moto();
+            m.create_bucket(&bucket);
+            m
+        });
+        let endpoint = moto.as_ref().map(|m| m.endpoint.clone()).unwrap_or_default();
+        Env {
+            backend,
+            tmp,
+            root,
+            bucket,
+            moto,
+            endpoint: Mutex::new(endpoint),
+        }
+    }
+
+    pub fn set_endpoint(&self, e: &str) {
+        *self.endpoint.lock().unwrap() = e.to_string();
+    }
+
+    pub fn remote_url(&self) -> String {
+        match self.backend {
+            Backend::Local => self.root.display().to_string(),
+            Backend::S3 => format!("s3://{}/data", self.bucket),
+        }
+    }
+
+    fn prefix(&self) -> &'static str {
+        "data/"
+    }
+
+    pub fn envs(&self) -> Vec<(String, String)> {
+        let endpoint = self.endpoint.lock().unwrap().clone();
+        vec![
+            ("AWS_ENDPOINT_URL".into(), endpoint),
+            ("AWS_ACCESS_KEY_ID".into(), "test".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+            ("AWS_ALLOW_HTTP".into(), "true".into()),
+            ("STRATUS_LOG".into(), "stratus=debug,info".into()),
+        ]
+    }
+
+    pub fn stratus(&self, args: &[&str]) -> Output {
+        let mut c = Command::new(BIN);
+        c.args(args);
+        for (k, v) in self.envs() {
+            c.env(k, v);
+        }
+        c.output().expect("run stratus")
+    }
+
+    /// A new, empty state dir under this test's temp dir.
+    pub fn new_state_dir(&self) -> PathBuf {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let p = self.tmp.path().join(format!("state-{n}"));
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    pub fn new_mountpoint(&self) -> PathBuf {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let p = self.tmp.path().join(format!("mnt-{n}"));
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    /// Mounts with a fresh state dir; panics with the daemon's reason if it fails.
+    pub fn mount(&self) -> Mount {
+        self.mount_state(&self.new_state_dir())
+    }
+
+    pub fn mount_state(&self, state: &Path) -> Mount {
+        self.try_mount(state, &["--write-back", "0.2"])
+            .unwrap_or_else(|e| panic!("mount failed: {e}"))
+    }
+
+    pub fn try_mount(&self, state: &Path, extra: &[&str]) -> Result<Mount, String> {
+        let mp = self.new_mountpoint();
+        let url = self.remote_url();
+        let mut args = vec![
+            "mount",
+            url.as_str(),
+            mp.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = self.stratus(&args);
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        Ok(Mount {
+            dir: mp,
+            state: state.to_path_buf(),
+            envs: self.envs(),
+            mounted: true,
+        })
+    }
+
+    fn s3(&self) -> AmazonS3 {
+        let m = self.moto.as_ref().expect("S3 backend");
+        AmazonS3Builder::new()
+            .with_bucket_name(&self.bucket)
+            .with_endpoint(&m.endpoint)
+            .with_region("us-east-1")
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .with_allow_http(true)
+            .build()
+            .unwrap()
+    }
+
+    fn raw(&self) -> S3Raw {
+        let s3 = self.s3();
+        S3Raw::new(
+            Some(self.moto.as_ref().unwrap().endpoint.clone()),
+            self.bucket.clone(),
+            "us-east-1".into(),
+            false,
+            s3.credentials().clone(),
+        )
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Everything on the remote, keyed by path relative to the mount root.
+    pub fn remote_tree(&self) -> BTreeMap<String, RemoteObj> {
+        match self.backend {
+            Backend::Local => {
+                let mut out = BTreeMap::new();
+                walk_local(&self.root, "", &mut out);
+                out
+            }
+            Backend::S3 => {
+                let rt = Env::rt();
+                let raw = self.raw();
+                let s3 = self.s3();
+                rt.block_on(async {
+                    let mut out = BTreeMap::new();
+                    for o in raw.list(self.prefix()).await.unwrap() {
+                        let rel = o.key[self.prefix().len()..].to_string();
+                        let head = raw.head(&o.key).await.unwrap().unwrap();
+                        let meta = Meta::from_pairs(head.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                        if let Some(d) = rel.strip_suffix('/') {
+                            out.insert(d.to_string(), RemoteObj { kind: ObjKind::Dir, data: vec![], meta });
+                            continue;
+                        }
+                        let data = s3
+                            .get(&ObjPath::parse(&o.key).unwrap())
+                            .await
+                            .unwrap()
+                            .bytes()
+                            .await
+                            .unwrap()
+                            .to_vec();
+                        let kind = if meta.symlink.is_some() { ObjKind::Symlink } else { ObjKind::File };
+                        out.insert(rel, RemoteObj { kind, data, meta });
+                    }
+                    out
+                })
+            }
+        }
+    }
+
+    /// Files only, as path -> bytes.
+    pub fn remote_files(&self) -> BTreeMap<String, Vec<u8>> {
+        self.remote_tree()
+            .into_iter()
+            .filter(|(_, o)| o.kind == ObjKind::File)
+            .map(|(k, o)| (k, o.data))
+            .collect()
+    }
+
+    /// Writes an object the way another tool would (no stratus metadata).
+    pub fn put_remote(&self, key: &str, data: &[u8]) {
+        match self.backend {
+            Backend::Local => {
+                let p = self.root.join(key);
+                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                std::fs::write(p, data).unwrap();
+            }
+            Backend::S3 => {
+                let full = format!("{}{key}", self.prefix());
+                let rt = Env::rt();
+                if full.contains("//") || full.contains("/./") || full.contains("../") || full.ends_with('/') {
+                    rt.block_on(self.raw().put_empty(&full, &[])).unwrap();
+                } else {
+                    rt.block_on(self.s3().put(&ObjPath::parse(&full).unwrap(), PutPayload::from(data.to_vec())))
+                        .unwrap();
+                }
+            }
+        }
+    }
+}
+
+fn walk_local(dir: &Path, prefix: &str, out: &mut BTreeMap<String, RemoteObj>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".stratus-tmp-") {
+            continue;
+        }
+        let rel = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+        let m = std::fs::symlink_metadata(e.path()).unwrap();
+        let meta = Meta {
+            mtime_ns: Some(m.mtime() * 1_000_000_000 + m.mtime_nsec()),
+            mode: Some(m.permissions().mode() & 0o7777),
+            uid: Some(m.uid()),
+            gid: Some(m.gid()),
+            sha256: None,
+            symlink: None,
+        };
+        if m.is_dir() {
+            out.insert(rel.clone(), RemoteObj { kind: ObjKind::Dir, data: vec![], meta });
+            walk_local(&e.path(), &rel, out);
+        } else if m.file_type().is_symlink() {
+            let t = std::fs::read_link(e.path()).unwrap().to_string_lossy().into_owned();
+            out.insert(rel, RemoteObj { kind: ObjKind::Symlink, data: vec![], meta: Meta { symlink: Some(t), ..meta } });
+        } else {
+            out.insert(rel, RemoteObj { kind: ObjKind::File, data: std::fs::read(e.path()).unwrap(), meta });
+        }
+    }
+}
+
+pub struct Mount {
+    pub dir: PathBuf,
+    pub state: PathBuf,
+    envs: Vec<(String, String)>,
+    mounted: bool,
+}
+
+impl Mount {
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    pub fn stratus(&self, args: &[&str]) -> Output {
+        let mut c = Command::new(BIN);
+        c.args(args);
+        for (k, v) in &self.envs {
+            c.env(k, v);
+        }
+        c.output().expect("run stratus")
+    }
+
+    /// `stratus sync --wait`, which must succeed.
+    pub fn sync(&self) {
+        let out = self.stratus(&["sync", self.dir.to_str().unwrap(), "--wait", "--timeout", "60"]);
+        assert!(
+            out.status.success(),
+            "sync --wait failed: {}{}\nlog:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail()
+        );
+    }
+
+    pub fn status(&self) -> String {
+        let out = self.stratus(&["status", self.dir.to_str().unwrap()]);
+        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn state_of(&self, rel: &str) -> String {
+        let out = Command::new("getfattr")
+            .args(["--only-values", "-n", "user.stratus.state"])
+            .arg(self.path(rel))
+            .output()
+            .expect("getfattr (apt install attr)");
+        assert!(out.status.success(), "getfattr: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.state.join("stratus.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn daemon_pid(&self) -> u32 {
+        std::fs::read_to_string(self.state.join("lock"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    pub fn unmount(mut self) {
+        self.do_unmount();
+    }
+
+    fn do_unmount(&mut self) {
+        if !self.mounted {
+            return;
+        }
+        self.mounted = false;
+        let out = self.stratus(&["unmount", self.dir.to_str().unwrap()]);
+        if !out.status.success() {
+            let _ = Command::new("fusermount3").arg("-uz").arg(&self.dir).status();
+        }
+    }
+
+    /// SIGKILLs the daemon and detaches the dead mount, as after a crash.
+    pub fn kill9(mut self) {
+        let pid = self.daemon_pid();
+        // SAFETY: plain kill(2).
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = Command::new("fusermount3").arg("-uz").arg(&self.dir).status();
+        self.mounted = false;
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.do_unmount();
+    }
+}
+
+/// Polls `f` until it returns true or `secs` pass.
+pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn data(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Runs a test body once per backend: `both!(name, |env| { ... })`.
+#[macro_export]
+macro_rules! both {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[test]
+            fn local() {
+                let f: fn(&common::mount::Env) = $body;
+                f(&common::mount::Env::new(common::mount::Backend::Local));
+            }
+            #[test]
+            fn s3() {
+                let f: fn(&common::mount::Env) = $body;
+                f(&common::mount::Env::new(common::mount::Backend::S3));
+            }
+        }
+    };
+}

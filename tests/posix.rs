@@ -1,0 +1,239 @@
+//! POSIX behaviour on a real mount, each test run against the local-folder remote and an S3
+//! server, with what lands on the remote checked without going through the mount.
+
+mod common;
+
+use std::ffi::CString;
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::time::{Duration, UNIX_EPOCH};
+
+use common::mount::{data, Env, ObjKind};
+
+fn errno_of(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(0)
+}
+
+both!(round_trip_is_byte_for_byte, |env: &Env| {
+    let m = env.mount();
+    // 20 MiB + 17 crosses the multipart threshold on S3.
+    let sizes = [0usize, 1, 4096, 1_000_003, 20 * 1024 * 1024 + 17];
+    fs::create_dir_all(m.path("a/b/c")).unwrap();
+    for (i, n) in sizes.iter().enumerate() {
+        fs::write(m.path(&format!("a/b/c/f{i}")), data(i as u64, *n)).unwrap();
+    }
+    fs::write(m.path("top.txt"), b"top\n").unwrap();
+    m.sync();
+    let remote = env.remote_files();
+    for (i, n) in sizes.iter().enumerate() {
+        let got = remote
+            .get(&format!("a/b/c/f{i}"))
+            .unwrap_or_else(|| panic!("f{i} missing on the remote: {:?}", remote.keys()));
+        assert_eq!(got.len(), *n, "size of f{i}");
+        assert!(got == &data(i as u64, *n), "content of f{i} differs");
+    }
+    assert_eq!(remote["top.txt"], b"top\n");
+    // What the mount reads back is what was written.
+    assert_eq!(fs::read(m.path("a/b/c/f3")).unwrap(), data(3, 1_000_003));
+    assert_eq!(m.state_of("top.txt"), "synced");
+    if env.backend == common::mount::Backend::S3 {
+        let tree = env.remote_tree();
+        let meta = &tree["top.txt"].meta;
+        assert_eq!(meta.mode, Some(0o644));
+        let expect = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(b"top\n"))
+        };
+        assert_eq!(meta.sha256.as_deref(), Some(expect.as_str()));
+    }
+});
+
+both!(posix_operations, |env: &Env| {
+    let m = env.mount();
+
+    // Write at an offset, append, ftruncate, truncate by path.
+    let mut f = OpenOptions::new().create(true).read(true).write(true).truncate(true).open(m.path("f")).unwrap();
+    f.write_all(b"hello world").unwrap();
+    f.write_at(b"WORLD", 6).unwrap();
+    let mut s = String::new();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "hello WORLD");
+    drop(f);
+    let mut a = OpenOptions::new().append(true).open(m.path("f")).unwrap();
+    a.write_all(b"!!").unwrap();
+    drop(a);
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"hello WORLD!!");
+    let f = OpenOptions::new().write(true).open(m.path("f")).unwrap();
+    f.set_len(5).unwrap();
+    f.sync_all().unwrap();
+    f.sync_data().unwrap();
+    drop(f);
+    let c = CString::new(m.path("f").as_os_str().as_bytes()).unwrap();
+    // SAFETY: NUL-terminated path.
+    assert_eq!(unsafe { libc::truncate(c.as_ptr(), 8) }, 0);
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"hello\0\0\0");
+
+    // Directories.
+    fs::create_dir(m.path("d")).unwrap();
+    fs::create_dir(m.path("d/sub")).unwrap();
+    assert_eq!(errno_of(&fs::remove_dir(m.path("d")).unwrap_err()), libc::ENOTEMPTY);
+    fs::remove_dir(m.path("d/sub")).unwrap();
+    fs::rename(m.path("f"), m.path("d/g")).unwrap();
+    assert!(!m.path("f").exists());
+
+    // Rename replacing a file, and onto an empty directory.
+    fs::write(m.path("r1"), b"x").unwrap();
+    fs::write(m.path("r2"), b"y").unwrap();
+    fs::rename(m.path("r1"), m.path("r2")).unwrap();
+    assert_eq!(fs::read(m.path("r2")).unwrap(), b"x");
+    fs::create_dir_all(m.path("e1")).unwrap();
+    fs::write(m.path("e1/in"), b"e").unwrap();
+    fs::create_dir(m.path("e2")).unwrap();
+    fs::rename(m.path("e1"), m.path("e2")).unwrap();
+    assert_eq!(fs::read(m.path("e2/in")).unwrap(), b"e");
+
+    // Rename of a whole directory tree.
+    fs::create_dir_all(m.path("tree/inner")).unwrap();
+    fs::write(m.path("tree/inner/leaf"), b"leaf").unwrap();
+    fs::write(m.path("tree/top"), b"t").unwrap();
+    m.sync();
+    fs::rename(m.path("tree"), m.path("tree2")).unwrap();
+    assert_eq!(fs::read(m.path("tree2/inner/leaf")).unwrap(), b"leaf");
+
+    // chmod, chown (we run as root), utimens.
+    fs::set_permissions(m.path("r2"), fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(m.path("r2"), Some(1234), Some(5678)).unwrap();
+    let when = UNIX_EPOCH + Duration::from_secs(978_307_200); // 2001-01-01
+    let t = fs::File::options().write(true).open(m.path("r2")).unwrap();
+    t.set_modified(when).unwrap();
+    drop(t);
+    let md = fs::metadata(m.path("r2")).unwrap();
+    assert_eq!(md.mode() & 0o7777, 0o600);
+    assert_eq!((md.uid(), md.gid()), (1234, 5678));
+    assert_eq!(md.modified().unwrap(), when);
+
+    // Symlinks.
+    std::os::unix::fs::symlink("d/g", m.path("ln")).unwrap();
+    assert_eq!(fs::read_link(m.path("ln")).unwrap().to_str(), Some("d/g"));
+    assert_eq!(fs::read(m.path("ln")).unwrap(), b"hello\0\0\0");
+
+    // statfs.
+    let c = CString::new(m.dir.as_os_str().as_bytes()).unwrap();
+    // SAFETY: statvfs fills the struct we own.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    assert_eq!(st.f_namemax, 255);
+    assert!(st.f_blocks > 0 && st.f_bavail > 0);
+
+    // An unlinked open file stays readable and writable until closed.
+    let mut u = OpenOptions::new().create(true).read(true).write(true).truncate(true).open(m.path("u")).unwrap();
+    u.write_all(b"abc").unwrap();
+    fs::remove_file(m.path("u")).unwrap();
+    assert!(!m.path("u").exists());
+    u.write_all(b"def").unwrap();
+    let mut back = Vec::new();
+    u.seek(SeekFrom::Start(0)).unwrap();
+    u.read_to_end(&mut back).unwrap();
+    assert_eq!(back, b"abcdef");
+    drop(u);
+
+    // Hard links are refused loudly; overlong names get ENAMETOOLONG.
+    let e = fs::hard_link(m.path("r2"), m.path("hl")).unwrap_err();
+    assert_eq!(errno_of(&e), libc::EOPNOTSUPP);
+    let long = "n".repeat(256);
+    let e = fs::write(m.path(&long), b"x").unwrap_err();
+    assert_eq!(errno_of(&e), libc::ENAMETOOLONG);
+    fs::write(m.path(&"n".repeat(255)), b"255").unwrap();
+
+    m.sync();
+    let tree = env.remote_tree();
+    let files = env.remote_files();
+    let names: Vec<&String> = files.keys().collect();
+    assert_eq!(
+        names,
+        vec![
+            &"d/g".to_string(),
+            &"e2/in".to_string(),
+            &"n".repeat(255),
+            &"r2".to_string(),
+            &"tree2/inner/leaf".to_string(),
+            &"tree2/top".to_string(),
+        ],
+        "remote files"
+    );
+    assert_eq!(files["d/g"], b"hello\0\0\0");
+    assert_eq!(files["r2"], b"x");
+    assert_eq!(tree["ln"].kind, ObjKind::Symlink);
+    assert_eq!(tree["ln"].meta.symlink.as_deref(), Some("d/g"));
+    assert_eq!(tree["r2"].meta.mode, Some(0o600));
+    assert_eq!(tree["r2"].meta.uid, Some(1234));
+    assert_eq!(tree["r2"].meta.mtime_ns, Some(978_307_200_000_000_000));
+    for gone in ["f", "r1", "u", "tree", "tree/top", "e1", "d/sub"] {
+        assert!(!tree.contains_key(gone), "{gone} should be gone from the remote: {:?}", tree.keys());
+    }
+    assert_eq!(tree["d"].kind, ObjKind::Dir);
+    assert_eq!(tree["e2"].kind, ObjKind::Dir);
+});
+
+both!(metadata_survives_remount_with_empty_state, |env: &Env| {
+    let m = env.mount();
+    fs::create_dir_all(m.path("docs/empty")).unwrap();
+    fs::write(m.path("docs/a.txt"), b"alpha").unwrap();
+    fs::set_permissions(m.path("docs/a.txt"), fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::chown(m.path("docs/a.txt"), Some(42), Some(43)).unwrap();
+    let when = UNIX_EPOCH + Duration::from_nanos(1_600_000_000_123_456_789);
+    fs::File::options().write(true).open(m.path("docs/a.txt")).unwrap().set_modified(when).unwrap();
+    fs::set_permissions(m.path("docs/empty"), fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::symlink("a.txt", m.path("docs/ln")).unwrap();
+    fs::write(m.path("big"), data(9, 3_000_000)).unwrap();
+    m.sync();
+    m.unmount();
+
+    let m2 = env.mount();
+    let md = fs::metadata(m2.path("docs/a.txt")).unwrap();
+    assert_eq!(md.mode() & 0o7777, 0o640);
+    assert_eq!((md.uid(), md.gid()), (42, 43));
+    assert_eq!(md.modified().unwrap(), when);
+    assert_eq!(md.len(), 5);
+    assert_eq!(fs::read(m2.path("docs/a.txt")).unwrap(), b"alpha");
+    assert_eq!(fs::read_link(m2.path("docs/ln")).unwrap().to_str(), Some("a.txt"));
+    let d = fs::metadata(m2.path("docs/empty")).unwrap();
+    assert!(d.is_dir());
+    assert_eq!(d.mode() & 0o7777, 0o700);
+    assert_eq!(fs::read(m2.path("big")).unwrap(), data(9, 3_000_000));
+    let mut names: Vec<String> = fs::read_dir(m2.path("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["a.txt", "empty", "ln"]);
+});
+
+both!(foreign_objects_get_defaults, |env: &Env| {
+    env.put_remote("other/tool.bin", b"made elsewhere");
+    let m = env.mount();
+    let md = fs::metadata(m.path("other/tool.bin")).unwrap();
+    assert!(md.is_file());
+    assert_eq!(md.len(), 14);
+    assert_eq!(fs::read(m.path("other/tool.bin")).unwrap(), b"made elsewhere");
+    assert_eq!(m.state_of("other/tool.bin"), "synced");
+});
+
+both!(unmount_keeps_the_queue, |env: &Env| {
+    let state = env.new_state_dir();
+    let m = env
+        .try_mount(&state, &["--write-back", "3600"])
+        .unwrap();
+    fs::write(m.path("later.txt"), b"queued").unwrap();
+    assert_eq!(m.state_of("later.txt"), "pending");
+    assert!(m.status().contains("queued:      1 entries"), "{}", m.status());
+    m.unmount();
+    assert!(!env.remote_files().contains_key("later.txt"));
+    let m2 = env.mount_state(&state);
+    assert_eq!(fs::read(m2.path("later.txt")).unwrap(), b"queued");
+    m2.sync();
+    assert_eq!(env.remote_files()["later.txt"], b"queued");
+});
