@@ -383,7 +383,7 @@ impl Mount {
         // SAFETY: plain kill(2).
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        while alive(pid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = Command::new("fusermount3").arg("-uz").arg(&self.dir).status();
@@ -394,6 +394,14 @@ impl Mount {
 impl Drop for Mount {
     fn drop(&mut self) {
         self.do_unmount();
+    }
+}
+
+/// Whether a process is still running (a zombie waiting to be reaped counts as gone).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
     }
 }
 

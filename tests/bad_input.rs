@@ -1,0 +1,103 @@
+//! Bad input gets a clear error and loses nothing: damaged state databases, remote keys that
+//! are not POSIX paths, names and paths over the limits.
+
+mod common;
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+
+use common::mount::{Backend, Env};
+
+#[test]
+fn corrupt_state_database_is_refused_and_left_untouched() {
+    let env = Env::new(Backend::Local);
+    let state = env.new_state_dir();
+    let garbage: Vec<u8> = (0..8192u32).map(|i| (i * 31 % 251) as u8).collect();
+    fs::write(state.join("state.db"), &garbage).unwrap();
+    let err = env.try_mount(&state, &[]).err().expect("a corrupt database must be refused");
+    assert!(err.contains("corrupt"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(fs::read(state.join("state.db")).unwrap(), garbage, "database was modified");
+}
+
+#[test]
+fn newer_state_database_is_refused_and_left_untouched() {
+    let env = Env::new(Backend::Local);
+    let state = env.new_state_dir();
+    {
+        let c = rusqlite::Connection::open(state.join("state.db")).unwrap();
+        c.execute_batch("CREATE TABLE future (x); PRAGMA user_version = 999;").unwrap();
+    }
+    let before = fs::read(state.join("state.db")).unwrap();
+    let err = env.try_mount(&state, &[]).err().expect("a newer database must be refused");
+    assert!(err.contains("newer"), "{err}");
+    assert_eq!(fs::read(state.join("state.db")).unwrap(), before);
+}
+
+#[test]
+fn local_remote_names_that_cannot_be_keys_are_skipped() {
+    let env = Env::new(Backend::Local);
+    fs::write(env.root.join("good.txt"), b"good").unwrap();
+    let bad = std::ffi::OsStr::from_bytes(b"bad\xff.txt");
+    fs::write(env.root.join(bad), b"bad").unwrap();
+    let m = env.mount();
+    let names: Vec<_> = fs::read_dir(&m.dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("good.txt")]);
+    // Skipped, never deleted.
+    m.sync();
+    assert!(env.root.join(bad).exists());
+    assert!(m.log_tail().contains("not UTF-8"), "no warning logged");
+}
+
+#[test]
+fn s3_keys_that_are_not_paths_are_skipped_or_settled() {
+    let env = Env::new(Backend::S3);
+    env.put_remote("ok.txt", b"fine");
+    env.put_remote("a//b", b"");
+    env.put_remote("x/./y", b"");
+    env.put_remote("../escape", b"");
+    env.put_remote(&format!("{}/long", "n".repeat(300)), b"long");
+    env.put_remote("both", b"file and dir");
+    env.put_remote("both/child", b"child");
+    env.put_remote("marker/", b"");
+    let m = env.mount();
+    let mut names: Vec<String> = fs::read_dir(&m.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    // `a//b` and `x/./y` imply the directories `a` and `x`, which are valid; their bad
+    // remainders are not shown.
+    assert_eq!(names, vec!["a", "both", "marker", "ok.txt", "x"]);
+    assert!(m.path("both").is_dir());
+    assert_eq!(fs::read(m.path("both/child")).unwrap(), b"child");
+    assert_eq!(fs::read(m.path("ok.txt")).unwrap(), b"fine");
+    assert!(fs::read_dir(m.path("a")).unwrap().next().is_none());
+    assert!(m.path("marker").is_dir());
+    assert!(m.log_tail().contains("not a valid path"), "no warning logged");
+    // Nothing was deleted from the remote.
+    m.sync();
+    let tree = env.remote_tree();
+    assert!(tree.contains_key("both"));
+    assert!(tree.contains_key("both/child"));
+}
+
+#[test]
+fn s3_paths_over_the_key_limit_get_enametoolong() {
+    let env = Env::new(Backend::S3);
+    let m = env.mount();
+    let part = "d".repeat(250);
+    let mut path = m.dir.clone();
+    let mut depth = 0;
+    let err = loop {
+        path = path.join(&part);
+        match fs::create_dir(&path) {
+            Ok(()) => depth += 1,
+            Err(e) => break e,
+        }
+        assert!(depth < 10, "the key limit was never enforced");
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::ENAMETOOLONG));
+    // 4 levels of 251 bytes fit in S3's 1024-byte keys under the "data/" prefix; 5 do not.
+    assert_eq!(depth, 4);
+}

@@ -1,0 +1,138 @@
+//! The command line as a user meets it: mount errors, status, sync --wait, unmount paths and
+//! the per-file state attribute.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::mount::{alive, eventually, Backend, Env, BIN};
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).trim().to_string()
+}
+
+#[test]
+fn mount_refuses_bad_arguments_with_one_line() {
+    let env = Env::new(Backend::Local);
+    let mp = env.new_mountpoint();
+    let state = env.new_state_dir();
+    let run = |remote: &str, mp: &Path| {
+        env.stratus(&["mount", remote, mp.to_str().unwrap(), "--state-dir", state.to_str().unwrap()])
+    };
+
+    let o = run("ftp://host/x", &mp);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("bad remote"), "{}", stderr(&o));
+    assert_eq!(stderr(&o).lines().count(), 1);
+
+    let o = run(env.root.to_str().unwrap(), &env.tmp.path().join("nope"));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("missing"), "{}", stderr(&o));
+
+    fs::write(mp.join("occupied"), b"x").unwrap();
+    let o = run(env.root.to_str().unwrap(), &mp);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("not empty"), "{}", stderr(&o));
+    assert_eq!(stderr(&o).lines().count(), 1);
+}
+
+#[test]
+fn state_dir_held_by_a_live_mount_is_refused() {
+    let env = Env::new(Backend::Local);
+    let state = env.new_state_dir();
+    let m = env.mount_state(&state);
+    let err = env.try_mount(&state, &[]).err().expect("second mount must fail");
+    assert!(err.contains("held by another live mount"), "{err}");
+    drop(m);
+    // Once the first mount is gone, the same state dir mounts again.
+    let _again = env.mount_state(&state);
+}
+
+#[test]
+fn unreachable_remote_without_local_state_is_refused() {
+    let env = Env::new(Backend::S3);
+    // A port nothing listens on.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    env.set_endpoint(&format!("http://127.0.0.1:{port}"));
+    let err = env.try_mount(&env.new_state_dir(), &[]).err().expect("must fail");
+    assert!(err.contains("unreachable"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn fusermount_unmount_leaves_the_queue_for_next_time() {
+    let env = Env::new(Backend::Local);
+    let state = env.new_state_dir();
+    let m = env.try_mount(&state, &["--write-back", "3600"]).unwrap();
+    fs::write(m.path("q.txt"), b"still queued").unwrap();
+    let pid = m.daemon_pid();
+    let st = Command::new("fusermount3").arg("-u").arg(&m.dir).status().unwrap();
+    assert!(st.success());
+    assert!(
+        eventually(20, || !alive(pid)),
+        "daemon did not exit after fusermount3 -u"
+    );
+    assert!(!env.root.join("q.txt").exists());
+    let m2 = env.mount_state(&state);
+    assert_eq!(m2.state_of("q.txt"), "pending");
+    m2.sync();
+    assert_eq!(fs::read(env.root.join("q.txt")).unwrap(), b"still queued");
+}
+
+#[test]
+fn state_attribute_and_status_follow_the_queue() {
+    let env = Env::new(Backend::Local);
+    let m = env.mount();
+    let mut f = fs::File::create(m.path("open.txt")).unwrap();
+    use std::io::Write;
+    f.write_all(b"being written").unwrap();
+    // Still open for writing: held, so sync --wait times out and names it.
+    let o = m.stratus(&["sync", m.dir.to_str().unwrap(), "--wait", "--timeout", "1"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("open.txt"), "{}", stderr(&o));
+    assert_eq!(m.state_of("open.txt"), "pending");
+    assert!(m.status().contains("still open:  1"), "{}", m.status());
+    drop(f);
+    m.sync();
+    assert_eq!(m.state_of("open.txt"), "synced");
+    let s = m.status();
+    assert!(s.contains("reachable:   yes"), "{s}");
+    assert!(s.contains("queued:      0 entries"), "{s}");
+}
+
+#[test]
+fn a_permanent_failure_parks_one_entry_and_the_rest_flows() {
+    let env = Env::new(Backend::Local);
+    let m = env.mount();
+    // Another tool puts a directory where our file is about to go: the remote refuses
+    // that write for good, which must not block anything else.
+    env.put_remote("clash/inside", b"theirs");
+    fs::write(m.path("clash"), b"ours").unwrap();
+    assert!(eventually(20, || m.state_of("clash") == "error"), "state: {}", m.state_of("clash"));
+    fs::write(m.path("fine.txt"), b"fine").unwrap();
+    assert!(eventually(20, || env.root.join("fine.txt").exists()));
+    let s = m.status();
+    assert!(s.contains("errors:      1"), "{s}");
+    assert!(s.contains("is a directory"), "{s}");
+    let o = m.stratus(&["sync", m.dir.to_str().unwrap(), "--wait", "--timeout", "20"]);
+    assert!(!o.status.success(), "sync --wait must report the parked entry");
+    assert!(stderr(&o).contains("clash"), "{}", stderr(&o));
+    // Nothing was lost: our version is still readable, theirs is untouched.
+    assert_eq!(fs::read(m.path("clash")).unwrap(), b"ours");
+    assert_eq!(fs::read(env.root.join("clash/inside")).unwrap(), b"theirs");
+}
+
+#[test]
+fn unmount_command_waits_for_the_daemon() {
+    let env = Env::new(Backend::Local);
+    let m = env.mount();
+    let pid = m.daemon_pid();
+    let o = Command::new(BIN).args(["unmount", m.dir.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!alive(pid), "stratus unmount returned before the daemon exited");
+    assert!(fs::read_dir(&m.dir).unwrap().next().is_none());
+}
