@@ -17,7 +17,11 @@ use crate::daemon::{self, MountConfig, Ready, READY_FD_ENV};
 use crate::remote::RemoteUrl;
 
 #[derive(Parser, Debug)]
-#[command(name = "stratus", version, about = "A folder kept in sync with object storage")]
+#[command(
+    name = "stratus",
+    version,
+    about = "A folder kept in sync with object storage"
+)]
 struct Cli {
     /// More log output (debug level); STRATUS_LOG overrides it with a full filter.
     #[arg(short, long, global = true)]
@@ -79,7 +83,11 @@ pub fn main() -> ExitCode {
 
 fn init_logging(verbose: bool, file: Option<&Path>) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STRATUS_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(if verbose { "stratus=debug,info" } else { "info" })
+        tracing_subscriber::EnvFilter::new(if verbose {
+            "stratus=debug,info"
+        } else {
+            "info"
+        })
     });
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match file {
@@ -111,8 +119,10 @@ fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
 fn default_state_dir(remote: &RemoteUrl, mp: &Path) -> anyhow::Result<PathBuf> {
     let base = match std::env::var_os("XDG_STATE_HOME") {
         Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => PathBuf::from(std::env::var_os("HOME").context("neither XDG_STATE_HOME nor HOME is set")?)
-            .join(".local/state"),
+        _ => PathBuf::from(
+            std::env::var_os("HOME").context("neither XDG_STATE_HOME nor HOME is set")?,
+        )
+        .join(".local/state"),
     };
     let mut h = Sha256::new();
     h.update(remote.canonical().as_bytes());
@@ -124,10 +134,18 @@ fn default_state_dir(remote: &RemoteUrl, mp: &Path) -> anyhow::Result<PathBuf> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "root".into())
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(40)
         .collect();
-    Ok(base.join("stratus").join(format!("{slug}-{}", &digest[..12])))
+    Ok(base
+        .join("stratus")
+        .join(format!("{slug}-{}", &digest[..12])))
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -169,7 +187,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 init_logging(cli.verbose, log_file.as_deref())?;
                 let mut ready = Ready::from_env();
                 if let Err(e) = daemon::run(cfg, &mut ready) {
-                    let msg = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+                    let msg = e
+                        .chain()
+                        .map(|c| c.to_string())
+                        .collect::<Vec<_>>()
+                        .join(": ");
                     tracing::error!(error = %msg, "mount failed");
                     ready.fail(&msg);
                     return Err(e);
@@ -191,7 +213,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Starts `stratus mount --foreground` detached, and returns once it reports the mount live
 /// (exit 0) or says why it cannot mount (exit 1, with its one-line reason).
-fn spawn_daemon(remote: &str, cfg: &MountConfig, options: &[String], verbose: bool) -> anyhow::Result<ExitCode> {
+fn spawn_daemon(
+    remote: &str,
+    cfg: &MountConfig,
+    options: &[String],
+    verbose: bool,
+) -> anyhow::Result<ExitCode> {
     daemon::check_mountpoint(&cfg.mountpoint)?;
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
@@ -202,7 +229,8 @@ fn spawn_daemon(remote: &str, cfg: &MountConfig, options: &[String], verbose: bo
         return Err(std::io::Error::last_os_error()).context("creating the ready pipe");
     }
     // SAFETY: both descriptors were just created and are owned here.
-    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let write_fd = fds[1];
     let mut cmd = Command::new(std::env::current_exe().context("locating the stratus binary")?);
     cmd.arg("mount")
@@ -315,11 +343,22 @@ fn status(mp: &Path) -> anyhow::Result<ExitCode> {
     println!("remote:      {}", s.remote);
     println!(
         "reachable:   {}",
-        if s.reachable { "yes" } else { "no (changes are queued)" }
+        if s.reachable {
+            "yes"
+        } else {
+            "no (changes are queued)"
+        }
     );
-    println!("queued:      {} entries, {}", s.queued_entries, human(s.queued_bytes));
+    println!(
+        "queued:      {} entries, {}",
+        s.queued_entries,
+        human(s.queued_bytes)
+    );
     println!("uploading:   {}", s.uploading);
-    println!("still open:  {} (uploaded once closed or fsync'd)", s.waiting_for_writer);
+    println!(
+        "still open:  {} (uploaded once closed or fsync'd)",
+        s.waiting_for_writer
+    );
     println!("errors:      {}", s.errors);
     println!("last error:  {}", s.last_error.as_deref().unwrap_or("none"));
     Ok(ExitCode::SUCCESS)
@@ -332,7 +371,9 @@ fn sync(mp: &Path, wait: bool, timeout: Option<Duration>) -> anyhow::Result<Exit
         println!("sync requested");
         return Ok(ExitCode::SUCCESS);
     }
-    let barrier = String::from_utf8_lossy(&control::get(mp, control::BARRIER)?).trim().to_string();
+    let barrier = String::from_utf8_lossy(&control::get(mp, control::BARRIER)?)
+        .trim()
+        .to_string();
     let name = format!("{}{barrier}", control::PENDING_PREFIX);
     let deadline = timeout.map(|t| Instant::now() + t);
     loop {
@@ -354,7 +395,10 @@ fn sync(mp: &Path, wait: bool, timeout: Option<Duration>) -> anyhow::Result<Exit
                     "  {} {}{}",
                     p.state,
                     p.path,
-                    p.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
+                    p.error
+                        .as_deref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
                 );
             }
             return Ok(ExitCode::FAILURE);

@@ -60,7 +60,9 @@ impl Status {
     pub fn decode(s: &str) -> Status {
         let mut st = Status::default();
         for line in s.lines() {
-            let Some((k, v)) = line.split_once(": ") else { continue };
+            let Some((k, v)) = line.split_once(": ") else {
+                continue;
+            };
             match k {
                 "pid" => st.pid = v.parse().unwrap_or(0),
                 "remote" => st.remote = v.to_string(),
@@ -90,7 +92,12 @@ pub struct PendingJob {
 pub fn encode_pending(jobs: &[PendingJob]) -> String {
     let mut s = String::new();
     for j in jobs {
-        s.push_str(&format!("{}\t{}\t{}", j.seq, j.state, j.path.replace(['\t', '\n'], " ")));
+        s.push_str(&format!(
+            "{}\t{}\t{}",
+            j.seq,
+            j.state,
+            j.path.replace(['\t', '\n'], " ")
+        ));
         if let Some(e) = &j.error {
             s.push('\t');
             s.push_str(&e.replace(['\t', '\n'], " "));
@@ -214,7 +221,10 @@ impl Control {
             }
             _ => {
                 self.vfs.getattr(ino)?;
-                tracing::warn!(name, "extended attributes are not stored; answering ENOTSUP");
+                tracing::warn!(
+                    name,
+                    "extended attributes are not stored; answering ENOTSUP"
+                );
                 Err(VfsError::NotSupported("extended attributes"))
             }
         }
@@ -294,15 +304,37 @@ mod tests {
             last_error: Some("remote unavailable: connection\nrefused".into()),
         };
         let back = Status::decode(&s.encode());
-        assert_eq!(back.last_error.as_deref(), Some("remote unavailable: connection refused"));
-        assert_eq!(Status { last_error: None, ..back }, Status { last_error: None, ..s });
+        assert_eq!(
+            back.last_error.as_deref(),
+            Some("remote unavailable: connection refused")
+        );
+        assert_eq!(
+            Status {
+                last_error: None,
+                ..back
+            },
+            Status {
+                last_error: None,
+                ..s
+            }
+        );
     }
 
     #[test]
     fn pending_round_trip() {
         let jobs = vec![
-            PendingJob { seq: 1, state: "pending".into(), path: "a\tb".into(), error: None },
-            PendingJob { seq: 7, state: "error".into(), path: "x".into(), error: Some("403".into()) },
+            PendingJob {
+                seq: 1,
+                state: "pending".into(),
+                path: "a\tb".into(),
+                error: None,
+            },
+            PendingJob {
+                seq: 7,
+                state: "error".into(),
+                path: "x".into(),
+                error: Some("403".into()),
+            },
         ];
         let back = decode_pending(&encode_pending(&jobs));
         assert_eq!(back[0].path, "a b");

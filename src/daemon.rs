@@ -98,15 +98,15 @@ pub fn check_mountpoint(mp: &Path) -> anyhow::Result<()> {
                 // SAFETY: NUL-terminated path.
                 unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
             }
-            return check_mountpoint_fresh(mp);
+            check_mountpoint_fresh(mp)
         }
         _ => check_mountpoint_fresh(mp),
     }
 }
 
 fn check_mountpoint_fresh(mp: &Path) -> anyhow::Result<()> {
-    let m = std::fs::metadata(mp)
-        .with_context(|| format!("mountpoint {} is missing", mp.display()))?;
+    let m =
+        std::fs::metadata(mp).with_context(|| format!("mountpoint {} is missing", mp.display()))?;
     if !m.is_dir() {
         bail!("mountpoint {} is not a directory", mp.display());
     }
@@ -173,12 +173,13 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
         default_gid: gid,
     };
     let populated = store.read(|db| db.meta_get("populated"))?.is_some();
-    let check = rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(30), remote.check()).await
-    });
+    let check =
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), remote.check()).await });
     let check = match check {
         Ok(r) => r,
-        Err(_) => Err(crate::remote::RemoteError::unavailable("no answer within 30 s")),
+        Err(_) => Err(crate::remote::RemoteError::unavailable(
+            "no answer within 30 s",
+        )),
     };
     match check {
         Ok(()) => {

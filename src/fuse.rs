@@ -162,7 +162,15 @@ impl Filesystem for StratusFs {
         }
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
         match self
             .vfs
             .mkdir(ino(parent), name, mode & !umask, req.uid(), req.gid())
@@ -186,7 +194,14 @@ impl Filesystem for StratusFs {
         }
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
         match self.vfs.symlink(
             ino(parent),
             link_name,
@@ -209,8 +224,13 @@ impl Filesystem for StratusFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        if flags.contains(RenameFlags::RENAME_EXCHANGE) || flags.contains(RenameFlags::RENAME_WHITEOUT) {
-            tracing::warn!(?flags, "rename exchange/whiteout is not supported; answering EINVAL");
+        if flags.contains(RenameFlags::RENAME_EXCHANGE)
+            || flags.contains(RenameFlags::RENAME_WHITEOUT)
+        {
+            tracing::warn!(
+                ?flags,
+                "rename exchange/whiteout is not supported; answering EINVAL"
+            );
             reply.error(Errno::EINVAL);
             return;
         }
@@ -224,7 +244,14 @@ impl Filesystem for StratusFs {
         }
     }
 
-    fn link(&self, _req: &Request, _i: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         match self.vfs.link() {
             Ok(a) => reply.entry(&TTL, &fattr(&a), Generation(0)),
             Err(e) => reply.error(errno("link", e)),
@@ -274,7 +301,14 @@ impl Filesystem for StratusFs {
         }
     }
 
-    fn flush(&self, _req: &Request, _i: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
@@ -294,7 +328,14 @@ impl Filesystem for StratusFs {
         }
     }
 
-    fn fsync(&self, _req: &Request, _i: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         match self.vfs.fsync(fh.0, datasync) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("fsync", e)),
@@ -308,25 +349,51 @@ impl Filesystem for StratusFs {
         }
     }
 
-    fn readdir(&self, _req: &Request, i: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let listing = match self.vfs.readdir(fh.0, ino(i), offset) {
             Ok(l) => l,
             Err(e) => return reply.error(errno("readdir", e)),
         };
         for (n, d) in listing.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(d.ino), (n + 1) as u64, kind(d.kind), OsStr::from_bytes(&d.name)) {
+            if reply.add(
+                INodeNo(d.ino),
+                (n + 1) as u64,
+                kind(d.kind),
+                OsStr::from_bytes(&d.name),
+            ) {
                 break;
             }
         }
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, _i: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         let _ = self.vfs.releasedir(fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, _i: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         match self.vfs.store().make_durable() {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("fsyncdir", e.into())),
@@ -335,7 +402,9 @@ impl Filesystem for StratusFs {
 
     fn statfs(&self, _req: &Request, _i: INodeNo, reply: ReplyStatfs) {
         match self.vfs.statfs() {
-            Ok(s) => reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize),
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
+            ),
             Err(e) => reply.error(errno("statfs", e)),
         }
     }
@@ -389,11 +458,20 @@ impl Filesystem for StratusFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        match self
-            .vfs
-            .create(ino(parent), name, mode & !umask & 0o7777, req.uid(), req.gid())
-        {
-            Ok((a, fh)) => reply.created(&TTL, &fattr(&a), Generation(0), FileHandle(fh), FopenFlags::empty()),
+        match self.vfs.create(
+            ino(parent),
+            name,
+            mode & !umask & 0o7777,
+            req.uid(),
+            req.gid(),
+        ) {
+            Ok((a, fh)) => reply.created(
+                &TTL,
+                &fattr(&a),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
             Err(e) => reply.error(errno("create", e)),
         }
     }

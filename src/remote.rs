@@ -126,9 +126,11 @@ impl RemoteUrl {
                 return Err(format!("{s}: missing bucket or container name"));
             }
             let prefix = prefix.trim_matches('/').to_string();
-            if let Some(reason) = prefix.split('/').filter(|_| !prefix.is_empty()).find_map(|p| {
-                check_component(p.as_bytes()).err()
-            }) {
+            if let Some(reason) = prefix
+                .split('/')
+                .filter(|_| !prefix.is_empty())
+                .find_map(|p| check_component(p.as_bytes()).err())
+            {
                 return Err(format!("{s}: bad prefix: {reason}"));
             }
             Ok((bucket.to_string(), prefix))
@@ -147,7 +149,9 @@ impl RemoteUrl {
         }
         if let Some(rest) = s.strip_prefix("file://") {
             if !rest.starts_with('/') {
-                return Err(format!("{s}: a file:// URL needs an absolute path (file:///abs/path)"));
+                return Err(format!(
+                    "{s}: a file:// URL needs an absolute path (file:///abs/path)"
+                ));
             }
             return Ok(RemoteUrl::Local(PathBuf::from(rest)));
         }
@@ -188,7 +192,10 @@ pub fn check_component(name: &[u8]) -> Result<(), String> {
         return Err("empty path component".into());
     }
     if name == b"." || name == b".." {
-        return Err(format!("'{}' is not a file name", String::from_utf8_lossy(name)));
+        return Err(format!(
+            "'{}' is not a file name",
+            String::from_utf8_lossy(name)
+        ));
     }
     if name.len() > NAME_MAX {
         return Err(format!("component longer than {NAME_MAX} bytes"));
@@ -325,7 +332,13 @@ impl Remote {
     }
 
     /// Uploads a file's content with metadata; `meta.sha256` must already be set.
-    pub async fn upload_file(&self, key: &str, src: &Path, size: u64, meta: &Meta) -> RemoteResult<Written> {
+    pub async fn upload_file(
+        &self,
+        key: &str,
+        src: &Path,
+        size: u64,
+        meta: &Meta,
+    ) -> RemoteResult<Written> {
         dispatch!(self, r => r.upload_file(key, src, size, meta).await)
     }
 
@@ -395,7 +408,9 @@ mod tests {
         };
         let pairs = m.to_pairs();
         assert!(pairs.iter().all(|(k, _)| !k.contains('-')));
-        assert!(pairs.iter().all(|(_, v)| !v.chars().any(|c| c.is_control())));
+        assert!(pairs
+            .iter()
+            .all(|(_, v)| !v.chars().any(|c| c.is_control())));
         let back = Meta::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         assert_eq!(back, m);
     }

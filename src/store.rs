@@ -203,7 +203,8 @@ impl Health {
             self.unreachable
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some((now_ms(), msg.to_string()));
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((now_ms(), msg.to_string()));
     }
 
     pub fn record_ok(&self) {
@@ -276,7 +277,10 @@ impl Store {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn read<T, E: From<StoreError>>(&self, f: impl FnOnce(&Db<'_>) -> Result<T, E>) -> Result<T, E> {
+    pub fn read<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Db<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
         let conn = self.lock();
         let db = Db {
             conn: &conn,
@@ -405,9 +409,7 @@ impl Db<'_> {
         let mut st = self
             .conn
             .prepare_cached(&format!("SELECT {ENTRY_COLS} FROM entries WHERE id = ?1"))?;
-        Ok(st
-            .query_row([id.0 as i64], entry_from_row)
-            .optional()?)
+        Ok(st.query_row([id.0 as i64], entry_from_row).optional()?)
     }
 
     pub fn must_get(&self, id: EntryId) -> StoreResult<Entry> {
@@ -620,7 +622,12 @@ impl Db<'_> {
 
     /// Queues (or re-arms) the sync of `id`, keeping its place in the queue if it had one.
     /// `ready_at_ms = None` holds the job until an open writer lets go.
-    pub fn enqueue_sync(&self, id: EntryId, dirty: i64, ready_at_ms: Option<i64>) -> StoreResult<()> {
+    pub fn enqueue_sync(
+        &self,
+        id: EntryId,
+        dirty: i64,
+        ready_at_ms: Option<i64>,
+    ) -> StoreResult<()> {
         self.conn.execute(
             "UPDATE entries SET dirty = dirty | ?2, dirty_seq = dirty_seq + 1 WHERE id = ?1",
             params![id.0 as i64, dirty],
@@ -658,9 +665,9 @@ impl Db<'_> {
 
     /// Held jobs whose writer is gone (the daemon restarted): they are ready now.
     pub fn release_held(&self, ready_at_ms: i64) -> StoreResult<Vec<EntryId>> {
-        let mut st = self
-            .conn
-            .prepare("SELECT entry_id FROM journal WHERE ready_at_ms IS NULL AND entry_id IS NOT NULL")?;
+        let mut st = self.conn.prepare(
+            "SELECT entry_id FROM journal WHERE ready_at_ms IS NULL AND entry_id IS NOT NULL",
+        )?;
         let ids: Vec<EntryId> = st
             .query_map([], |r| Ok(EntryId(r.get::<_, i64>(0)? as u64)))?
             .collect::<Result<_, _>>()?;
@@ -729,7 +736,8 @@ impl Db<'_> {
     }
 
     pub fn remove_job(&self, seq: i64) -> StoreResult<()> {
-        self.conn.execute("DELETE FROM journal WHERE seq = ?1", [seq])?;
+        self.conn
+            .execute("DELETE FROM journal WHERE seq = ?1", [seq])?;
         Ok(())
     }
 

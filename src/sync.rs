@@ -27,10 +27,15 @@ pub fn backoff(attempts: i64) -> Duration {
 /// leaves an empty database, and the next mount scans again).
 pub fn populate(store: &Store, objects: &[ObjectInfo], cfg: &SyncConfig) -> StoreResult<usize> {
     store.write(|db| {
-        db.insert_root(0o755, cfg.default_uid, cfg.default_gid, &Synced {
-            key: Some(String::new()),
-            ..Default::default()
-        })?;
+        db.insert_root(
+            0o755,
+            cfg.default_uid,
+            cfg.default_gid,
+            &Synced {
+                key: Some(String::new()),
+                ..Default::default()
+            },
+        )?;
         let mut ids: HashMap<&str, EntryId> = HashMap::new();
         ids.insert("", EntryId::ROOT);
         let now = now_ns();

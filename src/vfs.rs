@@ -227,7 +227,11 @@ impl Vfs {
         let parent_path = db.path_of(parent)?.ok_or(VfsError::NotFound)?;
         let key_len = parent_path.len() + usize::from(!parent_path.is_empty()) + name.len();
         if key_len > self.remote.max_key_len() {
-            tracing::warn!(key_len, max = self.remote.max_key_len(), "refusing a path longer than the remote's key limit");
+            tracing::warn!(
+                key_len,
+                max = self.remote.max_key_len(),
+                "refusing a path longer than the remote's key limit"
+            );
             return Err(VfsError::NameTooLong(format!(
                 "path of {key_len} bytes exceeds the remote's {}-byte key limit",
                 self.remote.max_key_len()
@@ -264,12 +268,18 @@ impl Vfs {
     }
 
     pub fn getattr(&self, ino: EntryId) -> VfsResult<Attr> {
-        let e = self.store.read(|db| db.get(ino))?.ok_or(VfsError::NotFound)?;
+        let e = self
+            .store
+            .read(|db| db.get(ino))?
+            .ok_or(VfsError::NotFound)?;
         Ok(self.attr(&e))
     }
 
     pub fn setattr(&self, ino: EntryId, set: &SetAttr) -> VfsResult<Attr> {
-        let mut e = self.store.read(|db| db.get(ino))?.ok_or(VfsError::NotFound)?;
+        let mut e = self
+            .store
+            .read(|db| db.get(ino))?
+            .ok_or(VfsError::NotFound)?;
         let now = now_ns();
         let mut flags = 0;
         if let Some(size) = set.size {
@@ -340,7 +350,10 @@ impl Vfs {
     }
 
     pub fn readlink(&self, ino: EntryId) -> VfsResult<Vec<u8>> {
-        let e = self.store.read(|db| db.get(ino))?.ok_or(VfsError::NotFound)?;
+        let e = self
+            .store
+            .read(|db| db.get(ino))?
+            .ok_or(VfsError::NotFound)?;
         match (e.kind, e.target) {
             (Kind::Symlink, Some(t)) => Ok(t),
             _ => Err(VfsError::Invalid("not a symlink".into())),
@@ -387,9 +400,7 @@ impl Vfs {
                 dirty: 0,
             })?;
             if kind == Kind::File {
-                self.cache
-                    .create_empty(e.id)
-?;
+                self.cache.create_empty(e.id)?;
             }
             db.enqueue_sync(e.id, dirty::CONTENT | dirty::META, ready)?;
             self.touch_dir(db, &p)?;
@@ -398,14 +409,39 @@ impl Vfs {
         e
     }
 
-    pub fn mkdir(&self, parent: EntryId, name: &OsStr, mode: u32, uid: u32, gid: u32) -> VfsResult<Attr> {
-        let e = self.insert_child(parent, name.as_bytes(), Kind::Dir, mode, uid, gid, None, Some(now_ms()))?;
+    pub fn mkdir(
+        &self,
+        parent: EntryId,
+        name: &OsStr,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> VfsResult<Attr> {
+        let e = self.insert_child(
+            parent,
+            name.as_bytes(),
+            Kind::Dir,
+            mode,
+            uid,
+            gid,
+            None,
+            Some(now_ms()),
+        )?;
         Ok(self.attr(&e))
     }
 
-    pub fn symlink(&self, parent: EntryId, name: &OsStr, target: &[u8], uid: u32, gid: u32) -> VfsResult<Attr> {
+    pub fn symlink(
+        &self,
+        parent: EntryId,
+        name: &OsStr,
+        target: &[u8],
+        uid: u32,
+        gid: u32,
+    ) -> VfsResult<Attr> {
         if std::str::from_utf8(target).is_err() {
-            return Err(VfsError::Invalid("symlink target is not valid UTF-8".into()));
+            return Err(VfsError::Invalid(
+                "symlink target is not valid UTF-8".into(),
+            ));
         }
         let e = self.insert_child(
             parent,
@@ -421,9 +457,25 @@ impl Vfs {
     }
 
     /// Creates and opens a regular file. The journal row is held until the handle is released.
-    pub fn create(&self, parent: EntryId, name: &OsStr, mode: u32, uid: u32, gid: u32) -> VfsResult<(Attr, u64)> {
+    pub fn create(
+        &self,
+        parent: EntryId,
+        name: &OsStr,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> VfsResult<(Attr, u64)> {
         let mut live = lock(&self.live);
-        let e = self.insert_child(parent, name.as_bytes(), Kind::File, mode, uid, gid, None, None)?;
+        let e = self.insert_child(
+            parent,
+            name.as_bytes(),
+            Kind::File,
+            mode,
+            uid,
+            gid,
+            None,
+            None,
+        )?;
         let file = self.cache.open_file(e.id, false)?;
         live.insert(
             e.id,
@@ -456,7 +508,10 @@ impl Vfs {
     }
 
     fn handle(&self, fh: u64) -> VfsResult<Arc<Handle>> {
-        lock(&self.handles).get(&fh).cloned().ok_or(VfsError::BadHandle)
+        lock(&self.handles)
+            .get(&fh)
+            .cloned()
+            .ok_or(VfsError::BadHandle)
     }
 
     /// Downloads the whole object into the entry's data file (this stand-in for the
@@ -464,15 +519,16 @@ impl Vfs {
     fn fetch(&self, e: &Entry) -> VfsResult<()> {
         let gate = lock(&self.fetching).entry(e.id).or_default().clone();
         let _g = lock(&gate);
-        let fresh = self.store.read(|db| db.get(e.id))?.ok_or(VfsError::NotFound)?;
+        let fresh = self
+            .store
+            .read(|db| db.get(e.id))?
+            .ok_or(VfsError::NotFound)?;
         if fresh.local {
             return Ok(());
         }
-        let key = fresh
-            .synced
-            .key
-            .clone()
-            .ok_or_else(|| VfsError::Invalid("entry has neither local data nor a remote copy".into()))?;
+        let key = fresh.synced.key.clone().ok_or_else(|| {
+            VfsError::Invalid("entry has neither local data nor a remote copy".into())
+        })?;
         let tmp = self.cache.temp_path(e.id);
         tracing::debug!(%key, "fetching whole object");
         let r = self.rt.block_on(async {
@@ -488,7 +544,9 @@ impl Vfs {
             Err(_) => {
                 let _ = std::fs::remove_file(&tmp);
                 tracing::warn!(%key, "fetch timed out");
-                return Err(VfsError::Remote(crate::remote::RemoteError::unavailable("fetch timed out")));
+                return Err(VfsError::Remote(crate::remote::RemoteError::unavailable(
+                    "fetch timed out",
+                )));
             }
         };
         self.cache.commit_temp(e.id)?;
@@ -504,7 +562,10 @@ impl Vfs {
     }
 
     pub fn open(&self, ino: EntryId, writable: bool) -> VfsResult<u64> {
-        let e = self.store.read(|db| db.get(ino))?.ok_or(VfsError::NotFound)?;
+        let e = self
+            .store
+            .read(|db| db.get(ino))?
+            .ok_or(VfsError::NotFound)?;
         match e.kind {
             Kind::Dir => return Ok(self.add_handle(e.id, None, false)),
             Kind::Symlink => return Err(VfsError::Invalid("open of a symlink".into())),
@@ -537,7 +598,10 @@ impl Vfs {
     }
 
     pub fn opendir(&self, ino: EntryId) -> VfsResult<u64> {
-        let e = self.store.read(|db| db.get(ino))?.ok_or(VfsError::NotFound)?;
+        let e = self
+            .store
+            .read(|db| db.get(ino))?
+            .ok_or(VfsError::NotFound)?;
         if e.kind != Kind::Dir {
             return Err(VfsError::NotDir);
         }
@@ -571,7 +635,8 @@ impl Vfs {
             let l = live.get_mut(&h.id).ok_or(VfsError::BadHandle)?;
             if !l.armed && !l.unlinked {
                 // Journal first: once this write is acknowledged, a crash must find it queued.
-                self.store.write(|db| db.enqueue_sync(h.id, dirty::CONTENT, None))?;
+                self.store
+                    .write(|db| db.enqueue_sync(h.id, dirty::CONTENT, None))?;
                 l.armed = true;
             }
         }
@@ -661,16 +726,23 @@ impl Vfs {
             let (me, children) = self.r(|db| {
                 let me = db.get(ino)?.ok_or(VfsError::NotFound)?;
                 Ok((me.clone(), db.children(ino)?))
-            })
-            ?;
+            })?;
             let mut v = Vec::with_capacity(children.len() + 2);
-            v.push(DirEntry { ino: me.id.0, kind: Kind::Dir, name: b".".to_vec() });
+            v.push(DirEntry {
+                ino: me.id.0,
+                kind: Kind::Dir,
+                name: b".".to_vec(),
+            });
             v.push(DirEntry {
                 ino: me.parent.map(|p| p.0).unwrap_or(EntryId::ROOT.0),
                 kind: Kind::Dir,
                 name: b"..".to_vec(),
             });
-            v.extend(children.into_iter().map(|c| DirEntry { ino: c.id.0, kind: c.kind, name: c.name }));
+            v.extend(children.into_iter().map(|c| DirEntry {
+                ino: c.id.0,
+                kind: c.kind,
+                name: c.name,
+            }));
             *listing = Some(Arc::new(v));
         }
         Ok(listing.clone().expect("set above"))
@@ -678,7 +750,12 @@ impl Vfs {
 
     /// Removes `e` from the tree: its remote copy is queued for deletion, and an open file
     /// lives on, unnamed, until its last handle is released.
-    fn remove_entry(&self, db: &Db<'_>, live: &mut HashMap<EntryId, Live>, e: &Entry) -> VfsResult<()> {
+    fn remove_entry(
+        &self,
+        db: &Db<'_>,
+        live: &mut HashMap<EntryId, Live>,
+        e: &Entry,
+    ) -> VfsResult<()> {
         if let Some(key) = &e.synced.key {
             db.enqueue_delete(key, e.kind == Kind::Dir)?;
         }
@@ -707,15 +784,16 @@ impl Vfs {
     pub fn unlink(&self, parent: EntryId, name: &OsStr) -> VfsResult<()> {
         let mut live = lock(&self.live);
         self.w(|db| {
-                let p = self.dir(db, parent)?;
-                let e = db.lookup(parent, name.as_bytes())?.ok_or(VfsError::NotFound)?;
-                if e.kind == Kind::Dir {
-                    return Err(VfsError::IsDir);
-                }
-                self.remove_entry(db, &mut live, &e)?;
-                self.touch_dir(db, &p)
-            })
-            
+            let p = self.dir(db, parent)?;
+            let e = db
+                .lookup(parent, name.as_bytes())?
+                .ok_or(VfsError::NotFound)?;
+            if e.kind == Kind::Dir {
+                return Err(VfsError::IsDir);
+            }
+            self.remove_entry(db, &mut live, &e)?;
+            self.touch_dir(db, &p)
+        })
     }
 
     pub fn rmdir(&self, parent: EntryId, name: &OsStr) -> VfsResult<()> {
@@ -724,18 +802,19 @@ impl Vfs {
         }
         let mut live = lock(&self.live);
         self.w(|db| {
-                let p = self.dir(db, parent)?;
-                let e = db.lookup(parent, name.as_bytes())?.ok_or(VfsError::NotFound)?;
-                if e.kind != Kind::Dir {
-                    return Err(VfsError::NotDir);
-                }
-                if db.has_children(e.id)? {
-                    return Err(VfsError::NotEmpty);
-                }
-                self.remove_entry(db, &mut live, &e)?;
-                self.touch_dir(db, &p)
-            })
-            
+            let p = self.dir(db, parent)?;
+            let e = db
+                .lookup(parent, name.as_bytes())?
+                .ok_or(VfsError::NotFound)?;
+            if e.kind != Kind::Dir {
+                return Err(VfsError::NotDir);
+            }
+            if db.has_children(e.id)? {
+                return Err(VfsError::NotEmpty);
+            }
+            self.remove_entry(db, &mut live, &e)?;
+            self.touch_dir(db, &p)
+        })
     }
 
     pub fn rename(
@@ -750,75 +829,74 @@ impl Vfs {
         let mut live = lock(&self.live);
         let ready_now = Some(now_ms());
         self.w(|db| {
-                let p = self.dir(db, parent)?;
-                let np = self.dir(db, newparent)?;
-                let src = db.lookup(parent, name)?.ok_or(VfsError::NotFound)?;
-                if parent == newparent && name == newname {
+            let p = self.dir(db, parent)?;
+            let np = self.dir(db, newparent)?;
+            let src = db.lookup(parent, name)?.ok_or(VfsError::NotFound)?;
+            if parent == newparent && name == newname {
+                return Ok(());
+            }
+            self.check_new_name(db, newparent, newname)?;
+            if src.kind == Kind::Dir {
+                // A directory cannot move below itself.
+                let mut cur = Some(newparent);
+                while let Some(c) = cur {
+                    if c == src.id {
+                        return Err(VfsError::Invalid(
+                            "cannot move a directory inside itself".into(),
+                        ));
+                    }
+                    cur = db.get(c)?.and_then(|e| e.parent);
+                }
+            }
+            if let Some(dst) = db.lookup(newparent, newname)? {
+                if dst.id == src.id {
                     return Ok(());
                 }
-                self.check_new_name(db, newparent, newname)?;
-                if src.kind == Kind::Dir {
-                    // A directory cannot move below itself.
-                    let mut cur = Some(newparent);
-                    while let Some(c) = cur {
-                        if c == src.id {
-                            return Err(VfsError::Invalid(
-                                "cannot move a directory inside itself".into(),
-                            ));
+                if noreplace {
+                    return Err(VfsError::Exists);
+                }
+                match (src.kind == Kind::Dir, dst.kind == Kind::Dir) {
+                    (true, true) => {
+                        if db.has_children(dst.id)? {
+                            return Err(VfsError::NotEmpty);
                         }
-                        cur = db.get(c)?.and_then(|e| e.parent);
                     }
+                    (true, false) => return Err(VfsError::NotDir),
+                    (false, true) => return Err(VfsError::IsDir),
+                    (false, false) => {}
                 }
-                if let Some(dst) = db.lookup(newparent, newname)? {
-                    if dst.id == src.id {
-                        return Ok(());
-                    }
-                    if noreplace {
-                        return Err(VfsError::Exists);
-                    }
-                    match (src.kind == Kind::Dir, dst.kind == Kind::Dir) {
-                        (true, true) => {
-                            if db.has_children(dst.id)? {
-                                return Err(VfsError::NotEmpty);
-                            }
-                        }
-                        (true, false) => return Err(VfsError::NotDir),
-                        (false, true) => return Err(VfsError::IsDir),
-                        (false, false) => {}
-                    }
-                    self.remove_entry(db, &mut live, &dst)?;
+                self.remove_entry(db, &mut live, &dst)?;
+            }
+            let mut moved = src.clone();
+            moved.parent = Some(newparent);
+            moved.name = newname.to_vec();
+            moved.ctime_ns = now_ns();
+            db.update(&moved)?;
+            let held = |id: EntryId| matches!(live.get(&id), Some(l) if l.armed);
+            db.enqueue_sync(src.id, 0, if held(src.id) { None } else { ready_now })?;
+            if src.kind == Kind::Dir {
+                let below = db.descendants(src.id)?;
+                for d in &below {
+                    db.enqueue_sync(d.id, 0, if held(d.id) { None } else { ready_now })?;
                 }
-                let mut moved = src.clone();
-                moved.parent = Some(newparent);
-                moved.name = newname.to_vec();
-                moved.ctime_ns = now_ns();
-                db.update(&moved)?;
-                let held = |id: EntryId| matches!(live.get(&id), Some(l) if l.armed);
-                db.enqueue_sync(src.id, 0, if held(src.id) { None } else { ready_now })?;
-                if src.kind == Kind::Dir {
-                    let below = db.descendants(src.id)?;
-                    for d in &below {
-                        db.enqueue_sync(d.id, 0, if held(d.id) { None } else { ready_now })?;
-                    }
-                    // The old directory markers go after every child has moved out (their
-                    // jobs come first in the queue), deepest first.
-                    let mut old_dirs: Vec<String> = std::iter::once(&src)
-                        .chain(below.iter())
-                        .filter(|d| d.kind == Kind::Dir)
-                        .filter_map(|d| d.synced.key.clone())
-                        .collect();
-                    old_dirs.sort_by_key(|k| std::cmp::Reverse(k.matches('/').count()));
-                    for k in old_dirs {
-                        db.enqueue_delete(&k, true)?;
-                    }
+                // The old directory markers go after every child has moved out (their
+                // jobs come first in the queue), deepest first.
+                let mut old_dirs: Vec<String> = std::iter::once(&src)
+                    .chain(below.iter())
+                    .filter(|d| d.kind == Kind::Dir)
+                    .filter_map(|d| d.synced.key.clone())
+                    .collect();
+                old_dirs.sort_by_key(|k| std::cmp::Reverse(k.matches('/').count()));
+                for k in old_dirs {
+                    db.enqueue_delete(&k, true)?;
                 }
-                self.touch_dir(db, &p)?;
-                if newparent != parent {
-                    self.touch_dir(db, &np)?;
-                }
-                Ok(())
-            })
-            
+            }
+            self.touch_dir(db, &p)?;
+            if newparent != parent {
+                self.touch_dir(db, &np)?;
+            }
+            Ok(())
+        })
     }
 
     pub fn statfs(&self) -> VfsResult<StatFs> {
@@ -838,18 +916,17 @@ impl Vfs {
 
     pub fn sync_state(&self, ino: EntryId) -> VfsResult<SyncState> {
         self.r(|db| {
-                db.get(ino)?.ok_or(VfsError::NotFound)?;
-                Ok(db.job_for(ino)?)
-            })
-            
-            .map(|job| match job {
-                None => SyncState::Synced,
-                Some(j) => match j.state {
-                    crate::store::JobState::Parked => SyncState::Error,
-                    crate::store::JobState::Uploading => SyncState::Uploading,
-                    crate::store::JobState::Queued => SyncState::Pending,
-                },
-            })
+            db.get(ino)?.ok_or(VfsError::NotFound)?;
+            Ok(db.job_for(ino)?)
+        })
+        .map(|job| match job {
+            None => SyncState::Synced,
+            Some(j) => match j.state {
+                crate::store::JobState::Parked => SyncState::Error,
+                crate::store::JobState::Uploading => SyncState::Uploading,
+                crate::store::JobState::Queued => SyncState::Pending,
+            },
+        })
     }
 
     /// Called once at start: the previous run may have died with writers armed. Their data
@@ -862,14 +939,17 @@ impl Vfs {
         }
         let held = self.store.write(|db| db.release_held(now_ms()))?;
         for id in &held {
-            let Some(e) = self.store.read(|db| db.get(*id))? else { continue };
+            let Some(e) = self.store.read(|db| db.get(*id))? else {
+                continue;
+            };
             if e.kind != Kind::File || !e.local {
                 continue;
             }
             let path = self.cache.path(*id);
             if let Ok(m) = std::fs::metadata(&path) {
                 let mtime = m.modified().map(time_to_ns).unwrap_or(e.mtime_ns);
-                self.store.write(|db| db.set_size_mtime(*id, m.len(), mtime.max(e.mtime_ns)))?;
+                self.store
+                    .write(|db| db.set_size_mtime(*id, m.len(), mtime.max(e.mtime_ns)))?;
             }
         }
         Ok(held.len())
@@ -882,9 +962,18 @@ impl Vfs {
     }
 
     /// Device nodes, fifos and sockets have no object form.
-    pub fn mknod(&self, parent: EntryId, name: &OsStr, mode: u32, uid: u32, gid: u32) -> VfsResult<(Attr, u64)> {
+    pub fn mknod(
+        &self,
+        parent: EntryId,
+        name: &OsStr,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> VfsResult<(Attr, u64)> {
         if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
-            tracing::warn!("special files (devices, fifos, sockets) are not supported; answering ENOTSUP");
+            tracing::warn!(
+                "special files (devices, fifos, sockets) are not supported; answering ENOTSUP"
+            );
             return Err(VfsError::NotSupported("special files"));
         }
         let (attr, fh) = self.create(parent, name, mode & 0o7777, uid, gid)?;
@@ -896,4 +985,3 @@ impl Vfs {
         (self.cfg.default_uid, self.cfg.default_gid)
     }
 }
-

@@ -14,10 +14,17 @@ fn corrupt_state_database_is_refused_and_left_untouched() {
     let state = env.new_state_dir();
     let garbage: Vec<u8> = (0..8192u32).map(|i| (i * 31 % 251) as u8).collect();
     fs::write(state.join("state.db"), &garbage).unwrap();
-    let err = env.try_mount(&state, &[]).err().expect("a corrupt database must be refused");
+    let err = env
+        .try_mount(&state, &[])
+        .err()
+        .expect("a corrupt database must be refused");
     assert!(err.contains("corrupt"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert_eq!(fs::read(state.join("state.db")).unwrap(), garbage, "database was modified");
+    assert_eq!(
+        fs::read(state.join("state.db")).unwrap(),
+        garbage,
+        "database was modified"
+    );
 }
 
 #[test]
@@ -26,10 +33,14 @@ fn newer_state_database_is_refused_and_left_untouched() {
     let state = env.new_state_dir();
     {
         let c = rusqlite::Connection::open(state.join("state.db")).unwrap();
-        c.execute_batch("CREATE TABLE future (x); PRAGMA user_version = 999;").unwrap();
+        c.execute_batch("CREATE TABLE future (x); PRAGMA user_version = 999;")
+            .unwrap();
     }
     let before = fs::read(state.join("state.db")).unwrap();
-    let err = env.try_mount(&state, &[]).err().expect("a newer database must be refused");
+    let err = env
+        .try_mount(&state, &[])
+        .err()
+        .expect("a newer database must be refused");
     assert!(err.contains("newer"), "{err}");
     assert_eq!(fs::read(state.join("state.db")).unwrap(), before);
 }
@@ -41,7 +52,10 @@ fn local_remote_names_that_cannot_be_keys_are_skipped() {
     let bad = std::ffi::OsStr::from_bytes(b"bad\xff.txt");
     fs::write(env.root.join(bad), b"bad").unwrap();
     let m = env.mount();
-    let names: Vec<_> = fs::read_dir(&m.dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = fs::read_dir(&m.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names, vec![std::ffi::OsString::from("good.txt")]);
     // Skipped, never deleted.
     m.sync();
@@ -74,7 +88,10 @@ fn s3_keys_that_are_not_paths_are_skipped_or_settled() {
     assert_eq!(fs::read(m.path("ok.txt")).unwrap(), b"fine");
     assert!(fs::read_dir(m.path("a")).unwrap().next().is_none());
     assert!(m.path("marker").is_dir());
-    assert!(m.log_tail().contains("not a valid path"), "no warning logged");
+    assert!(
+        m.log_tail().contains("not a valid path"),
+        "no warning logged"
+    );
     // Nothing was deleted from the remote.
     m.sync();
     let tree = env.remote_tree();

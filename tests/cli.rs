@@ -19,7 +19,13 @@ fn mount_refuses_bad_arguments_with_one_line() {
     let mp = env.new_mountpoint();
     let state = env.new_state_dir();
     let run = |remote: &str, mp: &Path| {
-        env.stratus(&["mount", remote, mp.to_str().unwrap(), "--state-dir", state.to_str().unwrap()])
+        env.stratus(&[
+            "mount",
+            remote,
+            mp.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ])
     };
 
     let o = run("ftp://host/x", &mp);
@@ -43,7 +49,10 @@ fn state_dir_held_by_a_live_mount_is_refused() {
     let env = Env::new(Backend::Local);
     let state = env.new_state_dir();
     let m = env.mount_state(&state);
-    let err = env.try_mount(&state, &[]).err().expect("second mount must fail");
+    let err = env
+        .try_mount(&state, &[])
+        .err()
+        .expect("second mount must fail");
     assert!(err.contains("held by another live mount"), "{err}");
     drop(m);
     // Once the first mount is gone, the same state dir mounts again.
@@ -58,7 +67,10 @@ fn unreachable_remote_without_local_state_is_refused() {
     let port = l.local_addr().unwrap().port();
     drop(l);
     env.set_endpoint(&format!("http://127.0.0.1:{port}"));
-    let err = env.try_mount(&env.new_state_dir(), &[]).err().expect("must fail");
+    let err = env
+        .try_mount(&env.new_state_dir(), &[])
+        .err()
+        .expect("must fail");
     assert!(err.contains("unreachable"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
@@ -70,7 +82,11 @@ fn fusermount_unmount_leaves_the_queue_for_next_time() {
     let m = env.try_mount(&state, &["--write-back", "3600"]).unwrap();
     fs::write(m.path("q.txt"), b"still queued").unwrap();
     let pid = m.daemon_pid();
-    let st = Command::new("fusermount3").arg("-u").arg(&m.dir).status().unwrap();
+    let st = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&m.dir)
+        .status()
+        .unwrap();
     assert!(st.success());
     assert!(
         eventually(20, || !alive(pid)),
@@ -112,14 +128,21 @@ fn a_permanent_failure_parks_one_entry_and_the_rest_flows() {
     // that write for good, which must not block anything else.
     env.put_remote("clash/inside", b"theirs");
     fs::write(m.path("clash"), b"ours").unwrap();
-    assert!(eventually(20, || m.state_of("clash") == "error"), "state: {}", m.state_of("clash"));
+    assert!(
+        eventually(20, || m.state_of("clash") == "error"),
+        "state: {}",
+        m.state_of("clash")
+    );
     fs::write(m.path("fine.txt"), b"fine").unwrap();
     assert!(eventually(20, || env.root.join("fine.txt").exists()));
     let s = m.status();
     assert!(s.contains("errors:      1"), "{s}");
     assert!(s.contains("is a directory"), "{s}");
     let o = m.stratus(&["sync", m.dir.to_str().unwrap(), "--wait", "--timeout", "20"]);
-    assert!(!o.status.success(), "sync --wait must report the parked entry");
+    assert!(
+        !o.status.success(),
+        "sync --wait must report the parked entry"
+    );
     assert!(stderr(&o).contains("clash"), "{}", stderr(&o));
     // Nothing was lost: our version is still readable, theirs is untouched.
     assert_eq!(fs::read(m.path("clash")).unwrap(), b"ours");
@@ -131,8 +154,14 @@ fn unmount_command_waits_for_the_daemon() {
     let env = Env::new(Backend::Local);
     let m = env.mount();
     let pid = m.daemon_pid();
-    let o = Command::new(BIN).args(["unmount", m.dir.to_str().unwrap()]).output().unwrap();
+    let o = Command::new(BIN)
+        .args(["unmount", m.dir.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(!alive(pid), "stratus unmount returned before the daemon exited");
+    assert!(
+        !alive(pid),
+        "stratus unmount returned before the daemon exited"
+    );
     assert!(fs::read_dir(&m.dir).unwrap().next().is_none());
 }

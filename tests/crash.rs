@@ -22,9 +22,14 @@ both!(sigkill_loses_nothing_acknowledged, |env: &Env| {
     let stop = Arc::new(AtomicBool::new(false));
     let root = m.dir.clone();
     let worker = {
-        let (acked, gone, log_lines, stop) = (acked.clone(), gone.clone(), log_lines.clone(), stop.clone());
+        let (acked, gone, log_lines, stop) =
+            (acked.clone(), gone.clone(), log_lines.clone(), stop.clone());
         std::thread::spawn(move || {
-            let mut log = match fs::OpenOptions::new().create(true).append(true).open(root.join("w/log")) {
+            let mut log = match fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(root.join("w/log"))
+            {
                 Ok(f) => f,
                 Err(_) => return,
             };
@@ -39,7 +44,10 @@ both!(sigkill_loses_nothing_acknowledged, |env: &Env| {
                 }
                 acked.lock().unwrap().insert(name.clone(), body);
                 // An fsync'd append log: each line acknowledged once fsync returns.
-                if writeln!(log, "line {i}").and_then(|_| log.sync_data()).is_err() {
+                if writeln!(log, "line {i}")
+                    .and_then(|_| log.sync_data())
+                    .is_err()
+                {
                     break;
                 }
                 *log_lines.lock().unwrap() = i as usize + 1;
@@ -73,11 +81,16 @@ both!(sigkill_loses_nothing_acknowledged, |env: &Env| {
     worker.join().unwrap();
     let acked = acked.lock().unwrap().clone();
     let log_lines = *log_lines.lock().unwrap();
-    assert!(acked.len() > 20, "workload too small to mean anything: {}", acked.len());
+    assert!(
+        acked.len() > 20,
+        "workload too small to mean anything: {}",
+        acked.len()
+    );
 
     let m2 = env.mount_state(&state);
     for (name, body) in &acked {
-        let got = fs::read(m2.path(name)).unwrap_or_else(|e| panic!("{name} lost after SIGKILL: {e}"));
+        let got =
+            fs::read(m2.path(name)).unwrap_or_else(|e| panic!("{name} lost after SIGKILL: {e}"));
         assert!(got == *body, "{name} differs after SIGKILL");
     }
     for name in gone.lock().unwrap().iter() {
@@ -88,10 +101,16 @@ both!(sigkill_loses_nothing_acknowledged, |env: &Env| {
     m2.sync();
     let remote = env.remote_files();
     for (name, body) in &acked {
-        assert!(remote.get(name) == Some(body), "{name} not on the remote after the queue drained");
+        assert!(
+            remote.get(name) == Some(body),
+            "{name} not on the remote after the queue drained"
+        );
     }
     for name in gone.lock().unwrap().iter() {
-        assert!(!remote.contains_key(name), "{name} deleted but still on the remote");
+        assert!(
+            !remote.contains_key(name),
+            "{name} deleted but still on the remote"
+        );
     }
     println!("acknowledged files: {}, losses: 0", acked.len());
 });

@@ -54,7 +54,13 @@ both!(posix_operations, |env: &Env| {
     let m = env.mount();
 
     // Write at an offset, append, ftruncate, truncate by path.
-    let mut f = OpenOptions::new().create(true).read(true).write(true).truncate(true).open(m.path("f")).unwrap();
+    let mut f = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(true)
+        .open(m.path("f"))
+        .unwrap();
     f.write_all(b"hello world").unwrap();
     f.write_at(b"WORLD", 6).unwrap();
     let mut s = String::new();
@@ -79,7 +85,10 @@ both!(posix_operations, |env: &Env| {
     // Directories.
     fs::create_dir(m.path("d")).unwrap();
     fs::create_dir(m.path("d/sub")).unwrap();
-    assert_eq!(errno_of(&fs::remove_dir(m.path("d")).unwrap_err()), libc::ENOTEMPTY);
+    assert_eq!(
+        errno_of(&fs::remove_dir(m.path("d")).unwrap_err()),
+        libc::ENOTEMPTY
+    );
     fs::remove_dir(m.path("d/sub")).unwrap();
     fs::rename(m.path("f"), m.path("d/g")).unwrap();
     assert!(!m.path("f").exists());
@@ -129,7 +138,13 @@ both!(posix_operations, |env: &Env| {
     assert!(st.f_blocks > 0 && st.f_bavail > 0);
 
     // An unlinked open file stays readable and writable until closed.
-    let mut u = OpenOptions::new().create(true).read(true).write(true).truncate(true).open(m.path("u")).unwrap();
+    let mut u = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(true)
+        .open(m.path("u"))
+        .unwrap();
     u.write_all(b"abc").unwrap();
     fs::remove_file(m.path("u")).unwrap();
     assert!(!m.path("u").exists());
@@ -172,7 +187,11 @@ both!(posix_operations, |env: &Env| {
     assert_eq!(tree["r2"].meta.uid, Some(1234));
     assert_eq!(tree["r2"].meta.mtime_ns, Some(978_307_200_000_000_000));
     for gone in ["f", "r1", "u", "tree", "tree/top", "e1", "d/sub"] {
-        assert!(!tree.contains_key(gone), "{gone} should be gone from the remote: {:?}", tree.keys());
+        assert!(
+            !tree.contains_key(gone),
+            "{gone} should be gone from the remote: {:?}",
+            tree.keys()
+        );
     }
     assert_eq!(tree["d"].kind, ObjKind::Dir);
     assert_eq!(tree["e2"].kind, ObjKind::Dir);
@@ -185,7 +204,12 @@ both!(metadata_survives_remount_with_empty_state, |env: &Env| {
     fs::set_permissions(m.path("docs/a.txt"), fs::Permissions::from_mode(0o640)).unwrap();
     std::os::unix::fs::chown(m.path("docs/a.txt"), Some(42), Some(43)).unwrap();
     let when = UNIX_EPOCH + Duration::from_nanos(1_600_000_000_123_456_789);
-    fs::File::options().write(true).open(m.path("docs/a.txt")).unwrap().set_modified(when).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(m.path("docs/a.txt"))
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
     fs::set_permissions(m.path("docs/empty"), fs::Permissions::from_mode(0o700)).unwrap();
     std::os::unix::fs::symlink("a.txt", m.path("docs/ln")).unwrap();
     fs::write(m.path("big"), data(9, 3_000_000)).unwrap();
@@ -199,7 +223,10 @@ both!(metadata_survives_remount_with_empty_state, |env: &Env| {
     assert_eq!(md.modified().unwrap(), when);
     assert_eq!(md.len(), 5);
     assert_eq!(fs::read(m2.path("docs/a.txt")).unwrap(), b"alpha");
-    assert_eq!(fs::read_link(m2.path("docs/ln")).unwrap().to_str(), Some("a.txt"));
+    assert_eq!(
+        fs::read_link(m2.path("docs/ln")).unwrap().to_str(),
+        Some("a.txt")
+    );
     let d = fs::metadata(m2.path("docs/empty")).unwrap();
     assert!(d.is_dir());
     assert_eq!(d.mode() & 0o7777, 0o700);
@@ -218,18 +245,23 @@ both!(foreign_objects_get_defaults, |env: &Env| {
     let md = fs::metadata(m.path("other/tool.bin")).unwrap();
     assert!(md.is_file());
     assert_eq!(md.len(), 14);
-    assert_eq!(fs::read(m.path("other/tool.bin")).unwrap(), b"made elsewhere");
+    assert_eq!(
+        fs::read(m.path("other/tool.bin")).unwrap(),
+        b"made elsewhere"
+    );
     assert_eq!(m.state_of("other/tool.bin"), "synced");
 });
 
 both!(unmount_keeps_the_queue, |env: &Env| {
     let state = env.new_state_dir();
-    let m = env
-        .try_mount(&state, &["--write-back", "3600"])
-        .unwrap();
+    let m = env.try_mount(&state, &["--write-back", "3600"]).unwrap();
     fs::write(m.path("later.txt"), b"queued").unwrap();
     assert_eq!(m.state_of("later.txt"), "pending");
-    assert!(m.status().contains("queued:      1 entries"), "{}", m.status());
+    assert!(
+        m.status().contains("queued:      1 entries"),
+        "{}",
+        m.status()
+    );
     m.unmount();
     assert!(!env.remote_files().contains_key("later.txt"));
     let m2 = env.mount_state(&state);

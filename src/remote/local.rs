@@ -44,7 +44,12 @@ fn io_err(path: &Path, e: io::Error) -> RemoteError {
 }
 
 fn etag_of(m: &fs::Metadata) -> String {
-    format!("{:x}-{:x}-{:x}", m.ino(), m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128, m.size())
+    format!(
+        "{:x}-{:x}-{:x}",
+        m.ino(),
+        m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+        m.size()
+    )
 }
 
 async fn blocking<T: Send + 'static>(
@@ -354,7 +359,11 @@ fn apply_meta(path: &Path, meta: &Meta, symlink: bool) -> RemoteResult<()> {
             tv_nsec: ns.rem_euclid(1_000_000_000) as libc::c_long,
         };
         let times = [ts, ts];
-        let flags = if symlink { libc::AT_SYMLINK_NOFOLLOW } else { 0 };
+        let flags = if symlink {
+            libc::AT_SYMLINK_NOFOLLOW
+        } else {
+            0
+        };
         // SAFETY: `times` holds two valid timespecs; the path is NUL-terminated.
         let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), flags) };
         if r != 0 {

@@ -10,8 +10,9 @@ use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::path::Path;
 use object_store::{
-    Attribute, AttributeValue, Attributes, ClientOptions, GetOptions, ObjectStore, ObjectStoreExt,
-    PutMode, PutMultipartOptions, PutOptions, PutPayload, RetryConfig, WriteMultipart,
+    Attribute, AttributeValue, Attributes, ClientConfigKey, GetOptions, ObjectStore,
+    ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
+    WriteMultipart,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -28,6 +29,9 @@ const SCAN_CONCURRENCY: usize = 16;
 /// All three clouds cap object names at 1024 bytes.
 const MAX_KEY: usize = 1024;
 
+/// One listing row: relative key, is a directory marker, size, ETag, last modified (ns).
+type ListRow = (String, bool, u64, Option<String>, Option<i64>);
+
 pub struct ObjectRemote {
     store: Arc<dyn ObjectStore>,
     prefix: String,
@@ -41,16 +45,14 @@ pub fn map_err(e: object_store::Error) -> RemoteError {
     use object_store::Error as E;
     match e {
         E::NotFound { path, .. } => RemoteError::NotFound(path),
-        E::Precondition { path, .. } | E::AlreadyExists { path, .. } => {
-            RemoteError::Conflict(path)
-        }
+        E::Precondition { path, .. } | E::AlreadyExists { path, .. } => RemoteError::Conflict(path),
         E::PermissionDenied { path, source } | E::Unauthenticated { path, source } => {
             RemoteError::Permanent(format!("access denied to {path}: {source}"))
         }
         E::InvalidPath { source } => RemoteError::Permanent(format!("invalid key: {source}")),
-        e @ (E::NotSupported { .. } | E::NotImplemented { .. } | E::UnknownConfigurationKey { .. }) => {
-            RemoteError::Permanent(e.to_string())
-        }
+        e @ (E::NotSupported { .. }
+        | E::NotImplemented { .. }
+        | E::UnknownConfigurationKey { .. }) => RemoteError::Permanent(e.to_string()),
         other => classify_message(other.to_string()),
     }
 }
@@ -95,11 +97,12 @@ fn retry_config() -> RetryConfig {
     }
 }
 
-fn client_options() -> ClientOptions {
-    ClientOptions::new()
-        .with_connect_timeout(Duration::from_secs(5))
-        .with_timeout(Duration::from_secs(120))
-}
+/// Timeouts we want unless the environment or `-o` chose others. Set as config keys, not
+/// with `with_client_options`, which would throw away what `from_env` read (AWS_ALLOW_HTTP).
+const CLIENT_DEFAULTS: [(ClientConfigKey, &str); 2] = [
+    (ClientConfigKey::ConnectTimeout, "5s"),
+    (ClientConfigKey::Timeout, "120s"),
+];
 
 impl ObjectRemote {
     pub fn open(url: &RemoteUrl, options: &[(String, String)]) -> Result<ObjectRemote, String> {
@@ -108,8 +111,13 @@ impl ObjectRemote {
             RemoteUrl::S3 { bucket, prefix } => {
                 let mut b = AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
-                    .with_retry(retry_config())
-                    .with_client_options(client_options());
+                    .with_retry(retry_config());
+                for (k, v) in CLIENT_DEFAULTS {
+                    let key = AmazonS3ConfigKey::Client(k);
+                    if b.get_config_value(&key).is_none() {
+                        b = b.with_config(key, v);
+                    }
+                }
                 for (k, v) in options {
                     let key: AmazonS3ConfigKey = k.parse().map_err(|e| bad_opt(k, e))?;
                     b = b.with_config(key, v);
@@ -139,8 +147,13 @@ impl ObjectRemote {
             RemoteUrl::Azure { container, prefix } => {
                 let mut b = MicrosoftAzureBuilder::from_env()
                     .with_container_name(container)
-                    .with_retry(retry_config())
-                    .with_client_options(client_options());
+                    .with_retry(retry_config());
+                for (k, v) in CLIENT_DEFAULTS {
+                    let key = AzureConfigKey::Client(k);
+                    if b.get_config_value(&key).is_none() {
+                        b = b.with_config(key, v);
+                    }
+                }
                 for (k, v) in options {
                     let key: AzureConfigKey = k.parse().map_err(|e| bad_opt(k, e))?;
                     b = b.with_config(key, v);
@@ -156,8 +169,13 @@ impl ObjectRemote {
             RemoteUrl::Gcs { bucket, prefix } => {
                 let mut b = GoogleCloudStorageBuilder::from_env()
                     .with_bucket_name(bucket)
-                    .with_retry(retry_config())
-                    .with_client_options(client_options());
+                    .with_retry(retry_config());
+                for (k, v) in CLIENT_DEFAULTS {
+                    let key = GoogleConfigKey::Client(k);
+                    if b.get_config_value(&key).is_none() {
+                        b = b.with_config(key, v);
+                    }
+                }
                 for (k, v) in options {
                     let key: GoogleConfigKey = k.parse().map_err(|e| bad_opt(k, e))?;
                     b = b.with_config(key, v);
@@ -196,7 +214,10 @@ impl ObjectRemote {
 
     pub fn check_name(&self, name: &str) -> Result<(), String> {
         if name.chars().any(|c| c.is_ascii_control()) {
-            return Err(format!("{} object keys cannot hold control characters", self.name));
+            return Err(format!(
+                "{} object keys cannot hold control characters",
+                self.name
+            ));
         }
         Ok(())
     }
@@ -224,11 +245,12 @@ impl ObjectRemote {
         } else {
             format!("{}/", self.prefix)
         };
-        // (relative key, is directory marker, size, etag, last modified)
-        let mut rows: Vec<(String, bool, u64, Option<String>, Option<i64>)> = Vec::new();
+        let mut rows: Vec<ListRow> = Vec::new();
         if let Some(raw) = &self.raw {
             for o in raw.list(&list_prefix).await? {
-                let Some(rel) = self.strip(&o.key) else { continue };
+                let Some(rel) = self.strip(&o.key) else {
+                    continue;
+                };
                 let (rel, marker) = match rel.strip_suffix('/') {
                     Some(r) => (r, true),
                     None => (rel, false),
@@ -247,7 +269,9 @@ impl ObjectRemote {
             };
             let mut s = self.store.list(prefix.as_ref());
             while let Some(o) = s.try_next().await.map_err(map_err)? {
-                let Some(rel) = self.strip(o.location.as_ref()) else { continue };
+                let Some(rel) = self.strip(o.location.as_ref()) else {
+                    continue;
+                };
                 let lm = o.last_modified.timestamp_nanos_opt();
                 rows.push((rel.to_string(), false, o.size, o.e_tag, lm));
             }
@@ -300,7 +324,11 @@ impl ObjectRemote {
     }
 
     /// Our metadata of one object; `None` if it vanished since the listing.
-    async fn head_meta(&self, rel: &str, marker: bool) -> RemoteResult<Option<(Meta, Option<String>)>> {
+    async fn head_meta(
+        &self,
+        rel: &str,
+        marker: bool,
+    ) -> RemoteResult<Option<(Meta, Option<String>)>> {
         if let Some(raw) = &self.raw {
             let key = if marker {
                 format!("{}/", self.full(rel))
@@ -309,7 +337,8 @@ impl ObjectRemote {
             };
             let h = raw.head(&key).await?;
             return Ok(h.map(|h| {
-                let meta = Meta::from_pairs(h.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                let meta =
+                    Meta::from_pairs(h.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())));
                 (meta, h.version)
             }));
         }
@@ -380,7 +409,9 @@ impl ObjectRemote {
                 if n == 0 {
                     break;
                 }
-                w.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(map_err)?;
+                w.wait_for_capacity(PARTS_IN_FLIGHT)
+                    .await
+                    .map_err(map_err)?;
                 w.write(&buf[..n]);
             }
             Ok(())
@@ -487,9 +518,11 @@ mod tests {
     fn status_codes_decide_retry() {
         let p = classify_message("Server returned non-2xx status code: 400 Bad Request: x".into());
         assert!(matches!(p, RemoteError::Permanent(_)));
-        let t = classify_message("Server returned non-2xx status code: 503 Service Unavailable".into());
+        let t =
+            classify_message("Server returned non-2xx status code: 503 Service Unavailable".into());
         assert!(t.is_transient());
-        let t = classify_message("Server returned non-2xx status code: 429 Too Many Requests".into());
+        let t =
+            classify_message("Server returned non-2xx status code: 429 Too Many Requests".into());
         assert!(t.is_transient());
         let t = classify_message("error sending request: connection refused".into());
         assert!(t.is_transient());

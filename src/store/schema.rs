@@ -64,7 +64,9 @@ mod tests {
     fn empty_database_reaches_latest_version() {
         let conn = Connection::open_in_memory().unwrap();
         migrate(&conn).unwrap();
-        let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(v, SCHEMA_VERSION);
         // Running again is a no-op, not an error.
         migrate(&conn).unwrap();

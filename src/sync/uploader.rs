@@ -114,9 +114,7 @@ impl Uploader {
                     self.store.health.record_error(true, &e.to_string());
                     let msg = e.to_string();
                     let retry_at = now_ms() + wait.as_millis() as i64;
-                    let _ = self
-                        .store
-                        .write(|db| db.retry_job(job.seq, &msg, retry_at));
+                    let _ = self.store.write(|db| db.retry_job(job.seq, &msg, retry_at));
                     pause_until = Some(tokio::time::Instant::now() + wait);
                 }
                 Err(e) => {
@@ -231,7 +229,10 @@ impl Uploader {
         }
         self.evict_tenants(&key, Some(id)).await?;
         let (written, hash): (Written, Option<String>) = match e.kind {
-            Kind::Dir => (self.remote.put_dir(&key, &self.meta_of(&e, None)).await?, None),
+            Kind::Dir => (
+                self.remote.put_dir(&key, &self.meta_of(&e, None)).await?,
+                None,
+            ),
             Kind::Symlink => (
                 self.remote
                     .put_symlink(&key, &self.meta_of(&e, None))
@@ -275,11 +276,18 @@ impl Uploader {
     async fn finish(&self, job: &Job, e: &Entry, synced: Synced) -> Result<Outcome, SyncError> {
         let uploaded_key = synced.key.clone();
         let (clean, gone) = self.store.write(|db| {
-            if db.get(e.id)?.and_then(|x| x.parent.or((x.id == EntryId::ROOT).then_some(x.id))).is_none() {
+            if db
+                .get(e.id)?
+                .and_then(|x| x.parent.or((x.id == EntryId::ROOT).then_some(x.id)))
+                .is_none()
+            {
                 db.remove_job(job.seq)?;
                 return Ok::<_, StoreError>((true, true));
             }
-            Ok((db.complete_sync(job.seq, e.id, e.dirty_seq, &synced)?, false))
+            Ok((
+                db.complete_sync(job.seq, e.id, e.dirty_seq, &synced)?,
+                false,
+            ))
         })?;
         if gone {
             // Unlinked while we uploaded: take back what we just wrote.

@@ -1,5 +1,5 @@
 #![allow(dead_code)]
 
-pub mod mount;
 pub mod moto;
+pub mod mount;
 pub mod proxy;

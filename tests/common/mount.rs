@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStoreExt, PutPayload};
 use stratus::remote::s3_raw::S3Raw;
 use stratus::remote::Meta;
 
@@ -74,7 +74,10 @@ impl Env {
             m.create_bucket(&bucket);
             m
         });
-        let endpoint = moto.as_ref().map(|m| m.endpoint.clone()).unwrap_or_default();
+        let endpoint = moto
+            .as_ref()
+            .map(|m| m.endpoint.clone())
+            .unwrap_or_default();
         Env {
             backend,
             tmp,
@@ -217,9 +220,18 @@ impl Env {
                     for o in raw.list(self.prefix()).await.unwrap() {
                         let rel = o.key[self.prefix().len()..].to_string();
                         let head = raw.head(&o.key).await.unwrap().unwrap();
-                        let meta = Meta::from_pairs(head.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                        let meta = Meta::from_pairs(
+                            head.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                        );
                         if let Some(d) = rel.strip_suffix('/') {
-                            out.insert(d.to_string(), RemoteObj { kind: ObjKind::Dir, data: vec![], meta });
+                            out.insert(
+                                d.to_string(),
+                                RemoteObj {
+                                    kind: ObjKind::Dir,
+                                    data: vec![],
+                                    meta,
+                                },
+                            );
                             continue;
                         }
                         let data = s3
@@ -230,7 +242,11 @@ impl Env {
                             .await
                             .unwrap()
                             .to_vec();
-                        let kind = if meta.symlink.is_some() { ObjKind::Symlink } else { ObjKind::File };
+                        let kind = if meta.symlink.is_some() {
+                            ObjKind::Symlink
+                        } else {
+                            ObjKind::File
+                        };
                         out.insert(rel, RemoteObj { kind, data, meta });
                     }
                     out
@@ -259,11 +275,18 @@ impl Env {
             Backend::S3 => {
                 let full = format!("{}{key}", self.prefix());
                 let rt = Env::rt();
-                if full.contains("//") || full.contains("/./") || full.contains("../") || full.ends_with('/') {
+                if full.contains("//")
+                    || full.contains("/./")
+                    || full.contains("../")
+                    || full.ends_with('/')
+                {
                     rt.block_on(self.raw().put_empty(&full, &[])).unwrap();
                 } else {
-                    rt.block_on(self.s3().put(&ObjPath::parse(&full).unwrap(), PutPayload::from(data.to_vec())))
-                        .unwrap();
+                    rt.block_on(self.s3().put(
+                        &ObjPath::parse(&full).unwrap(),
+                        PutPayload::from(data.to_vec()),
+                    ))
+                    .unwrap();
                 }
             }
         }
@@ -277,7 +300,11 @@ fn walk_local(dir: &Path, prefix: &str, out: &mut BTreeMap<String, RemoteObj>) {
         if name.starts_with(".stratus-tmp-") {
             continue;
         }
-        let rel = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+        let rel = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}/{name}")
+        };
         let m = std::fs::symlink_metadata(e.path()).unwrap();
         let meta = Meta {
             mtime_ns: Some(m.mtime() * 1_000_000_000 + m.mtime_nsec()),
@@ -288,13 +315,40 @@ fn walk_local(dir: &Path, prefix: &str, out: &mut BTreeMap<String, RemoteObj>) {
             symlink: None,
         };
         if m.is_dir() {
-            out.insert(rel.clone(), RemoteObj { kind: ObjKind::Dir, data: vec![], meta });
+            out.insert(
+                rel.clone(),
+                RemoteObj {
+                    kind: ObjKind::Dir,
+                    data: vec![],
+                    meta,
+                },
+            );
             walk_local(&e.path(), &rel, out);
         } else if m.file_type().is_symlink() {
-            let t = std::fs::read_link(e.path()).unwrap().to_string_lossy().into_owned();
-            out.insert(rel, RemoteObj { kind: ObjKind::Symlink, data: vec![], meta: Meta { symlink: Some(t), ..meta } });
+            let t = std::fs::read_link(e.path())
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            out.insert(
+                rel,
+                RemoteObj {
+                    kind: ObjKind::Symlink,
+                    data: vec![],
+                    meta: Meta {
+                        symlink: Some(t),
+                        ..meta
+                    },
+                },
+            );
         } else {
-            out.insert(rel, RemoteObj { kind: ObjKind::File, data: std::fs::read(e.path()).unwrap(), meta });
+            out.insert(
+                rel,
+                RemoteObj {
+                    kind: ObjKind::File,
+                    data: std::fs::read(e.path()).unwrap(),
+                    meta,
+                },
+            );
         }
     }
 }
@@ -322,7 +376,13 @@ impl Mount {
 
     /// `stratus sync --wait`, which must succeed.
     pub fn sync(&self) {
-        let out = self.stratus(&["sync", self.dir.to_str().unwrap(), "--wait", "--timeout", "60"]);
+        let out = self.stratus(&[
+            "sync",
+            self.dir.to_str().unwrap(),
+            "--wait",
+            "--timeout",
+            "60",
+        ]);
         assert!(
             out.status.success(),
             "sync --wait failed: {}{}\nlog:\n{}",
@@ -334,7 +394,11 @@ impl Mount {
 
     pub fn status(&self) -> String {
         let out = self.stratus(&["status", self.dir.to_str().unwrap()]);
-        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -344,7 +408,11 @@ impl Mount {
             .arg(self.path(rel))
             .output()
             .expect("getfattr (apt install attr)");
-        assert!(out.status.success(), "getfattr: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "getfattr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
@@ -373,7 +441,10 @@ impl Mount {
         self.mounted = false;
         let out = self.stratus(&["unmount", self.dir.to_str().unwrap()]);
         if !out.status.success() {
-            let _ = Command::new("fusermount3").arg("-uz").arg(&self.dir).status();
+            let _ = Command::new("fusermount3")
+                .arg("-uz")
+                .arg(&self.dir)
+                .status();
         }
     }
 
@@ -386,7 +457,10 @@ impl Mount {
         while alive(pid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = Command::new("fusermount3").arg("-uz").arg(&self.dir).status();
+        let _ = Command::new("fusermount3")
+            .arg("-uz")
+            .arg(&self.dir)
+            .status();
         self.mounted = false;
     }
 }
@@ -400,7 +474,12 @@ impl Drop for Mount {
 /// Whether a process is still running (a zombie waiting to be reaped counts as gone).
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"),
+        Ok(s) => {
+            s.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                != Some("Z")
+        }
         Err(_) => false,
     }
 }

@@ -1,0 +1,97 @@
+//! A remote that goes away and comes back: nothing changes for the user but `stratus status`,
+//! and the queue drains once it answers again.
+
+mod common;
+
+use std::fs;
+
+use common::mount::{eventually, Backend, Env};
+use common::proxy::Proxy;
+
+fn s3_behind_proxy() -> (Env, Proxy) {
+    let env = Env::new(Backend::S3);
+    let target = format!("127.0.0.1:{}", env.moto.as_ref().unwrap().port)
+        .parse()
+        .unwrap();
+    let proxy = Proxy::start(target);
+    env.set_endpoint(&proxy.endpoint());
+    (env, proxy)
+}
+
+#[test]
+fn s3_outage_queues_then_drains() {
+    let (env, proxy) = s3_behind_proxy();
+    let state = env.new_state_dir();
+    let m = env.mount_state(&state);
+    fs::write(m.path("before.txt"), b"before").unwrap();
+    m.sync();
+
+    proxy.cut();
+    fs::create_dir(m.path("offline")).unwrap();
+    fs::write(m.path("offline/a.txt"), b"written offline").unwrap();
+    fs::write(m.path("before.txt"), b"changed offline").unwrap();
+    // Reads of what is cached keep working.
+    assert_eq!(fs::read(m.path("before.txt")).unwrap(), b"changed offline");
+    assert!(
+        eventually(30, || m.status().contains("reachable:   no")),
+        "status never noticed the outage:\n{}",
+        m.status()
+    );
+    let s = m.status();
+    assert!(
+        s.contains("last error:") && !s.contains("last error:  none"),
+        "{s}"
+    );
+    assert_ne!(m.state_of("offline/a.txt"), "synced");
+    let o = m.stratus(&["sync", m.dir.to_str().unwrap(), "--wait", "--timeout", "2"]);
+    assert!(
+        !o.status.success(),
+        "sync --wait must time out while the remote is away"
+    );
+
+    proxy.restore();
+    m.sync();
+    assert!(m.status().contains("reachable:   yes"));
+    let files = env.remote_files();
+    assert_eq!(files["offline/a.txt"], b"written offline");
+    assert_eq!(files["before.txt"], b"changed offline");
+}
+
+#[test]
+fn s3_remount_while_offline_serves_local_state() {
+    let (env, proxy) = s3_behind_proxy();
+    let state = env.new_state_dir();
+    let m = env.mount_state(&state);
+    fs::write(m.path("kept.txt"), b"kept").unwrap();
+    m.sync();
+    m.unmount();
+
+    proxy.cut();
+    let m2 = env.mount_state(&state);
+    assert_eq!(fs::read(m2.path("kept.txt")).unwrap(), b"kept");
+    fs::write(m2.path("new.txt"), b"new while offline").unwrap();
+    assert!(eventually(30, || m2.status().contains("reachable:   no")));
+    proxy.restore();
+    m2.sync();
+    assert_eq!(env.remote_files()["new.txt"], b"new while offline");
+}
+
+#[test]
+fn local_remote_folder_missing_then_back() {
+    let env = Env::new(Backend::Local);
+    let state = env.new_state_dir();
+    let m = env.mount_state(&state);
+    fs::write(m.path("a.txt"), b"a").unwrap();
+    m.sync();
+    m.unmount();
+    // The remote folder is away (an unplugged disk): the mount serves local state.
+    let away = env.tmp.path().join("remote-away");
+    fs::rename(&env.root, &away).unwrap();
+    let m2 = env.mount_state(&state);
+    assert_eq!(fs::read(m2.path("a.txt")).unwrap(), b"a");
+    fs::write(m2.path("b.txt"), b"b").unwrap();
+    assert!(eventually(30, || m2.status().contains("reachable:   no")));
+    fs::rename(&away, &env.root).unwrap();
+    m2.sync();
+    assert_eq!(fs::read(env.root.join("b.txt")).unwrap(), b"b");
+}
