@@ -828,3 +828,127 @@ impl Db<'_> {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("state.db")).unwrap();
+        s.write(|db| db.insert_root(0o755, 0, 0, &Synced::default()))
+            .unwrap();
+        (dir, s)
+    }
+
+    fn file(s: &Store, name: &str) -> EntryId {
+        s.write(|db| {
+            db.insert(&NewEntry {
+                parent: EntryId::ROOT,
+                name: name.as_bytes().to_vec(),
+                kind: Kind::File,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                size: 0,
+                mtime_ns: 0,
+                target: None,
+                local: true,
+                synced: Synced::default(),
+                dirty: 0,
+            })
+        })
+        .unwrap()
+        .id
+    }
+
+    #[test]
+    fn a_job_keeps_its_place_and_a_held_job_stays_held() {
+        let (_d, s) = store();
+        let (a, b) = (file(&s, "a"), file(&s, "b"));
+        s.write(|db| db.enqueue_sync(a, dirty::CONTENT, Some(0)))
+            .unwrap();
+        s.write(|db| db.enqueue_sync(b, dirty::CONTENT, Some(0)))
+            .unwrap();
+        // A later change to `a` does not send it behind `b`.
+        s.write(|db| db.enqueue_sync(a, dirty::META, Some(0)))
+            .unwrap();
+        let first = s.read(|db| db.next_job(10)).unwrap().unwrap();
+        assert_eq!(first.kind, JobKind::Sync(a));
+        // Held by a writer: skipped, and a rename-style re-queue does not release it.
+        s.write(|db| db.enqueue_sync(a, 0, None)).unwrap();
+        s.write(|db| db.enqueue_sync(a, 0, Some(0))).unwrap();
+        let next = s.read(|db| db.next_job(10)).unwrap().unwrap();
+        assert_eq!(next.kind, JobKind::Sync(b));
+        // Until the writer lets go.
+        s.write(|db| db.set_ready(a, Some(0))).unwrap();
+        let next = s.read(|db| db.next_job(10)).unwrap().unwrap();
+        assert_eq!(next.kind, JobKind::Sync(a));
+        let e = s.read(|db| db.must_get(a)).unwrap();
+        assert_eq!(e.dirty, dirty::CONTENT | dirty::META);
+    }
+
+    #[test]
+    fn a_change_during_upload_keeps_the_job() {
+        let (_d, s) = store();
+        let a = file(&s, "a");
+        s.write(|db| db.enqueue_sync(a, dirty::CONTENT, Some(0)))
+            .unwrap();
+        let job = s.read(|db| db.next_job(10)).unwrap().unwrap();
+        let seen = s.read(|db| db.must_get(a)).unwrap().dirty_seq;
+        // The user writes again while the upload runs.
+        s.write(|db| db.enqueue_sync(a, dirty::CONTENT, Some(0)))
+            .unwrap();
+        let synced = Synced {
+            key: Some("a".into()),
+            ..Default::default()
+        };
+        let clean = s
+            .write(|db| db.complete_sync(job.seq, a, seen, &synced))
+            .unwrap();
+        assert!(!clean);
+        assert!(s.read(|db| db.job_for(a)).unwrap().is_some());
+        let seen = s.read(|db| db.must_get(a)).unwrap().dirty_seq;
+        assert!(s
+            .write(|db| db.complete_sync(job.seq, a, seen, &synced))
+            .unwrap());
+        assert!(s.read(|db| db.job_for(a)).unwrap().is_none());
+        assert_eq!(s.read(|db| db.must_get(a)).unwrap().dirty, 0);
+    }
+
+    #[test]
+    fn parked_jobs_leave_the_queue_until_retried() {
+        let (_d, s) = store();
+        let (a, b) = (file(&s, "a"), file(&s, "b"));
+        s.write(|db| db.enqueue_sync(a, dirty::CONTENT, Some(0)))
+            .unwrap();
+        s.write(|db| db.enqueue_sync(b, dirty::CONTENT, Some(0)))
+            .unwrap();
+        let ja = s.read(|db| db.next_job(10)).unwrap().unwrap();
+        s.write(|db| db.park_job(ja.seq, "403")).unwrap();
+        assert_eq!(
+            s.read(|db| db.next_job(10)).unwrap().unwrap().kind,
+            JobKind::Sync(b)
+        );
+        let q = s.read(|db| db.queue_stats()).unwrap();
+        assert_eq!((q.entries, q.parked), (2, 1));
+        assert_eq!(q.last_error.as_deref(), Some("403"));
+        s.write(|db| db.retry_now(10)).unwrap();
+        assert_eq!(
+            s.read(|db| db.next_job(10)).unwrap().unwrap().kind,
+            JobKind::Sync(a)
+        );
+    }
+
+    #[test]
+    fn paths_and_resolution() {
+        let (_d, s) = store();
+        let a = file(&s, "a");
+        assert_eq!(s.read(|db| db.path_of(a)).unwrap(), Some(b"a".to_vec()));
+        assert_eq!(
+            s.read(|db| db.resolve(b"a")).unwrap().map(|e| e.id),
+            Some(a)
+        );
+        assert!(s.read(|db| db.resolve(b"a/b")).unwrap().is_none());
+    }
+}
