@@ -33,7 +33,8 @@ const META_SHA256: &str = "stratus_sha256";
 const META_SYMLINK: &str = "stratus_symlink";
 
 /// Bytes that cannot travel in an HTTP header value, escaped in the symlink target.
-const HEADER_UNSAFE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+/// Spaces too: HTTP trims them at either end of a header value.
+const HEADER_UNSAFE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%').add(b' ');
 
 impl Meta {
     pub fn to_pairs(&self) -> Vec<(String, String)> {
@@ -63,7 +64,9 @@ impl Meta {
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Meta {
         let mut m = Meta::default();
         for (k, v) in pairs {
-            match k.to_ascii_lowercase().as_str() {
+            // Some servers hand `stratus_mtime` back as `stratus-mtime` (moto rebuilds header
+            // names from CGI variables), so both spellings are read.
+            match k.to_ascii_lowercase().replace('-', "_").as_str() {
                 META_MTIME => m.mtime_ns = v.parse().ok(),
                 META_MODE => m.mode = u32::from_str_radix(v, 8).ok().map(|v| v & 0o7777),
                 META_UID => m.uid = v.parse().ok(),
@@ -404,7 +407,7 @@ mod tests {
             uid: Some(1000),
             gid: Some(100),
             sha256: Some("ab".repeat(32)),
-            symlink: Some("../a b/%x\ny".into()),
+            symlink: Some(" ../a b/%x\ny ".into()),
         };
         let pairs = m.to_pairs();
         assert!(pairs.iter().all(|(k, _)| !k.contains('-')));

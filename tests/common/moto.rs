@@ -35,8 +35,11 @@ impl Moto {
             let log = dir.path().join(format!("moto-{attempt}.log"));
             let out = File::create(&log).expect("create moto log");
             let err = out.try_clone().expect("clone moto log handle");
-            let spawned = Command::new("moto_server")
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            // moto's server through our launcher, which keeps headers with '_' in their
+            // names (see scripts/moto_server.py).
+            let launcher = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/moto_server.py");
+            let spawned = Command::new("python3")
+                .args([launcher, "-H", "127.0.0.1", "-p", &port.to_string()])
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(out))
                 .stderr(Stdio::from(err))

@@ -234,14 +234,19 @@ impl Env {
                             );
                             continue;
                         }
-                        let data = s3
-                            .get(&ObjPath::parse(&o.key).unwrap())
-                            .await
-                            .unwrap()
-                            .bytes()
-                            .await
-                            .unwrap()
-                            .to_vec();
+                        let Ok(path) = ObjPath::parse(&o.key) else {
+                            // A key object_store cannot address (`a//b`): listed, not read.
+                            out.insert(
+                                rel,
+                                RemoteObj {
+                                    kind: ObjKind::File,
+                                    data: vec![],
+                                    meta,
+                                },
+                            );
+                            continue;
+                        };
+                        let data = s3.get(&path).await.unwrap().bytes().await.unwrap().to_vec();
                         let kind = if meta.symlink.is_some() {
                             ObjKind::Symlink
                         } else {

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a fresh Debian 12, as root: FUSE 3 and the xattr tools
+# for the mount tests, and moto's S3 server for the remote tests. Safe to run again: it only
+# installs what is missing, and never prompts (CI=true, no stdin).
+set -euo pipefail
+
+MOTO_SPEC='moto[server]==5.2.5'
+export DEBIAN_FRONTEND=noninteractive
+
+say() { printf 'setup: %s\n' "$*"; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo -n "$@"
+    else
+        say "need root to run: $*" >&2
+        exit 1
+    fi
+}
+
+installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
+
+wanted=(fuse3 attr)
+have_moto() { python3 -c 'import moto.server, werkzeug.serving' >/dev/null 2>&1; }
+
+if ! have_moto; then
+    # pip itself comes from Debian; a fresh system has python3 but not pip.
+    wanted+=(python3 python3-pip)
+fi
+
+missing=()
+for pkg in "${wanted[@]}"; do
+    if installed "$pkg"; then
+        say "$pkg already installed"
+    else
+        missing+=("$pkg")
+    fi
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    as_root apt-get update -qq </dev/null
+    say "apt-get update done"
+    as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null
+    say "installed ${missing[*]}"
+fi
+
+if have_moto; then
+    say "moto already importable by $(command -v python3)"
+else
+    pip_flags=(--no-input --disable-pip-version-check --quiet)
+    # Debian marks its Python as externally managed (PEP 668); on a test machine installing
+    # into it is what we want.
+    if python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then
+        pip_flags+=(--break-system-packages)
+    fi
+    as_root python3 -m pip install "${pip_flags[@]}" "$MOTO_SPEC" </dev/null
+    hash -r
+    if ! have_moto; then
+        say "installed $MOTO_SPEC but $(command -v python3) cannot import it" >&2
+        exit 1
+    fi
+    say "installed $MOTO_SPEC for $(command -v python3)"
+fi
