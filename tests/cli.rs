@@ -165,3 +165,67 @@ fn unmount_command_waits_for_the_daemon() {
     );
     assert!(fs::read_dir(&m.dir).unwrap().next().is_none());
 }
+
+#[test]
+fn unknown_object_store_option_is_a_clear_error() {
+    let env = Env::new(Backend::S3);
+    let err = env
+        .try_mount(&env.new_state_dir(), &["-o", "aws_no_such_option=1"])
+        .err()
+        .expect("must fail");
+    assert!(err.contains("aws_no_such_option"), "{err}");
+    // A real option is passed through to object_store.
+    let m = env
+        .try_mount(&env.new_state_dir(), &["-o", "aws_unsigned_payload=true"])
+        .unwrap();
+    fs::write(m.path("x"), b"x").unwrap();
+    m.sync();
+    assert_eq!(env.remote_files()["x"], b"x");
+}
+
+#[test]
+fn default_state_dir_resumes_the_same_pair() {
+    let env = Env::new(Backend::Local);
+    let xdg = env.tmp.path().join("xdg");
+    let mp = env.new_mountpoint();
+    let mount = || {
+        let o = Command::new(BIN)
+            .env("XDG_STATE_HOME", &xdg)
+            .args([
+                "mount",
+                env.root.to_str().unwrap(),
+                mp.to_str().unwrap(),
+                "--write-back",
+                "3600",
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    mount();
+    fs::write(mp.join("q"), b"queued").unwrap();
+    // umount(8) leaves the same clean state as stratus unmount.
+    assert!(Command::new("umount").arg(&mp).status().unwrap().success());
+    let dirs: Vec<_> = fs::read_dir(xdg.join("stratus")).unwrap().collect();
+    assert_eq!(dirs.len(), 1, "one state dir per remote and mountpoint");
+    let state = dirs.into_iter().next().unwrap().unwrap().path();
+    let lock = state.join("lock");
+    let pid: u32 = fs::read_to_string(&lock).unwrap().trim().parse().unwrap();
+    assert!(
+        eventually(20, || !alive(pid)),
+        "daemon still running after umount"
+    );
+    mount();
+    assert_eq!(fs::read(mp.join("q")).unwrap(), b"queued");
+    let o = Command::new(BIN)
+        .args(["sync", mp.to_str().unwrap(), "--wait", "--timeout", "30"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(fs::read(env.root.join("q")).unwrap(), b"queued");
+    let o = Command::new(BIN)
+        .args(["unmount", mp.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+}
