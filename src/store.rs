@@ -433,6 +433,13 @@ impl Db<'_> {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    pub fn subdir_count(&self, parent: EntryId) -> StoreResult<u64> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT count(*) FROM entries WHERE parent = ?1 AND kind = 2")?;
+        Ok(st.query_row([parent.0 as i64], |r| r.get::<_, i64>(0))? as u64)
+    }
+
     pub fn has_children(&self, parent: EntryId) -> StoreResult<bool> {
         let mut st = self
             .conn

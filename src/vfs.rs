@@ -207,8 +207,18 @@ impl Vfs {
     }
 
     fn attr(&self, e: &Entry) -> Attr {
-        let live = lock(&self.live);
-        self.attr_of(e, live.get(&e.id))
+        let mut a = {
+            let live = lock(&self.live);
+            self.attr_of(e, live.get(&e.id))
+        };
+        if e.kind == Kind::Dir {
+            // A directory is linked from its parent, from its own '.', and from the '..' of
+            // each subdirectory.
+            if let Ok(n) = self.store.read(|db| db.subdir_count(e.id)) {
+                a.nlink = 2 + n as u32;
+            }
+        }
+        a
     }
 
     fn ready_at(&self) -> i64 {
@@ -346,7 +356,8 @@ impl Vfs {
             }
             Ok(())
         })?;
-        Ok(self.attr_of(&e, live.get(&e.id)))
+        drop(live);
+        Ok(self.attr(&e))
     }
 
     pub fn readlink(&self, ino: EntryId) -> VfsResult<Vec<u8>> {
@@ -953,6 +964,38 @@ impl Vfs {
             }
         }
         Ok(held.len())
+    }
+
+    /// `posix_fallocate` (mode 0): makes sure the file is at least `offset + len` long.
+    /// Punching holes and the other modes are not supported.
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> VfsResult<()> {
+        if mode != 0 {
+            tracing::warn!(
+                mode,
+                "fallocate modes other than 0 are not supported; answering ENOTSUP"
+            );
+            return Err(VfsError::NotSupported("fallocate mode"));
+        }
+        let h = self.handle(fh)?;
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| VfsError::Invalid("fallocate range overflows".into()))?;
+        let size = {
+            let live = lock(&self.live);
+            live.get(&h.id).map(|l| l.size)
+        };
+        match size {
+            Some(size) if size >= end => Ok(()),
+            _ => self
+                .setattr(
+                    h.id,
+                    &SetAttr {
+                        size: Some(end),
+                        ..Default::default()
+                    },
+                )
+                .map(|_| ()),
+        }
     }
 
     /// Hard links: one object per path cannot express them.
