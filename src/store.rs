@@ -947,6 +947,18 @@ mod tests {
         );
     }
 
+    /// Regression: ids were SQLite rowids and the newest one was reused after a delete. An
+    /// upload in flight for a deleted directory then recorded its key on the new entry, and
+    /// the next sync of that entry copied a directory over a file ("Is a directory").
+    #[test]
+    fn regression_entry_ids_are_never_reused() {
+        let (_d, s) = store();
+        let a = file(&s, "a");
+        s.write(|db| db.delete_entry(a)).unwrap();
+        let b = file(&s, "b");
+        assert!(b.0 > a.0);
+    }
+
     #[test]
     fn paths_and_resolution() {
         let (_d, s) = store();

@@ -878,6 +878,30 @@ impl Vfs {
                 }
                 self.remove_entry(db, &mut live, &dst)?;
             }
+            // Directory keys to delete once the children have moved: the synced ones, and the
+            // one an upload in flight is about to create.
+            let below = if src.kind == Kind::Dir {
+                db.descendants(src.id)?
+            } else {
+                Vec::new()
+            };
+            let mut old_dirs: Vec<String> = Vec::new();
+            for d in std::iter::once(&src)
+                .chain(below.iter())
+                .filter(|d| d.kind == Kind::Dir)
+            {
+                let in_flight = db
+                    .job_for(d.id)?
+                    .is_some_and(|j| j.state == crate::store::JobState::Uploading);
+                let key = match (&d.synced.key, in_flight) {
+                    (Some(k), _) => Some(k.clone()),
+                    (None, true) => db
+                        .path_of(d.id)?
+                        .map(|p| String::from_utf8_lossy(&p).into_owned()),
+                    (None, false) => None,
+                };
+                old_dirs.extend(key);
+            }
             let mut moved = src.clone();
             moved.parent = Some(newparent);
             moved.name = newname.to_vec();
@@ -885,22 +909,13 @@ impl Vfs {
             db.update(&moved)?;
             let held = |id: EntryId| matches!(live.get(&id), Some(l) if l.armed);
             db.enqueue_sync(src.id, 0, if held(src.id) { None } else { ready_now })?;
-            if src.kind == Kind::Dir {
-                let below = db.descendants(src.id)?;
-                for d in &below {
-                    db.enqueue_sync(d.id, 0, if held(d.id) { None } else { ready_now })?;
-                }
-                // The old directory markers go after every child has moved out (their
-                // jobs come first in the queue), deepest first.
-                let mut old_dirs: Vec<String> = std::iter::once(&src)
-                    .chain(below.iter())
-                    .filter(|d| d.kind == Kind::Dir)
-                    .filter_map(|d| d.synced.key.clone())
-                    .collect();
-                old_dirs.sort_by_key(|k| std::cmp::Reverse(k.matches('/').count()));
-                for k in old_dirs {
-                    db.enqueue_delete(&k, true)?;
-                }
+            for d in &below {
+                db.enqueue_sync(d.id, 0, if held(d.id) { None } else { ready_now })?;
+            }
+            // Behind the children's moves in the queue, deepest first.
+            old_dirs.sort_by_key(|k| std::cmp::Reverse(k.matches('/').count()));
+            for k in old_dirs {
+                db.enqueue_delete(&k, true)?;
             }
             self.touch_dir(db, &p)?;
             if newparent != parent {

@@ -8,7 +8,9 @@ const MIGRATIONS: &[&str] = &[
     // 1: the tree, what the remote holds for each entry, and the journal (the offline queue).
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
      CREATE TABLE entries (
-        id INTEGER PRIMARY KEY,
+        -- AUTOINCREMENT: an id is an inode number and is never reused, so neither the kernel
+        -- nor an upload in flight can mistake a new entry for a deleted one.
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
         parent INTEGER,
         name BLOB NOT NULL,
         kind INTEGER NOT NULL,

@@ -131,7 +131,7 @@ impl Uploader {
         match &job.kind {
             JobKind::Sync(id) => self.sync_entry(job, *id).await,
             JobKind::Delete { key, dir } => {
-                self.delete_key(key, *dir).await?;
+                self.delete_key(key, *dir, None).await?;
                 self.store.write(|db| db.remove_job(job.seq))?;
                 Ok(Outcome::Done)
             }
@@ -191,7 +191,13 @@ impl Uploader {
     }
 
     /// Deletes `key` unless a live entry sits there now (its own job will overwrite it).
-    async fn delete_key(&self, key: &str, dir: bool) -> Result<(), SyncError> {
+    /// `owner` is the entry that is moving away from `key`: it is not a tenant to rescue.
+    async fn delete_key(
+        &self,
+        key: &str,
+        dir: bool,
+        owner: Option<EntryId>,
+    ) -> Result<(), SyncError> {
         let occupied = self.store.read(|db| {
             Ok::<_, StoreError>(
                 db.resolve(key.as_bytes())?
@@ -201,7 +207,7 @@ impl Uploader {
         if occupied {
             return Ok(());
         }
-        self.evict_tenants(key, None).await?;
+        self.evict_tenants(key, owner).await?;
         tracing::debug!(key, dir, "deleting remote object");
         self.remote.delete(key, dir).await?;
         Ok(())
@@ -261,7 +267,7 @@ impl Uploader {
             // An old directory marker is removed by the delete job that the rename queued
             // behind the children's moves.
             Some(_) if e.kind == Kind::Dir => {}
-            Some(old) => self.delete_key(old, false).await?,
+            Some(old) => self.delete_key(old, false, Some(id)).await?,
             None => {}
         }
         let synced = Synced {
@@ -292,7 +298,7 @@ impl Uploader {
         if gone {
             // Unlinked while we uploaded: take back what we just wrote.
             if let Some(k) = uploaded_key {
-                self.delete_key(&k, e.kind == Kind::Dir).await?;
+                self.delete_key(&k, e.kind == Kind::Dir, Some(e.id)).await?;
             }
             return Ok(Outcome::Done);
         }
