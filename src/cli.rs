@@ -377,20 +377,19 @@ fn sync(mp: &Path, wait: bool, timeout: Option<Duration>) -> anyhow::Result<Exit
     let name = format!("{}{barrier}", control::PENDING_PREFIX);
     let deadline = timeout.map(|t| Instant::now() + t);
     loop {
-        let pending = control::decode_pending(&String::from_utf8_lossy(&control::get(mp, &name)?));
-        if pending.is_empty() {
+        let pending = control::Pending::decode(&String::from_utf8_lossy(&control::get(mp, &name)?));
+        if pending.total == 0 {
             println!("everything queued before this call is on the remote");
             return Ok(ExitCode::SUCCESS);
         }
-        let failed: Vec<_> = pending.iter().filter(|p| p.state == "error").collect();
         let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
-        if failed.len() == pending.len() || timed_out {
+        if pending.errors == pending.total || timed_out {
             if timed_out {
-                eprintln!("stratus: timed out; {} still pending:", pending.len());
+                eprintln!("stratus: timed out; {} still pending:", pending.total);
             } else {
-                eprintln!("stratus: {} entries failed to sync:", failed.len());
+                eprintln!("stratus: {} entries failed to sync:", pending.errors);
             }
-            for p in pending.iter().take(20) {
+            for p in pending.oldest.iter().take(20) {
                 eprintln!(
                     "  {} {}{}",
                     p.state,
@@ -400,6 +399,9 @@ fn sync(mp: &Path, wait: bool, timeout: Option<Duration>) -> anyhow::Result<Exit
                         .map(|e| format!(" ({e})"))
                         .unwrap_or_default()
                 );
+            }
+            if pending.total > 20 {
+                eprintln!("  ... and {} more", pending.total - 20);
             }
             return Ok(ExitCode::FAILURE);
         }

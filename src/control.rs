@@ -80,7 +80,7 @@ impl Status {
     }
 }
 
-/// One unfinished job, as `user.stratus.pending.N` lists it: `SEQ STATE PATH [ERROR]`.
+/// One unfinished job: `SEQ STATE PATH [ERROR]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingJob {
     pub seq: i64,
@@ -89,36 +89,57 @@ pub struct PendingJob {
     pub error: Option<String>,
 }
 
-pub fn encode_pending(jobs: &[PendingJob]) -> String {
-    let mut s = String::new();
-    for j in jobs {
-        s.push_str(&format!(
-            "{}\t{}\t{}",
-            j.seq,
-            j.state,
-            j.path.replace(['\t', '\n'], " ")
-        ));
-        if let Some(e) = &j.error {
-            s.push('\t');
-            s.push_str(&e.replace(['\t', '\n'], " "));
-        }
-        s.push('\n');
-    }
-    s
+/// What `user.stratus.pending.N` answers: the counts of unfinished jobs at or below N, and
+/// the oldest few of them (an attribute value must stay well under the kernel's 64 KiB).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pending {
+    pub total: u64,
+    pub errors: u64,
+    pub oldest: Vec<PendingJob>,
 }
 
-pub fn decode_pending(s: &str) -> Vec<PendingJob> {
-    s.lines()
-        .filter_map(|l| {
-            let mut it = l.split('\t');
-            Some(PendingJob {
-                seq: it.next()?.parse().ok()?,
-                state: it.next()?.to_string(),
-                path: it.next()?.to_string(),
-                error: it.next().map(str::to_string),
+/// How many jobs `user.stratus.pending.N` lists in full.
+pub const PENDING_SHOWN: usize = 50;
+
+impl Pending {
+    pub fn encode(&self) -> String {
+        let mut s = format!("total\t{}\terrors\t{}\n", self.total, self.errors);
+        for j in &self.oldest {
+            let clean = |t: &str| t.replace(['\t', '\n'], " ");
+            s.push_str(&format!("{}\t{}\t{}", j.seq, j.state, clean(&j.path)));
+            if let Some(e) = &j.error {
+                let e: String = clean(e).chars().take(300).collect();
+                s.push('\t');
+                s.push_str(&e);
+            }
+            s.push('\n');
+        }
+        s
+    }
+
+    pub fn decode(s: &str) -> Pending {
+        let mut lines = s.lines();
+        let mut p = Pending::default();
+        if let Some(head) = lines.next() {
+            let f: Vec<&str> = head.split('\t').collect();
+            if f.len() == 4 {
+                p.total = f[1].parse().unwrap_or(0);
+                p.errors = f[3].parse().unwrap_or(0);
+            }
+        }
+        p.oldest = lines
+            .filter_map(|l| {
+                let mut it = l.split('\t');
+                Some(PendingJob {
+                    seq: it.next()?.parse().ok()?,
+                    state: it.next()?.to_string(),
+                    path: it.next()?.to_string(),
+                    error: it.next().map(str::to_string),
+                })
             })
-        })
-        .collect()
+            .collect();
+        p
+    }
 }
 
 /// Serves the control attributes of a mount.
@@ -157,11 +178,18 @@ impl Control {
         })
     }
 
-    fn pending(&self, barrier: i64) -> VfsResult<Vec<PendingJob>> {
+    fn pending(&self, barrier: i64) -> VfsResult<Pending> {
         let store = self.vfs.store();
         store.read(|db| {
-            let mut out = Vec::new();
+            let mut out = Pending::default();
             for j in db.pending_up_to(barrier)? {
+                out.total += 1;
+                if j.state == JobState::Parked {
+                    out.errors += 1;
+                }
+                if out.oldest.len() >= PENDING_SHOWN {
+                    continue;
+                }
                 let path = match &j.kind {
                     JobKind::Sync(id) => db
                         .path_of(*id)?
@@ -169,7 +197,7 @@ impl Control {
                         .unwrap_or_else(|| format!("(unlinked entry {})", id.0)),
                     JobKind::Delete { key, .. } => format!("(delete) {key}"),
                 };
-                out.push(PendingJob {
+                out.oldest.push(PendingJob {
                     seq: j.seq,
                     state: match j.state {
                         JobState::Queued => "pending",
@@ -199,7 +227,7 @@ impl Control {
                 let barrier: i64 = n[PENDING_PREFIX.len()..]
                     .parse()
                     .map_err(|_| VfsError::NoAttr)?;
-                Ok(encode_pending(&self.pending(barrier)?).into_bytes())
+                Ok(self.pending(barrier)?.encode().into_bytes())
             }
             _ => {
                 // Makes sure the entry exists, so a stale inode answers ENOENT, not ENODATA.
@@ -322,22 +350,27 @@ mod tests {
 
     #[test]
     fn pending_round_trip() {
-        let jobs = vec![
-            PendingJob {
-                seq: 1,
-                state: "pending".into(),
-                path: "a\tb".into(),
-                error: None,
-            },
-            PendingJob {
-                seq: 7,
-                state: "error".into(),
-                path: "x".into(),
-                error: Some("403".into()),
-            },
-        ];
-        let back = decode_pending(&encode_pending(&jobs));
-        assert_eq!(back[0].path, "a b");
-        assert_eq!(back[1], jobs[1]);
+        let p = Pending {
+            total: 70,
+            errors: 1,
+            oldest: vec![
+                PendingJob {
+                    seq: 1,
+                    state: "pending".into(),
+                    path: "a\tb".into(),
+                    error: None,
+                },
+                PendingJob {
+                    seq: 7,
+                    state: "error".into(),
+                    path: "x".into(),
+                    error: Some("403".into()),
+                },
+            ],
+        };
+        let back = Pending::decode(&p.encode());
+        assert_eq!((back.total, back.errors), (70, 1));
+        assert_eq!(back.oldest[0].path, "a b");
+        assert_eq!(back.oldest[1], p.oldest[1]);
     }
 }

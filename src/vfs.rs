@@ -770,6 +770,17 @@ impl Vfs {
         if let Some(key) = &e.synced.key {
             db.enqueue_delete(key, e.kind == Kind::Dir)?;
         }
+        if e.kind == Kind::Dir {
+            // A directory may exist remotely without its own upload having run: a file below
+            // it, uploaded first, created it (a local-folder remote makes parents). Deleting a
+            // key that is not there costs one request and is harmless.
+            if let Some(path) = db.path_of(e.id)? {
+                let path = String::from_utf8_lossy(&path).into_owned();
+                if e.synced.key.as_deref() != Some(path.as_str()) {
+                    db.enqueue_delete(&path, true)?;
+                }
+            }
+        }
         match live.get_mut(&e.id) {
             Some(l) if l.open > 0 => {
                 l.unlinked = true;
@@ -878,8 +889,7 @@ impl Vfs {
                 }
                 self.remove_entry(db, &mut live, &dst)?;
             }
-            // Directory keys to delete once the children have moved: the synced ones, and the
-            // one an upload in flight is about to create.
+            // Directory keys to delete once the children have moved.
             let below = if src.kind == Kind::Dir {
                 db.descendants(src.id)?
             } else {
@@ -890,17 +900,15 @@ impl Vfs {
                 .chain(below.iter())
                 .filter(|d| d.kind == Kind::Dir)
             {
-                let in_flight = db
-                    .job_for(d.id)?
-                    .is_some_and(|j| j.state == crate::store::JobState::Uploading);
-                let key = match (&d.synced.key, in_flight) {
-                    (Some(k), _) => Some(k.clone()),
-                    (None, true) => db
-                        .path_of(d.id)?
-                        .map(|p| String::from_utf8_lossy(&p).into_owned()),
-                    (None, false) => None,
-                };
-                old_dirs.extend(key);
+                // The synced key, and the current path too: an upload in flight or a file
+                // below may have created the directory there already (see remove_entry).
+                old_dirs.extend(d.synced.key.clone());
+                if let Some(p) = db.path_of(d.id)? {
+                    let p = String::from_utf8_lossy(&p).into_owned();
+                    if d.synced.key.as_deref() != Some(p.as_str()) {
+                        old_dirs.push(p);
+                    }
+                }
             }
             let mut moved = src.clone();
             moved.parent = Some(newparent);

@@ -292,6 +292,13 @@ impl LocalRemote {
     pub async fn delete(&self, key: &str, dir: bool) -> RemoteResult<()> {
         let p = self.path(key);
         blocking(move || {
+            // A key of the other kind (a directory where a file was, or the reverse) is not
+            // ours to delete.
+            match fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() != dir => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                _ => {}
+            }
             let r = if dir {
                 fs::remove_dir(&p)
             } else {

@@ -26,6 +26,9 @@ pub enum SyncError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Local(String),
+    /// The entry was deleted while we worked on it.
+    #[error("entry deleted during sync")]
+    Vanished,
 }
 
 pub struct Uploader {
@@ -129,7 +132,22 @@ impl Uploader {
 
     async fn run_job(&self, job: &Job) -> Result<Outcome, SyncError> {
         match &job.kind {
-            JobKind::Sync(id) => self.sync_entry(job, *id).await,
+            JobKind::Sync(id) => match self.sync_entry(job, *id).await {
+                Err(SyncError::Vanished) => {
+                    let linked = self
+                        .store
+                        .read(|db| Ok::<_, StoreError>(db.path_of(*id)?.is_some()))?;
+                    if linked {
+                        return Err(SyncError::Local(
+                            "the cached data of this file is missing from the state dir".into(),
+                        ));
+                    }
+                    // Its unlink already queued what the remote must lose; nothing to do.
+                    self.store.write(|db| db.remove_job(job.seq))?;
+                    Ok(Outcome::Done)
+                }
+                other => other,
+            },
             JobKind::Delete { key, dir } => {
                 self.delete_key(key, *dir, None).await?;
                 self.store.write(|db| db.remove_job(job.seq))?;
@@ -190,24 +208,31 @@ impl Uploader {
         Ok(())
     }
 
-    /// Deletes `key` unless a live entry sits there now (its own job will overwrite it).
-    /// `owner` is the entry that is moving away from `key`: it is not a tenant to rescue.
+    /// Deletes `key` unless a live entry of the same kind already owns it (its remote copy is
+    /// at `key` and it still lives there). An entry that merely sits at `key` without having
+    /// been uploaded there yet does not stop the delete: it may be gone again before its
+    /// upload runs, and the stale object would stay behind. `moving` is the entry that is
+    /// leaving `key`: it is not a tenant to rescue.
     async fn delete_key(
         &self,
         key: &str,
         dir: bool,
-        owner: Option<EntryId>,
+        moving: Option<EntryId>,
     ) -> Result<(), SyncError> {
-        let occupied = self.store.read(|db| {
-            Ok::<_, StoreError>(
-                db.resolve(key.as_bytes())?
-                    .is_some_and(|e| (e.kind == Kind::Dir) == dir && e.id != EntryId::ROOT),
-            )
+        let owned = self.store.read(|db| {
+            for e in db.owners_of_key(key, moving)? {
+                if (e.kind == Kind::Dir) == dir
+                    && db.path_of(e.id)?.as_deref() == Some(key.as_bytes())
+                {
+                    return Ok::<_, StoreError>(true);
+                }
+            }
+            Ok(false)
         })?;
-        if occupied {
+        if owned {
             return Ok(());
         }
-        self.evict_tenants(key, owner).await?;
+        self.evict_tenants(key, moving).await?;
         tracing::debug!(key, dir, "deleting remote object");
         self.remote.delete(key, dir).await?;
         Ok(())
@@ -315,7 +340,13 @@ impl Uploader {
         })
         .await
         .map_err(|e| SyncError::Local(e.to_string()))?
-        .map_err(|err| SyncError::Local(format!("reading cached data of {key}: {err}")))?;
+        .map_err(|err| {
+            if err.kind() == std::io::ErrorKind::NotFound {
+                SyncError::Vanished
+            } else {
+                SyncError::Local(format!("reading cached data of {key}: {err}"))
+            }
+        })?;
         tracing::debug!(key, size, "uploading");
         let meta = self.meta_of(e, Some(hash.clone()));
         let w = self.remote.upload_file(key, &path, size, &meta).await?;
