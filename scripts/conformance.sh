@@ -27,20 +27,8 @@ passed=0
 say() { printf '%s\n' "$*"; }
 
 ensure_tools() {
-    local missing=()
-    dpkg-query -W -f='${Status}' libacl1-dev 2>/dev/null | grep -q 'ok installed' || missing+=(libacl1-dev)
-    command -v fio >/dev/null || missing+=(fio)
-    command -v git >/dev/null || missing+=(git)
-    if [ ${#missing[@]} -gt 0 ]; then
-        apt-get update -qq </dev/null
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null
-    fi
-    if ! command -v pjdfstest >/dev/null; then
-        cargo install --quiet --locked pjdfstest --version 0.2.2
-    fi
-    # pjdfstest switches to these users for its permission cases.
-    id tests >/dev/null 2>&1 || useradd -M -U tests
-    getent group nogroup >/dev/null || groupadd nogroup
+    # pjdfstest, fio, git and the users pjdfstest switches to.
+    "$here/scripts/setup.sh" >/dev/null
 }
 
 result() { # name, status, detail
@@ -69,7 +57,10 @@ run_pjdfstest() {
     unexpected=$(grep -cE 'FAILED$|PASSED UNEXPECTEDLY' "$out" || true)
     if [ -z "$summary" ]; then
         result pjdfstest FAILED "no summary; see $out"
-    elif [ "$unexpected" -eq 0 ] || [ $peer -eq 1 ]; then
+    elif [ $peer -eq 1 ]; then
+        say "pjdfstest: report (${summary#Summary: })"
+        rm -f "$out"
+    elif [ "$unexpected" -eq 0 ]; then
         result pjdfstest ok "${summary#Summary: }"
         rm -f "$out"
     else

@@ -24,7 +24,7 @@ installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
 }
 
-wanted=(fuse3 attr)
+wanted=(fuse3 attr fio git libacl1-dev)
 have_moto() { python3 -c 'import moto.server, werkzeug.serving' >/dev/null 2>&1; }
 
 if ! have_moto; then
@@ -65,3 +65,13 @@ else
     fi
     say "installed $MOTO_SPEC for $(command -v python3)"
 fi
+
+# pjdfstest (the Rust rewrite) for scripts/conformance.sh, and the users it switches to.
+if command -v pjdfstest >/dev/null 2>&1; then
+    say "pjdfstest already installed"
+else
+    cargo install --quiet --locked pjdfstest --version 0.2.2 </dev/null
+    say "installed pjdfstest 0.2.2"
+fi
+id tests >/dev/null 2>&1 || { as_root useradd -M -U tests; say "created user tests"; }
+getent group nogroup >/dev/null 2>&1 || { as_root groupadd nogroup; say "created group nogroup"; }

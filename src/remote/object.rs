@@ -222,11 +222,15 @@ impl ObjectRemote {
         Ok(())
     }
 
+    /// Lists a prefix that holds nothing: proves the bucket exists and that we may list it,
+    /// which a HEAD of a missing key cannot tell apart from a missing bucket.
     pub async fn check(&self) -> RemoteResult<()> {
         let probe = self.path(".stratus-probe")?;
-        match self.store.head(&probe).await {
+        match self.store.list_with_delimiter(Some(&probe)).await {
             Ok(_) => Ok(()),
-            Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(object_store::Error::NotFound { path, .. }) => Err(RemoteError::Permanent(
+                format!("{}: bucket or container not found ({path})", self.name),
+            )),
             Err(e) => Err(map_err(e)),
         }
     }

@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Random tree workload and manifests, for the remount-consistency check.
+
+    tree_workload.py run DIR [--procs N] [--ops N] [--seed S]   creates, writes, renames and
+        deletes files and directories across a tree, from several processes at once
+    tree_workload.py manifest DIR                                prints one line per entry:
+        type, size, mode, path, SHA-256 of the content (or the symlink target), sorted
+"""
+import argparse
+import hashlib
+import multiprocessing
+import os
+import random
+import stat
+import sys
+
+
+def worker(root: str, ops: int, seed: int) -> None:
+    rnd = random.Random(seed)
+    base = os.path.join(root, f"p{seed}")
+    os.makedirs(base, exist_ok=True)
+    files, dirs = [], [base]
+    for i in range(ops):
+        op = rnd.choices(
+            ["mkdir", "create", "write", "rename", "delete", "rmdir", "symlink", "chmod", "truncate"],
+            weights=[8, 30, 20, 12, 10, 4, 3, 5, 8],
+        )[0]
+        try:
+            if op == "mkdir":
+                d = os.path.join(rnd.choice(dirs), f"d{i}")
+                os.mkdir(d)
+                dirs.append(d)
+            elif op == "create":
+                f = os.path.join(rnd.choice(dirs), f"f{i}.bin")
+                with open(f, "wb") as h:
+                    h.write(rnd.randbytes(rnd.choice([0, 1, 100, 4096, 70000, 1_000_000])))
+                files.append(f)
+            elif op == "write" and files:
+                f = rnd.choice(files)
+                with open(f, "r+b") as h:
+                    h.seek(rnd.randrange(0, 200_000))
+                    h.write(rnd.randbytes(rnd.randrange(1, 50_000)))
+            elif op == "rename" and files:
+                f = rnd.choice(files)
+                to = os.path.join(rnd.choice(dirs), f"r{i}.bin")
+                os.rename(f, to)
+                files[files.index(f)] = to
+            elif op == "delete" and files:
+                f = files.pop(rnd.randrange(len(files)))
+                os.unlink(f)
+            elif op == "rmdir" and len(dirs) > 1:
+                d = dirs[-1]
+                if not os.listdir(d):
+                    os.rmdir(d)
+                    dirs.pop()
+            elif op == "symlink" and files:
+                link = os.path.join(rnd.choice(dirs), f"l{i}")
+                os.symlink(os.path.relpath(rnd.choice(files), os.path.dirname(link)), link)
+            elif op == "chmod" and files:
+                os.chmod(rnd.choice(files), rnd.choice([0o600, 0o640, 0o644, 0o755]))
+            elif op == "truncate" and files:
+                os.truncate(rnd.choice(files), rnd.randrange(0, 300_000))
+        except FileNotFoundError:
+            # A file this process renamed away from under a symlink, and similar: fine.
+            pass
+    # Rename a whole subtree at the end, to exercise directory renames.
+    if len(dirs) > 2:
+        d = dirs[1]
+        os.rename(d, d + "-moved")
+
+
+def manifest(root: str) -> None:
+    rows = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            rel = os.path.relpath(p, root)
+            st = os.lstat(p)
+            mode = stat.S_IMODE(st.st_mode)
+            if stat.S_ISLNK(st.st_mode):
+                h = hashlib.sha256(os.readlink(p).encode()).hexdigest()
+                rows.append(f"l - - {rel} {h}")
+            elif stat.S_ISDIR(st.st_mode):
+                rows.append(f"d - {mode:o} {rel} -")
+            else:
+                with open(p, "rb") as f:
+                    h = hashlib.sha256(f.read()).hexdigest()
+                rows.append(f"f {st.st_size} {mode:o} {rel} {h}")
+    for r in sorted(rows):
+        print(r)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("dir")
+    r.add_argument("--procs", type=int, default=4)
+    r.add_argument("--ops", type=int, default=300)
+    r.add_argument("--seed", type=int, default=1)
+    m = sub.add_parser("manifest")
+    m.add_argument("dir")
+    a = ap.parse_args()
+    if a.cmd == "manifest":
+        manifest(a.dir)
+        return 0
+    procs = [
+        multiprocessing.Process(target=worker, args=(a.dir, a.ops, a.seed * 100 + i))
+        for i in range(a.procs)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    return 0 if all(p.exitcode == 0 for p in procs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
