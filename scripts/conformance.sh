@@ -93,7 +93,7 @@ run_fio() {
     for job in "write:64k" "randwrite:4k" "readwrite:16k"; do
         local rw=${job%%:*} bs=${job##*:}
         if ! fio --name="verify-$rw" --directory="$mnt/fio" --rw="$rw" --bs="$bs" --size="$size" \
-            --verify=crc32c --do_verify=1 --verify_fatal=1 --ioengine=psync --end_fsync=1 \
+            --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 --ioengine=psync --end_fsync=1 \
             --output=/dev/null >/dev/null 2>&1; then
             result fio FAILED "$rw bs=$bs size=$size"
             return
