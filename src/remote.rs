@@ -105,6 +105,34 @@ pub struct ObjectInfo {
     pub meta: Meta,
 }
 
+/// What a write expects to find at its key. The server checks it (If-Match, If-None-Match),
+/// so a concurrent writer elsewhere is caught there and not guessed from clocks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Cond {
+    #[default]
+    Overwrite,
+    /// Nothing may exist at the key.
+    Create,
+    /// The key must still hold this version.
+    Match {
+        etag: Option<String>,
+        version: Option<String>,
+    },
+}
+
+impl Cond {
+    /// Whether an object with `etag` (or no object, `None`) satisfies the condition; for
+    /// backends that compare before they write.
+    pub fn admits(&self, current: Option<&str>) -> bool {
+        match self {
+            Cond::Overwrite => true,
+            Cond::Create => current.is_none(),
+            Cond::Match { etag: Some(e), .. } => current == Some(e.as_str()),
+            Cond::Match { etag: None, .. } => true,
+        }
+    }
+}
+
 /// What the remote answered to a write.
 #[derive(Debug, Clone, Default)]
 pub struct Written {
@@ -329,6 +357,21 @@ impl Remote {
         Ok(normalize_listing(rows))
     }
 
+    /// The tree without per-object metadata (a listing, no HEADs), normalized: what the poller
+    /// compares against the last synced versions.
+    pub async fn list(&self) -> RemoteResult<Vec<ObjectInfo>> {
+        let rows = match self {
+            Remote::Local(r) => r.scan().await?,
+            Remote::Object(r) => r.list().await?,
+        };
+        Ok(normalize_listing(rows))
+    }
+
+    /// One object (or directory marker) with its metadata, `None` when absent.
+    pub async fn head(&self, key: &str, dir: bool) -> RemoteResult<Option<ObjectInfo>> {
+        dispatch!(self, r => r.head(key, dir).await)
+    }
+
     /// Downloads the whole object to `dest`, returning its size.
     pub async fn download(&self, key: &str, dest: &Path) -> RemoteResult<u64> {
         dispatch!(self, r => r.download(key, dest).await)
@@ -341,12 +384,13 @@ impl Remote {
         src: &Path,
         size: u64,
         meta: &Meta,
+        cond: &Cond,
     ) -> RemoteResult<Written> {
-        dispatch!(self, r => r.upload_file(key, src, size, meta).await)
+        dispatch!(self, r => r.upload_file(key, src, size, meta, cond).await)
     }
 
-    pub async fn put_symlink(&self, key: &str, meta: &Meta) -> RemoteResult<Written> {
-        dispatch!(self, r => r.put_symlink(key, meta).await)
+    pub async fn put_symlink(&self, key: &str, meta: &Meta, cond: &Cond) -> RemoteResult<Written> {
+        dispatch!(self, r => r.put_symlink(key, meta, cond).await)
     }
 
     pub async fn put_dir(&self, key: &str, meta: &Meta) -> RemoteResult<Written> {

@@ -16,7 +16,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
-use super::{Meta, ObjectInfo, ObjectKind, RemoteError, RemoteResult, Written};
+use super::{Cond, Meta, ObjectInfo, ObjectKind, RemoteError, RemoteResult, Written};
 
 const TEMP_PREFIX: &str = ".stratus-tmp-";
 const SHA_XATTR: &str = "user.stratus_sha256";
@@ -125,43 +125,30 @@ impl LocalRemote {
                         Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                         Err(e) => return Err(io_err(&path, e)),
                     };
-                    let ft = m.file_type();
-                    let (kind, symlink) = if ft.is_dir() {
+                    if m.is_dir() {
                         stack.push((path.clone(), key.clone()));
-                        (ObjectKind::Dir, None)
-                    } else if ft.is_symlink() {
-                        let t = fs::read_link(&path).map_err(|e| io_err(&path, e))?;
-                        (ObjectKind::Symlink, Some(t.to_string_lossy().into_owned()))
-                    } else if ft.is_file() {
-                        (ObjectKind::File, None)
-                    } else {
-                        tracing::warn!(path = %path.display(), "skipping special file in remote folder");
-                        continue;
-                    };
-                    let mtime_ns = m.mtime() * 1_000_000_000 + m.mtime_nsec();
-                    out.push(ObjectInfo {
-                        key,
-                        kind,
-                        size: if kind == ObjectKind::File { m.size() } else { 0 },
-                        etag: Some(etag_of(&m)),
-                        version: None,
-                        last_modified_ns: Some(mtime_ns),
-                        meta: Meta {
-                            mtime_ns: Some(mtime_ns),
-                            mode: Some(m.mode() & 0o7777),
-                            uid: Some(m.uid()),
-                            gid: Some(m.gid()),
-                            sha256: if kind == ObjectKind::File {
-                                get_sha_xattr(&path)
-                            } else {
-                                None
-                            },
-                            symlink,
-                        },
-                    });
+                    }
+                    match info_of(&path, key, &m)? {
+                        Some(o) => out.push(o),
+                        None => {
+                            tracing::warn!(path = %path.display(), "skipping special file in remote folder")
+                        }
+                    }
                 }
             }
             Ok(out)
+        })
+        .await
+    }
+
+    pub async fn head(&self, key: &str, dir: bool) -> RemoteResult<Option<ObjectInfo>> {
+        let path = self.path(key);
+        let key = key.to_string();
+        blocking(move || match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() == dir => info_of(&path, key, &m),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path, e)),
         })
         .await
     }
@@ -184,10 +171,12 @@ impl LocalRemote {
         src: &Path,
         _size: u64,
         meta: &Meta,
+        cond: &Cond,
     ) -> RemoteResult<Written> {
         let dest = self.path(key);
         let src = src.to_path_buf();
         let meta = meta.clone();
+        let cond = cond.clone();
         blocking(move || {
             let tmp = temp_beside(&dest)?;
             let r = (|| {
@@ -200,6 +189,7 @@ impl LocalRemote {
                     set_sha_xattr(&tmp, h);
                 }
                 to.sync_all().map_err(|e| io_err(&tmp, e))?;
+                precheck(&dest, &cond)?;
                 replace(&tmp, &dest)
             })();
             if r.is_err() {
@@ -210,10 +200,12 @@ impl LocalRemote {
         .await
     }
 
-    pub async fn put_symlink(&self, key: &str, meta: &Meta) -> RemoteResult<Written> {
+    pub async fn put_symlink(&self, key: &str, meta: &Meta, cond: &Cond) -> RemoteResult<Written> {
         let dest = self.path(key);
         let meta = meta.clone();
+        let cond = cond.clone();
         blocking(move || {
+            precheck(&dest, &cond)?;
             let target = meta.symlink.clone().unwrap_or_default();
             let tmp = temp_beside(&dest)?;
             std::os::unix::fs::symlink(&target, &tmp).map_err(|e| io_err(&tmp, e))?;
@@ -316,6 +308,57 @@ impl LocalRemote {
             }
         })
         .await
+    }
+}
+
+/// What a scan or a head reports for one path; `None` for special files.
+fn info_of(path: &Path, key: String, m: &fs::Metadata) -> RemoteResult<Option<ObjectInfo>> {
+    let ft = m.file_type();
+    let (kind, symlink) = if ft.is_dir() {
+        (ObjectKind::Dir, None)
+    } else if ft.is_symlink() {
+        let t = fs::read_link(path).map_err(|e| io_err(path, e))?;
+        (ObjectKind::Symlink, Some(t.to_string_lossy().into_owned()))
+    } else if ft.is_file() {
+        (ObjectKind::File, None)
+    } else {
+        return Ok(None);
+    };
+    let mtime_ns = m.mtime() * 1_000_000_000 + m.mtime_nsec();
+    Ok(Some(ObjectInfo {
+        key,
+        kind,
+        size: if kind == ObjectKind::File {
+            m.size()
+        } else {
+            0
+        },
+        etag: Some(etag_of(m)),
+        version: None,
+        last_modified_ns: Some(mtime_ns),
+        meta: Meta {
+            mtime_ns: Some(mtime_ns),
+            mode: Some(m.mode() & 0o7777),
+            uid: Some(m.uid()),
+            gid: Some(m.gid()),
+            sha256: if kind == ObjectKind::File {
+                get_sha_xattr(path)
+            } else {
+                None
+            },
+            symlink,
+        },
+    }))
+}
+
+/// A folder cannot condition a rename, so the check runs just before it; another program
+/// writing the same path in between wins the race (docs/semantics.md).
+fn precheck(dest: &Path, cond: &Cond) -> RemoteResult<()> {
+    let current = fs::symlink_metadata(dest).ok().map(|m| etag_of(&m));
+    if cond.admits(current.as_deref()) {
+        Ok(())
+    } else {
+        Err(RemoteError::Conflict(dest.display().to_string()))
     }
 }
 

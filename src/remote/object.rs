@@ -17,7 +17,7 @@ use object_store::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::s3_raw::S3Raw;
-use super::{Meta, ObjectInfo, ObjectKind, RemoteError, RemoteResult, RemoteUrl, Written};
+use super::{Cond, Meta, ObjectInfo, ObjectKind, RemoteError, RemoteResult, RemoteUrl, Written};
 
 /// Files above this go up as multipart uploads.
 const MULTIPART_THRESHOLD: u64 = 16 * 1024 * 1024;
@@ -28,9 +28,6 @@ const PARTS_IN_FLIGHT: usize = 4;
 const SCAN_CONCURRENCY: usize = 16;
 /// All three clouds cap object names at 1024 bytes.
 const MAX_KEY: usize = 1024;
-
-/// One listing row: relative key, is a directory marker, size, ETag, last modified (ns).
-type ListRow = (String, bool, u64, Option<String>, Option<i64>);
 
 pub struct ObjectRemote {
     store: Arc<dyn ObjectStore>,
@@ -71,6 +68,21 @@ fn classify_message(msg: String) -> RemoteError {
         }
     }
     RemoteError::unavailable(msg)
+}
+
+fn put_mode(cond: &Cond) -> PutMode {
+    match cond {
+        Cond::Overwrite => PutMode::Overwrite,
+        Cond::Create => PutMode::Create,
+        Cond::Match {
+            etag: None,
+            version: None,
+        } => PutMode::Overwrite,
+        Cond::Match { etag, version } => PutMode::Update(object_store::UpdateVersion {
+            e_tag: etag.clone(),
+            version: version.clone(),
+        }),
+    }
 }
 
 fn attributes(meta: &Meta) -> Attributes {
@@ -243,13 +255,28 @@ impl ObjectRemote {
         }
     }
 
-    pub async fn scan(&self) -> RemoteResult<Vec<ObjectInfo>> {
+    /// The listing alone: keys, sizes and ETags, no metadata (directory markers as `Dir`,
+    /// everything else as `File` until a HEAD says otherwise).
+    pub async fn list(&self) -> RemoteResult<Vec<ObjectInfo>> {
         let list_prefix = if self.prefix.is_empty() {
             String::new()
         } else {
             format!("{}/", self.prefix)
         };
-        let mut rows: Vec<ListRow> = Vec::new();
+        let mut rows: Vec<ObjectInfo> = Vec::new();
+        let row = |rel: &str, marker: bool, size, etag, lm| ObjectInfo {
+            key: rel.to_string(),
+            kind: if marker {
+                ObjectKind::Dir
+            } else {
+                ObjectKind::File
+            },
+            size,
+            etag,
+            version: None,
+            last_modified_ns: lm,
+            meta: Meta::default(),
+        };
         if let Some(raw) = &self.raw {
             for o in raw.list(&list_prefix).await? {
                 let Some(rel) = self.strip(&o.key) else {
@@ -263,7 +290,7 @@ impl ObjectRemote {
                     continue;
                 }
                 let lm = o.last_modified.and_then(|t| t.timestamp_nanos_opt());
-                rows.push((rel.to_string(), marker, o.size, o.etag, lm));
+                rows.push(row(rel, marker, o.size, o.etag, lm));
             }
         } else {
             let prefix = if self.prefix.is_empty() {
@@ -277,42 +304,25 @@ impl ObjectRemote {
                     continue;
                 };
                 let lm = o.last_modified.timestamp_nanos_opt();
-                rows.push((rel.to_string(), false, o.size, o.e_tag, lm));
+                rows.push(row(rel, false, o.size, o.e_tag, lm));
             }
         }
+        Ok(rows)
+    }
+
+    /// The listing with every object's metadata (one HEAD each, several in flight).
+    pub async fn scan(&self) -> RemoteResult<Vec<ObjectInfo>> {
+        let rows = self.list().await?;
         let results: Vec<RemoteResult<Option<ObjectInfo>>> = futures::stream::iter(rows)
-            .map(|(rel, marker, size, etag, lm)| async move {
-                if super::check_key(&rel).is_err() {
+            .map(|o| async move {
+                if super::check_key(&o.key).is_err() {
                     // Reported by normalize_listing; not worth a HEAD.
-                    return Ok(Some(ObjectInfo {
-                        key: rel,
-                        kind: ObjectKind::File,
-                        size,
-                        etag,
-                        version: None,
-                        last_modified_ns: lm,
-                        meta: Meta::default(),
-                    }));
+                    return Ok(Some(o));
                 }
-                let (meta, version) = match self.head_meta(&rel, marker).await? {
-                    Some(m) => m,
-                    None => return Ok(None),
-                };
-                let kind = if marker {
-                    ObjectKind::Dir
-                } else if meta.symlink.is_some() {
-                    ObjectKind::Symlink
-                } else {
-                    ObjectKind::File
-                };
-                Ok(Some(ObjectInfo {
-                    key: rel,
-                    kind,
-                    size,
-                    etag,
-                    version,
-                    last_modified_ns: lm,
-                    meta,
+                let dir = o.kind == ObjectKind::Dir;
+                Ok(self.head(&o.key, dir).await?.map(|h| ObjectInfo {
+                    last_modified_ns: o.last_modified_ns,
+                    ..h
                 }))
             })
             .buffer_unordered(SCAN_CONCURRENCY)
@@ -327,31 +337,57 @@ impl ObjectRemote {
         Ok(out)
     }
 
-    /// Our metadata of one object; `None` if it vanished since the listing.
-    async fn head_meta(
-        &self,
-        rel: &str,
-        marker: bool,
-    ) -> RemoteResult<Option<(Meta, Option<String>)>> {
+    /// One object with our metadata; `None` if it is not there.
+    pub async fn head(&self, rel: &str, dir: bool) -> RemoteResult<Option<ObjectInfo>> {
+        let kind_of = |meta: &Meta| {
+            if dir {
+                ObjectKind::Dir
+            } else if meta.symlink.is_some() {
+                ObjectKind::Symlink
+            } else {
+                ObjectKind::File
+            }
+        };
         if let Some(raw) = &self.raw {
-            let key = if marker {
+            let key = if dir {
                 format!("{}/", self.full(rel))
             } else {
                 self.full(rel)
             };
-            let h = raw.head(&key).await?;
-            return Ok(h.map(|h| {
-                let meta =
-                    Meta::from_pairs(h.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-                (meta, h.version)
+            let Some(h) = raw.head(&key).await? else {
+                return Ok(None);
+            };
+            let meta = Meta::from_pairs(h.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            return Ok(Some(ObjectInfo {
+                key: rel.to_string(),
+                kind: kind_of(&meta),
+                size: h.size,
+                etag: h.etag,
+                version: h.version,
+                last_modified_ns: None,
+                meta,
             }));
+        }
+        if dir {
+            return Ok(None);
         }
         let opts = GetOptions {
             head: true,
             ..Default::default()
         };
         match self.store.get_opts(&self.path(rel)?, opts).await {
-            Ok(r) => Ok(Some((meta_of(&r.attributes), r.meta.version))),
+            Ok(r) => {
+                let meta = meta_of(&r.attributes);
+                Ok(Some(ObjectInfo {
+                    key: rel.to_string(),
+                    kind: kind_of(&meta),
+                    size: r.meta.size,
+                    etag: r.meta.e_tag,
+                    version: r.meta.version,
+                    last_modified_ns: r.meta.last_modified.timestamp_nanos_opt(),
+                    meta,
+                }))
+            }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(map_err(e)),
         }
@@ -370,18 +406,33 @@ impl ObjectRemote {
         Ok(n)
     }
 
+    /// For writes the server cannot condition (multipart uploads): compare, then write. The
+    /// window between the two is documented in docs/semantics.md.
+    async fn precheck(&self, key: &str, cond: &Cond) -> RemoteResult<()> {
+        if *cond == Cond::Overwrite {
+            return Ok(());
+        }
+        let current = self.head(key, false).await?;
+        if cond.admits(current.as_ref().and_then(|o| o.etag.as_deref())) {
+            Ok(())
+        } else {
+            Err(RemoteError::Conflict(key.to_string()))
+        }
+    }
+
     pub async fn upload_file(
         &self,
         key: &str,
         src: &std::path::Path,
         size: u64,
         meta: &Meta,
+        cond: &Cond,
     ) -> RemoteResult<Written> {
         let path = self.path(key)?;
         if size <= MULTIPART_THRESHOLD {
             let data = tokio::fs::read(src).await?;
             let opts = PutOptions {
-                mode: PutMode::Overwrite,
+                mode: put_mode(cond),
                 attributes: attributes(meta),
                 ..Default::default()
             };
@@ -395,6 +446,7 @@ impl ObjectRemote {
                 version: r.version,
             });
         }
+        self.precheck(key, cond).await?;
         let opts = PutMultipartOptions {
             attributes: attributes(meta),
             ..Default::default()
@@ -433,10 +485,10 @@ impl ObjectRemote {
         })
     }
 
-    pub async fn put_symlink(&self, key: &str, meta: &Meta) -> RemoteResult<Written> {
+    pub async fn put_symlink(&self, key: &str, meta: &Meta, cond: &Cond) -> RemoteResult<Written> {
         let body = meta.symlink.clone().unwrap_or_default().into_bytes();
         let opts = PutOptions {
-            mode: PutMode::Overwrite,
+            mode: put_mode(cond),
             attributes: attributes(meta),
             ..Default::default()
         };

@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use super::backoff;
 use crate::cache::FileCache;
-use crate::remote::{hash_file, Meta, Remote, RemoteError, Written};
+use crate::remote::{hash_file, Cond, Meta, Remote, RemoteError, Written};
 use crate::store::{
     now_ms, Entry, EntryId, Job, JobKind, JobState, Kind, Store, StoreError, Synced,
 };
@@ -266,7 +266,7 @@ impl Uploader {
             ),
             Kind::Symlink => (
                 self.remote
-                    .put_symlink(&key, &self.meta_of(&e, None))
+                    .put_symlink(&key, &self.meta_of(&e, None), &Cond::Overwrite)
                     .await?,
                 None,
             ),
@@ -349,7 +349,10 @@ impl Uploader {
         })?;
         tracing::debug!(key, size, "uploading");
         let meta = self.meta_of(e, Some(hash.clone()));
-        let w = self.remote.upload_file(key, &path, size, &meta).await?;
+        let w = self
+            .remote
+            .upload_file(key, &path, size, &meta, &Cond::Overwrite)
+            .await?;
         Ok((w, Some(hash)))
     }
 
