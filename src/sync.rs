@@ -1,5 +1,6 @@
 //! The sync engine: fills a new state dir from the remote, and drains the journal to it.
 
+pub mod reconcile;
 mod uploader;
 
 use std::collections::HashMap;
