@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::control;
 use crate::daemon::{self, MountConfig, Ready, READY_FD_ENV};
 use crate::remote::RemoteUrl;
+use crate::sync::ConflictPolicy;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -49,6 +50,13 @@ enum Cmd {
         /// Extra object_store option, KEY=VALUE (repeatable).
         #[arg(short = 'o', value_name = "KEY=VALUE")]
         options: Vec<String>,
+        /// Seconds between listings of the remote for changes made elsewhere; 0 turns
+        /// polling off (`stratus sync` still polls).
+        #[arg(long, default_value_t = 15.0)]
+        poll_interval: f64,
+        /// What happens when both sides changed a file: manual, newest, local or remote.
+        #[arg(long = "conflict", default_value = "manual", value_name = "POLICY")]
+        conflict: String,
         /// Log file (the background daemon uses STATE_DIR/stratus.log).
         #[arg(long, hide = true)]
         log_file: Option<PathBuf>,
@@ -158,6 +166,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             write_back,
             options,
             log_file,
+            poll_interval,
+            conflict,
         } => {
             let url = RemoteUrl::parse(&remote).map_err(|e| anyhow::anyhow!("bad remote: {e}"))?;
             let mp = absolute(&mountpoint)?;
@@ -175,6 +185,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !(0.0..=86_400.0).contains(&write_back) {
                 bail!("--write-back must be between 0 and 86400 seconds");
             }
+            if !(0.0..=86_400.0).contains(&poll_interval) {
+                bail!("--poll-interval must be between 0 and 86400 seconds");
+            }
+            let policy = ConflictPolicy::parse(&conflict).with_context(|| {
+                format!("--conflict {conflict}: expected manual, newest, local or remote")
+            })?;
             let cfg = MountConfig {
                 remote: url,
                 mountpoint: mp,
@@ -182,6 +198,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 write_back: Duration::from_secs_f64(write_back),
                 options: opts,
                 fuse_threads: 4,
+                poll_interval: (poll_interval > 0.0)
+                    .then(|| Duration::from_secs_f64(poll_interval)),
+                policy,
             };
             if foreground {
                 init_logging(cli.verbose, log_file.as_deref())?;
@@ -241,6 +260,15 @@ fn spawn_daemon(
         .arg(&cfg.state_dir)
         .arg("--write-back")
         .arg(cfg.write_back.as_secs_f64().to_string())
+        .arg("--poll-interval")
+        .arg(
+            cfg.poll_interval
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0)
+                .to_string(),
+        )
+        .arg("--conflict")
+        .arg(cfg.policy.as_str())
         .arg("--log-file")
         .arg(&log);
     if verbose {

@@ -16,7 +16,7 @@ use crate::control::Control;
 use crate::fuse::StratusFs;
 use crate::remote::{Remote, RemoteUrl};
 use crate::store::Store;
-use crate::sync::{populate, SyncConfig, Uploader};
+use crate::sync::{populate, ConflictPolicy, SyncConfig, Uploader};
 use crate::vfs::{Vfs, VfsConfig};
 
 /// Environment variable naming the pipe on which a daemon tells its parent it is ready.
@@ -30,6 +30,8 @@ pub struct MountConfig {
     pub write_back: Duration,
     pub options: Vec<(String, String)>,
     pub fuse_threads: usize,
+    pub poll_interval: Option<Duration>,
+    pub policy: ConflictPolicy,
 }
 
 /// Reports readiness (or the reason for failing) to the `stratus mount` that started us.
@@ -171,6 +173,8 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
     let sync_cfg = SyncConfig {
         default_uid: uid,
         default_gid: gid,
+        poll_interval: cfg.poll_interval,
+        policy: cfg.policy,
     };
     let populated = store.read(|db| db.meta_get("populated"))?.is_some();
     let check =
@@ -220,7 +224,9 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let uploader = rt.spawn(Uploader::new(store.clone(), cache, remote).run(stop_rx));
+    let (notices, invalidations) = std::sync::mpsc::channel();
+    let uploader =
+        rt.spawn(Uploader::new(store.clone(), cache, remote, sync_cfg, Some(notices)).run(stop_rx));
 
     let fs = StratusFs::new(Control::new(vfs, identity.clone()));
     let mut config = fuser::Config::default();
@@ -238,6 +244,7 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
     config.n_threads = Some(cfg.fuse_threads);
     let mut session = fuser::Session::new(fs, &cfg.mountpoint, &config)
         .with_context(|| format!("mounting on {}", cfg.mountpoint.display()))?;
+    crate::fuse::forward_invalidations(session.notifier(), invalidations);
     let mut unmounter = session.unmount_callable();
     rt.spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};

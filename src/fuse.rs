@@ -493,6 +493,33 @@ impl Filesystem for StratusFs {
     }
 }
 
+/// Hands the sync engine's invalidations to the kernel, from a thread of its own: a notify
+/// sent from inside a request handler can deadlock the session.
+pub fn forward_invalidations(
+    notifier: fuser::Notifier,
+    rx: std::sync::mpsc::Receiver<crate::sync::Invalidation>,
+) {
+    std::thread::Builder::new()
+        .name("stratus-notify".into())
+        .spawn(move || {
+            for inv in rx {
+                // ENOENT means the kernel holds nothing to forget: fine.
+                let r = match &inv {
+                    crate::sync::Invalidation::Entry { parent, name } => {
+                        notifier.inval_entry(INodeNo(parent.0), OsStr::from_bytes(name))
+                    }
+                    crate::sync::Invalidation::Inode(id) => {
+                        notifier.inval_inode(INodeNo(id.0), 0, 0)
+                    }
+                };
+                if let Err(e) = r {
+                    tracing::trace!(?inv, error = %e, "invalidation not delivered");
+                }
+            }
+        })
+        .expect("spawning the notify thread");
+}
+
 fn reply_xattr(r: Result<Vec<u8>, VfsError>, size: u32, reply: ReplyXattr) {
     match r {
         Ok(v) if size == 0 => reply.size(v.len() as u32),

@@ -87,6 +87,9 @@ pub struct Entry {
     /// Bumped by every change that must reach the remote; the uploader compares it before
     /// declaring an entry clean, so a change made during an upload is never forgotten.
     pub dirty_seq: i64,
+    /// Set on a `.conflict` copy: the entry whose conflict it records. Such a copy stays
+    /// local (never uploaded) unless the user keeps both versions.
+    pub conflict_of: Option<EntryId>,
 }
 
 /// The fields of a new entry; the rest start empty.
@@ -104,14 +107,20 @@ pub struct NewEntry {
     pub local: bool,
     pub synced: Synced,
     pub dirty: i64,
+    pub conflict_of: Option<EntryId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobKind {
     /// Make the remote match this entry's current state and path.
     Sync(EntryId),
-    /// Remove a key that no entry owns any more.
-    Delete { key: String, dir: bool },
+    /// Remove a key that no entry owns any more; `etag` is the version the delete meant to
+    /// remove, so a remote edit made since can win over it.
+    Delete {
+        key: String,
+        dir: bool,
+        etag: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +160,52 @@ pub struct QueueStats {
     pub last_error: Option<String>,
 }
 
+/// One conflict: the local version stays at `path`, the other at `copy_path`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Conflict {
+    pub id: i64,
+    pub entry_id: u64,
+    pub copy_id: u64,
+    pub path: String,
+    pub copy_path: String,
+    pub local_size: u64,
+    pub local_mtime_ns: i64,
+    pub local_etag: Option<String>,
+    pub remote_size: u64,
+    pub remote_mtime_ns: Option<i64>,
+    pub remote_etag: Option<String>,
+    pub remote_version: Option<String>,
+    pub detected_ms: i64,
+    pub policy: String,
+    pub resolved_ms: Option<i64>,
+    pub resolution: Option<String>,
+}
+
+const CONFLICT_COLS: &str = "id, entry_id, copy_id, path, copy_path, local_size, local_mtime_ns, \
+     local_etag, remote_size, remote_mtime_ns, remote_etag, remote_version, detected_ms, policy, \
+     resolved_ms, resolution";
+
+fn conflict_from_row(r: &Row<'_>) -> rusqlite::Result<Conflict> {
+    Ok(Conflict {
+        id: r.get(0)?,
+        entry_id: r.get::<_, i64>(1)? as u64,
+        copy_id: r.get::<_, i64>(2)? as u64,
+        path: r.get(3)?,
+        copy_path: r.get(4)?,
+        local_size: r.get::<_, i64>(5)? as u64,
+        local_mtime_ns: r.get(6)?,
+        local_etag: r.get(7)?,
+        remote_size: r.get::<_, i64>(8)? as u64,
+        remote_mtime_ns: r.get(9)?,
+        remote_etag: r.get(10)?,
+        remote_version: r.get(11)?,
+        detected_ms: r.get(12)?,
+        policy: r.get(13)?,
+        resolved_ms: r.get(14)?,
+        resolution: r.get(15)?,
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("state database: {0}")]
@@ -188,13 +243,20 @@ pub struct Store {
     pub kick: Notify,
     /// What the uploader last learnt about the remote; in memory only.
     pub health: Health,
+    /// Open handles per entry, kept by the filesystem core: the poller never swaps the data
+    /// of a file under an open handle.
+    pub busy: Mutex<std::collections::HashMap<EntryId, u32>>,
 }
 
 /// The remote's health as the uploader saw it last, shown by `stratus status`.
 #[derive(Debug, Default)]
 pub struct Health {
     pub unreachable: std::sync::atomic::AtomicBool,
+    /// The user asked for no network traffic at all.
+    pub offline: std::sync::atomic::AtomicBool,
     pub last_error: Mutex<Option<(i64, String)>>,
+    /// Completed polls of the remote, so `stratus sync --wait` can wait for a fresh one.
+    pub polls: std::sync::atomic::AtomicU64,
 }
 
 impl Health {
@@ -210,6 +272,10 @@ impl Health {
     pub fn record_ok(&self) {
         self.unreachable
             .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_offline(&self) -> bool {
+        self.offline.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn is_reachable(&self) -> bool {
@@ -268,6 +334,7 @@ impl Store {
             wake: Notify::new(),
             kick: Notify::new(),
             health: Health::default(),
+            busy: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -312,6 +379,23 @@ impl Store {
         Ok(out)
     }
 
+    pub fn is_busy(&self, id: EntryId) -> bool {
+        self.busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .is_some_and(|n| *n > 0)
+    }
+
+    pub fn mark_open(&self, id: EntryId, delta: i32) {
+        let mut b = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let n = b.entry(id).or_insert(0);
+        *n = (*n as i64 + delta as i64).max(0) as u32;
+        if *n == 0 {
+            b.remove(&id);
+        }
+    }
+
     /// Makes every transaction committed so far survive a power cut: one commit with
     /// `synchronous=FULL` syncs the WAL, which holds all earlier frames too.
     pub fn make_durable(&self) -> StoreResult<()> {
@@ -334,7 +418,8 @@ pub struct Db<'a> {
 }
 
 const ENTRY_COLS: &str = "id, parent, name, kind, mode, uid, gid, size, mtime_ns, ctime_ns, \
-     atime_ns, target, local, synced_key, synced_etag, synced_version, synced_hash, dirty, dirty_seq";
+     atime_ns, target, local, synced_key, synced_etag, synced_version, synced_hash, dirty, dirty_seq, \
+     conflict_of";
 
 fn entry_from_row(r: &Row<'_>) -> rusqlite::Result<Entry> {
     Ok(Entry {
@@ -359,6 +444,7 @@ fn entry_from_row(r: &Row<'_>) -> rusqlite::Result<Entry> {
         },
         dirty: r.get(17)?,
         dirty_seq: r.get(18)?,
+        conflict_of: r.get::<_, Option<i64>>(19)?.map(|c| EntryId(c as u64)),
     })
 }
 
@@ -370,6 +456,7 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
         (None, Some(key)) => JobKind::Delete {
             key,
             dir: r.get(3)?,
+            etag: r.get(7)?,
         },
         (None, None) => return Err(rusqlite::Error::InvalidQuery),
     };
@@ -387,7 +474,8 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
     })
 }
 
-const JOB_COLS: &str = "seq, entry_id, delete_key, delete_dir, attempts, state, last_error";
+const JOB_COLS: &str =
+    "seq, entry_id, delete_key, delete_dir, attempts, state, last_error, delete_etag";
 
 impl Db<'_> {
     pub fn meta_get(&self, key: &str) -> StoreResult<Option<String>> {
@@ -514,8 +602,9 @@ impl Db<'_> {
         let now = now_ns();
         let mut st = self.conn.prepare_cached(
             "INSERT INTO entries(parent, name, kind, mode, uid, gid, size, mtime_ns, ctime_ns, atime_ns, \
-             target, local, synced_key, synced_etag, synced_version, synced_hash, dirty, dirty_seq) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, 0)",
+             target, local, synced_key, synced_etag, synced_version, synced_hash, dirty, dirty_seq, \
+             conflict_of) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, 0, ?17)",
         )?;
         st.execute(params![
             e.parent.0 as i64,
@@ -534,6 +623,7 @@ impl Db<'_> {
             e.synced.version,
             e.synced.hash,
             e.dirty,
+            e.conflict_of.map(|c| c.0 as i64),
         ])?;
         let id = EntryId(self.conn.last_insert_rowid() as u64);
         self.must_get(id)
@@ -600,7 +690,8 @@ impl Db<'_> {
     /// Live entries (other than `except`) whose remote copy sits at `key`.
     pub fn owners_of_key(&self, key: &str, except: Option<EntryId>) -> StoreResult<Vec<Entry>> {
         let mut st = self.conn.prepare_cached(&format!(
-            "SELECT {ENTRY_COLS} FROM entries WHERE synced_key = ?1 AND parent IS NOT NULL AND id != ?2"
+            "SELECT {ENTRY_COLS} FROM entries WHERE synced_key = ?1 AND parent IS NOT NULL AND id != ?2 \
+             AND conflict_of IS NULL"
         ))?;
         let rows = st.query_map(
             params![key, except.map(|e| e.0 as i64).unwrap_or(-1)],
@@ -625,7 +716,96 @@ impl Db<'_> {
             as u64)
     }
 
+    /// Every entry, for the poller's comparison with a listing.
+    pub fn all_entries(&self) -> StoreResult<Vec<Entry>> {
+        let mut st = self
+            .conn
+            .prepare(&format!("SELECT {ENTRY_COLS} FROM entries"))?;
+        let rows = st.query_map([], entry_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn set_conflict_of(&self, id: EntryId, of: Option<EntryId>) -> StoreResult<()> {
+        self.conn.execute(
+            "UPDATE entries SET conflict_of = ?2 WHERE id = ?1",
+            params![id.0 as i64, of.map(|o| o.0 as i64)],
+        )?;
+        Ok(())
+    }
+
+    /// Marks an entry clean: the remote holds what it shows. Drops its sync job.
+    pub fn mark_clean(&self, id: EntryId) -> StoreResult<()> {
+        self.conn
+            .execute("UPDATE entries SET dirty = 0 WHERE id = ?1", [id.0 as i64])?;
+        self.conn
+            .execute("DELETE FROM journal WHERE entry_id = ?1", [id.0 as i64])?;
+        Ok(())
+    }
+
+    // ---- conflicts ----
+
+    pub fn insert_conflict(&self, c: &Conflict) -> StoreResult<i64> {
+        self.conn.execute(
+            "INSERT INTO conflicts(entry_id, copy_id, path, copy_path, local_size, local_mtime_ns, \
+             local_etag, remote_size, remote_mtime_ns, remote_etag, remote_version, detected_ms, \
+             policy, resolved_ms, resolution) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            params![
+                c.entry_id as i64,
+                c.copy_id as i64,
+                c.path,
+                c.copy_path,
+                c.local_size as i64,
+                c.local_mtime_ns,
+                c.local_etag,
+                c.remote_size as i64,
+                c.remote_mtime_ns,
+                c.remote_etag,
+                c.remote_version,
+                c.detected_ms,
+                c.policy,
+                c.resolved_ms,
+                c.resolution,
+            ],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// The open conflict that `id` takes part in, as the local version or as the copy.
+    pub fn open_conflict_for(&self, id: EntryId) -> StoreResult<Option<Conflict>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {CONFLICT_COLS} FROM conflicts WHERE resolved_ms IS NULL \
+             AND (entry_id = ?1 OR copy_id = ?1) ORDER BY id LIMIT 1"
+        ))?;
+        Ok(st.query_row([id.0 as i64], conflict_from_row).optional()?)
+    }
+
+    pub fn resolve_conflict(&self, id: i64, resolution: &str) -> StoreResult<()> {
+        self.conn.execute(
+            "UPDATE conflicts SET resolved_ms = ?2, resolution = ?3 WHERE id = ?1",
+            params![id, now_ms(), resolution],
+        )?;
+        Ok(())
+    }
+
+    pub fn conflicts(&self) -> StoreResult<Vec<Conflict>> {
+        let mut st = self.conn.prepare(&format!(
+            "SELECT {CONFLICT_COLS} FROM conflicts ORDER BY id"
+        ))?;
+        let rows = st.query_map([], conflict_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     // ---- journal ----
+
+    /// Queued deletes, for the poller: a key deleted here but edited remotely comes back.
+    pub fn pending_deletes(&self) -> StoreResult<Vec<Job>> {
+        let mut st = self.conn.prepare(&format!(
+            "SELECT {JOB_COLS} FROM journal WHERE delete_key IS NOT NULL ORDER BY seq"
+        ))?;
+        let rows = st.query_map([], job_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
 
     /// Queues (or re-arms) the sync of `id`, keeping its place in the queue if it had one.
     /// `ready_at_ms = None` holds the job until an open writer lets go.
@@ -661,10 +841,11 @@ impl Db<'_> {
         Ok(())
     }
 
-    pub fn enqueue_delete(&self, key: &str, dir: bool) -> StoreResult<()> {
+    pub fn enqueue_delete(&self, key: &str, dir: bool, etag: Option<&str>) -> StoreResult<()> {
         self.conn.execute(
-            "INSERT INTO journal(delete_key, delete_dir, ready_at_ms, state) VALUES (?1, ?2, 0, 'queued')",
-            params![key, dir],
+            "INSERT INTO journal(delete_key, delete_dir, delete_etag, ready_at_ms, state) \
+             VALUES (?1, ?2, ?3, 0, 'queued')",
+            params![key, dir, etag],
         )?;
         self.woke.set(true);
         Ok(())
@@ -693,7 +874,8 @@ impl Db<'_> {
     pub fn next_job(&self, now_ms: i64) -> StoreResult<Option<Job>> {
         let mut st = self.conn.prepare_cached(&format!(
             "SELECT {JOB_COLS} FROM journal WHERE state != 'parked' AND ready_at_ms IS NOT NULL \
-             AND ready_at_ms <= ?1 ORDER BY seq LIMIT 1"
+             AND ready_at_ms <= ?1 AND (entry_id IS NULL OR entry_id NOT IN \
+             (SELECT entry_id FROM conflicts WHERE resolved_ms IS NULL)) ORDER BY seq LIMIT 1"
         ))?;
         Ok(st.query_row([now_ms], job_from_row).optional()?)
     }
@@ -863,6 +1045,7 @@ mod tests {
                 local: true,
                 synced: Synced::default(),
                 dirty: 0,
+                conflict_of: None,
             })
         })
         .unwrap()

@@ -1,5 +1,8 @@
-//! The sync engine: fills a new state dir from the remote, and drains the journal to it.
+//! The sync engine: fills a new state dir from the remote, drains the journal to it, and
+//! brings remote changes in, keeping both versions where both sides changed.
 
+pub mod conflict;
+mod poller;
 pub mod reconcile;
 mod uploader;
 
@@ -16,6 +19,52 @@ pub struct SyncConfig {
     /// Owner given to objects that carry no owner metadata.
     pub default_uid: u32,
     pub default_gid: u32,
+    /// How often the remote is listed for changes; `None` turns polling off.
+    pub poll_interval: Option<Duration>,
+    pub policy: ConflictPolicy,
+}
+
+/// What happens when both sides changed a file differently. Every policy keeps the losing
+/// version as a `.conflict` sibling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConflictPolicy {
+    /// The local version stays, the remote one goes beside it, the upload waits for the user.
+    Manual,
+    /// Last write wins, by mtime.
+    Newest,
+    Local,
+    Remote,
+}
+
+impl ConflictPolicy {
+    pub fn parse(s: &str) -> Option<ConflictPolicy> {
+        match s {
+            "manual" => Some(ConflictPolicy::Manual),
+            "newest" => Some(ConflictPolicy::Newest),
+            "local" => Some(ConflictPolicy::Local),
+            "remote" => Some(ConflictPolicy::Remote),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflictPolicy::Manual => "manual",
+            ConflictPolicy::Newest => "newest",
+            ConflictPolicy::Local => "local",
+            ConflictPolicy::Remote => "remote",
+        }
+    }
+}
+
+/// What the kernel must forget because the sync engine changed the tree under it. Sent over
+/// a channel to the FUSE session, which the engine does not know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    /// A name in a directory appeared, vanished or now means another entry.
+    Entry { parent: EntryId, name: Vec<u8> },
+    /// An entry's attributes and data changed.
+    Inode(EntryId),
 }
 
 /// Capped exponential backoff for transient failures: 0.5 s, 1 s, 2 s ... up to 60 s.
@@ -81,6 +130,7 @@ pub fn populate(store: &Store, objects: &[ObjectInfo], cfg: &SyncConfig) -> Stor
                     hash: o.meta.sha256.clone(),
                 },
                 dirty: 0,
+                conflict_of: None,
             })?;
             if kind == Kind::Dir {
                 ids.insert(&o.key, e.id);

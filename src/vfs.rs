@@ -409,6 +409,7 @@ impl Vfs {
                 local: true,
                 synced: Synced::default(),
                 dirty: 0,
+                conflict_of: None,
             })?;
             if kind == Kind::File {
                 self.cache.create_empty(e.id)?;
@@ -500,6 +501,7 @@ impl Vfs {
             },
         );
         drop(live);
+        self.store.mark_open(e.id, 1);
         let fh = self.add_handle(e.id, Some(file), true);
         Ok((self.attr(&e), fh))
     }
@@ -605,6 +607,7 @@ impl Vfs {
             l.writers += 1;
         }
         drop(live);
+        self.store.mark_open(e.id, 1);
         Ok(self.add_handle(e.id, Some(file), writable))
     }
 
@@ -703,6 +706,7 @@ impl Vfs {
         if h.file.is_none() {
             return Ok(());
         }
+        self.store.mark_open(h.id, -1);
         let mut live = lock(&self.live);
         let Some(l) = live.get_mut(&h.id) else {
             return Ok(());
@@ -767,8 +771,10 @@ impl Vfs {
         live: &mut HashMap<EntryId, Live>,
         e: &Entry,
     ) -> VfsResult<()> {
-        if let Some(key) = &e.synced.key {
-            db.enqueue_delete(key, e.kind == Kind::Dir)?;
+        // A `.conflict` copy points at the key of the version it holds, but it was never
+        // uploaded: removing it must not touch the remote.
+        if let (Some(key), None) = (&e.synced.key, e.conflict_of) {
+            db.enqueue_delete(key, e.kind == Kind::Dir, e.synced.etag.as_deref())?;
         }
         if e.kind == Kind::Dir {
             // A directory may exist remotely without its own upload having run: a file below
@@ -777,7 +783,7 @@ impl Vfs {
             if let Some(path) = db.path_of(e.id)? {
                 let path = String::from_utf8_lossy(&path).into_owned();
                 if e.synced.key.as_deref() != Some(path.as_str()) {
-                    db.enqueue_delete(&path, true)?;
+                    db.enqueue_delete(&path, true, None)?;
                 }
             }
         }
@@ -923,7 +929,7 @@ impl Vfs {
             // Behind the children's moves in the queue, deepest first.
             old_dirs.sort_by_key(|k| std::cmp::Reverse(k.matches('/').count()));
             for k in old_dirs {
-                db.enqueue_delete(&k, true)?;
+                db.enqueue_delete(&k, true, None)?;
             }
             self.touch_dir(db, &p)?;
             if newparent != parent {

@@ -354,7 +354,14 @@ fn info_of(path: &Path, key: String, m: &fs::Metadata) -> RemoteResult<Option<Ob
 /// A folder cannot condition a rename, so the check runs just before it; another program
 /// writing the same path in between wins the race (docs/semantics.md).
 fn precheck(dest: &Path, cond: &Cond) -> RemoteResult<()> {
-    let current = fs::symlink_metadata(dest).ok().map(|m| etag_of(&m));
+    let meta = fs::symlink_metadata(dest).ok();
+    if meta.as_ref().is_some_and(|m| m.is_dir()) {
+        return Err(RemoteError::Permanent(format!(
+            "{} is a directory in the remote folder",
+            dest.display()
+        )));
+    }
+    let current = meta.map(|m| etag_of(&m));
     if cond.admits(current.as_deref()) {
         Ok(())
     } else {

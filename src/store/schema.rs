@@ -43,6 +43,29 @@ const MIGRATIONS: &[&str] = &[
         last_error TEXT
      );
      CREATE UNIQUE INDEX journal_by_entry ON journal(entry_id) WHERE entry_id IS NOT NULL;",
+    // 2: two-way sync. A delete remembers the version it removes, so a remote edit made
+    // meanwhile can win over it; conflicts and their `.conflict` copies.
+    "ALTER TABLE journal ADD COLUMN delete_etag TEXT;
+     ALTER TABLE entries ADD COLUMN conflict_of INTEGER;
+     CREATE TABLE conflicts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        entry_id INTEGER NOT NULL,
+        copy_id INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        copy_path TEXT NOT NULL,
+        local_size INTEGER NOT NULL,
+        local_mtime_ns INTEGER NOT NULL,
+        local_etag TEXT,
+        remote_size INTEGER NOT NULL,
+        remote_mtime_ns INTEGER,
+        remote_etag TEXT,
+        remote_version TEXT,
+        detected_ms INTEGER NOT NULL,
+        policy TEXT NOT NULL,
+        resolved_ms INTEGER,
+        resolution TEXT
+     );
+     CREATE INDEX conflicts_open ON conflicts(entry_id) WHERE resolved_ms IS NULL;",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -61,6 +84,31 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A state dir written by the first release opens, keeps its rows and gains the new
+    /// columns.
+    #[test]
+    fn version_1_database_is_upgraded() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO journal(delete_key, ready_at_ms) VALUES ('a/b', 0)",
+            [],
+        )
+        .unwrap();
+        migrate(&conn).unwrap();
+        let (key, etag): (String, Option<String>) = conn
+            .query_row("SELECT delete_key, delete_etag FROM journal", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((key.as_str(), etag), ("a/b", None));
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+    }
 
     #[test]
     fn empty_database_reaches_latest_version() {

@@ -117,21 +117,39 @@ mod tests {
         // Only the local side changed: upload (conditionally).
         assert_eq!(decide(Local::Modified, Remote::Unchanged, false), A::Upload);
         assert_eq!(decide(Local::Created, Remote::Absent, false), A::Upload);
-        assert_eq!(decide(Local::Deleted, Remote::Unchanged, false), A::DeleteRemote);
+        assert_eq!(
+            decide(Local::Deleted, Remote::Unchanged, false),
+            A::DeleteRemote
+        );
         // Only the remote side changed: take it.
-        assert_eq!(decide(Local::Unchanged, Remote::Modified, false), A::TakeRemote);
+        assert_eq!(
+            decide(Local::Unchanged, Remote::Modified, false),
+            A::TakeRemote
+        );
         assert_eq!(decide(Local::Absent, Remote::Created, false), A::TakeRemote);
-        assert_eq!(decide(Local::Unchanged, Remote::Deleted, false), A::DeleteLocal);
+        assert_eq!(
+            decide(Local::Unchanged, Remote::Deleted, false),
+            A::DeleteLocal
+        );
         // Both changed: a conflict unless the contents are identical.
-        assert_eq!(decide(Local::Modified, Remote::Modified, false), A::Conflict);
-        assert_eq!(decide(Local::Modified, Remote::Modified, true), A::AdoptBase);
+        assert_eq!(
+            decide(Local::Modified, Remote::Modified, false),
+            A::Conflict
+        );
+        assert_eq!(
+            decide(Local::Modified, Remote::Modified, true),
+            A::AdoptBase
+        );
         assert_eq!(decide(Local::Created, Remote::Created, false), A::Conflict);
         assert_eq!(decide(Local::Created, Remote::Created, true), A::AdoptBase);
         // The edit wins over the delete, on either side.
         assert_eq!(decide(Local::Deleted, Remote::Modified, false), A::Restore);
         assert_eq!(decide(Local::Modified, Remote::Deleted, false), A::Reupload);
         // Nothing happened, or both deleted.
-        assert_eq!(decide(Local::Unchanged, Remote::Unchanged, false), A::Nothing);
+        assert_eq!(
+            decide(Local::Unchanged, Remote::Unchanged, false),
+            A::Nothing
+        );
         assert_eq!(decide(Local::Deleted, Remote::Deleted, false), A::Nothing);
         assert_eq!(decide(Local::Absent, Remote::Absent, false), A::Nothing);
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::backoff;
+use super::{backoff, Invalidation, SyncConfig};
 use crate::cache::FileCache;
 use crate::remote::{hash_file, Cond, Meta, Remote, RemoteError, Written};
 use crate::store::{
@@ -32,9 +32,11 @@ pub enum SyncError {
 }
 
 pub struct Uploader {
-    store: Arc<Store>,
-    cache: FileCache,
-    remote: Arc<Remote>,
+    pub(super) store: Arc<Store>,
+    pub(super) cache: FileCache,
+    pub(super) remote: Arc<Remote>,
+    pub(super) cfg: SyncConfig,
+    notices: Option<std::sync::mpsc::Sender<Invalidation>>,
 }
 
 enum Outcome {
@@ -44,25 +46,56 @@ enum Outcome {
 }
 
 impl Uploader {
-    pub fn new(store: Arc<Store>, cache: FileCache, remote: Arc<Remote>) -> Uploader {
+    pub fn new(
+        store: Arc<Store>,
+        cache: FileCache,
+        remote: Arc<Remote>,
+        cfg: SyncConfig,
+        notices: Option<std::sync::mpsc::Sender<Invalidation>>,
+    ) -> Uploader {
         Uploader {
             store,
             cache,
             remote,
+            cfg,
+            notices,
         }
     }
 
-    /// Runs until `shutdown` turns true. A job interrupted by shutdown stays queued.
+    pub(super) fn notify(&self, i: Invalidation) {
+        if let Some(n) = &self.notices {
+            let _ = n.send(i);
+        }
+    }
+
+    /// Runs until `shutdown` turns true: drains ready jobs oldest first, then polls the
+    /// remote when the poll interval is up or a sync was asked for. A job interrupted by
+    /// shutdown stays queued.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut pause_until: Option<tokio::time::Instant> = None;
+        use tokio::time::Instant;
+        let mut pause_until: Option<Instant> = None;
+        // The first poll comes once the queue left by the previous run has replayed.
+        let mut poll_due = self.cfg.poll_interval.is_some();
+        let mut next_poll = self.cfg.poll_interval.map(|d| Instant::now() + d);
+        let mut was_unreachable = false;
         loop {
             if *shutdown.borrow() {
                 return;
             }
+            if self.store.health.is_offline() {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = self.store.kick.notified() => {}
+                    _ = shutdown.changed() => return,
+                }
+                // Back online: replay the queue, then look at the remote.
+                poll_due = true;
+                continue;
+            }
             if let Some(until) = pause_until {
                 tokio::select! {
                     _ = tokio::time::sleep_until(until) => {}
-                    _ = self.store.kick.notified() => {}
+                    _ = self.store.kick.notified() => poll_due = true,
                     _ = shutdown.changed() => return,
                 }
                 pause_until = None;
@@ -77,21 +110,43 @@ impl Uploader {
             let job = match job {
                 Ok(Some(j)) => j,
                 Ok(None) => {
+                    if poll_due || next_poll.is_some_and(|t| Instant::now() >= t) {
+                        match self.poll().instrument(tracing::info_span!("poll")).await {
+                            Ok(()) => {
+                                self.store.health.record_ok();
+                                poll_due = false;
+                                next_poll = self.cfg.poll_interval.map(|d| Instant::now() + d);
+                            }
+                            Err(e) => {
+                                let transient =
+                                    matches!(&e, SyncError::Remote(r) if r.is_transient());
+                                tracing::warn!(error = %e, "poll failed");
+                                self.store.health.record_error(transient, &e.to_string());
+                                was_unreachable |= transient;
+                                pause_until = Some(Instant::now() + Duration::from_secs(2));
+                                next_poll = self.cfg.poll_interval.map(|d| Instant::now() + d);
+                            }
+                        }
+                        continue;
+                    }
                     let next = self.store.read(|db| db.next_ready_at()).ok().flatten();
-                    let wait = next
+                    let mut wait = next
                         .map(|t| Duration::from_millis((t - now_ms()).max(0) as u64))
                         .unwrap_or(Duration::from_secs(3600));
+                    if let Some(t) = next_poll {
+                        wait = wait.min(t.saturating_duration_since(Instant::now()));
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = self.store.wake.notified() => {}
-                        _ = self.store.kick.notified() => {}
+                        _ = self.store.kick.notified() => poll_due = true,
                         _ = shutdown.changed() => return,
                     }
                     continue;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the journal");
-                    pause_until = Some(tokio::time::Instant::now() + Duration::from_secs(5));
+                    pause_until = Some(Instant::now() + Duration::from_secs(5));
                     continue;
                 }
             };
@@ -104,7 +159,14 @@ impl Uploader {
                 }
             };
             match result {
-                Ok(_) => self.store.health.record_ok(),
+                Ok(_) => {
+                    self.store.health.record_ok();
+                    if was_unreachable {
+                        // The remote is back: once the queue has replayed, look at it.
+                        was_unreachable = false;
+                        poll_due = true;
+                    }
+                }
                 Err(SyncError::Remote(e)) if e.is_transient() => {
                     let wait = match &e {
                         RemoteError::Unavailable {
@@ -115,10 +177,11 @@ impl Uploader {
                     };
                     tracing::warn!(seq = job.seq, error = %e, retry_in = ?wait, "remote unavailable; will retry");
                     self.store.health.record_error(true, &e.to_string());
+                    was_unreachable = true;
                     let msg = e.to_string();
                     let retry_at = now_ms() + wait.as_millis() as i64;
                     let _ = self.store.write(|db| db.retry_job(job.seq, &msg, retry_at));
-                    pause_until = Some(tokio::time::Instant::now() + wait);
+                    pause_until = Some(Instant::now() + wait);
                 }
                 Err(e) => {
                     tracing::warn!(seq = job.seq, error = %e, "sync failed for good; parking this entry");
@@ -148,7 +211,7 @@ impl Uploader {
                 }
                 other => other,
             },
-            JobKind::Delete { key, dir } => {
+            JobKind::Delete { key, dir, .. } => {
                 self.delete_key(key, *dir, None).await?;
                 self.store.write(|db| db.remove_job(job.seq))?;
                 Ok(Outcome::Done)
@@ -253,30 +316,44 @@ impl Uploader {
         };
         let key = String::from_utf8(path)
             .map_err(|_| SyncError::Local("path is not valid UTF-8".into()))?;
+        if e.conflict_of.is_some() {
+            // A `.conflict` copy stays local.
+            self.store.write(|db| db.remove_job(job.seq))?;
+            return Ok(Outcome::Done);
+        }
         let old = e.synced.key.clone().filter(|k| *k != key);
         let moved_only = e.dirty == 0 && old.is_some();
         if e.synced.key.as_deref() == Some(key.as_str()) && e.dirty == 0 {
             return self.finish(job, &e, e.synced.clone()).await;
         }
+        let cond = self.expected_at(&e, &key)?;
         self.evict_tenants(&key, Some(id)).await?;
-        let (written, hash): (Written, Option<String>) = match e.kind {
-            Kind::Dir => (
-                self.remote.put_dir(&key, &self.meta_of(&e, None)).await?,
-                None,
-            ),
-            Kind::Symlink => (
-                self.remote
-                    .put_symlink(&key, &self.meta_of(&e, None), &Cond::Overwrite)
-                    .await?,
-                None,
-            ),
+        let written: Result<(Written, Option<String>), RemoteError> = match e.kind {
+            Kind::Dir => self
+                .remote
+                .put_dir(&key, &self.meta_of(&e, None))
+                .await
+                .map(|w| (w, None)),
+            Kind::Symlink => self
+                .remote
+                .put_symlink(&key, &self.meta_of(&e, None), &cond)
+                .await
+                .map(|w| (w, None)),
             Kind::File if moved_only => {
                 let from = old.clone().expect("moved_only implies an old key");
-                tracing::debug!(%from, to = %key, "server-side copy");
-                match self.remote.copy(&from, &key).await {
-                    Ok(w) => (w, e.synced.hash.clone()),
-                    Err(RemoteError::NotFound(_)) if e.local => self.upload(&e, &key).await?,
-                    Err(err) => return Err(err.into()),
+                // A server-side copy takes no condition: compare first.
+                let current = self.remote.head(&key, false).await?;
+                if !cond.admits(current.as_ref().and_then(|o| o.etag.as_deref())) {
+                    Err(RemoteError::Conflict(key.clone()))
+                } else {
+                    tracing::debug!(%from, to = %key, "server-side copy");
+                    match self.remote.copy(&from, &key).await {
+                        Ok(w) => Ok((w, e.synced.hash.clone())),
+                        Err(RemoteError::NotFound(_)) if e.local => {
+                            self.upload(&e, &key, &cond).await
+                        }
+                        Err(err) => Err(err),
+                    }
                 }
             }
             Kind::File => {
@@ -285,8 +362,16 @@ impl Uploader {
                     // written again, so fetch it first.
                     self.fetch(&e).await?;
                 }
-                self.upload(&e, &key).await?
+                self.upload(&e, &key, &cond).await
             }
+        };
+        let (written, hash) = match written {
+            Ok(w) => w,
+            Err(RemoteError::Conflict(_)) => return self.write_conflict(job, &e, &key).await,
+            Err(RemoteError::Io(io)) if io.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SyncError::Vanished)
+            }
+            Err(err) => return Err(err.into()),
         };
         match &old {
             // An old directory marker is removed by the delete job that the rename queued
@@ -330,7 +415,94 @@ impl Uploader {
         Ok(if clean { Outcome::Done } else { Outcome::Again })
     }
 
-    async fn upload(&self, e: &Entry, key: &str) -> Result<(Written, Option<String>), SyncError> {
+    /// What the key must hold for our write to be the next version: our base there, or the
+    /// version a delete of ours is about to remove (a replace by rename), or nothing.
+    fn expected_at(&self, e: &Entry, key: &str) -> Result<Cond, SyncError> {
+        if e.synced.key.as_deref() == Some(key) {
+            return Ok(Cond::Match {
+                etag: e.synced.etag.clone(),
+                version: e.synced.version.clone(),
+            });
+        }
+        let replaced = self.store.read(|db| {
+            Ok::<_, StoreError>(
+                db.pending_deletes()?
+                    .into_iter()
+                    .find_map(|j| match j.kind {
+                        JobKind::Delete {
+                            key: k,
+                            dir: false,
+                            etag,
+                        } if k == key => Some(etag),
+                        _ => None,
+                    }),
+            )
+        })?;
+        Ok(match replaced {
+            Some(Some(etag)) => Cond::Match {
+                etag: Some(etag),
+                version: None,
+            },
+            Some(None) => Cond::Overwrite,
+            None => Cond::Create,
+        })
+    }
+
+    /// The server refused our conditional write: someone else wrote the key since our base.
+    /// Identical content is no conflict; otherwise both versions are kept.
+    async fn write_conflict(&self, job: &Job, e: &Entry, key: &str) -> Result<Outcome, SyncError> {
+        let current = self.remote.head(key, false).await?;
+        let Some(r) = current else {
+            // Deleted remotely since: our version goes up as a new object, after a short
+            // pause so that a key that keeps changing cannot spin this loop.
+            self.store.write(|db| {
+                db.set_synced(e.id, &Synced::default())?;
+                db.retry_job(
+                    job.seq,
+                    "the remote object changed during the upload",
+                    now_ms() + 500,
+                )
+            })?;
+            return Ok(Outcome::Again);
+        };
+        let same = match (&r.meta.sha256, e.local) {
+            (Some(h), true) => {
+                let path = self.cache.path(e.id);
+                tokio::task::spawn_blocking(move || hash_file(&path).ok())
+                    .await
+                    .ok()
+                    .flatten()
+                    .as_deref()
+                    == Some(h.as_str())
+            }
+            _ => false,
+        };
+        self.store
+            .write(|db| db.set_job_state(job.seq, JobState::Queued))?;
+        if same {
+            self.store.write(|db| {
+                db.set_synced(
+                    e.id,
+                    &Synced {
+                        key: Some(key.to_string()),
+                        etag: r.etag.clone(),
+                        version: r.version.clone(),
+                        hash: r.meta.sha256.clone(),
+                    },
+                )
+            })?;
+            return Ok(Outcome::Again);
+        }
+        self.conflict(e, key, &r).await?;
+        Ok(Outcome::Done)
+    }
+
+    async fn upload(
+        &self,
+        e: &Entry,
+        key: &str,
+        cond: &Cond,
+    ) -> Result<(Written, Option<String>), RemoteError> {
         let path = self.cache.path(e.id);
         let p2 = path.clone();
         let (hash, size) = tokio::task::spawn_blocking(move || {
@@ -339,19 +511,13 @@ impl Uploader {
             Ok::<_, std::io::Error>((h, n))
         })
         .await
-        .map_err(|e| SyncError::Local(e.to_string()))?
-        .map_err(|err| {
-            if err.kind() == std::io::ErrorKind::NotFound {
-                SyncError::Vanished
-            } else {
-                SyncError::Local(format!("reading cached data of {key}: {err}"))
-            }
-        })?;
+        .map_err(|e| RemoteError::Io(std::io::Error::other(e.to_string())))?
+        .map_err(RemoteError::Io)?;
         tracing::debug!(key, size, "uploading");
         let meta = self.meta_of(e, Some(hash.clone()));
         let w = self
             .remote
-            .upload_file(key, &path, size, &meta, &Cond::Overwrite)
+            .upload_file(key, &path, size, &meta, cond)
             .await?;
         Ok((w, Some(hash)))
     }

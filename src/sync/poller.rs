@@ -1,0 +1,469 @@
+//! Brings remote changes in: one listing compared with the last synced versions, each path
+//! decided by `reconcile::decide`, each change applied in its own short transaction that
+//! re-checks the local side first (the user may have written meanwhile).
+
+use std::collections::{HashMap, HashSet};
+
+use super::reconcile::{decide, Action, Local, Remote as RemoteSide};
+use super::uploader::{SyncError, Uploader};
+use super::Invalidation;
+use crate::remote::{hash_file, ObjectInfo, ObjectKind};
+use crate::store::{
+    dirty, now_ms, now_ns, Entry, EntryId, JobKind, Kind, NewEntry, StoreError, Synced,
+};
+
+/// Paths of all live entries, from one snapshot of the tree.
+fn paths_of(entries: &HashMap<EntryId, Entry>) -> HashMap<EntryId, String> {
+    fn walk(
+        id: EntryId,
+        entries: &HashMap<EntryId, Entry>,
+        memo: &mut HashMap<EntryId, Option<String>>,
+    ) -> Option<String> {
+        if id == EntryId::ROOT {
+            return Some(String::new());
+        }
+        if let Some(p) = memo.get(&id) {
+            return p.clone();
+        }
+        let e = entries.get(&id)?;
+        let p = e.parent.and_then(|parent| {
+            let pp = walk(parent, entries, memo)?;
+            let name = std::str::from_utf8(&e.name).ok()?;
+            Some(if pp.is_empty() {
+                name.to_string()
+            } else {
+                format!("{pp}/{name}")
+            })
+        });
+        memo.insert(id, p.clone());
+        p
+    }
+    let mut memo = HashMap::new();
+    let mut out = HashMap::new();
+    for id in entries.keys() {
+        if let Some(p) = walk(*id, entries, &mut memo) {
+            out.insert(*id, p);
+        }
+    }
+    out
+}
+
+fn default_mode(kind: Kind) -> u32 {
+    match kind {
+        Kind::File => 0o644,
+        Kind::Dir => 0o755,
+        Kind::Symlink => 0o777,
+    }
+}
+
+impl Uploader {
+    /// Lists the remote and applies what changed there.
+    pub(super) async fn poll(&self) -> Result<(), SyncError> {
+        let listing = self.remote.list().await?;
+        let remote: HashMap<String, ObjectInfo> =
+            listing.into_iter().map(|o| (o.key.clone(), o)).collect();
+        let (entries, jobs, deletes) = self.store.read(|db| {
+            let entries: HashMap<EntryId, Entry> =
+                db.all_entries()?.into_iter().map(|e| (e.id, e)).collect();
+            let jobs: HashSet<EntryId> = db
+                .pending_up_to(i64::MAX)?
+                .into_iter()
+                .filter_map(|j| match j.kind {
+                    JobKind::Sync(id) => Some(id),
+                    JobKind::Delete { .. } => None,
+                })
+                .collect();
+            Ok::<_, StoreError>((entries, jobs, db.pending_deletes()?))
+        })?;
+        let paths = paths_of(&entries);
+        let by_path: HashMap<&str, EntryId> =
+            paths.iter().map(|(id, p)| (p.as_str(), *id)).collect();
+        let mut based: HashSet<&str> = HashSet::new();
+
+        // 1. Files and symlinks that have a base: did the remote change them?
+        for e in entries.values() {
+            if e.kind == Kind::Dir || e.conflict_of.is_some() || e.id == EntryId::ROOT {
+                continue;
+            }
+            let (Some(key), Some(path)) = (e.synced.key.as_deref(), paths.get(&e.id)) else {
+                continue;
+            };
+            if path != key {
+                // Moved away locally: the journal carries the move.
+                continue;
+            }
+            based.insert(key);
+            let r = remote.get(key).filter(|o| o.kind != ObjectKind::Dir);
+            let rside = match r {
+                None => RemoteSide::Deleted,
+                Some(o) if o.etag == e.synced.etag => continue,
+                Some(_) => RemoteSide::Modified,
+            };
+            let lside = if e.dirty != 0 || jobs.contains(&e.id) {
+                Local::Modified
+            } else {
+                Local::Unchanged
+            };
+            if self.store.read(|db| db.open_conflict_for(e.id))?.is_some() {
+                continue;
+            }
+            self.apply(e, key, lside, rside).await?;
+        }
+
+        // 2. Remote keys nothing here has a base for: new objects, directories, a delete of
+        //    ours that a remote edit overtook, or a path both sides created.
+        let mut keys: Vec<&String> = remote.keys().collect();
+        keys.sort();
+        for key in keys {
+            if based.contains(key.as_str()) {
+                continue;
+            }
+            let o = &remote[key];
+            match by_path.get(key.as_str()).and_then(|id| entries.get(id)) {
+                Some(e) if o.kind == ObjectKind::Dir => {
+                    if e.kind == Kind::Dir && e.synced.key.is_none() && o.etag.is_some() {
+                        self.store.write(|db| {
+                            db.set_synced(
+                                e.id,
+                                &Synced {
+                                    key: Some(key.clone()),
+                                    etag: o.etag.clone(),
+                                    ..Default::default()
+                                },
+                            )
+                        })?;
+                    }
+                }
+                Some(e) if e.kind == Kind::Dir || e.conflict_of.is_some() => {
+                    tracing::warn!(%key, "remote object where the mount has a directory; left alone");
+                }
+                Some(e) => {
+                    // Created on both sides (or moved here locally) without a common base.
+                    self.apply(e, key, Local::Created, RemoteSide::Created)
+                        .await?;
+                }
+                None => {
+                    let pending = deletes.iter().find_map(|j| match &j.kind {
+                        JobKind::Delete { key: k, etag, .. } if k == key => {
+                            Some((j.seq, etag.clone()))
+                        }
+                        _ => None,
+                    });
+                    match pending {
+                        Some((_, etag)) if o.kind == ObjectKind::Dir || etag == o.etag => {}
+                        Some((seq, _)) => {
+                            // Deleted here, edited there: the edit wins.
+                            if decide(Local::Deleted, RemoteSide::Modified, false)
+                                == Action::Restore
+                            {
+                                self.store.write(|db| db.remove_job(seq))?;
+                                self.create_from_remote(key, o).await?;
+                            }
+                        }
+                        None => self.create_from_remote(key, o).await?,
+                    }
+                }
+            }
+        }
+
+        // 3. Directories the remote no longer has, deepest first. One that still holds
+        //    local changes keeps them (and gets its marker back).
+        let mut dirs: Vec<(&String, &Entry)> = entries
+            .values()
+            .filter(|e| e.kind == Kind::Dir && e.id != EntryId::ROOT && e.conflict_of.is_none())
+            .filter_map(|e| paths.get(&e.id).map(|p| (p, e)))
+            .filter(|(p, _)| !remote.contains_key(p.as_str()))
+            .collect();
+        dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.matches('/').count()));
+        for (path, e) in dirs {
+            let came_from_remote = e.synced.key.as_deref() == Some(path.as_str())
+                || (e.synced.key.is_none() && !jobs.contains(&e.id));
+            if !came_from_remote {
+                continue;
+            }
+            let removed = self.store.write(|db| {
+                let Some(cur) = db.get(e.id)? else {
+                    return Ok::<_, StoreError>(None);
+                };
+                if db.has_children(e.id)? || db.job_for(e.id)?.is_some() {
+                    if cur.synced.key.is_some() {
+                        db.set_synced(e.id, &Synced::default())?;
+                        db.enqueue_sync(e.id, dirty::META, Some(now_ms()))?;
+                    }
+                    return Ok(None);
+                }
+                db.delete_entry(e.id)?;
+                Ok(cur.parent.map(|p| (p, cur.name)))
+            })?;
+            if let Some((parent, name)) = removed {
+                self.notify(Invalidation::Entry { parent, name });
+            }
+        }
+        self.store
+            .health
+            .polls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        e: &Entry,
+        key: &str,
+        lside: Local,
+        rside: RemoteSide,
+    ) -> Result<(), SyncError> {
+        let head = match rside {
+            RemoteSide::Deleted | RemoteSide::Absent => None,
+            _ => match self.remote.head(key, false).await? {
+                Some(h) => Some(h),
+                // Gone again since the listing: next poll.
+                None => return Ok(()),
+            },
+        };
+        let same = match (&head, lside) {
+            (Some(h), Local::Modified | Local::Created) => self.same_content(e, h).await,
+            _ => false,
+        };
+        match decide(lside, rside, same) {
+            Action::TakeRemote => {
+                self.take_remote(e, key, head.as_ref().expect("remote side exists"))
+            }
+            Action::DeleteLocal => self.delete_local(e),
+            Action::AdoptBase => {
+                let h = head.expect("remote side exists");
+                self.store.write(|db| {
+                    db.set_synced(
+                        e.id,
+                        &Synced {
+                            key: Some(key.to_string()),
+                            etag: h.etag.clone(),
+                            version: h.version.clone(),
+                            hash: h.meta.sha256.clone(),
+                        },
+                    )
+                })?;
+                Ok(())
+            }
+            Action::Conflict => {
+                self.conflict(e, key, head.as_ref().expect("remote side exists"))
+                    .await
+            }
+            Action::Reupload => {
+                self.store.write(|db| {
+                    db.set_synced(e.id, &Synced::default())?;
+                    db.enqueue_sync(e.id, dirty::CONTENT | dirty::META, Some(now_ms()))
+                })?;
+                Ok(())
+            }
+            Action::Nothing | Action::Upload | Action::DeleteRemote | Action::Restore => Ok(()),
+        }
+    }
+
+    /// Whether the local data of `e` has the SHA-256 the remote object carries.
+    async fn same_content(&self, e: &Entry, r: &ObjectInfo) -> bool {
+        let Some(remote_hash) = r.meta.sha256.clone() else {
+            return false;
+        };
+        if e.kind != Kind::File {
+            return e
+                .target
+                .as_deref()
+                .map(|t| String::from_utf8_lossy(t).into_owned())
+                == r.meta.symlink
+                && r.meta.symlink.is_some();
+        }
+        if !e.local {
+            return e.synced.hash.as_deref() == Some(remote_hash.as_str());
+        }
+        let path = self.cache.path(e.id);
+        tokio::task::spawn_blocking(move || hash_file(&path).ok())
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|h| h == remote_hash)
+    }
+
+    /// The remote version replaces an unchanged local one: attributes now, data on next open.
+    fn take_remote(&self, e: &Entry, key: &str, r: &ObjectInfo) -> Result<(), SyncError> {
+        if self.store.is_busy(e.id) {
+            // Open here: never swap the data under a handle. Next poll.
+            return Ok(());
+        }
+        let want_kind = match r.kind {
+            ObjectKind::Symlink => Kind::Symlink,
+            _ => Kind::File,
+        };
+        if want_kind != e.kind {
+            // A file became a symlink or the reverse: replace the entry.
+            self.delete_local(e)?;
+            return self.store_new(key, r);
+        }
+        let took = self.store.write(|db| {
+            let Some(mut cur) = db.get(e.id)? else {
+                return Ok::<_, StoreError>(false);
+            };
+            if cur.dirty_seq != e.dirty_seq || cur.dirty != 0 || db.job_for(e.id)?.is_some() {
+                return Ok(false);
+            }
+            cur.size = if want_kind == Kind::Symlink {
+                r.meta.symlink.as_ref().map(|t| t.len() as u64).unwrap_or(0)
+            } else {
+                r.size
+            };
+            cur.mtime_ns = r
+                .meta
+                .mtime_ns
+                .or(r.last_modified_ns)
+                .unwrap_or_else(now_ns);
+            cur.ctime_ns = now_ns();
+            cur.mode = r.meta.mode.unwrap_or(cur.mode);
+            cur.uid = r.meta.uid.unwrap_or(cur.uid);
+            cur.gid = r.meta.gid.unwrap_or(cur.gid);
+            cur.target = r.meta.symlink.clone().map(String::into_bytes);
+            cur.local = want_kind != Kind::File;
+            db.update(&cur)?;
+            db.set_synced(
+                e.id,
+                &Synced {
+                    key: Some(key.to_string()),
+                    etag: r.etag.clone(),
+                    version: r.version.clone(),
+                    hash: r.meta.sha256.clone(),
+                },
+            )?;
+            Ok(true)
+        })?;
+        if took {
+            if e.kind == Kind::File {
+                let _ = self.cache.remove(e.id);
+            }
+            tracing::info!(path = key, "remote change taken");
+            self.notify(Invalidation::Inode(e.id));
+        }
+        Ok(())
+    }
+
+    fn delete_local(&self, e: &Entry) -> Result<(), SyncError> {
+        if self.store.is_busy(e.id) {
+            return Ok(());
+        }
+        let gone = self.store.write(|db| {
+            let Some(cur) = db.get(e.id)? else {
+                return Ok::<_, StoreError>(None);
+            };
+            if cur.dirty_seq != e.dirty_seq || cur.dirty != 0 || db.job_for(e.id)?.is_some() {
+                return Ok(None);
+            }
+            db.delete_entry(e.id)?;
+            Ok(cur.parent.map(|p| (p, cur.name)))
+        })?;
+        if let Some((parent, name)) = gone {
+            let _ = self.cache.remove(e.id);
+            tracing::info!(name = %String::from_utf8_lossy(&name), "deleted remotely; removed here");
+            self.notify(Invalidation::Entry { parent, name });
+        }
+        Ok(())
+    }
+
+    async fn create_from_remote(&self, key: &str, listed: &ObjectInfo) -> Result<(), SyncError> {
+        if listed.kind == ObjectKind::Dir {
+            return self.store_new(key, listed);
+        }
+        match self.remote.head(key, false).await? {
+            Some(h) => self.store_new(
+                key,
+                &ObjectInfo {
+                    last_modified_ns: listed.last_modified_ns,
+                    ..h
+                },
+            ),
+            None => Ok(()),
+        }
+    }
+
+    /// Inserts an entry for a remote object, with any missing parent directories.
+    fn store_new(&self, key: &str, r: &ObjectInfo) -> Result<(), SyncError> {
+        let kind = match r.kind {
+            ObjectKind::File => Kind::File,
+            ObjectKind::Dir => Kind::Dir,
+            ObjectKind::Symlink => Kind::Symlink,
+        };
+        let created = self.store.write(|db| {
+            let mut parent = EntryId::ROOT;
+            let mut first_new: Option<(EntryId, Vec<u8>)> = None;
+            let parts: Vec<&str> = key.split('/').collect();
+            for (i, part) in parts.iter().enumerate() {
+                let last = i + 1 == parts.len();
+                match db.lookup(parent, part.as_bytes())? {
+                    Some(existing) if !last => {
+                        if existing.kind != Kind::Dir {
+                            tracing::warn!(key, "remote object below a local file; left alone");
+                            return Ok::<_, StoreError>(None);
+                        }
+                        parent = existing.id;
+                    }
+                    Some(_) => return Ok(None),
+                    None => {
+                        let this_kind = if last { kind } else { Kind::Dir };
+                        let e = db.insert(&NewEntry {
+                            parent,
+                            name: part.as_bytes().to_vec(),
+                            kind: this_kind,
+                            mode: if last {
+                                r.meta.mode.unwrap_or(default_mode(kind))
+                            } else {
+                                0o755
+                            },
+                            uid: r.meta.uid.unwrap_or(self.cfg.default_uid),
+                            gid: r.meta.gid.unwrap_or(self.cfg.default_gid),
+                            size: match (last, kind) {
+                                (true, Kind::File) => r.size,
+                                (true, Kind::Symlink) => {
+                                    r.meta.symlink.as_ref().map(|t| t.len() as u64).unwrap_or(0)
+                                }
+                                _ => 0,
+                            },
+                            mtime_ns: if last {
+                                r.meta
+                                    .mtime_ns
+                                    .or(r.last_modified_ns)
+                                    .unwrap_or_else(now_ns)
+                            } else {
+                                now_ns()
+                            },
+                            target: if last {
+                                r.meta.symlink.clone().map(String::into_bytes)
+                            } else {
+                                None
+                            },
+                            local: this_kind != Kind::File,
+                            synced: if last && (kind != Kind::Dir || r.etag.is_some()) {
+                                Synced {
+                                    key: Some(key.to_string()),
+                                    etag: r.etag.clone(),
+                                    version: r.version.clone(),
+                                    hash: r.meta.sha256.clone(),
+                                }
+                            } else {
+                                Synced::default()
+                            },
+                            dirty: 0,
+                            conflict_of: None,
+                        })?;
+                        if first_new.is_none() {
+                            first_new = Some((parent, part.as_bytes().to_vec()));
+                        }
+                        parent = e.id;
+                    }
+                }
+            }
+            Ok(first_new)
+        })?;
+        if let Some((parent, name)) = created {
+            tracing::info!(path = key, "new remote entry");
+            self.notify(Invalidation::Entry { parent, name });
+        }
+        Ok(())
+    }
+}
