@@ -65,7 +65,28 @@ enum Cmd {
     Unmount { mountpoint: PathBuf },
     /// Show whether the remote is reachable, what is queued, and the last error.
     Status { mountpoint: PathBuf },
-    /// Push queued changes now.
+    /// List open and resolved conflicts.
+    Conflicts {
+        mountpoint: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Settle the conflict of PATH (the file or its .conflict copy).
+    Resolve {
+        path: PathBuf,
+        /// Which version stays at the path: local, remote, or both (the copy becomes an
+        /// ordinary file synced under its own name).
+        #[arg(long)]
+        keep: String,
+    },
+    /// Go offline (no network traffic; changes queue) or back online.
+    Offline {
+        mountpoint: PathBuf,
+        /// on or off
+        state: String,
+    },
+    /// Push queued changes and pull remote ones now.
     Sync {
         mountpoint: PathBuf,
         /// Return only once everything queued before this call reached the remote.
@@ -227,6 +248,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             wait,
             timeout,
         } => sync(&mountpoint, wait, timeout.map(Duration::from_secs_f64)),
+        Cmd::Conflicts { mountpoint, json } => conflicts(&mountpoint, json),
+        Cmd::Resolve { path, keep } => {
+            if crate::store::Keep::parse(&keep).is_none() {
+                bail!("--keep {keep}: expected local, remote or both");
+            }
+            control::set(&path, control::RESOLVE, keep.as_bytes())
+                .with_context(|| format!("resolving {}", path.display()))?;
+            println!("kept {keep} for {}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Offline { mountpoint, state } => {
+            let v: &[u8] = match state.as_str() {
+                "on" => b"1",
+                "off" => b"0",
+                other => bail!("offline {other}: expected on or off"),
+            };
+            control::set(&mountpoint, control::OFFLINE, v).with_context(|| {
+                format!("{} is not a running stratus mount", mountpoint.display())
+            })?;
+            println!(
+                "{} is {}",
+                mountpoint.display(),
+                if v == b"1" { "offline" } else { "online" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -351,6 +398,45 @@ fn unmount(mp: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn conflicts(mp: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let raw = control::get(mp, control::CONFLICTS)
+        .with_context(|| format!("{} is not a running stratus mount", mp.display()))?;
+    if json {
+        println!("{}", String::from_utf8_lossy(&raw));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let all: Vec<crate::store::Conflict> =
+        serde_json::from_slice(&raw).context("reading the conflict list")?;
+    if all.is_empty() {
+        println!("no conflicts");
+    }
+    let when = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+            .unwrap_or_default()
+    };
+    for c in &all {
+        let state = match (&c.resolved_ms, &c.resolution) {
+            (None, _) => "OPEN".to_string(),
+            (Some(ms), r) => format!("resolved ({}) {}", r.as_deref().unwrap_or("?"), when(*ms)),
+        };
+        println!("{state}: {}", c.path);
+        println!("  conflict copy: {}", c.copy_path);
+        println!(
+            "  local:  {} bytes, etag {}",
+            c.local_size,
+            c.local_etag.as_deref().unwrap_or("-")
+        );
+        println!(
+            "  remote: {} bytes, etag {}",
+            c.remote_size,
+            c.remote_etag.as_deref().unwrap_or("-")
+        );
+        println!("  detected {} (policy {})", when(c.detected_ms), c.policy);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn human(n: u64) -> String {
     const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
@@ -388,11 +474,29 @@ fn status(mp: &Path) -> anyhow::Result<ExitCode> {
         s.waiting_for_writer
     );
     println!("errors:      {}", s.errors);
+    println!(
+        "offline:     {}",
+        if s.offline {
+            "yes (stratus offline MOUNTPOINT off)"
+        } else {
+            "no"
+        }
+    );
+    println!("conflicts:   {} open", s.open_conflicts);
     println!("last error:  {}", s.last_error.as_deref().unwrap_or("none"));
     Ok(ExitCode::SUCCESS)
 }
 
+/// (started, done) polls of the remote.
+fn polls(mp: &Path) -> anyhow::Result<(u64, u64)> {
+    let raw = String::from_utf8_lossy(&control::get(mp, control::POLLS)?).to_string();
+    let mut it = raw.split_whitespace().map(|v| v.parse().unwrap_or(0));
+    Ok((it.next().unwrap_or(0), it.next().unwrap_or(0)))
+}
+
 fn sync(mp: &Path, wait: bool, timeout: Option<Duration>) -> anyhow::Result<ExitCode> {
+    let (started_before, _) =
+        polls(mp).with_context(|| format!("{} is not a running stratus mount", mp.display()))?;
     control::set(mp, control::SYNC, b"1")
         .with_context(|| format!("{} is not a running stratus mount", mp.display()))?;
     if !wait {
@@ -406,11 +510,22 @@ fn sync(mp: &Path, wait: bool, timeout: Option<Duration>) -> anyhow::Result<Exit
     let deadline = timeout.map(|t| Instant::now() + t);
     loop {
         let pending = control::Pending::decode(&String::from_utf8_lossy(&control::get(mp, &name)?));
-        if pending.total == 0 {
-            println!("everything queued before this call is on the remote");
-            return Ok(ExitCode::SUCCESS);
-        }
         let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
+        if pending.total == 0 {
+            // Then wait for one listing of the remote that started after this call, so that
+            // remote changes are in too (not when offline: there is no listing then).
+            let offline = status_of(mp).map(|s| s.offline).unwrap_or(false);
+            if offline || polls(mp)?.1 > started_before {
+                println!("everything queued before this call is on the remote");
+                return Ok(ExitCode::SUCCESS);
+            }
+            if timed_out {
+                eprintln!("stratus: timed out waiting for a listing of the remote");
+                return Ok(ExitCode::FAILURE);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
         if pending.errors == pending.total || timed_out {
             if timed_out {
                 eprintln!("stratus: timed out; {} still pending:", pending.total);

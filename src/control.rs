@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::store::{EntryId, JobKind, JobState};
+use crate::store::{EntryId, JobKind, JobState, Keep};
 use crate::vfs::{Vfs, VfsError, VfsResult};
 
 /// Per file: `synced`, `pending`, `uploading` or `error`.
@@ -22,6 +22,14 @@ pub const SYNC: &str = "user.stratus.sync";
 pub const BARRIER: &str = "user.stratus.barrier";
 /// On the root, `user.stratus.pending.N`: the jobs at or below N that have not finished.
 pub const PENDING_PREFIX: &str = "user.stratus.pending.";
+/// Per file, set to `local`, `remote` or `both`: settles the file's open conflict.
+pub const RESOLVE: &str = "user.stratus.resolve";
+/// On the root: `1` while offline (no network traffic at all), `0` otherwise; settable.
+pub const OFFLINE: &str = "user.stratus.offline";
+/// On the root: every conflict, open and resolved, as a JSON array.
+pub const CONFLICTS: &str = "user.stratus.conflicts";
+/// On the root: `STARTED DONE`, how many polls of the remote have started and completed.
+pub const POLLS: &str = "user.stratus.polls";
 
 /// What `stratus status` prints, as the mount reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -35,6 +43,8 @@ pub struct Status {
     pub uploading: u64,
     pub errors: u64,
     pub last_error: Option<String>,
+    pub offline: bool,
+    pub open_conflicts: u64,
 }
 
 impl Status {
@@ -51,6 +61,11 @@ impl Status {
             self.uploading,
             self.errors
         );
+        s.push_str(&format!(
+            "offline: {}\nopen_conflicts: {}\n",
+            if self.offline { "yes" } else { "no" },
+            self.open_conflicts
+        ));
         if let Some(e) = &self.last_error {
             s.push_str(&format!("last_error: {}\n", e.replace('\n', " ")));
         }
@@ -72,6 +87,8 @@ impl Status {
                 "waiting_for_writer" => st.waiting_for_writer = v.parse().unwrap_or(0),
                 "uploading" => st.uploading = v.parse().unwrap_or(0),
                 "errors" => st.errors = v.parse().unwrap_or(0),
+                "offline" => st.offline = v == "yes",
+                "open_conflicts" => st.open_conflicts = v.parse().unwrap_or(0),
                 "last_error" => st.last_error = Some(v.to_string()),
                 _ => {}
             }
@@ -165,7 +182,14 @@ impl Control {
             .last_error()
             .map(|(_, m)| m)
             .or(q.last_error.clone());
+        let open_conflicts = store
+            .read(|db| db.conflicts())?
+            .iter()
+            .filter(|c| c.resolved_ms.is_none())
+            .count() as u64;
         Ok(Status {
+            offline: store.health.is_offline(),
+            open_conflicts,
             pid: std::process::id(),
             remote: self.remote.clone(),
             reachable: store.health.is_reachable(),
@@ -219,6 +243,21 @@ impl Control {
         match name {
             STATE => Ok(self.vfs.sync_state(ino)?.as_str().as_bytes().to_vec()),
             STATUS if root => Ok(self.status()?.encode().into_bytes()),
+            OFFLINE if root => Ok(if self.vfs.store().health.is_offline() {
+                b"1".to_vec()
+            } else {
+                b"0".to_vec()
+            }),
+            POLLS if root => {
+                let h = &self.vfs.store().health;
+                let load =
+                    |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+                Ok(format!("{} {}", load(&h.polls_started), load(&h.polls)).into_bytes())
+            }
+            CONFLICTS if root => {
+                let all = self.vfs.store().read(|db| db.conflicts())?;
+                Ok(serde_json::to_vec(&all).unwrap_or_default())
+            }
             BARRIER if root => {
                 let b = self.vfs.store().read(|db| db.journal_barrier())?;
                 Ok(b.to_string().into_bytes())
@@ -237,9 +276,40 @@ impl Control {
         }
     }
 
-    pub fn setxattr(&self, ino: EntryId, name: &[u8], _value: &[u8]) -> VfsResult<()> {
+    pub fn setxattr(&self, ino: EntryId, name: &[u8], value: &[u8]) -> VfsResult<()> {
         let name = std::str::from_utf8(name).unwrap_or("");
+        let value = String::from_utf8_lossy(value);
         match name {
+            RESOLVE => {
+                let keep = Keep::parse(&value).ok_or_else(|| {
+                    VfsError::Invalid(format!(
+                        "{RESOLVE}: expected local, remote or both, not {value:?}"
+                    ))
+                })?;
+                self.vfs.resolve(ino, keep)
+            }
+            OFFLINE if ino == EntryId::ROOT => {
+                let on = match value.trim() {
+                    "1" | "on" | "true" => true,
+                    "0" | "off" | "false" => false,
+                    v => {
+                        return Err(VfsError::Invalid(format!(
+                            "{OFFLINE}: expected 1 or 0, not {v:?}"
+                        )))
+                    }
+                };
+                let store = self.vfs.store();
+                store
+                    .health
+                    .offline
+                    .store(on, std::sync::atomic::Ordering::Relaxed);
+                if !on {
+                    store.write(|db| db.retry_now(crate::store::now_ms()))?;
+                }
+                store.kick.notify_one();
+                tracing::info!(offline = on, "offline mode changed");
+                Ok(())
+            }
             SYNC if ino == EntryId::ROOT => {
                 let store = self.vfs.store();
                 store.write(|db| db.retry_now(crate::store::now_ms()))?;
@@ -262,7 +332,7 @@ impl Control {
         self.vfs.getattr(ino)?;
         let mut names = vec![STATE];
         if ino == EntryId::ROOT {
-            names.push(STATUS);
+            names.extend([STATUS, OFFLINE, CONFLICTS]);
         }
         let mut out = Vec::new();
         for n in names {
@@ -330,6 +400,8 @@ mod tests {
             uploading: 1,
             errors: 2,
             last_error: Some("remote unavailable: connection\nrefused".into()),
+            offline: true,
+            open_conflicts: 3,
         };
         let back = Status::decode(&s.encode());
         assert_eq!(

@@ -219,12 +219,13 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
         },
     ));
     let held = vfs.recover()?;
+    let (notices, invalidations) = std::sync::mpsc::channel();
+    vfs.set_notices(notices.clone());
     if held > 0 {
         tracing::info!(entries = held, "recovered writes from the previous run");
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (notices, invalidations) = std::sync::mpsc::channel();
     let uploader =
         rt.spawn(Uploader::new(store.clone(), cache, remote, sync_cfg, Some(notices)).run(stop_rx));
 

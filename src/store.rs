@@ -160,8 +160,49 @@ pub struct QueueStats {
     pub last_error: Option<String>,
 }
 
+/// What the kernel must forget because something other than a FUSE request changed the tree
+/// (the poller, a conflict settled through an attribute). Sent over a channel to the FUSE
+/// session, which neither the sync engine nor the core knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    /// A name in a directory appeared, vanished or now means another entry.
+    Entry { parent: EntryId, name: Vec<u8> },
+    /// An entry's attributes and data changed.
+    Inode(EntryId),
+}
+
+/// How a conflict is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// The local version stays and is uploaded over the remote one.
+    Local,
+    /// The remote version (the `.conflict` copy) takes the path.
+    Remote,
+    /// Both stay: the copy becomes an ordinary file synced under its own name.
+    Both,
+}
+
+impl Keep {
+    pub fn parse(s: &str) -> Option<Keep> {
+        match s.trim() {
+            "local" => Some(Keep::Local),
+            "remote" => Some(Keep::Remote),
+            "both" => Some(Keep::Both),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Keep::Local => "local",
+            Keep::Remote => "remote",
+            Keep::Both => "both",
+        }
+    }
+}
+
 /// One conflict: the local version stays at `path`, the other at `copy_path`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Conflict {
     pub id: i64,
     pub entry_id: u64,
@@ -255,7 +296,9 @@ pub struct Health {
     /// The user asked for no network traffic at all.
     pub offline: std::sync::atomic::AtomicBool,
     pub last_error: Mutex<Option<(i64, String)>>,
-    /// Completed polls of the remote, so `stratus sync --wait` can wait for a fresh one.
+    /// Polls of the remote started and completed, so `stratus sync --wait` can wait for one
+    /// that started after it was called.
+    pub polls_started: std::sync::atomic::AtomicU64,
     pub polls: std::sync::atomic::AtomicU64,
 }
 
@@ -786,6 +829,58 @@ impl Db<'_> {
             params![id, now_ms(), resolution],
         )?;
         Ok(())
+    }
+
+    /// Settles a conflict. Used by the filesystem core (rename or delete of a `.conflict`
+    /// copy, the `user.stratus.resolve` attribute) and by the sync engine's policies.
+    pub fn settle_conflict(&self, c: &Conflict, keep: Keep) -> StoreResult<()> {
+        let local = EntryId(c.entry_id);
+        let copy = EntryId(c.copy_id);
+        let remote_base = Synced {
+            key: Some(c.path.clone()),
+            etag: c.remote_etag.clone(),
+            version: c.remote_version.clone(),
+            hash: None,
+        };
+        let all = dirty::CONTENT | dirty::META;
+        // The local version is uploaded against the remote version it conflicted with.
+        let keep_local = |db: &Db<'_>| -> StoreResult<()> {
+            if let Some(e) = db.get(local)? {
+                db.set_synced(
+                    local,
+                    &Synced {
+                        hash: e.synced.hash,
+                        ..remote_base.clone()
+                    },
+                )?;
+                db.enqueue_sync(local, all, Some(now_ms()))?;
+            }
+            Ok(())
+        };
+        match keep {
+            Keep::Local => keep_local(self)?,
+            Keep::Remote => {
+                // The copy takes the path; the local version goes without touching the remote.
+                if let (Some(orig), Some(mut cp)) = (self.get(local)?, self.get(copy)?) {
+                    self.delete_entry(local)?;
+                    cp.parent = orig.parent;
+                    cp.name = orig.name.clone();
+                    self.update(&cp)?;
+                    self.set_conflict_of(copy, None)?;
+                    self.set_synced(copy, &remote_base)?;
+                    self.mark_clean(copy)?;
+                }
+            }
+            Keep::Both => {
+                if self.get(copy)?.is_some() {
+                    self.set_conflict_of(copy, None)?;
+                    self.set_synced(copy, &Synced::default())?;
+                    self.enqueue_sync(copy, all, Some(now_ms()))?;
+                }
+                keep_local(self)?;
+            }
+        }
+        self.resolve_conflict(c.id, keep.as_str())
     }
 
     pub fn conflicts(&self) -> StoreResult<Vec<Conflict>> {

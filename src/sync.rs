@@ -57,15 +57,7 @@ impl ConflictPolicy {
     }
 }
 
-/// What the kernel must forget because the sync engine changed the tree under it. Sent over
-/// a channel to the FUSE session, which the engine does not know.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Invalidation {
-    /// A name in a directory appeared, vanished or now means another entry.
-    Entry { parent: EntryId, name: Vec<u8> },
-    /// An entry's attributes and data changed.
-    Inode(EntryId),
-}
+pub use crate::store::Invalidation;
 
 /// Capped exponential backoff for transient failures: 0.5 s, 1 s, 2 s ... up to 60 s.
 pub fn backoff(attempts: i64) -> Duration {

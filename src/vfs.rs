@@ -22,7 +22,9 @@ pub use error::{VfsError, VfsResult};
 
 use crate::cache::FileCache;
 use crate::remote::Remote;
-use crate::store::{dirty, now_ms, now_ns, Db, Entry, EntryId, Kind, NewEntry, Store, Synced};
+use crate::store::{
+    dirty, now_ms, now_ns, Db, Entry, EntryId, Invalidation, Keep, Kind, NewEntry, Store, Synced,
+};
 
 #[derive(Debug, Clone)]
 pub struct VfsConfig {
@@ -85,6 +87,8 @@ pub enum SyncState {
     Pending,
     Uploading,
     Error,
+    /// Part of an open conflict, as the local version or as the `.conflict` copy.
+    Conflict,
 }
 
 impl SyncState {
@@ -94,6 +98,7 @@ impl SyncState {
             SyncState::Pending => "pending",
             SyncState::Uploading => "uploading",
             SyncState::Error => "error",
+            SyncState::Conflict => "conflict",
         }
     }
 }
@@ -129,6 +134,7 @@ pub struct Vfs {
     /// Lock order: `live` before the store's connection, never the other way round.
     live: Mutex<HashMap<EntryId, Live>>,
     fetching: Mutex<HashMap<EntryId, Arc<Mutex<()>>>>,
+    notices: Mutex<Option<std::sync::mpsc::Sender<Invalidation>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -168,6 +174,7 @@ impl Vfs {
             next_fh: AtomicU64::new(1),
             live: Mutex::new(HashMap::new()),
             fetching: Mutex::new(HashMap::new()),
+            notices: Mutex::new(None),
         }
     }
 
@@ -542,6 +549,12 @@ impl Vfs {
         let key = fresh.synced.key.clone().ok_or_else(|| {
             VfsError::Invalid("entry has neither local data nor a remote copy".into())
         })?;
+        if self.store.health.is_offline() {
+            tracing::warn!(%key, "offline: this file's data is not cached here");
+            return Err(VfsError::Remote(crate::remote::RemoteError::unavailable(
+                "offline",
+            )));
+        }
         let tmp = self.cache.temp_path(e.id);
         tracing::debug!(%key, "fetching whole object");
         let r = self.rt.block_on(async {
@@ -819,6 +832,15 @@ impl Vfs {
             if e.kind == Kind::Dir {
                 return Err(VfsError::IsDir);
             }
+            if let Some(c) = db.open_conflict_for(e.id)? {
+                if c.copy_id == e.id.0 {
+                    // Deleting the `.conflict` copy keeps the local version.
+                    db.settle_conflict(&c, Keep::Local)?;
+                } else {
+                    // The local version is gone; the copy stays, as an ordinary local file.
+                    db.resolve_conflict(c.id, "local deleted")?;
+                }
+            }
             self.remove_entry(db, &mut live, &e)?;
             self.touch_dir(db, &p)
         })
@@ -879,6 +901,22 @@ impl Vfs {
             if let Some(dst) = db.lookup(newparent, newname)? {
                 if dst.id == src.id {
                     return Ok(());
+                }
+                if src.conflict_of == Some(dst.id) {
+                    if let Some(c) = db
+                        .open_conflict_for(dst.id)?
+                        .filter(|c| c.copy_id == src.id.0)
+                    {
+                        // The `.conflict` copy renamed over its original: keep the remote
+                        // version, which the remote already holds.
+                        let busy = live.get(&dst.id).is_some_and(|l| l.open > 0);
+                        db.settle_conflict(&c, Keep::Remote)?;
+                        if !busy {
+                            let _ = self.cache.remove(dst.id);
+                        }
+                        self.touch_dir(db, &p)?;
+                        return Ok(());
+                    }
                 }
                 if noreplace {
                     return Err(VfsError::Exists);
@@ -957,16 +995,84 @@ impl Vfs {
     pub fn sync_state(&self, ino: EntryId) -> VfsResult<SyncState> {
         self.r(|db| {
             db.get(ino)?.ok_or(VfsError::NotFound)?;
-            Ok(db.job_for(ino)?)
+            if db.open_conflict_for(ino)?.is_some() {
+                return Ok(Err(SyncState::Conflict));
+            }
+            Ok(Ok(db.job_for(ino)?))
         })
         .map(|job| match job {
-            None => SyncState::Synced,
-            Some(j) => match j.state {
+            Err(state) => state,
+            Ok(None) => SyncState::Synced,
+            Ok(Some(j)) => match j.state {
                 crate::store::JobState::Parked => SyncState::Error,
                 crate::store::JobState::Uploading => SyncState::Uploading,
                 crate::store::JobState::Queued => SyncState::Pending,
             },
         })
+    }
+
+    fn notify(&self, i: Invalidation) {
+        if let Some(n) = lock(&self.notices).as_ref() {
+            let _ = n.send(i);
+        }
+    }
+
+    /// Where kernel invalidations go for changes that are not the reply to a request.
+    pub fn set_notices(&self, tx: std::sync::mpsc::Sender<Invalidation>) {
+        *lock(&self.notices) = Some(tx);
+    }
+
+    /// Settles the open conflict that `ino` (the local version or its `.conflict` copy) takes
+    /// part in: what `stratus resolve` and `user.stratus.resolve` do.
+    pub fn resolve(&self, ino: EntryId, keep: Keep) -> VfsResult<()> {
+        let c = self
+            .r(|db| Ok(db.open_conflict_for(ino)?))?
+            .ok_or_else(|| VfsError::Invalid("no open conflict on this file".into()))?;
+        let (orig, copy) =
+            self.r(|db| Ok((db.get(EntryId(c.entry_id))?, db.get(EntryId(c.copy_id))?)))?;
+        match keep {
+            // Same as deleting the copy.
+            Keep::Local => {
+                let copy = copy.ok_or(VfsError::NotFound)?;
+                let parent = copy.parent.ok_or(VfsError::NotFound)?;
+                self.unlink(parent, OsStr::from_bytes(&copy.name))?;
+                self.notify(Invalidation::Entry {
+                    parent,
+                    name: copy.name,
+                });
+            }
+            // Same as renaming the copy over the original.
+            Keep::Remote => {
+                let (orig, copy) = (
+                    orig.ok_or(VfsError::NotFound)?,
+                    copy.ok_or(VfsError::NotFound)?,
+                );
+                let (op, cp) = (
+                    orig.parent.ok_or(VfsError::NotFound)?,
+                    copy.parent.ok_or(VfsError::NotFound)?,
+                );
+                self.rename(
+                    cp,
+                    OsStr::from_bytes(&copy.name),
+                    op,
+                    OsStr::from_bytes(&orig.name),
+                    false,
+                )?;
+                self.notify(Invalidation::Entry {
+                    parent: cp,
+                    name: copy.name,
+                });
+                self.notify(Invalidation::Entry {
+                    parent: op,
+                    name: orig.name,
+                });
+            }
+            Keep::Both => {
+                self.w(|db| Ok(db.settle_conflict(&c, Keep::Both)?))?;
+            }
+        }
+        tracing::info!(path = %c.path, keep = keep.as_str(), "conflict resolved");
+        Ok(())
     }
 
     /// Called once at start: the previous run may have died with writers armed. Their data

@@ -7,7 +7,7 @@ use super::uploader::{SyncError, Uploader};
 use super::{ConflictPolicy, Invalidation};
 use crate::remote::ObjectInfo;
 use crate::store::{
-    now_ms, now_ns, Conflict, Db, Entry, EntryId, Kind, NewEntry, StoreError, Synced,
+    now_ms, now_ns, Conflict, Db, Entry, EntryId, Keep, Kind, NewEntry, StoreError, Synced,
 };
 
 /// `STEM.conflict-YYYYMMDD-HHMMSS.EXT`, or `NAME.conflict-YYYYMMDD-HHMMSS` without an
@@ -41,33 +41,6 @@ pub fn conflict_name(name: &[u8], at: DateTime<Utc>, n: u32) -> Vec<u8> {
     }
 }
 
-/// How the user (or a policy) settles a conflict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Keep {
-    Local,
-    Remote,
-    Both,
-}
-
-impl Keep {
-    pub fn parse(s: &str) -> Option<Keep> {
-        match s.trim() {
-            "local" => Some(Keep::Local),
-            "remote" => Some(Keep::Remote),
-            "both" => Some(Keep::Both),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Keep::Local => "local",
-            Keep::Remote => "remote",
-            Keep::Both => "both",
-        }
-    }
-}
-
 /// A free `.conflict` name beside `e`.
 fn free_name(db: &Db<'_>, parent: EntryId, name: &[u8]) -> Result<Vec<u8>, StoreError> {
     let at = Utc::now();
@@ -81,80 +54,6 @@ fn free_name(db: &Db<'_>, parent: EntryId, name: &[u8]) -> Result<Vec<u8>, Store
     let mut cand = name.to_vec();
     cand.extend_from_slice(format!(".conflict-{}", now_ns()).as_bytes());
     Ok(cand)
-}
-
-/// Settles a conflict in the database. Shared by the filesystem core (rename or delete of a
-/// `.conflict` copy, the `user.stratus.resolve` attribute) and by the policies. Returns the
-/// entries whose kernel caches must be dropped.
-pub fn resolve(db: &Db<'_>, c: &Conflict, keep: Keep) -> Result<Vec<EntryId>, StoreError> {
-    let local = EntryId(c.entry_id);
-    let copy = EntryId(c.copy_id);
-    let remote_base = Synced {
-        key: Some(c.path.clone()),
-        etag: c.remote_etag.clone(),
-        version: c.remote_version.clone(),
-        hash: None,
-    };
-    match keep {
-        Keep::Local => {
-            // The local version is uploaded against the remote version it conflicted with.
-            if let Some(e) = db.get(local)? {
-                db.set_synced(
-                    local,
-                    &Synced {
-                        hash: e.synced.hash,
-                        ..remote_base
-                    },
-                )?;
-                db.enqueue_sync(
-                    local,
-                    crate::store::dirty::CONTENT | crate::store::dirty::META,
-                    Some(now_ms()),
-                )?;
-            }
-        }
-        Keep::Remote => {
-            // The copy takes the path; the local version goes without touching the remote.
-            if let (Some(orig), Some(mut cp)) = (db.get(local)?, db.get(copy)?) {
-                db.delete_entry(local)?;
-                cp.parent = orig.parent;
-                cp.name = orig.name.clone();
-                db.update(&cp)?;
-                db.set_conflict_of(copy, None)?;
-                db.set_synced(copy, &remote_base)?;
-                db.mark_clean(copy)?;
-            }
-        }
-        Keep::Both => {
-            // The copy becomes an ordinary file under its own name; the local version goes up
-            // over the remote one it conflicted with.
-            if db.get(copy)?.is_some() {
-                db.set_conflict_of(copy, None)?;
-                db.set_synced(copy, &Synced::default())?;
-                db.enqueue_sync(
-                    copy,
-                    crate::store::dirty::CONTENT | crate::store::dirty::META,
-                    Some(now_ms()),
-                )?;
-            }
-            if let Some(e) = db.get(local)? {
-                db.set_synced(
-                    local,
-                    &Synced {
-                        hash: e.synced.hash,
-                        ..remote_base
-                    },
-                )?;
-                db.enqueue_sync(
-                    local,
-                    crate::store::dirty::CONTENT | crate::store::dirty::META,
-                    Some(now_ms()),
-                )?;
-            }
-        }
-    }
-    db.resolve_conflict(c.id, keep.as_str())?;
-    Ok(vec![local, copy])
 }
 
 impl Uploader {
@@ -287,7 +186,7 @@ impl Uploader {
             ConflictPolicy::Local => {
                 self.fetch_copy(copy.id, key, r).await;
                 self.store
-                    .write(|db| resolve(db, &conflict, Keep::Local).map(|_| ()))?;
+                    .write(|db| db.settle_conflict(&conflict, Keep::Local))?;
                 // The copy stays as a resolved `.conflict` sibling: no policy destroys a version.
                 self.store
                     .write(|db| db.set_conflict_of(copy.id, Some(e.id)))?;
@@ -343,12 +242,5 @@ mod tests {
             s("report.docx", 2),
             "report.conflict-20261125-070809-2.docx"
         );
-    }
-
-    #[test]
-    fn keep_parses() {
-        assert_eq!(Keep::parse("local\n"), Some(Keep::Local));
-        assert_eq!(Keep::parse("both"), Some(Keep::Both));
-        assert_eq!(Keep::parse("mine"), None);
     }
 }

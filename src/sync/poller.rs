@@ -59,6 +59,10 @@ fn default_mode(kind: Kind) -> u32 {
 impl Uploader {
     /// Lists the remote and applies what changed there.
     pub(super) async fn poll(&self) -> Result<(), SyncError> {
+        self.store
+            .health
+            .polls_started
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let listing = self.remote.list().await?;
         let remote: HashMap<String, ObjectInfo> =
             listing.into_iter().map(|o| (o.key.clone(), o)).collect();
