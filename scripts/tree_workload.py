@@ -73,6 +73,9 @@ def manifest(root: str) -> None:
     rows = []
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
+            if dirpath == root and name == ".stratus-lock":
+                # stratus's write lock in a local-folder remote, not user data
+                continue
             p = os.path.join(dirpath, name)
             rel = os.path.relpath(p, root)
             st = os.lstat(p)

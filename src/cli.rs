@@ -511,43 +511,49 @@ fn sync(mp: &Path, wait: bool, timeout: Option<Duration>) -> anyhow::Result<Exit
     loop {
         let pending = control::Pending::decode(&String::from_utf8_lossy(&control::get(mp, &name)?));
         let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
-        if pending.total == 0 {
-            // Then wait for one listing of the remote that started after this call, so that
-            // remote changes are in too (not when offline: there is no listing then).
+        let stuck = pending.errors + pending.conflicts;
+        if pending.total == stuck {
+            // All that can move has moved. Then wait for one listing of the remote that
+            // started after this call, so remote changes are in too (none while offline).
             let offline = status_of(mp).map(|s| s.offline).unwrap_or(false);
             if offline || polls(mp)?.1 > started_before {
-                println!("everything queued before this call is on the remote");
-                return Ok(ExitCode::SUCCESS);
+                if stuck == 0 {
+                    println!("everything queued before this call is on the remote");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                eprintln!(
+                    "stratus: {} entries failed to sync, {} wait for a conflict to be resolved (stratus conflicts):",
+                    pending.errors, pending.conflicts
+                );
+                print_pending(&pending);
+                return Ok(ExitCode::FAILURE);
             }
             if timed_out {
                 eprintln!("stratus: timed out waiting for a listing of the remote");
                 return Ok(ExitCode::FAILURE);
             }
-            std::thread::sleep(Duration::from_millis(50));
-            continue;
-        }
-        if pending.errors == pending.total || timed_out {
-            if timed_out {
-                eprintln!("stratus: timed out; {} still pending:", pending.total);
-            } else {
-                eprintln!("stratus: {} entries failed to sync:", pending.errors);
-            }
-            for p in pending.oldest.iter().take(20) {
-                eprintln!(
-                    "  {} {}{}",
-                    p.state,
-                    p.path,
-                    p.error
-                        .as_deref()
-                        .map(|e| format!(" ({e})"))
-                        .unwrap_or_default()
-                );
-            }
-            if pending.total > 20 {
-                eprintln!("  ... and {} more", pending.total - 20);
-            }
+        } else if timed_out {
+            eprintln!("stratus: timed out; {} still pending:", pending.total);
+            print_pending(&pending);
             return Ok(ExitCode::FAILURE);
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn print_pending(pending: &control::Pending) {
+    for p in pending.oldest.iter().take(20) {
+        eprintln!(
+            "  {} {}{}",
+            p.state,
+            p.path,
+            p.error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        );
+    }
+    if pending.total > 20 {
+        eprintln!("  ... and {} more", pending.total - 20);
     }
 }

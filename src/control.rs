@@ -111,7 +111,10 @@ pub struct PendingJob {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pending {
     pub total: u64,
+    /// Parked after a permanent failure.
     pub errors: u64,
+    /// Waiting for the user to settle a conflict.
+    pub conflicts: u64,
     pub oldest: Vec<PendingJob>,
 }
 
@@ -120,7 +123,10 @@ pub const PENDING_SHOWN: usize = 50;
 
 impl Pending {
     pub fn encode(&self) -> String {
-        let mut s = format!("total\t{}\terrors\t{}\n", self.total, self.errors);
+        let mut s = format!(
+            "total\t{}\terrors\t{}\tconflicts\t{}\n",
+            self.total, self.errors, self.conflicts
+        );
         for j in &self.oldest {
             let clean = |t: &str| t.replace(['\t', '\n'], " ");
             s.push_str(&format!("{}\t{}\t{}", j.seq, j.state, clean(&j.path)));
@@ -139,9 +145,10 @@ impl Pending {
         let mut p = Pending::default();
         if let Some(head) = lines.next() {
             let f: Vec<&str> = head.split('\t').collect();
-            if f.len() == 4 {
+            if f.len() >= 6 {
                 p.total = f[1].parse().unwrap_or(0);
                 p.errors = f[3].parse().unwrap_or(0);
+                p.conflicts = f[5].parse().unwrap_or(0);
             }
         }
         p.oldest = lines
@@ -208,7 +215,13 @@ impl Control {
             let mut out = Pending::default();
             for j in db.pending_up_to(barrier)? {
                 out.total += 1;
-                if j.state == JobState::Parked {
+                let in_conflict = match &j.kind {
+                    JobKind::Sync(id) => db.open_conflict_for(*id)?.is_some(),
+                    JobKind::Delete { .. } => false,
+                };
+                if in_conflict {
+                    out.conflicts += 1;
+                } else if j.state == JobState::Parked {
                     out.errors += 1;
                 }
                 if out.oldest.len() >= PENDING_SHOWN {
@@ -223,10 +236,11 @@ impl Control {
                 };
                 out.oldest.push(PendingJob {
                     seq: j.seq,
-                    state: match j.state {
-                        JobState::Queued => "pending",
-                        JobState::Uploading => "uploading",
-                        JobState::Parked => "error",
+                    state: match (in_conflict, j.state) {
+                        (true, _) => "conflict",
+                        (false, JobState::Queued) => "pending",
+                        (false, JobState::Uploading) => "uploading",
+                        (false, JobState::Parked) => "error",
                     }
                     .to_string(),
                     path,
@@ -425,6 +439,7 @@ mod tests {
         let p = Pending {
             total: 70,
             errors: 1,
+            conflicts: 2,
             oldest: vec![
                 PendingJob {
                     seq: 1,
@@ -441,7 +456,7 @@ mod tests {
             ],
         };
         let back = Pending::decode(&p.encode());
-        assert_eq!((back.total, back.errors), (70, 1));
+        assert_eq!((back.total, back.errors, back.conflicts), (70, 1, 2));
         assert_eq!(back.oldest[0].path, "a b");
         assert_eq!(back.oldest[1], p.oldest[1]);
     }

@@ -85,7 +85,12 @@ fn ino(i: INodeNo) -> EntryId {
 }
 
 impl Filesystem for StratusFs {
-    fn init(&mut self, _req: &Request, _config: &mut KernelConfig) -> std::io::Result<()> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // O_TRUNC arrives with open, so a file that is about to be emptied is not fetched
+        // first (which would also fail while offline).
+        if let Err(missing) = config.add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC) {
+            tracing::debug!(?missing, "kernel lacks atomic O_TRUNC");
+        }
         tracing::info!("mounted");
         Ok(())
     }
@@ -260,7 +265,8 @@ impl Filesystem for StratusFs {
 
     fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let writable = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
-        match self.vfs.open(ino(i), writable) {
+        let truncate = writable && flags.0 & libc::O_TRUNC != 0;
+        match self.vfs.open(ino(i), writable, truncate) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno("open", e)),
         }

@@ -587,7 +587,8 @@ impl Vfs {
         Ok(())
     }
 
-    pub fn open(&self, ino: EntryId, writable: bool) -> VfsResult<u64> {
+    /// Opens a file; `truncate` is O_TRUNC, which empties the file as part of the open.
+    pub fn open(&self, ino: EntryId, writable: bool, truncate: bool) -> VfsResult<u64> {
         let e = self
             .store
             .read(|db| db.get(ino))?
@@ -597,7 +598,15 @@ impl Vfs {
             Kind::Symlink => return Err(VfsError::Invalid("open of a symlink".into())),
             Kind::File => {}
         }
-        if !e.local {
+        if truncate {
+            self.setattr(
+                e.id,
+                &SetAttr {
+                    size: Some(0),
+                    ..Default::default()
+                },
+            )?;
+        } else if !e.local {
             self.fetch(&e)?;
         }
         let file = if writable {

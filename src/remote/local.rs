@@ -19,11 +19,17 @@ use sha2::{Digest, Sha256};
 use super::{Cond, Meta, ObjectInfo, ObjectKind, RemoteError, RemoteResult, Written};
 
 const TEMP_PREFIX: &str = ".stratus-tmp-";
+/// Held (flock) around each compare-then-write, so that stratus mounts sharing one folder
+/// see an atomic conditional write; other programs do not take it.
+const LOCK_NAME: &str = ".stratus-lock";
 const SHA_XATTR: &str = "user.stratus_sha256";
 
 pub struct LocalRemote {
     root: PathBuf,
 }
+
+/// The folder-wide write lock; dropping it unlocks.
+struct WriteLock(#[allow(dead_code)] fs::File);
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -63,6 +69,27 @@ async fn blocking<T: Send + 'static>(
 impl LocalRemote {
     pub fn new(root: PathBuf) -> LocalRemote {
         LocalRemote { root }
+    }
+
+    /// A closure that takes the write lock, to move into a blocking task.
+    fn lock_fn(&self) -> impl Fn() -> RemoteResult<WriteLock> + Send + 'static {
+        let root = self.root.clone();
+        move || LocalRemote::new(root.clone()).lock()
+    }
+
+    fn lock(&self) -> RemoteResult<WriteLock> {
+        let path = self.root.join(LOCK_NAME);
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_err(&path, e))?;
+        // SAFETY: flock on a descriptor we own; released when the file closes.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) } != 0 {
+            return Err(io_err(&path, io::Error::last_os_error()));
+        }
+        Ok(WriteLock(f))
     }
 
     fn path(&self, key: &str) -> PathBuf {
@@ -111,7 +138,7 @@ impl LocalRemote {
                         tracing::warn!(path = %ent.path().display(), "skipping remote name that is not UTF-8");
                         continue;
                     };
-                    if name.starts_with(TEMP_PREFIX) {
+                    if name.starts_with(TEMP_PREFIX) || (prefix.is_empty() && name == LOCK_NAME) {
                         continue;
                     }
                     let key = if prefix.is_empty() {
@@ -177,6 +204,7 @@ impl LocalRemote {
         let src = src.to_path_buf();
         let meta = meta.clone();
         let cond = cond.clone();
+        let lock = self.lock_fn();
         blocking(move || {
             let tmp = temp_beside(&dest)?;
             let r = (|| {
@@ -189,6 +217,7 @@ impl LocalRemote {
                     set_sha_xattr(&tmp, h);
                 }
                 to.sync_all().map_err(|e| io_err(&tmp, e))?;
+                let _lock = lock()?;
                 precheck(&dest, &cond)?;
                 replace(&tmp, &dest)
             })();
@@ -204,7 +233,9 @@ impl LocalRemote {
         let dest = self.path(key);
         let meta = meta.clone();
         let cond = cond.clone();
+        let lock = self.lock_fn();
         blocking(move || {
+            let _lock = lock()?;
             precheck(&dest, &cond)?;
             let target = meta.symlink.clone().unwrap_or_default();
             let tmp = temp_beside(&dest)?;

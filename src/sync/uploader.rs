@@ -37,6 +37,8 @@ pub struct Uploader {
     pub(super) remote: Arc<Remote>,
     pub(super) cfg: SyncConfig,
     notices: Option<std::sync::mpsc::Sender<Invalidation>>,
+    /// Set by a job that learnt the remote changed: poll once the queue is drained.
+    poll_wanted: std::sync::atomic::AtomicBool,
 }
 
 enum Outcome {
@@ -59,6 +61,7 @@ impl Uploader {
             remote,
             cfg,
             notices,
+            poll_wanted: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -110,7 +113,10 @@ impl Uploader {
             let job = match job {
                 Ok(Some(j)) => j,
                 Ok(None) => {
-                    if poll_due || next_poll.is_some_and(|t| Instant::now() >= t) {
+                    let wanted = self
+                        .poll_wanted
+                        .swap(false, std::sync::atomic::Ordering::Relaxed);
+                    if poll_due || wanted || next_poll.is_some_and(|t| Instant::now() >= t) {
                         match self.poll().instrument(tracing::info_span!("poll")).await {
                             Ok(()) => {
                                 self.store.health.record_ok();
@@ -211,8 +217,8 @@ impl Uploader {
                 }
                 other => other,
             },
-            JobKind::Delete { key, dir, .. } => {
-                self.delete_key(key, *dir, None).await?;
+            JobKind::Delete { key, dir, etag } => {
+                self.delete_key(key, *dir, None, etag.as_deref()).await?;
                 self.store.write(|db| db.remove_job(job.seq))?;
                 Ok(Outcome::Done)
             }
@@ -276,11 +282,16 @@ impl Uploader {
     /// been uploaded there yet does not stop the delete: it may be gone again before its
     /// upload runs, and the stale object would stay behind. `moving` is the entry that is
     /// leaving `key`: it is not a tenant to rescue.
+    ///
+    /// `expect` is the version the delete means to remove: if the remote holds another one
+    /// now (edited elsewhere since), the edit wins and nothing is deleted; the poller then
+    /// brings that version back.
     async fn delete_key(
         &self,
         key: &str,
         dir: bool,
         moving: Option<EntryId>,
+        expect: Option<&str>,
     ) -> Result<(), SyncError> {
         let owned = self.store.read(|db| {
             for e in db.owners_of_key(key, moving)? {
@@ -296,6 +307,20 @@ impl Uploader {
             return Ok(());
         }
         self.evict_tenants(key, moving).await?;
+        if let (Some(want), false) = (expect, dir) {
+            // object_store has no conditional delete: compare, then delete.
+            if let Some(now) = self.remote.head(key, false).await? {
+                if now.etag.as_deref() != Some(want) {
+                    tracing::info!(
+                        key,
+                        "not deleting: the remote object changed since; the edit wins"
+                    );
+                    self.poll_wanted
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(());
+                }
+            }
+        }
         tracing::debug!(key, dir, "deleting remote object");
         self.remote.delete(key, dir).await?;
         Ok(())
@@ -377,7 +402,10 @@ impl Uploader {
             // An old directory marker is removed by the delete job that the rename queued
             // behind the children's moves.
             Some(_) if e.kind == Kind::Dir => {}
-            Some(old) => self.delete_key(old, false, Some(id)).await?,
+            Some(old) => {
+                self.delete_key(old, false, Some(id), e.synced.etag.as_deref())
+                    .await?
+            }
             None => {}
         }
         let synced = Synced {
@@ -408,7 +436,8 @@ impl Uploader {
         if gone {
             // Unlinked while we uploaded: take back what we just wrote.
             if let Some(k) = uploaded_key {
-                self.delete_key(&k, e.kind == Kind::Dir, Some(e.id)).await?;
+                self.delete_key(&k, e.kind == Kind::Dir, Some(e.id), None)
+                    .await?;
             }
             return Ok(Outcome::Done);
         }

@@ -302,7 +302,8 @@ fn walk_local(dir: &Path, prefix: &str, out: &mut BTreeMap<String, RemoteObj>) {
     for e in std::fs::read_dir(dir).unwrap() {
         let e = e.unwrap();
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with(".stratus-tmp-") {
+        // Our own bookkeeping in the remote folder: temporary uploads and the write lock.
+        if name.starts_with(".stratus-tmp-") || name == ".stratus-lock" {
             continue;
         }
         let rel = if prefix.is_empty() {
