@@ -402,9 +402,10 @@ impl Remote {
         dispatch!(self, r => r.copy(from, to).await)
     }
 
-    /// Deletes an object (or a directory marker); a missing key is success.
-    pub async fn delete(&self, key: &str, dir: bool) -> RemoteResult<()> {
-        dispatch!(self, r => r.delete(key, dir).await)
+    /// Deletes an object (or a directory marker); a missing key is success. With `expect`,
+    /// only that version goes: another one answers `Conflict`.
+    pub async fn delete(&self, key: &str, dir: bool, expect: Option<&str>) -> RemoteResult<()> {
+        dispatch!(self, r => r.delete(key, dir, expect).await)
     }
 }
 

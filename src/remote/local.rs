@@ -312,9 +312,19 @@ impl LocalRemote {
         .await
     }
 
-    pub async fn delete(&self, key: &str, dir: bool) -> RemoteResult<()> {
+    pub async fn delete(&self, key: &str, dir: bool, expect: Option<&str>) -> RemoteResult<()> {
         let p = self.path(key);
+        let expect = expect.map(str::to_string);
+        let lock = self.lock_fn();
         blocking(move || {
+            let _lock = lock()?;
+            if let (Some(want), false) = (&expect, dir) {
+                if let Ok(m) = fs::symlink_metadata(&p) {
+                    if !m.is_dir() && etag_of(&m) != *want {
+                        return Err(RemoteError::Conflict(p.display().to_string()));
+                    }
+                }
+            }
             // A key of the other kind (a directory where a file was, or the reverse) is not
             // ours to delete.
             match fs::symlink_metadata(&p) {

@@ -539,12 +539,28 @@ impl ObjectRemote {
         })
     }
 
-    pub async fn delete(&self, key: &str, dir: bool) -> RemoteResult<()> {
+    /// Deletes an object; with `expect`, only the version with that ETag (S3 checks it at
+    /// the server; elsewhere a HEAD compares first). Another version answers `Conflict`.
+    pub async fn delete(&self, key: &str, dir: bool, expect: Option<&str>) -> RemoteResult<()> {
         if dir {
             if let Some(raw) = &self.raw {
                 raw.delete(&format!("{}/", self.full(key))).await?;
             }
             return Ok(());
+        }
+        if let Some(raw) = &self.raw {
+            return match raw.delete_if(&self.full(key), expect).await {
+                // Deleted meanwhile by someone else: what we wanted.
+                Err(RemoteError::NotFound(_)) => Ok(()),
+                other => other,
+            };
+        }
+        if let Some(want) = expect {
+            if let Some(now) = self.head(key, false).await? {
+                if now.etag.as_deref() != Some(want) {
+                    return Err(RemoteError::Conflict(key.to_string()));
+                }
+            }
         }
         match self.store.delete(&self.path(key)?).await {
             // Azure answers NotFound for a missing key where S3 says nothing: both are success.

@@ -301,15 +301,18 @@ impl S3Raw {
     /// S3 itself answers 204 for a missing key; some compatible servers answer 404 NoSuchKey,
     /// which is the same outcome. A missing bucket is not, and stays an error.
     pub async fn delete(&self, key: &str) -> RemoteResult<()> {
+        self.delete_if(key, None).await
+    }
+
+    /// DELETE that only removes the version with ETag `if_match` (S3 conditional delete);
+    /// another version answers `Conflict`. A missing key is Ok.
+    pub async fn delete_if(&self, key: &str, if_match: Option<&str>) -> RemoteResult<()> {
+        let mut headers = BTreeMap::new();
+        if let Some(etag) = if_match {
+            headers.insert("if-match".to_string(), etag.to_string());
+        }
         let resp = self
-            .send(
-                Method::DELETE,
-                Some(key),
-                &[],
-                BTreeMap::new(),
-                "delete",
-                key,
-            )
+            .send(Method::DELETE, Some(key), &[], headers, "delete", key)
             .await?;
         let status = resp.status();
         if status.is_success() {

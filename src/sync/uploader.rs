@@ -307,22 +307,20 @@ impl Uploader {
             return Ok(());
         }
         self.evict_tenants(key, moving).await?;
-        if let (Some(want), false) = (expect, dir) {
-            // object_store has no conditional delete: compare, then delete.
-            if let Some(now) = self.remote.head(key, false).await? {
-                if now.etag.as_deref() != Some(want) {
-                    tracing::info!(
-                        key,
-                        "not deleting: the remote object changed since; the edit wins"
-                    );
-                    self.poll_wanted
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
-                    return Ok(());
-                }
-            }
-        }
         tracing::debug!(key, dir, "deleting remote object");
-        self.remote.delete(key, dir).await?;
+        match self.remote.delete(key, dir, expect).await {
+            Err(RemoteError::Conflict(_)) => {
+                // Edited elsewhere since: the edit wins over our delete, and the next poll
+                // brings that version back here.
+                tracing::info!(
+                    key,
+                    "not deleting: the remote object changed since; the edit wins"
+                );
+                self.poll_wanted
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            other => other?,
+        }
         Ok(())
     }
 
