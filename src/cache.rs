@@ -27,6 +27,11 @@ impl CacheError {
 
 pub type CacheResult<T> = Result<T, CacheError>;
 
+/// Files are fetched in blocks of this size: small enough that a 4 KiB read from the middle
+/// of a large object costs one short ranged GET, large enough that a sequential read with
+/// several blocks in flight runs at the speed of the network (see docs/architecture.md).
+pub const BLOCK_SIZE: u64 = 1 << 20;
+
 #[derive(Debug, Clone)]
 pub struct FileCache {
     root: PathBuf,
@@ -93,6 +98,38 @@ impl FileCache {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(self.err(id)(e)),
         }
+    }
+
+    /// Gives a block's disk space back without changing the file's length.
+    pub fn punch_hole(&self, id: EntryId, offset: u64, len: u64) -> CacheResult<()> {
+        let f = match OpenOptions::new().write(true).open(self.path(id)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(self.err(id)(e)),
+        };
+        // SAFETY: fallocate on a descriptor we own, with a range inside i64.
+        let r = unsafe {
+            libc::fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if r != 0 {
+            return Err(self.err(id)(io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    /// Makes sure a sparse data file of `size` bytes exists, keeping what it holds.
+    pub fn ensure_sparse(&self, id: EntryId, size: u64) -> CacheResult<()> {
+        let f = self.open_file(id, true)?;
+        let len = f.metadata().map_err(self.err(id))?.len();
+        if len != size {
+            f.set_len(size).map_err(self.err(id))?;
+        }
+        Ok(())
     }
 
     /// Moves a finished download into place.

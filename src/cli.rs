@@ -17,6 +17,21 @@ use crate::daemon::{self, MountConfig, Ready, READY_FD_ENV};
 use crate::remote::RemoteUrl;
 use crate::sync::ConflictPolicy;
 
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("500M"), Some(500 << 20));
+        assert_eq!(parse_size("10G"), Some(10 << 30));
+        assert_eq!(parse_size("1.5k"), Some(1536));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("ten"), None);
+        assert_eq!(parse_size("-1G"), None);
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "stratus",
@@ -54,6 +69,10 @@ enum Cmd {
         /// polling off (`stratus sync` still polls).
         #[arg(long, default_value_t = 15.0)]
         poll_interval: f64,
+        /// How much fetched data to keep on this disk (500M, 10G, ...); the least recently
+        /// used blocks go first. Never more than the disk's free space minus 5% (at least 1G).
+        #[arg(long, default_value = "10G")]
+        cache_size: String,
         /// What happens when both sides changed a file: manual, newest, local or remote.
         #[arg(long = "conflict", default_value = "manual", value_name = "POLICY")]
         conflict: String,
@@ -189,6 +208,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             log_file,
             poll_interval,
             conflict,
+            cache_size,
         } => {
             let url = RemoteUrl::parse(&remote).map_err(|e| anyhow::anyhow!("bad remote: {e}"))?;
             let mp = absolute(&mountpoint)?;
@@ -209,6 +229,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !(0.0..=86_400.0).contains(&poll_interval) {
                 bail!("--poll-interval must be between 0 and 86400 seconds");
             }
+            let cache_bytes = parse_size(&cache_size).with_context(|| {
+                format!("--cache-size {cache_size}: expected a size like 500M or 10G")
+            })?;
             let policy = ConflictPolicy::parse(&conflict).with_context(|| {
                 format!("--conflict {conflict}: expected manual, newest, local or remote")
             })?;
@@ -222,6 +245,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 poll_interval: (poll_interval > 0.0)
                     .then(|| Duration::from_secs_f64(poll_interval)),
                 policy,
+                cache_size: cache_bytes,
             };
             if foreground {
                 init_logging(cli.verbose, log_file.as_deref())?;
@@ -316,6 +340,8 @@ fn spawn_daemon(
         )
         .arg("--conflict")
         .arg(cfg.policy.as_str())
+        .arg("--cache-size")
+        .arg(cfg.cache_size.to_string())
         .arg("--log-file")
         .arg(&log);
     if verbose {
@@ -437,6 +463,20 @@ fn conflicts(mp: &Path, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `500M`, `10G`, `1.5T`, `4096`: binary units.
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last()? {
+        'K' | 'k' => (&s[..s.len() - 1], 1u64 << 10),
+        'M' | 'm' => (&s[..s.len() - 1], 1 << 20),
+        'G' | 'g' => (&s[..s.len() - 1], 1 << 30),
+        'T' | 't' => (&s[..s.len() - 1], 1 << 40),
+        _ => (s, 1),
+    };
+    let v: f64 = num.parse().ok()?;
+    (v.is_finite() && v >= 0.0).then(|| (v * mult as f64) as u64)
+}
+
 fn human(n: u64) -> String {
     const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
@@ -483,6 +523,12 @@ fn status(mp: &Path) -> anyhow::Result<ExitCode> {
         }
     );
     println!("conflicts:   {} open", s.open_conflicts);
+    println!(
+        "cache:       {} of {} used by fetched blocks; {} downloaded since mount",
+        human(s.cache_used),
+        human(s.cache_budget),
+        human(s.downloaded)
+    );
     println!("last error:  {}", s.last_error.as_deref().unwrap_or("none"));
     Ok(ExitCode::SUCCESS)
 }

@@ -16,6 +16,8 @@ use crate::vfs::{Vfs, VfsError, VfsResult};
 pub const STATE: &str = "user.stratus.state";
 /// On the root: the status report (`key: value` lines, see [`Status`]).
 pub const STATUS: &str = "user.stratus.status";
+/// Per file: `none`, `partial` or `full`: how much of its data is on this machine.
+pub const CACHE: &str = "user.stratus.cache";
 /// On the root, set: sync now (cut write-back delays and backoffs short).
 pub const SYNC: &str = "user.stratus.sync";
 /// On the root: the newest journal sequence number handed out so far.
@@ -45,6 +47,9 @@ pub struct Status {
     pub last_error: Option<String>,
     pub offline: bool,
     pub open_conflicts: u64,
+    pub cache_used: u64,
+    pub cache_budget: u64,
+    pub downloaded: u64,
 }
 
 impl Status {
@@ -62,9 +67,12 @@ impl Status {
             self.errors
         );
         s.push_str(&format!(
-            "offline: {}\nopen_conflicts: {}\n",
+            "offline: {}\nopen_conflicts: {}\ncache_used: {}\ncache_budget: {}\ndownloaded: {}\n",
             if self.offline { "yes" } else { "no" },
-            self.open_conflicts
+            self.open_conflicts,
+            self.cache_used,
+            self.cache_budget,
+            self.downloaded
         ));
         if let Some(e) = &self.last_error {
             s.push_str(&format!("last_error: {}\n", e.replace('\n', " ")));
@@ -89,6 +97,9 @@ impl Status {
                 "errors" => st.errors = v.parse().unwrap_or(0),
                 "offline" => st.offline = v == "yes",
                 "open_conflicts" => st.open_conflicts = v.parse().unwrap_or(0),
+                "cache_used" => st.cache_used = v.parse().unwrap_or(0),
+                "cache_budget" => st.cache_budget = v.parse().unwrap_or(0),
+                "downloaded" => st.downloaded = v.parse().unwrap_or(0),
                 "last_error" => st.last_error = Some(v.to_string()),
                 _ => {}
             }
@@ -195,6 +206,12 @@ impl Control {
             .filter(|c| c.resolved_ms.is_none())
             .count() as u64;
         Ok(Status {
+            cache_used: self.vfs.cached_bytes(),
+            cache_budget: self.vfs.cache_budget(),
+            downloaded: store
+                .health
+                .downloaded
+                .load(std::sync::atomic::Ordering::Relaxed),
             offline: store.health.is_offline(),
             open_conflicts,
             pid: std::process::id(),
@@ -256,6 +273,7 @@ impl Control {
         let root = ino == EntryId::ROOT;
         match name {
             STATE => Ok(self.vfs.sync_state(ino)?.as_str().as_bytes().to_vec()),
+            CACHE => Ok(self.vfs.cache_state(ino)?.as_bytes().to_vec()),
             STATUS if root => Ok(self.status()?.encode().into_bytes()),
             OFFLINE if root => Ok(if self.vfs.store().health.is_offline() {
                 b"1".to_vec()
@@ -344,7 +362,7 @@ impl Control {
 
     pub fn listxattr(&self, ino: EntryId) -> VfsResult<Vec<u8>> {
         self.vfs.getattr(ino)?;
-        let mut names = vec![STATE];
+        let mut names = vec![STATE, CACHE];
         if ino == EntryId::ROOT {
             names.extend([STATUS, OFFLINE, CONFLICTS]);
         }
@@ -416,6 +434,9 @@ mod tests {
             last_error: Some("remote unavailable: connection\nrefused".into()),
             offline: true,
             open_conflicts: 3,
+            cache_used: 5,
+            cache_budget: 6,
+            downloaded: 7,
         };
         let back = Status::decode(&s.encode());
         assert_eq!(

@@ -32,6 +32,25 @@ pub struct MountConfig {
     pub fuse_threads: usize,
     pub poll_interval: Option<Duration>,
     pub policy: ConflictPolicy,
+    /// Bytes of fetched data to keep; capped by the disk's free space at mount.
+    pub cache_size: u64,
+}
+
+/// Space always left free on the state dir's disk: the larger of 1 GiB and 5% of the disk.
+/// The budget never goes below 4 MiB, so that a read can always make progress.
+fn cache_budget(cache: &FileCache, wanted: u64) -> anyhow::Result<u64> {
+    let (total, avail, _) = cache.disk_space()?;
+    let margin = (1u64 << 30).max(total / 20);
+    let room = avail.saturating_sub(margin);
+    let budget = wanted.min(room).max(4 << 20);
+    if budget < wanted {
+        tracing::warn!(
+            wanted,
+            budget,
+            "cache size capped by the free space of the state dir's disk"
+        );
+    }
+    Ok(budget)
 }
 
 /// Reports readiness (or the reason for failing) to the `stratus mount` that started us.
@@ -215,7 +234,8 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
             write_back: cfg.write_back,
             default_uid: uid,
             default_gid: gid,
-            fetch_timeout: Duration::from_secs(300),
+            fetch_timeout: Duration::from_secs(120),
+            cache_budget: cache_budget(&cache, cfg.cache_size)?,
         },
     ));
     let held = vfs.recover()?;

@@ -372,6 +372,17 @@ impl Remote {
         dispatch!(self, r => r.head(key, dir).await)
     }
 
+    /// Bytes `range` of the object, only if it is still the version with ETag `if_match`
+    /// (another version answers `Conflict`), so one read never mixes two versions.
+    pub async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+        if_match: Option<&str>,
+    ) -> RemoteResult<bytes::Bytes> {
+        dispatch!(self, r => r.get_range(key, range, if_match).await)
+    }
+
     /// Downloads the whole object to `dest`, returning its size.
     pub async fn download(&self, key: &str, dest: &Path) -> RemoteResult<u64> {
         dispatch!(self, r => r.download(key, dest).await)

@@ -300,6 +300,8 @@ pub struct Health {
     /// that started after it was called.
     pub polls_started: std::sync::atomic::AtomicU64,
     pub polls: std::sync::atomic::AtomicU64,
+    /// Bytes of file data fetched from the remote since the mount started.
+    pub downloaded: std::sync::atomic::AtomicU64,
 }
 
 impl Health {
@@ -705,12 +707,55 @@ impl Db<'_> {
         Ok(())
     }
 
+    /// Whether the data file holds the whole content. Either way the block list goes: a
+    /// complete file needs none, and `false` means the data file is no longer valid.
     pub fn set_local(&self, id: EntryId, local: bool) -> StoreResult<()> {
         self.conn.execute(
             "UPDATE entries SET local = ?2 WHERE id = ?1",
             params![id.0 as i64, local],
         )?;
+        self.conn
+            .execute("DELETE FROM blocks WHERE entry_id = ?1", [id.0 as i64])?;
         Ok(())
+    }
+
+    /// Blocks of a partly fetched file that its data file holds.
+    pub fn blocks_of(&self, id: EntryId) -> StoreResult<Vec<u64>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT idx FROM blocks WHERE entry_id = ?1")?;
+        let rows = st.query_map([id.0 as i64], |r| Ok(r.get::<_, i64>(0)? as u64))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn add_blocks(&self, id: EntryId, idx: &[u64]) -> StoreResult<()> {
+        let mut st = self
+            .conn
+            .prepare_cached("INSERT OR IGNORE INTO blocks(entry_id, idx) VALUES (?1, ?2)")?;
+        for i in idx {
+            st.execute(params![id.0 as i64, *i as i64])?;
+        }
+        Ok(())
+    }
+
+    pub fn drop_block(&self, id: EntryId, idx: u64) -> StoreResult<()> {
+        self.conn.execute(
+            "DELETE FROM blocks WHERE entry_id = ?1 AND idx = ?2",
+            params![id.0 as i64, idx as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Every cached block, for rebuilding the eviction order at start.
+    pub fn all_blocks(&self) -> StoreResult<Vec<(EntryId, u64)>> {
+        let mut st = self.conn.prepare("SELECT entry_id, idx FROM blocks")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                EntryId(r.get::<_, i64>(0)? as u64),
+                r.get::<_, i64>(1)? as u64,
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn set_synced(&self, id: EntryId, synced: &Synced) -> StoreResult<()> {
@@ -725,6 +770,8 @@ impl Db<'_> {
     pub fn delete_entry(&self, id: EntryId) -> StoreResult<()> {
         self.conn
             .execute("DELETE FROM entries WHERE id = ?1", [id.0 as i64])?;
+        self.conn
+            .execute("DELETE FROM blocks WHERE entry_id = ?1", [id.0 as i64])?;
         self.conn
             .execute("DELETE FROM journal WHERE entry_id = ?1", [id.0 as i64])?;
         Ok(())

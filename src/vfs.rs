@@ -20,8 +20,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use error::{VfsError, VfsResult};
 
-use crate::cache::FileCache;
+use futures::StreamExt;
+
+use crate::cache::{FileCache, BLOCK_SIZE};
 use crate::remote::Remote;
+use crate::remote::RemoteError;
 use crate::store::{
     dirty, now_ms, now_ns, Db, Entry, EntryId, Invalidation, Keep, Kind, NewEntry, Store, Synced,
 };
@@ -33,8 +36,10 @@ pub struct VfsConfig {
     /// Owner of remote objects that carry no owner metadata.
     pub default_uid: u32,
     pub default_gid: u32,
-    /// Longest wait for a whole-file fetch before the open fails with EIO.
+    /// Longest wait for one batch of block fetches before the read fails with EIO.
     pub fetch_timeout: Duration,
+    /// Bytes of fetched (clean) blocks kept on disk before the least recently used go.
+    pub cache_budget: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -107,6 +112,8 @@ struct Handle {
     id: EntryId,
     file: Option<File>,
     writable: bool,
+    /// Where the previous read ended: a read starting there is sequential.
+    last_end: AtomicU64,
     /// Directory listing taken at the first readdir, so that paging is stable.
     listing: Mutex<Option<Arc<Vec<DirEntry>>>>,
 }
@@ -135,7 +142,17 @@ pub struct Vfs {
     live: Mutex<HashMap<EntryId, Live>>,
     fetching: Mutex<HashMap<EntryId, Arc<Mutex<()>>>>,
     notices: Mutex<Option<std::sync::mpsc::Sender<Invalidation>>>,
+    /// Blocks present per partly cached file, loaded on first use.
+    present: Mutex<HashMap<EntryId, std::collections::HashSet<u64>>>,
+    /// Eviction order of cached blocks; `cached` counts their bytes.
+    lru: Mutex<lru::LruCache<(EntryId, u64), ()>>,
+    cached: AtomicU64,
 }
+
+/// Blocks fetched ahead of a sequential reader.
+const READ_AHEAD_BLOCKS: usize = 16;
+/// Ranged GETs in flight at once for one file.
+const FETCHES_IN_FLIGHT: usize = 8;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -175,6 +192,9 @@ impl Vfs {
             live: Mutex::new(HashMap::new()),
             fetching: Mutex::new(HashMap::new()),
             notices: Mutex::new(None),
+            present: Mutex::new(HashMap::new()),
+            lru: Mutex::new(lru::LruCache::unbounded()),
+            cached: AtomicU64::new(0),
         }
     }
 
@@ -312,7 +332,7 @@ impl Vfs {
                     self.store.write(|db| db.set_local(e.id, true))?;
                     e.local = true;
                 } else {
-                    self.fetch(&e)?;
+                    self.fill(&e)?;
                     e.local = true;
                 }
             }
@@ -521,6 +541,7 @@ impl Vfs {
                 id,
                 file,
                 writable,
+                last_end: AtomicU64::new(u64::MAX),
                 listing: Mutex::new(None),
             }),
         );
@@ -534,11 +555,9 @@ impl Vfs {
             .ok_or(VfsError::BadHandle)
     }
 
-    /// Downloads the whole object into the entry's data file (this stand-in for the
-    /// block cache: ranged reads come with it).
-    fn fetch(&self, e: &Entry) -> VfsResult<()> {
-        let gate = lock(&self.fetching).entry(e.id).or_default().clone();
-        let _g = lock(&gate);
+    /// Fetches every block of `e` the data file lacks and marks the file complete: a file
+    /// about to be written must be whole, since what is uploaded is the whole file.
+    fn fill(&self, e: &Entry) -> VfsResult<()> {
         let fresh = self
             .store
             .read(|db| db.get(e.id))?
@@ -546,45 +565,189 @@ impl Vfs {
         if fresh.local {
             return Ok(());
         }
-        let key = fresh.synced.key.clone().ok_or_else(|| {
+        let blocks = fresh.size.div_ceil(BLOCK_SIZE);
+        if blocks > 0 {
+            self.ensure_blocks(&fresh, 0, blocks - 1, false)?;
+        } else {
+            self.cache.create_empty(e.id)?;
+        }
+        self.w(|db| Ok(db.set_local(e.id, true)?))?;
+        self.forget_blocks(e.id);
+        Ok(())
+    }
+
+    /// Drops the in-memory block list of `id` (its blocks are no longer evictable: the file
+    /// became complete, or it is gone).
+    fn forget_blocks(&self, id: EntryId) {
+        if let Some(set) = lock(&self.present).remove(&id) {
+            let mut lru = lock(&self.lru);
+            for idx in set {
+                if lru.pop(&(id, idx)).is_some() {
+                    self.cached.fetch_sub(BLOCK_SIZE, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Makes blocks `first..=last` of a partly cached file present, fetching what is missing
+    /// by ranged GETs pinned to the version the entry records (`If-Match`), several in flight.
+    /// A `sequential` reader also gets the next blocks ahead.
+    fn ensure_blocks(&self, e: &Entry, first: u64, last: u64, sequential: bool) -> VfsResult<()> {
+        let nblocks = e.size.div_ceil(BLOCK_SIZE);
+        let last = last.min(nblocks.saturating_sub(1));
+        if nblocks == 0 || first > last {
+            return Ok(());
+        }
+        let gate = lock(&self.fetching).entry(e.id).or_default().clone();
+        let _g = lock(&gate);
+        let want: Vec<u64> = {
+            let mut present = lock(&self.present);
+            let set = match present.get(&e.id) {
+                Some(s) => s,
+                None => {
+                    let loaded: std::collections::HashSet<u64> = self
+                        .store
+                        .read(|db| db.blocks_of(e.id))?
+                        .into_iter()
+                        .collect();
+                    present.entry(e.id).or_insert(loaded)
+                }
+            };
+            let mut want: Vec<u64> = (first..=last).filter(|i| !set.contains(i)).collect();
+            if sequential && !want.is_empty() {
+                let ahead = (last + 1..nblocks)
+                    .filter(|i| !set.contains(i))
+                    .take(READ_AHEAD_BLOCKS);
+                want.extend(ahead);
+            }
+            let mut lru = lock(&self.lru);
+            for i in first..=last {
+                if set.contains(&i) {
+                    lru.get(&(e.id, i));
+                }
+            }
+            want
+        };
+        if want.is_empty() {
+            return Ok(());
+        }
+        let key = e.synced.key.clone().ok_or_else(|| {
             VfsError::Invalid("entry has neither local data nor a remote copy".into())
         })?;
         if self.store.health.is_offline() {
-            tracing::warn!(%key, "offline: this file's data is not cached here");
-            return Err(VfsError::Remote(crate::remote::RemoteError::unavailable(
-                "offline",
-            )));
+            tracing::warn!(%key, "offline: this part of the file is not cached here");
+            return Err(VfsError::Remote(RemoteError::unavailable("offline")));
         }
-        let tmp = self.cache.temp_path(e.id);
-        tracing::debug!(%key, "fetching whole object");
-        let r = self.rt.block_on(async {
-            tokio::time::timeout(self.cfg.fetch_timeout, self.remote.download(&key, &tmp)).await
+        self.make_room(want.len() as u64 * BLOCK_SIZE, e.id, &want);
+        self.cache.ensure_sparse(e.id, e.size)?;
+        let etag = e.synced.etag.clone();
+        let size = e.size;
+        tracing::debug!(%key, blocks = want.len(), first = want[0], "fetching blocks");
+        let fetched = self.rt.block_on(async {
+            let gets = futures::stream::iter(want.iter().copied())
+                .map(|i| {
+                    let (key, etag) = (&key, &etag);
+                    async move {
+                        let range = i * BLOCK_SIZE..((i + 1) * BLOCK_SIZE).min(size);
+                        self.remote
+                            .get_range(key, range, etag.as_deref())
+                            .await
+                            .map(|b| (i, b))
+                    }
+                })
+                .buffer_unordered(FETCHES_IN_FLIGHT)
+                .collect::<Vec<_>>();
+            tokio::time::timeout(self.cfg.fetch_timeout, gets).await
         });
-        let n = match r {
-            Ok(Ok(n)) => n,
-            Ok(Err(err)) => {
-                let _ = std::fs::remove_file(&tmp);
-                tracing::warn!(%key, %err, "fetch failed");
-                return Err(VfsError::Remote(err));
-            }
-            Err(_) => {
-                let _ = std::fs::remove_file(&tmp);
-                tracing::warn!(%key, "fetch timed out");
-                return Err(VfsError::Remote(crate::remote::RemoteError::unavailable(
-                    "fetch timed out",
-                )));
-            }
-        };
-        self.cache.commit_temp(e.id)?;
-        self.w(|db| {
-            db.set_local(e.id, true)?;
-            if n != fresh.size {
-                db.set_size_mtime(e.id, n, fresh.mtime_ns)?;
-            }
-            Ok(())
+        let results = fetched.map_err(|_| {
+            tracing::warn!(%key, "block fetch timed out");
+            VfsError::Remote(RemoteError::unavailable("fetch timed out"))
         })?;
-        lock(&self.fetching).remove(&e.id);
-        Ok(())
+        let f = self.cache.open_file(e.id, false)?;
+        let mut got = Vec::with_capacity(results.len());
+        let mut failure = None;
+        for r in results {
+            match r {
+                Ok((i, bytes)) => {
+                    f.write_all_at(&bytes, i * BLOCK_SIZE)?;
+                    self.store
+                        .health
+                        .downloaded
+                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    got.push(i);
+                }
+                Err(err) => failure = Some(err),
+            }
+        }
+        self.store.write(|db| db.add_blocks(e.id, &got))?;
+        {
+            let mut present = lock(&self.present);
+            let set = present.entry(e.id).or_default();
+            let mut lru = lock(&self.lru);
+            for i in &got {
+                if set.insert(*i) {
+                    lru.put((e.id, *i), ());
+                    self.cached.fetch_add(BLOCK_SIZE, Ordering::Relaxed);
+                }
+            }
+        }
+        match failure {
+            None => Ok(()),
+            Some(RemoteError::Conflict(_)) => {
+                tracing::warn!(%key, "the object changed since this file was opened; reopen it for the new version");
+                Err(VfsError::Remote(RemoteError::Conflict(key)))
+            }
+            Some(err) => {
+                tracing::warn!(%key, %err, "block fetch failed");
+                Err(VfsError::Remote(err))
+            }
+        }
+    }
+
+    /// Evicts least recently used blocks until `need` more bytes fit the budget. Blocks of
+    /// `for_id` listed in `keep` are the ones being fetched and are not candidates.
+    fn make_room(&self, need: u64, for_id: EntryId, keep: &[u64]) {
+        let budget = self.cfg.cache_budget;
+        while self.cached.load(Ordering::Relaxed) + need > budget {
+            let Some(((id, idx), ())) = lock(&self.lru).pop_lru() else {
+                break;
+            };
+            if id == for_id && keep.contains(&idx) {
+                continue;
+            }
+            let _ = self.cache.punch_hole(id, idx * BLOCK_SIZE, BLOCK_SIZE);
+            let _ = self.store.write(|db| db.drop_block(id, idx));
+            if let Some(set) = lock(&self.present).get_mut(&id) {
+                set.remove(&idx);
+            }
+            self.cached.fetch_sub(BLOCK_SIZE, Ordering::Relaxed);
+        }
+    }
+
+    /// `none`, `partial` or `full`: how much of a file's data is on this machine.
+    pub fn cache_state(&self, ino: EntryId) -> VfsResult<&'static str> {
+        let e = self
+            .store
+            .read(|db| db.get(ino))?
+            .ok_or(VfsError::NotFound)?;
+        if e.kind != Kind::File || e.local {
+            return Ok("full");
+        }
+        let n = self.store.read(|db| db.blocks_of(ino))?.len() as u64;
+        Ok(match n {
+            0 => "none",
+            n if n >= e.size.div_ceil(BLOCK_SIZE) => "full",
+            _ => "partial",
+        })
+    }
+
+    pub fn cache_budget(&self) -> u64 {
+        self.cfg.cache_budget
+    }
+
+    /// Bytes of cached blocks, as the eviction budget counts them.
+    pub fn cached_bytes(&self) -> u64 {
+        self.cached.load(Ordering::Relaxed)
     }
 
     /// Opens a file; `truncate` is O_TRUNC, which empties the file as part of the open.
@@ -606,8 +769,11 @@ impl Vfs {
                     ..Default::default()
                 },
             )?;
+        } else if !e.local && writable {
+            self.fill(&e)?;
         } else if !e.local {
-            self.fetch(&e)?;
+            // Read-only: blocks come in as they are read.
+            self.cache.ensure_sparse(e.id, e.size)?;
         }
         let file = if writable {
             self.cache.open_file(e.id, false)?
@@ -615,7 +781,11 @@ impl Vfs {
             File::open(self.cache.path(e.id))?
         };
         let mut live = lock(&self.live);
-        let size = self.cache.len(e.id)?.unwrap_or(e.size);
+        let size = if e.local {
+            self.cache.len(e.id)?.unwrap_or(e.size)
+        } else {
+            e.size
+        };
         let l = live.entry(e.id).or_insert(Live {
             open: 0,
             writers: 0,
@@ -647,6 +817,17 @@ impl Vfs {
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> VfsResult<Vec<u8>> {
         let h = self.handle(fh)?;
         let f = h.file.as_ref().ok_or(VfsError::IsDir)?;
+        if !h.writable {
+            let e = self
+                .store
+                .read(|db| db.get(h.id))?
+                .ok_or(VfsError::NotFound)?;
+            if !e.local && size > 0 && offset < e.size {
+                let sequential = h.last_end.swap(offset + size as u64, Ordering::Relaxed) == offset;
+                let last = (offset + size as u64 - 1) / BLOCK_SIZE;
+                self.ensure_blocks(&e, offset / BLOCK_SIZE, last, sequential)?;
+            }
+        }
         let mut buf = vec![0u8; size as usize];
         let mut n = 0;
         while n < buf.len() {
@@ -743,6 +924,9 @@ impl Vfs {
         }
         if l.open == 0 {
             let l = live.remove(&h.id).expect("present");
+            // Reloaded from the database on the next open: while nothing is open the poller
+            // may replace the data under this entry.
+            lock(&self.present).remove(&h.id);
             if l.unlinked {
                 self.store.write(|db| db.delete_entry(h.id))?;
                 self.cache.remove(h.id)?;
@@ -1091,6 +1275,14 @@ impl Vfs {
         for id in &orphans {
             self.store.write(|db| db.delete_entry(*id))?;
             self.cache.remove(*id)?;
+        }
+        {
+            let blocks = self.store.read(|db| db.all_blocks())?;
+            let mut lru = lock(&self.lru);
+            for b in blocks {
+                lru.put(b, ());
+                self.cached.fetch_add(BLOCK_SIZE, Ordering::Relaxed);
+            }
         }
         let held = self.store.write(|db| db.release_held(now_ms()))?;
         for id in &held {

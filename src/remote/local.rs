@@ -180,6 +180,29 @@ impl LocalRemote {
         .await
     }
 
+    pub async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+        if_match: Option<&str>,
+    ) -> RemoteResult<bytes::Bytes> {
+        let src = self.path(key);
+        let if_match = if_match.map(str::to_string);
+        blocking(move || {
+            let f = fs::File::open(&src).map_err(|e| io_err(&src, e))?;
+            let m = f.metadata().map_err(|e| io_err(&src, e))?;
+            if if_match.as_ref().is_some_and(|want| etag_of(&m) != *want) {
+                return Err(RemoteError::Conflict(src.display().to_string()));
+            }
+            let end = range.end.min(m.size());
+            let mut buf = vec![0u8; end.saturating_sub(range.start) as usize];
+            std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, range.start)
+                .map_err(|e| io_err(&src, e))?;
+            Ok(bytes::Bytes::from(buf))
+        })
+        .await
+    }
+
     pub async fn download(&self, key: &str, dest: &Path) -> RemoteResult<u64> {
         let src = self.path(key);
         let dest = dest.to_path_buf();

@@ -393,6 +393,26 @@ impl ObjectRemote {
         }
     }
 
+    pub async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+        if_match: Option<&str>,
+    ) -> RemoteResult<bytes::Bytes> {
+        let opts = GetOptions {
+            // Bounded ranges only: Azure refuses suffix ranges inside object_store.
+            range: Some(object_store::GetRange::Bounded(range)),
+            if_match: if_match.map(str::to_string),
+            ..Default::default()
+        };
+        let r = self
+            .store
+            .get_opts(&self.path(key)?, opts)
+            .await
+            .map_err(map_err)?;
+        r.bytes().await.map_err(map_err)
+    }
+
     pub async fn download(&self, key: &str, dest: &std::path::Path) -> RemoteResult<u64> {
         let r = self.store.get(&self.path(key)?).await.map_err(map_err)?;
         let mut f = tokio::fs::File::create(dest).await?;

@@ -66,6 +66,12 @@ const MIGRATIONS: &[&str] = &[
         resolution TEXT
      );
      CREATE INDEX conflicts_open ON conflicts(entry_id) WHERE resolved_ms IS NULL;",
+    // 3: the block cache: which blocks of a partly fetched file are in its data file.
+    "CREATE TABLE blocks (
+        entry_id INTEGER NOT NULL,
+        idx INTEGER NOT NULL,
+        PRIMARY KEY (entry_id, idx)
+     ) WITHOUT ROWID;",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

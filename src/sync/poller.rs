@@ -327,6 +327,8 @@ impl Uploader {
             cur.target = r.meta.symlink.clone().map(String::into_bytes);
             cur.local = want_kind != Kind::File;
             db.update(&cur)?;
+            // The cached data (whole or in blocks) is the old version's.
+            db.set_local(e.id, cur.local)?;
             db.set_synced(
                 e.id,
                 &Synced {

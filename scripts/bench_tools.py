@@ -1,0 +1,404 @@
+#!/usr/bin/env python3
+"""Helpers for scripts/bench.sh (one process per call, never one per file).
+
+    bench_tools.py freeport
+        prints a free TCP port on 127.0.0.1
+    bench_tools.py wait-http URL [--timeout S]
+        waits until URL answers (any HTTP status), for a server starting up
+    bench_tools.py smallfiles DIR N [--size BYTES]
+        creates N files of BYTES bytes in DIR (os.open/write/close), stats each, unlinks each;
+        prints "CREATE_OPS STAT_OPS UNLINK_OPS" (operations per second of each phase)
+    bench_tools.py s3-count ENDPOINT BUCKET PREFIX
+        prints how many keys under PREFIX the S3 server lists (ListObjectsV2, all pages)
+    bench_tools.py s3-wait ENDPOINT BUCKET PREFIX --since EPOCH (--count N | --empty |
+                   --key KEY --size BYTES) [--timeout S] [--interval S]
+        polls the listing until at least N keys are under PREFIX (or none, or KEY has BYTES
+        bytes), then prints the seconds elapsed since EPOCH; exit 1 on timeout
+    bench_tools.py report --results TSV --meta FILE --out FILE
+        writes the markdown section of docs/benchmarks.md and prints its tables
+
+The S3 helpers send unsigned requests: they are meant for moto on 127.0.0.1 only, which
+accepts them. Proxies from the environment are ignored.
+"""
+import argparse
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import xml.etree.ElementTree as ET
+
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def freeport(_args):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    print(s.getsockname()[1])
+    s.close()
+
+
+def wait_http(args):
+    deadline = time.monotonic() + args.timeout
+    while True:
+        try:
+            NO_PROXY.open(args.url, timeout=2).read()
+            return
+        except urllib.error.HTTPError:
+            return  # it answered
+        except Exception as e:  # noqa: BLE001  (connection refused while starting)
+            if time.monotonic() > deadline:
+                sys.exit(f"bench_tools: {args.url} did not answer within {args.timeout}s: {e}")
+            time.sleep(0.1)
+
+
+def smallfiles(args):
+    d, n = args.dir, args.n
+    os.makedirs(d, exist_ok=True)
+    data = b"x" * args.size
+    names = [os.path.join(d, f"f{i:06d}") for i in range(n)]
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY
+    t0 = time.perf_counter()
+    for p in names:
+        fd = os.open(p, flags, 0o644)
+        if data:
+            os.write(fd, data)
+        os.close(fd)
+    t1 = time.perf_counter()
+    for p in names:
+        st = os.stat(p)
+        if st.st_size != args.size:
+            sys.exit(f"bench_tools: {p} has size {st.st_size}, expected {args.size}")
+    t2 = time.perf_counter()
+    for p in names:
+        os.unlink(p)
+    t3 = time.perf_counter()
+    left = os.listdir(d)
+    if left:
+        sys.exit(f"bench_tools: {len(left)} entries left in {d} after unlinking all")
+    os.rmdir(d)
+    print(f"{n / (t1 - t0):.1f} {n / (t2 - t1):.1f} {n / (t3 - t2):.1f}")
+
+
+def s3_list(endpoint, bucket, prefix):
+    """Yields (key, size) of every object under prefix."""
+    token = None
+    ns = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+    while True:
+        q = {"list-type": "2", "prefix": prefix, "max-keys": "1000"}
+        if token:
+            q["continuation-token"] = token
+        url = f"{endpoint.rstrip('/')}/{bucket}?{urllib.parse.urlencode(q)}"
+        body = NO_PROXY.open(url, timeout=60).read()
+        root = ET.fromstring(body)
+        for c in root.iter(ns + "Contents"):
+            yield c.findtext(ns + "Key"), int(c.findtext(ns + "Size") or 0)
+        if root.findtext(ns + "IsTruncated") != "true":
+            return
+        token = root.findtext(ns + "NextContinuationToken")
+        if not token:
+            return
+
+
+def s3_count(args):
+    print(sum(1 for _ in s3_list(args.endpoint, args.bucket, args.prefix)))
+
+
+def s3_wait(args):
+    deadline = time.monotonic() + args.timeout
+    last = None
+    while True:
+        try:
+            objs = dict(s3_list(args.endpoint, args.bucket, args.prefix))
+            if args.key is not None:
+                last = f"{args.key}: {objs.get(args.key, 'absent')} bytes"
+                done = objs.get(args.key) == args.size
+            elif args.empty:
+                last = f"{len(objs)} keys"
+                done = not objs
+            else:
+                last = f"{len(objs)} keys of {args.count}"
+                done = len(objs) >= args.count
+        except Exception as e:  # noqa: BLE001  (moto busy: keep polling)
+            last, done = f"listing failed: {e}", False
+        if done:
+            print(f"{time.time() - args.since:.3f}")
+            return
+        if time.monotonic() > deadline:
+            sys.exit(f"bench_tools: s3-wait timed out after {args.timeout}s ({last})")
+        time.sleep(args.interval)
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+TARGETS = [
+    ("local", "local disk"),
+    ("bindfs", "bindfs"),
+    ("stratus-local", "stratus (local folder)"),
+    ("stratus-s3", "stratus (moto S3)"),
+    ("rclone", "rclone (moto S3)"),
+]
+STRATUS = ["stratus-local", "stratus-s3"]
+BASELINES = ["local", "bindfs", "rclone"]
+METADATA = ["extract", "ls-lR", "du", "create", "stat", "unlink"]
+
+
+def run(cmd):
+    try:
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=30).stdout.strip()
+    except Exception:  # noqa: BLE001
+        return ""
+
+
+def machine_info(workdir):
+    mem = run("awk '/MemTotal/ {printf \"%.1f GiB\", $2/1048576}' /proc/meminfo")
+    cpu = run("lscpu | sed -n 's/^Model name: *//p' | head -1")
+    df = run(f"df -PT {workdir} | tail -1").split()
+    dev, fstype = (df[0], df[1]) if len(df) > 1 else ("?", "?")
+    disk = ""
+    base = os.path.basename(dev)
+    lsblk = run(f"lsblk -dno SIZE,ROTA,MODEL {dev} 2>/dev/null")
+    if lsblk:
+        parts = lsblk.split(None, 2)
+        kind = "rotational" if len(parts) > 1 and parts[1] == "1" else "non-rotational"
+        disk = f"{parts[0]} {kind}{' ' + parts[2] if len(parts) > 2 else ''}"
+    sched = run(f"cat /sys/block/{base}/queue/scheduler 2>/dev/null")
+    virt = run("systemd-detect-virt 2>/dev/null")
+    return {
+        "nproc": run("nproc"),
+        "cpu": cpu or platform.processor(),
+        "ram": mem,
+        "kernel": f"{platform.system()} {platform.release()}",
+        "os": run(". /etc/os-release && echo \"$PRETTY_NAME\""),
+        "disk": f"{dev} ({fstype}{', ' + disk if disk else ''}{', scheduler ' + sched if sched else ''})",
+        "virt": virt,
+    }
+
+
+def fmt_value(v, unit):
+    if v is None:
+        return "–"
+    if isinstance(v, str):
+        return v
+    if unit == "s":
+        return f"{v:.2f} s" if v < 100 else f"{v:.0f} s"
+    if v >= 1000:
+        return f"{v:,.0f} {unit}"
+    if v >= 100:
+        return f"{v:.0f} {unit}"
+    return f"{v:.1f} {unit}"
+
+
+def ratio(results, w, s, b, better):
+    vs, vb = results.get((s, w)), results.get((b, w))
+    if not isinstance(vs, float) or not isinstance(vb, float) or vs <= 0 or vb <= 0:
+        return None
+    return vs / vb if better == "higher" else vb / vs
+
+
+def fmt_ratio(r):
+    if r is None:
+        return "–"
+    return f"{r:.2f}x" if r < 10 else f"{r:.1f}x" if r < 100 else f"{r:.0f}x"
+
+
+def md_table(header, rows, align):
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def report(args):
+    meta = {"workloads": [], "notes": [], "versions": {}}
+    with open(args.meta) as f:  # KEY<TAB>VALUE lines; workload and note repeat
+        for line in f:
+            key, _, value = line.rstrip("\n").partition("\t")
+            if key in ("workload", "note"):
+                meta[key + "s"].append(value)
+            elif key.startswith("v_"):
+                meta["versions"][key[2:]] = value
+            else:
+                meta[key] = value
+    meta["quick"] = meta.get("quick") == "1"
+    meta["targets"] = meta.get("targets", "").split()
+    results, labels, units, better = {}, {}, {}, {}
+    order = []
+    with open(args.results) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if not line:
+                continue
+            target, w, label, value, unit, b = line.split("\t")
+            if w not in labels:
+                order.append(w)
+            labels[w], units[w], better[w] = label, unit, b
+            try:
+                results[(target, w)] = float(value)
+            except ValueError:
+                results[(target, w)] = value
+    ran = [t for t, _ in TARGETS if t in meta["targets"]]
+    names = dict(TARGETS)
+    m = meta.get("machine") or machine_info(meta["workdir"])
+
+    # figures
+    rows = []
+    for w in order:
+        rows.append([labels[w]] + [fmt_value(results.get((t, w)), units[w]) for t in ran])
+    figures = md_table(["workload"] + [names[t] for t in ran], rows, ["---"] + ["---:"] * len(ran))
+
+    # ratios
+    pairs = [(s, b) for s in STRATUS if s in ran for b in BASELINES if b in ran]
+    rows = []
+    for w in order:
+        if not any(isinstance(results.get((s, w)), float) for s in STRATUS):
+            continue
+        rows.append([labels[w]] + [fmt_ratio(ratio(results, w, s, b, better[w])) for s, b in pairs])
+    short = {"stratus-local": "stratus-local", "stratus-s3": "stratus-S3", "local": "local disk",
+             "bindfs": "bindfs", "rclone": "rclone"}
+    ratios = md_table(["workload"] + [f"{short[s]} vs {short[b]}" for s, b in pairs], rows,
+                      ["---"] + ["---:"] * len(pairs))
+
+    # targets of issue 5
+    goals = []
+    for w in METADATA:
+        goals.append(("metadata-heavy: at least as fast as bindfs", w, "bindfs", 1.0))
+    for w in METADATA:
+        goals.append(("metadata-heavy: at least 3x faster than rclone", w, "rclone", 3.0))
+    goals.append(("sequential read of a cached file (page cache dropped) ≥ 0.5x local disk", "seqread", "local", 0.5))
+    goals.append(("sequential write with a final fsync ≥ 0.7x local disk", "seqwrite", "local", 0.7))
+    goals.append(("queue drain after the extract at least as fast as rclone", "drain", "rclone", 1.0))
+    rows = []
+    met = missed = 0
+    for text, w, b, need in goals:
+        if w not in labels:
+            continue
+        cells, verdicts = [], []
+        for s in STRATUS:
+            if s not in ran:
+                continue
+            r = ratio(results, w, s, b, better[w])
+            if r is None:
+                cells.append("–")
+                verdicts.append(None)
+            else:
+                ok = r >= need
+                cells.append(f"{fmt_ratio(r)} {'✓' if ok else '✗'}")
+                verdicts.append(ok)
+        if not verdicts or any(v is None for v in verdicts):
+            verdict = "not measured"
+        elif all(verdicts):
+            verdict, met = "**met**", met + 1
+        else:
+            verdict, missed = "**missed**", missed + 1
+        rows.append([text, labels[w], f"≥ {need:g}x"] + cells + [verdict])
+    targets = md_table(["target", "workload", "needed"] + [f"{short[s]}" for s in STRATUS if s in ran]
+                       + ["result"], rows, ["---", "---", "---:"] + ["---:"] * sum(s in ran for s in STRATUS) + ["---"])
+
+    v = meta["versions"]
+    lines = [
+        f"# Benchmarks{' (quick run)' if meta['quick'] else ''}",
+        "",
+        f"Produced by `{meta['command']}` on {meta['date']}, in one invocation: the same workloads, "
+        "one target after the other, each target mounted fresh and unmounted after its run.",
+        "",
+        "## Machine and versions",
+        "",
+        f"- machine: {m['nproc']} cores ({m['cpu']}), {m['ram']} RAM, {m['os']}, kernel {m['kernel']}"
+        f"{', virtualization ' + m['virt'] if m.get('virt') and m['virt'] != 'none' else ''}",
+        f"- disk holding every target's data, caches and remotes: {m['disk']}",
+        f"- stratus {v['stratus']}",
+        f"- {v['rclone']}, bindfs {v['bindfs']}, {v['fio']}, moto {v['moto']} (through `scripts/moto_server.py`), "
+        f"Python {v['python']}, {v['tar']}",
+        "",
+        "## Workloads",
+        "",
+    ]
+    lines += [f"- {x}" for x in meta["workloads"]]
+    lines += [
+        "",
+        "## Results",
+        "",
+        "Figures (s = seconds, lower is better; MiB/s, ops/s and IOPS, higher is better):",
+        "",
+        figures,
+        "",
+        "Ratios of each stratus figure against each baseline. **A ratio above 1 means stratus is "
+        "better** (faster): for times it is the baseline's time divided by stratus's, for rates "
+        "stratus's rate divided by the baseline's.",
+        "",
+        ratios,
+        "",
+        "## Targets (issue 5)",
+        "",
+        "Each target is checked for both stratus mounts; it is met only when both meet it "
+        f"(✓ met, ✗ missed). {met} met, {missed} missed.",
+        "",
+        targets,
+        "",
+        "## Notes",
+        "",
+    ]
+    lines += [f"- {x}" for x in meta["notes"]]
+    if meta.get("notes_file"):
+        lines += ["", open(meta["notes_file"]).read().rstrip()]
+    text = "\n".join(lines) + "\n"
+    with open(args.out, "w") as f:
+        f.write(text)
+    print()
+    print(figures)
+    print()
+    print(ratios)
+    print()
+    print(targets)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("freeport").set_defaults(fn=freeport)
+    q = sub.add_parser("wait-http")
+    q.add_argument("url")
+    q.add_argument("--timeout", type=float, default=30)
+    q.set_defaults(fn=wait_http)
+    q = sub.add_parser("smallfiles")
+    q.add_argument("dir")
+    q.add_argument("n", type=int)
+    q.add_argument("--size", type=int, default=100)
+    q.set_defaults(fn=smallfiles)
+    q = sub.add_parser("s3-count")
+    q.add_argument("endpoint")
+    q.add_argument("bucket")
+    q.add_argument("prefix")
+    q.set_defaults(fn=s3_count)
+    q = sub.add_parser("s3-wait")
+    q.add_argument("endpoint")
+    q.add_argument("bucket")
+    q.add_argument("prefix")
+    q.add_argument("--since", type=float, required=True)
+    q.add_argument("--count", type=int)
+    q.add_argument("--empty", action="store_true")
+    q.add_argument("--key")
+    q.add_argument("--size", type=int)
+    q.add_argument("--timeout", type=float, default=600)
+    q.add_argument("--interval", type=float, default=0.5)
+    q.set_defaults(fn=s3_wait)
+    q = sub.add_parser("report")
+    q.add_argument("--results", required=True)
+    q.add_argument("--meta", required=True)
+    q.add_argument("--out", required=True)
+    q.set_defaults(fn=report)
+    args = p.parse_args()
+    if args.cmd == "s3-wait" and sum([args.count is not None, args.empty, args.key is not None]) != 1:
+        p.error("s3-wait needs exactly one of --count, --empty, --key")
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()
