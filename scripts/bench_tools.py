@@ -8,8 +8,9 @@
     bench_tools.py smallfiles DIR N [--size BYTES]
         creates N files of BYTES bytes in DIR (os.open/write/close), stats each, unlinks each;
         prints "CREATE_OPS STAT_OPS UNLINK_OPS" (operations per second of each phase)
-    bench_tools.py s3-count ENDPOINT BUCKET PREFIX
-        prints how many keys under PREFIX the S3 server lists (ListObjectsV2, all pages)
+    bench_tools.py s3-count [--files-only] ENDPOINT BUCKET PREFIX
+        prints how many keys under PREFIX the S3 server lists (ListObjectsV2, all pages);
+        --files-only leaves out directory marker keys (ending in /)
     bench_tools.py s3-wait ENDPOINT BUCKET PREFIX --since EPOCH (--count N | --empty |
                    --key KEY --size BYTES) [--timeout S] [--interval S]
         polls the listing until at least N keys are under PREFIX (or none, or KEY has BYTES
@@ -107,7 +108,8 @@ def s3_list(endpoint, bucket, prefix):
 
 
 def s3_count(args):
-    print(sum(1 for _ in s3_list(args.endpoint, args.bucket, args.prefix)))
+    keys = (k for k, _ in s3_list(args.endpoint, args.bucket, args.prefix))
+    print(sum(1 for k in keys if not (args.files_only and k.endswith("/"))))
 
 
 def s3_wait(args):
@@ -147,6 +149,8 @@ TARGETS = [
 ]
 STRATUS = ["stratus-local", "stratus-s3"]
 BASELINES = ["local", "bindfs", "rclone"]
+ORDER = ["extract", "drain", "extract+drain", "ls-lR", "du", "create", "stat", "unlink", "settle",
+         "seqwrite", "drain-big", "seqread", "randread"]
 METADATA = ["extract", "ls-lR", "du", "create", "stat", "unlink"]
 
 
@@ -236,13 +240,16 @@ def report(args):
             if not line:
                 continue
             target, w, label, value, unit, b = line.split("\t")
+            try:
+                results[(target, w)] = float(value)
+            except ValueError:  # "failed"
+                results[(target, w)] = value
+                if w in labels:
+                    continue
             if w not in labels:
                 order.append(w)
             labels[w], units[w], better[w] = label, unit, b
-            try:
-                results[(target, w)] = float(value)
-            except ValueError:
-                results[(target, w)] = value
+    order.sort(key=lambda w: ORDER.index(w) if w in ORDER else len(ORDER))
     ran = [t for t, _ in TARGETS if t in meta["targets"]]
     names = dict(TARGETS)
     m = meta.get("machine") or machine_info(meta["workdir"])
@@ -376,6 +383,7 @@ def main():
     q.add_argument("endpoint")
     q.add_argument("bucket")
     q.add_argument("prefix")
+    q.add_argument("--files-only", action="store_true", help="leave out dir/ marker keys")
     q.set_defaults(fn=s3_count)
     q = sub.add_parser("s3-wait")
     q.add_argument("endpoint")

@@ -147,6 +147,9 @@ pub struct Vfs {
     /// Eviction order of cached blocks; `cached` counts their bytes.
     lru: Mutex<lru::LruCache<(EntryId, u64), ()>>,
     cached: AtomicU64,
+    /// Versions whose fetched data failed the SHA-256 check: refused until the remote
+    /// version changes.
+    corrupt: Mutex<std::collections::HashSet<(EntryId, Option<String>)>>,
 }
 
 /// Blocks fetched ahead of a sequential reader.
@@ -195,6 +198,7 @@ impl Vfs {
             present: Mutex::new(HashMap::new()),
             lru: Mutex::new(lru::LruCache::unbounded()),
             cached: AtomicU64::new(0),
+            corrupt: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -598,6 +602,11 @@ impl Vfs {
         if nblocks == 0 || first > last {
             return Ok(());
         }
+        if lock(&self.corrupt).contains(&(e.id, e.synced.etag.clone())) {
+            return Err(VfsError::Remote(RemoteError::Permanent(
+                "this version failed its checksum".into(),
+            )));
+        }
         let gate = lock(&self.fetching).entry(e.id).or_default().clone();
         let _g = lock(&gate);
         let want: Vec<u64> = {
@@ -691,7 +700,11 @@ impl Vfs {
                 }
             }
         }
+        let complete = lock(&self.present)
+            .get(&e.id)
+            .is_some_and(|set| set.len() as u64 >= nblocks);
         match failure {
+            None if complete => self.verify(e, &key),
             None => Ok(()),
             Some(RemoteError::Conflict(_)) => {
                 tracing::warn!(%key, "the object changed since this file was opened; reopen it for the new version");
@@ -702,6 +715,34 @@ impl Vfs {
                 Err(VfsError::Remote(err))
             }
         }
+    }
+
+    /// Once every block of a file is here and the object carries our SHA-256, the data is
+    /// checked: a mismatch is never served. The blocks go (a later read fetches them again)
+    /// and the read fails with EIO.
+    fn verify(&self, e: &Entry, key: &str) -> VfsResult<()> {
+        let Some(want) = e.synced.hash.as_deref() else {
+            return Ok(());
+        };
+        let got = crate::remote::hash_file(&self.cache.path(e.id))?;
+        if got == want {
+            return Ok(());
+        }
+        tracing::error!(%key, want, got = %got, "fetched data does not match the object's SHA-256; not serving it");
+        self.store.health.record_error(
+            false,
+            &format!("{key}: fetched data does not match its SHA-256"),
+        );
+        lock(&self.corrupt).insert((e.id, e.synced.etag.clone()));
+        self.w(|db| Ok(db.set_local(e.id, false)?))?;
+        self.forget_blocks(e.id);
+        // Punched, not removed: an open handle keeps reading this same file.
+        let _ = self
+            .cache
+            .punch_hole(e.id, 0, e.size.div_ceil(BLOCK_SIZE) * BLOCK_SIZE);
+        Err(VfsError::Remote(RemoteError::Permanent(format!(
+            "{key}: checksum mismatch"
+        ))))
     }
 
     /// Evicts least recently used blocks until `need` more bytes fit the budget. Blocks of
@@ -1190,6 +1231,11 @@ impl Vfs {
             db.get(ino)?.ok_or(VfsError::NotFound)?;
             if db.open_conflict_for(ino)?.is_some() {
                 return Ok(Err(SyncState::Conflict));
+            }
+            if let Some(e) = db.get(ino)? {
+                if lock(&self.corrupt).contains(&(ino, e.synced.etag)) {
+                    return Ok(Err(SyncState::Error));
+                }
             }
             Ok(Ok(db.job_for(ino)?))
         })

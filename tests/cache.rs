@@ -162,3 +162,21 @@ both!(cached_data_survives_a_remount, |env: &Env| {
         "re-read after remount must come from the cache"
     );
 });
+
+both!(corrupt_data_is_never_served, |env: &Env| {
+    use sha2::Digest;
+    let body = data(9, 3 * MIB as usize);
+    let good = hex::encode(sha2::Sha256::digest(&body));
+    let bad = hex::encode(sha2::Sha256::digest(b"something else"));
+    env.put_remote_claiming_hash("good.bin", &body, &good);
+    env.put_remote_claiming_hash("bad.bin", &body, &bad);
+    let m = env.mount();
+    assert!(fs::read(m.path("good.bin")).unwrap() == body);
+    let e = fs::read(m.path("bad.bin")).map(|_| ()).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO));
+    // It stays refused, and says so.
+    assert!(fs::read(m.path("bad.bin")).is_err());
+    assert_eq!(m.state_of("bad.bin"), "error");
+    assert_ne!(cache_attr(&m, "bad.bin"), "full");
+    assert!(m.log_tail().contains("does not match"), "no log line");
+});

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjPath;
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use stratus::remote::s3_raw::S3Raw;
 use stratus::remote::Meta;
 
@@ -267,6 +267,41 @@ impl Env {
             .filter(|(_, o)| o.kind == ObjKind::File)
             .map(|(k, o)| (k, o.data))
             .collect()
+    }
+
+    /// Writes an object that claims a SHA-256 (as stratus metadata) it may not have.
+    pub fn put_remote_claiming_hash(&self, key: &str, data: &[u8], sha256: &str) {
+        match self.backend {
+            Backend::Local => {
+                self.put_remote(key, data);
+                let st = std::process::Command::new("setfattr")
+                    .args(["-n", "user.stratus_sha256", "-v", sha256])
+                    .arg(self.root.join(key))
+                    .status()
+                    .unwrap();
+                assert!(st.success());
+            }
+            Backend::S3 => {
+                let full = format!("{}{key}", self.prefix());
+                let attrs: object_store::Attributes = [(
+                    object_store::Attribute::Metadata("stratus_sha256".into()),
+                    object_store::AttributeValue::from(sha256.to_string()),
+                )]
+                .into_iter()
+                .collect();
+                let opts = object_store::PutOptions {
+                    attributes: attrs,
+                    ..Default::default()
+                };
+                Env::rt()
+                    .block_on(self.s3().put_opts(
+                        &ObjPath::parse(&full).unwrap(),
+                        PutPayload::from(data.to_vec()),
+                        opts,
+                    ))
+                    .unwrap();
+            }
+        }
     }
 
     /// Writes an object the way another tool would (no stratus metadata).

@@ -1,0 +1,588 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: the same workloads, in one invocation, on
+#   local          a directory on the local disk
+#   bindfs         bindfs over a local directory (the cost of FUSE with no caching)
+#   stratus-local  stratus over a local-folder remote
+#   stratus-s3     stratus over a moto S3 server on 127.0.0.1
+#   rclone         rclone mount --vfs-cache-mode full over a moto S3 server on 127.0.0.1
+# and writes a markdown report (figures, ratios against the local disk, bindfs and rclone, the
+# targets of issue 5 met or missed) to docs/benchmarks.md, or to --out FILE.
+#
+#   scripts/bench.sh [--quick] [--out FILE] [--notes FILE]
+#
+# --quick       smaller workloads (a few minutes instead of ~20)
+# --out FILE    where the report goes (overwritten); default docs/benchmarks.md
+# --notes FILE  markdown appended to the report's notes (the analysis of missed targets)
+#
+# Needs root (it drops the page cache between workloads) and /dev/fuse. Installs bindfs,
+# rclone, fio and moto when missing. Environment:
+#   STRATUS=PATH          the binary to measure (default target/release/stratus, built if missing)
+#   BENCH_TARGETS="..."   a subset of the targets above, in that order
+#   BENCH_DIR=DIR         where the data goes (default a fresh /var/tmp/stratus-bench.XXXXXX,
+#                         removed at the end); it must be on the disk under test
+#   BENCH_TARBALL=FILE    the tar.gz to extract (default the largest .crate in the cargo cache,
+#                         the second largest with --quick)
+# Every mount and process it starts is stopped on exit, also on failure or Ctrl-C.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+command_line="scripts/bench.sh${*:+ $*}"
+
+usage() {
+    echo "usage: $0 [--quick] [--out FILE] [--notes FILE]" >&2
+    exit 2
+}
+die() {
+    echo "bench: error: $*" >&2
+    exit 1
+}
+say() { printf 'bench: %s\n' "$*" >&2; }
+
+quick=0
+out=$here/docs/benchmarks.md
+notes_file=
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) quick=1 ;;
+        --out) [ $# -ge 2 ] || usage; out=$2; shift ;;
+        --out=*) out=${1#--out=} ;;
+        --notes) [ $# -ge 2 ] || usage; notes_file=$2; shift ;;
+        --notes=*) notes_file=${1#--notes=} ;;
+        -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) usage ;;
+    esac
+    shift
+done
+case "$out" in /*) ;; *) out=$PWD/$out ;; esac
+[ -d "$(dirname "$out")" ] || die "the directory of --out $out does not exist"
+if [ -n "$notes_file" ]; then
+    [ -r "$notes_file" ] || die "--notes $notes_file is not readable"
+    notes_file=$(cd "$(dirname "$notes_file")" && pwd)/$(basename "$notes_file")
+fi
+
+all_targets="local bindfs stratus-local stratus-s3 rclone"
+targets=${BENCH_TARGETS:-$all_targets}
+for t in $targets; do
+    case " $all_targets " in *" $t "*) ;; *) die "unknown target '$t' in BENCH_TARGETS (known: $all_targets)" ;; esac
+done
+
+if [ $quick -eq 1 ]; then
+    nsmall=2000 big_mib=128 rand_secs=3 step_timeout=300 drain_timeout=300
+else
+    nsmall=10000 big_mib=1024 rand_secs=10 step_timeout=900 drain_timeout=900
+fi
+big_bytes=$((big_mib * 1024 * 1024))
+tools="python3 $here/scripts/bench_tools.py"
+
+# ---------------------------------------------------------------------------------------------
+# preconditions
+
+[ "$(id -u)" -eq 0 ] || die "run as root: dropping the page cache needs it"
+[ -c /dev/fuse ] || die "/dev/fuse is missing"
+[ "${BASH_VERSINFO[0]}" -ge 5 ] || die "needs bash 5 (EPOCHREALTIME)"
+
+missing=()
+command -v bindfs >/dev/null || missing+=(bindfs)
+command -v rclone >/dev/null || missing+=(rclone)
+command -v fio >/dev/null || missing+=(fio)
+command -v fusermount3 >/dev/null || missing+=(fuse3)
+command -v curl >/dev/null || missing+=(curl)
+if [ ${#missing[@]} -gt 0 ]; then
+    say "installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq </dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null
+fi
+if ! python3 -c 'import moto.server, werkzeug.serving' >/dev/null 2>&1; then
+    say "installing moto (scripts/setup.sh)"
+    "$here/scripts/setup.sh" >&2
+fi
+
+stratus=${STRATUS:-$here/target/release/stratus}
+if [ ! -x "$stratus" ]; then
+    [ -z "${STRATUS:-}" ] || die "STRATUS=$stratus is not an executable"
+    say "building stratus (cargo build --release)"
+    (cd "$here" && cargo build --release) >&2
+fi
+
+if [ -n "${BENCH_TARBALL:-}" ]; then
+    tarball=$BENCH_TARBALL
+else
+    mapfile -t crates < <(ls -S "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/*.crate 2>/dev/null || true)
+    [ ${#crates[@]} -gt 0 ] || die "no .crate file in the cargo registry cache; set BENCH_TARBALL=FILE.tar.gz"
+    if [ $quick -eq 1 ] && [ ${#crates[@]} -gt 1 ]; then tarball=${crates[1]}; else tarball=${crates[0]}; fi
+fi
+[ -r "$tarball" ] || die "cannot read $tarball"
+nfiles=$(tar -tzvf "$tarball" | grep -c '^-' || true)
+[ "$nfiles" -gt 0 ] || die "$tarball holds no regular files"
+nentries=$(tar -tzf "$tarball" | wc -l)
+[ "$nfiles" -eq "$nentries" ] || say "note: $tarball holds $((nentries - nfiles)) entries that are not regular files"
+
+# ---------------------------------------------------------------------------------------------
+# work dir, bookkeeping of what we started, cleanup
+
+if [ -n "${BENCH_DIR:-}" ]; then
+    mkdir -p "$BENCH_DIR"
+    [ -z "$(ls -A "$BENCH_DIR")" ] || die "BENCH_DIR=$BENCH_DIR is not empty"
+    work=$(cd "$BENCH_DIR" && pwd)
+else
+    work=$(mktemp -d /var/tmp/stratus-bench.XXXXXX)
+fi
+: >"$work/mounts"  # KIND MOUNTPOINT, one per line (KIND: stratus or fuse)
+: >"$work/pids"    # PID GRACE_SECONDS LABEL, one per line
+: >"$work/results" # TARGET KEY LABEL VALUE UNIT BETTER, tab-separated
+: >"$work/meta"    # KEY VALUE, tab-separated (for scripts/bench_tools.py report)
+: >"$work/notes-failed" # notes for the report, one per line
+: >"$work/notes-targets"
+: >"$work/failed"  # TARGET STEP, one per line
+logs_kept=
+
+is_mounted() { awk -v m="$1" '$2 == m { found = 1 } END { exit !found }' /proc/mounts; }
+
+fuse_abort() { # a hung FUSE daemon would block unmount and every process using the mount
+    local minor
+    minor=$(awk -v m="$1" '$5 == m { split($3, a, ":"); print a[2] }' /proc/self/mountinfo | head -1)
+    if [ -n "$minor" ] && [ -w "/sys/fs/fuse/connections/$minor/abort" ]; then
+        echo 1 >"/sys/fs/fuse/connections/$minor/abort" || true
+    fi
+}
+
+unmount_one() { # KIND MOUNTPOINT
+    local kind=$1 m=$2
+    is_mounted "$m" || return 0
+    if [ "$kind" = stratus ]; then
+        timeout 120 "$stratus" unmount "$m" >/dev/null 2>&1 || true
+    fi
+    is_mounted "$m" && { timeout 30 fusermount3 -u "$m" 2>/dev/null || true; }
+    if is_mounted "$m"; then
+        say "$m did not unmount cleanly; aborting its FUSE connection and detaching it"
+        fuse_abort "$m"
+        umount -l "$m" 2>/dev/null || fusermount3 -u -z "$m" 2>/dev/null || true
+    fi
+}
+
+stop_pid() { # PID GRACE LABEL: let it exit on its own for GRACE seconds, then TERM, then KILL
+    local pid=$1 grace=$2 label=$3 i
+    for ((i = 0; i < grace * 10; i++)); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    say "$label (pid $pid) ignored SIGTERM; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+teardown() { # everything started so far, newest first
+    local kind m pid grace label
+    if [ -s "$work/mounts" ]; then
+        while read -r kind m; do unmount_one "$kind" "$m"; done < <(tac "$work/mounts")
+        : >"$work/mounts"
+    fi
+    if [ -s "$work/pids" ]; then
+        while read -r pid grace label; do stop_pid "$pid" "$grace" "$label"; done < <(tac "$work/pids")
+        : >"$work/pids"
+    fi
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM
+    teardown
+    local left
+    left=$(awk -v w="$work/" 'index($2, w) == 1 { print $2 }' /proc/mounts)
+    if [ -n "$left" ]; then
+        say "still mounted (left in place, $work kept): $left"
+        rc=1
+    else
+        rm -rf "$work"
+    fi
+    [ -z "$logs_kept" ] || say "logs of failed targets: $logs_kept"
+    exit $rc
+}
+trap cleanup EXIT
+trap 'say "interrupted"; exit 130' INT
+trap 'say "terminated"; exit 143' TERM
+
+register_mount() { printf '%s %s\n' "$1" "$2" >>"$work/mounts"; }
+register_pid() { printf '%s %s %s\n' "$1" "$2" "$3" >>"$work/pids"; }
+
+# ---------------------------------------------------------------------------------------------
+# measuring and recording
+
+now() { echo "$EPOCHREALTIME"; }
+since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }'; }
+rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.1f", (s > 0 ? n / s : 0) }'; }
+
+drop_caches() {
+    timeout 300 sync || die "sync did not return within 300 s"
+    echo 3 >/proc/sys/vm/drop_caches
+}
+
+
+step() { # KEY LABEL: what the current target is doing, for the failure report
+    printf '%s\t%s\n' "$1" "$2" >"$work/step"
+}
+
+record() { # KEY LABEL VALUE UNIT BETTER(higher|lower)
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$1" "$2" "$3" "$4" "$5" >>"$work/results"
+    local shown=$3
+    case "$3" in [0-9]*) shown=$(awk -v v="$3" -v u="$4" 'BEGIN { printf (u == "s" ? "%.2f %s" : "%.1f %s"), v, u }') ;; esac
+    printf '%-14s  %-44s  %14s\n' "$target" "$2" "$shown"
+}
+
+# ---------------------------------------------------------------------------------------------
+# targets: set up (mount), drain, settle, tear down
+
+moto_endpoint=
+start_moto() { # BUCKET: a fresh moto server for one target, so none pays for another's objects
+    local port
+    port=$($tools freeport)
+    python3 "$here/scripts/moto_server.py" -H 127.0.0.1 -p "$port" >"$tdir/moto.log" 2>&1 &
+    register_pid $! 0 moto
+    moto_pid=$!
+    moto_endpoint=http://127.0.0.1:$port
+    $tools wait-http "$moto_endpoint/moto-api/" --timeout 60 || die "moto did not start; see $tdir/moto.log"
+    curl -sS -f -o /dev/null -X PUT "$moto_endpoint/$1" || die "could not create bucket $1 on moto"
+}
+
+stratus_env() { # the AWS settings stratus needs for moto; never leave object_store to guess
+    env AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 \
+        AWS_ENDPOINT_URL="${moto_endpoint:-http://127.0.0.1:9}" AWS_ALLOW_HTTP=true "$@"
+}
+
+wait_mounted() { # MOUNTPOINT PID
+    local i
+    for ((i = 0; i < 300; i++)); do
+        is_mounted "$1" && return 0
+        kill -0 "$2" 2>/dev/null || die "the FUSE daemon for $1 exited before mounting; see $tdir/*.log"
+        sleep 0.1
+    done
+    die "$1 was not mounted after 30 s"
+}
+
+setup_target() {
+    mnt=$tdir/mnt
+    mkdir -p "$mnt"
+    case "$target" in
+        local) mount_cmd="(plain directory $work/...)" ;;
+        bindfs)
+            mkdir -p "$tdir/src"
+            register_mount fuse "$mnt"
+            bindfs -f "$tdir/src" "$mnt" >"$tdir/bindfs.log" 2>&1 &
+            register_pid $! 5 bindfs
+            wait_mounted "$mnt" $!
+            mount_cmd="bindfs SRC MNT (defaults)"
+            ;;
+        stratus-local | stratus-s3)
+            local remote=$tdir/remote
+            if [ "$target" = stratus-s3 ]; then
+                start_moto stratus-bench
+                remote=s3://stratus-bench
+            else
+                mkdir -p "$remote"
+            fi
+            register_mount stratus "$mnt"
+            stratus_env "$stratus" mount "$remote" "$mnt" --state-dir "$tdir/state" >"$tdir/mount.out" 2>&1 ||
+                die "stratus mount failed: $(cat "$tdir/mount.out")"
+            local pid
+            pid=$(cat "$tdir/state/lock" 2>/dev/null || true)
+            [ -n "$pid" ] && register_pid "$pid" 10 stratus
+            daemon_pid=$pid
+            is_mounted "$mnt" || die "stratus mount returned but $mnt is not mounted"
+            mount_cmd="stratus mount ${remote/#$tdir/DIR} MNT --state-dir STATE (defaults: --write-back 2 --poll-interval 15)"
+            ;;
+        rclone)
+            start_moto rclone-bench
+            register_mount fuse "$mnt"
+            : >"$tdir/rclone.conf"
+            env -u AWS_CA_BUNDLE -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY -u AWS_ENDPOINT_URL \
+                RCLONE_CONFIG="$tdir/rclone.conf" RCLONE_CONFIG_X_TYPE=s3 RCLONE_CONFIG_X_PROVIDER=Other \
+                RCLONE_CONFIG_X_ENV_AUTH=false RCLONE_CONFIG_X_ACCESS_KEY_ID=bench \
+                RCLONE_CONFIG_X_SECRET_ACCESS_KEY=bench RCLONE_CONFIG_X_REGION=us-east-1 \
+                RCLONE_CONFIG_X_ENDPOINT="$moto_endpoint" RCLONE_CONFIG_X_FORCE_PATH_STYLE=true \
+                rclone mount X:rclone-bench "$mnt" --vfs-cache-mode full --cache-dir "$tdir/cache" \
+                --log-file "$tdir/rclone.log" --log-level INFO &
+            register_pid $! 10 rclone
+            daemon_pid=$!
+            wait_mounted "$mnt" $!
+            mount_cmd="rclone mount X:BUCKET MNT --vfs-cache-mode full (other options default: --vfs-write-back 5s, --dir-cache-time 5m, --attr-timeout 1s)"
+            ;;
+    esac
+    printf '%s: `%s`\n' "$target" "$mount_cmd" >>"$work/notes-targets"
+}
+
+drain() { # KEY LABEL SINCE tree|big: wait until what was written reached the remote; sets drain_secs
+    local key=$1 label=$2 t0=$3 what=$4 secs
+    drain_secs=
+    case "$target" in
+        stratus-local | stratus-s3)
+            stratus_env timeout $((drain_timeout + 30)) "$stratus" sync "$mnt" --wait --timeout "$drain_timeout" \
+                >"$tdir/sync.out" 2>&1 || die "stratus sync --wait failed: $(tail -3 "$tdir/sync.out")"
+            secs=$(since "$t0")
+            ;;
+        rclone)
+            if [ "$what" = tree ]; then
+                secs=$($tools s3-wait "$moto_endpoint" rclone-bench tree/ --since "$t0" --count "$nfiles" \
+                    --timeout "$drain_timeout") || die "rclone did not upload the tree within $drain_timeout s"
+            else
+                secs=$($tools s3-wait "$moto_endpoint" rclone-bench big.dat --since "$t0" --key big.dat \
+                    --size "$big_bytes" --timeout "$drain_timeout") ||
+                    die "rclone did not upload big.dat within $drain_timeout s"
+            fi
+            ;;
+        *) return 0 ;;
+    esac
+    record "$key" "$label" "$secs" s lower
+    drain_secs=$secs
+    verify_remote "$what"
+}
+
+verify_remote() { # tree|big: the drain is only a drain if the data is there
+    local n
+    case "$target:$1" in
+        stratus-local:tree) n=$(find "$tdir/remote/tree" -type f | wc -l) ;;
+        stratus-s3:tree | rclone:tree)
+            local bucket=stratus-bench
+            [ "$target" = rclone ] && bucket=rclone-bench
+            # stratus also writes dir/ marker objects: count only the files
+            n=$($tools s3-count --files-only "$moto_endpoint" "$bucket" tree/) || die "cannot list $bucket on moto"
+            ;;
+        stratus-local:big)
+            [ "$(stat -c %s "$tdir/remote/big.dat")" = "$big_bytes" ] || die "the local remote's big.dat has the wrong size after the drain"
+            return 0
+            ;;
+        stratus-s3:big)
+            $tools s3-wait "$moto_endpoint" stratus-bench big.dat --since 0 --key big.dat --size "$big_bytes" \
+                --timeout 5 >/dev/null || die "big.dat is not on moto with $big_bytes bytes after the drain"
+            return 0
+            ;;
+        *) return 0 ;;
+    esac
+    [ "$n" -eq "$nfiles" ] || die "after the drain the remote holds $n files of the tree, expected $nfiles"
+}
+
+settle() { # untimed: let uploads and deletes of the previous workload finish
+    case "$target" in
+        stratus-local | stratus-s3)
+            stratus_env timeout $((drain_timeout + 30)) "$stratus" sync "$mnt" --wait --timeout "$drain_timeout" \
+                >"$tdir/sync.out" 2>&1 || die "stratus sync --wait (settling) failed: $(tail -3 "$tdir/sync.out")"
+            ;;
+        rclone)
+            $tools s3-wait "$moto_endpoint" rclone-bench small/ --since 0 --empty --timeout "$drain_timeout" \
+                >/dev/null || die "rclone still lists small/ objects after $drain_timeout s"
+            ;;
+    esac
+}
+
+target_notes() { # anything odd the daemons reported, and their peak memory
+    local rss
+    if [ -n "${daemon_pid:-}" ] && [ -r "/proc/$daemon_pid/status" ]; then
+        rss=$(awk '/VmHWM/ { printf "%.0f MiB", $2 / 1024 }' "/proc/$daemon_pid/status")
+        printf '%s: peak RSS of the daemon %s\n' "$target" "$rss" >>"$work/notes-targets"
+    fi
+    case "$target" in
+        stratus-local | stratus-s3)
+            local warn err
+            warn=$(grep -c ' WARN ' "$tdir/state/stratus.log" || true)
+            err=$(grep -c ' ERROR ' "$tdir/state/stratus.log" || true)
+            if [ "$warn$err" != 00 ]; then
+                printf '%s: its log had %s warnings and %s errors; first: `%s`\n' "$target" "$warn" "$err" \
+                    "$(grep -m1 -E ' (WARN|ERROR) ' "$tdir/state/stratus.log" | cut -c1-200 | tr '`' "'")" >>"$work/notes-targets"
+            fi
+            stratus_env "$stratus" status "$mnt" >"$tdir/status.out" 2>&1 || true
+            if ! grep -q '^errors: *0' "$tdir/status.out"; then
+                printf '%s: `stratus status` at the end: %s\n' "$target" \
+                    "$(grep -E '^(queued|errors|last error):' "$tdir/status.out" | tr '\n' ';' | tr -s ' ')" >>"$work/notes-targets"
+            fi
+            ;;
+        rclone)
+            err=$(grep -c 'ERROR' "$tdir/rclone.log" || true)
+            [ "$err" = 0 ] || printf 'rclone: its log had %s ERROR lines; first: `%s`\n' "$err" \
+                "$(grep -m1 ERROR "$tdir/rclone.log" | cut -c1-200 | tr '`' "'")" >>"$work/notes-targets"
+            ;;
+    esac
+    if [ -n "${moto_pid:-}" ] && [ -r "/proc/$moto_pid/status" ]; then
+        rss=$(awk '/VmHWM/ { printf "%.0f MiB", $2 / 1024 }' "/proc/$moto_pid/status")
+        printf '%s: peak RSS of its moto server %s\n' "$target" "$rss" >>"$work/notes-targets"
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# the workloads
+
+run_workloads() {
+    local t0 secs out
+    local fio_common=(--ioengine=psync --fallocate=none --filename="$mnt/big.dat" --size="${big_mib}M"
+        --output-format=json)
+
+    step extract "extract"
+    mkdir "$mnt/tree"
+    drop_caches
+    cat "$tarball" >/dev/null # the tarball itself comes from the page cache on every target
+    t0=$(now)
+    timeout "$step_timeout" tar -xzf "$tarball" -C "$mnt/tree" || die "tar -xzf failed or timed out"
+    secs=$(since "$t0")
+    record extract "$label_extract" "$secs" s lower
+    t0=$(now)
+    step drain "$label_drain"
+    drain drain "$label_drain" "$t0" tree
+    [ -z "$drain_secs" ] ||
+        record extract+drain "$label_extract_drain" "$(awk -v a="$secs" -v b="$drain_secs" 'BEGIN { printf "%.3f", a + b }')" s lower
+
+    step ls-lR "$label_ls"
+    drop_caches
+    t0=$(now)
+    timeout "$step_timeout" ls -lR "$mnt/tree" >"$tdir/ls-lR.out" || die "ls -lR failed or timed out"
+    record ls-lR "$label_ls" "$(since "$t0")" s lower
+
+    step du "$label_du"
+    drop_caches
+    t0=$(now)
+    timeout "$step_timeout" du -s "$mnt/tree" >/dev/null || die "du -s failed or timed out"
+    record du "$label_du" "$(since "$t0")" s lower
+    local listed # untimed: the mount shows the whole tree (ls -lR leaves out dot files)
+    listed=$(find "$mnt/tree" -type f | wc -l)
+    [ "$listed" -eq "$nfiles" ] || die "the mount shows $listed files of the tree, the tarball holds $nfiles"
+
+    step create "$label_create"
+    out=$(timeout "$step_timeout" $tools smallfiles "$mnt/small" "$nsmall") || die "the small-file workload failed"
+    read -r c s u <<<"$out"
+    record create "$label_create" "$c" ops/s higher
+    record stat "$label_stat" "$s" ops/s higher
+    record unlink "$label_unlink" "$u" ops/s higher
+    step settle "settling after the small files (untimed)"
+    settle
+
+    step seqwrite "$label_seqwrite"
+    drop_caches
+    t0=$(now)
+    timeout "$step_timeout" fio --name=seqwrite --rw=write --bs=1M --end_fsync=1 "${fio_common[@]}" \
+        --output="$tdir/fio-write.json" >/dev/null || die "fio seqwrite failed: $(tail -5 "$tdir/fio-write.json")"
+    secs=$(since "$t0")
+    record seqwrite "$label_seqwrite" "$(rate "$big_mib" "$secs")" MiB/s higher
+    t0=$(now)
+    step drain-big "$label_drain_big"
+    drain drain-big "$label_drain_big" "$t0" big
+
+    step seqread "$label_seqread"
+    drop_caches
+    t0=$(now)
+    timeout "$step_timeout" fio --name=seqread --rw=read --bs=1M --readonly "${fio_common[@]}" \
+        --output="$tdir/fio-read.json" >/dev/null || die "fio seqread failed: $(tail -5 "$tdir/fio-read.json")"
+    secs=$(since "$t0")
+    record seqread "$label_seqread" "$(rate "$big_mib" "$secs")" MiB/s higher
+
+    step randread "$label_randread"
+    drop_caches
+    timeout "$step_timeout" fio --name=randread --rw=randread --bs=4k --time_based --runtime="$rand_secs" \
+        --readonly "${fio_common[@]}" --output="$tdir/fio-rand.json" >/dev/null ||
+        die "fio randread failed: $(tail -5 "$tdir/fio-rand.json")"
+    record randread "$label_randread" "$(python3 -c '
+import json, sys
+t = open(sys.argv[1]).read()
+print("%.1f" % json.loads(t[t.index("{"):])["jobs"][0]["read"]["iops"])' "$tdir/fio-rand.json")" IOPS higher
+}
+
+crate_name=$(basename "$tarball")
+fmt_n() { printf "%'d" "$1" 2>/dev/null || echo "$1"; }
+label_extract="extract $(fmt_n "$nfiles") files (tar -xzf)"
+label_drain="upload drain after the extract"
+label_extract_drain="extract + upload drain"
+label_ls="ls -lR, cold"
+label_du="du -s, cold"
+label_create="create $(fmt_n "$nsmall") small files"
+label_stat="stat $(fmt_n "$nsmall") small files"
+label_unlink="unlink $(fmt_n "$nsmall") small files"
+label_seqwrite="sequential write ${big_mib} MiB + fsync"
+label_drain_big="upload drain after the ${big_mib} MiB write"
+label_seqread="sequential read ${big_mib} MiB, cold"
+label_randread="random 4 KiB reads, ${rand_secs} s, cold"
+
+# ---------------------------------------------------------------------------------------------
+# run
+
+say "work dir $work ($(df -PT "$work" | awk 'NR == 2 { print $1 ", " $2 }')); tarball $crate_name ($nfiles files)"
+say "targets: $targets"
+started=$(now)
+printf '%-14s  %-44s  %14s\n' target workload result
+printf '%-14s  %-44s  %14s\n' -------------- -------------------------------------------- --------------
+for target in $targets; do
+    tdir=$work/$target
+    mkdir -p "$tdir"
+    mnt=$tdir/mnt
+    moto_endpoint= moto_pid= daemon_pid=
+    set +e
+    (
+        set -e
+        setup_target
+        run_workloads
+        step teardown "collecting notes"
+        target_notes
+    )
+    rc=$?
+    set -e
+    if [ $rc -ne 0 ]; then
+        IFS=$'\t' read -r key label <"$work/step" || true
+        say "$target FAILED during: $label"
+        printf '%s\t%s\n' "$target" "$label" >>"$work/failed"
+        printf '%s\t%s\t%s\tfailed\t\thigher\n' "$target" "$key" "$label" >>"$work/results"
+        printf '**%s failed** during "%s" (exit %s); its remaining figures are missing\n' \
+            "$target" "$label" "$rc" >>"$work/notes-failed"
+        [ -n "$logs_kept" ] || logs_kept=$(mktemp -d /tmp/stratus-bench-logs.XXXXXX)
+        mkdir -p "$logs_kept/$target"
+        find "$tdir" -maxdepth 3 \( -name '*.log' -o -name '*.out' -o -name 'fio-*.json' \) \
+            -not -path "$tdir/mnt/*" -exec cp {} "$logs_kept/$target/" \; 2>/dev/null || true
+    fi
+    teardown
+    rm -rf "$tdir"
+done
+total=$(since "$started")
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+stratus_rev=$(git -C "$here" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git -C "$here" status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
+    stratus_rev="$stratus_rev with uncommitted changes in src/"
+fi
+{
+    printf 'command\t%s\n' "$command_line"
+    printf 'date\t%s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
+    printf 'quick\t%s\n' "$quick"
+    printf 'workdir\t%s\n' "$work"
+    printf 'targets\t%s\n' "$targets"
+    [ -z "$notes_file" ] || printf 'notes_file\t%s\n' "$notes_file"
+    printf 'v_stratus\t%s\n' "$("$stratus" --version 2>/dev/null | head -1) (git $stratus_rev; binary built $(date -u -r "$stratus" '+%Y-%m-%d %H:%M UTC'))"
+    printf 'v_rclone\t%s\n' "$(rclone version 2>/dev/null | head -1)"
+    printf 'v_bindfs\t%s\n' "$(bindfs --version 2>/dev/null | head -1 | sed 's/^bindfs //')"
+    printf 'v_fio\t%s\n' "$(fio --version)"
+    printf 'v_moto\t%s\n' "$(python3 -c 'import moto; print(moto.__version__)')"
+    printf 'v_python\t%s\n' "$(python3 -c 'import platform; print(platform.python_version())')"
+    printf 'v_tar\t%s\n' "$(tar --version | head -1)"
+    printf 'workload\textract: `tar -xzf %s` (%s files, %s compressed) into an empty directory, the tarball read from the page cache\n' \
+        "$crate_name" "$(fmt_n "$nfiles")" "$(du -h "$tarball" | cut -f1)"
+    printf 'workload\tupload drain: from the end of the extract until the remote holds the tree; stratus: `stratus sync MNT --wait`; rclone: until moto lists all %s objects (polled every 0.5 s); the remote is then checked to hold every file\n' "$(fmt_n "$nfiles")"
+    printf 'workload\t`ls -lR` and `du -s` over the tree, each after `sync; echo 3 > /proc/sys/vm/drop_caches`\n'
+    printf 'workload\tsmall files: one python3 process creates %s files of 100 bytes in one directory (open O_CREAT|O_EXCL, write, close), then stats each, then unlinks each; ops/s per phase. Uploads and deletes are then let settle (untimed)\n' "$(fmt_n "$nsmall")"
+    printf 'workload\tsequential write: `fio --rw=write --bs=1M --size=%sM --end_fsync=1 --ioengine=psync --fallocate=none`, timed from start to exit (the final fsync included), after dropping the page cache; then the upload drain of that file, as above\n' "$big_mib"
+    printf 'workload\tsequential read of that file: `fio --rw=read --bs=1M`, page cache dropped first, so stratus and rclone read it from their own on-disk cache\n'
+    printf 'workload\trandom reads: `fio --rw=randread --bs=4k --time_based --runtime=%s`, buffered, page cache dropped first (pages read during the run stay cached, the same on every target)\n' "$rand_secs"
+} >>"$work/meta"
+{
+    cat "$work/notes-failed"
+    printf 'one run of each workload, no repetitions: differences under ~10%% are noise on this machine\n'
+    printf 'each S3 target gets its own fresh moto server (in RAM, single-threaded Python) on 127.0.0.1, started the same way, so neither pays for the objects of the other; moto, not the network, bounds uploads\n'
+    printf 'the whole run took %s s\n' "$(printf '%.0f' "$total")"
+    cat "$work/notes-targets"
+} | sed 's/^/note\t/' >>"$work/meta"
+
+$tools report --results "$work/results" --meta "$work/meta" --out "$out"
+say "report written to $out"
+if [ -s "$work/failed" ]; then
+    say "failed targets: $(cut -f1 "$work/failed" | tr '\n' ' ')"
+    exit 1
+fi
