@@ -494,10 +494,26 @@ fn apply_meta(path: &Path, meta: &Meta, symlink: bool) -> RemoteResult<()> {
     Ok(())
 }
 
+/// What a stored hash applies to: mtime and size when it was written. Another program that
+/// rewrites the file in place keeps the inode and its xattrs, so a hash without a matching
+/// stamp is stale and ignored.
+fn stamp(m: &fs::Metadata) -> String {
+    format!(
+        "{:x}-{:x}",
+        m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+        m.size()
+    )
+}
+
+/// Records the content hash of `path`; call once its mtime and size are final.
 fn set_sha_xattr(path: &Path, hash: &str) {
     let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
         return;
     };
+    let Ok(m) = fs::symlink_metadata(path) else {
+        return;
+    };
+    let value = format!("{hash} {}", stamp(&m));
     let name = CString::new(SHA_XATTR).expect("static name");
     // SAFETY: valid NUL-terminated strings and a buffer of the given length. Filesystems
     // without user xattrs simply do not keep the hash.
@@ -505,8 +521,8 @@ fn set_sha_xattr(path: &Path, hash: &str) {
         libc::setxattr(
             c.as_ptr(),
             name.as_ptr(),
-            hash.as_ptr() as *const libc::c_void,
-            hash.len(),
+            value.as_ptr() as *const libc::c_void,
+            value.len(),
             0,
         )
     };
@@ -515,7 +531,7 @@ fn set_sha_xattr(path: &Path, hash: &str) {
 fn get_sha_xattr(path: &Path) -> Option<String> {
     let c = CString::new(path.as_os_str().as_bytes()).ok()?;
     let name = CString::new(SHA_XATTR).ok()?;
-    let mut buf = [0u8; 128];
+    let mut buf = [0u8; 160];
     // SAFETY: the buffer outlives the call and its length is passed.
     let n = unsafe {
         libc::getxattr(
@@ -528,7 +544,12 @@ fn get_sha_xattr(path: &Path) -> Option<String> {
     if n <= 0 {
         return None;
     }
-    String::from_utf8(buf[..n as usize].to_vec()).ok()
+    let value = String::from_utf8(buf[..n as usize].to_vec()).ok()?;
+    let m = fs::symlink_metadata(path).ok()?;
+    match value.split_once(' ') {
+        Some((hash, st)) if st == stamp(&m) => Some(hash.to_string()),
+        _ => None,
+    }
 }
 
 /// SHA-256 of a file, hex-encoded.

@@ -274,8 +274,20 @@ impl Env {
         match self.backend {
             Backend::Local => {
                 self.put_remote(key, data);
+                // The hash applies to this mtime and size (see remote/local.rs).
+                let m = std::fs::metadata(self.root.join(key)).unwrap();
+                let stamp = format!(
+                    "{:x}-{:x}",
+                    m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+                    m.size()
+                );
                 let st = std::process::Command::new("setfattr")
-                    .args(["-n", "user.stratus_sha256", "-v", sha256])
+                    .args([
+                        "-n",
+                        "user.stratus_sha256",
+                        "-v",
+                        &format!("{sha256} {stamp}"),
+                    ])
                     .arg(self.root.join(key))
                     .status()
                     .unwrap();
