@@ -22,10 +22,15 @@
 #                         removed at the end); it must be on the disk under test
 #   BENCH_TARBALL=FILE    the tar.gz to extract (default the largest .crate in the cargo cache,
 #                         the second largest with --quick)
+#   BENCH_FORCE=1         run even when too little memory is free for moto (it keeps objects in
+#                         RAM and peaks at ~6x the big file while it assembles a multipart upload)
 # Every mount and process it starts is stopped on exit, also on failure or Ctrl-C.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 command_line="scripts/bench.sh${*:+ $*}"
+for v in BENCH_TARGETS BENCH_TARBALL STRATUS; do
+    [ -z "${!v:-}" ] || command_line="$v='${!v}' $command_line"
+done
 
 usage() {
     echo "usage: $0 [--quick] [--out FILE] [--notes FILE]" >&2
@@ -115,6 +120,20 @@ nfiles=$(tar -tzvf "$tarball" | grep -c '^-' || true)
 [ "$nfiles" -gt 0 ] || die "$tarball holds no regular files"
 nentries=$(tar -tzf "$tarball" | wc -l)
 [ "$nfiles" -eq "$nentries" ] || say "note: $tarball holds $((nentries - nfiles)) entries that are not regular files"
+
+case " $targets " in
+    *" stratus-s3 "* | *" rclone "*)
+        need_mib=$((big_mib * 6 + 2048))
+        avail_mib=$(awk '/^MemAvailable:/ { print int($2 / 1024) }' /proc/meminfo)
+        if [ "$avail_mib" -lt "$need_mib" ] && [ -z "${BENCH_FORCE:-}" ]; then
+            die "only $avail_mib MiB of memory available, want $need_mib: moto keeps objects in RAM and peaks at ~6x the ${big_mib} MiB file while it assembles a multipart upload (BENCH_FORCE=1 runs anyway)"
+        fi
+        ;;
+esac
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+if awk -v l="${load_start%% *}" 'BEGIN { exit !(l > 1.0) }'; then
+    say "warning: load average $load_start on $(nproc) cores: the machine is not idle, the figures will be noisy"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # work dir, bookkeeping of what we started, cleanup
@@ -268,7 +287,7 @@ setup_target() {
     mnt=$tdir/mnt
     mkdir -p "$mnt"
     case "$target" in
-        local) mount_cmd="(plain directory $work/...)" ;;
+        local) mount_cmd="a plain directory on the same disk as the others" ;;
         bindfs)
             mkdir -p "$tdir/src"
             register_mount fuse "$mnt"
@@ -576,6 +595,9 @@ fi
     cat "$work/notes-failed"
     printf 'one run of each workload, no repetitions: differences under ~10%% are noise on this machine\n'
     printf 'each S3 target gets its own fresh moto server (in RAM, single-threaded Python) on 127.0.0.1, started the same way, so neither pays for the objects of the other; moto, not the network, bounds uploads\n'
+    printf 'load average (1, 5, 15 min) at the start %s, at the end %s, on %s cores%s\n' "$load_start" \
+        "$(cut -d' ' -f1-3 /proc/loadavg)" "$(nproc)" \
+        "$(awk -v l="${load_start%% *}" 'BEGIN { if (l > 1.0) print ": the machine was not idle, so the figures are noisy" }')"
     printf 'the whole run took %s s\n' "$(printf '%.0f' "$total")"
     cat "$work/notes-targets"
 } | sed 's/^/note\t/' >>"$work/meta"

@@ -171,7 +171,7 @@ def machine_info(workdir):
     lsblk = run(f"lsblk -dno SIZE,ROTA,MODEL {dev} 2>/dev/null")
     if lsblk:
         parts = lsblk.split(None, 2)
-        kind = "rotational" if len(parts) > 1 and parts[1] == "1" else "non-rotational"
+        kind = "rotational per the kernel" if len(parts) > 1 and parts[1] == "1" else "non-rotational"
         disk = f"{parts[0]} {kind}{' ' + parts[2] if len(parts) > 2 else ''}"
     sched = run(f"cat /sys/block/{base}/queue/scheduler 2>/dev/null")
     virt = run("systemd-detect-virt 2>/dev/null")
@@ -269,7 +269,7 @@ def report(args):
         rows.append([labels[w]] + [fmt_ratio(ratio(results, w, s, b, better[w])) for s, b in pairs])
     short = {"stratus-local": "stratus-local", "stratus-s3": "stratus-S3", "local": "local disk",
              "bindfs": "bindfs", "rclone": "rclone"}
-    ratios = md_table(["workload"] + [f"{short[s]} vs {short[b]}" for s, b in pairs], rows,
+    ratios = md_table(["workload (ratio > 1: stratus better)"] + [f"{short[s]} vs {short[b]}" for s, b in pairs], rows,
                       ["---"] + ["---:"] * len(pairs))
 
     # targets of issue 5
@@ -320,7 +320,7 @@ def report(args):
         f"- machine: {m['nproc']} cores ({m['cpu']}), {m['ram']} RAM, {m['os']}, kernel {m['kernel']}"
         f"{', virtualization ' + m['virt'] if m.get('virt') and m['virt'] != 'none' else ''}",
         f"- disk holding every target's data, caches and remotes: {m['disk']}",
-        f"- stratus {v['stratus']}",
+        f"- {v['stratus']}",
         f"- {v['rclone']}, bindfs {v['bindfs']}, {v['fio']}, moto {v['moto']} (through `scripts/moto_server.py`), "
         f"Python {v['python']}, {v['tar']}",
         "",
