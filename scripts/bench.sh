@@ -123,7 +123,7 @@ nentries=$(tar -tzf "$tarball" | wc -l)
 
 case " $targets " in
     *" stratus-s3 "* | *" rclone "*)
-        need_mib=$((big_mib * 6 + 2048))
+        need_mib=$((big_mib * 6 + 1024))
         avail_mib=$(awk '/^MemAvailable:/ { print int($2 / 1024) }' /proc/meminfo)
         if [ "$avail_mib" -lt "$need_mib" ] && [ -z "${BENCH_FORCE:-}" ]; then
             die "only $avail_mib MiB of memory available, want $need_mib: moto keeps objects in RAM and peaks at ~6x the ${big_mib} MiB file while it assembles a multipart upload (BENCH_FORCE=1 runs anyway)"
@@ -210,6 +210,7 @@ cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
+    stop_worker
     teardown
     local left
     left=$(awk -v w="$work/" 'index($2, w) == 1 { print $2 }' /proc/mounts)
@@ -222,9 +223,33 @@ cleanup() {
     [ -z "$logs_kept" ] || say "logs of failed targets: $logs_kept"
     exit $rc
 }
+worker=
+descendants() { # PID: its children, grandchildren, ...
+    local c
+    for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do
+        echo "$c"
+        descendants "$c"
+    done
+}
+stop_worker() { # the workload in flight (tar, fio, ...), not the daemons teardown stops in order
+    [ -n "$worker" ] || return 0
+    local p pids
+    pids=$(descendants "$worker")
+    kill -TERM "$worker" 2>/dev/null || true
+    for p in $pids; do
+        awk -v p="$p" '$1 == p { found = 1 } END { exit !found }' "$work/pids" || kill -TERM "$p" 2>/dev/null || true
+    done
+    worker=
+}
+on_signal() { # MESSAGE EXIT_STATUS
+    trap - INT TERM
+    say "$1; stopping"
+    stop_worker
+    exit "$2"
+}
 trap cleanup EXIT
-trap 'say "interrupted"; exit 130' INT
-trap 'say "terminated"; exit 143' TERM
+trap 'on_signal interrupted 130' INT
+trap 'on_signal terminated 143' TERM
 
 register_mount() { printf '%s %s\n' "$1" "$2" >>"$work/mounts"; }
 register_pid() { printf '%s %s %s\n' "$1" "$2" "$3" >>"$work/pids"; }
@@ -240,7 +265,6 @@ drop_caches() {
     timeout 300 sync || die "sync did not return within 300 s"
     echo 3 >/proc/sys/vm/drop_caches
 }
-
 
 step() { # KEY LABEL: what the current target is doing, for the failure report
     printf '%s\t%s\n' "$1" "$2" >"$work/step"
@@ -294,7 +318,7 @@ setup_target() {
             bindfs -f "$tdir/src" "$mnt" >"$tdir/bindfs.log" 2>&1 &
             register_pid $! 5 bindfs
             wait_mounted "$mnt" $!
-            mount_cmd="bindfs SRC MNT (defaults)"
+            mount_cmd="\`bindfs SRC MNT\` (default options)"
             ;;
         stratus-local | stratus-s3)
             local remote=$tdir/remote
@@ -312,7 +336,10 @@ setup_target() {
             [ -n "$pid" ] && register_pid "$pid" 10 stratus
             daemon_pid=$pid
             is_mounted "$mnt" || die "stratus mount returned but $mnt is not mounted"
-            mount_cmd="stratus mount ${remote/#$tdir/DIR} MNT --state-dir STATE (defaults: --write-back 2 --poll-interval 15)"
+            local defaults
+            defaults=$("$stratus" mount --help 2>/dev/null |
+                sed -n 's/^ *\(--[a-z-]*\) <[^>]*>.*\[default: \([^]]*\)\].*/\1 \2/p' | paste -sd' ' -)
+            mount_cmd="\`stratus mount ${remote/#$tdir/DIR} MNT --state-dir STATE\` (defaults of this build: \`$defaults\`)"
             ;;
         rclone)
             start_moto rclone-bench
@@ -328,10 +355,10 @@ setup_target() {
             register_pid $! 10 rclone
             daemon_pid=$!
             wait_mounted "$mnt" $!
-            mount_cmd="rclone mount X:BUCKET MNT --vfs-cache-mode full (other options default: --vfs-write-back 5s, --dir-cache-time 5m, --attr-timeout 1s)"
+            mount_cmd="\`rclone mount X:BUCKET MNT --vfs-cache-mode full\` (other options at their defaults, among them \`--vfs-write-back 5s --dir-cache-time 5m --attr-timeout 1s\`), configured by RCLONE_CONFIG_X_* variables: type s3, provider Other, force_path_style, AWS_CA_BUNDLE unset"
             ;;
     esac
-    printf '%s: `%s`\n' "$target" "$mount_cmd" >>"$work/notes-targets"
+    printf '%s: %s\n' "$target" "$mount_cmd" >>"$work/notes-targets"
 }
 
 drain() { # KEY LABEL SINCE tree|big: wait until what was written reached the remote; sets drain_secs
@@ -534,16 +561,20 @@ for target in $targets; do
     mkdir -p "$tdir"
     mnt=$tdir/mnt
     moto_endpoint= moto_pid= daemon_pid=
-    set +e
+    # In the background and waited for, so that a signal reaches our trap at once.
     (
         set -e
         setup_target
         run_workloads
         step teardown "collecting notes"
         target_notes
-    )
+    ) &
+    worker=$!
+    set +e
+    wait "$worker"
     rc=$?
     set -e
+    worker=
     if [ $rc -ne 0 ]; then
         IFS=$'\t' read -r key label <"$work/step" || true
         say "$target FAILED during: $label"
@@ -553,7 +584,7 @@ for target in $targets; do
             "$target" "$label" "$rc" >>"$work/notes-failed"
         [ -n "$logs_kept" ] || logs_kept=$(mktemp -d /tmp/stratus-bench-logs.XXXXXX)
         mkdir -p "$logs_kept/$target"
-        find "$tdir" -maxdepth 3 \( -name '*.log' -o -name '*.out' -o -name 'fio-*.json' \) \
+        find "$tdir" -maxdepth 3 \( -name '*.log' -o -name '*.out' -o -name 'fio-*.json' \) -not -name ls-lR.out \
             -not -path "$tdir/mnt/*" -exec cp {} "$logs_kept/$target/" \; 2>/dev/null || true
     fi
     teardown
@@ -567,6 +598,10 @@ total=$(since "$started")
 stratus_rev=$(git -C "$here" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 if [ -n "$(git -C "$here" status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
     stratus_rev="$stratus_rev with uncommitted changes in src/"
+fi
+if [ "$(stat -c %Y "$stratus")" -lt "$(git -C "$here" log -1 --format=%ct 2>/dev/null || echo 0)" ]; then
+    stratus_rev="$stratus_rev, but the binary is older than that commit"
+    say "warning: $stratus is older than the last commit; rebuild it (cargo build --release) for figures of HEAD"
 fi
 {
     printf 'command\t%s\n' "$command_line"
@@ -594,7 +629,7 @@ fi
 {
     cat "$work/notes-failed"
     printf 'one run of each workload, no repetitions: differences under ~10%% are noise on this machine\n'
-    printf 'each S3 target gets its own fresh moto server (in RAM, single-threaded Python) on 127.0.0.1, started the same way, so neither pays for the objects of the other; moto, not the network, bounds uploads\n'
+    printf 'each S3 target gets its own fresh moto server (objects in RAM, one Python process: werkzeug threads under the GIL) on 127.0.0.1, started the same way, so neither pays for the objects of the other; moto, not the network, bounds uploads\n'
     printf 'load average (1, 5, 15 min) at the start %s, at the end %s, on %s cores%s\n' "$load_start" \
         "$(cut -d' ' -f1-3 /proc/loadavg)" "$(nproc)" \
         "$(awk -v l="${load_start%% *}" 'BEGIN { if (l > 1.0) print ": the machine was not idle, so the figures are noisy" }')"

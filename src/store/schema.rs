@@ -72,6 +72,11 @@ const MIGRATIONS: &[&str] = &[
         idx INTEGER NOT NULL,
         PRIMARY KEY (entry_id, idx)
      ) WITHOUT ROWID;",
+    // 4: indexes for the hot queries. Without them the uploader's wake-up (ready jobs, next
+    // ready time) and a directory's link count scanned everything, and creating or deleting
+    // files got slower as the queue and the directory grew.
+    "CREATE INDEX journal_by_ready ON journal(ready_at_ms);
+     CREATE INDEX entries_by_parent_kind ON entries(parent, kind);",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -38,12 +38,23 @@ impl Moto {
             // moto's server through our launcher, which keeps headers with '_' in their
             // names (see scripts/moto_server.py).
             let launcher = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/moto_server.py");
-            let spawned = Command::new("python3")
-                .args([launcher, "-H", "127.0.0.1", "-p", &port.to_string()])
+            let mut cmd = Command::new("python3");
+            cmd.args([launcher, "-H", "127.0.0.1", "-p", &port.to_string()])
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(out))
-                .stderr(Stdio::from(err))
-                .spawn();
+                .stderr(Stdio::from(err));
+            // Regression: a server kept in a static is never dropped, so it outlived the test
+            // process; hundreds piled up as orphans spinning on the CPU. The kernel now kills
+            // it when the thread that started it exits (see `shared` in mount.rs, which starts
+            // it from a thread that lives as long as the process).
+            // SAFETY: prctl is async-signal-safe.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            let spawned = cmd.spawn();
             let mut child = match spawned {
                 Ok(child) => child,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -26,12 +26,22 @@ pub enum Backend {
     S3,
 }
 
-/// One moto server per test binary; every test gets its own bucket on it.
+/// One moto server per test binary; every test gets its own bucket on it. It is started
+/// from a thread that never ends, so that it dies with the test process (PR_SET_PDEATHSIG
+/// fires when the starting thread exits, and test threads end with their test).
 fn moto() -> Arc<Moto> {
-    static MOTO: OnceLock<Mutex<Option<Arc<Moto>>>> = OnceLock::new();
-    let cell = MOTO.get_or_init(|| Mutex::new(None));
-    let mut g = cell.lock().unwrap_or_else(|e| e.into_inner());
-    g.get_or_insert_with(|| Arc::new(Moto::start())).clone()
+    static MOTO: OnceLock<Arc<Moto>> = OnceLock::new();
+    MOTO.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(Arc::new(Moto::start()));
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv().expect("starting moto")
+    })
+    .clone()
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
