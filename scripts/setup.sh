@@ -24,7 +24,7 @@ installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
 }
 
-wanted=(fuse3 attr fio git libacl1-dev)
+wanted=(fuse3 attr fio git libacl1-dev strace)
 have_moto() { python3 -c 'import moto.server, werkzeug.serving' >/dev/null 2>&1; }
 
 if ! have_moto; then

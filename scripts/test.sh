@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what the tests need (fuse3, attr, moto, pjdfstest, fio), then
-# runs every unit and real-mount test (they start their own moto S3 server on 127.0.0.1), and
-# the quick conformance and remount-consistency checks on a real mount.
+# The whole test suite: installs what the tests need (fuse3, attr, moto, pjdfstest, fio,
+# strace), then runs every unit and real-mount test (they start their own moto S3 server on
+# 127.0.0.1, some behind a fault-injecting proxy), and the quick conformance,
+# remount-consistency and crash checks on a real mount.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -27,4 +28,5 @@ if ! diff <(manifest "$work/mnt") <(manifest "$work/remote") >/dev/null; then
     exit 1
 fi
 scripts/remount-check.sh --quick
-echo "suites: 3 passed, 0 failed (cargo test, conformance, remount-check)"
+scripts/crash.sh --quick
+echo "suites: 4 passed, 0 failed (cargo test, conformance, remount-check, crash)"
