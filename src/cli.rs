@@ -554,7 +554,14 @@ fn sync(mp: &Path, wait: bool, timeout: Option<Duration>) -> anyhow::Result<Exit
         .to_string();
     let name = format!("{}{barrier}", control::PENDING_PREFIX);
     let deadline = timeout.map(|t| Instant::now() + t);
+    let mut last_kick = Instant::now();
     loop {
+        // Someone is waiting: keep cutting backoffs short, as a user pressing "sync" again
+        // would.
+        if last_kick.elapsed() >= Duration::from_secs(2) {
+            let _ = control::set(mp, control::SYNC, b"1");
+            last_kick = Instant::now();
+        }
         let pending = control::Pending::decode(&String::from_utf8_lossy(&control::get(mp, &name)?));
         let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
         let stuck = pending.errors + pending.conflicts;

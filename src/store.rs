@@ -306,10 +306,9 @@ pub struct Health {
 
 impl Health {
     pub fn record_error(&self, transient: bool, msg: &str) {
-        if transient {
-            self.unreachable
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-        }
+        // A permanent error is an answer: the remote is reachable.
+        self.unreachable
+            .store(transient, std::sync::atomic::Ordering::Relaxed);
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((now_ms(), msg.to_string()));
     }
@@ -738,12 +737,14 @@ impl Db<'_> {
         Ok(())
     }
 
-    pub fn drop_block(&self, id: EntryId, idx: u64) -> StoreResult<()> {
-        self.conn.execute(
+    /// Forgets a cached block; false when it was not listed (the file became complete, or
+    /// was replaced, since the block was cached).
+    pub fn drop_block(&self, id: EntryId, idx: u64) -> StoreResult<bool> {
+        let n = self.conn.execute(
             "DELETE FROM blocks WHERE entry_id = ?1 AND idx = ?2",
             params![id.0 as i64, idx as i64],
         )?;
-        Ok(())
+        Ok(n == 1)
     }
 
     /// Every cached block, for rebuilding the eviction order at start.
@@ -804,6 +805,20 @@ impl Db<'_> {
             .conn
             .query_row("SELECT count(*) FROM entries", [], |r| r.get::<_, i64>(0))?
             as u64)
+    }
+
+    /// Complete files and their recorded sizes, for recovery at start.
+    pub fn complete_files(&self) -> StoreResult<Vec<(EntryId, u64)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id, size FROM entries WHERE kind = 1 AND local = 1")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                EntryId(r.get::<_, i64>(0)? as u64),
+                r.get::<_, i64>(1)? as u64,
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Every entry, for the poller's comparison with a listing.

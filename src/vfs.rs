@@ -108,6 +108,13 @@ impl SyncState {
     }
 }
 
+/// What a removal does after its transaction commits.
+#[derive(Default)]
+struct Removal {
+    files: Vec<EntryId>,
+    unlinked: Vec<EntryId>,
+}
+
 struct Handle {
     id: EntryId,
     file: Option<File>,
@@ -323,6 +330,8 @@ impl Vfs {
             .ok_or(VfsError::NotFound)?;
         let now = now_ns();
         let mut flags = 0;
+        let mut truncate_to = None;
+        let mut becomes_local = false;
         if let Some(size) = set.size {
             if e.kind == Kind::Dir {
                 return Err(VfsError::IsDir);
@@ -330,18 +339,14 @@ impl Vfs {
             if e.kind != Kind::File {
                 return Err(VfsError::Invalid("truncate of a symlink".into()));
             }
-            if !e.local {
-                if size == 0 {
-                    self.cache.create_empty(e.id)?;
-                    self.store.write(|db| db.set_local(e.id, true))?;
-                    e.local = true;
-                } else {
-                    self.fill(&e)?;
-                    e.local = true;
-                }
+            if !e.local && size > 0 {
+                self.fill(&e)?;
+                e.local = true;
             }
-            let f = self.cache.open_file(e.id, true)?;
-            f.set_len(size)?;
+            // Emptied without a fetch: the old blocks go with the commit below.
+            becomes_local = !e.local;
+            e.local = true;
+            truncate_to = Some(size);
             e.size = size;
             e.mtime_ns = now;
             flags |= dirty::CONTENT;
@@ -382,11 +387,25 @@ impl Vfs {
         let unlinked = e.parent.is_none() && e.id != EntryId::ROOT;
         self.w(|db| {
             db.update(&e)?;
+            if becomes_local {
+                db.set_local(e.id, true)?;
+            }
             if flags != 0 && !unlinked && e.id != EntryId::ROOT {
                 db.enqueue_sync(e.id, flags, ready)?;
             }
             Ok(())
         })?;
+        // The data file follows the committed size, never leads it: after a crash in
+        // between, `recover` cuts or extends it to the size the database holds.
+        // (Regression: it was cut first, and a crash before the commit left the old size,
+        // the truncated data and the old content on the remote for good.)
+        if becomes_local {
+            self.forget_blocks(e.id);
+        }
+        if let Some(size) = truncate_to {
+            let f = self.cache.open_file(e.id, true)?;
+            f.set_len(size)?;
+        }
         drop(live);
         Ok(self.attr(&e))
     }
@@ -756,8 +775,15 @@ impl Vfs {
             if id == for_id && keep.contains(&idx) {
                 continue;
             }
-            let _ = self.cache.punch_hole(id, idx * BLOCK_SIZE, BLOCK_SIZE);
-            let _ = self.store.write(|db| db.drop_block(id, idx));
+            // Only a block the database still lists is a cached block: the eviction order
+            // can hold stale ones, and punching those would cut into a complete file.
+            if self
+                .store
+                .write(|db| db.drop_block(id, idx))
+                .unwrap_or(false)
+            {
+                let _ = self.cache.punch_hole(id, idx * BLOCK_SIZE, BLOCK_SIZE);
+            }
             if let Some(set) = lock(&self.present).get_mut(&id) {
                 set.remove(&idx);
             }
@@ -1015,8 +1041,9 @@ impl Vfs {
     fn remove_entry(
         &self,
         db: &Db<'_>,
-        live: &mut HashMap<EntryId, Live>,
+        live: &HashMap<EntryId, Live>,
         e: &Entry,
+        rm: &mut Removal,
     ) -> VfsResult<()> {
         // A `.conflict` copy points at the key of the version it holds, but it was never
         // uploaded: removing it must not touch the remote.
@@ -1034,9 +1061,9 @@ impl Vfs {
                 }
             }
         }
-        match live.get_mut(&e.id) {
+        match live.get(&e.id) {
             Some(l) if l.open > 0 => {
-                l.unlinked = true;
+                rm.unlinked.push(e.id);
                 let mut gone = e.clone();
                 gone.parent = None;
                 gone.ctime_ns = now_ns();
@@ -1049,15 +1076,32 @@ impl Vfs {
             _ => {
                 db.delete_entry(e.id)?;
                 if e.kind == Kind::File {
-                    self.cache.remove(e.id)?;
+                    rm.files.push(e.id);
                 }
             }
         }
         Ok(())
     }
 
+    /// Carries out what a removal may only do once its transaction has committed: drop the
+    /// data files, mark open files unlinked. (Regression: the data file went inside the
+    /// transaction, so a crash before the commit kept the entry but lost its content.)
+    fn finish_removal(&self, rm: Removal, live: &mut HashMap<EntryId, Live>) {
+        for id in rm.unlinked {
+            if let Some(l) = live.get_mut(&id) {
+                l.unlinked = true;
+            }
+        }
+        for id in rm.files {
+            if let Err(e) = self.cache.remove(id) {
+                tracing::warn!(error = %e, "could not remove a deleted file's cached data");
+            }
+        }
+    }
+
     pub fn unlink(&self, parent: EntryId, name: &OsStr) -> VfsResult<()> {
         let mut live = lock(&self.live);
+        let mut rm = Removal::default();
         self.w(|db| {
             let p = self.dir(db, parent)?;
             let e = db
@@ -1075,9 +1119,11 @@ impl Vfs {
                     db.resolve_conflict(c.id, "local deleted")?;
                 }
             }
-            self.remove_entry(db, &mut live, &e)?;
+            self.remove_entry(db, &live, &e, &mut rm)?;
             self.touch_dir(db, &p)
-        })
+        })?;
+        self.finish_removal(rm, &mut live);
+        Ok(())
     }
 
     pub fn rmdir(&self, parent: EntryId, name: &OsStr) -> VfsResult<()> {
@@ -1085,6 +1131,7 @@ impl Vfs {
             return Err(VfsError::Invalid("rmdir of '.'".into()));
         }
         let mut live = lock(&self.live);
+        let mut rm = Removal::default();
         self.w(|db| {
             let p = self.dir(db, parent)?;
             let e = db
@@ -1096,9 +1143,11 @@ impl Vfs {
             if db.has_children(e.id)? {
                 return Err(VfsError::NotEmpty);
             }
-            self.remove_entry(db, &mut live, &e)?;
+            self.remove_entry(db, &live, &e, &mut rm)?;
             self.touch_dir(db, &p)
-        })
+        })?;
+        self.finish_removal(rm, &mut live);
+        Ok(())
     }
 
     pub fn rename(
@@ -1112,7 +1161,8 @@ impl Vfs {
         let (name, newname) = (name.as_bytes(), newname.as_bytes());
         let mut live = lock(&self.live);
         let ready_now = Some(now_ms());
-        self.w(|db| {
+        let mut rm = Removal::default();
+        let r = self.w(|db| {
             let p = self.dir(db, parent)?;
             let np = self.dir(db, newparent)?;
             let src = db.lookup(parent, name)?.ok_or(VfsError::NotFound)?;
@@ -1146,7 +1196,7 @@ impl Vfs {
                         let busy = live.get(&dst.id).is_some_and(|l| l.open > 0);
                         db.settle_conflict(&c, Keep::Remote)?;
                         if !busy {
-                            let _ = self.cache.remove(dst.id);
+                            rm.files.push(dst.id);
                         }
                         self.touch_dir(db, &p)?;
                         return Ok(());
@@ -1165,7 +1215,7 @@ impl Vfs {
                     (false, true) => return Err(VfsError::IsDir),
                     (false, false) => {}
                 }
-                self.remove_entry(db, &mut live, &dst)?;
+                self.remove_entry(db, &live, &dst, &mut rm)?;
             }
             // Directory keys to delete once the children have moved.
             let below = if src.kind == Kind::Dir {
@@ -1208,7 +1258,11 @@ impl Vfs {
                 self.touch_dir(db, &np)?;
             }
             Ok(())
-        })
+        });
+        if r.is_ok() {
+            self.finish_removal(rm, &mut live);
+        }
+        r
     }
 
     pub fn statfs(&self) -> VfsResult<StatFs> {
@@ -1331,6 +1385,20 @@ impl Vfs {
             }
         }
         let held = self.store.write(|db| db.release_held(now_ms()))?;
+        // A committed truncate may not have reached the data file: outside the entries that
+        // were being written (whose data file is the truth, below), the database's size is.
+        let complete = self.store.read(|db| db.complete_files())?;
+        for (id, size) in complete {
+            if held.contains(&id) {
+                continue;
+            }
+            if let Some(len) = self.cache.len(id)? {
+                if len != size {
+                    tracing::info!(id = id.0, len, size, "data file follows the committed size");
+                    self.cache.open_file(id, false)?.set_len(size)?;
+                }
+            }
+        }
         for id in &held {
             let Some(e) = self.store.read(|db| db.get(*id))? else {
                 continue;

@@ -105,7 +105,6 @@ fn chmod_interrupted_before_its_commit_changes_nothing() {
 /// reads return the truncated data, marked synced, with the old content on the remote for
 /// good. Found by scripts/crash.sh (an `open(O_TRUNC)` in flight at the kill).
 #[test]
-#[ignore = "stratus bug: truncate changes the data file before its transaction commits; a crash in between leaves stat, reads and the remote disagreeing"]
 fn truncate_interrupted_before_its_commit() {
     let env = Env::new(Backend::Local);
     let state = env.new_state_dir();
@@ -140,7 +139,6 @@ fn truncate_interrupted_before_its_commit() {
 /// dir"), so `sync --wait` never succeeds again. Found by scripts/crash.sh (an editor-style
 /// save, temp file + rename, in flight at the kill).
 #[test]
-#[ignore = "stratus bug: rename over a file deletes its cached data before the transaction commits; a crash in between loses the file's content"]
 fn rename_over_interrupted_before_its_commit() {
     let env = Env::new(Backend::Local);
     let state = env.new_state_dir();
@@ -170,7 +168,6 @@ fn rename_over_interrupted_before_its_commit() {
 
 /// The same window in unlink: the data file goes before the commit.
 #[test]
-#[ignore = "stratus bug: unlink deletes the cached data before the transaction commits; a crash in between leaves an unreadable file"]
 fn unlink_interrupted_before_its_commit() {
     let env = Env::new(Backend::Local);
     let state = env.new_state_dir();

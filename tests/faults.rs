@@ -400,18 +400,17 @@ fn lost_answer_to_a_completed_multipart_upload() {
 /// data is fetched from the old key. A SIGKILL between the delete and the commit of the new
 /// base would leave the same state.
 #[test]
-#[ignore = "stratus bug: a rename whose old-key delete landed unacknowledged is parked for good and the file becomes unreadable"]
 fn lost_answers_to_the_delete_of_a_rename() {
     let (env, proxy) = s3_behind_fault_proxy();
     // A file this mount has never opened: its rename can only be a server-side copy.
     env.put_remote("remote.txt", b"only on the remote");
     let m = env.mount();
-    // The copy lands, the delete of the old key (object_store sends a bulk delete,
-    // `POST /bucket?delete`) takes effect, but its answers are lost for all three of
-    // object_store's tries: the job fails as transient and runs again.
+    // The copy lands, the delete of the old key (a conditional `DELETE` of the key) takes
+    // effect, but its answer is lost three times over: the job fails as transient and runs
+    // again, and must find the move already done.
     proxy.set(
         Faults::drop_responses(1.0, 0)
-            .only("?delete")
+            .only("DELETE ")
             .with_budget(3),
     );
     fs::rename(m.path("remote.txt"), m.path("moved.txt")).unwrap();

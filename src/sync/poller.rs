@@ -92,11 +92,14 @@ impl Uploader {
             let (Some(key), Some(path)) = (e.synced.key.as_deref(), paths.get(&e.id)) else {
                 continue;
             };
+            // Known here even when moved away: otherwise the old key would look like a new
+            // remote object and come back as a second entry. (Regression: a rename right
+            // after mounting left both names on the remote.)
+            based.insert(key);
             if path != key {
                 // Moved away locally: the journal carries the move.
                 continue;
             }
-            based.insert(key);
             let r = remote.get(key).filter(|o| o.kind != ObjectKind::Dir);
             let rside = match r {
                 None => RemoteSide::Deleted,
@@ -141,8 +144,12 @@ impl Uploader {
                 Some(e) if e.kind == Kind::Dir || e.conflict_of.is_some() => {
                     tracing::warn!(%key, "remote object where the mount has a directory; left alone");
                 }
+                Some(e) if e.synced.key.is_some() && jobs.contains(&e.id) => {
+                    // Moving here from its old key: the object may be our own copy, half
+                    // way through the move. The job finishes it (and compares first).
+                }
                 Some(e) => {
-                    // Created on both sides (or moved here locally) without a common base.
+                    // Created on both sides without a common base.
                     self.apply(e, key, Local::Created, RemoteSide::Created)
                         .await?;
                 }

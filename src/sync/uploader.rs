@@ -366,7 +366,24 @@ impl Uploader {
                 let from = old.clone().expect("moved_only implies an old key");
                 // A server-side copy takes no condition: compare first.
                 let current = self.remote.head(&key, false).await?;
-                if !cond.admits(current.as_ref().and_then(|o| o.etag.as_deref())) {
+                // Same content hash, or the same ETag (a server-side copy keeps a single-part
+                // object's ETag, which is its content's MD5).
+                let ours = current.as_ref().filter(|h| {
+                    (h.meta.sha256.is_some() && h.meta.sha256 == e.synced.hash)
+                        || (h.etag.is_some() && h.etag == e.synced.etag)
+                });
+                if let Some(h) = ours {
+                    // Already there: a previous attempt copied (and maybe deleted the old
+                    // key) and lost the answers. (Regression: the retried copy found the old
+                    // key gone and parked the entry for good.)
+                    Ok((
+                        Written {
+                            etag: h.etag.clone(),
+                            version: h.version.clone(),
+                        },
+                        e.synced.hash.clone(),
+                    ))
+                } else if !cond.admits(current.as_ref().and_then(|o| o.etag.as_deref())) {
                     Err(RemoteError::Conflict(key.clone()))
                 } else {
                     tracing::debug!(%from, to = %key, "server-side copy");
@@ -507,6 +524,13 @@ impl Uploader {
         self.store
             .write(|db| db.set_job_state(job.seq, JobState::Queued))?;
         if same {
+            // Most likely our own write whose answer was lost. If the entry was moving, its
+            // old key still has to go before the base moves to the new one. (Regression:
+            // the old key was forgotten and stayed on the remote.)
+            if let Some(old) = e.synced.key.as_deref().filter(|k| *k != key) {
+                self.delete_key(old, false, Some(e.id), e.synced.etag.as_deref())
+                    .await?;
+            }
             self.store.write(|db| {
                 db.set_synced(
                     e.id,
