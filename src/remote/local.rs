@@ -78,6 +78,7 @@ impl LocalRemote {
     }
 
     fn lock(&self) -> RemoteResult<WriteLock> {
+        root_present(&self.root)?;
         let path = self.root.join(LOCK_NAME);
         let f = fs::OpenOptions::new()
             .create(true)
@@ -126,6 +127,7 @@ impl LocalRemote {
 
     pub async fn scan(&self) -> RemoteResult<Vec<ObjectInfo>> {
         let root = self.root.clone();
+        root_present(&root)?;
         blocking(move || {
             let mut out = Vec::new();
             let mut stack = vec![(root.clone(), String::new())];
@@ -171,6 +173,7 @@ impl LocalRemote {
     pub async fn head(&self, key: &str, dir: bool) -> RemoteResult<Option<ObjectInfo>> {
         let path = self.path(key);
         let key = key.to_string();
+        root_present(&self.root)?;
         blocking(move || match fs::symlink_metadata(&path) {
             Ok(m) if m.is_dir() == dir => info_of(&path, key, &m),
             Ok(_) => Ok(None),
@@ -188,7 +191,9 @@ impl LocalRemote {
     ) -> RemoteResult<bytes::Bytes> {
         let src = self.path(key);
         let if_match = if_match.map(str::to_string);
+        let root = self.root.clone();
         blocking(move || {
+            root_present(&root)?;
             let f = fs::File::open(&src).map_err(|e| io_err(&src, e))?;
             let m = f.metadata().map_err(|e| io_err(&src, e))?;
             if if_match.as_ref().is_some_and(|want| etag_of(&m) != *want) {
@@ -206,7 +211,9 @@ impl LocalRemote {
     pub async fn download(&self, key: &str, dest: &Path) -> RemoteResult<u64> {
         let src = self.path(key);
         let dest = dest.to_path_buf();
+        let root = self.root.clone();
         blocking(move || {
+            root_present(&root)?;
             let mut from = fs::File::open(&src).map_err(|e| io_err(&src, e))?;
             let mut to = fs::File::create(&dest).map_err(RemoteError::Io)?;
             let n = io::copy(&mut from, &mut to).map_err(|e| io_err(&src, e))?;
@@ -273,6 +280,7 @@ impl LocalRemote {
     }
 
     pub async fn put_dir(&self, key: &str, meta: &Meta) -> RemoteResult<Written> {
+        root_present(&self.root)?;
         let dest = self.path(key);
         let meta = meta.clone();
         blocking(move || {
@@ -299,7 +307,9 @@ impl LocalRemote {
     pub async fn copy(&self, from: &str, to: &str) -> RemoteResult<Written> {
         let src = self.path(from);
         let dest = self.path(to);
+        let lock = self.lock_fn();
         blocking(move || {
+            let _lock = lock()?;
             let m = fs::symlink_metadata(&src).map_err(|e| io_err(&src, e))?;
             let meta = Meta {
                 mtime_ns: Some(m.mtime() * 1_000_000_000 + m.mtime_nsec()),
@@ -372,6 +382,19 @@ impl LocalRemote {
             }
         })
         .await
+    }
+}
+
+/// A missing remote folder is an unplugged disk or an unmounted share: wait for it (and
+/// never recreate it by writing below it).
+fn root_present(root: &Path) -> RemoteResult<()> {
+    if root.is_dir() {
+        Ok(())
+    } else {
+        Err(RemoteError::unavailable(format!(
+            "remote folder {} is missing",
+            root.display()
+        )))
     }
 }
 
