@@ -589,6 +589,8 @@ impl Vfs {
             return Ok(());
         }
         let blocks = fresh.size.div_ceil(BLOCK_SIZE);
+        let gate = self.gate(e.id);
+        let _g = lock(&gate);
         if blocks > 0 {
             self.ensure_blocks(&fresh, 0, blocks - 1, false)?;
         } else {
@@ -612,7 +614,8 @@ impl Vfs {
         }
     }
 
-    /// Makes blocks `first..=last` of a partly cached file present, fetching what is missing
+    /// Makes blocks `first..=last` of a partly cached file present (the caller holds the
+    /// file's gate), fetching what is missing
     /// by ranged GETs pinned to the version the entry records (`If-Match`), several in flight.
     /// A `sequential` reader also gets the next blocks ahead.
     fn ensure_blocks(&self, e: &Entry, first: u64, last: u64, sequential: bool) -> VfsResult<()> {
@@ -626,8 +629,6 @@ impl Vfs {
                 "this version failed its checksum".into(),
             )));
         }
-        let gate = lock(&self.fetching).entry(e.id).or_default().clone();
-        let _g = lock(&gate);
         let want: Vec<u64> = {
             let mut present = lock(&self.present);
             let set = match present.get(&e.id) {
@@ -666,7 +667,7 @@ impl Vfs {
             tracing::warn!(%key, "offline: this part of the file is not cached here");
             return Err(VfsError::Remote(RemoteError::unavailable("offline")));
         }
-        self.make_room(want.len() as u64 * BLOCK_SIZE, e.id, &want);
+        self.make_room(want.len() as u64 * BLOCK_SIZE, e.id, &(first..=last), &want);
         self.cache.ensure_sparse(e.id, e.size)?;
         let etag = e.synced.etag.clone();
         let size = e.size;
@@ -764,17 +765,41 @@ impl Vfs {
         ))))
     }
 
-    /// Evicts least recently used blocks until `need` more bytes fit the budget. Blocks of
-    /// `for_id` listed in `keep` are the ones being fetched and are not candidates.
-    fn make_room(&self, need: u64, for_id: EntryId, keep: &[u64]) {
+    /// Evicts least recently used blocks until `need` more bytes fit the budget. The caller
+    /// holds `for_id`'s gate; blocks of `for_id` in `keep` (being read or fetched) stay.
+    /// Another file's blocks are evicted only under that file's gate, taken without waiting:
+    /// a file being read right now keeps its blocks until the read is done. (Regression: a
+    /// read-ahead that needed room punched the blocks the same read was about to return.)
+    fn make_room(
+        &self,
+        need: u64,
+        for_id: EntryId,
+        keep: &std::ops::RangeInclusive<u64>,
+        fetching: &[u64],
+    ) {
         let budget = self.cfg.cache_budget;
+        let mut spared = Vec::new();
         while self.cached.load(Ordering::Relaxed) + need > budget {
             let Some(((id, idx), ())) = lock(&self.lru).pop_lru() else {
                 break;
             };
-            if id == for_id && keep.contains(&idx) {
-                continue;
-            }
+            let gate;
+            let _guard = if id == for_id {
+                if keep.contains(&idx) || fetching.contains(&idx) {
+                    spared.push((id, idx));
+                    continue;
+                }
+                None
+            } else {
+                gate = self.gate(id);
+                match gate.try_lock() {
+                    Ok(g) => Some(g),
+                    Err(_) => {
+                        spared.push((id, idx));
+                        continue;
+                    }
+                }
+            };
             // Only a block the database still lists is a cached block: the eviction order
             // can hold stale ones, and punching those would cut into a complete file.
             if self
@@ -789,6 +814,15 @@ impl Vfs {
             }
             self.cached.fetch_sub(BLOCK_SIZE, Ordering::Relaxed);
         }
+        let mut lru = lock(&self.lru);
+        for b in spared {
+            lru.put(b, ());
+        }
+    }
+
+    /// The per-file gate that serializes fetching, reading and evicting one file's blocks.
+    fn gate(&self, id: EntryId) -> Arc<Mutex<()>> {
+        lock(&self.fetching).entry(id).or_default().clone()
     }
 
     /// `none`, `partial` or `full`: how much of a file's data is on this machine.
@@ -884,6 +918,8 @@ impl Vfs {
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> VfsResult<Vec<u8>> {
         let h = self.handle(fh)?;
         let f = h.file.as_ref().ok_or(VfsError::IsDir)?;
+        let gate;
+        let mut _guard = None;
         if !h.writable {
             let e = self
                 .store
@@ -892,6 +928,9 @@ impl Vfs {
             if !e.local && size > 0 && offset < e.size {
                 let sequential = h.last_end.swap(offset + size as u64, Ordering::Relaxed) == offset;
                 let last = (offset + size as u64 - 1) / BLOCK_SIZE;
+                // Held through the read below, so the blocks cannot be evicted in between.
+                gate = self.gate(h.id);
+                _guard = Some(lock(&gate));
                 self.ensure_blocks(&e, offset / BLOCK_SIZE, last, sequential)?;
             }
         }
