@@ -161,6 +161,8 @@ pub struct Vfs {
 
 /// Blocks fetched ahead of a sequential reader.
 const READ_AHEAD_BLOCKS: usize = 16;
+/// How long a fetch may take while the remote is known to be unreachable.
+const UNREACHABLE_FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 /// Ranged GETs in flight at once for one file.
 const FETCHES_IN_FLIGHT: usize = 8;
 
@@ -686,7 +688,14 @@ impl Vfs {
                 })
                 .buffer_unordered(FETCHES_IN_FLIGHT)
                 .collect::<Vec<_>>();
-            tokio::time::timeout(self.cfg.fetch_timeout, gets).await
+            // While the remote is known to be away, a read of data not cached here fails
+            // within seconds instead of waiting out the network's timeouts.
+            let limit = if self.store.health.is_reachable() {
+                self.cfg.fetch_timeout
+            } else {
+                UNREACHABLE_FETCH_TIMEOUT
+            };
+            tokio::time::timeout(limit, gets).await
         });
         let results = fetched.map_err(|_| {
             tracing::warn!(%key, "block fetch timed out");
@@ -723,6 +732,9 @@ impl Vfs {
         let complete = lock(&self.present)
             .get(&e.id)
             .is_some_and(|set| set.len() as u64 >= nblocks);
+        if !got.is_empty() {
+            self.store.health.record_ok();
+        }
         match failure {
             None if complete => self.verify(e, &key),
             None => Ok(()),

@@ -95,3 +95,30 @@ fn local_remote_folder_missing_then_back() {
     m2.sync();
     assert_eq!(fs::read(env.root.join("b.txt")).unwrap(), b"b");
 }
+
+#[test]
+fn uncached_reads_fail_fast_while_the_remote_is_away_and_cached_ones_work() {
+    let (env, proxy) = s3_behind_proxy();
+    env.put_remote("warm.bin", &common::mount::data(1, 2 << 20));
+    env.put_remote("cold.bin", &common::mount::data(2, 2 << 20));
+    let m = env.mount();
+    assert!(fs::read(m.path("warm.bin")).unwrap() == common::mount::data(1, 2 << 20));
+    proxy.cut();
+    // Something has to notice the outage first: a write that cannot be uploaded.
+    fs::write(m.path("probe.txt"), b"x").unwrap();
+    assert!(eventually(30, || m.status().contains("reachable:   no")));
+    assert!(fs::read(m.path("warm.bin")).unwrap() == common::mount::data(1, 2 << 20));
+    let t = std::time::Instant::now();
+    let e = fs::read(m.path("cold.bin")).map(|_| ()).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO));
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(6),
+        "took {:?}",
+        t.elapsed()
+    );
+    // A failed read is not a delete, and the data comes once the remote is back.
+    assert!(m.path("cold.bin").exists());
+    proxy.restore();
+    m.sync();
+    assert!(fs::read(m.path("cold.bin")).unwrap() == common::mount::data(2, 2 << 20));
+}
