@@ -59,6 +59,16 @@ impl ConflictPolicy {
 
 pub use crate::store::Invalidation;
 
+/// The base an entry gets when it takes (or matches) the remote object `o` at `key`.
+pub(crate) fn base_of(key: &str, o: &ObjectInfo) -> Synced {
+    Synced {
+        key: Some(key.to_string()),
+        etag: o.etag.clone(),
+        version: o.version.clone(),
+        hash: o.meta.sha256.clone(),
+    }
+}
+
 /// Capped exponential backoff for transient failures: 0.5 s, 1 s, 2 s ... up to 60 s.
 pub fn backoff(attempts: i64) -> Duration {
     let exp = attempts.clamp(0, 7) as u32;

@@ -110,12 +110,7 @@ impl Uploader {
                 synced: if holds_local {
                     Synced::default()
                 } else {
-                    Synced {
-                        key: Some(key.to_string()),
-                        etag: r.etag.clone(),
-                        version: r.version.clone(),
-                        hash: r.meta.sha256.clone(),
-                    }
+                    super::base_of(key, r)
                 },
                 dirty: 0,
                 conflict_of: Some(e.id),
@@ -158,15 +153,7 @@ impl Uploader {
                 )?;
                 self.store.write(|db| {
                     db.set_local(e.id, false)?;
-                    db.set_synced(
-                        e.id,
-                        &Synced {
-                            key: Some(key.to_string()),
-                            etag: r.etag.clone(),
-                            version: r.version.clone(),
-                            hash: r.meta.sha256.clone(),
-                        },
-                    )?;
+                    db.set_synced(e.id, &super::base_of(key, r))?;
                     let mut cur = db.must_get(e.id)?;
                     cur.size = r.size;
                     cur.mtime_ns = r

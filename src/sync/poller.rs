@@ -243,17 +243,8 @@ impl Uploader {
             Action::DeleteLocal => self.delete_local(e),
             Action::AdoptBase => {
                 let h = head.expect("remote side exists");
-                self.store.write(|db| {
-                    db.set_synced(
-                        e.id,
-                        &Synced {
-                            key: Some(key.to_string()),
-                            etag: h.etag.clone(),
-                            version: h.version.clone(),
-                            hash: h.meta.sha256.clone(),
-                        },
-                    )
-                })?;
+                self.store
+                    .write(|db| db.set_synced(e.id, &super::base_of(key, &h)))?;
                 Ok(())
             }
             Action::Conflict => {
@@ -336,15 +327,7 @@ impl Uploader {
             db.update(&cur)?;
             // The cached data (whole or in blocks) is the old version's.
             db.set_local(e.id, cur.local)?;
-            db.set_synced(
-                e.id,
-                &Synced {
-                    key: Some(key.to_string()),
-                    etag: r.etag.clone(),
-                    version: r.version.clone(),
-                    hash: r.meta.sha256.clone(),
-                },
-            )?;
+            db.set_synced(e.id, &super::base_of(key, r))?;
             Ok(true)
         })?;
         if took {
@@ -452,12 +435,7 @@ impl Uploader {
                             },
                             local: this_kind != Kind::File,
                             synced: if last && (kind != Kind::Dir || r.etag.is_some()) {
-                                Synced {
-                                    key: Some(key.to_string()),
-                                    etag: r.etag.clone(),
-                                    version: r.version.clone(),
-                                    hash: r.meta.sha256.clone(),
-                                }
+                                super::base_of(key, r)
                             } else {
                                 Synced::default()
                             },

@@ -531,17 +531,8 @@ impl Uploader {
                 self.delete_key(old, false, Some(e.id), e.synced.etag.as_deref())
                     .await?;
             }
-            self.store.write(|db| {
-                db.set_synced(
-                    e.id,
-                    &Synced {
-                        key: Some(key.to_string()),
-                        etag: r.etag.clone(),
-                        version: r.version.clone(),
-                        hash: r.meta.sha256.clone(),
-                    },
-                )
-            })?;
+            self.store
+                .write(|db| db.set_synced(e.id, &super::base_of(key, &r)))?;
             return Ok(Outcome::Again);
         }
         self.conflict(e, key, &r).await?;
