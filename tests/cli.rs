@@ -123,7 +123,14 @@ fn state_attribute_and_status_follow_the_queue() {
 #[test]
 fn a_permanent_failure_parks_one_entry_and_the_rest_flows() {
     let env = Env::new(Backend::Local);
-    let m = env.mount();
+    // No polling: a listing that saw their directory before our write would turn the
+    // write into EISDIR, which is right but not what this test is about.
+    let m = env
+        .try_mount(
+            &env.new_state_dir(),
+            &["--write-back", "0.2", "--poll-interval", "0"],
+        )
+        .unwrap();
     // Another tool puts a directory where our file is about to go: the remote refuses
     // that write for good, which must not block anything else.
     env.put_remote("clash/inside", b"theirs");
