@@ -99,6 +99,17 @@ enum Cmd {
         #[arg(long)]
         keep: String,
     },
+    /// Keep PATH on this machine: download it (a directory: everything below it, now and
+    /// later) in the background and never evict it.
+    Pin {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Release PATH to normal eviction.
+    Unpin {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// Go offline (no network traffic; changes queue) or back online.
     Offline {
         mountpoint: PathBuf,
@@ -282,6 +293,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("kept {keep} for {}", path.display());
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Pin { paths } => pin(&paths, true),
+        Cmd::Unpin { paths } => pin(&paths, false),
         Cmd::Offline { mountpoint, state } => {
             let v: &[u8] = match state.as_str() {
                 "on" => b"1",
@@ -385,6 +398,38 @@ fn spawn_daemon(
         Some(reason) => bail!("{reason}"),
         None => bail!("the mount daemon exited early; see {}", log.display()),
     }
+}
+
+/// Sets `user.stratus.pin` on each path; every path is tried, and the exit status says
+/// whether all of them took it.
+fn pin(paths: &[PathBuf], on: bool) -> anyhow::Result<ExitCode> {
+    let mut failed = false;
+    for p in paths {
+        let r = control::set(p, control::PIN, if on { b"1" } else { b"0" });
+        match r {
+            Ok(()) if on => println!("pinned {} (downloading in the background)", p.display()),
+            Ok(()) => match control::get(p, control::PIN) {
+                Ok(v) if v == b"1" => println!(
+                    "unpinned {}, but a directory above it is pinned: it stays",
+                    p.display()
+                ),
+                _ => println!("unpinned {}", p.display()),
+            },
+            Err(e) => {
+                eprintln!(
+                    "stratus: {} {}: {e}",
+                    if on { "pin" } else { "unpin" },
+                    p.display()
+                );
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn status_of(mp: &Path) -> anyhow::Result<control::Status> {
@@ -524,9 +569,22 @@ fn status(mp: &Path) -> anyhow::Result<ExitCode> {
     );
     println!("conflicts:   {} open", s.open_conflicts);
     println!(
-        "cache:       {} of {} used by fetched blocks; {} downloaded since mount",
+        "cache:       {} used, budget {}; {} pinned, {} not yet uploaded",
         human(s.cache_used),
         human(s.cache_budget),
+        human(s.cache_pinned),
+        human(s.cache_dirty)
+    );
+    let reads = s.cache_hits + s.cache_misses;
+    println!(
+        "hit ratio:   {} ({} of {} reads served from this disk); {} downloaded since mount",
+        if reads == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.1}%", s.cache_hits as f64 * 100.0 / reads as f64)
+        },
+        s.cache_hits,
+        reads,
         human(s.downloaded)
     );
     println!("last error:  {}", s.last_error.as_deref().unwrap_or("none"));

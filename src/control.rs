@@ -16,8 +16,12 @@ use crate::vfs::{Vfs, VfsError, VfsResult};
 pub const STATE: &str = "user.stratus.state";
 /// On the root: the status report (`key: value` lines, see [`Status`]).
 pub const STATUS: &str = "user.stratus.status";
-/// Per file: `none`, `partial` or `full`: how much of its data is on this machine.
+/// Per file: `none`, `partial`, `full` or `pinned` (pinned and wholly here): how much of its
+/// data is on this machine.
 pub const CACHE: &str = "user.stratus.cache";
+/// Per file or directory: `1` when pinned (kept on this machine, by itself or by a directory
+/// above), `0` otherwise; set to `1` or `0` to pin or unpin.
+pub const PIN: &str = "user.stratus.pin";
 /// On the root, set: sync now (cut write-back delays and backoffs short).
 pub const SYNC: &str = "user.stratus.sync";
 /// On the root: the newest journal sequence number handed out so far.
@@ -49,6 +53,10 @@ pub struct Status {
     pub open_conflicts: u64,
     pub cache_used: u64,
     pub cache_budget: u64,
+    pub cache_pinned: u64,
+    pub cache_dirty: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
     pub downloaded: u64,
 }
 
@@ -67,11 +75,16 @@ impl Status {
             self.errors
         );
         s.push_str(&format!(
-            "offline: {}\nopen_conflicts: {}\ncache_used: {}\ncache_budget: {}\ndownloaded: {}\n",
+            "offline: {}\nopen_conflicts: {}\ncache_used: {}\ncache_budget: {}\n\
+             cache_pinned: {}\ncache_dirty: {}\ncache_hits: {}\ncache_misses: {}\ndownloaded: {}\n",
             if self.offline { "yes" } else { "no" },
             self.open_conflicts,
             self.cache_used,
             self.cache_budget,
+            self.cache_pinned,
+            self.cache_dirty,
+            self.cache_hits,
+            self.cache_misses,
             self.downloaded
         ));
         if let Some(e) = &self.last_error {
@@ -99,6 +112,10 @@ impl Status {
                 "open_conflicts" => st.open_conflicts = v.parse().unwrap_or(0),
                 "cache_used" => st.cache_used = v.parse().unwrap_or(0),
                 "cache_budget" => st.cache_budget = v.parse().unwrap_or(0),
+                "cache_pinned" => st.cache_pinned = v.parse().unwrap_or(0),
+                "cache_dirty" => st.cache_dirty = v.parse().unwrap_or(0),
+                "cache_hits" => st.cache_hits = v.parse().unwrap_or(0),
+                "cache_misses" => st.cache_misses = v.parse().unwrap_or(0),
                 "downloaded" => st.downloaded = v.parse().unwrap_or(0),
                 "last_error" => st.last_error = Some(v.to_string()),
                 _ => {}
@@ -205,9 +222,14 @@ impl Control {
             .iter()
             .filter(|c| c.resolved_ms.is_none())
             .count() as u64;
+        let cache = self.vfs.cache_figures()?;
         Ok(Status {
-            cache_used: self.vfs.cached_bytes(),
-            cache_budget: self.vfs.cache_budget(),
+            cache_used: cache.used,
+            cache_budget: cache.budget,
+            cache_pinned: cache.pinned,
+            cache_dirty: cache.dirty,
+            cache_hits: cache.hits,
+            cache_misses: cache.misses,
             downloaded: store
                 .health
                 .downloaded
@@ -274,6 +296,11 @@ impl Control {
         match name {
             STATE => Ok(self.vfs.sync_state(ino)?.as_str().as_bytes().to_vec()),
             CACHE => Ok(self.vfs.cache_state(ino)?.as_bytes().to_vec()),
+            PIN => Ok(if self.vfs.pinned(ino)? {
+                b"1".to_vec()
+            } else {
+                b"0".to_vec()
+            }),
             STATUS if root => Ok(self.status()?.encode().into_bytes()),
             OFFLINE if root => Ok(if self.vfs.store().health.is_offline() {
                 b"1".to_vec()
@@ -320,6 +347,18 @@ impl Control {
                 })?;
                 self.vfs.resolve(ino, keep)
             }
+            PIN => {
+                let on = match value.trim() {
+                    "1" => true,
+                    "0" => false,
+                    v => {
+                        return Err(VfsError::Invalid(format!(
+                            "{PIN}: expected 1 or 0, not {v:?}"
+                        )))
+                    }
+                };
+                self.vfs.set_pinned(ino, on)
+            }
             OFFLINE if ino == EntryId::ROOT => {
                 let on = match value.trim() {
                     "1" | "on" | "true" => true,
@@ -362,7 +401,7 @@ impl Control {
 
     pub fn listxattr(&self, ino: EntryId) -> VfsResult<Vec<u8>> {
         self.vfs.getattr(ino)?;
-        let mut names = vec![STATE, CACHE];
+        let mut names = vec![STATE, CACHE, PIN];
         if ino == EntryId::ROOT {
             names.extend([STATUS, OFFLINE, CONFLICTS]);
         }
@@ -436,6 +475,10 @@ mod tests {
             open_conflicts: 3,
             cache_used: 5,
             cache_budget: 6,
+            cache_pinned: 8,
+            cache_dirty: 9,
+            cache_hits: 10,
+            cache_misses: 11,
             downloaded: 7,
         };
         let back = Status::decode(&s.encode());

@@ -36,11 +36,16 @@ pub struct MountConfig {
     pub cache_size: u64,
 }
 
+fn disk_reserve(cache: &FileCache) -> anyhow::Result<u64> {
+    let (total, _, _) = cache.disk_space()?;
+    Ok((1u64 << 30).max(total / 20))
+}
+
 /// Space always left free on the state dir's disk: the larger of 1 GiB and 5% of the disk.
 /// The budget never goes below 4 MiB, so that a read can always make progress.
 fn cache_budget(cache: &FileCache, wanted: u64) -> anyhow::Result<u64> {
-    let (total, avail, _) = cache.disk_space()?;
-    let margin = (1u64 << 30).max(total / 20);
+    let (_, avail, _) = cache.disk_space()?;
+    let margin = disk_reserve(cache)?;
     let room = avail.saturating_sub(margin);
     let budget = wanted.min(room).max(4 << 20);
     if budget < wanted {
@@ -236,9 +241,11 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
             default_gid: gid,
             fetch_timeout: Duration::from_secs(120),
             cache_budget: cache_budget(&cache, cfg.cache_size)?,
+            disk_reserve: disk_reserve(&cache)?,
         },
     ));
     let held = vfs.recover()?;
+    vfs.start_pinner();
     let (notices, invalidations) = std::sync::mpsc::channel();
     vfs.set_notices(notices.clone());
     if held > 0 {

@@ -267,7 +267,14 @@ impl Filesystem for StratusFs {
         let writable = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
         let truncate = writable && flags.0 & libc::O_TRUNC != 0;
         match self.vfs.open(ino(i), writable, truncate) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok((fh, keep)) => {
+                let flags = if keep {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened(FileHandle(fh), flags)
+            }
             Err(e) => reply.error(errno("open", e)),
         }
     }

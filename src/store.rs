@@ -287,6 +287,9 @@ pub struct Store {
     /// Open handles per entry, kept by the filesystem core: the poller never swaps the data
     /// of a file under an open handle.
     pub busy: Mutex<std::collections::HashMap<EntryId, u32>>,
+    /// Files the uploader just made clean, for the block cache to take over (it lives above
+    /// the sync engine, which cannot reach it).
+    pub cleaned: Mutex<Vec<EntryId>>,
 }
 
 /// The remote's health as the uploader saw it last, shown by `stratus status`.
@@ -379,6 +382,7 @@ impl Store {
             kick: Notify::new(),
             health: Health::default(),
             busy: Mutex::new(std::collections::HashMap::new()),
+            cleaned: Mutex::new(Vec::new()),
         })
     }
 
@@ -673,11 +677,14 @@ impl Db<'_> {
         self.must_get(id)
     }
 
-    /// Writes back every attribute of `e` (the caller read, changed and hands it back).
+    /// Writes back every attribute of `e` (the caller read, changed and hands it back) except
+    /// `local`: whether the data file is whole changes only through [`Db::set_local`] and
+    /// [`Db::retire`], which keep the block list in step, so a copy read before a retire
+    /// cannot write a stale `local` back over it.
     pub fn update(&self, e: &Entry) -> StoreResult<()> {
         let mut st = self.conn.prepare_cached(
             "UPDATE entries SET parent = ?2, name = ?3, mode = ?4, uid = ?5, gid = ?6, size = ?7, \
-             mtime_ns = ?8, ctime_ns = ?9, atime_ns = ?10, target = ?11, local = ?12, dirty = ?13 \
+             mtime_ns = ?8, ctime_ns = ?9, atime_ns = ?10, target = ?11, dirty = ?12 \
              WHERE id = ?1",
         )?;
         st.execute(params![
@@ -692,7 +699,6 @@ impl Db<'_> {
             e.ctime_ns,
             e.atime_ns,
             e.target,
-            e.local,
             e.dirty,
         ])?;
         Ok(())
@@ -745,6 +751,107 @@ impl Db<'_> {
             params![id.0 as i64, idx as i64],
         )?;
         Ok(n == 1)
+    }
+
+    /// Turns a whole, clean file into a fully cached one: its data file stays as it is, but
+    /// its blocks are listed, so they count against the cache budget and can be evicted like
+    /// fetched ones. Only a file the remote holds exactly (clean, no job) qualifies; returns
+    /// how many blocks it now lists, or `None` when it did not qualify.
+    pub fn retire(&self, id: EntryId, block_size: u64) -> StoreResult<Option<u64>> {
+        let size: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT size FROM entries WHERE id = ?1 AND kind = 1 AND local = 1 AND dirty = 0 \
+                 AND synced_key IS NOT NULL AND synced_etag IS NOT NULL AND conflict_of IS NULL \
+                 AND NOT EXISTS (SELECT 1 FROM journal WHERE entry_id = ?1)",
+                [id.0 as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(size) = size else {
+            return Ok(None);
+        };
+        self.conn
+            .execute("UPDATE entries SET local = 0 WHERE id = ?1", [id.0 as i64])?;
+        let n = (size as u64).div_ceil(block_size);
+        let idx: Vec<u64> = (0..n).collect();
+        self.add_blocks(id, &idx)?;
+        Ok(Some(n))
+    }
+
+    /// Whole files that [`Db::retire`] would take: at start, before anything is open.
+    pub fn retirable(&self) -> StoreResult<Vec<EntryId>> {
+        let mut st = self.conn.prepare(
+            "SELECT id FROM entries WHERE kind = 1 AND local = 1 AND dirty = 0 \
+             AND synced_key IS NOT NULL AND synced_etag IS NOT NULL AND conflict_of IS NULL \
+             AND id NOT IN (SELECT entry_id FROM journal WHERE entry_id IS NOT NULL)",
+        )?;
+        let rows = st.query_map([], |r| Ok(EntryId(r.get::<_, i64>(0)? as u64)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Bytes of files whose data file is whole and not yet handed to the block cache: what
+    /// was written here and waits for (or is in) its upload.
+    pub fn whole_file_bytes(&self) -> StoreResult<u64> {
+        Ok(self.conn.query_row(
+            "SELECT coalesce(sum(size), 0) FROM entries WHERE local = 1 AND kind = 1",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
+    pub fn set_pinned(&self, id: EntryId, on: bool) -> StoreResult<()> {
+        self.conn.execute(
+            "UPDATE entries SET pinned = ?2 WHERE id = ?1",
+            params![id.0 as i64, on],
+        )?;
+        Ok(())
+    }
+
+    /// The pinned entry nearest to `id`: itself or an ancestor, since a directory's pin is
+    /// inherited by everything below it.
+    pub fn pinned_by(&self, id: EntryId) -> StoreResult<Option<EntryId>> {
+        let mut st = self.conn.prepare_cached(
+            "WITH RECURSIVE up(id, parent, pinned, depth) AS ( \
+                SELECT id, parent, pinned, 0 FROM entries WHERE id = ?1 \
+                UNION ALL \
+                SELECT e.id, e.parent, e.pinned, up.depth + 1 FROM entries e JOIN up ON e.id = up.parent \
+             ) SELECT id FROM up WHERE pinned = 1 ORDER BY depth LIMIT 1",
+        )?;
+        Ok(st
+            .query_row([id.0 as i64], |r| Ok(EntryId(r.get::<_, i64>(0)? as u64)))
+            .optional()?)
+    }
+
+    pub fn any_pinned(&self) -> StoreResult<bool> {
+        Ok(self
+            .conn
+            .query_row("SELECT 1 FROM entries WHERE pinned = 1 LIMIT 1", [], |_| {
+                Ok(())
+            })
+            .optional()?
+            .is_some())
+    }
+
+    /// Cached blocks of files not wholly local, all files together.
+    pub fn block_count(&self) -> StoreResult<u64> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM blocks", [], |r| r.get::<_, i64>(0))?
+            as u64)
+    }
+
+    /// Every file that is pinned, directly or through a directory above it.
+    pub fn pinned_files(&self) -> StoreResult<Vec<Entry>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "WITH RECURSIVE down(id) AS ( \
+                SELECT id FROM entries WHERE pinned = 1 AND (parent IS NOT NULL OR id = 1) \
+                UNION \
+                SELECT e.id FROM entries e JOIN down ON e.parent = down.id \
+             ) SELECT {ENTRY_COLS} FROM entries WHERE kind = 1 AND id IN (SELECT id FROM down)"
+        ))?;
+        let rows = st.query_map([], entry_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Every cached block, for rebuilding the eviction order at start.
@@ -1122,6 +1229,19 @@ impl Db<'_> {
             [],
         )?;
         self.woke.set(true);
+        Ok(())
+    }
+
+    /// Cuts the write-back delay of queued jobs short (not held ones, not parked ones): the
+    /// cache is full of data waiting for upload.
+    pub fn hurry(&self, now_ms: i64) -> StoreResult<()> {
+        let n = self.conn.execute(
+            "UPDATE journal SET ready_at_ms = ?1 WHERE ready_at_ms > ?1 AND state = 'queued'",
+            [now_ms],
+        )?;
+        if n > 0 {
+            self.woke.set(true);
+        }
         Ok(())
     }
 

@@ -7,6 +7,7 @@
 //! journal row is held until the last writer lets go (close or fsync), then waits out the
 //! write-back delay.
 
+mod blocks;
 mod error;
 
 use std::collections::HashMap;
@@ -18,13 +19,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use blocks::CacheFigures;
 pub use error::{VfsError, VfsResult};
-
-use futures::StreamExt;
 
 use crate::cache::{FileCache, BLOCK_SIZE};
 use crate::remote::Remote;
-use crate::remote::RemoteError;
 use crate::store::{
     dirty, now_ms, now_ns, Db, Entry, EntryId, Invalidation, Keep, Kind, NewEntry, Store, Synced,
 };
@@ -38,8 +37,11 @@ pub struct VfsConfig {
     pub default_gid: u32,
     /// Longest wait for one batch of block fetches before the read fails with EIO.
     pub fetch_timeout: Duration,
-    /// Bytes of fetched (clean) blocks kept on disk before the least recently used go.
+    /// Bytes of clean blocks plus dirty data kept on disk before the least recently used
+    /// clean blocks go.
     pub cache_budget: u64,
+    /// Free space left on the state dir's disk: pinned downloads stop short of it.
+    pub disk_reserve: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -135,7 +137,13 @@ struct Live {
     size: u64,
     mtime_ns: i64,
     unlinked: bool,
+    /// The uploader made this file clean while it was open: hand it to the block cache at
+    /// the last close.
+    retire_on_close: bool,
 }
+
+/// What a file was opened at: its remote version, size and mtime.
+type OpenedVersion = (Option<String>, u64, i64);
 
 pub struct Vfs {
     store: Arc<Store>,
@@ -147,24 +155,12 @@ pub struct Vfs {
     next_fh: AtomicU64,
     /// Lock order: `live` before the store's connection, never the other way round.
     live: Mutex<HashMap<EntryId, Live>>,
-    fetching: Mutex<HashMap<EntryId, Arc<Mutex<()>>>>,
     notices: Mutex<Option<std::sync::mpsc::Sender<Invalidation>>>,
-    /// Blocks present per partly cached file, loaded on first use.
-    present: Mutex<HashMap<EntryId, std::collections::HashSet<u64>>>,
-    /// Eviction order of cached blocks; `cached` counts their bytes.
-    lru: Mutex<lru::LruCache<(EntryId, u64), ()>>,
-    cached: AtomicU64,
-    /// Versions whose fetched data failed the SHA-256 check: refused until the remote
-    /// version changes.
-    corrupt: Mutex<std::collections::HashSet<(EntryId, Option<String>)>>,
+    blocks: blocks::BlockState,
+    /// The version (etag, size, mtime) each file was last opened at: when a file is opened
+    /// again at the same version, the kernel keeps its page cache.
+    opened: Mutex<HashMap<EntryId, OpenedVersion>>,
 }
-
-/// Blocks fetched ahead of a sequential reader.
-const READ_AHEAD_BLOCKS: usize = 16;
-/// How long a fetch may take while the remote is known to be unreachable.
-const UNREACHABLE_FETCH_TIMEOUT: Duration = Duration::from_secs(3);
-/// Ranged GETs in flight at once for one file.
-const FETCHES_IN_FLIGHT: usize = 8;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -202,12 +198,9 @@ impl Vfs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             live: Mutex::new(HashMap::new()),
-            fetching: Mutex::new(HashMap::new()),
             notices: Mutex::new(None),
-            present: Mutex::new(HashMap::new()),
-            lru: Mutex::new(lru::LruCache::unbounded()),
-            cached: AtomicU64::new(0),
-            corrupt: Mutex::new(std::collections::HashSet::new()),
+            blocks: blocks::BlockState::new(),
+            opened: Mutex::new(HashMap::new()),
         }
     }
 
@@ -333,7 +326,8 @@ impl Vfs {
         let now = now_ns();
         let mut flags = 0;
         let mut truncate_to = None;
-        let mut becomes_local = false;
+        let gate;
+        let mut _gate_guard = None;
         if let Some(size) = set.size {
             if e.kind == Kind::Dir {
                 return Err(VfsError::IsDir);
@@ -341,12 +335,18 @@ impl Vfs {
             if e.kind != Kind::File {
                 return Err(VfsError::Invalid("truncate of a symlink".into()));
             }
+            // Held to the end: nothing may evict or retire the data file while it is made
+            // whole and cut.
+            gate = self.gate(e.id);
+            _gate_guard = Some(lock(&gate));
+            e = self
+                .store
+                .read(|db| db.get(ino))?
+                .ok_or(VfsError::NotFound)?;
             if !e.local && size > 0 {
-                self.fill(&e)?;
-                e.local = true;
+                self.fill_locked(&e)?;
             }
             // Emptied without a fetch: the old blocks go with the commit below.
-            becomes_local = !e.local;
             e.local = true;
             truncate_to = Some(size);
             e.size = size;
@@ -387,9 +387,10 @@ impl Vfs {
             _ => Some(self.ready_at()),
         };
         let unlinked = e.parent.is_none() && e.id != EntryId::ROOT;
+        let becomes_local = truncate_to.is_some();
         self.w(|db| {
             db.update(&e)?;
-            if becomes_local {
+            if becomes_local && !db.must_get(e.id)?.local {
                 db.set_local(e.id, true)?;
             }
             if flags != 0 && !unlinked && e.id != EntryId::ROOT {
@@ -403,6 +404,7 @@ impl Vfs {
         // the truncated data and the old content on the remote for good.)
         if becomes_local {
             self.forget_blocks(e.id);
+            self.forget_dirty_figure();
         }
         if let Some(size) = truncate_to {
             let f = self.cache.open_file(e.id, true)?;
@@ -550,6 +552,7 @@ impl Vfs {
                 size: 0,
                 mtime_ns: e.mtime_ns,
                 unlinked: false,
+                retire_on_close: false,
             },
         );
         drop(live);
@@ -580,297 +583,17 @@ impl Vfs {
             .ok_or(VfsError::BadHandle)
     }
 
-    /// Fetches every block of `e` the data file lacks and marks the file complete: a file
-    /// about to be written must be whole, since what is uploaded is the whole file.
-    fn fill(&self, e: &Entry) -> VfsResult<()> {
-        let fresh = self
-            .store
-            .read(|db| db.get(e.id))?
-            .ok_or(VfsError::NotFound)?;
-        if fresh.local {
-            return Ok(());
-        }
-        let blocks = fresh.size.div_ceil(BLOCK_SIZE);
-        let gate = self.gate(e.id);
-        let _g = lock(&gate);
-        if blocks > 0 {
-            self.ensure_blocks(&fresh, 0, blocks - 1, false)?;
-        } else {
-            self.cache.create_empty(e.id)?;
-        }
-        self.w(|db| Ok(db.set_local(e.id, true)?))?;
-        self.forget_blocks(e.id);
-        Ok(())
-    }
-
-    /// Drops the in-memory block list of `id` (its blocks are no longer evictable: the file
-    /// became complete, or it is gone).
-    fn forget_blocks(&self, id: EntryId) {
-        if let Some(set) = lock(&self.present).remove(&id) {
-            let mut lru = lock(&self.lru);
-            for idx in set {
-                if lru.pop(&(id, idx)).is_some() {
-                    self.cached.fetch_sub(BLOCK_SIZE, Ordering::Relaxed);
-                }
-            }
-        }
-    }
-
-    /// Makes blocks `first..=last` of a partly cached file present (the caller holds the
-    /// file's gate), fetching what is missing
-    /// by ranged GETs pinned to the version the entry records (`If-Match`), several in flight.
-    /// A `sequential` reader also gets the next blocks ahead.
-    fn ensure_blocks(&self, e: &Entry, first: u64, last: u64, sequential: bool) -> VfsResult<()> {
-        let nblocks = e.size.div_ceil(BLOCK_SIZE);
-        let last = last.min(nblocks.saturating_sub(1));
-        if nblocks == 0 || first > last {
-            return Ok(());
-        }
-        if lock(&self.corrupt).contains(&(e.id, e.synced.etag.clone())) {
-            return Err(VfsError::Remote(RemoteError::Permanent(
-                "this version failed its checksum".into(),
-            )));
-        }
-        let want: Vec<u64> = {
-            let mut present = lock(&self.present);
-            let set = match present.get(&e.id) {
-                Some(s) => s,
-                None => {
-                    let loaded: std::collections::HashSet<u64> = self
-                        .store
-                        .read(|db| db.blocks_of(e.id))?
-                        .into_iter()
-                        .collect();
-                    present.entry(e.id).or_insert(loaded)
-                }
-            };
-            let mut want: Vec<u64> = (first..=last).filter(|i| !set.contains(i)).collect();
-            if sequential && !want.is_empty() {
-                let ahead = (last + 1..nblocks)
-                    .filter(|i| !set.contains(i))
-                    .take(READ_AHEAD_BLOCKS);
-                want.extend(ahead);
-            }
-            let mut lru = lock(&self.lru);
-            for i in first..=last {
-                if set.contains(&i) {
-                    lru.get(&(e.id, i));
-                }
-            }
-            want
-        };
-        if want.is_empty() {
-            return Ok(());
-        }
-        let key = e.synced.key.clone().ok_or_else(|| {
-            VfsError::Invalid("entry has neither local data nor a remote copy".into())
-        })?;
-        if self.store.health.is_offline() {
-            tracing::warn!(%key, "offline: this part of the file is not cached here");
-            return Err(VfsError::Remote(RemoteError::unavailable("offline")));
-        }
-        self.make_room(want.len() as u64 * BLOCK_SIZE, e.id, &(first..=last), &want);
-        self.cache.ensure_sparse(e.id, e.size)?;
-        let etag = e.synced.etag.clone();
-        let size = e.size;
-        tracing::debug!(%key, blocks = want.len(), first = want[0], "fetching blocks");
-        let fetched = self.rt.block_on(async {
-            let gets = futures::stream::iter(want.iter().copied())
-                .map(|i| {
-                    let (key, etag) = (&key, &etag);
-                    async move {
-                        let range = i * BLOCK_SIZE..((i + 1) * BLOCK_SIZE).min(size);
-                        self.remote
-                            .get_range(key, range, etag.as_deref())
-                            .await
-                            .map(|b| (i, b))
-                    }
-                })
-                .buffer_unordered(FETCHES_IN_FLIGHT)
-                .collect::<Vec<_>>();
-            // While the remote is known to be away, a read of data not cached here fails
-            // within seconds instead of waiting out the network's timeouts.
-            let limit = if self.store.health.is_reachable() {
-                self.cfg.fetch_timeout
-            } else {
-                UNREACHABLE_FETCH_TIMEOUT
-            };
-            tokio::time::timeout(limit, gets).await
-        });
-        let results = fetched.map_err(|_| {
-            tracing::warn!(%key, "block fetch timed out");
-            VfsError::Remote(RemoteError::unavailable("fetch timed out"))
-        })?;
-        let f = self.cache.open_file(e.id, false)?;
-        let mut got = Vec::with_capacity(results.len());
-        let mut failure = None;
-        for r in results {
-            match r {
-                Ok((i, bytes)) => {
-                    f.write_all_at(&bytes, i * BLOCK_SIZE)?;
-                    self.store
-                        .health
-                        .downloaded
-                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    got.push(i);
-                }
-                Err(err) => failure = Some(err),
-            }
-        }
-        self.store.write(|db| db.add_blocks(e.id, &got))?;
-        {
-            let mut present = lock(&self.present);
-            let set = present.entry(e.id).or_default();
-            let mut lru = lock(&self.lru);
-            for i in &got {
-                if set.insert(*i) {
-                    lru.put((e.id, *i), ());
-                    self.cached.fetch_add(BLOCK_SIZE, Ordering::Relaxed);
-                }
-            }
-        }
-        let complete = lock(&self.present)
-            .get(&e.id)
-            .is_some_and(|set| set.len() as u64 >= nblocks);
-        if !got.is_empty() {
-            self.store.health.record_ok();
-        }
-        match failure {
-            None if complete => self.verify(e, &key),
-            None => Ok(()),
-            Some(RemoteError::Conflict(_)) => {
-                tracing::warn!(%key, "the object changed since this file was opened; reopen it for the new version");
-                Err(VfsError::Remote(RemoteError::Conflict(key)))
-            }
-            Some(err) => {
-                tracing::warn!(%key, %err, "block fetch failed");
-                Err(VfsError::Remote(err))
-            }
-        }
-    }
-
-    /// Once every block of a file is here and the object carries our SHA-256, the data is
-    /// checked: a mismatch is never served. The blocks go (a later read fetches them again)
-    /// and the read fails with EIO.
-    fn verify(&self, e: &Entry, key: &str) -> VfsResult<()> {
-        let Some(want) = e.synced.hash.as_deref() else {
-            return Ok(());
-        };
-        let got = crate::remote::hash_file(&self.cache.path(e.id))?;
-        if got == want {
-            return Ok(());
-        }
-        tracing::error!(%key, want, got = %got, "fetched data does not match the object's SHA-256; not serving it");
-        self.store.health.record_error(
-            false,
-            &format!("{key}: fetched data does not match its SHA-256"),
-        );
-        lock(&self.corrupt).insert((e.id, e.synced.etag.clone()));
-        self.w(|db| Ok(db.set_local(e.id, false)?))?;
-        self.forget_blocks(e.id);
-        // Punched, not removed: an open handle keeps reading this same file.
-        let _ = self
-            .cache
-            .punch_hole(e.id, 0, e.size.div_ceil(BLOCK_SIZE) * BLOCK_SIZE);
-        Err(VfsError::Remote(RemoteError::Permanent(format!(
-            "{key}: checksum mismatch"
-        ))))
-    }
-
-    /// Evicts least recently used blocks until `need` more bytes fit the budget. The caller
-    /// holds `for_id`'s gate; blocks of `for_id` in `keep` (being read or fetched) stay.
-    /// Another file's blocks are evicted only under that file's gate, taken without waiting:
-    /// a file being read right now keeps its blocks until the read is done. (Regression: a
-    /// read-ahead that needed room punched the blocks the same read was about to return.)
-    fn make_room(
-        &self,
-        need: u64,
-        for_id: EntryId,
-        keep: &std::ops::RangeInclusive<u64>,
-        fetching: &[u64],
-    ) {
-        let budget = self.cfg.cache_budget;
-        let mut spared = Vec::new();
-        while self.cached.load(Ordering::Relaxed) + need > budget {
-            let Some(((id, idx), ())) = lock(&self.lru).pop_lru() else {
-                break;
-            };
-            let gate;
-            let _guard = if id == for_id {
-                if keep.contains(&idx) || fetching.contains(&idx) {
-                    spared.push((id, idx));
-                    continue;
-                }
-                None
-            } else {
-                gate = self.gate(id);
-                match gate.try_lock() {
-                    Ok(g) => Some(g),
-                    Err(_) => {
-                        spared.push((id, idx));
-                        continue;
-                    }
-                }
-            };
-            // Only a block the database still lists is a cached block: the eviction order
-            // can hold stale ones, and punching those would cut into a complete file.
-            if self
-                .store
-                .write(|db| db.drop_block(id, idx))
-                .unwrap_or(false)
-            {
-                let _ = self.cache.punch_hole(id, idx * BLOCK_SIZE, BLOCK_SIZE);
-            }
-            if let Some(set) = lock(&self.present).get_mut(&id) {
-                set.remove(&idx);
-            }
-            self.cached.fetch_sub(BLOCK_SIZE, Ordering::Relaxed);
-        }
-        let mut lru = lock(&self.lru);
-        for b in spared {
-            lru.put(b, ());
-        }
-    }
-
-    /// The per-file gate that serializes fetching, reading and evicting one file's blocks.
-    fn gate(&self, id: EntryId) -> Arc<Mutex<()>> {
-        lock(&self.fetching).entry(id).or_default().clone()
-    }
-
-    /// `none`, `partial` or `full`: how much of a file's data is on this machine.
-    pub fn cache_state(&self, ino: EntryId) -> VfsResult<&'static str> {
-        let e = self
-            .store
-            .read(|db| db.get(ino))?
-            .ok_or(VfsError::NotFound)?;
-        if e.kind != Kind::File || e.local {
-            return Ok("full");
-        }
-        let n = self.store.read(|db| db.blocks_of(ino))?.len() as u64;
-        Ok(match n {
-            0 => "none",
-            n if n >= e.size.div_ceil(BLOCK_SIZE) => "full",
-            _ => "partial",
-        })
-    }
-
-    pub fn cache_budget(&self) -> u64 {
-        self.cfg.cache_budget
-    }
-
-    /// Bytes of cached blocks, as the eviction budget counts them.
-    pub fn cached_bytes(&self) -> u64 {
-        self.cached.load(Ordering::Relaxed)
-    }
-
     /// Opens a file; `truncate` is O_TRUNC, which empties the file as part of the open.
-    pub fn open(&self, ino: EntryId, writable: bool, truncate: bool) -> VfsResult<u64> {
+    /// Also answers whether the kernel may keep the file's page cache: yes when the file is
+    /// opened at the version it was last opened at here (a remote change, which the poller
+    /// takes only while the file is closed, changes the version).
+    pub fn open(&self, ino: EntryId, writable: bool, truncate: bool) -> VfsResult<(u64, bool)> {
         let e = self
             .store
             .read(|db| db.get(ino))?
             .ok_or(VfsError::NotFound)?;
         match e.kind {
-            Kind::Dir => return Ok(self.add_handle(e.id, None, false)),
+            Kind::Dir => return Ok((self.add_handle(e.id, None, false), false)),
             Kind::Symlink => return Err(VfsError::Invalid("open of a symlink".into())),
             Kind::File => {}
         }
@@ -882,12 +605,30 @@ impl Vfs {
                     ..Default::default()
                 },
             )?;
-        } else if !e.local && writable {
-            self.fill(&e)?;
-        } else if !e.local {
-            // Read-only: blocks come in as they are read.
-            self.cache.ensure_sparse(e.id, e.size)?;
         }
+        // A writer needs the whole file, and from its registration in `live` below on the
+        // file cannot be handed to the block cache (retire), whose eviction would punch
+        // holes into it. The gate keeps both steps together.
+        let gate = self.gate(e.id);
+        let _g = writable.then(|| lock(&gate));
+        let e = if writable {
+            let e = self
+                .store
+                .read(|db| db.get(ino))?
+                .ok_or(VfsError::NotFound)?;
+            if !e.local {
+                self.fill_locked(&e)?;
+            }
+            self.store
+                .read(|db| db.get(ino))?
+                .ok_or(VfsError::NotFound)?
+        } else {
+            if !e.local {
+                // Read-only: blocks come in as they are read.
+                self.cache.ensure_sparse(e.id, e.size)?;
+            }
+            e
+        };
         let file = if writable {
             self.cache.open_file(e.id, false)?
         } else {
@@ -906,6 +647,7 @@ impl Vfs {
             size,
             mtime_ns: e.mtime_ns,
             unlinked: false,
+            retire_on_close: false,
         });
         l.open += 1;
         if writable {
@@ -913,7 +655,15 @@ impl Vfs {
         }
         drop(live);
         self.store.mark_open(e.id, 1);
-        Ok(self.add_handle(e.id, Some(file), writable))
+        let version = (e.synced.etag.clone(), e.size, e.mtime_ns);
+        let keep_cache = {
+            let mut opened = lock(&self.opened);
+            if opened.len() > 100_000 {
+                opened.clear();
+            }
+            opened.insert(e.id, version.clone()).as_ref() == Some(&version)
+        };
+        Ok((self.add_handle(e.id, Some(file), writable), keep_cache))
     }
 
     pub fn opendir(&self, ino: EntryId) -> VfsResult<u64> {
@@ -943,7 +693,15 @@ impl Vfs {
                 // Held through the read below, so the blocks cannot be evicted in between.
                 gate = self.gate(h.id);
                 _guard = Some(lock(&gate));
-                self.ensure_blocks(&e, offset / BLOCK_SIZE, last, sequential)?;
+                let fetched = self.ensure_blocks(&e, offset / BLOCK_SIZE, last, sequential)?;
+                let counter = if fetched {
+                    &self.blocks.misses
+                } else {
+                    &self.blocks.hits
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.blocks.hits.fetch_add(1, Ordering::Relaxed);
             }
         }
         let mut buf = vec![0u8; size as usize];
@@ -965,6 +723,7 @@ impl Vfs {
             return Err(VfsError::BadHandle);
         }
         let f = h.file.as_ref().ok_or(VfsError::IsDir)?;
+        self.throttle_writer()?;
         {
             let mut live = lock(&self.live);
             let l = live.get_mut(&h.id).ok_or(VfsError::BadHandle)?;
@@ -978,7 +737,11 @@ impl Vfs {
         f.write_all_at(data, offset)?;
         let mut live = lock(&self.live);
         if let Some(l) = live.get_mut(&h.id) {
-            l.size = l.size.max(offset + data.len() as u64);
+            let end = offset + data.len() as u64;
+            if end > l.size {
+                self.blocks.grown.fetch_add(end - l.size, Ordering::Relaxed);
+            }
+            l.size = l.size.max(end);
             l.mtime_ns = now_ns();
         }
         Ok(data.len() as u32)
@@ -1044,10 +807,15 @@ impl Vfs {
             let l = live.remove(&h.id).expect("present");
             // Reloaded from the database on the next open: while nothing is open the poller
             // may replace the data under this entry.
-            lock(&self.present).remove(&h.id);
+            lock(&self.blocks.present).remove(&h.id);
             if l.unlinked {
                 self.store.write(|db| db.delete_entry(h.id))?;
                 self.cache.remove(h.id)?;
+            } else if l.retire_on_close {
+                drop(live);
+                if !self.retire(h.id) {
+                    lock(&self.store.cleaned).push(h.id);
+                }
             }
         }
         result
@@ -1312,6 +1080,14 @@ impl Vfs {
         });
         if r.is_ok() {
             self.finish_removal(rm, &mut live);
+            drop(live);
+            if newparent != parent && self.store.read(|db| db.any_pinned())? {
+                // Moved into or out of a pinned directory.
+                if let Some(e) = self.store.read(|db| db.lookup(newparent, newname))? {
+                    self.release_to_eviction(&e)?;
+                    self.pins_changed();
+                }
+            }
         }
         r
     }
@@ -1338,7 +1114,7 @@ impl Vfs {
                 return Ok(Err(SyncState::Conflict));
             }
             if let Some(e) = db.get(ino)? {
-                if lock(&self.corrupt).contains(&(ino, e.synced.etag)) {
+                if lock(&self.blocks.corrupt).contains(&(ino, e.synced.etag)) {
                     return Ok(Err(SyncState::Error));
                 }
             }
@@ -1429,10 +1205,10 @@ impl Vfs {
         }
         {
             let blocks = self.store.read(|db| db.all_blocks())?;
-            let mut lru = lock(&self.lru);
+            let mut lru = lock(&self.blocks.lru);
             for b in blocks {
                 lru.put(b, ());
-                self.cached.fetch_add(BLOCK_SIZE, Ordering::Relaxed);
+                self.blocks.cached.fetch_add(BLOCK_SIZE, Ordering::Relaxed);
             }
         }
         let held = self.store.write(|db| db.release_held(now_ms()))?;
@@ -1464,6 +1240,7 @@ impl Vfs {
                     .write(|db| db.set_size_mtime(*id, m.len(), mtime.max(e.mtime_ns)))?;
             }
         }
+        self.retire_all()?;
         Ok(held.len())
     }
 

@@ -180,3 +180,192 @@ both!(corrupt_data_is_never_served, |env: &Env| {
     assert_ne!(cache_attr(&m, "bad.bin"), "full");
     assert!(m.log_tail().contains("does not match"), "no log line");
 });
+
+fn xattr(path: &Path, name: &str) -> String {
+    let out = std::process::Command::new("getfattr")
+        .args(["--only-values", "-n", name])
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+both!(
+    pinned_files_survive_eviction_and_read_offline,
+    |env: &Env| {
+        let pinned: Vec<(String, Vec<u8>)> = vec![
+            ("keep/a.bin".into(), data(21, 3 * MIB as usize + 5)),
+            ("keep/sub/b.bin".into(), data(22, 2 * MIB as usize)),
+            ("solo.bin".into(), data(23, MIB as usize + 1)),
+        ];
+        let others: Vec<(String, Vec<u8>)> = (0..4)
+            .map(|i| (format!("other{i}.bin"), data(30 + i, 6 * MIB as usize)))
+            .collect();
+        for (name, body) in pinned.iter().chain(&others) {
+            env.put_remote(name, body);
+        }
+        let state = env.new_state_dir();
+        let m = env
+            .try_mount(&state, &["--write-back", "0.2", "--cache-size", "4M"])
+            .unwrap();
+        // A directory through the CLI, a file through the attribute.
+        let o = m.stratus(&["pin", m.path("keep").to_str().unwrap()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let o = std::process::Command::new("setfattr")
+            .args(["-n", "user.stratus.pin", "-v", "1"])
+            .arg(m.path("solo.bin"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        // Downloaded in the background, without anyone reading them.
+        for (name, _) in &pinned {
+            assert!(
+                common::mount::eventually(60, || cache_attr(&m, name) == "pinned"),
+                "{name}: {}",
+                cache_attr(&m, name)
+            );
+            assert_eq!(xattr(&m.path(name), "user.stratus.pin"), "1");
+        }
+        // A file that appears later below the pinned directory inherits the pin.
+        let late = data(24, MIB as usize + 7);
+        env.put_remote("keep/later.bin", &late);
+        m.sync();
+        assert!(
+            common::mount::eventually(60, || cache_attr(&m, "keep/later.bin") == "pinned"),
+            "keep/later.bin: {}",
+            cache_attr(&m, "keep/later.bin")
+        );
+        assert!(status_figure(&m, "cache_pinned") >= 7 * MIB);
+        // Heavy eviction: six times the budget read through it.
+        for (name, body) in &others {
+            assert!(fs::read(m.path(name)).unwrap() == *body, "{name}");
+        }
+        assert_ne!(
+            cache_attr(&m, "other0.bin"),
+            "full",
+            "the budget was not enforced"
+        );
+        for (name, _) in &pinned {
+            assert_eq!(cache_attr(&m, name), "pinned", "{name} was evicted");
+        }
+        // Offline: every pinned byte is here. (An evicted file may still be in the kernel's
+        // page cache, which stays valid for an unchanged file, so it is not asserted on.)
+        let o = m.stratus(&["offline", m.dir.to_str().unwrap(), "on"]);
+        assert!(o.status.success());
+        for (name, body) in &pinned {
+            assert!(fs::read(m.path(name)).unwrap() == *body, "{name} offline");
+        }
+        assert!(fs::read(m.path("keep/later.bin")).unwrap() == late);
+        // The pin survives a remount.
+        m.unmount();
+        let m = env
+            .try_mount(&state, &["--write-back", "0.2", "--cache-size", "4M"])
+            .unwrap();
+        assert_eq!(cache_attr(&m, "keep/a.bin"), "pinned");
+        // Unpinning releases the files to normal eviction.
+        let o = m.stratus(&["unpin", m.path("keep").to_str().unwrap()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(xattr(&m.path("keep/a.bin"), "user.stratus.pin"), "0");
+        assert_eq!(xattr(&m.path("solo.bin"), "user.stratus.pin"), "1");
+        for (name, body) in &others {
+            assert!(fs::read(m.path(name)).unwrap() == *body, "{name}");
+        }
+        assert_ne!(
+            cache_attr(&m, "keep/a.bin"),
+            "full",
+            "an unpinned file must be evictable"
+        );
+        assert_eq!(cache_attr(&m, "solo.bin"), "pinned");
+    }
+);
+
+both!(written_files_stay_within_the_budget, |env: &Env| {
+    // Writers wait for the uploader when data not yet uploaded exceeds the budget, and
+    // what was uploaded becomes evictable: the disk holds the budget plus a bound (the file
+    // being written and one more that was closed just before the check), never everything.
+    let state = env.new_state_dir();
+    let m = env
+        .try_mount(&state, &["--write-back", "0.2", "--cache-size", "4M"])
+        .unwrap();
+    let files: Vec<(String, Vec<u8>)> = (0..24)
+        .map(|i| (format!("w/f{i:02}.bin"), data(200 + i, MIB as usize + 100)))
+        .collect();
+    fs::create_dir(m.path("w")).unwrap();
+    let mut peak = 0;
+    for (name, body) in &files {
+        fs::write(m.path(name), body).unwrap();
+        peak = peak.max(du(&state.join("data")));
+    }
+    assert!(
+        peak <= 4 * MIB + 3 * MIB,
+        "data on disk peaked at {peak} bytes with a 4 MiB budget"
+    );
+    m.sync();
+    for (name, body) in &files {
+        assert!(
+            env.remote_files().get(name.as_str()) == Some(body),
+            "{name} on the remote"
+        );
+    }
+    // Everything reads back right, the evicted files fetched again.
+    for (name, body) in &files {
+        assert!(fs::read(m.path(name)).unwrap() == *body, "{name}");
+    }
+    assert!(du(&state.join("data")) <= 4 * MIB + 3 * MIB);
+    assert!(status_figure(&m, "cache_dirty") == 0);
+});
+
+#[test]
+fn a_silent_remote_fails_uncached_reads_fast() {
+    use common::fault_proxy::{FaultProxy, Faults};
+    use common::mount::Backend;
+    use std::time::{Duration, Instant};
+    let env = Env::new(Backend::S3);
+    let target = format!("127.0.0.1:{}", env.moto.as_ref().unwrap().port)
+        .parse()
+        .unwrap();
+    let proxy = FaultProxy::start(target);
+    env.set_endpoint(&proxy.endpoint());
+    env.put_remote("cached.bin", &data(41, 2 * MIB as usize));
+    env.put_remote("cold.bin", &data(42, 2 * MIB as usize));
+    let m = env
+        .try_mount(
+            &env.new_state_dir(),
+            &["--write-back", "0.2", "--poll-interval", "0"],
+        )
+        .unwrap();
+    assert!(fs::read(m.path("cached.bin")).unwrap() == data(41, 2 * MIB as usize));
+    // The server accepts connections and then says nothing for 30 s, before anything
+    // noticed. (Not longer: the proxy's threads sleep that out before the test can end.)
+    proxy.set(Faults::latency(
+        Duration::from_secs(30),
+        Duration::from_secs(30),
+    ));
+    proxy.cut_all();
+    let t = Instant::now();
+    let e = fs::read(m.path("cold.bin")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO));
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t.elapsed()
+    );
+    // The next one fails faster, and cached data keeps working.
+    let t = Instant::now();
+    assert!(fs::read(m.path("cold.bin")).is_err());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(fs::read(m.path("cached.bin")).unwrap() == data(41, 2 * MIB as usize));
+    assert!(m.path("cold.bin").exists(), "a failed read is not a delete");
+    assert!(m.log_tail().contains("no answer"), "no log line");
+    proxy.clear();
+    proxy.cut_all();
+    assert!(
+        common::mount::eventually(60, || fs::read(m.path("cold.bin"))
+            .is_ok_and(|b| b == data(42, 2 * MIB as usize))),
+        "reads must work again once the server answers"
+    );
+}

@@ -99,6 +99,12 @@ fn meta_of(attrs: &Attributes) -> Meta {
     }))
 }
 
+/// How long a ranged read waits for the server to start answering. Reads block a user's
+/// application, so a silent server must turn into EIO within seconds (see docs/semantics.md).
+const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the body of a ranged read may go without a single byte.
+const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn retry_config() -> RetryConfig {
     // Our own queue retries for as long as it takes; object_store's retries only smooth over
     // single dropped requests, so keep them short and let the status show the outage.
@@ -405,12 +411,35 @@ impl ObjectRemote {
             if_match: if_match.map(str::to_string),
             ..Default::default()
         };
-        let r = self
-            .store
-            .get_opts(&self.path(key)?, opts)
-            .await
-            .map_err(map_err)?;
-        r.bytes().await.map_err(map_err)
+        // A reader is waiting on this: a server that accepted the connection and then went
+        // silent must not hold it for the client's whole request timeout. The answer must
+        // start within FIRST_BYTE_TIMEOUT and the body may not stall for longer than
+        // STALL_TIMEOUT; a slow but moving transfer is never cut.
+        let r = tokio::time::timeout(
+            FIRST_BYTE_TIMEOUT,
+            self.store.get_opts(&self.path(key)?, opts),
+        )
+        .await
+        .map_err(|_| {
+            RemoteError::unavailable(format!("{key}: no answer within {FIRST_BYTE_TIMEOUT:?}"))
+        })?
+        .map_err(map_err)?;
+        let mut body = r.into_stream();
+        let mut buf = bytes::BytesMut::new();
+        loop {
+            match tokio::time::timeout(STALL_TIMEOUT, body.try_next()).await {
+                Err(_) => {
+                    return Err(RemoteError::unavailable(format!(
+                        "{key}: transfer stalled for {STALL_TIMEOUT:?}"
+                    )))
+                }
+                Ok(chunk) => match chunk.map_err(map_err)? {
+                    Some(c) => buf.extend_from_slice(&c),
+                    None => break,
+                },
+            }
+        }
+        Ok(buf.freeze())
     }
 
     pub async fn download(&self, key: &str, dest: &std::path::Path) -> RemoteResult<u64> {

@@ -77,6 +77,12 @@ const MIGRATIONS: &[&str] = &[
     // files got slower as the queue and the directory grew.
     "CREATE INDEX journal_by_ready ON journal(ready_at_ms);
      CREATE INDEX entries_by_parent_kind ON entries(parent, kind);",
+    // 5: pinning ("keep on this device"), set on a file or a directory and inherited by
+    // everything below; and an index that makes the sum of whole-file (dirty) bytes cheap, since
+    // writers consult it for back-pressure.
+    "ALTER TABLE entries ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX entries_pinned ON entries(id) WHERE pinned = 1;
+     CREATE INDEX entries_whole_files ON entries(size) WHERE local = 1 AND kind = 1;",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

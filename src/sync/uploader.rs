@@ -456,6 +456,13 @@ impl Uploader {
             }
             return Ok(Outcome::Done);
         }
+        if clean && e.kind == Kind::File {
+            self.store
+                .cleaned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(e.id);
+        }
         Ok(if clean { Outcome::Done } else { Outcome::Again })
     }
 
