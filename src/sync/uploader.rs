@@ -41,6 +41,10 @@ pub struct Uploader {
     poll_wanted: std::sync::atomic::AtomicBool,
 }
 
+/// How late the idle uploader may take a job that is not ready yet, so that one wake-up
+/// serves many jobs of a burst. Small against the write-back delay.
+const WAKE_SLACK: Duration = Duration::from_millis(50);
+
 enum Outcome {
     Done,
     /// The entry changed while we worked; the job stays queued for another round.
@@ -139,15 +143,28 @@ impl Uploader {
                     let mut wait = next
                         .map(|t| Duration::from_millis((t - now_ms()).max(0) as u64))
                         .unwrap_or(Duration::from_secs(3600));
+                    if next.is_some() {
+                        // Jobs queued in a burst become ready a fraction of a millisecond
+                        // apart: take them in batches rather than waking for each.
+                        wait = wait.max(WAKE_SLACK);
+                    }
                     if let Some(t) = next_poll {
                         wait = wait.min(t.saturating_duration_since(Instant::now()));
                     }
+                    // Commits of jobs that become ready only after this need not wake us.
+                    self.store.idle_until.store(
+                        now_ms().saturating_add(wait.as_millis() as i64),
+                        std::sync::atomic::Ordering::SeqCst,
+                    );
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = self.store.wake.notified() => {}
                         _ = self.store.kick.notified() => poll_due = true,
                         _ = shutdown.changed() => return,
                     }
+                    self.store
+                        .idle_until
+                        .store(i64::MIN, std::sync::atomic::Ordering::SeqCst);
                     continue;
                 }
                 Err(e) => {
@@ -468,20 +485,7 @@ impl Uploader {
                 version: e.synced.version.clone(),
             });
         }
-        let replaced = self.store.read(|db| {
-            Ok::<_, StoreError>(
-                db.pending_deletes()?
-                    .into_iter()
-                    .find_map(|j| match j.kind {
-                        JobKind::Delete {
-                            key: k,
-                            dir: false,
-                            etag,
-                        } if k == key => Some(etag),
-                        _ => None,
-                    }),
-            )
-        })?;
+        let replaced = self.store.read(|db| db.pending_file_delete(key))?;
         Ok(match replaced {
             Some(Some(etag)) => Cond::Match {
                 etag: Some(etag),
