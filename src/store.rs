@@ -292,6 +292,9 @@ pub struct Store {
     /// wake-up (with its journal query under the store's lock) per create was most of the
     /// daemon's CPU.
     pub idle_until: std::sync::atomic::AtomicI64,
+    /// When a FUSE op last changed the tree (ms since the epoch): the uploader stands aside
+    /// while the user is busy.
+    user_active_ms: std::sync::atomic::AtomicI64,
     /// A forced sync: also cuts short a backoff after a transient failure.
     pub kick: Notify,
     /// What the uploader last learnt about the remote; in memory only.
@@ -395,6 +398,7 @@ impl Store {
             checkpointer: Checkpointer::start(path)?,
             wake: Notify::new(),
             idle_until: std::sync::atomic::AtomicI64::new(i64::MIN),
+            user_active_ms: std::sync::atomic::AtomicI64::new(0),
             kick: Notify::new(),
             health: Health::default(),
             busy: Mutex::new(std::collections::HashMap::new()),
@@ -447,6 +451,17 @@ impl Store {
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         Ok(conn)
+    }
+
+    /// Records that the user changed something in the mount just now.
+    pub fn user_was_active(&self) {
+        self.user_active_ms
+            .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn user_active_ms(&self) -> i64 {
+        self.user_active_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Commits since the database was opened; the checkpointer watches it.
