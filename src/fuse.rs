@@ -17,9 +17,13 @@ use crate::control::Control;
 use crate::store::{EntryId, Kind};
 use crate::vfs::{Attr, SetAttr, Vfs, VfsError};
 
-/// How long the kernel may trust attributes and names. This mount is the only writer until
-/// two-way sync lands; the poller will invalidate explicitly then.
-const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may trust attributes and names. Every change made through the mount
+/// reaches the kernel with the op's own reply, and every change made elsewhere (the poller
+/// taking a remote version, a conflict settled through an attribute) is invalidated
+/// explicitly (`forward_invalidations`), so the TTL only bounds how long a lost invalidation
+/// could show a stale name. At 1 s every name older than a second cost a `lookup` round trip
+/// again (a `stat` after a burst of creates, `tar` revisiting its directories).
+const TTL: Duration = Duration::from_secs(30);
 
 pub struct StratusFs {
     vfs: Arc<Vfs>,

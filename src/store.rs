@@ -278,8 +278,23 @@ pub fn now_ms() -> i64 {
 
 pub struct Store {
     conn: Mutex<Connection>,
-    /// Wakes the uploader when the journal gains work.
+    /// Read-only connections for `Store::read`, taken and given back: in WAL mode a reader
+    /// sees the last commit without waiting for the writer, so lookups, getattr and readdir
+    /// no longer queue behind other ops' (or the uploader's) writes.
+    readers: Mutex<Vec<Connection>>,
+    path: std::path::PathBuf,
+    checkpointer: Checkpointer,
+    /// Wakes the uploader when the journal gains work it must see before `idle_until`.
     pub wake: Notify,
+    /// When the idle uploader will look at the journal by itself (ms since the epoch), or
+    /// `i64::MIN` while it is awake. A commit whose jobs become ready only after this wakes
+    /// nobody: during a burst of creates every job waits out the write-back delay, and one
+    /// wake-up (with its journal query under the store's lock) per create was most of the
+    /// daemon's CPU.
+    pub idle_until: std::sync::atomic::AtomicI64,
+    /// When a FUSE op last changed the tree (ms since the epoch): the uploader stands aside
+    /// while the user is busy.
+    user_active_ms: std::sync::atomic::AtomicI64,
     /// A forced sync: also cuts short a backoff after a transient failure.
     pub kick: Notify,
     /// What the uploader last learnt about the remote; in memory only.
@@ -376,9 +391,17 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "OFF")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         schema::migrate(&conn)?;
+        // Checkpoints run on their own thread (`Checkpointer`); this one only steps in
+        // should that fall far behind.
+        conn.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_BACKSTOP_PAGES)?;
         Ok(Store {
             conn: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
+            path: path.to_path_buf(),
+            checkpointer: Checkpointer::start(path)?,
             wake: Notify::new(),
+            idle_until: std::sync::atomic::AtomicI64::new(i64::MIN),
+            user_active_ms: std::sync::atomic::AtomicI64::new(0),
             kick: Notify::new(),
             health: Health::default(),
             busy: Mutex::new(std::collections::HashMap::new()),
@@ -392,16 +415,64 @@ impl Store {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Runs `f` in one read transaction on a reader connection: it sees every transaction
+    /// committed before it started and nothing after, and it cannot write.
     pub fn read<T, E: From<StoreError>>(
         &self,
         f: impl FnOnce(&Db<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        let conn = self.lock();
-        let db = Db {
-            conn: &conn,
-            woke: std::cell::Cell::new(false),
+        let taken = lock_pool(&self.readers).pop();
+        let mut conn = match taken {
+            Some(c) => c,
+            None => self.open_reader()?,
         };
-        f(&db)
+        let out = {
+            let tx = conn.transaction().map_err(StoreError::from)?;
+            let db = Db {
+                conn: &tx,
+                woke: std::cell::Cell::new(false),
+                wake_at: std::cell::Cell::new(None),
+            };
+            let out = f(&db);
+            // Ending a read transaction cannot lose anything; an error here is one of the
+            // connection, which is then not reused.
+            if tx.commit().is_err() {
+                return out;
+            }
+            out
+        };
+        lock_pool(&self.readers).push(conn);
+        out
+    }
+
+    fn open_reader(&self) -> StoreResult<Connection> {
+        use rusqlite::OpenFlags;
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        Ok(conn)
+    }
+
+    /// Records that the user changed something in the mount just now.
+    pub fn user_was_active(&self) {
+        self.user_active_ms
+            .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn user_active_ms(&self) -> i64 {
+        self.user_active_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Commits since the database was opened; the checkpointer watches it.
+    fn committed(&self) {
+        self.checkpointer
+            .commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Runs `f` in one `BEGIN IMMEDIATE` transaction; commits only if it returns `Ok`.
@@ -416,12 +487,15 @@ impl Store {
         let db = Db {
             conn: &tx,
             woke: std::cell::Cell::new(false),
+            wake_at: std::cell::Cell::new(None),
         };
         let out = f(&db)?;
-        let woke = db.woke.get();
+        let (woke, wake_at) = (db.woke.get(), db.wake_at.get());
         tx.commit().map_err(StoreError::from)?;
         drop(conn);
-        if woke {
+        self.committed();
+        let idle_until = self.idle_until.load(std::sync::atomic::Ordering::SeqCst);
+        if woke || wake_at.is_some_and(|t| t < idle_until) {
             self.wake.notify_one();
         }
         Ok(out)
@@ -459,10 +533,87 @@ impl Store {
     }
 }
 
+fn lock_pool(m: &Mutex<Vec<Connection>>) -> MutexGuard<'_, Vec<Connection>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Pages the writer lets the WAL reach before it checkpoints by itself, inside a commit.
+const CHECKPOINT_BACKSTOP_PAGES: i64 = 20_000;
+/// Commits after which the checkpointer copies the WAL into the database (about as often as
+/// SQLite's own default of 1000 pages), and how often it looks.
+const CHECKPOINT_EVERY_COMMITS: u64 = 100;
+const CHECKPOINT_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Copies the WAL into the database file from a thread of its own. SQLite's automatic
+/// checkpoint runs inside the commit that crosses its threshold, and its two syncs (WAL, then
+/// database) stalled that op and every op queued behind the writer's lock. A checkpoint from
+/// another connection runs beside the writer; durability is unchanged, since committed
+/// transactions are in the WAL either way and a checkpoint syncs the database before the WAL
+/// may be reused.
+struct Checkpointer {
+    commits: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Dropped to stop the thread.
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> StoreResult<Checkpointer> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let commits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (stop, rx) = std::sync::mpsc::channel::<()>();
+        let seen_commits = commits.clone();
+        let thread = std::thread::Builder::new()
+            .name("stratus-checkpoint".into())
+            .spawn(move || {
+                let mut done = 0u64;
+                let mut ticks_since = 0u32;
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    rx.recv_timeout(CHECKPOINT_TICK)
+                {
+                    let n = seen_commits.load(std::sync::atomic::Ordering::Relaxed);
+                    ticks_since += 1;
+                    // Every so many commits, or once things are quiet for a second.
+                    if n == done || (n - done < CHECKPOINT_EVERY_COMMITS && ticks_since < 10) {
+                        continue;
+                    }
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::debug!(error = %e, "checkpoint failed; will retry");
+                        continue;
+                    }
+                    done = n;
+                    ticks_since = 0;
+                }
+            })
+            .expect("spawning the checkpoint thread");
+        Ok(Checkpointer {
+            commits,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// A view of the database inside `Store::read` or `Store::write`: all SQL lives here.
 pub struct Db<'a> {
     conn: &'a Connection,
+    /// The uploader must look at the journal after this transaction.
     woke: std::cell::Cell<bool>,
+    /// The earliest time a job touched by this transaction becomes ready: the uploader must
+    /// look by then.
+    wake_at: std::cell::Cell<Option<i64>>,
 }
 
 const ENTRY_COLS: &str = "id, parent, name, kind, mode, uid, gid, size, mtime_ns, ctime_ns, \
@@ -1071,6 +1222,16 @@ impl Db<'_> {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The oldest queued delete of the file at `key`, as the version it means to remove
+    /// (`Some(None)`: whatever is there).
+    pub fn pending_file_delete(&self, key: &str) -> StoreResult<Option<Option<String>>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT delete_etag FROM journal WHERE delete_key = ?1 AND delete_dir = 0 \
+             ORDER BY seq LIMIT 1",
+        )?;
+        Ok(st.query_row([key], |r| r.get(0)).optional()?)
+    }
+
     /// Queues (or re-arms) the sync of `id`, keeping its place in the queue if it had one.
     /// `ready_at_ms = None` holds the job until an open writer lets go.
     pub fn enqueue_sync(
@@ -1091,8 +1252,16 @@ impl Db<'_> {
              attempts = CASE WHEN state = 'parked' THEN 0 ELSE attempts END",
         )?;
         st.execute(params![id.0 as i64, ready_at_ms])?;
-        self.woke.set(true);
+        self.wake_by(ready_at_ms);
         Ok(())
+    }
+
+    /// Records that a job becomes ready at `ready_at_ms` (never, while held: `None`).
+    fn wake_by(&self, ready_at_ms: Option<i64>) {
+        if let Some(t) = ready_at_ms {
+            self.wake_at
+                .set(Some(self.wake_at.get().map_or(t, |w| w.min(t))));
+        }
     }
 
     /// Sets when a queued sync may run, without counting it as a new change.
@@ -1101,7 +1270,7 @@ impl Db<'_> {
             .conn
             .prepare_cached("UPDATE journal SET ready_at_ms = ?2 WHERE entry_id = ?1")?;
         st.execute(params![id.0 as i64, ready_at_ms])?;
-        self.woke.set(true);
+        self.wake_by(ready_at_ms);
         Ok(())
     }
 
@@ -1135,13 +1304,43 @@ impl Db<'_> {
     }
 
     /// The oldest job that may run now, skipping parked and held ones.
+    ///
+    /// Walking the queue in order from its head is what finds it at once while a backlog
+    /// drains; but after a burst of creates the head is thousands of jobs still in their
+    /// write-back delay, and the walk read all of them for every job run (a delete, a
+    /// mkdir), under the writer's lock. So: a short walk from the head, and if that finds
+    /// nothing, the walk starts at the oldest ready job, found through `journal_by_ready`.
     pub fn next_job(&self, now_ms: i64) -> StoreResult<Option<Job>> {
-        let mut st = self.conn.prepare_cached(&format!(
-            "SELECT {JOB_COLS} FROM journal WHERE state != 'parked' AND ready_at_ms IS NOT NULL \
-             AND ready_at_ms <= ?1 AND (entry_id IS NULL OR entry_id NOT IN \
-             (SELECT entry_id FROM conflicts WHERE resolved_ms IS NULL)) ORDER BY seq LIMIT 1"
+        const HEAD: i64 = 64;
+        // The oldest job that may run among `seq` in `?2..?3`.
+        let mut within = self.conn.prepare_cached(&format!(
+            "SELECT {JOB_COLS} FROM journal WHERE seq >= ?2 AND seq < ?3 AND state != 'parked' \
+             AND ready_at_ms IS NOT NULL AND ready_at_ms <= ?1 AND (entry_id IS NULL OR \
+             entry_id NOT IN (SELECT entry_id FROM conflicts WHERE resolved_ms IS NULL)) \
+             ORDER BY seq LIMIT 1"
         ))?;
-        Ok(st.query_row([now_ms], job_from_row).optional()?)
+        let mut head = self
+            .conn
+            .prepare_cached("SELECT seq FROM journal ORDER BY seq LIMIT 1 OFFSET ?1")?;
+        // The first seq past the head, if the queue is longer than that.
+        let head_end: Option<i64> = head.query_row([HEAD], |r| r.get(0)).optional()?;
+        let head_end = head_end.unwrap_or(i64::MAX);
+        let found = within
+            .query_row(params![now_ms, i64::MIN, head_end], job_from_row)
+            .optional()?;
+        if found.is_some() || head_end == i64::MAX {
+            return Ok(found);
+        }
+        let mut oldest_ready = self.conn.prepare_cached(
+            "SELECT min(seq) FROM journal INDEXED BY journal_by_ready WHERE ready_at_ms <= ?1",
+        )?;
+        let from: Option<i64> = oldest_ready.query_row([now_ms], |r| r.get(0))?;
+        let Some(from) = from else {
+            return Ok(None);
+        };
+        Ok(within
+            .query_row(params![now_ms, from.max(head_end), i64::MAX], job_from_row)
+            .optional()?)
     }
 
     /// When the next not-yet-ready job becomes ready.
@@ -1353,6 +1552,32 @@ mod tests {
         assert_eq!(next.kind, JobKind::Sync(a));
         let e = s.read(|db| db.must_get(a)).unwrap();
         assert_eq!(e.dirty, dirty::CONTENT | dirty::META);
+    }
+
+    /// A ready job behind a long queue of jobs still in their write-back delay is found
+    /// (through the ready index), and order still wins among ready ones.
+    #[test]
+    fn next_job_looks_past_a_long_head_of_waiting_jobs() {
+        let (_d, s) = store();
+        let waiting: Vec<EntryId> = (0..100).map(|i| file(&s, &format!("w{i}"))).collect();
+        for id in &waiting {
+            s.write(|db| db.enqueue_sync(*id, dirty::CONTENT, Some(1_000)))
+                .unwrap();
+        }
+        s.write(|db| db.enqueue_delete("gone", false, None))
+            .unwrap();
+        s.write(|db| db.enqueue_delete("gone2", false, None))
+            .unwrap();
+        let next = s.read(|db| db.next_job(10)).unwrap().unwrap();
+        assert!(matches!(next.kind, JobKind::Delete { ref key, .. } if key == "gone"));
+        assert_eq!(
+            s.read(|db| db.pending_file_delete("gone2")).unwrap(),
+            Some(None)
+        );
+        assert_eq!(s.read(|db| db.pending_file_delete("w1")).unwrap(), None);
+        // Once the head is ready, it goes first again.
+        let first = s.read(|db| db.next_job(1_000)).unwrap().unwrap();
+        assert_eq!(first.kind, JobKind::Sync(waiting[0]));
     }
 
     #[test]

@@ -213,6 +213,7 @@ impl Vfs {
     }
 
     fn w<T>(&self, f: impl FnOnce(&Db<'_>) -> VfsResult<T>) -> VfsResult<T> {
+        self.store.user_was_active();
         self.store.write(f)
     }
 

@@ -83,6 +83,10 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE entries ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
      CREATE INDEX entries_pinned ON entries(id) WHERE pinned = 1;
      CREATE INDEX entries_whole_files ON entries(size) WHERE local = 1 AND kind = 1;",
+    // 6: the pending delete of a key, which every first upload of a new file looks for; it
+    // scanned all queued deletes, thousands after a `rm -r`.
+    "CREATE INDEX IF NOT EXISTS journal_by_delete_key ON journal(delete_key, seq) \
+     WHERE delete_key IS NOT NULL;",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -41,6 +41,16 @@ pub struct Uploader {
     poll_wanted: std::sync::atomic::AtomicBool,
 }
 
+/// How late the idle uploader may take a job that is not ready yet, so that one wake-up
+/// serves many jobs of a burst. Small against the write-back delay.
+const WAKE_SLACK: Duration = Duration::from_millis(50);
+
+/// The uploader waits for this much quiet from the user before its next job ...
+const USER_QUIET: Duration = Duration::from_millis(20);
+/// ... but not longer than this in one go, and then runs jobs for at least this long.
+const YIELD_AT_MOST: Duration = Duration::from_secs(2);
+const RUN_AT_LEAST: Duration = Duration::from_secs(1);
+
 enum Outcome {
     Done,
     /// The entry changed while we worked; the job stays queued for another round.
@@ -81,9 +91,18 @@ impl Uploader {
         let mut poll_due = self.cfg.poll_interval.is_some();
         let mut next_poll = self.cfg.poll_interval.map(|d| Instant::now() + d);
         let mut was_unreachable = false;
+        let mut yielding_since = None;
         loop {
             if *shutdown.borrow() {
                 return;
+            }
+            if let Some(wait) = self.yield_to_user(&mut yielding_since) {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = self.store.kick.notified() => poll_due = true,
+                    _ = shutdown.changed() => return,
+                }
+                continue;
             }
             if self.store.health.is_offline() {
                 tokio::select! {
@@ -139,15 +158,28 @@ impl Uploader {
                     let mut wait = next
                         .map(|t| Duration::from_millis((t - now_ms()).max(0) as u64))
                         .unwrap_or(Duration::from_secs(3600));
+                    if next.is_some() {
+                        // Jobs queued in a burst become ready a fraction of a millisecond
+                        // apart: take them in batches rather than waking for each.
+                        wait = wait.max(WAKE_SLACK);
+                    }
                     if let Some(t) = next_poll {
                         wait = wait.min(t.saturating_duration_since(Instant::now()));
                     }
+                    // Commits of jobs that become ready only after this need not wake us.
+                    self.store.idle_until.store(
+                        now_ms().saturating_add(wait.as_millis() as i64),
+                        std::sync::atomic::Ordering::SeqCst,
+                    );
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = self.store.wake.notified() => {}
                         _ = self.store.kick.notified() => poll_due = true,
                         _ = shutdown.changed() => return,
                     }
+                    self.store
+                        .idle_until
+                        .store(i64::MIN, std::sync::atomic::Ordering::SeqCst);
                     continue;
                 }
                 Err(e) => {
@@ -197,6 +229,28 @@ impl Uploader {
                 }
             }
         }
+    }
+
+    /// How long to stand aside before the next job because the user is busy in the mount:
+    /// during a burst of creates or unlinks an upload (hashing, a write and an fsync into a
+    /// local folder, several commits) competed with the FUSE threads for the CPU, the disk
+    /// and the store's lock, and halved the create rate. The jobs are already committed, so
+    /// waiting loses nothing; after `YIELD_AT_MOST` of a burst, jobs run for `RUN_AT_LEAST`
+    /// regardless, so a busy mount still uploads.
+    fn yield_to_user(&self, since: &mut Option<tokio::time::Instant>) -> Option<Duration> {
+        let quiet_for = now_ms() - self.store.user_active_ms();
+        if quiet_for >= USER_QUIET.as_millis() as i64 {
+            *since = None;
+            return None;
+        }
+        let started = *since.get_or_insert_with(tokio::time::Instant::now);
+        let yielded = started.elapsed();
+        if yielded >= YIELD_AT_MOST + RUN_AT_LEAST {
+            *since = Some(tokio::time::Instant::now());
+        } else if yielded >= YIELD_AT_MOST {
+            return None;
+        }
+        Some(USER_QUIET - Duration::from_millis(quiet_for.max(0) as u64))
     }
 
     async fn run_job(&self, job: &Job) -> Result<Outcome, SyncError> {
@@ -475,20 +529,7 @@ impl Uploader {
                 version: e.synced.version.clone(),
             });
         }
-        let replaced = self.store.read(|db| {
-            Ok::<_, StoreError>(
-                db.pending_deletes()?
-                    .into_iter()
-                    .find_map(|j| match j.kind {
-                        JobKind::Delete {
-                            key: k,
-                            dir: false,
-                            etag,
-                        } if k == key => Some(etag),
-                        _ => None,
-                    }),
-            )
-        })?;
+        let replaced = self.store.read(|db| db.pending_file_delete(key))?;
         Ok(match replaced {
             Some(Some(etag)) => Cond::Match {
                 etag: Some(etag),
