@@ -1,9 +1,7 @@
 //! File data on local disk, one sparse file per entry under `STATE/data/`.
 //!
-//! The block cache (its own issue) takes this layout over as is: a data file holds the bytes of
-//! an entry at their own offsets, so adding a table of which ranges are present needs no
-//! migration of user data. Today an entry's data file is either complete (`Entry::local`) or
-//! absent.
+//! A data file holds the bytes of an entry at their own offsets: either the whole file
+//! (`Entry::local`) or the blocks the `blocks` table lists (see `vfs/blocks.rs`).
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -90,6 +88,19 @@ impl FileCache {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.err(id)(e)),
         }
+    }
+
+    /// Ids of every data file present (scratch `.part` files are not listed).
+    pub fn ids(&self) -> CacheResult<Vec<EntryId>> {
+        let rd = std::fs::read_dir(&self.root).map_err(|source| CacheError::Io {
+            path: self.root.clone(),
+            source,
+        })?;
+        Ok(rd
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+            .map(EntryId)
+            .collect())
     }
 
     pub fn remove(&self, id: EntryId) -> CacheResult<()> {

@@ -114,3 +114,26 @@ both!(sigkill_loses_nothing_acknowledged, |env: &Env| {
     }
     println!("acknowledged files: {}, losses: 0", acked.len());
 });
+
+#[test]
+fn a_crash_between_unlink_and_its_data_removal_leaves_no_litter() {
+    // Data files of deleted entries are removed in the background after the delete commits;
+    // a SIGKILL in between leaves them behind, and the next mount sweeps them.
+    let env = Env::new(common::mount::Backend::Local);
+    let state = env.new_state_dir();
+    let m = env.mount_state(&state);
+    fs::write(m.path("kept"), b"kept").unwrap();
+    fs::write(m.path("gone"), b"gone").unwrap();
+    m.sync();
+    fs::remove_file(m.path("gone")).unwrap();
+    m.kill9();
+    let data_dir = state.join("data");
+    // As if the background removal had not run yet: a data file no entry owns.
+    fs::write(data_dir.join("987654321"), b"litter").unwrap();
+    let m = env.mount_state(&state);
+    assert!(!data_dir.join("987654321").exists(), "litter was not swept");
+    assert_eq!(fs::read(m.path("kept")).unwrap(), b"kept");
+    assert!(!m.path("gone").exists());
+    let files = fs::read_dir(&data_dir).unwrap().count();
+    assert!(files <= 1, "{files} data files for one file");
+}
