@@ -11,12 +11,15 @@
 #   scripts/bench.sh [--quick] [--out FILE] [--notes FILE]
 #
 # --quick       smaller workloads (a few minutes instead of ~20)
-# --out FILE    where the report goes (overwritten); default docs/benchmarks.md
+# --out FILE    where the report goes (overwritten, except the section of scripts/bench-cache.sh
+#               between its markers, which is kept at the end); default docs/benchmarks.md
 # --notes FILE  markdown appended to the report's notes (the analysis of missed targets)
 #
 # Needs root (it drops the page cache between workloads) and /dev/fuse. Installs bindfs,
 # rclone, fio and moto when missing. Environment:
 #   STRATUS=PATH          the binary to measure (default target/release/stratus, built if missing)
+#   STRATUS_REV=TEXT      the git revision that binary was built from, for the report (default
+#                         HEAD, flagged when src/ has uncommitted changes or the binary is older)
 #   BENCH_TARGETS="..."   a subset of the targets above, in that order
 #   BENCH_DIR=DIR         where the data goes (default a fresh /var/tmp/stratus-bench.XXXXXX,
 #                         removed at the end); it must be on the disk under test
@@ -27,6 +30,9 @@
 # Every mount and process it starts is stopped on exit, also on failure or Ctrl-C.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
+prog=bench
+# shellcheck source=scripts/bench_lib.sh
+. "$here/scripts/bench_lib.sh"
 command_line="scripts/bench.sh${*:+ $*}"
 for v in BENCH_TARGETS BENCH_TARBALL STRATUS; do
     [ -z "${!v:-}" ] || command_line="$v='${!v}' $command_line"
@@ -36,11 +42,6 @@ usage() {
     echo "usage: $0 [--quick] [--out FILE] [--notes FILE]" >&2
     exit 2
 }
-die() {
-    echo "bench: error: $*" >&2
-    exit 1
-}
-say() { printf 'bench: %s\n' "$*" >&2; }
 
 quick=0
 out=$here/docs/benchmarks.md
@@ -81,32 +82,9 @@ tools="python3 $here/scripts/bench_tools.py"
 # ---------------------------------------------------------------------------------------------
 # preconditions
 
-[ "$(id -u)" -eq 0 ] || die "run as root: dropping the page cache needs it"
-[ -c /dev/fuse ] || die "/dev/fuse is missing"
-[ "${BASH_VERSINFO[0]}" -ge 5 ] || die "needs bash 5 (EPOCHREALTIME)"
-
-missing=()
-command -v bindfs >/dev/null || missing+=(bindfs)
-command -v rclone >/dev/null || missing+=(rclone)
-command -v fio >/dev/null || missing+=(fio)
-command -v fusermount3 >/dev/null || missing+=(fuse3)
-command -v curl >/dev/null || missing+=(curl)
-if [ ${#missing[@]} -gt 0 ]; then
-    say "installing ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq </dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null
-fi
-if ! python3 -c 'import moto.server, werkzeug.serving' >/dev/null 2>&1; then
-    say "installing moto (scripts/setup.sh)"
-    "$here/scripts/setup.sh" >&2
-fi
-
-stratus=${STRATUS:-$here/target/release/stratus}
-if [ ! -x "$stratus" ]; then
-    [ -z "${STRATUS:-}" ] || die "STRATUS=$stratus is not an executable"
-    say "building stratus (cargo build --release)"
-    (cd "$here" && cargo build --release) >&2
-fi
+common_preconditions
+install_missing bindfs rclone fio fusermount3:fuse3 curl
+find_stratus
 
 if [ -n "${BENCH_TARBALL:-}" ]; then
     tarball=$BENCH_TARBALL
@@ -145,126 +123,15 @@ if [ -n "${BENCH_DIR:-}" ]; then
 else
     work=$(mktemp -d /var/tmp/stratus-bench.XXXXXX)
 fi
-: >"$work/mounts"  # KIND MOUNTPOINT, one per line (KIND: stratus or fuse)
-: >"$work/pids"    # PID GRACE_SECONDS LABEL, one per line
+install_traps
 : >"$work/results" # TARGET KEY LABEL VALUE UNIT BETTER, tab-separated
 : >"$work/meta"    # KEY VALUE, tab-separated (for scripts/bench_tools.py report)
 : >"$work/notes-failed" # notes for the report, one per line
 : >"$work/notes-targets"
 : >"$work/failed"  # TARGET STEP, one per line
-logs_kept=
-
-is_mounted() { awk -v m="$1" '$2 == m { found = 1 } END { exit !found }' /proc/mounts; }
-
-fuse_abort() { # a hung FUSE daemon would block unmount and every process using the mount
-    local minor
-    minor=$(awk -v m="$1" '$5 == m { split($3, a, ":"); print a[2] }' /proc/self/mountinfo | head -1)
-    if [ -n "$minor" ] && [ -w "/sys/fs/fuse/connections/$minor/abort" ]; then
-        echo 1 >"/sys/fs/fuse/connections/$minor/abort" || true
-    fi
-}
-
-unmount_one() { # KIND MOUNTPOINT
-    local kind=$1 m=$2
-    is_mounted "$m" || return 0
-    if [ "$kind" = stratus ]; then
-        timeout 120 "$stratus" unmount "$m" >/dev/null 2>&1 || true
-    fi
-    is_mounted "$m" && { timeout 30 fusermount3 -u "$m" 2>/dev/null || true; }
-    if is_mounted "$m"; then
-        say "$m did not unmount cleanly; aborting its FUSE connection and detaching it"
-        fuse_abort "$m"
-        umount -l "$m" 2>/dev/null || fusermount3 -u -z "$m" 2>/dev/null || true
-    fi
-}
-
-stop_pid() { # PID GRACE LABEL: let it exit on its own for GRACE seconds, then TERM, then KILL
-    local pid=$1 grace=$2 label=$3 i
-    for ((i = 0; i < grace * 10; i++)); do
-        kill -0 "$pid" 2>/dev/null || return 0
-        sleep 0.1
-    done
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || return 0
-        sleep 0.1
-    done
-    say "$label (pid $pid) ignored SIGTERM; killing it"
-    kill -KILL "$pid" 2>/dev/null || true
-}
-
-teardown() { # everything started so far, newest first
-    local kind m pid grace label
-    if [ -s "$work/mounts" ]; then
-        while read -r kind m; do unmount_one "$kind" "$m"; done < <(tac "$work/mounts")
-        : >"$work/mounts"
-    fi
-    if [ -s "$work/pids" ]; then
-        while read -r pid grace label; do stop_pid "$pid" "$grace" "$label"; done < <(tac "$work/pids")
-        : >"$work/pids"
-    fi
-}
-
-cleanup() {
-    local rc=$?
-    set +e
-    trap - EXIT INT TERM
-    stop_worker
-    teardown
-    local left
-    left=$(awk -v w="$work/" 'index($2, w) == 1 { print $2 }' /proc/mounts)
-    if [ -n "$left" ]; then
-        say "still mounted (left in place, $work kept): $left"
-        rc=1
-    else
-        rm -rf "$work"
-    fi
-    [ -z "$logs_kept" ] || say "logs of failed targets: $logs_kept"
-    exit $rc
-}
-worker=
-descendants() { # PID: its children, grandchildren, ...
-    local c
-    for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do
-        echo "$c"
-        descendants "$c"
-    done
-}
-stop_worker() { # the workload in flight (tar, fio, ...), not the daemons teardown stops in order
-    [ -n "$worker" ] || return 0
-    local p pids
-    pids=$(descendants "$worker")
-    kill -TERM "$worker" 2>/dev/null || true
-    for p in $pids; do
-        awk -v p="$p" '$1 == p { found = 1 } END { exit !found }' "$work/pids" || kill -TERM "$p" 2>/dev/null || true
-    done
-    worker=
-}
-on_signal() { # MESSAGE EXIT_STATUS
-    trap - INT TERM
-    say "$1; stopping"
-    stop_worker
-    exit "$2"
-}
-trap cleanup EXIT
-trap 'on_signal interrupted 130' INT
-trap 'on_signal terminated 143' TERM
-
-register_mount() { printf '%s %s\n' "$1" "$2" >>"$work/mounts"; }
-register_pid() { printf '%s %s %s\n' "$1" "$2" "$3" >>"$work/pids"; }
 
 # ---------------------------------------------------------------------------------------------
 # measuring and recording
-
-now() { echo "$EPOCHREALTIME"; }
-since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }'; }
-rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.1f", (s > 0 ? n / s : 0) }'; }
-
-drop_caches() {
-    timeout 300 sync || die "sync did not return within 300 s"
-    echo 3 >/proc/sys/vm/drop_caches
-}
 
 step() { # KEY LABEL: what the current target is doing, for the failure report
     printf '%s\t%s\n' "$1" "$2" >"$work/step"
@@ -280,31 +147,8 @@ record() { # KEY LABEL VALUE UNIT BETTER(higher|lower)
 # ---------------------------------------------------------------------------------------------
 # targets: set up (mount), drain, settle, tear down
 
-moto_endpoint=
-start_moto() { # BUCKET: a fresh moto server for one target, so none pays for another's objects
-    local port
-    port=$($tools freeport)
-    python3 "$here/scripts/moto_server.py" -H 127.0.0.1 -p "$port" >"$tdir/moto.log" 2>&1 &
-    register_pid $! 0 moto
-    moto_pid=$!
-    moto_endpoint=http://127.0.0.1:$port
-    $tools wait-http "$moto_endpoint/moto-api/" --timeout 60 || die "moto did not start; see $tdir/moto.log"
-    curl -sS -f -o /dev/null -X PUT "$moto_endpoint/$1" || die "could not create bucket $1 on moto"
-}
-
-stratus_env() { # the AWS settings stratus needs for moto; never leave object_store to guess
-    env AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 \
-        AWS_ENDPOINT_URL="${moto_endpoint:-http://127.0.0.1:9}" AWS_ALLOW_HTTP=true "$@"
-}
-
-wait_mounted() { # MOUNTPOINT PID
-    local i
-    for ((i = 0; i < 300; i++)); do
-        is_mounted "$1" && return 0
-        kill -0 "$2" 2>/dev/null || die "the FUSE daemon for $1 exited before mounting; see $tdir/*.log"
-        sleep 0.1
-    done
-    die "$1 was not mounted after 30 s"
+start_moto_for_target() { # BUCKET: a fresh moto server for one target, so none pays for another's objects
+    start_moto "$1" "$tdir/moto.log"
 }
 
 setup_target() {
@@ -317,13 +161,13 @@ setup_target() {
             register_mount fuse "$mnt"
             bindfs -f "$tdir/src" "$mnt" >"$tdir/bindfs.log" 2>&1 &
             register_pid $! 5 bindfs
-            wait_mounted "$mnt" $!
+            wait_mounted "$mnt" $! "$tdir/*.log"
             mount_cmd="\`bindfs SRC MNT\` (default options)"
             ;;
         stratus-local | stratus-s3)
             local remote=$tdir/remote
             if [ "$target" = stratus-s3 ]; then
-                start_moto stratus-bench
+                start_moto_for_target stratus-bench
                 remote=s3://stratus-bench
             else
                 mkdir -p "$remote"
@@ -337,25 +181,19 @@ setup_target() {
             daemon_pid=$pid
             is_mounted "$mnt" || die "stratus mount returned but $mnt is not mounted"
             local defaults
-            defaults=$("$stratus" mount --help 2>/dev/null |
-                sed -n 's/^ *\(--[a-z-]*\) <[^>]*>.*\[default: \([^]]*\)\].*/\1 \2/p' | paste -sd' ' -)
+            defaults=$(stratus_defaults)
             mount_cmd="\`stratus mount ${remote/#$tdir/DIR} MNT --state-dir STATE\` (defaults of this build: \`$defaults\`)"
             ;;
         rclone)
-            start_moto rclone-bench
+            start_moto_for_target rclone-bench
             register_mount fuse "$mnt"
-            : >"$tdir/rclone.conf"
-            env -u AWS_CA_BUNDLE -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY -u AWS_ENDPOINT_URL \
-                RCLONE_CONFIG="$tdir/rclone.conf" RCLONE_CONFIG_X_TYPE=s3 RCLONE_CONFIG_X_PROVIDER=Other \
-                RCLONE_CONFIG_X_ENV_AUTH=false RCLONE_CONFIG_X_ACCESS_KEY_ID=bench \
-                RCLONE_CONFIG_X_SECRET_ACCESS_KEY=bench RCLONE_CONFIG_X_REGION=us-east-1 \
-                RCLONE_CONFIG_X_ENDPOINT="$moto_endpoint" RCLONE_CONFIG_X_FORCE_PATH_STYLE=true \
-                rclone mount X:rclone-bench "$mnt" --vfs-cache-mode full --cache-dir "$tdir/cache" \
-                --log-file "$tdir/rclone.log" --log-level INFO &
+            rclone_env_for "$tdir/rclone.conf"
+            "${rclone_env[@]}" rclone mount X:rclone-bench "$mnt" --vfs-cache-mode full \
+                --cache-dir "$tdir/cache" --log-file "$tdir/rclone.log" --log-level INFO &
             register_pid $! 10 rclone
             daemon_pid=$!
-            wait_mounted "$mnt" $!
-            mount_cmd="\`rclone mount X:BUCKET MNT --vfs-cache-mode full\` (other options at their defaults, among them \`--vfs-write-back 5s --dir-cache-time 5m --attr-timeout 1s\`), configured by RCLONE_CONFIG_X_* variables: type s3, provider Other, force_path_style, AWS_CA_BUNDLE unset"
+            wait_mounted "$mnt" $! "$tdir/*.log"
+            mount_cmd=$rclone_mount_note
             ;;
     esac
     printf '%s: %s\n' "$target" "$mount_cmd" >>"$work/notes-targets"
@@ -595,14 +433,6 @@ total=$(since "$started")
 # ---------------------------------------------------------------------------------------------
 # report
 
-stratus_rev=$(git -C "$here" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
-if [ -n "$(git -C "$here" status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
-    stratus_rev="$stratus_rev with uncommitted changes in src/"
-fi
-if [ "$(stat -c %Y "$stratus")" -lt "$(git -C "$here" log -1 --format=%ct 2>/dev/null || echo 0)" ]; then
-    stratus_rev="$stratus_rev, but the binary is older than that commit"
-    say "warning: $stratus is older than the last commit; rebuild it (cargo build --release) for figures of HEAD"
-fi
 {
     printf 'command\t%s\n' "$command_line"
     printf 'date\t%s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -610,7 +440,7 @@ fi
     printf 'workdir\t%s\n' "$work"
     printf 'targets\t%s\n' "$targets"
     [ -z "$notes_file" ] || printf 'notes_file\t%s\n' "$notes_file"
-    printf 'v_stratus\t%s\n' "$("$stratus" --version 2>/dev/null | head -1) (git $stratus_rev; binary built $(date -u -r "$stratus" '+%Y-%m-%d %H:%M UTC'))"
+    printf 'v_stratus\t%s\n' "$(stratus_version)"
     printf 'v_rclone\t%s\n' "$(rclone version 2>/dev/null | head -1)"
     printf 'v_bindfs\t%s\n' "$(bindfs --version 2>/dev/null | head -1 | sed 's/^bindfs //')"
     printf 'v_fio\t%s\n' "$(fio --version)"

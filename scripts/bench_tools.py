@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Helpers for scripts/bench.sh (one process per call, never one per file).
+"""Helpers for scripts/bench.sh and scripts/bench-cache.sh (one process per call, never one per file).
 
     bench_tools.py freeport
         prints a free TCP port on 127.0.0.1
@@ -16,7 +16,11 @@
         polls the listing until at least N keys are under PREFIX (or none, or KEY has BYTES
         bytes), then prints the seconds elapsed since EPOCH; exit 1 on timeout
     bench_tools.py report --results TSV --meta FILE --out FILE
-        writes the markdown section of docs/benchmarks.md and prints its tables
+        writes docs/benchmarks.md (scripts/bench.sh) and prints its tables; the block of
+        scripts/bench-cache.sh between its markers, if FILE has one, is kept at the end
+    bench_tools.py cache-report --results TSV --meta FILE --out FILE
+        writes the block of scripts/bench-cache.sh between its markers in FILE (appended when
+        FILE has none; the rest of FILE is left alone) and prints its tables
 
 The S3 helpers send unsigned requests: they are meant for moto on 127.0.0.1 only, which
 accepts them. Proxies from the environment are ignored.
@@ -356,6 +360,182 @@ def report(args):
     if meta.get("notes_file"):
         lines += ["", open(meta["notes_file"]).read().rstrip()]
     text = "\n".join(lines) + "\n"
+    kept = cache_block(args.out)
+    if kept:
+        text += "\n" + kept + "\n"
+    with open(args.out, "w") as f:
+        f.write(text)
+    print()
+    print(figures)
+    print()
+    print(ratios)
+    print()
+    print(targets)
+
+
+# ---------------------------------------------------------------------------------------------
+# the block-cache report (scripts/bench-cache.sh), a section of docs/benchmarks.md of its own
+
+CACHE_BEGIN = "<!-- bench-cache:begin (written by scripts/bench-cache.sh; scripts/bench.sh keeps it) -->"
+CACHE_END = "<!-- bench-cache:end -->"
+CACHE_BEGIN_RE = re.compile(r"^<!-- bench-cache:begin\b.*-->$", re.M)
+CACHE_END_RE = re.compile(r"^<!-- bench-cache:end -->$", re.M)
+
+
+def cache_span(text):
+    """(start, end) of the marked block in text, markers included, or None."""
+    b = CACHE_BEGIN_RE.search(text)
+    if not b:
+        return None
+    e = CACHE_END_RE.search(text, b.end())
+    if not e:
+        sys.exit("bench_tools: the file has a bench-cache:begin marker without a bench-cache:end after it")
+    return b.start(), e.end()
+
+
+def cache_block(path):
+    """The marked block of the file at path, markers included, or ""."""
+    try:
+        text = open(path).read()
+    except FileNotFoundError:
+        return ""
+    span = cache_span(text)
+    return text[span[0]:span[1]] if span else ""
+
+
+CACHE_COLUMNS = [("get", "plain GET"), ("local", "local disk"), ("stratus", "stratus"), ("rclone", "rclone")]
+CACHE_ORDER = ["seq-cold", "ranged-1m", "ranged-16m", "seq-warm-dropped", "seq-warm-kept", "rand-few", "dl-few",
+               "rand-cold", "dl-rand-cold", "rand-warm"]
+CACHE_VS_RCLONE = ["seq-cold", "seq-warm-dropped", "seq-warm-kept", "rand-few", "rand-cold", "rand-warm"]
+
+
+def cache_report(args):
+    meta = {"workloads": [], "notes": [], "versions": {}}
+    with open(args.meta) as f:
+        for line in f:
+            key, _, value = line.rstrip("\n").partition("\t")
+            if key in ("workload", "note"):
+                meta[key + "s"].append(value)
+            elif key.startswith("v_"):
+                meta["versions"][key[2:]] = value
+            else:
+                meta[key] = value
+    results, labels, units = {}, {}, {}
+    with open(args.results) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if not line:
+                continue
+            target, w, label, value, unit = line.split("\t")[:5]
+            try:
+                results[(target, w)] = float(value)
+            except ValueError:  # "failed"
+                results[(target, w)] = value
+            if unit or w not in labels:
+                labels[w], units[w] = label, unit
+    order = [w for w in CACHE_ORDER if w in labels]
+    m = machine_info(meta["workdir"])
+
+    def fmt(target, w):
+        v = results.get((target, w))
+        if units.get(w) == "B" and isinstance(v, float):
+            return f"{v / 1048576:,.1f} MiB"
+        return fmt_value(v, units.get(w))
+
+    rows = [[labels[w]] + [fmt(t, w) for t, _ in CACHE_COLUMNS] for w in order]
+    figures = md_table(["workload"] + [n for _, n in CACHE_COLUMNS], rows, ["---"] + ["---:"] * len(CACHE_COLUMNS))
+
+    def r(w, b):
+        vs, vb = results.get(("stratus", w)), results.get((b, w))
+        if not isinstance(vs, float) or not isinstance(vb, float) or vs <= 0 or vb <= 0:
+            return None
+        return vs / vb
+
+    baseline = {"seq-cold": "get", "seq-warm-dropped": "local", "seq-warm-kept": "local", "rand-warm": "local"}
+    rows = []
+    for w in order:
+        if units.get(w) == "B" or not isinstance(results.get(("stratus", w)), float):
+            continue
+        b = baseline.get(w)
+        rows.append([labels[w], f"{fmt_ratio(r(w, b))} of {dict(CACHE_COLUMNS)[b]}" if b else "–",
+                     fmt_ratio(r(w, "rclone"))])
+    ratios = md_table(["workload", "stratus vs its baseline", "stratus vs rclone"], rows, ["---", "---:", "---:"])
+
+    goals = [
+        ("cold sequential read ≥ 0.8x the plain GET", "seq-cold", "get", 0.8, False),
+        ("warm re-read ≥ 0.8x the local disk, page cache dropped", "seq-warm-dropped", "local", 0.8, False),
+        ("warm re-read ≥ 0.8x the local disk, page cache kept", "seq-warm-kept", "local", 0.8, False),
+    ]
+    for w in CACHE_VS_RCLONE:
+        if w in labels:
+            goals.append((f"ahead of rclone: {labels[w]}", w, "rclone", 1.0, True))
+    rows, met, missed = [], 0, 0
+    for text, w, b, need, strict in goals:
+        ratio_ = r(w, b)
+        if ratio_ is None:
+            verdict = "not measured"
+        elif ratio_ > need if strict else ratio_ >= need:
+            verdict, met = "**met**", met + 1
+        else:
+            verdict, missed = "**missed**", missed + 1
+        rows.append([text, f"{'> ' if strict else '≥ '}{need:g}x", fmt_ratio(ratio_), verdict])
+    targets = md_table(["target", "needed", "stratus", "result"], rows, ["---", "---:", "---:", "---"])
+
+    v = meta["versions"]
+    lines = [
+        CACHE_BEGIN,
+        "",
+        f"## Block cache (issue 3){' (quick run)' if meta.get('quick') == '1' else ''}",
+        "",
+        f"Produced by `{meta['command']}` on {meta['date']}, in one invocation against one moto S3 "
+        "server on 127.0.0.1: a plain GET, the local disk, stratus and rclone read the same "
+        f"{meta['size']} object of random data, one after the other.",
+        "",
+        f"- machine: {m['nproc']} cores ({m['cpu']}), {m['ram']} RAM, {m['os']}, kernel {m['kernel']}"
+        f"{', virtualization ' + m['virt'] if m.get('virt') and m['virt'] != 'none' else ''}; "
+        f"local copy, stratus state dirs and rclone cache dirs on {m['disk']}",
+        f"- {v['stratus']}",
+        f"- {v['rclone']}, {v['curl']}, {v['fio']}, moto {v['moto']} (through `scripts/moto_server.py`), "
+        f"Python {v['python']}",
+        "",
+        "### Workloads",
+        "",
+    ]
+    lines += [f"- {x}" for x in meta["workloads"]]
+    lines += [
+        "",
+        "### Results",
+        "",
+        "MiB/s and IOPS, higher is better; MiB fetched, lower is better:",
+        "",
+        figures,
+        "",
+        "Ratios (above 1: stratus faster):",
+        "",
+        ratios,
+        "",
+        f"### Targets (issue 3): {met} met, {missed} missed",
+        "",
+        targets,
+        "",
+        "### Notes",
+        "",
+    ]
+    lines += [f"- {x}" for x in meta["notes"]]
+    if meta.get("notes_file"):
+        lines += ["", open(meta["notes_file"]).read().rstrip()]
+    lines += ["", CACHE_END]
+    block = "\n".join(lines)
+
+    try:
+        text = open(args.out).read()
+    except FileNotFoundError:
+        text = "# Benchmarks\n"
+    span = cache_span(text)
+    if span:
+        text = text[:span[0]] + block + text[span[1]:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
     with open(args.out, "w") as f:
         f.write(text)
     print()
@@ -402,6 +582,11 @@ def main():
     q.add_argument("--meta", required=True)
     q.add_argument("--out", required=True)
     q.set_defaults(fn=report)
+    q = sub.add_parser("cache-report")
+    q.add_argument("--results", required=True)
+    q.add_argument("--meta", required=True)
+    q.add_argument("--out", required=True)
+    q.set_defaults(fn=cache_report)
     args = p.parse_args()
     if args.cmd == "s3-wait" and sum([args.count is not None, args.empty, args.key is not None]) != 1:
         p.error("s3-wait needs exactly one of --count, --empty, --key")
