@@ -245,7 +245,7 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
         },
     ));
     let held = vfs.recover()?;
-    vfs.start_pinner();
+    vfs.start();
     let (notices, invalidations) = std::sync::mpsc::channel();
     vfs.set_notices(notices.clone());
     if held > 0 {

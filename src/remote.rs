@@ -383,6 +383,20 @@ impl Remote {
         dispatch!(self, r => r.get_range(key, range, if_match).await)
     }
 
+    /// The whole object as a stream of chunks, pinned to `if_match`: one long GET for a reader
+    /// going through a large file from its start. `None` where a stream buys nothing (a local
+    /// folder is read by ranges at disk speed).
+    pub async fn get_stream(
+        &self,
+        key: &str,
+        if_match: Option<&str>,
+    ) -> Option<RemoteResult<futures::stream::BoxStream<'static, RemoteResult<bytes::Bytes>>>> {
+        match self {
+            Remote::Local(_) => None,
+            Remote::Object(r) => Some(r.get_stream(key, if_match).await),
+        }
+    }
+
     /// Downloads the whole object to `dest`, returning its size.
     pub async fn download(&self, key: &str, dest: &Path) -> RemoteResult<u64> {
         dispatch!(self, r => r.download(key, dest).await)

@@ -9,6 +9,7 @@
 
 mod blocks;
 mod error;
+mod prefetch;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -157,6 +158,7 @@ pub struct Vfs {
     live: Mutex<HashMap<EntryId, Live>>,
     notices: Mutex<Option<std::sync::mpsc::Sender<Invalidation>>>,
     blocks: blocks::BlockState,
+    prefetch: prefetch::Prefetch,
     /// The version (etag, size, mtime) each file was last opened at: when a file is opened
     /// again at the same version, the kernel keeps its page cache.
     opened: Mutex<HashMap<EntryId, OpenedVersion>>,
@@ -183,6 +185,21 @@ fn spawn_reaper(cache: FileCache) -> std::sync::mpsc::Sender<EntryId> {
         tracing::warn!(error = %e, "could not start the data file reaper");
     }
     tx
+}
+
+/// Reads up to `size` bytes at `offset`; short only at the end of the file.
+fn read_at(f: &File, offset: u64, size: u32) -> VfsResult<Vec<u8>> {
+    let mut buf = vec![0u8; size as usize];
+    let mut n = 0;
+    while n < buf.len() {
+        let r = f.read_at(&mut buf[n..], offset + n as u64)?;
+        if r == 0 {
+            break;
+        }
+        n += r;
+    }
+    buf.truncate(n);
+    Ok(buf)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -225,6 +242,7 @@ impl Vfs {
             notices: Mutex::new(None),
             reaper,
             blocks: blocks::BlockState::new(),
+            prefetch: prefetch::Prefetch::new(),
             opened: Mutex::new(HashMap::new()),
         }
     }
@@ -706,41 +724,43 @@ impl Vfs {
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> VfsResult<Vec<u8>> {
         let h = self.handle(fh)?;
         let f = h.file.as_ref().ok_or(VfsError::IsDir)?;
-        let gate;
-        let mut _guard = None;
         if !h.writable {
             let e = self
                 .store
                 .read(|db| db.get(h.id))?
                 .ok_or(VfsError::NotFound)?;
             if !e.local && size > 0 && offset < e.size {
-                let sequential = h.last_end.swap(offset + size as u64, Ordering::Relaxed) == offset;
+                // The kernel reads ahead with several requests at once, so a sequential
+                // reader's requests may arrive a little out of order.
+                let prev = h.last_end.swap(offset + size as u64, Ordering::Relaxed);
+                let sequential = prev != u64::MAX
+                    && offset + BLOCK_SIZE >= prev
+                    && offset <= prev.saturating_add(BLOCK_SIZE);
                 let last = (offset + size as u64 - 1) / BLOCK_SIZE;
-                // Held through the read below, so the blocks cannot be evicted in between.
-                gate = self.gate(h.id);
-                _guard = Some(lock(&gate));
-                let fetched = self.ensure_blocks(&e, offset / BLOCK_SIZE, last, sequential)?;
-                let counter = if fetched {
+                // The read runs under the file's gate, so the blocks cannot be evicted
+                // between their arrival and the read.
+                let (buf, waited) =
+                    self.with_blocks(&e, offset / BLOCK_SIZE, last, sequential, || {
+                        read_at(f, offset, size)
+                    })?;
+                let counter = if waited {
                     &self.blocks.misses
                 } else {
                     &self.blocks.hits
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
-            } else {
-                self.blocks.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(buf);
             }
+            self.blocks.hits.fetch_add(1, Ordering::Relaxed);
         }
-        let mut buf = vec![0u8; size as usize];
-        let mut n = 0;
-        while n < buf.len() {
-            let r = f.read_at(&mut buf[n..], offset + n as u64)?;
-            if r == 0 {
-                break;
-            }
-            n += r;
-        }
-        buf.truncate(n);
-        Ok(buf)
+        read_at(f, offset, size)
+    }
+
+    /// Starts what runs beside the FUSE threads: background fetches hold the `Vfs`, and the
+    /// pinner keeps pinned files downloaded.
+    pub fn start(self: &Arc<Self>) {
+        self.prefetch.set_owner(self);
+        self.start_pinner();
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> VfsResult<u32> {

@@ -369,3 +369,34 @@ fn a_silent_remote_fails_uncached_reads_fast() {
         "reads must work again once the server answers"
     );
 }
+
+both!(
+    a_cold_sequential_read_fetches_each_byte_once,
+    |env: &Env| {
+        // Large enough for the one-GET stream (S3) and many read-ahead rounds (both).
+        let size = 40 * MIB as usize + 4321;
+        let body = data(51, size);
+        env.put_remote("movie.bin", &body);
+        let m = env.mount();
+        let mut f = fs::File::open(m.path("movie.bin")).unwrap();
+        let mut got = Vec::with_capacity(size);
+        let mut chunk = vec![0u8; 128 * 1024];
+        loop {
+            let n = f.read(&mut chunk).unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert!(got == body, "read back wrong");
+        let downloaded = status_figure(&m, "downloaded");
+        assert!(
+            (size as u64..=size as u64 + 2 * MIB).contains(&downloaded),
+            "read {size} bytes once, downloaded {downloaded}"
+        );
+        assert!(common::mount::eventually(10, || cache_attr(
+            &m,
+            "movie.bin"
+        ) == "full"));
+    }
+);

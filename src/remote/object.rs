@@ -442,6 +442,27 @@ impl ObjectRemote {
         Ok(buf.freeze())
     }
 
+    pub async fn get_stream(
+        &self,
+        key: &str,
+        if_match: Option<&str>,
+    ) -> RemoteResult<futures::stream::BoxStream<'static, RemoteResult<bytes::Bytes>>> {
+        let opts = GetOptions {
+            if_match: if_match.map(str::to_string),
+            ..Default::default()
+        };
+        let r = tokio::time::timeout(
+            FIRST_BYTE_TIMEOUT,
+            self.store.get_opts(&self.path(key)?, opts),
+        )
+        .await
+        .map_err(|_| {
+            RemoteError::unavailable(format!("{key}: no answer within {FIRST_BYTE_TIMEOUT:?}"))
+        })?
+        .map_err(map_err)?;
+        Ok(r.into_stream().map_err(map_err).boxed())
+    }
+
     pub async fn download(&self, key: &str, dest: &std::path::Path) -> RemoteResult<u64> {
         let r = self.store.get(&self.path(key)?).await.map_err(map_err)?;
         let mut f = tokio::fs::File::create(dest).await?;

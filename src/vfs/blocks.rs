@@ -22,7 +22,7 @@ use crate::store::{now_ms, Entry, EntryId, Kind};
 /// Blocks fetched ahead of a sequential reader.
 const READ_AHEAD_BLOCKS: usize = 16;
 /// How long a fetch may take while the remote is known to be unreachable.
-const UNREACHABLE_FETCH_TIMEOUT: Duration = Duration::from_secs(3);
+pub(super) const UNREACHABLE_FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 /// Ranged GETs in flight at once for one file.
 const FETCHES_IN_FLIGHT: usize = 8;
 /// After a fetch failed because the remote is away, further fetches fail at once for this
@@ -188,17 +188,7 @@ impl Vfs {
         let key = e.synced.key.clone().ok_or_else(|| {
             VfsError::Invalid("entry has neither local data nor a remote copy".into())
         })?;
-        if self.store.health.is_offline() {
-            tracing::warn!(%key, "offline: this part of the file is not cached here");
-            return Err(VfsError::Remote(RemoteError::unavailable("offline")));
-        }
-        let quiet = lock(&self.blocks.failed_at).is_some_and(|t| t.elapsed() < FAILED_FETCH_QUIET);
-        if quiet && !self.store.health.is_reachable() {
-            tracing::warn!(%key, "the remote is not answering; this part of the file is not cached here");
-            return Err(VfsError::Remote(RemoteError::unavailable(
-                "the remote is not answering",
-            )));
-        }
+        self.check_fetch_allowed(&key)?;
         let pinned = self.store.read(|db| db.pinned_by(e.id))?.is_some();
         if !pinned {
             self.make_room(want.len() as u64 * BLOCK_SIZE, e.id, &(first..=last), &want);
@@ -232,7 +222,7 @@ impl Vfs {
         });
         let results = fetched.map_err(|_| {
             tracing::warn!(%key, "block fetch timed out");
-            *lock(&self.blocks.failed_at) = Some(Instant::now());
+            self.mark_fetch_failed();
             self.store
                 .health
                 .record_error(true, &format!("{key}: block fetch timed out"));
@@ -284,17 +274,39 @@ impl Vfs {
                 if let RemoteError::Unavailable { message, .. } = &err {
                     // The next uncached read fails within seconds instead of waiting too.
                     self.store.health.record_error(true, message);
-                    *lock(&self.blocks.failed_at) = Some(Instant::now());
+                    self.mark_fetch_failed();
                 }
                 Err(VfsError::Remote(err))
             }
         }
     }
 
+    /// Fails when data not cached here cannot be fetched now: offline, or the remote just
+    /// failed to answer (the kernel retries a failed read page by page, and each retry must
+    /// not wait again).
+    pub(super) fn check_fetch_allowed(&self, key: &str) -> VfsResult<()> {
+        if self.store.health.is_offline() {
+            tracing::warn!(%key, "offline: this part of the file is not cached here");
+            return Err(VfsError::Remote(RemoteError::unavailable("offline")));
+        }
+        let quiet = lock(&self.blocks.failed_at).is_some_and(|t| t.elapsed() < FAILED_FETCH_QUIET);
+        if quiet && !self.store.health.is_reachable() {
+            tracing::warn!(%key, "the remote is not answering; this part of the file is not cached here");
+            return Err(VfsError::Remote(RemoteError::unavailable(
+                "the remote is not answering",
+            )));
+        }
+        Ok(())
+    }
+
+    pub(super) fn mark_fetch_failed(&self) {
+        *lock(&self.blocks.failed_at) = Some(Instant::now());
+    }
+
     /// Once every block of a file is here and the object carries our SHA-256, the data is
     /// checked: a mismatch is never served. The blocks go (a later read fetches them again)
     /// and the read fails with EIO.
-    fn verify(&self, e: &Entry, key: &str) -> VfsResult<()> {
+    pub(super) fn verify(&self, e: &Entry, key: &str) -> VfsResult<()> {
         let Some(want) = e.synced.hash.as_deref() else {
             return Ok(());
         };
@@ -736,7 +748,7 @@ impl Vfs {
     /// Starts the thread that keeps pinned files downloaded: after a pin is set, after each
     /// poll of the remote (new or changed files below a pinned directory) and, while some
     /// download failed, every few seconds.
-    pub fn start_pinner(self: &Arc<Self>) {
+    pub(super) fn start_pinner(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         let spawned = std::thread::Builder::new()
             .name("stratus-pinner".into())
