@@ -167,7 +167,7 @@ impl Vfs {
         // A sequential reader near the start of a large file that is not cached: one long GET
         // of the whole object serves it at the speed of the network.
         if sequential && !streaming && last < 4 && nblocks > 2 * CHUNK_BLOCKS {
-            let untouched = self.present_set(e.id)?.iter().all(|i| *i <= last);
+            let untouched = self.with_present(e.id, |p| p.iter().all(|i| *i <= last))?;
             if untouched && self.check_fetch_allowed(&key).is_ok() {
                 self.start_stream(&owner, &target);
             }
@@ -177,13 +177,18 @@ impl Vfs {
         for _ in 0..MAX_ROUNDS {
             let gate = self.gate(e.id);
             let g = lock(&gate);
-            let present = self.present_set(e.id)?;
-            let missing: Vec<u64> = (first..=last).filter(|i| !present.contains(i)).collect();
-            if sequential && nblocks > 0 && !streaming {
+            let window = last + 1..nblocks.min(last + 1 + self.read_ahead_blocks());
+            let (missing, ahead) = self.with_present(e.id, |present| {
+                let missing: Vec<u64> = (first..=last).filter(|i| !present.contains(i)).collect();
+                let ahead: Vec<u64> = if sequential && !streaming {
+                    window.filter(|i| !present.contains(i)).collect()
+                } else {
+                    Vec::new()
+                };
+                (missing, ahead)
+            })?;
+            {
                 // Keep the window ahead full, also when nothing is missing here.
-                let ahead = (last + 1..nblocks.min(last + 1 + self.read_ahead_blocks()))
-                    .filter(|i| !present.contains(i))
-                    .collect::<Vec<_>>();
                 if !ahead.is_empty() {
                     let keep = first..=last;
                     self.schedule(&owner, &target, &ahead, &keep)?;
@@ -206,19 +211,19 @@ impl Vfs {
         )))
     }
 
-    /// The blocks present in `id`'s data file (loaded on first use). The caller holds the gate.
-    fn present_set(&self, id: EntryId) -> VfsResult<HashSet<u64>> {
+    /// Runs `f` over the blocks present in `id`'s data file (loaded on first use). The
+    /// caller holds the gate.
+    fn with_present<R>(&self, id: EntryId, f: impl FnOnce(&HashSet<u64>) -> R) -> VfsResult<R> {
         let mut present = lock(&self.blocks.present);
         if let Some(s) = present.get(&id) {
-            return Ok(s.clone());
+            return Ok(f(s));
         }
         let loaded: HashSet<u64> = self
             .store
             .read(|db| db.blocks_of(id))?
             .into_iter()
             .collect();
-        present.insert(id, loaded.clone());
-        Ok(loaded)
+        Ok(f(present.entry(id).or_insert(loaded)))
     }
 
     /// Marks blocks just read as recently used.
@@ -503,7 +508,6 @@ impl Vfs {
             return Ok(());
         };
         let nblocks = t.size.div_ceil(BLOCK_SIZE);
-        let present = self.present_set(t.id)?;
         let mut hashing = lock(&self.prefetch.hashing);
         if hashing.len() > 4096 {
             // Files read in part and left: their hash starts over if they are ever completed.
@@ -522,9 +526,13 @@ impl Vfs {
             };
         }
         let fetched = a..a + (bytes.len() as u64).div_ceil(BLOCK_SIZE);
+        let from = run.next;
+        let upto = self
+            .with_present(t.id, |p| (from..nblocks).find(|i| !p.contains(i)))?
+            .unwrap_or(nblocks);
         let mut file = None;
         let mut buf = Vec::new();
-        while run.next < nblocks && present.contains(&run.next) {
+        while run.next < upto {
             let i = run.next;
             let len = (BLOCK_SIZE.min(t.size - i * BLOCK_SIZE)) as usize;
             if fetched.contains(&i) {
