@@ -400,3 +400,34 @@ both!(
         ) == "full"));
     }
 );
+
+both!(
+    an_object_replaced_during_a_streamed_read_is_never_mixed,
+    |env: &Env| {
+        // The sequential read from the start goes through one long GET (S3); another client
+        // replaces the object while it runs.
+        let size = 48 * MIB as usize;
+        let (old, new) = (data(61, size), data(62, size));
+        env.put_remote("clip.bin", &old);
+        let m = env.mount();
+        let mut f = fs::File::open(m.path("clip.bin")).unwrap();
+        let mut got = vec![0u8; 4 * MIB as usize];
+        f.read_exact(&mut got).unwrap();
+        assert!(got == old[..4 * MIB as usize]);
+        env.put_remote("clip.bin", &new);
+        let mut rest = Vec::new();
+        match f.read_to_end(&mut rest) {
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO)),
+            Ok(_) => assert!(
+                rest == old[4 * MIB as usize..],
+                "bytes of another version under this handle"
+            ),
+        }
+        drop(f);
+        m.sync();
+        assert!(
+            fs::read(m.path("clip.bin")).unwrap() == new,
+            "the next open reads the new version"
+        );
+    }
+);
