@@ -317,15 +317,9 @@ both!(written_files_stay_within_the_budget, |env: &Env| {
 
 #[test]
 fn a_silent_remote_fails_uncached_reads_fast() {
-    use common::fault_proxy::{FaultProxy, Faults};
-    use common::mount::Backend;
+    use common::fault_proxy::{s3_behind_fault_proxy, Faults};
     use std::time::{Duration, Instant};
-    let env = Env::new(Backend::S3);
-    let target = format!("127.0.0.1:{}", env.moto.as_ref().unwrap().port)
-        .parse()
-        .unwrap();
-    let proxy = FaultProxy::start(target);
-    env.set_endpoint(&proxy.endpoint());
+    let (env, proxy) = s3_behind_fault_proxy();
     env.put_remote("cached.bin", &data(41, 2 * MIB as usize));
     env.put_remote("cold.bin", &data(42, 2 * MIB as usize));
     let m = env

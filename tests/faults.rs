@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::fault_proxy::{ErrorKind, FaultProxy, Faults};
+use common::fault_proxy::{s3_behind_fault_proxy, ErrorKind, FaultProxy, Faults};
 use common::mount::{data, eventually, Backend, Env, Mount, ObjKind};
 
 const MIB: usize = 1024 * 1024;
@@ -231,16 +231,6 @@ fn proxy_error_draws_reproduce_from_the_seed() {
 }
 
 // ---- stratus through the proxy ----
-
-fn s3_behind_fault_proxy() -> (Env, FaultProxy) {
-    let env = Env::new(Backend::S3);
-    let target = format!("127.0.0.1:{}", env.moto.as_ref().unwrap().port)
-        .parse()
-        .unwrap();
-    let proxy = FaultProxy::start(target);
-    env.set_endpoint(&proxy.endpoint());
-    (env, proxy)
-}
 
 /// The remote's files must be exactly `want`: same keys, same bytes (read from moto directly).
 fn assert_remote_files(env: &Env, want: &BTreeMap<String, Vec<u8>>, proxy: &FaultProxy) {

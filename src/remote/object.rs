@@ -405,27 +405,15 @@ impl ObjectRemote {
         range: std::ops::Range<u64>,
         if_match: Option<&str>,
     ) -> RemoteResult<bytes::Bytes> {
+        let len = (range.end - range.start) as usize;
         let opts = GetOptions {
             // Bounded ranges only: Azure refuses suffix ranges inside object_store.
             range: Some(object_store::GetRange::Bounded(range)),
             if_match: if_match.map(str::to_string),
             ..Default::default()
         };
-        // A reader is waiting on this: a server that accepted the connection and then went
-        // silent must not hold it for the client's whole request timeout. The answer must
-        // start within FIRST_BYTE_TIMEOUT and the body may not stall for longer than
-        // STALL_TIMEOUT; a slow but moving transfer is never cut.
-        let r = tokio::time::timeout(
-            FIRST_BYTE_TIMEOUT,
-            self.store.get_opts(&self.path(key)?, opts),
-        )
-        .await
-        .map_err(|_| {
-            RemoteError::unavailable(format!("{key}: no answer within {FIRST_BYTE_TIMEOUT:?}"))
-        })?
-        .map_err(map_err)?;
-        let mut body = r.into_stream();
-        let mut buf = bytes::BytesMut::new();
+        let mut body = self.get_answer(key, opts).await?;
+        let mut buf = bytes::BytesMut::with_capacity(len);
         loop {
             match tokio::time::timeout(STALL_TIMEOUT, body.try_next()).await {
                 Err(_) => {
@@ -451,6 +439,18 @@ impl ObjectRemote {
             if_match: if_match.map(str::to_string),
             ..Default::default()
         };
+        Ok(self.get_answer(key, opts).await?.map_err(map_err).boxed())
+    }
+
+    /// Sends a GET for a reader that is waiting on it: a server that accepted the connection
+    /// and then went silent must not hold it for the client's whole request timeout. The answer
+    /// must start within FIRST_BYTE_TIMEOUT (the caller bounds stalls of the body, STALL_TIMEOUT
+    /// for ranged reads); a slow but moving transfer is never cut.
+    async fn get_answer(
+        &self,
+        key: &str,
+        opts: GetOptions,
+    ) -> RemoteResult<futures::stream::BoxStream<'static, object_store::Result<bytes::Bytes>>> {
         let r = tokio::time::timeout(
             FIRST_BYTE_TIMEOUT,
             self.store.get_opts(&self.path(key)?, opts),
@@ -460,7 +460,7 @@ impl ObjectRemote {
             RemoteError::unavailable(format!("{key}: no answer within {FIRST_BYTE_TIMEOUT:?}"))
         })?
         .map_err(map_err)?;
-        Ok(r.into_stream().map_err(map_err).boxed())
+        Ok(r.into_stream())
     }
 
     pub async fn download(&self, key: &str, dest: &std::path::Path) -> RemoteResult<u64> {

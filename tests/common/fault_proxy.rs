@@ -1060,3 +1060,14 @@ impl Conn {
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
+
+/// An S3 environment whose mounts reach moto through a fault proxy.
+pub fn s3_behind_fault_proxy() -> (crate::common::mount::Env, FaultProxy) {
+    let env = crate::common::mount::Env::new(crate::common::mount::Backend::S3);
+    let target = format!("127.0.0.1:{}", env.moto.as_ref().unwrap().port)
+        .parse()
+        .unwrap();
+    let proxy = FaultProxy::start(target);
+    env.set_endpoint(&proxy.endpoint());
+    (env, proxy)
+}
