@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::control::Control;
@@ -94,6 +94,13 @@ impl Filesystem for StratusFs {
         // first (which would also fail while offline).
         if let Err(missing) = config.add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC) {
             tracing::debug!(?missing, "kernel lacks atomic O_TRUNC");
+        }
+        // Listings carry attributes, so `ls -l` and `du` need no lookup per entry; "auto"
+        // lets the kernel use plain READDIR where it would not use them.
+        if let Err(missing) = config.add_capabilities(
+            fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO,
+        ) {
+            tracing::debug!(?missing, "kernel lacks READDIRPLUS");
         }
         tracing::info!("mounted");
         Ok(())
@@ -384,6 +391,33 @@ impl Filesystem for StratusFs {
                 (n + 1) as u64,
                 kind(d.kind),
                 OsStr::from_bytes(&d.name),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let listing = match self.vfs.readdir(fh.0, ino(i), offset) {
+            Ok(l) => l,
+            Err(e) => return reply.error(errno("readdirplus", e)),
+        };
+        for (n, d) in listing.iter().enumerate().skip(offset as usize) {
+            if reply.add(
+                INodeNo(d.ino),
+                (n + 1) as u64,
+                OsStr::from_bytes(&d.name),
+                &TTL,
+                &fattr(&d.attr),
+                Generation(0),
             ) {
                 break;
             }

@@ -75,6 +75,9 @@ pub struct DirEntry {
     pub ino: u64,
     pub kind: Kind,
     pub name: Vec<u8>,
+    /// The entry's attributes, for READDIRPLUS: `ls -l` and `du` then need no lookup per
+    /// entry. Taken when the listing is, like the names.
+    pub attr: Attr,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -876,26 +879,36 @@ impl Vfs {
         let h = self.handle(fh)?;
         let mut listing = lock(&h.listing);
         if offset == 0 || listing.is_none() {
-            let (me, children) = self.r(|db| {
+            let (me, up, children) = self.r(|db| {
                 let me = db.get(ino)?.ok_or(VfsError::NotFound)?;
-                Ok((me.clone(), db.children(ino)?))
+                let up = match me.parent {
+                    Some(p) => db.get(p)?.unwrap_or_else(|| me.clone()),
+                    None => me.clone(),
+                };
+                Ok((me, up, db.children(ino)?))
             })?;
             let mut v = Vec::with_capacity(children.len() + 2);
             v.push(DirEntry {
                 ino: me.id.0,
                 kind: Kind::Dir,
                 name: b".".to_vec(),
+                attr: self.attr(&me),
             });
             v.push(DirEntry {
-                ino: me.parent.map(|p| p.0).unwrap_or(EntryId::ROOT.0),
+                ino: up.id.0,
                 kind: Kind::Dir,
                 name: b"..".to_vec(),
+                attr: self.attr(&up),
             });
-            v.extend(children.into_iter().map(|c| DirEntry {
-                ino: c.id.0,
-                kind: c.kind,
-                name: c.name,
-            }));
+            for c in children {
+                let attr = self.attr(&c);
+                v.push(DirEntry {
+                    ino: c.id.0,
+                    kind: c.kind,
+                    name: c.name,
+                    attr,
+                });
+            }
             *listing = Some(Arc::new(v));
         }
         Ok(listing.clone().expect("set above"))
