@@ -411,12 +411,17 @@ impl Filesystem for StratusFs {
             Err(e) => return reply.error(errno("readdirplus", e)),
         };
         for (n, d) in listing.iter().enumerate().skip(offset as usize) {
+            // Attributes as of this reply, not of the listing: the kernel takes them as
+            // fresh, and a file may have been written since the listing was taken.
+            let Ok(attr) = self.vfs.getattr(EntryId(d.ino)) else {
+                continue;
+            };
             if reply.add(
                 INodeNo(d.ino),
                 (n + 1) as u64,
                 OsStr::from_bytes(&d.name),
                 &TTL,
-                &fattr(&d.attr),
+                &fattr(&attr),
                 Generation(0),
             ) {
                 break;

@@ -75,9 +75,6 @@ pub struct DirEntry {
     pub ino: u64,
     pub kind: Kind,
     pub name: Vec<u8>,
-    /// The entry's attributes, for READDIRPLUS: `ls -l` and `du` then need no lookup per
-    /// entry. Taken when the listing is, like the names.
-    pub attr: Attr,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -435,15 +432,40 @@ impl Vfs {
         };
         let unlinked = e.parent.is_none() && e.id != EntryId::ROOT;
         let becomes_local = truncate_to.is_some();
-        self.w(|db| {
-            db.update(&e)?;
-            if becomes_local && !db.must_get(e.id)?.local {
+        let e = self.w(|db| {
+            // Only what this call sets is written: the copy read above may be older than a
+            // release that just wrote the file's size back. (Regression: a chmod racing the
+            // release of a freshly written file wrote size 0 back, and exec of the file
+            // failed with ENOEXEC.)
+            let mut cur = db.get(e.id)?.ok_or(VfsError::NotFound)?;
+            if set.size.is_some() {
+                cur.size = e.size;
+                cur.mtime_ns = e.mtime_ns;
+            }
+            if set.mode.is_some() {
+                cur.mode = e.mode;
+            }
+            if set.uid.is_some() {
+                cur.uid = e.uid;
+            }
+            if set.gid.is_some() {
+                cur.gid = e.gid;
+            }
+            if set.mtime.is_some() {
+                cur.mtime_ns = e.mtime_ns;
+            }
+            if set.atime.is_some() {
+                cur.atime_ns = e.atime_ns;
+            }
+            cur.ctime_ns = e.ctime_ns;
+            db.update(&cur)?;
+            if becomes_local && !cur.local {
                 db.set_local(e.id, true)?;
             }
             if flags != 0 && !unlinked && e.id != EntryId::ROOT {
                 db.enqueue_sync(e.id, flags, ready)?;
             }
-            Ok(())
+            Ok(cur)
         })?;
         // The data file follows the committed size, never leads it: after a crash in
         // between, `recover` cuts or extends it to the size the database holds.
@@ -879,36 +901,26 @@ impl Vfs {
         let h = self.handle(fh)?;
         let mut listing = lock(&h.listing);
         if offset == 0 || listing.is_none() {
-            let (me, up, children) = self.r(|db| {
+            let (me, children) = self.r(|db| {
                 let me = db.get(ino)?.ok_or(VfsError::NotFound)?;
-                let up = match me.parent {
-                    Some(p) => db.get(p)?.unwrap_or_else(|| me.clone()),
-                    None => me.clone(),
-                };
-                Ok((me, up, db.children(ino)?))
+                Ok((me.clone(), db.children(ino)?))
             })?;
             let mut v = Vec::with_capacity(children.len() + 2);
             v.push(DirEntry {
                 ino: me.id.0,
                 kind: Kind::Dir,
                 name: b".".to_vec(),
-                attr: self.attr(&me),
             });
             v.push(DirEntry {
-                ino: up.id.0,
+                ino: me.parent.map(|p| p.0).unwrap_or(EntryId::ROOT.0),
                 kind: Kind::Dir,
                 name: b"..".to_vec(),
-                attr: self.attr(&up),
             });
-            for c in children {
-                let attr = self.attr(&c);
-                v.push(DirEntry {
-                    ino: c.id.0,
-                    kind: c.kind,
-                    name: c.name,
-                    attr,
-                });
-            }
+            v.extend(children.into_iter().map(|c| DirEntry {
+                ino: c.id.0,
+                kind: c.kind,
+                name: c.name,
+            }));
             *listing = Some(Arc::new(v));
         }
         Ok(listing.clone().expect("set above"))

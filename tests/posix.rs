@@ -269,3 +269,16 @@ both!(unmount_keeps_the_queue, |env: &Env| {
     m2.sync();
     assert_eq!(env.remote_files()["later.txt"], b"queued");
 });
+
+both!(a_chmod_right_after_close_keeps_the_size, |env: &Env| {
+    // The kernel sends RELEASE after close(2) returns, so a chmod can race the release that
+    // writes the file's size back. (Regression: the chmod wrote its stale copy of the entry,
+    // size 0, over it; an executable copied and started at once failed with ENOEXEC.)
+    let m = env.mount();
+    for i in 0..400 {
+        let p = m.path(&format!("f{i}"));
+        fs::write(&p, vec![b'x'; 50_000]).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().len(), 50_000, "f{i}");
+    }
+});
