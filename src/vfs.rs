@@ -798,6 +798,7 @@ impl Vfs {
         {
             let mut live = lock(&self.live);
             let l = live.get_mut(&h.id).ok_or(VfsError::BadHandle)?;
+            self.check_disk_room((offset + data.len() as u64).saturating_sub(l.size))?;
             if !l.armed && !l.unlinked {
                 // Journal first: once this write is acknowledged, a crash must find it queued.
                 self.store

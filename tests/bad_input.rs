@@ -116,3 +116,66 @@ fn s3_paths_over_the_key_limit_get_enametoolong() {
     // 4 levels of 251 bytes fit in S3's 1024-byte keys under the "data/" prefix; 5 do not.
     assert_eq!(depth, 4);
 }
+
+#[test]
+fn a_full_state_disk_gives_enospc_and_loses_nothing() {
+    use std::io::Write;
+    use std::process::Command;
+    // The state dir sits on a 64 MiB tmpfs; the remote (a local folder) elsewhere.
+    let env = Env::new(common::mount::Backend::Local);
+    let disk = env.tmp.path().join("small-disk");
+    fs::create_dir(&disk).unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64M", "tmpfs"])
+        .arg(&disk)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "could not mount a tmpfs (this test needs root)");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _disk = Unmount(disk.clone());
+    let state = disk.join("state");
+    let m = env.mount_state(&state);
+    fs::write(m.path("before.txt"), b"written before").unwrap();
+    m.sync();
+    // Write until the disk says no.
+    let mut f = fs::File::create(m.path("big.bin")).unwrap();
+    let block = vec![7u8; 1 << 20];
+    let mut acked = 0u64;
+    let err = loop {
+        match f.write_all(&block) {
+            Ok(()) => acked += block.len() as u64,
+            Err(e) => break e,
+        }
+        assert!(
+            acked < 128 << 20,
+            "no ENOSPC after {acked} bytes on a 64 MiB disk"
+        );
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    drop(f);
+    // Everything acknowledged is there, and the mount still works: its size, other files,
+    // a new file, a delete that makes room, and the upload of what was written.
+    assert!(fs::metadata(m.path("big.bin")).unwrap().len() >= acked);
+    assert_eq!(fs::read(m.path("before.txt")).unwrap(), b"written before");
+    fs::write(m.path("after.txt"), b"small").unwrap();
+    m.sync();
+    assert_eq!(
+        fs::metadata(env.root.join("big.bin")).unwrap().len(),
+        fs::metadata(m.path("big.bin")).unwrap().len()
+    );
+    fs::remove_file(m.path("big.bin")).unwrap();
+    fs::write(m.path("later.bin"), vec![1u8; 8 << 20]).unwrap();
+    m.sync();
+    assert_eq!(fs::read(env.root.join("after.txt")).unwrap(), b"small");
+    assert!(!env.root.join("big.bin").exists());
+    assert_eq!(
+        fs::metadata(env.root.join("later.bin")).unwrap().len(),
+        8 << 20
+    );
+}

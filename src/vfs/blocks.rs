@@ -33,6 +33,12 @@ const DIRTY_FIGURE_TTL: Duration = Duration::from_millis(100);
 /// A writer held back by a full cache goes on anyway when the queue has not moved for this
 /// long: back-pressure waits for the uploader, it never turns into a hang.
 const STALLED_QUEUE: Duration = Duration::from_secs(30);
+/// Free space always left on the state dir's disk by writes through the mount: the state
+/// database needs room to record what was written (and to delete files, which is how a user
+/// makes room). A write that would go below it fails with ENOSPC.
+const DISK_FLOOR: u64 = 32 << 20;
+/// How stale the free-space figure may be when a writer consults it.
+const DISK_FIGURE_TTL: Duration = Duration::from_millis(50);
 /// Blocks a pinned file is fetched in, one gate hold each, so readers interleave.
 const PIN_CHUNK_BLOCKS: u64 = 16;
 
@@ -65,6 +71,9 @@ pub(super) struct BlockState {
     /// Per-file gates that serialize fetching, reading and evicting one file's blocks.
     pub gates: Mutex<HashMap<EntryId, Arc<Mutex<()>>>>,
     dirty: Mutex<Option<(Instant, u64)>>,
+    /// Free bytes on the state dir's disk, when they were read, and what writes added since.
+    free: Mutex<Option<(Instant, u64)>>,
+    pub grown_since_free: std::sync::atomic::AtomicU64,
     /// Bytes by which written files grew since `dirty` was read from the database: a burst
     /// of writes must not outrun the figure.
     pub grown: std::sync::atomic::AtomicU64,
@@ -86,6 +95,8 @@ impl BlockState {
             corrupt: Mutex::default(),
             gates: Mutex::default(),
             dirty: Mutex::default(),
+            free: Mutex::default(),
+            grown_since_free: Default::default(),
             grown: Default::default(),
             hits: Default::default(),
             misses: Default::default(),
@@ -622,6 +633,40 @@ impl Vfs {
                 waited_ms = started.elapsed().as_millis() as u64,
                 "writer resumes"
             );
+        }
+        Ok(())
+    }
+
+    /// Refuses a write that would grow a file into the last [`DISK_FLOOR`] bytes of the state
+    /// dir's disk: ENOSPC while the database can still record everything acknowledged so far
+    /// (and the deletes that make room).
+    pub(super) fn check_disk_room(&self, growth: u64) -> VfsResult<()> {
+        if growth == 0 {
+            return Ok(());
+        }
+        let free = {
+            let mut memo = lock(&self.blocks.free);
+            match *memo {
+                Some((at, v)) if at.elapsed() < DISK_FIGURE_TTL => v.saturating_sub(
+                    self.blocks
+                        .grown_since_free
+                        .fetch_add(growth, Ordering::Relaxed),
+                ),
+                _ => {
+                    let (_, avail, _) = self.cache.disk_space()?;
+                    self.blocks
+                        .grown_since_free
+                        .store(growth, Ordering::Relaxed);
+                    *memo = Some((Instant::now(), avail));
+                    avail
+                }
+            }
+        };
+        if free < DISK_FLOOR + growth {
+            tracing::warn!(free, "the state dir's disk is full; refusing to write more");
+            return Err(VfsError::Io(std::io::Error::from_raw_os_error(
+                libc::ENOSPC,
+            )));
         }
         Ok(())
     }

@@ -57,6 +57,10 @@ impl VfsError {
             VfsError::NoAttr => libc::ENODATA,
             VfsError::BadHandle => libc::EBADF,
             VfsError::Range => libc::ERANGE,
+            VfsError::Store(crate::store::StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                e,
+                _,
+            ))) if e.code == rusqlite::ErrorCode::DiskFull => libc::ENOSPC,
             VfsError::Store(_) => libc::EIO,
             VfsError::Cache(e) => match e.raw_os_error() {
                 Some(libc::ENOSPC) => libc::ENOSPC,
