@@ -69,8 +69,10 @@ enum Cmd {
         /// polling off (`stratus sync` still polls).
         #[arg(long, default_value_t = 15.0)]
         poll_interval: f64,
-        /// How much fetched data to keep on this disk (500M, 10G, ...); the least recently
-        /// used blocks go first. Never more than the disk's free space minus 5% (at least 1G).
+        /// How much file data to keep on this disk (500M, 10G, ...): fetched blocks and data
+        /// not yet uploaded; the least recently used clean blocks go first, and writers wait
+        /// for uploads when unsent data alone fills it. Pinned files come on top. Never more
+        /// than the disk's free space minus 5% (at least 1G).
         #[arg(long, default_value = "10G")]
         cache_size: String,
         /// What happens when both sides changed a file: manual, newest, local or remote.
