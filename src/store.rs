@@ -616,6 +616,12 @@ pub struct Db<'a> {
     wake_at: std::cell::Cell<Option<i64>>,
 }
 
+/// A whole file the remote holds exactly (clean, no job, not a conflict copy): what
+/// [`Db::retire`] may hand to the block cache.
+const RETIRABLE: &str = "kind = 1 AND local = 1 AND dirty = 0 AND synced_key IS NOT NULL \
+     AND synced_etag IS NOT NULL AND conflict_of IS NULL \
+     AND NOT EXISTS (SELECT 1 FROM journal j WHERE j.entry_id = entries.id)";
+
 const ENTRY_COLS: &str = "id, parent, name, kind, mode, uid, gid, size, mtime_ns, ctime_ns, \
      atime_ns, target, local, synced_key, synced_etag, synced_version, synced_hash, dirty, dirty_seq, \
      conflict_of";
@@ -904,6 +910,13 @@ impl Db<'_> {
         Ok(n == 1)
     }
 
+    /// Ids of every entry, for the sweep of data files at start.
+    pub fn entry_ids(&self) -> StoreResult<std::collections::HashSet<u64>> {
+        let mut st = self.conn.prepare("SELECT id FROM entries")?;
+        let rows = st.query_map([], |r| Ok(r.get::<_, i64>(0)? as u64))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Turns a whole, clean file into a fully cached one: its data file stays as it is, but
     /// its blocks are listed, so they count against the cache budget and can be evicted like
     /// fetched ones. Only a file the remote holds exactly (clean, no job) qualifies; returns
@@ -912,9 +925,7 @@ impl Db<'_> {
         let size: Option<i64> = self
             .conn
             .query_row(
-                "SELECT size FROM entries WHERE id = ?1 AND kind = 1 AND local = 1 AND dirty = 0 \
-                 AND synced_key IS NOT NULL AND synced_etag IS NOT NULL AND conflict_of IS NULL \
-                 AND NOT EXISTS (SELECT 1 FROM journal WHERE entry_id = ?1)",
+                &format!("SELECT size FROM entries WHERE id = ?1 AND {RETIRABLE}"),
                 [id.0 as i64],
                 |r| r.get(0),
             )
@@ -932,11 +943,9 @@ impl Db<'_> {
 
     /// Whole files that [`Db::retire`] would take: at start, before anything is open.
     pub fn retirable(&self) -> StoreResult<Vec<EntryId>> {
-        let mut st = self.conn.prepare(
-            "SELECT id FROM entries WHERE kind = 1 AND local = 1 AND dirty = 0 \
-             AND synced_key IS NOT NULL AND synced_etag IS NOT NULL AND conflict_of IS NULL \
-             AND id NOT IN (SELECT entry_id FROM journal WHERE entry_id IS NOT NULL)",
-        )?;
+        let mut st = self
+            .conn
+            .prepare(&format!("SELECT id FROM entries WHERE {RETIRABLE}"))?;
         let rows = st.query_map([], |r| Ok(EntryId(r.get::<_, i64>(0)? as u64)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

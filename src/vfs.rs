@@ -1277,8 +1277,9 @@ impl Vfs {
         }
         // Data files whose entry is gone: removals whose deferred delete a crash cut short.
         let mut swept = 0;
+        let known = self.store.read(|db| db.entry_ids())?;
         for id in self.cache.ids()? {
-            if self.store.read(|db| db.get(id))?.is_none() {
+            if !known.contains(&id.0) {
                 self.cache.remove(id)?;
                 swept += 1;
             }

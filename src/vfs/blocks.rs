@@ -19,8 +19,6 @@ use crate::cache::BLOCK_SIZE;
 use crate::remote::RemoteError;
 use crate::store::{now_ms, Entry, EntryId, Kind};
 
-/// Blocks fetched ahead of a sequential reader.
-const READ_AHEAD_BLOCKS: usize = 16;
 /// How long a fetch may take while the remote is known to be unreachable.
 pub(super) const UNREACHABLE_FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 /// Ranged GETs in flight at once for one file.
@@ -121,7 +119,7 @@ impl Vfs {
         }
         let blocks = fresh.size.div_ceil(BLOCK_SIZE);
         if blocks > 0 {
-            self.ensure_blocks(&fresh, 0, blocks - 1, false)?;
+            self.ensure_blocks(&fresh, 0, blocks - 1)?;
         } else {
             self.cache.create_empty(e.id)?;
         }
@@ -144,55 +142,22 @@ impl Vfs {
         }
     }
 
-    /// Makes blocks `first..=last` of a partly cached file present (the caller holds the
-    /// file's gate), fetching what is missing by ranged GETs pinned to the version the entry
-    /// records (`If-Match`), several in flight. A `sequential` reader also gets the next
-    /// blocks ahead. Returns whether the requested range had to be fetched.
-    pub(super) fn ensure_blocks(
-        &self,
-        e: &Entry,
-        first: u64,
-        last: u64,
-        sequential: bool,
-    ) -> VfsResult<bool> {
+    /// Makes blocks `first..=last` of a partly cached file present in this thread (the
+    /// caller holds the file's gate), fetching what is missing by ranged GETs pinned to the
+    /// version the entry records (`If-Match`), several in flight. For callers that must hold
+    /// the gate throughout (filling a file for a writer, the pinner); readers go through
+    /// `with_blocks`. Returns whether anything had to be fetched.
+    pub(super) fn ensure_blocks(&self, e: &Entry, first: u64, last: u64) -> VfsResult<bool> {
         let nblocks = e.size.div_ceil(BLOCK_SIZE);
         let last = last.min(nblocks.saturating_sub(1));
         if nblocks == 0 || first > last {
             return Ok(false);
         }
-        if lock(&self.blocks.corrupt).contains(&(e.id, e.synced.etag.clone())) {
-            return Err(VfsError::Remote(RemoteError::Permanent(
-                "this version failed its checksum".into(),
-            )));
-        }
-        let want: Vec<u64> = {
-            let mut present = lock(&self.blocks.present);
-            let set = match present.get(&e.id) {
-                Some(s) => s,
-                None => {
-                    let loaded: HashSet<u64> = self
-                        .store
-                        .read(|db| db.blocks_of(e.id))?
-                        .into_iter()
-                        .collect();
-                    present.entry(e.id).or_insert(loaded)
-                }
-            };
-            let mut want: Vec<u64> = (first..=last).filter(|i| !set.contains(i)).collect();
-            if sequential && !want.is_empty() {
-                let ahead = (last + 1..nblocks)
-                    .filter(|i| !set.contains(i))
-                    .take(READ_AHEAD_BLOCKS);
-                want.extend(ahead);
-            }
-            let mut lru = lock(&self.blocks.lru);
-            for i in first..=last {
-                if set.contains(&i) {
-                    lru.get(&(e.id, i));
-                }
-            }
-            want
-        };
+        self.check_not_corrupt(e.id, &e.synced.etag)?;
+        let want: Vec<u64> = self.with_present(e.id, |set| {
+            (first..=last).filter(|i| !set.contains(i)).collect()
+        })?;
+        self.touch_blocks(e.id, first, last);
         if want.is_empty() {
             return Ok(false);
         }
@@ -255,21 +220,7 @@ impl Vfs {
                 Err(err) => failure = Some(err),
             }
         }
-        self.store.write(|db| db.add_blocks(e.id, &got))?;
-        {
-            let mut present = lock(&self.blocks.present);
-            let set = present.entry(e.id).or_default();
-            let mut lru = lock(&self.blocks.lru);
-            for i in &got {
-                if set.insert(*i) && !pinned {
-                    lru.put((e.id, *i), ());
-                    self.blocks.cached.fetch_add(BLOCK_SIZE, Ordering::Relaxed);
-                }
-            }
-        }
-        let complete = lock(&self.blocks.present)
-            .get(&e.id)
-            .is_some_and(|set| set.len() as u64 >= nblocks);
+        let complete = self.list_blocks(e.id, &got, pinned)? >= nblocks;
         if !got.is_empty() {
             self.store.health.record_ok();
         }
@@ -290,6 +241,62 @@ impl Vfs {
                 Err(VfsError::Remote(err))
             }
         }
+    }
+
+    /// Runs `f` over the blocks present in `id`'s data file (loaded on first use). The
+    /// caller holds the gate.
+    pub(super) fn with_present<R>(
+        &self,
+        id: EntryId,
+        f: impl FnOnce(&mut HashSet<u64>) -> R,
+    ) -> VfsResult<R> {
+        let mut present = lock(&self.blocks.present);
+        if let Some(s) = present.get_mut(&id) {
+            return Ok(f(s));
+        }
+        let loaded: HashSet<u64> = self
+            .store
+            .read(|db| db.blocks_of(id))?
+            .into_iter()
+            .collect();
+        Ok(f(present.entry(id).or_insert(loaded)))
+    }
+
+    /// Marks blocks being read as recently used.
+    pub(super) fn touch_blocks(&self, id: EntryId, first: u64, last: u64) {
+        let mut lru = lock(&self.blocks.lru);
+        for i in first..=last {
+            lru.get(&(id, i));
+        }
+    }
+
+    /// Lists blocks just written into `id`'s data file: in the database, in the present set
+    /// and, unless the file is pinned, in the eviction order. The present set is loaded before
+    /// the rows are added, so the new blocks are counted once. Returns how many blocks are
+    /// present now. The caller holds the file's gate.
+    pub(super) fn list_blocks(&self, id: EntryId, got: &[u64], pinned: bool) -> VfsResult<u64> {
+        self.with_present(id, |_| ())?;
+        self.store.write(|db| db.add_blocks(id, got))?;
+        self.with_present(id, |set| {
+            let mut lru = lock(&self.blocks.lru);
+            for i in got {
+                if set.insert(*i) && !pinned {
+                    lru.put((id, *i), ());
+                    self.blocks.cached.fetch_add(BLOCK_SIZE, Ordering::Relaxed);
+                }
+            }
+            set.len() as u64
+        })
+    }
+
+    /// Refuses a version whose fetched data failed its checksum.
+    pub(super) fn check_not_corrupt(&self, id: EntryId, etag: &Option<String>) -> VfsResult<()> {
+        if lock(&self.blocks.corrupt).contains(&(id, etag.clone())) {
+            return Err(VfsError::Remote(RemoteError::Permanent(
+                "this version failed its checksum".into(),
+            )));
+        }
+        Ok(())
     }
 
     /// Fails when data not cached here cannot be fetched now: offline, or the remote just
@@ -774,7 +781,7 @@ impl Vfs {
                                 && cur.synced.etag == f.synced.etag
                                 && cur.size == f.size =>
                         {
-                            self.ensure_blocks(&cur, first, last, false).map(|_| ())
+                            self.ensure_blocks(&cur, first, last).map(|_| ())
                         }
                         _ => break,
                     }

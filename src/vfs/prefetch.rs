@@ -144,7 +144,7 @@ impl Vfs {
             // Not started (tests of the core alone): fetch in this thread.
             let gate = self.gate(e.id);
             let _g = lock(&gate);
-            let waited = self.ensure_blocks(e, first, last, sequential)?;
+            let waited = self.ensure_blocks(e, first, last)?;
             return Ok((f()?, waited));
         };
         let nblocks = e.size.div_ceil(BLOCK_SIZE);
@@ -158,7 +158,7 @@ impl Vfs {
             etag: e.synced.etag.clone(),
             size: e.size,
         };
-        let streaming = {
+        let mut streaming = {
             let mut fl = lock(&self.prefetch.flights);
             let at = fl.reader_at.entry(e.id).or_insert(0);
             *at = (*at).max(last);
@@ -169,10 +169,9 @@ impl Vfs {
         if sequential && !streaming && last < 4 && nblocks > 2 * CHUNK_BLOCKS {
             let untouched = self.with_present(e.id, |p| p.iter().all(|i| *i <= last))?;
             if untouched && self.check_fetch_allowed(&key).is_ok() {
-                self.start_stream(&owner, &target);
+                streaming = self.start_stream(&owner, &target);
             }
         }
-        let streaming = lock(&self.prefetch.flights).streaming.contains(&e.id);
         let mut waited = false;
         for _ in 0..MAX_ROUNDS {
             let gate = self.gate(e.id);
@@ -211,29 +210,6 @@ impl Vfs {
         )))
     }
 
-    /// Runs `f` over the blocks present in `id`'s data file (loaded on first use). The
-    /// caller holds the gate.
-    fn with_present<R>(&self, id: EntryId, f: impl FnOnce(&HashSet<u64>) -> R) -> VfsResult<R> {
-        let mut present = lock(&self.blocks.present);
-        if let Some(s) = present.get(&id) {
-            return Ok(f(s));
-        }
-        let loaded: HashSet<u64> = self
-            .store
-            .read(|db| db.blocks_of(id))?
-            .into_iter()
-            .collect();
-        Ok(f(present.entry(id).or_insert(loaded)))
-    }
-
-    /// Marks blocks just read as recently used.
-    fn touch_blocks(&self, id: EntryId, first: u64, last: u64) {
-        let mut lru = lock(&self.blocks.lru);
-        for i in first..=last {
-            lru.get(&(id, i));
-        }
-    }
-
     /// Starts background GETs for those of `want` that are neither in flight nor just
     /// failed, after making room for them. The caller holds the file's gate.
     fn schedule(
@@ -243,11 +219,7 @@ impl Vfs {
         want: &[u64],
         keep: &std::ops::RangeInclusive<u64>,
     ) -> VfsResult<()> {
-        if lock(&self.blocks.corrupt).contains(&(t.id, t.etag.clone())) {
-            return Err(VfsError::Remote(RemoteError::Permanent(
-                "this version failed its checksum".into(),
-            )));
-        }
+        self.check_not_corrupt(t.id, &t.etag)?;
         let todo: Vec<u64> = {
             let mut fl = lock(&self.prefetch.flights);
             let Flights {
@@ -311,9 +283,10 @@ impl Vfs {
     /// Starts one GET of the whole object that lands its blocks in order, paced by the reader:
     /// it stays at most the read-ahead window ahead of the furthest block asked for, and lets
     /// go (the reader then fetches by ranges) when the reader stops or the transfer fails.
-    fn start_stream(&self, owner: &Arc<Vfs>, t: &Target) {
+    /// True when a stream runs for the file (this one or one started before).
+    fn start_stream(&self, owner: &Arc<Vfs>, t: &Target) -> bool {
         if !lock(&self.prefetch.flights).streaming.insert(t.id) {
-            return;
+            return true;
         }
         let (vfs, t) = (owner.clone(), t.clone());
         self.rt.spawn(async move {
@@ -332,6 +305,7 @@ impl Vfs {
             drop(fl);
             vfs.prefetch.landed.notify_all();
         });
+        true
     }
 
     async fn stream(&self, t: &Target, claimed: &mut Vec<u64>) -> Result<(), RemoteError> {
@@ -478,23 +452,8 @@ impl Vfs {
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         self.store.health.record_ok();
         let got: Vec<u64> = (a..=b).collect();
-        self.store.write(|db| db.add_blocks(t.id, &got))?;
         let pinned = self.store.read(|db| db.pinned_by(t.id))?.is_some();
-        let mut present = lock(&self.blocks.present);
-        let set = present.entry(t.id).or_insert_with(|| {
-            self.store
-                .read(|db| db.blocks_of(t.id))
-                .unwrap_or_default()
-                .into_iter()
-                .collect()
-        });
-        let mut lru = lock(&self.blocks.lru);
-        for i in got {
-            if set.insert(i) && !pinned {
-                lru.put((t.id, i), ());
-                self.blocks.cached.fetch_add(BLOCK_SIZE, Ordering::Relaxed);
-            }
-        }
+        self.list_blocks(t.id, &got, pinned)?;
         Ok(Some(cur))
     }
 
