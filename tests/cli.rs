@@ -98,7 +98,8 @@ fn fusermount_unmount_leaves_the_queue_for_next_time() {
         "daemon did not exit after fusermount3 -u"
     );
     assert!(!env.root.join("q.txt").exists());
-    let m2 = env.mount_state(&state);
+    // A long write-back again, so the uploader cannot pick the entry up before we look.
+    let m2 = env.try_mount(&state, &["--write-back", "3600"]).unwrap();
     assert_eq!(m2.state_of("q.txt"), "pending");
     m2.sync();
     assert_eq!(fs::read(env.root.join("q.txt")).unwrap(), b"still queued");
