@@ -334,6 +334,15 @@ impl Remote {
         }
     }
 
+    /// Whether an empty directory can be stored on the remote. Where it cannot (GCS), a
+    /// directory missing from the remote may simply be empty, so the poller keeps it.
+    pub fn has_dir_markers(&self) -> bool {
+        match self {
+            Remote::Local(_) => true,
+            Remote::Object(o) => o.has_dir_markers(),
+        }
+    }
+
     /// Longest key (relative path) the backend accepts.
     pub fn max_key_len(&self) -> usize {
         dispatch!(self, r => r.max_key_len())

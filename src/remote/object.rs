@@ -28,13 +28,53 @@ const PARTS_IN_FLIGHT: usize = 4;
 const SCAN_CONCURRENCY: usize = 16;
 /// All three clouds cap object names at 1024 bytes.
 const MAX_KEY: usize = 1024;
+/// Azure's directory marker: an empty blob at the directory's own name carrying this metadata,
+/// as blobfuse2 and Data Lake Storage write it. object_store cannot name a blob that ends in
+/// `/` (S3's convention), and this one other Azure tools already understand.
+const AZURE_FOLDER_META: &str = "hdi_isfolder";
+
+/// How a backend marks an empty directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Markers {
+    /// A `dir/` key, written with raw S3 requests.
+    Slash,
+    /// An empty blob at `dir` with `hdi_isfolder=true` (Azure).
+    FolderBlob,
+    /// None yet (GCS): an empty directory lives only in the mount.
+    Unsupported,
+}
 
 pub struct ObjectRemote {
     store: Arc<dyn ObjectStore>,
     prefix: String,
-    /// Present for S3, which is the cloud whose directory markers we write.
+    /// Present for S3, which is the cloud whose directory markers need raw requests.
     raw: Option<S3Raw>,
+    markers: Markers,
+    /// Zero-byte blobs already looked at, by key: the ETag seen and whether it was a folder
+    /// marker. A listing carries no metadata, so without this every poll would send one HEAD
+    /// per empty blob.
+    probed: std::sync::Mutex<std::collections::HashMap<String, (Option<String>, bool)>>,
     name: &'static str,
+}
+
+/// Whether an object's metadata marks it as an Azure folder.
+fn is_folder(attrs: &Attributes) -> bool {
+    attrs.iter().any(|(k, v)| {
+        matches!(k, Attribute::Metadata(k) if k.eq_ignore_ascii_case(AZURE_FOLDER_META))
+            && v.as_ref().eq_ignore_ascii_case("true")
+    })
+}
+
+/// ETags in one spelling, quoted as HTTP sends them. Azure's listing gives them bare while its
+/// headers quote them; compared as strings, every poll would see our own uploads as changed.
+fn etag(e: Option<String>) -> Option<String> {
+    e.map(|e| {
+        if e.starts_with('"') || e.starts_with("W/") {
+            e
+        } else {
+            format!("\"{e}\"")
+        }
+    })
 }
 
 /// Maps object_store's errors onto the decisions the uploader makes.
@@ -155,12 +195,13 @@ impl ObjectRemote {
                     virtual_hosted,
                     s3.credentials().clone(),
                 );
-                Ok(ObjectRemote {
-                    store: Arc::new(s3),
-                    prefix: prefix.clone(),
-                    raw: Some(raw),
-                    name: "s3",
-                })
+                Ok(ObjectRemote::new(
+                    Arc::new(s3),
+                    prefix,
+                    Some(raw),
+                    Markers::Slash,
+                    "s3",
+                ))
             }
             RemoteUrl::Azure { container, prefix } => {
                 let mut b = MicrosoftAzureBuilder::from_env()
@@ -177,12 +218,13 @@ impl ObjectRemote {
                     b = b.with_config(key, v);
                 }
                 let az = b.build().map_err(|e| format!("az://{container}: {e}"))?;
-                Ok(ObjectRemote {
-                    store: Arc::new(az),
-                    prefix: prefix.clone(),
-                    raw: None,
-                    name: "azure",
-                })
+                Ok(ObjectRemote::new(
+                    Arc::new(az),
+                    prefix,
+                    None,
+                    Markers::FolderBlob,
+                    "azure",
+                ))
             }
             RemoteUrl::Gcs { bucket, prefix } => {
                 let mut b = GoogleCloudStorageBuilder::from_env()
@@ -199,15 +241,38 @@ impl ObjectRemote {
                     b = b.with_config(key, v);
                 }
                 let gcs = b.build().map_err(|e| format!("gs://{bucket}: {e}"))?;
-                Ok(ObjectRemote {
-                    store: Arc::new(gcs),
-                    prefix: prefix.clone(),
-                    raw: None,
-                    name: "gcs",
-                })
+                Ok(ObjectRemote::new(
+                    Arc::new(gcs),
+                    prefix,
+                    None,
+                    Markers::Unsupported,
+                    "gcs",
+                ))
             }
             RemoteUrl::Local(_) => Err("not an object store URL".into()),
         }
+    }
+
+    fn new(
+        store: Arc<dyn ObjectStore>,
+        prefix: &str,
+        raw: Option<S3Raw>,
+        markers: Markers,
+        name: &'static str,
+    ) -> ObjectRemote {
+        ObjectRemote {
+            store,
+            prefix: prefix.to_string(),
+            raw,
+            markers,
+            probed: Default::default(),
+            name,
+        }
+    }
+
+    /// Whether empty directories can be stored on this backend.
+    pub fn has_dir_markers(&self) -> bool {
+        self.markers != Markers::Unsupported
     }
 
     fn full(&self, key: &str) -> String {
@@ -310,10 +375,67 @@ impl ObjectRemote {
                     continue;
                 };
                 let lm = o.last_modified.timestamp_nanos_opt();
-                rows.push(row(rel, false, o.size, o.e_tag, lm));
+                rows.push(row(rel, false, o.size, etag(o.e_tag), lm));
+            }
+            if self.markers == Markers::FolderBlob {
+                self.find_folder_blobs(&mut rows).await?;
             }
         }
         Ok(rows)
+    }
+
+    /// Marks the Azure folder blobs among the listing's empty blobs as directories (a HEAD
+    /// for each one not seen before at its ETag).
+    async fn find_folder_blobs(&self, rows: &mut [ObjectInfo]) -> RemoteResult<()> {
+        let known = |o: &ObjectInfo| {
+            let probed = self.probed.lock().unwrap();
+            probed
+                .get(&o.key)
+                .filter(|(e, _)| *e == o.etag)
+                .map(|&(_, folder)| folder)
+        };
+        let unknown: Vec<(usize, String)> = rows
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.size == 0 && known(o).is_none())
+            .filter(|(_, o)| super::check_key(&o.key).is_ok())
+            .map(|(i, o)| (i, o.key.clone()))
+            .collect();
+        let answers: Vec<(usize, RemoteResult<Option<bool>>)> = futures::stream::iter(unknown)
+            .map(|(i, key)| async move {
+                let opts = GetOptions {
+                    head: true,
+                    ..Default::default()
+                };
+                let path = match self.path(&key) {
+                    Ok(p) => p,
+                    Err(e) => return (i, Err(e)),
+                };
+                let r = match self.store.get_opts(&path, opts).await {
+                    Ok(r) => Ok(Some(is_folder(&r.attributes))),
+                    // Gone since the listing: the next poll sees.
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(map_err(e)),
+                };
+                (i, r)
+            })
+            .buffer_unordered(SCAN_CONCURRENCY)
+            .collect()
+            .await;
+        {
+            let mut probed = self.probed.lock().unwrap();
+            for (i, r) in answers {
+                if let Some(folder) = r? {
+                    probed.insert(rows[i].key.clone(), (rows[i].etag.clone(), folder));
+                }
+            }
+        }
+        for o in rows.iter_mut().filter(|o| o.size == 0) {
+            if known(o) == Some(true) {
+                o.kind = ObjectKind::Dir;
+            }
+        }
+        Ok(())
     }
 
     /// The listing with every object's metadata (one HEAD each, several in flight).
@@ -374,7 +496,7 @@ impl ObjectRemote {
                 meta,
             }));
         }
-        if dir {
+        if dir && self.markers != Markers::FolderBlob {
             return Ok(None);
         }
         let opts = GetOptions {
@@ -383,12 +505,17 @@ impl ObjectRemote {
         };
         match self.store.get_opts(&self.path(rel)?, opts).await {
             Ok(r) => {
+                // A folder blob is no file, and a file is no directory marker: as on S3, where
+                // `dir` and `dir/` are different keys.
+                if (self.markers == Markers::FolderBlob && is_folder(&r.attributes)) != dir {
+                    return Ok(None);
+                }
                 let meta = meta_of(&r.attributes);
                 Ok(Some(ObjectInfo {
                     key: rel.to_string(),
                     kind: kind_of(&meta),
                     size: r.meta.size,
-                    etag: r.meta.e_tag,
+                    etag: etag(r.meta.e_tag),
                     version: r.meta.version,
                     last_modified_ns: r.meta.last_modified.timestamp_nanos_opt(),
                     meta,
@@ -512,7 +639,7 @@ impl ObjectRemote {
                 .await
                 .map_err(map_err)?;
             return Ok(Written {
-                etag: r.e_tag,
+                etag: etag(r.e_tag),
                 version: r.version,
             });
         }
@@ -550,7 +677,7 @@ impl ObjectRemote {
         }
         let r = w.finish().await.map_err(map_err)?;
         Ok(Written {
-            etag: r.e_tag,
+            etag: etag(r.e_tag),
             version: r.version,
         })
     }
@@ -568,14 +695,14 @@ impl ObjectRemote {
             .await
             .map_err(map_err)?;
         Ok(Written {
-            etag: r.e_tag,
+            etag: etag(r.e_tag),
             version: r.version,
         })
     }
 
     pub async fn put_dir(&self, key: &str, meta: &Meta) -> RemoteResult<Written> {
-        match &self.raw {
-            Some(raw) => {
+        match (&self.raw, self.markers) {
+            (Some(raw), _) => {
                 let etag = raw
                     .put_empty(&format!("{}/", self.full(key)), &meta.to_pairs())
                     .await?;
@@ -584,7 +711,8 @@ impl ObjectRemote {
                     version: None,
                 })
             }
-            None => {
+            (None, Markers::FolderBlob) => self.put_folder_blob(key, meta).await,
+            (None, _) => {
                 tracing::warn!(
                     backend = self.name,
                     key,
@@ -596,6 +724,50 @@ impl ObjectRemote {
         }
     }
 
+    /// Writes an Azure folder blob. Never over a file of the same name: that would destroy a
+    /// version (the file is someone else's, and the entry is parked with the reason).
+    async fn put_folder_blob(&self, key: &str, meta: &Meta) -> RemoteResult<Written> {
+        let path = self.path(key)?;
+        let mut attributes = attributes(meta);
+        attributes.insert(
+            Attribute::Metadata(AZURE_FOLDER_META.into()),
+            AttributeValue::from("true"),
+        );
+        let put = |mode| {
+            let opts = PutOptions {
+                mode,
+                attributes: attributes.clone(),
+                ..Default::default()
+            };
+            self.store.put_opts(&path, PutPayload::default(), opts)
+        };
+        let r = match put(PutMode::Create).await {
+            Ok(r) => r,
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => {
+                // Our marker already (new attributes for it), or a file.
+                let Some(h) = self.head(key, true).await? else {
+                    return Err(RemoteError::Permanent(format!(
+                        "{key}: the remote holds a file where this mount has a directory"
+                    )));
+                };
+                put(PutMode::Update(object_store::UpdateVersion {
+                    e_tag: h.etag,
+                    version: h.version,
+                }))
+                .await
+                .map_err(map_err)?
+            }
+            Err(e) => return Err(map_err(e)),
+        };
+        Ok(Written {
+            etag: etag(r.e_tag),
+            version: r.version,
+        })
+    }
+
     pub async fn copy(&self, from: &str, to: &str) -> RemoteResult<Written> {
         let to_path = self.path(to)?;
         self.store
@@ -604,7 +776,7 @@ impl ObjectRemote {
             .map_err(map_err)?;
         let m = self.store.head(&to_path).await.map_err(map_err)?;
         Ok(Written {
-            etag: m.e_tag,
+            etag: etag(m.e_tag),
             version: m.version,
         })
     }
@@ -615,6 +787,12 @@ impl ObjectRemote {
         if dir {
             if let Some(raw) = &self.raw {
                 raw.delete(&format!("{}/", self.full(key))).await?;
+            } else if self.head(key, true).await?.is_some() {
+                // Only a folder blob: a file that took the name meanwhile is not ours to delete.
+                match self.store.delete(&self.path(key)?).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(map_err(e)),
+                }
             }
             return Ok(());
         }

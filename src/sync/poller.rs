@@ -178,9 +178,12 @@ impl Uploader {
         }
 
         // 3. Directories the remote no longer has, deepest first. One that still holds
-        //    local changes keeps them (and gets its marker back).
+        //    local changes keeps them (and gets its marker back). Where the remote cannot
+        //    store an empty directory, its absence proves nothing: all are kept.
+        let markers = self.remote.has_dir_markers();
         let mut dirs: Vec<(&String, &Entry)> = entries
             .values()
+            .filter(|_| markers)
             .filter(|e| e.kind == Kind::Dir && e.id != EntryId::ROOT && e.conflict_of.is_none())
             .filter_map(|e| paths.get(&e.id).map(|p| (p, e)))
             .filter(|(p, _)| !remote.contains_key(p.as_str()))
