@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian 12, as root: FUSE 3 and the xattr tools
-# for the mount tests, and moto's S3 server for the remote tests. Safe to run again: it only
-# installs what is missing, and never prompts (CI=true, no stdin).
+# for the mount tests, moto's S3 server and Azurite (Azure) for the remote tests. Safe to run
+# again: it only installs what is missing, and never prompts (CI=true, no stdin).
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 MOTO_SPEC='moto[server]==5.2.5'
 export DEBIAN_FRONTEND=noninteractive
@@ -64,6 +65,22 @@ else
         exit 1
     fi
     say "installed $MOTO_SPEC for $(command -v python3)"
+fi
+
+# Azurite, the Azure Blob emulator, from npm into the checkout (.azurite/, ignored by git);
+# tests/common/azurite.rs looks for it there.
+AZURITE_SPEC='azurite@3.37.0'
+if [ -x .azurite/node_modules/.bin/azurite-blob ]; then
+    say "azurite already installed"
+else
+    if ! command -v npm >/dev/null 2>&1; then
+        as_root apt-get update -qq </dev/null
+        as_root apt-get install -y -qq --no-install-recommends nodejs npm </dev/null
+        say "installed nodejs npm"
+    fi
+    mkdir -p .azurite
+    npm install --prefix .azurite --no-audit --no-fund --silent "$AZURITE_SPEC" </dev/null
+    say "installed $AZURITE_SPEC in .azurite"
 fi
 
 # pjdfstest (the Rust rewrite) for scripts/conformance.sh, and the users it switches to.

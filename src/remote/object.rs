@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
-use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::azure::{AzureConfigKey, MicrosoftAzure, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::path::Path;
 use object_store::{
@@ -50,6 +50,9 @@ pub struct ObjectRemote {
     /// Present for S3, which is the cloud whose directory markers need raw requests.
     raw: Option<S3Raw>,
     markers: Markers,
+    /// Azure only: object_store has no conditional delete, so deletes that must not remove
+    /// someone else's newer version go out as presigned requests with `If-Match`.
+    azure: Option<(Arc<MicrosoftAzure>, reqwest::Client)>,
     /// Zero-byte blobs already looked at, by key: the ETag seen and whether it was a folder
     /// marker. A listing carries no metadata, so without this every poll would send one HEAD
     /// per empty blob.
@@ -217,14 +220,16 @@ impl ObjectRemote {
                     let key: AzureConfigKey = k.parse().map_err(|e| bad_opt(k, e))?;
                     b = b.with_config(key, v);
                 }
-                let az = b.build().map_err(|e| format!("az://{container}: {e}"))?;
-                Ok(ObjectRemote::new(
-                    Arc::new(az),
-                    prefix,
-                    None,
-                    Markers::FolderBlob,
-                    "azure",
-                ))
+                let az = Arc::new(b.build().map_err(|e| format!("az://{container}: {e}"))?);
+                let client = reqwest::Client::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .timeout(Duration::from_secs(60))
+                    .build()
+                    .map_err(|e| format!("az://{container}: {e}"))?;
+                let mut remote =
+                    ObjectRemote::new(az.clone(), prefix, None, Markers::FolderBlob, "azure");
+                remote.azure = Some((az, client));
+                Ok(remote)
             }
             RemoteUrl::Gcs { bucket, prefix } => {
                 let mut b = GoogleCloudStorageBuilder::from_env()
@@ -265,6 +270,7 @@ impl ObjectRemote {
             prefix: prefix.to_string(),
             raw,
             markers,
+            azure: None,
             probed: Default::default(),
             name,
         }
@@ -803,7 +809,13 @@ impl ObjectRemote {
                 other => other,
             };
         }
+        if let (Some(want), Some((az, client))) = (expect, &self.azure) {
+            if let Some(done) = self.azure_delete_if(az, client, key, want).await {
+                return done;
+            }
+        }
         if let Some(want) = expect {
+            // Compare, then delete: the window between the two is in docs/semantics.md.
             if let Some(now) = self.head(key, false).await? {
                 if now.etag.as_deref() != Some(want) {
                     return Err(RemoteError::Conflict(key.to_string()));
@@ -815,6 +827,59 @@ impl ObjectRemote {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(map_err(e)),
         }
+    }
+}
+
+impl ObjectRemote {
+    /// Deletes `key` only while it still holds `want`, checked by the server (`If-Match`).
+    /// `None` when no presigned URL can be had (credentials that cannot sign, such as a SAS
+    /// token): the caller compares first instead.
+    async fn azure_delete_if(
+        &self,
+        az: &MicrosoftAzure,
+        client: &reqwest::Client,
+        key: &str,
+        want: &str,
+    ) -> Option<RemoteResult<()>> {
+        use object_store::signer::Signer;
+        let path = match self.path(key) {
+            Ok(p) => p,
+            Err(e) => return Some(Err(e)),
+        };
+        let url = match az
+            .signed_url(reqwest::Method::DELETE, &path, Duration::from_secs(600))
+            .await
+        {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(key, error = %e, "no presigned delete; comparing first");
+                return None;
+            }
+        };
+        let sent = client
+            .delete(url)
+            .header("If-Match", want)
+            .header("x-ms-version", "2021-08-06")
+            .send()
+            .await;
+        Some(match sent {
+            Err(e) => Err(RemoteError::unavailable(format!("delete {key}: {e}"))),
+            Ok(r) => match r.status().as_u16() {
+                200..=299 => Ok(()),
+                // Deleted meanwhile by someone else: what we wanted.
+                404 => Ok(()),
+                412 => Err(RemoteError::Conflict(key.to_string())),
+                code => {
+                    let body = r.text().await.unwrap_or_default();
+                    let msg = format!("delete {key}: status code: {code}: {body}");
+                    if (400..500).contains(&code) && code != 408 && code != 429 {
+                        Err(RemoteError::Permanent(msg))
+                    } else {
+                        Err(RemoteError::unavailable(msg))
+                    }
+                }
+            },
+        })
     }
 }
 

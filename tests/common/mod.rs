@@ -1,5 +1,6 @@
 #![allow(dead_code)]
 
+pub mod azurite;
 pub mod fault_proxy;
 pub mod moto;
 pub mod mount;

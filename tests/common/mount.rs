@@ -1,4 +1,5 @@
-//! Real mounts for tests: a fresh remote (a local folder, or a bucket on a moto S3 server),
+//! Real mounts for tests: a fresh remote (a local folder, a bucket on a moto S3 server, or a
+//! container on Azurite),
 //! the built `stratus` binary mounting it, and a view of what landed on the remote that does
 //! not go through the mount.
 
@@ -11,11 +12,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use stratus::remote::s3_raw::S3Raw;
 use stratus::remote::Meta;
 
+use super::azurite::Azurite;
 use super::moto::Moto;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_stratus");
@@ -24,6 +27,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_stratus");
 pub enum Backend {
     Local,
     S3,
+    Azure,
 }
 
 /// One moto server per test binary; every test gets its own bucket on it. It is started
@@ -42,6 +46,23 @@ fn moto() -> Arc<Moto> {
         rx.recv().expect("starting moto")
     })
     .clone()
+}
+
+/// One Azurite per test binary, started like `moto()`.
+fn azurite() -> Arc<Azurite> {
+    static AZURITE: OnceLock<Arc<Azurite>> = OnceLock::new();
+    AZURITE
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(Arc::new(Azurite::start()));
+                loop {
+                    std::thread::park();
+                }
+            });
+            rx.recv().expect("starting azurite")
+        })
+        .clone()
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -68,6 +89,7 @@ pub struct Env {
     pub root: PathBuf,
     pub bucket: String,
     pub moto: Option<Arc<Moto>>,
+    pub azurite: Option<Arc<Azurite>>,
     /// Where stratus talks to S3 (the moto endpoint, or a proxy in front of it).
     pub endpoint: Mutex<String>,
 }
@@ -84,9 +106,15 @@ impl Env {
             m.create_bucket(&bucket);
             m
         });
+        let azurite = (backend == Backend::Azure).then(|| {
+            let a = azurite();
+            a.create_container(&bucket);
+            a
+        });
         let endpoint = moto
             .as_ref()
             .map(|m| m.endpoint.clone())
+            .or(azurite.as_ref().map(|a| a.endpoint.clone()))
             .unwrap_or_default();
         Env {
             backend,
@@ -94,6 +122,7 @@ impl Env {
             root,
             bucket,
             moto,
+            azurite,
             endpoint: Mutex::new(endpoint),
         }
     }
@@ -106,6 +135,7 @@ impl Env {
         match self.backend {
             Backend::Local => self.root.display().to_string(),
             Backend::S3 => format!("s3://{}/data", self.bucket),
+            Backend::Azure => format!("az://{}/data", self.bucket),
         }
     }
 
@@ -116,11 +146,13 @@ impl Env {
     pub fn envs(&self) -> Vec<(String, String)> {
         let endpoint = self.endpoint.lock().unwrap().clone();
         vec![
-            ("AWS_ENDPOINT_URL".into(), endpoint),
+            ("AWS_ENDPOINT_URL".into(), endpoint.clone()),
             ("AWS_ACCESS_KEY_ID".into(), "test".into()),
             ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
             ("AWS_REGION".into(), "us-east-1".into()),
             ("AWS_ALLOW_HTTP".into(), "true".into()),
+            ("AZURE_STORAGE_USE_EMULATOR".into(), "true".into()),
+            ("AZURITE_BLOB_STORAGE_URL".into(), endpoint),
             ("STRATUS_LOG".into(), "stratus=debug,info".into()),
         ]
     }
@@ -190,6 +222,20 @@ impl Env {
             .with_region("us-east-1")
             .with_access_key_id("test")
             .with_secret_access_key("test")
+            .with_allow_http(true)
+            .build()
+            .unwrap()
+    }
+
+    /// A client of our own for the test's container (account key and explicit endpoint, so
+    /// it does not depend on the environment the daemon gets).
+    fn azure(&self) -> MicrosoftAzure {
+        let a = self.azurite.as_ref().expect("Azure backend");
+        MicrosoftAzureBuilder::new()
+            .with_account(super::azurite::ACCOUNT)
+            .with_access_key(super::azurite::KEY)
+            .with_container_name(&self.bucket)
+            .with_endpoint(format!("{}/{}", a.endpoint, super::azurite::ACCOUNT))
             .with_allow_http(true)
             .build()
             .unwrap()
@@ -267,6 +313,44 @@ impl Env {
                     out
                 })
             }
+            Backend::Azure => {
+                let az = self.azure();
+                Env::rt().block_on(async {
+                    use futures::TryStreamExt;
+                    let mut out = BTreeMap::new();
+                    let prefix = ObjPath::from("data");
+                    let listed: Vec<_> = az.list(Some(&prefix)).try_collect().await.unwrap();
+                    for o in listed {
+                        let rel = o.location.as_ref()[self.prefix().len()..].to_string();
+                        let got = az.get(&o.location).await.unwrap();
+                        let attrs = got.attributes.clone();
+                        let data = got.bytes().await.unwrap().to_vec();
+                        let pairs: Vec<(String, String)> = attrs
+                            .iter()
+                            .filter_map(|(k, v)| match k {
+                                object_store::Attribute::Metadata(k) => {
+                                    Some((k.to_string(), v.to_string()))
+                                }
+                                _ => None,
+                            })
+                            .collect();
+                        let folder = pairs
+                            .iter()
+                            .any(|(k, v)| k == "hdi_isfolder" && v == "true");
+                        let meta =
+                            Meta::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                        let kind = if folder {
+                            ObjKind::Dir
+                        } else if meta.symlink.is_some() {
+                            ObjKind::Symlink
+                        } else {
+                            ObjKind::File
+                        };
+                        out.insert(rel, RemoteObj { kind, data, meta });
+                    }
+                    out
+                })
+            }
         }
     }
 
@@ -303,7 +387,7 @@ impl Env {
                     .unwrap();
                 assert!(st.success());
             }
-            Backend::S3 => {
+            Backend::S3 | Backend::Azure => {
                 let full = format!("{}{key}", self.prefix());
                 let attrs: object_store::Attributes = [(
                     object_store::Attribute::Metadata("stratus_sha256".into()),
@@ -315,8 +399,12 @@ impl Env {
                     attributes: attrs,
                     ..Default::default()
                 };
+                let store: Box<dyn ObjectStore> = match self.backend {
+                    Backend::Azure => Box::new(self.azure()),
+                    _ => Box::new(self.s3()),
+                };
                 Env::rt()
-                    .block_on(self.s3().put_opts(
+                    .block_on(store.put_opts(
                         &ObjPath::parse(&full).unwrap(),
                         PutPayload::from(data.to_vec()),
                         opts,
@@ -350,6 +438,14 @@ impl Env {
                     ))
                     .unwrap();
                 }
+            }
+            Backend::Azure => {
+                // object_store cannot name the odd keys (`a//b`) that S3 tests put.
+                let full = ObjPath::parse(format!("{}{key}", self.prefix()))
+                    .expect("a key object_store can name");
+                Env::rt()
+                    .block_on(self.azure().put(&full, PutPayload::from(data.to_vec())))
+                    .unwrap();
             }
         }
     }
@@ -573,7 +669,7 @@ pub fn data(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Runs a test body once per backend: `both!(name, |env| { ... })`.
+/// Runs a test body once per backend (local folder, S3, Azure): `both!(name, |env| { ... })`.
 #[macro_export]
 macro_rules! both {
     ($name:ident, $body:expr) => {
@@ -589,6 +685,11 @@ macro_rules! both {
             fn s3() {
                 let f: fn(&common::mount::Env) = $body;
                 f(&common::mount::Env::new(common::mount::Backend::S3));
+            }
+            #[test]
+            fn azure() {
+                let f: fn(&common::mount::Env) = $body;
+                f(&common::mount::Env::new(common::mount::Backend::Azure));
             }
         }
     };
