@@ -284,10 +284,31 @@ impl Vfs {
     }
 
     fn attr(&self, e: &Entry) -> Attr {
-        let mut a = {
+        let a = {
             let live = lock(&self.live);
             self.attr_of(e, live.get(&e.id))
         };
+        self.with_links(e, a)
+    }
+
+    /// The attributes of the entry `read` finds, read under the `live` lock. A copy read
+    /// outside it may predate a release that has since written the file's size back and
+    /// dropped its live state; combined, they show the size from before the writes.
+    /// (Regression: `stat` right after `close` and `chmod` showed a 50 kB file as empty.)
+    fn fresh_attr(
+        &self,
+        read: impl FnOnce(&Db<'_>) -> crate::store::StoreResult<Option<Entry>>,
+    ) -> VfsResult<Attr> {
+        let (e, a) = {
+            let live = lock(&self.live);
+            let e = self.store.read(read)?.ok_or(VfsError::NotFound)?;
+            let a = self.attr_of(&e, live.get(&e.id));
+            (e, a)
+        };
+        Ok(self.with_links(&e, a))
+    }
+
+    fn with_links(&self, e: &Entry, mut a: Attr) -> Attr {
         if e.kind == Kind::Dir {
             // A directory is linked from its parent, from its own '.', and from the '..' of
             // each subdirectory.
@@ -349,17 +370,11 @@ impl Vfs {
         if name.len() > crate::remote::NAME_MAX {
             return Err(VfsError::NameTooLong(format!("{} bytes", name.len())));
         }
-        let e = self.store.read(|db| db.lookup(parent, name))?;
-        let e = e.ok_or(VfsError::NotFound)?;
-        Ok(self.attr(&e))
+        self.fresh_attr(|db| db.lookup(parent, name))
     }
 
     pub fn getattr(&self, ino: EntryId) -> VfsResult<Attr> {
-        let e = self
-            .store
-            .read(|db| db.get(ino))?
-            .ok_or(VfsError::NotFound)?;
-        Ok(self.attr(&e))
+        self.fresh_attr(|db| db.get(ino))
     }
 
     pub fn setattr(&self, ino: EntryId, set: &SetAttr) -> VfsResult<Attr> {
@@ -479,8 +494,10 @@ impl Vfs {
             let f = self.cache.open_file(e.id, true)?;
             f.set_len(size)?;
         }
+        // Taken before the lock goes: see `fresh_attr`.
+        let a = self.attr_of(&e, live.get(&e.id));
         drop(live);
-        Ok(self.attr(&e))
+        Ok(self.with_links(&e, a))
     }
 
     pub fn readlink(&self, ino: EntryId) -> VfsResult<Vec<u8>> {
