@@ -1,6 +1,7 @@
 //! The remote: one small interface over a local folder or an object store, speaking in keys
 //! relative to the mount's root.
 
+pub mod azure_raw;
 mod error;
 mod local;
 mod object;

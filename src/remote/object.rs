@@ -16,6 +16,7 @@ use object_store::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::azure_raw::AzureList;
 use super::s3_raw::S3Raw;
 use super::{Cond, Meta, ObjectInfo, ObjectKind, RemoteError, RemoteResult, RemoteUrl, Written};
 
@@ -53,6 +54,9 @@ pub struct ObjectRemote {
     /// Azure only: object_store has no conditional delete, so deletes that must not remove
     /// someone else's newer version go out as presigned requests with `If-Match`.
     azure: Option<(Arc<MicrosoftAzure>, reqwest::Client)>,
+    /// Azure listings of our own (see `azure_raw`); `None` where the account's URL cannot be
+    /// worked out from the settings, and object_store lists instead.
+    azure_list: Option<AzureList>,
     /// Zero-byte blobs already looked at, by key: the ETag seen and whether it was a folder
     /// marker. A listing carries no metadata, so without this every poll would send one HEAD
     /// per empty blob.
@@ -220,6 +224,8 @@ impl ObjectRemote {
                     let key: AzureConfigKey = k.parse().map_err(|e| bad_opt(k, e))?;
                     b = b.with_config(key, v);
                 }
+                let container_url = azure_container_url(&b, container);
+                let account = b.get_config_value(&AzureConfigKey::AccountName);
                 let az = Arc::new(b.build().map_err(|e| format!("az://{container}: {e}"))?);
                 let client = reqwest::Client::builder()
                     .connect_timeout(Duration::from_secs(5))
@@ -228,6 +234,14 @@ impl ObjectRemote {
                     .map_err(|e| format!("az://{container}: {e}"))?;
                 let mut remote =
                     ObjectRemote::new(az.clone(), prefix, None, Markers::FolderBlob, "azure");
+                remote.azure_list = container_url.map(|(url, account_name)| {
+                    AzureList::new(
+                        client.clone(),
+                        url,
+                        account.unwrap_or(account_name),
+                        az.credentials().clone(),
+                    )
+                });
                 remote.azure = Some((az, client));
                 Ok(remote)
             }
@@ -271,6 +285,7 @@ impl ObjectRemote {
             raw,
             markers,
             azure: None,
+            azure_list: None,
             probed: Default::default(),
             name,
         }
@@ -354,7 +369,18 @@ impl ObjectRemote {
             last_modified_ns: lm,
             meta: Meta::default(),
         };
-        if let Some(raw) = &self.raw {
+        if let Some(azure) = &self.azure_list {
+            for b in azure.list(&list_prefix).await? {
+                let Some(rel) = self.strip(&b.name) else {
+                    continue;
+                };
+                if rel.is_empty() {
+                    continue;
+                }
+                let lm = b.last_modified.and_then(|t| t.timestamp_nanos_opt());
+                rows.push(row(rel, b.folder, b.size, etag(b.etag), lm));
+            }
+        } else if let Some(raw) = &self.raw {
             for o in raw.list(&list_prefix).await? {
                 let Some(rel) = self.strip(&o.key) else {
                     continue;
@@ -881,6 +907,33 @@ impl ObjectRemote {
             },
         })
     }
+}
+
+/// The container's URL and the account name it implies, the way object_store's builder works
+/// them out; `None` for settings it leaves to object_store alone.
+fn azure_container_url(b: &MicrosoftAzureBuilder, container: &str) -> Option<(String, String)> {
+    let setting = |k| b.get_config_value(&k);
+    let on = |k| setting(k).is_some_and(|v| v == "true");
+    let account = setting(AzureConfigKey::AccountName);
+    let base = if on(AzureConfigKey::UseEmulator) {
+        let account = account.unwrap_or_else(|| "devstoreaccount1".into());
+        let url = std::env::var("AZURITE_BLOB_STORAGE_URL")
+            .unwrap_or_else(|_| "http://127.0.0.1:10000".into());
+        return Some((
+            format!("{}/{account}/{container}", url.trim_end_matches('/')),
+            account,
+        ));
+    } else if let Some(endpoint) = setting(AzureConfigKey::Endpoint) {
+        endpoint
+    } else if on(AzureConfigKey::UseFabricEndpoint) {
+        format!("https://{}.blob.fabric.microsoft.com", account.as_ref()?)
+    } else {
+        format!("https://{}.blob.core.windows.net", account.as_ref()?)
+    };
+    Some((
+        format!("{}/{container}", base.trim_end_matches('/')),
+        account?,
+    ))
 }
 
 async fn read_full(f: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {

@@ -675,7 +675,7 @@ async fn read_limited(mut resp: Response) -> String {
 
 /// Collects the text content of each element, resolving entity and character references, and
 /// calls `on_end` with the path of element names (root first) when an element closes.
-fn walk_xml(
+pub(super) fn walk_xml(
     xml: &str,
     mut on_end: impl FnMut(&[String], String) -> Result<(), String>,
 ) -> Result<(), String> {

@@ -108,31 +108,79 @@ impl Azurite {
 
     /// Creates a container with a SharedKey-signed PUT.
     pub fn create_container(&self, name: &str) {
+        self.signed_put(
+            &format!("/{name}"),
+            "?restype=container",
+            "\nrestype:container",
+            &[],
+            b"",
+        );
+    }
+
+    /// Writes a blob of any name, also ones object_store cannot express (`a//b`, `dir/`).
+    pub fn put_blob(&self, container: &str, name: &str, body: &[u8]) {
+        self.signed_put(
+            &format!("/{container}/{name}"),
+            "",
+            "",
+            &[("x-ms-blob-type", "BlockBlob")],
+            body,
+        );
+    }
+
+    /// One SharedKey-signed PUT of `resource` (`/container[/blob]`); `query` goes on the URL
+    /// and `canon_query` (its canonical form) into the signature.
+    fn signed_put(
+        &self,
+        resource: &str,
+        query: &str,
+        canon_query: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) {
         let date = httpdate();
-        // Verb, then eleven standard headers (all empty here), then ours, then the resource.
+        let mut ms: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ms.push(("x-ms-date".into(), date));
+        ms.push(("x-ms-version".into(), API_VERSION.into()));
+        ms.sort();
+        let canon_headers: String = ms.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
+        let length = if body.is_empty() {
+            String::new()
+        } else {
+            body.len().to_string()
+        };
+        // Verb, then eleven standard headers (only Content-Length set), then ours, then the
+        // resource.
         let to_sign = format!(
-            "PUT\n{}x-ms-date:{date}\nx-ms-version:{API_VERSION}\n/{ACCOUNT}/{ACCOUNT}/{name}\nrestype:container",
-            "\n".repeat(11)
+            "PUT\n\n\n{length}\n{}{canon_headers}/{ACCOUNT}/{ACCOUNT}{resource}{canon_query}",
+            "\n".repeat(8)
         );
         let b64 = base64::engine::general_purpose::STANDARD;
         let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&b64.decode(KEY).unwrap())
             .expect("HMAC accepts keys of any length");
         mac.update(to_sign.as_bytes());
         let sig = b64.encode(mac.finalize().into_bytes());
-        let req = format!(
-            "PUT /{ACCOUNT}/{name}?restype=container HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\
-             x-ms-date: {date}\r\nx-ms-version: {API_VERSION}\r\n\
-             Authorization: SharedKey {ACCOUNT}:{sig}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.port
-        );
+        let extra: String = ms.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+        let mut req = format!(
+            "PUT /{ACCOUNT}{resource}{query} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{extra}\
+             Authorization: SharedKey {ACCOUNT}:{sig}\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n",
+            self.port,
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to azurite");
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(req.as_bytes()).unwrap();
+        s.write_all(&req).unwrap();
         let mut answer = String::new();
         let _ = s.read_to_string(&mut answer);
         assert!(
             answer.starts_with("HTTP/1.1 201"),
-            "creating container {name}: {answer}\nlog:\n{}",
+            "PUT {resource}: {answer}\nlog:\n{}",
             std::fs::read_to_string(&self.log).unwrap_or_default()
         );
     }
