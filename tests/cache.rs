@@ -47,7 +47,7 @@ fn du(dir: &Path) -> u64 {
     total
 }
 
-both!(a_small_read_fetches_only_around_it, |env: &Env| {
+every_backend!(a_small_read_fetches_only_around_it, |env: &Env| {
     let size = 48 * MIB as usize;
     env.put_remote("big.bin", &data(7, size));
     let m = env.mount();
@@ -66,7 +66,7 @@ both!(a_small_read_fetches_only_around_it, |env: &Env| {
     assert_eq!(cache_attr(&m, "big.bin"), "partial");
 });
 
-both!(the_cache_stays_within_its_budget, |env: &Env| {
+every_backend!(the_cache_stays_within_its_budget, |env: &Env| {
     let files: Vec<(String, Vec<u8>)> = (0..4)
         .map(|i| (format!("f{i}.bin"), data(100 + i, 12 * MIB as usize + 777)))
         .collect();
@@ -93,7 +93,7 @@ both!(the_cache_stays_within_its_budget, |env: &Env| {
     assert!(status_figure(&m, "cache_used") <= 8 * MIB + 17 * MIB);
 });
 
-both!(a_replaced_object_never_yields_a_mix, |env: &Env| {
+every_backend!(a_replaced_object_never_yields_a_mix, |env: &Env| {
     let size = 6 * MIB as usize;
     env.put_remote("doc.bin", &data(1, size));
     let m = env.mount();
@@ -120,7 +120,7 @@ both!(a_replaced_object_never_yields_a_mix, |env: &Env| {
     assert!(fs::read(m.path("doc.bin")).unwrap() == data(2, size));
 });
 
-both!(
+every_backend!(
     offline_reads_of_cached_data_work_and_others_fail_fast,
     |env: &Env| {
         env.put_remote("cached.bin", &data(3, 3 * MIB as usize));
@@ -147,7 +147,7 @@ both!(
     }
 );
 
-both!(cached_data_survives_a_remount, |env: &Env| {
+every_backend!(cached_data_survives_a_remount, |env: &Env| {
     env.put_remote("keep.bin", &data(5, 2 * MIB as usize));
     let state = env.new_state_dir();
     let m = env.mount_state(&state);
@@ -163,7 +163,7 @@ both!(cached_data_survives_a_remount, |env: &Env| {
     );
 });
 
-both!(corrupt_data_is_never_served, |env: &Env| {
+every_backend!(corrupt_data_is_never_served, |env: &Env| {
     use sha2::Digest;
     let body = data(9, 3 * MIB as usize);
     let good = hex::encode(sha2::Sha256::digest(&body));
@@ -190,7 +190,7 @@ fn xattr(path: &Path, name: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-both!(
+every_backend!(
     pinned_files_survive_eviction_and_read_offline,
     |env: &Env| {
         let pinned: Vec<(String, Vec<u8>)> = vec![
@@ -279,7 +279,7 @@ both!(
     }
 );
 
-both!(written_files_stay_within_the_budget, |env: &Env| {
+every_backend!(written_files_stay_within_the_budget, |env: &Env| {
     // Writers wait for the uploader when data not yet uploaded exceeds the budget, and
     // what was uploaded becomes evictable: the disk holds the budget plus a bound (the file
     // being written and one more that was closed just before the check), never everything.
@@ -364,7 +364,7 @@ fn a_silent_remote_fails_uncached_reads_fast() {
     );
 }
 
-both!(
+every_backend!(
     a_cold_sequential_read_fetches_each_byte_once,
     |env: &Env| {
         // Large enough for the one-GET stream (S3) and many read-ahead rounds (both).
@@ -395,7 +395,7 @@ both!(
     }
 );
 
-both!(
+every_backend!(
     an_object_replaced_during_a_streamed_read_is_never_mixed,
     |env: &Env| {
         // The sequential read from the start goes through one long GET (S3); another client

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::mount::{data, Env};
 
-both!(sigkill_loses_nothing_acknowledged, |env: &Env| {
+every_backend!(sigkill_loses_nothing_acknowledged, |env: &Env| {
     let state = env.new_state_dir();
     let m = env.mount_state(&state);
     fs::create_dir(m.path("w")).unwrap();

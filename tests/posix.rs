@@ -16,7 +16,7 @@ fn errno_of(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(0)
 }
 
-both!(round_trip_is_byte_for_byte, |env: &Env| {
+every_backend!(round_trip_is_byte_for_byte, |env: &Env| {
     let m = env.mount();
     // 20 MiB + 17 crosses the multipart threshold on S3.
     let sizes = [0usize, 1, 4096, 1_000_003, 20 * 1024 * 1024 + 17];
@@ -50,7 +50,7 @@ both!(round_trip_is_byte_for_byte, |env: &Env| {
     }
 });
 
-both!(posix_operations, |env: &Env| {
+every_backend!(posix_operations, |env: &Env| {
     let m = env.mount();
 
     // Write at an offset, append, ftruncate, truncate by path.
@@ -197,7 +197,7 @@ both!(posix_operations, |env: &Env| {
     assert_eq!(tree["e2"].kind, ObjKind::Dir);
 });
 
-both!(metadata_survives_remount_with_empty_state, |env: &Env| {
+every_backend!(metadata_survives_remount_with_empty_state, |env: &Env| {
     let m = env.mount();
     fs::create_dir_all(m.path("docs/empty")).unwrap();
     fs::write(m.path("docs/a.txt"), b"alpha").unwrap();
@@ -239,7 +239,7 @@ both!(metadata_survives_remount_with_empty_state, |env: &Env| {
     assert_eq!(names, vec!["a.txt", "empty", "ln"]);
 });
 
-both!(foreign_objects_get_defaults, |env: &Env| {
+every_backend!(foreign_objects_get_defaults, |env: &Env| {
     env.put_remote("other/tool.bin", b"made elsewhere");
     let m = env.mount();
     let md = fs::metadata(m.path("other/tool.bin")).unwrap();
@@ -252,7 +252,7 @@ both!(foreign_objects_get_defaults, |env: &Env| {
     assert_eq!(m.state_of("other/tool.bin"), "synced");
 });
 
-both!(unmount_keeps_the_queue, |env: &Env| {
+every_backend!(unmount_keeps_the_queue, |env: &Env| {
     let state = env.new_state_dir();
     let m = env.try_mount(&state, &["--write-back", "3600"]).unwrap();
     fs::write(m.path("later.txt"), b"queued").unwrap();
@@ -270,7 +270,7 @@ both!(unmount_keeps_the_queue, |env: &Env| {
     assert_eq!(env.remote_files()["later.txt"], b"queued");
 });
 
-both!(a_chmod_right_after_close_keeps_the_size, |env: &Env| {
+every_backend!(a_chmod_right_after_close_keeps_the_size, |env: &Env| {
     // The kernel sends RELEASE after close(2) returns, so a chmod can race the release that
     // writes the file's size back. (Regression: the chmod wrote its stale copy of the entry,
     // size 0, over it; an executable copied and started at once failed with ENOEXEC.)

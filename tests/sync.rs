@@ -121,7 +121,7 @@ fn make_conflict(env: &Env, a: &Mount, b: &Mount) -> String {
     copy
 }
 
-both!(changes_flow_both_ways, |env: &Env| {
+every_backend!(changes_flow_both_ways, |env: &Env| {
     let (a, b) = pair(env, &[]);
     fs::create_dir_all(a.path("docs/deep")).unwrap();
     fs::write(a.path("docs/deep/x.txt"), b"one").unwrap();
@@ -152,7 +152,7 @@ both!(changes_flow_both_ways, |env: &Env| {
     assert!(copies(&a, "").is_empty() && copies(&b, "").is_empty());
 });
 
-both!(
+every_backend!(
     remote_changes_appear_within_one_poll_interval,
     |env: &Env| {
         let a = env
@@ -175,7 +175,7 @@ both!(
     }
 );
 
-both!(
+every_backend!(
     manual_conflict_resolved_by_renaming_the_copy_over,
     |env: &Env| {
         let (a, b) = pair(env, &[]);
@@ -189,7 +189,7 @@ both!(
     }
 );
 
-both!(
+every_backend!(
     manual_conflict_resolved_by_deleting_the_copy,
     |env: &Env| {
         let (a, b) = pair(env, &[]);
@@ -201,7 +201,7 @@ both!(
     }
 );
 
-both!(
+every_backend!(
     manual_conflict_resolved_with_the_cli_keeping_both,
     |env: &Env| {
         let (a, b) = pair(env, &[]);
@@ -228,7 +228,7 @@ both!(
     }
 );
 
-both!(manual_conflict_resolved_with_the_attribute, |env: &Env| {
+every_backend!(manual_conflict_resolved_with_the_attribute, |env: &Env| {
     let (a, b) = pair(env, &[]);
     let copy = make_conflict(env, &a, &b);
     let st = Command::new("setfattr")
@@ -242,7 +242,7 @@ both!(manual_conflict_resolved_with_the_attribute, |env: &Env| {
     agree(env, &a, &b, "f.txt", b"from A");
 });
 
-both!(identical_edits_are_not_a_conflict, |env: &Env| {
+every_backend!(identical_edits_are_not_a_conflict, |env: &Env| {
     let (a, b) = pair(env, &[]);
     fs::write(a.path("same.txt"), b"v1").unwrap();
     a.sync();
@@ -257,7 +257,7 @@ both!(identical_edits_are_not_a_conflict, |env: &Env| {
     agree(env, &a, &b, "same.txt", b"v2 on both");
 });
 
-both!(an_edit_wins_over_a_delete_on_either_side, |env: &Env| {
+every_backend!(an_edit_wins_over_a_delete_on_either_side, |env: &Env| {
     let (a, b) = pair(env, &[]);
     fs::write(a.path("kept.txt"), b"v1").unwrap();
     fs::write(a.path("back.txt"), b"v1").unwrap();
@@ -278,7 +278,7 @@ both!(an_edit_wins_over_a_delete_on_either_side, |env: &Env| {
     agree(env, &a, &b, "kept.txt", b"edited on B");
 });
 
-both!(
+every_backend!(
     a_directory_deleted_remotely_keeps_local_changes,
     |env: &Env| {
         let (a, b) = pair(env, &[]);
@@ -299,7 +299,7 @@ both!(
     }
 );
 
-both!(
+every_backend!(
     racing_uploads_have_one_winner_and_keep_the_other,
     |env: &Env| {
         let (a, b) = pair(env, &["--write-back", "3600"]);
@@ -342,7 +342,7 @@ both!(
     }
 );
 
-both!(policies_decide_at_once_and_keep_the_loser, |env: &Env| {
+every_backend!(policies_decide_at_once_and_keep_the_loser, |env: &Env| {
     for (policy, stays) in [
         ("local", b"from B" as &[u8]),
         ("remote", b"from A"),

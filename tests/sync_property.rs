@@ -185,6 +185,6 @@ fn run(env: &Env, seed: u64, rounds: usize) {
     );
 }
 
-both!(random_rounds_seed_1, |env: &Env| run(env, 1, 4));
-both!(random_rounds_seed_2, |env: &Env| run(env, 2, 4));
-both!(random_rounds_seed_3, |env: &Env| run(env, 3, 4));
+every_backend!(random_rounds_seed_1, |env: &Env| run(env, 1, 4));
+every_backend!(random_rounds_seed_2, |env: &Env| run(env, 2, 4));
+every_backend!(random_rounds_seed_3, |env: &Env| run(env, 3, 4));

@@ -707,9 +707,10 @@ pub fn data(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Runs a test body once per backend (local folder, S3, Azure): `both!(name, |env| { ... })`.
+/// Runs a test body once per backend (local folder, S3, Azure):
+/// `every_backend!(name, |env| { ... })`.
 #[macro_export]
-macro_rules! both {
+macro_rules! every_backend {
     ($name:ident, $body:expr) => {
         mod $name {
             #[allow(unused_imports)]
