@@ -522,8 +522,8 @@ impl Vfs {
         gid: u32,
         target: Option<Vec<u8>>,
         ready: Option<i64>,
-    ) -> VfsResult<Entry> {
-        let e = self.w(|db| {
+    ) -> VfsResult<(Entry, Option<File>)> {
+        self.w(|db| {
             let p = self.dir(db, parent)?;
             self.check_new_name(db, parent, name)?;
             if db.lookup(parent, name)?.is_some() {
@@ -551,14 +551,16 @@ impl Vfs {
                 dirty: 0,
                 conflict_of: None,
             })?;
-            if kind == Kind::File {
-                self.cache.create_empty(e.id)?;
-            }
+            // The file stays open for `create`: a second open would walk the path again.
+            let file = if kind == Kind::File {
+                Some(self.cache.create_empty(e.id)?)
+            } else {
+                None
+            };
             db.enqueue_sync(e.id, dirty::CONTENT | dirty::META, ready)?;
             self.touch_dir(db, &p)?;
-            Ok(e)
-        });
-        e
+            Ok((e, file))
+        })
     }
 
     pub fn mkdir(
@@ -569,7 +571,7 @@ impl Vfs {
         uid: u32,
         gid: u32,
     ) -> VfsResult<Attr> {
-        let e = self.insert_child(
+        let (e, _) = self.insert_child(
             parent,
             name.as_bytes(),
             Kind::Dir,
@@ -595,7 +597,7 @@ impl Vfs {
                 "symlink target is not valid UTF-8".into(),
             ));
         }
-        let e = self.insert_child(
+        let (e, _) = self.insert_child(
             parent,
             name.as_bytes(),
             Kind::Symlink,
@@ -618,7 +620,7 @@ impl Vfs {
         gid: u32,
     ) -> VfsResult<(Attr, u64)> {
         let mut live = lock(&self.live);
-        let e = self.insert_child(
+        let (e, file) = self.insert_child(
             parent,
             name.as_bytes(),
             Kind::File,
@@ -628,7 +630,7 @@ impl Vfs {
             None,
             None,
         )?;
-        let file = self.cache.open_file(e.id, false)?;
+        let file = file.expect("insert_child opens a file it creates");
         live.insert(
             e.id,
             Live {
