@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::fault_proxy::{s3_behind_fault_proxy, ErrorKind, FaultProxy, Faults};
+use common::fault_proxy::{
+    behind_fault_proxy, s3_behind_fault_proxy, ErrorKind, FaultProxy, Faults,
+};
 use common::mount::{data, eventually, Backend, Env, Mount, ObjKind};
 
 const MIB: usize = 1024 * 1024;
@@ -334,6 +336,35 @@ fn uploads_complete_after_connections_cut_mid_transfer() {
 }
 
 #[test]
+fn azure_uploads_complete_after_connections_cut_mid_transfer() {
+    let (env, proxy) = behind_fault_proxy(Backend::Azure);
+    let m = env.mount();
+    let mut want = BTreeMap::new();
+    // A single Put Blob: the next two request bodies over 1 MiB die after 1 MiB.
+    proxy.set(Faults::cut_after(MIB as u64).with_budget(2));
+    write_all(&m, &mut want, &[("one-put.bin", data(13, 5 * MIB))]);
+    assert!(
+        eventually(30, || m.state_of("one-put.bin") == "synced"),
+        "{}",
+        m.status()
+    );
+    assert_eq!(proxy.stats().cuts, 2);
+    // Over 16 MiB: Put Block (8 + 8 + 1 MiB) and Put Block List; three blocks die.
+    proxy.set(Faults::cut_after(MIB as u64).with_budget(3));
+    write_all(&m, &mut want, &[("multi/block.bin", data(14, 17 * MIB))]);
+    m.sync();
+    assert_remote_files(&env, &want, &proxy);
+    let st = proxy.stats();
+    assert_eq!(st.cuts, 5, "{st:?}");
+    let events = proxy.events();
+    assert_eq!(
+        events.iter().filter(|e| e.contains("comp=block")).count(),
+        3,
+        "{events:?}"
+    );
+}
+
+#[test]
 fn uploads_complete_when_responses_are_lost() {
     let (env, proxy) = s3_behind_fault_proxy();
     let m = env.mount();
@@ -416,7 +447,16 @@ fn lost_answers_to_the_delete_of_a_rename() {
 
 #[test]
 fn uploads_complete_after_refused_connections() {
-    let (env, proxy) = s3_behind_fault_proxy();
+    uploads_complete_after_refused_connections_on(Backend::S3);
+}
+
+#[test]
+fn azure_uploads_complete_after_refused_connections() {
+    uploads_complete_after_refused_connections_on(Backend::Azure);
+}
+
+fn uploads_complete_after_refused_connections_on(backend: Backend) {
+    let (env, proxy) = behind_fault_proxy(backend);
     let m = env.mount();
     fs::write(m.path("before.txt"), b"before").unwrap();
     m.sync();
@@ -454,10 +494,20 @@ fn uploads_complete_after_refused_connections() {
 
 #[test]
 fn uploads_complete_through_500_and_503_answers() {
-    let (env, proxy) = s3_behind_fault_proxy();
+    uploads_complete_through_500_and_503_answers_on(Backend::S3);
+}
+
+#[test]
+fn azure_uploads_complete_through_500_and_503_answers() {
+    uploads_complete_through_500_and_503_answers_on(Backend::Azure);
+}
+
+fn uploads_complete_through_500_and_503_answers_on(backend: Backend) {
+    let (env, proxy) = behind_fault_proxy(backend);
     let m = env.mount();
-    // A quarter of all requests (object_store's and the raw S3 ones for directory markers)
-    // get a 500 or a 503 Slow Down, drawn from the seed.
+    // A quarter of all requests (object_store's and our raw ones: S3 directory markers, Azure
+    // listings and conditional deletes) get a 500 or a 503, drawn from the seed. Files over
+    // 16 MiB go up in parts (S3) or blocks (Azure).
     proxy.set(Faults::errors(0.25, ErrorKind::Mixed, 5));
     let mut want = BTreeMap::new();
     let mut files: Vec<(String, Vec<u8>)> = (0..24)

@@ -1063,10 +1063,21 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// An S3 environment whose mounts reach moto through a fault proxy.
 pub fn s3_behind_fault_proxy() -> (crate::common::mount::Env, FaultProxy) {
-    let env = crate::common::mount::Env::new(crate::common::mount::Backend::S3);
-    let target = format!("127.0.0.1:{}", env.moto.as_ref().unwrap().port)
-        .parse()
-        .unwrap();
+    behind_fault_proxy(crate::common::mount::Backend::S3)
+}
+
+/// A fresh S3 (moto) or Azure (Azurite) remote that stratus reaches only through the proxy;
+/// the test's own view of the remote (`Env::remote_tree`) goes to the server directly.
+pub fn behind_fault_proxy(
+    backend: crate::common::mount::Backend,
+) -> (crate::common::mount::Env, FaultProxy) {
+    let env = crate::common::mount::Env::new(backend);
+    let port = match (&env.moto, &env.azurite) {
+        (Some(m), _) => m.port,
+        (_, Some(a)) => a.port,
+        _ => panic!("a fault proxy needs a server backend"),
+    };
+    let target = format!("127.0.0.1:{port}").parse().unwrap();
     let proxy = FaultProxy::start(target);
     env.set_endpoint(&proxy.endpoint());
     (env, proxy)
