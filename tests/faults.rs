@@ -414,12 +414,11 @@ fn lost_answer_to_a_completed_multipart_upload() {
     println!("proxy: {:?}\n{}", proxy.stats(), proxy.events().join("\n"));
 }
 
-/// Found by this suite: the remote ends up right (the object sits at its new key), but
-/// stratus never learns it. The second run of the job copies from the old key again, gets
-/// 404, and parks the entry for good ("not found: data/moved.txt"); every later `sync
-/// --wait` fails the same way, and opening the file in the mount fails with EIO because its
-/// data is fetched from the old key. A SIGKILL between the delete and the commit of the new
-/// base would leave the same state.
+/// Found by this suite (regression): the remote ended up right (the object at its new key),
+/// but stratus never learned it. The second run of the job copied from the old key again, got
+/// 404, and parked the entry for good; every later `sync --wait` failed, and opening the file
+/// failed with EIO because its data was fetched from the old key. The job now first checks
+/// whether the new key already holds the file (same SHA-256 or ETag).
 #[test]
 fn lost_answers_to_the_delete_of_a_rename() {
     let (env, proxy) = s3_behind_fault_proxy();
