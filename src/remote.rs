@@ -432,6 +432,22 @@ impl Remote {
         dispatch!(self, r => r.put_dir(key, meta).await)
     }
 
+    /// Replaces an object's metadata in place (see `ObjectRemote::update_meta`); `None` where
+    /// the backend cannot, and the whole object must be written again.
+    pub async fn update_meta(
+        &self,
+        key: &str,
+        meta: &Meta,
+        cond: &Cond,
+        size: u64,
+    ) -> RemoteResult<Option<Written>> {
+        match self {
+            // A local folder's copy is a local read: no need for a shortcut.
+            Remote::Local(_) => Ok(None),
+            Remote::Object(o) => o.update_meta(key, meta, cond, size).await,
+        }
+    }
+
     /// Server-side copy of a file or symlink object, metadata included.
     pub async fn copy(&self, from: &str, to: &str) -> RemoteResult<Written> {
         dispatch!(self, r => r.copy(from, to).await)

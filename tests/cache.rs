@@ -449,3 +449,31 @@ every_backend!(
         assert_eq!(status_figure(&m, "downloaded"), 0);
     }
 );
+
+every_backend!(
+    a_chmod_of_a_file_never_read_does_not_download_it,
+    |env: &Env| {
+        use std::os::unix::fs::PermissionsExt;
+        // A chmod (or touch) of a file this mount never read changes only its metadata: S3
+        // replaces it with a copy of the object onto itself, Azure with Set Blob Metadata, both
+        // conditional on the version the mount knows. (Before, the uploader downloaded the whole
+        // object and uploaded it again.)
+        let body = data(81, 6 * MIB as usize);
+        env.put_remote("cold.bin", &body);
+        let m = env.mount();
+        fs::set_permissions(m.path("cold.bin"), fs::Permissions::from_mode(0o600)).unwrap();
+        m.sync();
+        let tree = env.remote_tree();
+        assert_eq!(tree["cold.bin"].meta.mode, Some(0o600));
+        assert!(tree["cold.bin"].data == body, "content changed");
+        if env.backend != common::mount::Backend::Local {
+            assert_eq!(status_figure(&m, "downloaded"), 0);
+            assert_eq!(cache_attr(&m, "cold.bin"), "none");
+        }
+        // A mount with an empty state dir sees the new mode and the same bytes.
+        let m2 = env.mount();
+        let md = fs::metadata(m2.path("cold.bin")).unwrap();
+        assert_eq!(md.permissions().mode() & 0o7777, 0o600);
+        assert!(fs::read(m2.path("cold.bin")).unwrap() == body);
+    }
+);

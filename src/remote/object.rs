@@ -756,6 +756,84 @@ impl ObjectRemote {
         }
     }
 
+    /// Replaces the metadata of the object at `key` without moving its data, where the server
+    /// can and `cond` names the version to change (S3: CopyObject onto itself, conditional on
+    /// the source's ETag; Azure: Set Blob Metadata with `If-Match`). `None`: not possible here,
+    /// the caller writes the whole object again.
+    pub async fn update_meta(
+        &self,
+        key: &str,
+        meta: &Meta,
+        cond: &Cond,
+        size: u64,
+    ) -> RemoteResult<Option<Written>> {
+        /// CopyObject's limit for a single request.
+        const MAX_COPY: u64 = 5 << 30;
+        let Cond::Match {
+            etag: Some(want), ..
+        } = cond
+        else {
+            return Ok(None);
+        };
+        if let Some(raw) = &self.raw {
+            if size > MAX_COPY {
+                return Ok(None);
+            }
+            let tag = raw
+                .copy_with_metadata(&self.full(key), &meta.to_pairs(), want)
+                .await?;
+            return Ok(Some(Written {
+                etag: etag(tag),
+                version: None,
+            }));
+        }
+        let Some((az, client)) = &self.azure else {
+            return Ok(None);
+        };
+        use object_store::signer::Signer;
+        let Ok(mut url) = az
+            .signed_url(
+                reqwest::Method::PUT,
+                &self.path(key)?,
+                Duration::from_secs(600),
+            )
+            .await
+        else {
+            return Ok(None);
+        };
+        url.query_pairs_mut().append_pair("comp", "metadata");
+        let mut req = client
+            .put(url)
+            .header("If-Match", want.as_str())
+            .header("x-ms-version", "2021-08-06")
+            .header("Content-Length", "0");
+        for (k, v) in meta.to_pairs() {
+            req = req.header(format!("x-ms-meta-{k}"), v);
+        }
+        let r = req
+            .send()
+            .await
+            .map_err(|e| RemoteError::unavailable(format!("set metadata of {key}: {e}")))?;
+        match r.status().as_u16() {
+            200..=299 => Ok(Some(Written {
+                etag: etag(
+                    r.headers()
+                        .get("etag")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string),
+                ),
+                version: None,
+            })),
+            404 | 412 => Err(RemoteError::Conflict(key.to_string())),
+            code => {
+                let body = r.text().await.unwrap_or_default();
+                Err(classify_message(format!(
+                    "set metadata of {key}: status code: {code}: {body}"
+                )))
+            }
+        }
+    }
+
     /// Writes an Azure folder blob. Never over a file of the same name: that would destroy a
     /// version (the file is someone else's, and the entry is parked with the reason).
     async fn put_folder_blob(&self, key: &str, meta: &Meta) -> RemoteResult<Written> {

@@ -54,6 +54,7 @@ struct Inner {
     /// any path of the endpoint) for path style.
     base_path: String,
     region: String,
+    bucket: String,
     credentials: AwsCredentialProvider,
 }
 
@@ -154,6 +155,7 @@ impl S3Raw {
                 authority,
                 base_path,
                 region,
+                bucket,
                 credentials,
             }),
             max_keys: DEFAULT_MAX_KEYS,
@@ -271,22 +273,7 @@ impl S3Raw {
         key: &str,
         metadata: &[(String, String)],
     ) -> RemoteResult<Option<String>> {
-        let mut headers = BTreeMap::new();
-        for (name, value) in metadata {
-            let valid = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-            if !valid {
-                return Err(RemoteError::Permanent(format!(
-                    "put {key:?}: invalid metadata name {name:?}"
-                )));
-            }
-            headers.insert(
-                format!("{META_PREFIX}{}", name.to_ascii_lowercase()),
-                encode_meta_value(value),
-            );
-        }
+        let headers = meta_headers("put", key, metadata)?;
         let resp = self
             .send(Method::PUT, Some(key), &[], headers, "put", key)
             .await?;
@@ -294,6 +281,53 @@ impl S3Raw {
             return Err(status_error("put", key, resp).await);
         }
         Ok(header_str(resp.headers(), ETAG.as_str()))
+    }
+
+    /// Replaces the metadata of `key` by copying the object onto itself (CopyObject with
+    /// `x-amz-metadata-directive: REPLACE`), only while it still has ETag `if_match`: a chmod
+    /// of a file never fetched need not download and upload it again. Returns the new ETag.
+    pub async fn copy_with_metadata(
+        &self,
+        key: &str,
+        metadata: &[(String, String)],
+        if_match: &str,
+    ) -> RemoteResult<Option<String>> {
+        let mut headers = meta_headers("copy", key, metadata)?;
+        headers.insert(
+            "x-amz-copy-source".into(),
+            format!(
+                "/{}/{}",
+                uri_encode(&self.inner.bucket, false),
+                uri_encode(key, true)
+            ),
+        );
+        headers.insert("x-amz-metadata-directive".into(), "REPLACE".into());
+        headers.insert("x-amz-copy-source-if-match".into(), if_match.to_string());
+        let resp = self
+            .send(Method::PUT, Some(key), &[], headers, "copy", key)
+            .await?;
+        if !resp.status().is_success() {
+            return Err(status_error("copy", key, resp).await);
+        }
+        let body = read_limited(resp).await;
+        // A copy can fail after its 200 has been sent: the error is then in the body.
+        let (code, message) = parse_error_body(&body);
+        if code.is_some() {
+            return Err(RemoteError::unavailable(format!(
+                "copy {key:?}: {}: {}",
+                code.unwrap_or_default(),
+                message.unwrap_or_default()
+            )));
+        }
+        let mut etag = None;
+        walk_xml(&body, |path, text| {
+            if path.last().map(String::as_str) == Some("ETag") {
+                etag = Some(text);
+            }
+            Ok(())
+        })
+        .map_err(|e| RemoteError::unavailable(format!("copy {key:?}: {e}")))?;
+        Ok(etag)
     }
 
     /// DELETE; a missing key is Ok.
@@ -394,6 +428,32 @@ impl S3Raw {
             .await
             .map_err(|e| transport_error(op, what, &e))
     }
+}
+
+/// `x-amz-meta-*` headers for our metadata pairs. Names are sent lowercased (S3 lowercases them
+/// anyway) and must be `[A-Za-z0-9_.-]`.
+fn meta_headers(
+    op: &str,
+    key: &str,
+    metadata: &[(String, String)],
+) -> RemoteResult<BTreeMap<String, String>> {
+    let mut headers = BTreeMap::new();
+    for (name, value) in metadata {
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if !valid {
+            return Err(RemoteError::Permanent(format!(
+                "{op} {key:?}: invalid metadata name {name:?}"
+            )));
+        }
+        headers.insert(
+            format!("{META_PREFIX}{}", name.to_ascii_lowercase()),
+            encode_meta_value(value),
+        );
+    }
+    Ok(headers)
 }
 
 /// SigV4's URI encoding: every byte except `A-Z a-z 0-9 - _ . ~` becomes `%XX` (uppercase hex),
@@ -1258,6 +1318,56 @@ mod tests {
             assert!(request.contains(&line), "missing {line:?} in {request}");
         }
         assert_eq!(request.matches("content-length").count(), 1, "{request}");
+    }
+
+    #[tokio::test]
+    async fn copy_with_metadata_copies_onto_itself_while_the_etag_holds() {
+        let body = "<CopyObjectResult><ETag>&quot;def&quot;</ETag></CopyObjectResult>";
+        let ok: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_boxed_str(),
+        );
+        let late = "<Error><Code>InternalError</Code><Message>late</Message></Error>";
+        let late_error: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{late}",
+                late.len()
+            )
+            .into_boxed_str(),
+        );
+        let (endpoint, server) = fake_server(vec![
+            ok,
+            "HTTP/1.1 412 Precondition Failed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            late_error,
+        ]);
+        let raw = fake_client(endpoint, None);
+        let meta = [("stratus_mode".to_string(), "600".to_string())];
+        let etag = raw
+            .copy_with_metadata("d/a b.bin", &meta, "\"abc\"")
+            .await
+            .unwrap();
+        assert_eq!(etag.as_deref(), Some("\"def\""));
+        assert!(matches!(
+            raw.copy_with_metadata("d/a b.bin", &meta, "\"abc\"").await,
+            Err(RemoteError::Conflict(_))
+        ));
+        assert!(matches!(
+            raw.copy_with_metadata("d/a b.bin", &meta, "\"abc\"").await,
+            Err(RemoteError::Unavailable { .. })
+        ));
+        let request = server.join().unwrap().remove(0).to_ascii_lowercase();
+        for line in [
+            "put /bkt/d/a%20b.bin http/1.1\r\n",
+            "x-amz-copy-source: /bkt/d/a%20b.bin\r\n",
+            "x-amz-metadata-directive: replace\r\n",
+            "x-amz-copy-source-if-match: \"abc\"\r\n",
+            "x-amz-meta-stratus_mode: 600\r\n",
+        ] {
+            assert!(request.contains(line), "missing {line:?} in {request}");
+        }
     }
 
     #[tokio::test]

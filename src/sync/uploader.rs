@@ -450,14 +450,20 @@ impl Uploader {
                     }
                 }
             }
-            Kind::File => {
-                if !e.local {
-                    // A metadata-only change of a file we never fetched: the object must be
-                    // written again, so fetch it first.
-                    self.fetch(&e).await?;
+            Kind::File if !e.local => {
+                // A metadata-only change of a file we never fetched (chmod, touch): replaced
+                // in place where the server can, else fetched and written again.
+                let meta = self.meta_of(&e, e.synced.hash.clone());
+                match self.remote.update_meta(&key, &meta, &cond, e.size).await {
+                    Ok(Some(w)) => Ok((w, e.synced.hash.clone())),
+                    Ok(None) => {
+                        self.fetch(&e).await?;
+                        self.upload(&e, &key, &cond).await
+                    }
+                    Err(err) => Err(err),
                 }
-                self.upload(&e, &key, &cond).await
             }
+            Kind::File => self.upload(&e, &key, &cond).await,
         };
         let (written, hash) = match written {
             Ok(w) => w,
