@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 remote=${1:-$HOME/stratus-remote}
 mnt=${2:-$HOME/stratus}
-scripts/setup.sh
+scripts/setup.sh --runtime
 cargo build --release
 mkdir -p "$remote" "$mnt"
 target/release/stratus mount "$remote" "$mnt"

@@ -25,6 +25,18 @@ installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
 }
 
+# --runtime: only what a mount needs (quickstart.sh), not the test servers and tools.
+if [ "${1:-}" = "--runtime" ]; then
+    missing=()
+    for pkg in fuse3 attr; do installed "$pkg" || missing+=("$pkg"); done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        as_root apt-get update -qq </dev/null
+        as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null
+        say "installed ${missing[*]}"
+    fi
+    exit 0
+fi
+
 wanted=(fuse3 attr fio git libacl1-dev strace)
 have_moto() { python3 -c 'import moto.server, werkzeug.serving' >/dev/null 2>&1; }
 
