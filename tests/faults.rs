@@ -299,7 +299,16 @@ fn uploads_complete_through_latency() {
 
 #[test]
 fn uploads_complete_after_connections_cut_mid_transfer() {
-    let (env, proxy) = s3_behind_fault_proxy();
+    uploads_complete_after_connections_cut_mid_transfer_on(Backend::S3);
+}
+
+#[test]
+fn azure_uploads_complete_after_connections_cut_mid_transfer() {
+    uploads_complete_after_connections_cut_mid_transfer_on(Backend::Azure);
+}
+
+fn uploads_complete_after_connections_cut_mid_transfer_on(backend: Backend) {
+    let (env, proxy) = behind_fault_proxy(backend);
     let m = env.mount();
     let mut want = BTreeMap::new();
     // A single PUT: the next two request bodies over 1 MiB die after 1 MiB.
@@ -318,50 +327,26 @@ fn uploads_complete_after_connections_cut_mid_transfer() {
         m.status()
     );
     assert_eq!(proxy.stats().cuts, 2);
-    // A multipart upload (8 + 8 + 1 MiB parts, all long enough): three part uploads die.
+    // Over 16 MiB, in 8 + 8 + 1 MiB pieces, all long enough: S3 part uploads
+    // (`partNumber=`) or Azure Put Block requests (`comp=block`). Three of them die.
     proxy.set(Faults::cut_after(MIB as u64).with_budget(3));
     write_all(&m, &mut want, &[("multi/part.bin", data(12, 17 * MIB))]);
     m.sync();
     assert_remote_files(&env, &want, &proxy);
     let st = proxy.stats();
     assert_eq!(st.cuts, 5, "{st:?}");
+    let piece = match backend {
+        Backend::Azure => "comp=block",
+        _ => "partNumber=",
+    };
     let events = proxy.events();
     assert_eq!(
-        events.iter().filter(|e| e.contains("partNumber=")).count(),
+        events.iter().filter(|e| e.contains(piece)).count(),
         3,
         "{events:?}"
     );
     assert!(m.status().contains("reachable:   yes"), "{}", m.status());
     println!("proxy: {st:?}\n{}", events.join("\n"));
-}
-
-#[test]
-fn azure_uploads_complete_after_connections_cut_mid_transfer() {
-    let (env, proxy) = behind_fault_proxy(Backend::Azure);
-    let m = env.mount();
-    let mut want = BTreeMap::new();
-    // A single Put Blob: the next two request bodies over 1 MiB die after 1 MiB.
-    proxy.set(Faults::cut_after(MIB as u64).with_budget(2));
-    write_all(&m, &mut want, &[("one-put.bin", data(13, 5 * MIB))]);
-    assert!(
-        eventually(30, || m.state_of("one-put.bin") == "synced"),
-        "{}",
-        m.status()
-    );
-    assert_eq!(proxy.stats().cuts, 2);
-    // Over 16 MiB: Put Block (8 + 8 + 1 MiB) and Put Block List; three blocks die.
-    proxy.set(Faults::cut_after(MIB as u64).with_budget(3));
-    write_all(&m, &mut want, &[("multi/block.bin", data(14, 17 * MIB))]);
-    m.sync();
-    assert_remote_files(&env, &want, &proxy);
-    let st = proxy.stats();
-    assert_eq!(st.cuts, 5, "{st:?}");
-    let events = proxy.events();
-    assert_eq!(
-        events.iter().filter(|e| e.contains("comp=block")).count(),
-        3,
-        "{events:?}"
-    );
 }
 
 #[test]
