@@ -54,13 +54,8 @@ pub struct ObjectRemote {
     /// Azure only: object_store has no conditional delete, so deletes that must not remove
     /// someone else's newer version go out as presigned requests with `If-Match`.
     azure: Option<(Arc<MicrosoftAzure>, reqwest::Client)>,
-    /// Azure listings of our own (see `azure_raw`); `None` where the account's URL cannot be
-    /// worked out from the settings, and object_store lists instead.
+    /// Azure listings of our own (see `azure_raw`).
     azure_list: Option<AzureList>,
-    /// Zero-byte blobs already looked at, by key: the ETag seen and whether it was a folder
-    /// marker. A listing carries no metadata, so without this every poll would send one HEAD
-    /// per empty blob.
-    probed: std::sync::Mutex<std::collections::HashMap<String, (Option<String>, bool)>>,
     name: &'static str,
 }
 
@@ -227,6 +222,9 @@ impl ObjectRemote {
                 let container_url = azure_container_url(&b, container);
                 let account = b.get_config_value(&AzureConfigKey::AccountName);
                 let az = Arc::new(b.build().map_err(|e| format!("az://{container}: {e}"))?);
+                // object_store's build needs the account too: this holds once it succeeded.
+                let (url, account_name) = container_url
+                    .ok_or_else(|| format!("az://{container}: no storage account name"))?;
                 let client = reqwest::Client::builder()
                     .connect_timeout(Duration::from_secs(5))
                     .timeout(Duration::from_secs(60))
@@ -234,14 +232,12 @@ impl ObjectRemote {
                     .map_err(|e| format!("az://{container}: {e}"))?;
                 let mut remote =
                     ObjectRemote::new(az.clone(), prefix, None, Markers::FolderBlob, "azure");
-                remote.azure_list = container_url.map(|(url, account_name)| {
-                    AzureList::new(
-                        client.clone(),
-                        url,
-                        account.unwrap_or(account_name),
-                        az.credentials().clone(),
-                    )
-                });
+                remote.azure_list = Some(AzureList::new(
+                    client.clone(),
+                    url,
+                    account.unwrap_or(account_name),
+                    az.credentials().clone(),
+                ));
                 remote.azure = Some((az, client));
                 Ok(remote)
             }
@@ -286,7 +282,6 @@ impl ObjectRemote {
             markers,
             azure: None,
             azure_list: None,
-            probed: Default::default(),
             name,
         }
     }
@@ -409,65 +404,8 @@ impl ObjectRemote {
                 let lm = o.last_modified.timestamp_nanos_opt();
                 rows.push(row(rel, false, o.size, etag(o.e_tag), lm));
             }
-            if self.markers == Markers::FolderBlob {
-                self.find_folder_blobs(&mut rows).await?;
-            }
         }
         Ok(rows)
-    }
-
-    /// Marks the Azure folder blobs among the listing's empty blobs as directories (a HEAD
-    /// for each one not seen before at its ETag).
-    async fn find_folder_blobs(&self, rows: &mut [ObjectInfo]) -> RemoteResult<()> {
-        let known = |o: &ObjectInfo| {
-            let probed = self.probed.lock().unwrap();
-            probed
-                .get(&o.key)
-                .filter(|(e, _)| *e == o.etag)
-                .map(|&(_, folder)| folder)
-        };
-        let unknown: Vec<(usize, String)> = rows
-            .iter()
-            .enumerate()
-            .filter(|(_, o)| o.size == 0 && known(o).is_none())
-            .filter(|(_, o)| super::check_key(&o.key).is_ok())
-            .map(|(i, o)| (i, o.key.clone()))
-            .collect();
-        let answers: Vec<(usize, RemoteResult<Option<bool>>)> = futures::stream::iter(unknown)
-            .map(|(i, key)| async move {
-                let opts = GetOptions {
-                    head: true,
-                    ..Default::default()
-                };
-                let path = match self.path(&key) {
-                    Ok(p) => p,
-                    Err(e) => return (i, Err(e)),
-                };
-                let r = match self.store.get_opts(&path, opts).await {
-                    Ok(r) => Ok(Some(is_folder(&r.attributes))),
-                    // Gone since the listing: the next poll sees.
-                    Err(object_store::Error::NotFound { .. }) => Ok(None),
-                    Err(e) => Err(map_err(e)),
-                };
-                (i, r)
-            })
-            .buffer_unordered(SCAN_CONCURRENCY)
-            .collect()
-            .await;
-        {
-            let mut probed = self.probed.lock().unwrap();
-            for (i, r) in answers {
-                if let Some(folder) = r? {
-                    probed.insert(rows[i].key.clone(), (rows[i].etag.clone(), folder));
-                }
-            }
-        }
-        for o in rows.iter_mut().filter(|o| o.size == 0) {
-            if known(o) == Some(true) {
-                o.kind = ObjectKind::Dir;
-            }
-        }
-        Ok(())
     }
 
     /// The listing with every object's metadata (one HEAD each, several in flight).
@@ -988,7 +926,7 @@ impl ObjectRemote {
 }
 
 /// The container's URL and the account name it implies, the way object_store's builder works
-/// them out; `None` for settings it leaves to object_store alone.
+/// them out; `None` without an account name (which object_store's build refuses as well).
 fn azure_container_url(b: &MicrosoftAzureBuilder, container: &str) -> Option<(String, String)> {
     let setting = |k| b.get_config_value(&k);
     let on = |k| setting(k).is_some_and(|v| v == "true");
