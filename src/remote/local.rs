@@ -223,8 +223,17 @@ impl LocalRemote {
         blocking(move || {
             root_present(&root)?;
             let mut from = fs::File::open(&src).map_err(|e| io_err(&src, e))?;
+            let before = from.metadata().map_err(|e| io_err(&src, e))?;
             let mut to = fs::File::create(&dest).map_err(RemoteError::Io)?;
             let n = io::copy(&mut from, &mut to).map_err(|e| io_err(&src, e))?;
+            // As in `get_range`: a file rewritten in place while we copied it is no version.
+            let after = from.metadata().map_err(|e| io_err(&src, e))?;
+            if etag_of(&after) != etag_of(&before) {
+                return Err(RemoteError::unavailable(format!(
+                    "{}: changed while it was read",
+                    src.display()
+                )));
+            }
             Ok(n)
         })
         .await
