@@ -442,18 +442,28 @@ fn status_of(mp: &Path) -> anyhow::Result<control::Status> {
 
 fn unmount(mp: &Path) -> anyhow::Result<ExitCode> {
     let pid = status_of(mp).ok().map(|s| s.pid);
-    let out = Command::new("fusermount3").arg("-u").arg(mp).output();
-    let ok = matches!(&out, Ok(o) if o.status.success());
-    if !ok {
+    // Right after a file's last close the kernel may hold the mount a moment longer (EBUSY
+    // until the asynchronous release is answered): retried for up to 2 s before giving up.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let out = Command::new("fusermount3").arg("-u").arg(mp).output();
+        if matches!(&out, Ok(o) if o.status.success()) {
+            break;
+        }
         let c = std::ffi::CString::new(mp.as_os_str().as_encoded_bytes())?;
         // SAFETY: NUL-terminated path.
-        if unsafe { libc::umount(c.as_ptr()) } != 0 {
+        if unsafe { libc::umount(c.as_ptr()) } == 0 {
+            break;
+        }
+        let busy = std::io::Error::last_os_error().raw_os_error() == Some(libc::EBUSY);
+        if !busy || Instant::now() >= deadline {
             let why = match out {
                 Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
                 Err(e) => e.to_string(),
             };
             bail!("cannot unmount {}: {why}", mp.display());
         }
+        std::thread::sleep(Duration::from_millis(100));
     }
     // Wait for the daemon to close its journal, so a following mount finds it free.
     if let Some(pid) = pid.filter(|p| *p > 0) {

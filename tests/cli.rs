@@ -217,8 +217,16 @@ fn default_state_dir_resumes_the_same_pair() {
     };
     mount();
     fs::write(mp.join("q"), b"queued").unwrap();
-    // umount(8) leaves the same clean state as stratus unmount.
-    assert!(Command::new("umount").arg(&mp).status().unwrap().success());
+    // umount(8) leaves the same clean state as stratus unmount. The kernel may hold the
+    // mount for a moment after the last close (EBUSY): retry, as a user would.
+    assert!(
+        eventually(5, || Command::new("umount")
+            .arg(&mp)
+            .status()
+            .unwrap()
+            .success()),
+        "umount kept failing"
+    );
     let dirs: Vec<_> = fs::read_dir(xdg.join("stratus")).unwrap().collect();
     assert_eq!(dirs.len(), 1, "one state dir per remote and mountpoint");
     let state = dirs.into_iter().next().unwrap().unwrap().path();
