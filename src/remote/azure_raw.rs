@@ -103,12 +103,10 @@ impl AzureList {
                 "container not found ({})",
                 self.container_url
             ))),
-            code if (400..500).contains(&code) && code != 408 && code != 429 => Err(
-                RemoteError::Permanent(format!("listing: status code: {code}: {body}")),
-            ),
-            code => Err(RemoteError::unavailable(format!(
-                "listing: status code: {code}: {body}"
-            ))),
+            code => Err(super::object::classify_status(
+                code,
+                format!("listing: status code: {code}: {body}"),
+            )),
         }
     }
 }

@@ -98,18 +98,25 @@ pub fn map_err(e: object_store::Error) -> RemoteError {
 
 /// object_store folds HTTP failures into `Generic`; its text still carries the status code.
 fn classify_message(msg: String) -> RemoteError {
-    if let Some(i) = msg.find("status code: ") {
-        let code: u16 = msg[i + 13..]
+    let code = msg.find("status code: ").and_then(|i| {
+        msg[i + 13..]
             .chars()
             .take(3)
             .collect::<String>()
             .parse()
-            .unwrap_or(0);
-        if (400..500).contains(&code) && code != 408 && code != 429 {
-            return RemoteError::Permanent(msg);
-        }
+            .ok()
+    });
+    classify_status(code.unwrap_or(0), msg)
+}
+
+/// The one rule for an HTTP failure: a 4xx other than 408 and 429 will not heal by waiting
+/// (parked with the server's message), anything else is retried with backoff.
+pub(super) fn classify_status(code: u16, msg: String) -> RemoteError {
+    if (400..500).contains(&code) && code != 408 && code != 429 {
+        RemoteError::Permanent(msg)
+    } else {
+        RemoteError::unavailable(msg)
     }
-    RemoteError::unavailable(msg)
 }
 
 fn put_mode(cond: &Cond) -> PutMode {
@@ -913,12 +920,10 @@ impl ObjectRemote {
                 412 => Err(RemoteError::Conflict(key.to_string())),
                 code => {
                     let body = r.text().await.unwrap_or_default();
-                    let msg = format!("delete {key}: status code: {code}: {body}");
-                    if (400..500).contains(&code) && code != 408 && code != 429 {
-                        Err(RemoteError::Permanent(msg))
-                    } else {
-                        Err(RemoteError::unavailable(msg))
-                    }
+                    Err(classify_status(
+                        code,
+                        format!("delete {key}: status code: {code}: {body}"),
+                    ))
                 }
             },
         })
