@@ -93,11 +93,12 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Settle the conflict of PATH (the file or its .conflict copy).
+    /// Settle the conflict of PATH (the file or its .conflict copy), on every mount.
     Resolve {
         path: PathBuf,
-        /// Which version stays at the path: local, remote, or both (the copy becomes an
-        /// ordinary file synced under its own name).
+        /// Which version to keep: path (the file as it is; the copy goes), copy (the copy's
+        /// version takes the path), both (the copy becomes an ordinary file), or local /
+        /// remote (the version written on this mount / the other one).
         #[arg(long)]
         keep: String,
     },
@@ -286,15 +287,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             timeout,
         } => sync(&mountpoint, wait, timeout.map(Duration::from_secs_f64)),
         Cmd::Conflicts { mountpoint, json } => conflicts(&mountpoint, json),
-        Cmd::Resolve { path, keep } => {
-            if crate::store::Keep::parse(&keep).is_none() {
-                bail!("--keep {keep}: expected local, remote or both");
-            }
-            control::set(&path, control::RESOLVE, keep.as_bytes())
-                .with_context(|| format!("resolving {}", path.display()))?;
-            println!("kept {keep} for {}", path.display());
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::Resolve { path, keep } => resolve(&path, &keep),
         Cmd::Pin { paths } => pin(&paths, true),
         Cmd::Unpin { paths } => pin(&paths, false),
         Cmd::Offline { mountpoint, state } => {
@@ -481,6 +474,32 @@ fn unmount(mp: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn when(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_default()
+}
+
+/// One side of a conflict: hash, size, mtime, ETag and who wrote it.
+fn version_line(v: &crate::types::VersionMark, mine: bool) -> String {
+    let hash = v
+        .sha256
+        .as_deref()
+        .map(|h| h.chars().take(16).collect::<String>())
+        .unwrap_or_else(|| "-".into());
+    let mtime = v
+        .mtime_ns
+        .map(|ns| when(ns / 1_000_000))
+        .unwrap_or_else(|| "-".into());
+    format!(
+        "sha256 {hash}, {} bytes, modified {mtime}, etag {}, by {}{}",
+        v.size,
+        v.etag.as_deref().unwrap_or("-"),
+        v.writer.as_deref().unwrap_or("unknown"),
+        if mine { " (this mount)" } else { "" }
+    )
+}
+
 fn conflicts(mp: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let raw = control::get(mp, control::CONFLICTS)
         .with_context(|| format!("{} is not a running stratus mount", mp.display()))?;
@@ -493,11 +512,6 @@ fn conflicts(mp: &Path, json: bool) -> anyhow::Result<ExitCode> {
     if all.is_empty() {
         println!("no conflicts");
     }
-    let when = |ms: i64| {
-        chrono::DateTime::from_timestamp_millis(ms)
-            .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-            .unwrap_or_default()
-    };
     for c in &all {
         let state = match (&c.resolved_ms, &c.resolution) {
             (None, _) => "OPEN".to_string(),
@@ -506,17 +520,56 @@ fn conflicts(mp: &Path, json: bool) -> anyhow::Result<ExitCode> {
         println!("{state}: {}", c.path);
         println!("  conflict copy: {}", c.copy_path);
         println!(
-            "  local:  {} bytes, etag {}",
-            c.local_size,
-            c.local_etag.as_deref().unwrap_or("-")
+            "  at the path:   {}",
+            version_line(&c.at_path, c.mine.as_deref() == Some("path"))
         );
         println!(
-            "  remote: {} bytes, etag {}",
-            c.remote_size,
-            c.remote_etag.as_deref().unwrap_or("-")
+            "  in the copy:   {}",
+            version_line(&c.in_copy, c.mine.as_deref() == Some("copy"))
         );
         println!("  detected {} (policy {})", when(c.detected_ms), c.policy);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Settles the conflict of `path`; a conflict already settled is reported, not an error.
+fn resolve(path: &Path, keep: &str) -> anyhow::Result<ExitCode> {
+    let Some(k) = crate::store::Keep::parse(keep) else {
+        bail!("--keep {keep}: expected path, copy, both, local or remote");
+    };
+    let last = match control::get(path, control::CONFLICT) {
+        Ok(raw) => Some(
+            serde_json::from_slice::<crate::store::Conflict>(&raw)
+                .context("reading the file's conflict")?,
+        ),
+        Err(e) if e.raw_os_error() == Some(libc::ENODATA) => None,
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("{} is not in a running stratus mount", path.display()))
+        }
+    };
+    let Some(c) = last else {
+        eprintln!(
+            "stratus: {}: no conflict recorded for this file",
+            path.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    if let (Some(ms), r) = (c.resolved_ms, &c.resolution) {
+        println!(
+            "{}: its conflict was already settled ({}) at {}; nothing to do",
+            path.display(),
+            r.as_deref().unwrap_or("?"),
+            when(ms)
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Err(why) = k.placed(c.mine.as_deref()) {
+        bail!("--keep {keep} for {}: {why}", path.display());
+    }
+    control::set(path, control::RESOLVE, keep.as_bytes())
+        .with_context(|| format!("resolving {}", path.display()))?;
+    println!("kept {keep} for {}", path.display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -634,20 +687,25 @@ fn sync(mp: &Path, wait: bool, timeout: Option<Duration>) -> anyhow::Result<Exit
         }
         let pending = control::Pending::decode(&String::from_utf8_lossy(&control::get(mp, &name)?));
         let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
-        let stuck = pending.errors + pending.conflicts;
+        let stuck = pending.errors;
         if pending.total == stuck {
             // All that can move has moved. Then wait for one listing of the remote that
             // started after this call, so remote changes are in too (none while offline).
             let offline = status_of(mp).map(|s| s.offline).unwrap_or(false);
             if offline || polls(mp)?.1 > started_before {
+                if pending.conflicts > 0 {
+                    // Both versions of each are on the remote; someone still has to choose.
+                    eprintln!(
+                        "stratus: {} open conflicts (stratus conflicts {})",
+                        pending.conflicts,
+                        mp.display()
+                    );
+                }
                 if stuck == 0 {
                     println!("everything queued before this call is on the remote");
                     return Ok(ExitCode::SUCCESS);
                 }
-                eprintln!(
-                    "stratus: {} entries failed to sync, {} wait for a conflict to be resolved (stratus conflicts):",
-                    pending.errors, pending.conflicts
-                );
+                eprintln!("stratus: {} entries failed to sync:", pending.errors);
                 print_pending(&pending);
                 return Ok(ExitCode::FAILURE);
             }

@@ -28,8 +28,11 @@ pub const SYNC: &str = "user.stratus.sync";
 pub const BARRIER: &str = "user.stratus.barrier";
 /// On the root, `user.stratus.pending.N`: the jobs at or below N that have not finished.
 pub const PENDING_PREFIX: &str = "user.stratus.pending.";
-/// Per file, set to `local`, `remote` or `both`: settles the file's open conflict.
+/// Per file, set to `path`, `copy`, `both`, `local` or `remote`: settles the open conflict the
+/// file (the original or its `.conflict` copy) takes part in.
 pub const RESOLVE: &str = "user.stratus.resolve";
+/// Per file: the last conflict it took part in, open or settled, as JSON (ENODATA: none).
+pub const CONFLICT: &str = "user.stratus.conflict";
 /// On the root: `1` while offline (no network traffic at all), `0` otherwise; settable.
 pub const OFFLINE: &str = "user.stratus.offline";
 /// On the root: every conflict, open and resolved, as a JSON array.
@@ -141,7 +144,7 @@ pub struct Pending {
     pub total: u64,
     /// Parked after a permanent failure.
     pub errors: u64,
-    /// Waiting for the user to settle a conflict.
+    /// Open conflicts (informational: no job waits for them; both versions sync).
     pub conflicts: u64,
     pub oldest: Vec<PendingJob>,
 }
@@ -251,16 +254,17 @@ impl Control {
     fn pending(&self, barrier: i64) -> VfsResult<Pending> {
         let store = self.vfs.store();
         store.read(|db| {
-            let mut out = Pending::default();
+            let mut out = Pending {
+                conflicts: db
+                    .conflicts()?
+                    .iter()
+                    .filter(|c| c.resolved_ms.is_none())
+                    .count() as u64,
+                ..Default::default()
+            };
             for j in db.pending_up_to(barrier)? {
                 out.total += 1;
-                let in_conflict = match &j.kind {
-                    JobKind::Sync(id) => db.open_conflict_for(*id)?.is_some(),
-                    JobKind::Delete { .. } => false,
-                };
-                if in_conflict {
-                    out.conflicts += 1;
-                } else if j.state == JobState::Parked {
+                if j.state == JobState::Parked {
                     out.errors += 1;
                 }
                 if out.oldest.len() >= PENDING_SHOWN {
@@ -275,11 +279,10 @@ impl Control {
                 };
                 out.oldest.push(PendingJob {
                     seq: j.seq,
-                    state: match (in_conflict, j.state) {
-                        (true, _) => "conflict",
-                        (false, JobState::Queued) => "pending",
-                        (false, JobState::Uploading) => "uploading",
-                        (false, JobState::Parked) => "error",
+                    state: match j.state {
+                        JobState::Queued => "pending",
+                        JobState::Uploading => "uploading",
+                        JobState::Parked => "error",
                     }
                     .to_string(),
                     path,
@@ -317,6 +320,10 @@ impl Control {
                 let all = self.vfs.store().read(|db| db.conflicts())?;
                 Ok(serde_json::to_vec(&all).unwrap_or_default())
             }
+            CONFLICT if !root => match self.vfs.last_conflict(ino)? {
+                Some(c) => Ok(serde_json::to_vec(&c).unwrap_or_default()),
+                None => Err(VfsError::NoAttr),
+            },
             BARRIER if root => {
                 let b = self.vfs.store().read(|db| db.journal_barrier())?;
                 Ok(b.to_string().into_bytes())
@@ -342,7 +349,7 @@ impl Control {
             RESOLVE => {
                 let keep = Keep::parse(&value).ok_or_else(|| {
                     VfsError::Invalid(format!(
-                        "{RESOLVE}: expected local, remote or both, not {value:?}"
+                        "{RESOLVE}: expected path, copy, both, local or remote, not {value:?}"
                     ))
                 })?;
                 self.vfs.resolve(ino, keep)

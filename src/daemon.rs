@@ -199,6 +199,7 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
         default_gid: gid,
         poll_interval: cfg.poll_interval,
         policy: cfg.policy,
+        writer: writer_label(&cfg.mountpoint),
     };
     let populated = store.read(|db| db.meta_get("populated"))?.is_some();
     let check =
@@ -300,4 +301,27 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
     rt.shutdown_timeout(Duration::from_secs(2));
     served.context("serving the mount")?;
     Ok(())
+}
+
+/// `host:mountpoint`, what the `stratus_writer` metadata says about us (at most 200 bytes:
+/// S3 allows 2 KiB of metadata in all).
+fn writer_label(mountpoint: &std::path::Path) -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer outlives the call and its length is passed.
+    let host =
+        if unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) } == 0 {
+            let n = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        } else {
+            "unknown".to_string()
+        };
+    let mut label = format!("{host}:{}", mountpoint.display());
+    if label.len() > 200 {
+        let mut cut = 200;
+        while !label.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        label.truncate(cut);
+    }
+    label
 }

@@ -12,4 +12,5 @@ pub mod fuse;
 pub mod remote;
 pub mod store;
 pub mod sync;
+pub mod types;
 pub mod vfs;

@@ -14,6 +14,8 @@ pub use error::{RemoteError, RemoteResult};
 pub use local::{hash_file, LocalRemote};
 pub use object::ObjectRemote;
 
+pub use crate::types::VersionMark;
+
 /// Attributes that ride along with each object, as `stratus_*` metadata (underscores, not
 /// dashes: Azure refuses dashes in metadata names).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -24,8 +26,70 @@ pub struct Meta {
     pub gid: Option<u32>,
     pub sha256: Option<String>,
     pub symlink: Option<String>,
+    /// Which mount wrote this version (`host:mountpoint`), so that a conflict can say who
+    /// wrote each side.
+    pub writer: Option<String>,
+    /// Set on the `.conflict` copy of an open conflict, so that every mount that sees the
+    /// copy knows it is one, and which version sits at the original path.
+    pub conflict: Option<ConflictMark>,
 }
 
+/// What an open conflict's `.conflict` copy carries in its metadata: the name of the file it
+/// sits beside and the version that file held when the conflict was found. The copy's own
+/// version is the object itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConflictMark {
+    /// The original's file name (the copy always sits in the same directory).
+    pub of: String,
+    /// The version at the original path.
+    pub at_path: VersionMark,
+    pub detected_ms: i64,
+}
+
+impl ConflictMark {
+    /// One header-safe value: `application/x-www-form-urlencoded` pairs.
+    pub fn encode(&self) -> String {
+        let mut f = url::form_urlencoded::Serializer::new(String::new());
+        f.append_pair("of", &self.of);
+        f.append_pair("size", &self.at_path.size.to_string());
+        f.append_pair("at", &self.detected_ms.to_string());
+        let v = &self.at_path;
+        for (k, val) in [
+            ("sha256", v.sha256.clone()),
+            ("mtime", v.mtime_ns.map(|m| m.to_string())),
+            ("etag", v.etag.clone()),
+            ("writer", v.writer.clone()),
+        ] {
+            if let Some(val) = val {
+                f.append_pair(k, &val);
+            }
+        }
+        f.finish()
+    }
+
+    /// `None` when the value is not ours or names no original.
+    pub fn decode(s: &str) -> Option<ConflictMark> {
+        let mut m = ConflictMark::default();
+        for (k, v) in url::form_urlencoded::parse(s.as_bytes()) {
+            let v = v.into_owned();
+            match k.as_ref() {
+                "of" => m.of = v,
+                "size" => m.at_path.size = v.parse().ok()?,
+                "at" => m.detected_ms = v.parse().ok()?,
+                "sha256" => m.at_path.sha256 = Some(v),
+                "mtime" => m.at_path.mtime_ns = v.parse().ok(),
+                "etag" => m.at_path.etag = Some(v),
+                "writer" => m.at_path.writer = Some(v),
+                _ => {}
+            }
+        }
+        let valid = !m.of.is_empty() && check_component(m.of.as_bytes()).is_ok();
+        valid.then_some(m)
+    }
+}
+
+const META_WRITER: &str = "stratus_writer";
+const META_CONFLICT: &str = "stratus_conflict";
 const META_MTIME: &str = "stratus_mtime";
 const META_MODE: &str = "stratus_mode";
 const META_UID: &str = "stratus_uid";
@@ -57,6 +121,13 @@ impl Meta {
                 .as_ref()
                 .map(|t| percent_encoding::utf8_percent_encode(t, HEADER_UNSAFE).to_string()),
         );
+        push(
+            META_WRITER,
+            self.writer
+                .as_ref()
+                .map(|w| percent_encoding::utf8_percent_encode(w, HEADER_UNSAFE).to_string()),
+        );
+        push(META_CONFLICT, self.conflict.as_ref().map(|c| c.encode()));
         out
     }
 
@@ -79,6 +150,13 @@ impl Meta {
                         .ok()
                         .map(|s| s.into_owned())
                 }
+                META_WRITER => {
+                    m.writer = percent_encoding::percent_decode_str(v)
+                        .decode_utf8()
+                        .ok()
+                        .map(|s| s.into_owned())
+                }
+                META_CONFLICT => m.conflict = ConflictMark::decode(v),
                 _ => {}
             }
         }
@@ -504,6 +582,18 @@ mod tests {
             gid: Some(100),
             sha256: Some("ab".repeat(32)),
             symlink: Some(" ../a b/%x\ny ".into()),
+            writer: Some("host:/home/me/my files".into()),
+            conflict: Some(ConflictMark {
+                of: "report ü.docx".into(),
+                at_path: VersionMark {
+                    sha256: Some("cd".repeat(32)),
+                    size: 42,
+                    mtime_ns: Some(7),
+                    etag: Some("\"abc\"".into()),
+                    writer: Some("other:/mnt/x&y=z".into()),
+                },
+                detected_ms: 1_800_000_000_000,
+            }),
         };
         let pairs = m.to_pairs();
         assert!(pairs.iter().all(|(k, _)| !k.contains('-')));

@@ -16,6 +16,8 @@ use tokio::sync::Notify;
 
 pub use schema::SCHEMA_VERSION;
 
+use crate::types::VersionMark;
+
 /// The id of an entry, which is also its inode number. Stable across remounts of one state dir.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EntryId(pub u64);
@@ -171,14 +173,18 @@ pub enum Invalidation {
     Inode(EntryId),
 }
 
-/// How a conflict is settled.
+/// How a conflict is settled, as the user names it. `Local` and `Remote` are relative to this
+/// mount (the version written here, the other one); `Path` and `Copy` name where a version
+/// sits, which means the same on every mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Keep {
-    /// The local version stays and is uploaded over the remote one.
     Local,
-    /// The remote version (the `.conflict` copy) takes the path.
     Remote,
-    /// Both stay: the copy becomes an ordinary file synced under its own name.
+    /// The version at the original path stays; the copy goes.
+    Path,
+    /// The copy's version takes the path.
+    Copy,
+    /// Both stay: the copy becomes an ordinary file under its own name.
     Both,
 }
 
@@ -187,6 +193,8 @@ impl Keep {
         match s.trim() {
             "local" => Some(Keep::Local),
             "remote" => Some(Keep::Remote),
+            "path" => Some(Keep::Path),
+            "copy" => Some(Keep::Copy),
             "both" => Some(Keep::Both),
             _ => None,
         }
@@ -196,12 +204,31 @@ impl Keep {
         match self {
             Keep::Local => "local",
             Keep::Remote => "remote",
+            Keep::Path => "path",
+            Keep::Copy => "copy",
             Keep::Both => "both",
+        }
+    }
+
+    /// Where the kept version sits (`Path`, `Copy` or `Both`), given which side this mount
+    /// wrote (`mine`). `Local`/`Remote` on a mount that wrote neither side is refused with a
+    /// reason.
+    pub fn placed(self, mine: Option<&str>) -> Result<Keep, String> {
+        match (self, mine) {
+            (Keep::Path | Keep::Copy | Keep::Both, _) => Ok(self),
+            (Keep::Local, Some("path")) | (Keep::Remote, Some("copy")) => Ok(Keep::Path),
+            (Keep::Local, Some("copy")) | (Keep::Remote, Some("path")) => Ok(Keep::Copy),
+            (Keep::Local | Keep::Remote, _) => Err(
+                "neither version was written on this mount: use path (keep the file), copy (keep the .conflict copy) or both"
+                    .into(),
+            ),
         }
     }
 }
 
-/// One conflict: the local version stays at `path`, the other at `copy_path`.
+/// One conflict: one version at `path`, the other at `copy_path` beside it, both synced.
+/// `local_*`/`remote_*` are the version this mount wrote and the other one (kept for the JSON
+/// that scripts read); `at_path`/`in_copy` say where each version sits and who wrote it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Conflict {
     pub id: i64,
@@ -220,11 +247,33 @@ pub struct Conflict {
     pub policy: String,
     pub resolved_ms: Option<i64>,
     pub resolution: Option<String>,
+    #[serde(default)]
+    pub at_path: VersionMark,
+    #[serde(default)]
+    pub in_copy: VersionMark,
+    /// Which version this mount wrote: `path`, `copy`, or neither.
+    #[serde(default)]
+    pub mine: Option<String>,
+}
+
+/// The `versions` column.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct Versions {
+    at_path: VersionMark,
+    in_copy: VersionMark,
 }
 
 const CONFLICT_COLS: &str = "id, entry_id, copy_id, path, copy_path, local_size, local_mtime_ns, \
      local_etag, remote_size, remote_mtime_ns, remote_etag, remote_version, detected_ms, policy, \
-     resolved_ms, resolution";
+     resolved_ms, resolution, versions, mine";
+
+fn versions_json(c: &Conflict) -> String {
+    serde_json::to_string(&Versions {
+        at_path: c.at_path.clone(),
+        in_copy: c.in_copy.clone(),
+    })
+    .unwrap_or_default()
+}
 
 fn conflict_from_row(r: &Row<'_>) -> rusqlite::Result<Conflict> {
     Ok(Conflict {
@@ -244,6 +293,18 @@ fn conflict_from_row(r: &Row<'_>) -> rusqlite::Result<Conflict> {
         policy: r.get(13)?,
         resolved_ms: r.get(14)?,
         resolution: r.get(15)?,
+        at_path: Default::default(),
+        in_copy: Default::default(),
+        mine: r.get(17)?,
+    })
+    .map(|mut c| {
+        let v: Option<String> = r.get(16).ok().flatten();
+        let v: Versions = v
+            .and_then(|v| serde_json::from_str(&v).ok())
+            .unwrap_or_default();
+        c.at_path = v.at_path;
+        c.in_copy = v.in_copy;
+        c
     })
 }
 
@@ -1120,8 +1181,8 @@ impl Db<'_> {
         self.conn.execute(
             "INSERT INTO conflicts(entry_id, copy_id, path, copy_path, local_size, local_mtime_ns, \
              local_etag, remote_size, remote_mtime_ns, remote_etag, remote_version, detected_ms, \
-             policy, resolved_ms, resolution) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+             policy, resolved_ms, resolution, versions, mine) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
             params![
                 c.entry_id as i64,
                 c.copy_id as i64,
@@ -1138,9 +1199,44 @@ impl Db<'_> {
                 c.policy,
                 c.resolved_ms,
                 c.resolution,
+                versions_json(c),
+                c.mine,
             ],
         )?;
         Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Records what is now known of a conflict's two versions (the copy's ETag once it is
+    /// uploaded, say).
+    pub fn update_conflict_versions(&self, c: &Conflict) -> StoreResult<()> {
+        self.conn.execute(
+            "UPDATE conflicts SET versions = ?2 WHERE id = ?1",
+            params![c.id, versions_json(c)],
+        )?;
+        Ok(())
+    }
+
+    /// The most recent conflict, open or not, that `id` took part in, or that was recorded
+    /// for `path`: what `stratus resolve` reports when there is nothing left to settle.
+    pub fn last_conflict_for(&self, id: EntryId, path: &str) -> StoreResult<Option<Conflict>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {CONFLICT_COLS} FROM conflicts WHERE entry_id = ?1 OR copy_id = ?1 \
+             OR path = ?2 OR copy_path = ?2 ORDER BY id DESC LIMIT 1"
+        ))?;
+        Ok(st
+            .query_row(params![id.0 as i64, path], conflict_from_row)
+            .optional()?)
+    }
+
+    /// The open conflict whose copy is `copy`.
+    pub fn open_conflict_of_copy(&self, copy: EntryId) -> StoreResult<Option<Conflict>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {CONFLICT_COLS} FROM conflicts WHERE resolved_ms IS NULL AND copy_id = ?1 \
+             ORDER BY id LIMIT 1"
+        ))?;
+        Ok(st
+            .query_row([copy.0 as i64], conflict_from_row)
+            .optional()?)
     }
 
     /// The open conflict that `id` takes part in, as the local version or as the copy.
@@ -1160,56 +1256,16 @@ impl Db<'_> {
         Ok(())
     }
 
-    /// Settles a conflict. Used by the filesystem core (rename or delete of a `.conflict`
-    /// copy, the `user.stratus.resolve` attribute) and by the sync engine's policies.
-    pub fn settle_conflict(&self, c: &Conflict, keep: Keep) -> StoreResult<()> {
-        let local = EntryId(c.entry_id);
+    /// Settles a conflict by keeping both versions: the copy becomes an ordinary file under its
+    /// own name, and goes up again without its conflict mark so that every other mount learns
+    /// the conflict is settled. (Keeping one side is an unlink or a rename, done by the caller.)
+    pub fn keep_both(&self, c: &Conflict) -> StoreResult<()> {
         let copy = EntryId(c.copy_id);
-        let remote_base = Synced {
-            key: Some(c.path.clone()),
-            etag: c.remote_etag.clone(),
-            version: c.remote_version.clone(),
-            hash: None,
-        };
-        let all = dirty::CONTENT | dirty::META;
-        // The local version is uploaded against the remote version it conflicted with.
-        let keep_local = |db: &Db<'_>| -> StoreResult<()> {
-            if let Some(e) = db.get(local)? {
-                db.set_synced(
-                    local,
-                    &Synced {
-                        hash: e.synced.hash,
-                        ..remote_base.clone()
-                    },
-                )?;
-                db.enqueue_sync(local, all, Some(now_ms()))?;
-            }
-            Ok(())
-        };
-        match keep {
-            Keep::Local => keep_local(self)?,
-            Keep::Remote => {
-                // The copy takes the path; the local version goes without touching the remote.
-                if let (Some(orig), Some(mut cp)) = (self.get(local)?, self.get(copy)?) {
-                    self.delete_entry(local)?;
-                    cp.parent = orig.parent;
-                    cp.name = orig.name.clone();
-                    self.update(&cp)?;
-                    self.set_conflict_of(copy, None)?;
-                    self.set_synced(copy, &remote_base)?;
-                    self.mark_clean(copy)?;
-                }
-            }
-            Keep::Both => {
-                if self.get(copy)?.is_some() {
-                    self.set_conflict_of(copy, None)?;
-                    self.set_synced(copy, &Synced::default())?;
-                    self.enqueue_sync(copy, all, Some(now_ms()))?;
-                }
-                keep_local(self)?;
-            }
+        if self.get(copy)?.is_some() {
+            self.set_conflict_of(copy, None)?;
+            self.enqueue_sync(copy, dirty::META, Some(now_ms()))?;
         }
-        self.resolve_conflict(c.id, keep.as_str())
+        self.resolve_conflict(c.id, "both")
     }
 
     pub fn conflicts(&self) -> StoreResult<Vec<Conflict>> {
@@ -1324,8 +1380,7 @@ impl Db<'_> {
         // The oldest job that may run among `seq` in `?2..?3`.
         let mut within = self.conn.prepare_cached(&format!(
             "SELECT {JOB_COLS} FROM journal WHERE seq >= ?2 AND seq < ?3 AND state != 'parked' \
-             AND ready_at_ms IS NOT NULL AND ready_at_ms <= ?1 AND (entry_id IS NULL OR \
-             entry_id NOT IN (SELECT entry_id FROM conflicts WHERE resolved_ms IS NULL)) \
+             AND ready_at_ms IS NOT NULL AND ready_at_ms <= ?1 \
              ORDER BY seq LIMIT 1"
         ))?;
         let mut head = self

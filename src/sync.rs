@@ -22,17 +22,23 @@ pub struct SyncConfig {
     /// How often the remote is listed for changes; `None` turns polling off.
     pub poll_interval: Option<Duration>,
     pub policy: ConflictPolicy,
+    /// Who we are in the `stratus_writer` metadata of what we upload (`host:mountpoint`), so
+    /// that a conflict can say which mount wrote each version.
+    pub writer: String,
 }
 
-/// What happens when both sides changed a file differently. Every policy keeps the losing
-/// version as a `.conflict` sibling.
+/// What happens when both sides changed a file differently. Every policy keeps the other
+/// version as a `.conflict` sibling, uploaded like any file, so every mount has both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConflictPolicy {
-    /// The local version stays, the remote one goes beside it, the upload waits for the user.
+    /// The version that reached the remote first keeps the path, the other goes beside it, and
+    /// the conflict stays open until someone settles it.
     Manual,
-    /// Last write wins, by mtime.
+    /// The later mtime keeps the path; settled at once.
     Newest,
+    /// Our version keeps the path; settled at once.
     Local,
+    /// The remote version keeps the path; settled at once.
     Remote,
 }
 
@@ -89,6 +95,8 @@ pub fn populate(store: &Store, objects: &[ObjectInfo], cfg: &SyncConfig) -> Stor
             },
         )?;
         let mut ids: HashMap<&str, EntryId> = HashMap::new();
+        // `.conflict` copies whose conflicts are recorded once their originals exist too.
+        let mut marked = Vec::new();
         ids.insert("", EntryId::ROOT);
         let now = now_ns();
         let mut n = 0;
@@ -137,7 +145,13 @@ pub fn populate(store: &Store, objects: &[ObjectInfo], cfg: &SyncConfig) -> Stor
             if kind == Kind::Dir {
                 ids.insert(&o.key, e.id);
             }
+            if o.meta.conflict.is_some() {
+                marked.push((e, o));
+            }
             n += 1;
+        }
+        for (copy, o) in marked {
+            conflict::adopt_mark(db, &copy, &o.key, o, &cfg.writer)?;
         }
         db.meta_set("populated", "1")?;
         Ok(n)

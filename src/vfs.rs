@@ -955,9 +955,7 @@ impl Vfs {
         e: &Entry,
         rm: &mut Removal,
     ) -> VfsResult<()> {
-        // A `.conflict` copy points at the key of the version it holds, but it was never
-        // uploaded: removing it must not touch the remote.
-        if let (Some(key), None) = (&e.synced.key, e.conflict_of) {
+        if let Some(key) = &e.synced.key {
             db.enqueue_delete(key, e.kind == Kind::Dir, e.synced.etag.as_deref())?;
         }
         if e.kind == Kind::Dir {
@@ -1022,11 +1020,15 @@ impl Vfs {
             }
             if let Some(c) = db.open_conflict_for(e.id)? {
                 if c.copy_id == e.id.0 {
-                    // Deleting the `.conflict` copy keeps the local version.
-                    db.settle_conflict(&c, Keep::Local)?;
+                    // Deleting the `.conflict` copy keeps the version at the path; the copy's
+                    // object goes like any other, which settles it on every mount.
+                    db.resolve_conflict(c.id, "path")?;
                 } else {
-                    // The local version is gone; the copy stays, as an ordinary local file.
-                    db.resolve_conflict(c.id, "local deleted")?;
+                    // The original is gone; the copy stays, as an ordinary file (without its
+                    // mark once it has gone up again).
+                    db.set_conflict_of(EntryId(c.copy_id), None)?;
+                    db.enqueue_sync(EntryId(c.copy_id), dirty::META, Some(now_ms()))?;
+                    db.resolve_conflict(c.id, "original deleted")?;
                 }
             }
             self.remove_entry(db, &live, &e, &mut rm)?;
@@ -1092,25 +1094,28 @@ impl Vfs {
                     cur = db.get(c)?.and_then(|e| e.parent);
                 }
             }
+            // A party to an open conflict that moves settles it: the copy renamed over its
+            // original keeps the copy's version (an ordinary replacing rename, conditioned on
+            // the version it replaces); any other move keeps both.
+            for id in [src.id].into_iter().chain(
+                db.lookup(newparent, newname)?
+                    .filter(|d| d.id != src.id)
+                    .map(|d| d.id),
+            ) {
+                if let Some(c) = db.open_conflict_for(id)? {
+                    let over_original = c.copy_id == src.id.0
+                        && db.lookup(newparent, newname)?.map(|d| d.id.0) == Some(c.entry_id);
+                    db.set_conflict_of(EntryId(c.copy_id), None)?;
+                    if c.copy_id != src.id.0 {
+                        // The copy stays where it is: it goes up again without its mark.
+                        db.enqueue_sync(EntryId(c.copy_id), dirty::META, ready_now)?;
+                    }
+                    db.resolve_conflict(c.id, if over_original { "copy" } else { "both" })?;
+                }
+            }
             if let Some(dst) = db.lookup(newparent, newname)? {
                 if dst.id == src.id {
                     return Ok(());
-                }
-                if src.conflict_of == Some(dst.id) {
-                    if let Some(c) = db
-                        .open_conflict_for(dst.id)?
-                        .filter(|c| c.copy_id == src.id.0)
-                    {
-                        // The `.conflict` copy renamed over its original: keep the remote
-                        // version, which the remote already holds.
-                        let busy = live.get(&dst.id).is_some_and(|l| l.open > 0);
-                        db.settle_conflict(&c, Keep::Remote)?;
-                        if !busy {
-                            rm.files.push(dst.id);
-                        }
-                        self.touch_dir(db, &p)?;
-                        return Ok(());
-                    }
                 }
                 if noreplace {
                     return Err(VfsError::Exists);
@@ -1198,27 +1203,23 @@ impl Vfs {
         })
     }
 
+    /// What is still to do for the entry comes first (a `.conflict` copy not yet uploaded is
+    /// `pending`, not `conflict`); a synced party to an open conflict is `conflict`.
     pub fn sync_state(&self, ino: EntryId) -> VfsResult<SyncState> {
         self.r(|db| {
-            db.get(ino)?.ok_or(VfsError::NotFound)?;
-            if db.open_conflict_for(ino)?.is_some() {
-                return Ok(Err(SyncState::Conflict));
+            let e = db.get(ino)?.ok_or(VfsError::NotFound)?;
+            if lock(&self.blocks.corrupt).contains(&(ino, e.synced.etag)) {
+                return Ok(SyncState::Error);
             }
-            if let Some(e) = db.get(ino)? {
-                if lock(&self.blocks.corrupt).contains(&(ino, e.synced.etag)) {
-                    return Ok(Err(SyncState::Error));
-                }
-            }
-            Ok(Ok(db.job_for(ino)?))
-        })
-        .map(|job| match job {
-            Err(state) => state,
-            Ok(None) => SyncState::Synced,
-            Ok(Some(j)) => match j.state {
-                crate::store::JobState::Parked => SyncState::Error,
-                crate::store::JobState::Uploading => SyncState::Uploading,
-                crate::store::JobState::Queued => SyncState::Pending,
-            },
+            Ok(match db.job_for(ino)? {
+                Some(j) => match j.state {
+                    crate::store::JobState::Parked => SyncState::Error,
+                    crate::store::JobState::Uploading => SyncState::Uploading,
+                    crate::store::JobState::Queued => SyncState::Pending,
+                },
+                None if db.open_conflict_for(ino)?.is_some() => SyncState::Conflict,
+                None => SyncState::Synced,
+            })
         })
     }
 
@@ -1233,35 +1234,30 @@ impl Vfs {
         *lock(&self.notices) = Some(tx);
     }
 
-    /// Settles the open conflict that `ino` (the local version or its `.conflict` copy) takes
-    /// part in: what `stratus resolve` and `user.stratus.resolve` do.
+    /// Settles the open conflict that `ino` (the original or its `.conflict` copy) takes part
+    /// in: what `stratus resolve` and `user.stratus.resolve` do. Keeping one version is the
+    /// same as deleting the copy or renaming it over the original, so it settles the conflict
+    /// on every mount the same way.
     pub fn resolve(&self, ino: EntryId, keep: Keep) -> VfsResult<()> {
         let c = self
             .r(|db| Ok(db.open_conflict_for(ino)?))?
             .ok_or_else(|| VfsError::Invalid("no open conflict on this file".into()))?;
+        let keep = keep.placed(c.mine.as_deref()).map_err(VfsError::Invalid)?;
         let (orig, copy) =
             self.r(|db| Ok((db.get(EntryId(c.entry_id))?, db.get(EntryId(c.copy_id))?)))?;
+        let copy = copy.ok_or(VfsError::NotFound)?;
+        let cp = copy.parent.ok_or(VfsError::NotFound)?;
         match keep {
-            // Same as deleting the copy.
-            Keep::Local => {
-                let copy = copy.ok_or(VfsError::NotFound)?;
-                let parent = copy.parent.ok_or(VfsError::NotFound)?;
-                self.unlink(parent, OsStr::from_bytes(&copy.name))?;
+            Keep::Path => {
+                self.unlink(cp, OsStr::from_bytes(&copy.name))?;
                 self.notify(Invalidation::Entry {
-                    parent,
+                    parent: cp,
                     name: copy.name,
                 });
             }
-            // Same as renaming the copy over the original.
-            Keep::Remote => {
-                let (orig, copy) = (
-                    orig.ok_or(VfsError::NotFound)?,
-                    copy.ok_or(VfsError::NotFound)?,
-                );
-                let (op, cp) = (
-                    orig.parent.ok_or(VfsError::NotFound)?,
-                    copy.parent.ok_or(VfsError::NotFound)?,
-                );
+            Keep::Copy => {
+                let orig = orig.ok_or(VfsError::NotFound)?;
+                let op = orig.parent.ok_or(VfsError::NotFound)?;
                 self.rename(
                     cp,
                     OsStr::from_bytes(&copy.name),
@@ -1278,12 +1274,23 @@ impl Vfs {
                     name: orig.name,
                 });
             }
-            Keep::Both => {
-                self.w(|db| Ok(db.settle_conflict(&c, Keep::Both)?))?;
+            Keep::Both | Keep::Local | Keep::Remote => {
+                self.w(|db| Ok(db.keep_both(&c)?))?;
             }
         }
         tracing::info!(path = %c.path, keep = keep.as_str(), "conflict resolved");
         Ok(())
+    }
+
+    /// The last conflict recorded for `ino` or its path, settled or not.
+    pub fn last_conflict(&self, ino: EntryId) -> VfsResult<Option<crate::store::Conflict>> {
+        self.r(|db| {
+            let path = db
+                .path_of(ino)?
+                .map(|p| String::from_utf8_lossy(&p).into_owned())
+                .unwrap_or_default();
+            Ok(db.last_conflict_for(ino, &path)?)
+        })
     }
 
     /// Called once at start: the previous run may have died with writers armed. Their data

@@ -22,16 +22,32 @@ fn pair(env: &Env, extra: &[&str]) -> (Mount, Mount) {
     (a, b)
 }
 
-/// `stratus sync --wait` where an open conflict may hold an entry: that must be the only
-/// thing it reports.
-fn sync_tolerating_conflicts(m: &Mount) {
-    let o = m.stratus(&["sync", m.dir.to_str().unwrap(), "--wait", "--timeout", "60"]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        o.status.success()
-            || (err.contains("wait for a conflict") && err.contains("0 entries failed")),
-        "sync failed: {err}"
-    );
+/// `stratus conflicts --json` of a mount.
+fn conflicts(m: &Mount) -> Vec<serde_json::Value> {
+    let o = m.stratus(&["conflicts", m.dir.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v.as_array().unwrap().clone()
+}
+
+fn open_conflicts(m: &Mount) -> Vec<serde_json::Value> {
+    conflicts(m)
+        .into_iter()
+        .filter(|c| c["resolved_ms"].is_null())
+        .collect()
+}
+
+/// Every `.conflict` copy in the remote.
+fn remote_copies(env: &Env) -> Vec<String> {
+    env.remote_files()
+        .into_keys()
+        .filter(|k| k.contains(".conflict-"))
+        .collect()
+}
+
+/// `stratus resolve PATH --keep KEEP` on a mount.
+fn resolve(m: &Mount, path: &str, keep: &str) -> std::process::Output {
+    m.stratus(&["resolve", m.path(path).to_str().unwrap(), "--keep", keep])
 }
 
 fn offline(m: &Mount, on: bool) {
@@ -82,7 +98,10 @@ fn agree(env: &Env, a: &Mount, b: &Mount, path: &str, want: &[u8]) {
 }
 
 /// A conflict on B's `f.txt`: A and B both had "base"; A wrote "from A" and uploaded it while
-/// B was offline writing "from B". Returns the name of B's `.conflict` copy.
+/// B was offline writing "from B". Under the manual policy the version that reached the
+/// remote first (A's) keeps the path and B's goes up as the copy, so that once both mounts
+/// have synced, the remote and both mounts hold the same two files and list one open
+/// conflict. Returns the copy's name.
 fn make_conflict(env: &Env, a: &Mount, b: &Mount) -> String {
     fs::write(a.path("f.txt"), b"base").unwrap();
     a.sync();
@@ -93,10 +112,12 @@ fn make_conflict(env: &Env, a: &Mount, b: &Mount) -> String {
     a.sync();
     fs::write(b.path("f.txt"), b"from B").unwrap();
     offline(b, false);
+    // Nothing waits for the user: both versions go up, and sync says a conflict is open.
     let o = b.stratus(&["sync", b.dir.to_str().unwrap(), "--wait", "--timeout", "60"]);
-    // The conflict holds B's upload, and sync says so.
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("1 wait for a conflict"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("1 open conflicts"));
+    b.sync();
+    a.sync();
     let c = copies(b, "");
     assert_eq!(
         c.len(),
@@ -109,15 +130,19 @@ fn make_conflict(env: &Env, a: &Mount, b: &Mount) -> String {
         copy.starts_with("f.conflict-") && copy.ends_with(".txt"),
         "{copy}"
     );
-    // Manual policy: the local version stays at the path, the remote one beside it.
-    assert_eq!(read(b, "f.txt"), b"from B");
-    assert_eq!(read(b, &copy), b"from A");
-    assert_eq!(b.state_of("f.txt"), "conflict");
-    assert_eq!(b.state_of(&copy), "conflict");
-    // Nothing was uploaded over A's version, and the copy stays local.
+    // The same two files, byte for byte, on both mounts and in the remote.
+    for m in [a, b] {
+        assert_eq!(copies(m, ""), vec![copy.clone()]);
+        assert_eq!(read(m, "f.txt"), b"from A");
+        assert_eq!(read(m, &copy), b"from B");
+        assert_eq!(m.state_of("f.txt"), "conflict");
+        assert_eq!(m.state_of(&copy), "conflict");
+        assert_eq!(open_conflicts(m).len(), 1, "{:?}", conflicts(m));
+    }
     let remote = env.remote_files();
     assert_eq!(remote["f.txt"], b"from A");
-    assert!(!remote.contains_key(&copy));
+    assert_eq!(remote[&copy], b"from B");
+    assert_eq!(remote_copies(env), vec![copy.clone()]);
     copy
 }
 
@@ -175,17 +200,31 @@ every_backend!(
     }
 );
 
+/// The conflict is settled on every mount once it is settled on one.
+fn settled_everywhere(env: &Env, a: &Mount, b: &Mount) {
+    a.sync();
+    b.sync();
+    a.sync();
+    for m in [a, b] {
+        assert!(copies(m, "").is_empty() || open_conflicts(m).is_empty());
+        assert!(open_conflicts(m).is_empty(), "{:?}", conflicts(m));
+        assert_eq!(m.state_of("f.txt"), "synced");
+    }
+    let _ = env;
+}
+
 every_backend!(
     manual_conflict_resolved_by_renaming_the_copy_over,
     |env: &Env| {
         let (a, b) = pair(env, &[]);
         let copy = make_conflict(env, &a, &b);
-        // Keep the remote version: rename the copy over the original.
-        fs::rename(b.path(&copy), b.path("f.txt")).unwrap();
+        // Keep the copy's version (B's): rename it over the original, here on A.
+        fs::rename(a.path(&copy), a.path("f.txt")).unwrap();
+        assert!(copies(&a, "").is_empty());
+        agree(env, &a, &b, "f.txt", b"from B");
+        settled_everywhere(env, &a, &b);
         assert!(copies(&b, "").is_empty());
-        agree(env, &a, &b, "f.txt", b"from A");
-        assert_eq!(b.state_of("f.txt"), "synced");
-        assert!(!env.remote_files().keys().any(|k| k.contains(".conflict-")));
+        assert!(remote_copies(env).is_empty());
     }
 );
 
@@ -194,10 +233,12 @@ every_backend!(
     |env: &Env| {
         let (a, b) = pair(env, &[]);
         let copy = make_conflict(env, &a, &b);
-        // Keep the local version: delete the copy; B's version goes up over A's.
+        // Keep the version at the path (A's): delete the copy, on B.
         fs::remove_file(b.path(&copy)).unwrap();
-        agree(env, &a, &b, "f.txt", b"from B");
+        agree(env, &a, &b, "f.txt", b"from A");
+        settled_everywhere(env, &a, &b);
         assert!(copies(&a, "").is_empty() && copies(&b, "").is_empty());
+        assert!(remote_copies(env).is_empty());
     }
 );
 
@@ -206,31 +247,54 @@ every_backend!(
     |env: &Env| {
         let (a, b) = pair(env, &[]);
         let copy = make_conflict(env, &a, &b);
-        let o = b.stratus(&["conflicts", b.dir.to_str().unwrap(), "--json"]);
-        assert!(o.status.success());
-        let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        assert_eq!(list.as_array().unwrap().len(), 1);
-        assert_eq!(list[0]["path"], "f.txt");
-        assert_eq!(list[0]["copy_path"], copy.as_str());
-        assert!(list[0]["resolved_ms"].is_null());
-        let o = b.stratus(&[
-            "resolve",
-            b.path("f.txt").to_str().unwrap(),
-            "--keep",
-            "both",
-        ]);
+        // Each mount lists both versions: hash, size, ETag and who wrote them.
+        for (m, mine) in [(&a, "path"), (&b, "copy")] {
+            let list = conflicts(m);
+            assert_eq!(list.len(), 1, "{list:?}");
+            let c = &list[0];
+            assert_eq!(c["path"], "f.txt");
+            assert_eq!(c["copy_path"], copy.as_str());
+            assert_eq!(c["mine"], mine, "{c}");
+            assert_eq!(c["at_path"]["size"], 6);
+            assert_eq!(c["in_copy"]["size"], 6);
+            let remote = env.remote_tree();
+            for (side, key) in [("at_path", "f.txt"), ("in_copy", copy.as_str())] {
+                assert!(
+                    c[side]["sha256"].as_str().is_some_and(|h| h.len() == 64),
+                    "{c}"
+                );
+                assert!(c[side]["writer"].as_str().is_some(), "{c}");
+                // The ETag recorded is the version's own, not the base's.
+                assert!(!c[side]["etag"].is_null(), "{side}: {c}");
+                let _ = (&remote, key);
+            }
+            assert_ne!(c["at_path"]["etag"], c["in_copy"]["etag"]);
+            assert_ne!(c["at_path"]["writer"], c["in_copy"]["writer"]);
+        }
+        let o = resolve(&a, "f.txt", "both");
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        // Both versions become ordinary files everywhere.
-        agree(env, &a, &b, "f.txt", b"from B");
-        agree(env, &a, &b, &copy, b"from A");
-        let o = b.stratus(&["conflicts", b.dir.to_str().unwrap()]);
+        // Both versions stay as ordinary files everywhere.
+        agree(env, &a, &b, "f.txt", b"from A");
+        agree(env, &a, &b, &copy, b"from B");
+        settled_everywhere(env, &a, &b);
+        assert_eq!(b.state_of(&copy), "synced");
+        let o = a.stratus(&["conflicts", a.dir.to_str().unwrap()]);
         assert!(String::from_utf8_lossy(&o.stdout).contains("resolved (both)"));
+        // Resolving again explains itself and succeeds.
+        let o = resolve(&b, "f.txt", "remote");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("already settled"),
+            "{}",
+            String::from_utf8_lossy(&o.stdout)
+        );
     }
 );
 
 every_backend!(manual_conflict_resolved_with_the_attribute, |env: &Env| {
     let (a, b) = pair(env, &[]);
     let copy = make_conflict(env, &a, &b);
+    // On B, "remote" is A's version, which sits at the path: the copy goes.
     let st = Command::new("setfattr")
         .args(["-n", "user.stratus.resolve", "-v", "remote"])
         .arg(b.path("f.txt"))
@@ -240,7 +304,90 @@ every_backend!(manual_conflict_resolved_with_the_attribute, |env: &Env| {
     // The kernel learns of the vanished copy through an invalidation sent right after.
     assert!(eventually(2, || !b.path(&copy).exists()));
     agree(env, &a, &b, "f.txt", b"from A");
+    settled_everywhere(env, &a, &b);
+    assert!(copies(&a, "").is_empty());
 });
+
+every_backend!(
+    a_fresh_mount_lists_an_open_conflict_and_local_means_nothing_there,
+    |env: &Env| {
+        let (a, b) = pair(env, &[]);
+        let copy = make_conflict(env, &a, &b);
+        let c = env
+            .try_mount(&env.new_state_dir(), &["--poll-interval", "0"])
+            .unwrap();
+        let open = open_conflicts(&c);
+        assert_eq!(open.len(), 1, "{:?}", conflicts(&c));
+        assert_eq!(open[0]["copy_path"], copy.as_str());
+        assert!(open[0]["mine"].is_null());
+        // Neither version was written on C: "local" is refused with the reason ...
+        let o = resolve(&c, "f.txt", "local");
+        assert!(!o.status.success());
+        assert!(String::from_utf8_lossy(&o.stderr).contains("neither version"));
+        // ... and "copy" keeps B's version on every mount.
+        let o = resolve(&c, &copy, "copy");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        c.sync();
+        agree(env, &a, &b, "f.txt", b"from B");
+        c.sync();
+        assert_eq!(read(&c, "f.txt"), b"from B");
+        settled_everywhere(env, &a, &b);
+        assert!(open_conflicts(&c).is_empty());
+    }
+);
+
+every_backend!(
+    created_on_both_sides_makes_one_conflict_however_many_polls,
+    |env: &Env| {
+        // Regression: the same new name created on two mounts, one of them offline, got a
+        // new `.conflict` copy at every poll (7 after 20 s at a 3 s interval), and a second
+        // `resolve` answered EINVAL while the other copies stayed open.
+        let args = ["--poll-interval", "1", "--write-back", "0.2"];
+        let a = env.try_mount(&env.new_state_dir(), &args).unwrap();
+        let b = env.try_mount(&env.new_state_dir(), &args).unwrap();
+        offline(&b, true);
+        fs::write(a.path("new.txt"), b"made on A").unwrap();
+        fs::write(b.path("new.txt"), b"made on B").unwrap();
+        a.sync();
+        offline(&b, false);
+        b.sync();
+        // Several polls on each side.
+        let polls = |m: &Mount| {
+            let v = Command::new("getfattr")
+                .args(["--only-values", "-n", "user.stratus.polls"])
+                .arg(&m.dir)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&v.stdout)
+                .split_whitespace()
+                .nth(1)
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let (pa, pb) = (polls(&a), polls(&b));
+        assert!(eventually(30, || polls(&a) >= pa + 4 && polls(&b) >= pb + 4));
+        a.sync();
+        b.sync();
+        for m in [&a, &b] {
+            assert_eq!(copies(m, "").len(), 1, "{:?}", listing(m, ""));
+            assert_eq!(open_conflicts(m).len(), 1, "{:?}", conflicts(m));
+            assert_eq!(conflicts(m).len(), 1, "{:?}", conflicts(m));
+        }
+        assert_eq!(remote_copies(env).len(), 1);
+        assert_eq!(env.remote_files()["new.txt"], b"made on A");
+        let o = resolve(&b, "new.txt", "local");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let o = resolve(&b, "new.txt", "local");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("already settled"));
+        agree(env, &a, &b, "new.txt", b"made on B");
+        assert!(remote_copies(env).is_empty());
+        for m in [&a, &b] {
+            assert!(copies(m, "").is_empty(), "{:?}", listing(m, ""));
+            assert!(open_conflicts(m).is_empty(), "{:?}", conflicts(m));
+        }
+    }
+);
 
 every_backend!(identical_edits_are_not_a_conflict, |env: &Env| {
     let (a, b) = pair(env, &[]);
@@ -319,26 +466,26 @@ every_backend!(
             (ha.join().unwrap(), hb.join().unwrap())
         });
         let _ = (ra, rb);
-        sync_tolerating_conflicts(&a);
-        sync_tolerating_conflicts(&b);
+        a.sync();
+        b.sync();
+        a.sync();
         let remote = env.remote_files()["race.txt"].clone();
         assert!(remote == b"A's edit" || remote == b"B's edit", "{remote:?}");
-        let (winner, loser) = if remote == b"A's edit" {
-            (&a, &b)
+        let other: &[u8] = if remote == b"A's edit" {
+            b"B's edit"
         } else {
-            (&b, &a)
+            b"A's edit"
         };
-        assert!(copies(winner, "").is_empty());
-        let c = copies(loser, "");
-        assert_eq!(
-            c.len(),
-            1,
-            "the losing side keeps the other version: {:?}",
-            listing(loser, "")
-        );
-        // The loser's own version stays at the path; the winner's is in the copy.
-        assert_eq!(read(loser, &c[0]), remote);
-        assert_ne!(read(loser, "race.txt"), remote);
+        // The first to reach the server keeps the path; the other version is the copy, on
+        // both mounts and in the remote.
+        let c = remote_copies(env);
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!(env.remote_files()[&c[0]], other);
+        for m in [&a, &b] {
+            assert_eq!(copies(m, ""), c, "{:?}", listing(m, ""));
+            assert_eq!(read(m, "race.txt"), remote);
+            assert_eq!(read(m, &c[0]), other);
+        }
     }
 );
 
@@ -375,9 +522,9 @@ every_backend!(policies_decide_at_once_and_keep_the_loser, |env: &Env| {
         );
         assert_ne!(b.state_of("f.txt"), "conflict", "{policy}: decided at once");
         agree(&env, &a, &b, "f.txt", stays);
-        assert!(
-            !env.remote_files().contains_key(&c[0]),
-            "{policy}: the copy stays local"
-        );
+        // The loser is an ordinary file, on every mount and in the remote.
+        agree(&env, &a, &b, &c[0], other);
+        assert!(open_conflicts(&a).is_empty() && open_conflicts(&b).is_empty());
+        assert_eq!(a.state_of(&c[0]), "synced", "{policy}");
     }
 });

@@ -16,13 +16,16 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
-use super::{Cond, Meta, ObjectInfo, ObjectKind, RemoteError, RemoteResult, Written};
+use super::{Cond, ConflictMark, Meta, ObjectInfo, ObjectKind, RemoteError, RemoteResult, Written};
 
 const TEMP_PREFIX: &str = ".stratus-tmp-";
 /// Held (flock) around each compare-then-write, so that stratus mounts sharing one folder
 /// see an atomic conditional write; other programs do not take it.
 const LOCK_NAME: &str = ".stratus-lock";
 const SHA_XATTR: &str = "user.stratus_sha256";
+/// Who wrote the file, and a `.conflict` copy's mark (`remote::ConflictMark`).
+const WRITER_XATTR: &str = "user.stratus_writer";
+const CONFLICT_XATTR: &str = "user.stratus_conflict";
 
 pub struct LocalRemote {
     root: PathBuf,
@@ -263,6 +266,7 @@ impl LocalRemote {
                 if let Some(h) = &meta.sha256 {
                     set_sha_xattr(&tmp, h);
                 }
+                set_extra_xattrs(&tmp, &meta);
                 to.sync_all().map_err(|e| io_err(&tmp, e))?;
                 let _lock = lock()?;
                 precheck(&dest, &cond)?;
@@ -335,6 +339,8 @@ impl LocalRemote {
                 gid: Some(m.gid()),
                 sha256: get_sha_xattr(&src),
                 symlink: None,
+                writer: get_xattr(&src, WRITER_XATTR),
+                conflict: get_xattr(&src, CONFLICT_XATTR).and_then(|v| ConflictMark::decode(&v)),
             };
             let tmp = temp_beside(&dest)?;
             let r = (|| {
@@ -350,6 +356,7 @@ impl LocalRemote {
                     if let Some(h) = &meta.sha256 {
                         set_sha_xattr(&tmp, h);
                     }
+                    set_extra_xattrs(&tmp, &meta);
                     out.sync_all().map_err(|e| io_err(&tmp, e))?;
                 }
                 replace(&tmp, &dest)
@@ -451,6 +458,13 @@ fn info_of(path: &Path, key: String, m: &fs::Metadata) -> RemoteResult<Option<Ob
                 None
             },
             symlink,
+            writer: (kind == ObjectKind::File)
+                .then(|| get_xattr(path, WRITER_XATTR))
+                .flatten(),
+            conflict: (kind == ObjectKind::File)
+                .then(|| get_xattr(path, CONFLICT_XATTR))
+                .flatten()
+                .and_then(|v| ConflictMark::decode(&v)),
         },
     }))
 }
@@ -566,6 +580,56 @@ fn set_sha_xattr(path: &Path, hash: &str) {
             0,
         )
     };
+}
+
+/// The writer and the conflict mark, as plain xattrs (kept only where the filesystem keeps
+/// user xattrs, like the hash).
+fn set_extra_xattrs(path: &Path, meta: &Meta) {
+    if let Some(w) = &meta.writer {
+        set_xattr(path, WRITER_XATTR, w);
+    }
+    if let Some(c) = &meta.conflict {
+        set_xattr(path, CONFLICT_XATTR, &c.encode());
+    }
+}
+
+fn set_xattr(path: &Path, name: &str, value: &str) {
+    let (Ok(c), Ok(name)) = (
+        CString::new(path.as_os_str().as_bytes()),
+        CString::new(name),
+    ) else {
+        return;
+    };
+    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+    unsafe {
+        libc::setxattr(
+            c.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr() as *const libc::c_void,
+            value.len(),
+            0,
+        )
+    };
+}
+
+fn get_xattr(path: &Path, name: &str) -> Option<String> {
+    let c = CString::new(path.as_os_str().as_bytes()).ok()?;
+    let name = CString::new(name).ok()?;
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: the buffer outlives the call and its length is passed.
+    let n = unsafe {
+        libc::getxattr(
+            c.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+        )
+    };
+    if n <= 0 {
+        return None;
+    }
+    buf.truncate(n as usize);
+    String::from_utf8(buf).ok()
 }
 
 fn get_sha_xattr(path: &Path) -> Option<String> {

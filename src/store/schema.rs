@@ -87,6 +87,26 @@ const MIGRATIONS: &[&str] = &[
     // scanned all queued deletes, thousands after a `rm -r`.
     "CREATE INDEX IF NOT EXISTS journal_by_delete_key ON journal(delete_key, seq) \
      WHERE delete_key IS NOT NULL;",
+    // 7: conflicts that sync: the two versions (hash, size, mtime, ETag, writer) as JSON,
+    // and which of them this mount wrote ('path', 'copy' or NULL for neither). Copies made
+    // before never went up and pointed at the original's key: a whole one goes up now as an
+    // ordinary file; one never fetched held nothing the remote lacks and goes. Open conflicts
+    // of that kind are closed (both versions are kept); an upload they held now runs, and
+    // meets the remote version again as a conflict of the new kind.
+    "ALTER TABLE conflicts ADD COLUMN versions TEXT;
+     ALTER TABLE conflicts ADD COLUMN mine TEXT;
+     UPDATE entries SET synced_key = NULL, synced_etag = NULL, synced_version = NULL,
+        synced_hash = NULL, dirty = 3, dirty_seq = dirty_seq + 1
+        WHERE conflict_of IS NOT NULL AND local = 1;
+     INSERT INTO journal(entry_id, ready_at_ms, state)
+        SELECT id, 0, 'queued' FROM entries WHERE conflict_of IS NOT NULL AND local = 1
+        AND id NOT IN (SELECT entry_id FROM journal WHERE entry_id IS NOT NULL);
+     DELETE FROM blocks WHERE entry_id IN
+        (SELECT id FROM entries WHERE conflict_of IS NOT NULL AND local = 0);
+     DELETE FROM entries WHERE conflict_of IS NOT NULL AND local = 0;
+     UPDATE entries SET conflict_of = NULL WHERE conflict_of IS NOT NULL;
+     UPDATE conflicts SET resolved_ms = CAST(strftime('%s', 'now') AS INTEGER) * 1000,
+        resolution = 'both (upgrade)' WHERE resolved_ms IS NULL;",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -1,14 +1,16 @@
-//! Keeping both versions when both sides changed: `.conflict` siblings and the policies that
-//! decide which version stays at the path.
+//! Keeping both versions when both sides changed: `.conflict` siblings that sync like any
+//! file, the policies that decide which version stays at the path, and the mark by which
+//! other mounts recognise a copy.
 
 use chrono::{DateTime, Utc};
 
 use super::uploader::{SyncError, Uploader};
 use super::{ConflictPolicy, Invalidation};
-use crate::remote::ObjectInfo;
+use crate::remote::{hash_file, ObjectInfo, ObjectKind};
 use crate::store::{
-    now_ms, now_ns, Conflict, Db, Entry, EntryId, Keep, Kind, NewEntry, StoreError, Synced,
+    dirty, now_ms, now_ns, Conflict, Db, Entry, EntryId, Kind, NewEntry, StoreError, Synced,
 };
+use crate::types::VersionMark;
 
 /// `STEM.conflict-YYYYMMDD-HHMMSS.EXT`, or `NAME.conflict-YYYYMMDD-HHMMSS` without an
 /// extension; `n > 1` appends `-n` to the timestamp. Times are UTC. A leading dot does not
@@ -41,6 +43,23 @@ pub fn conflict_name(name: &[u8], at: DateTime<Utc>, n: u32) -> Vec<u8> {
     }
 }
 
+/// Whether `name` is a `.conflict` name of `of` (what [`conflict_name`] makes of it). A mark
+/// counts only on such a name: a copy renamed over its original, or to a name of its own,
+/// carries the mark along (a server-side copy keeps metadata) but is no copy any more.
+pub fn is_conflict_name(name: &[u8], of: &[u8]) -> bool {
+    let split = of
+        .iter()
+        .rposition(|b| *b == b'.')
+        .filter(|i| *i > 0 && *i + 1 < of.len());
+    let (stem, ext) = match split {
+        Some(i) => (&of[..i], &of[i..]),
+        None => (of, &b""[..]),
+    };
+    let mut head = stem.to_vec();
+    head.extend_from_slice(b".conflict-");
+    name != of && name.starts_with(&head) && name.ends_with(ext) && name.len() > head.len()
+}
+
 /// A free `.conflict` name beside `e`.
 fn free_name(db: &Db<'_>, parent: EntryId, name: &[u8]) -> Result<Vec<u8>, StoreError> {
     let at = Utc::now();
@@ -56,159 +75,370 @@ fn free_name(db: &Db<'_>, parent: EntryId, name: &[u8]) -> Result<Vec<u8>, Store
     Ok(cand)
 }
 
+/// `dir/name` for a key, from the parent's path.
+fn join(db: &Db<'_>, parent: EntryId, name: &[u8]) -> Result<String, StoreError> {
+    let parent_path = db.path_of(parent)?.unwrap_or_default();
+    let name = String::from_utf8_lossy(name);
+    Ok(if parent_path.is_empty() {
+        name.into_owned()
+    } else {
+        format!("{}/{name}", String::from_utf8_lossy(&parent_path))
+    })
+}
+
+fn remote_mtime(r: &ObjectInfo) -> Option<i64> {
+    r.meta.mtime_ns.or(r.last_modified_ns)
+}
+
+/// The remote version `r`, as a conflict records it.
+fn mark_of_remote(r: &ObjectInfo) -> VersionMark {
+    VersionMark {
+        sha256: r.meta.sha256.clone(),
+        size: r.size,
+        mtime_ns: remote_mtime(r),
+        etag: r.etag.clone(),
+        writer: r.meta.writer.clone(),
+    }
+}
+
+/// The fields of an entry that holds the remote version `r` at `key`.
+fn entry_of_remote(
+    parent: EntryId,
+    name: Vec<u8>,
+    key: &str,
+    r: &ObjectInfo,
+    like: &Entry,
+) -> NewEntry {
+    let kind = match r.kind {
+        ObjectKind::Symlink => Kind::Symlink,
+        _ => Kind::File,
+    };
+    let target = r.meta.symlink.clone().map(String::into_bytes);
+    NewEntry {
+        parent,
+        name,
+        kind,
+        mode: r.meta.mode.unwrap_or(like.mode),
+        uid: r.meta.uid.unwrap_or(like.uid),
+        gid: r.meta.gid.unwrap_or(like.gid),
+        size: match kind {
+            Kind::Symlink => target.as_ref().map(|t| t.len() as u64).unwrap_or(0),
+            _ => r.size,
+        },
+        mtime_ns: remote_mtime(r).unwrap_or_else(now_ns),
+        target,
+        local: kind != Kind::File,
+        synced: super::base_of(key, r),
+        dirty: 0,
+        conflict_of: None,
+    }
+}
+
 impl Uploader {
-    /// Both sides changed `e` (at `key`) differently. The remote version `r` goes into a
-    /// `.conflict` sibling (fetched now: the remote will be overwritten once this is
-    /// settled), and the policy decides what stays at the path. No policy drops a version.
+    /// Both sides changed `e` (at `key`) differently; `r` is the remote version. Both versions
+    /// end up in the bucket and on every mount: one at the path, the other in a `.conflict`
+    /// sibling that is uploaded like any new file (create-only) and carries a mark naming the
+    /// original, so other mounts list the conflict too.
+    ///
+    /// Which version keeps the path: under `manual` and `remote` the one that reached the
+    /// server first (the remote's), as Dropbox does, so nothing at the path is overwritten
+    /// and other mounts see no change there; under `local` ours; under `newest` the later
+    /// mtime. Only `manual` leaves the conflict open.
+    ///
+    /// Returns `false` when it must wait: the local version would move under an open file.
     pub(super) async fn conflict(
         &self,
         e: &Entry,
         key: &str,
         r: &ObjectInfo,
-    ) -> Result<(), SyncError> {
-        let policy = match self.cfg.policy {
-            ConflictPolicy::Newest => {
-                let remote_mtime = r.meta.mtime_ns.or(r.last_modified_ns).unwrap_or(0);
-                if e.mtime_ns >= remote_mtime {
-                    ConflictPolicy::Local
-                } else {
-                    ConflictPolicy::Remote
-                }
-            }
-            p => p,
+    ) -> Result<bool, SyncError> {
+        let local_wins = match self.cfg.policy {
+            ConflictPolicy::Manual | ConflictPolicy::Remote => false,
+            ConflictPolicy::Local => true,
+            ConflictPolicy::Newest => e.mtime_ns >= remote_mtime(r).unwrap_or(0),
         };
-        if policy == ConflictPolicy::Remote && self.store.is_busy(e.id) {
-            // The local version would move to the copy under an open handle: wait for it.
-            return Ok(());
+        if e.kind == Kind::File && !e.local {
+            // A metadata-only change (chmod, touch) of a file this mount never fetched, while
+            // the remote replaced its content: there is no second content to keep.
+            tracing::warn!(path = key, "a metadata change made here lost to a remote edit of the content; taking the remote version");
+            return self.take_remote_over_meta(e, key, r).map(|_| true);
         }
+        if self.store.is_busy(e.id) {
+            // Whichever way it goes, the entry changes under an open handle: wait for it.
+            return Ok(false);
+        }
+        if local_wins {
+            self.keep_remote_aside(e, key, r).await
+        } else {
+            self.move_local_aside(e, key, r)
+        }
+    }
+
+    /// The remote version takes the path; the local one moves into the copy. The entry
+    /// itself (its id, data file and queued job) becomes the copy, renamed in the same
+    /// transaction that puts a new entry for the remote version at the path: no data moves,
+    /// and a crash leaves one state or the other.
+    fn move_local_aside(&self, e: &Entry, key: &str, r: &ObjectInfo) -> Result<bool, SyncError> {
         let parent = e.parent.ok_or(SyncError::Vanished)?;
-        let (copy, conflict) = self.store.write(|db| {
-            let name = free_name(db, parent, &e.name)?;
-            let holds_local = policy == ConflictPolicy::Remote;
-            let copy = db.insert(&NewEntry {
+        let open = self.cfg.policy == ConflictPolicy::Manual;
+        let done = self.store.write(|db| {
+            let Some(mut cur) = db.get(e.id)? else {
+                return Ok::<_, StoreError>(None);
+            };
+            if cur.parent != Some(parent) || cur.name != e.name {
+                return Ok(None);
+            }
+            let copy_name = free_name(db, parent, &cur.name)?;
+            let copy_path = join(db, parent, &copy_name)?;
+            cur.name = copy_name.clone();
+            cur.ctime_ns = now_ns();
+            db.update(&cur)?;
+            // No base: the copy goes up create-only under its own name.
+            db.set_synced(e.id, &Synced::default())?;
+            db.enqueue_sync(e.id, dirty::CONTENT | dirty::META, Some(now_ms()))?;
+            let at_path = db.insert(&entry_of_remote(parent, e.name.clone(), key, r, &cur))?;
+            if open {
+                db.set_conflict_of(e.id, Some(at_path.id))?;
+            }
+            let mine = VersionMark {
+                sha256: None,
+                size: cur.size,
+                mtime_ns: Some(cur.mtime_ns),
+                etag: None,
+                writer: Some(self.cfg.writer.clone()),
+            };
+            let theirs = mark_of_remote(r);
+            let c = Conflict {
+                entry_id: at_path.id.0,
+                copy_id: e.id.0,
+                path: key.to_string(),
+                copy_path,
+                local_size: mine.size,
+                local_mtime_ns: cur.mtime_ns,
+                local_etag: None,
+                remote_size: theirs.size,
+                remote_mtime_ns: theirs.mtime_ns,
+                remote_etag: theirs.etag.clone(),
+                remote_version: r.version.clone(),
+                detected_ms: now_ms(),
+                policy: self.cfg.policy.as_str().to_string(),
+                resolved_ms: (!open).then(now_ms),
+                resolution: (!open).then(|| self.cfg.policy.as_str().to_string()),
+                at_path: theirs,
+                in_copy: mine,
+                mine: Some("copy".into()),
+                ..Default::default()
+            };
+            let id = db.insert_conflict(&c)?;
+            Ok(Some(Conflict { id, ..c }))
+        })?;
+        let Some(c) = done else {
+            return Ok(true);
+        };
+        tracing::warn!(path = key, copy = %c.copy_path, policy = self.cfg.policy.as_str(), "conflict: both sides changed; the remote version stays at the path, ours goes up as the copy");
+        self.notify(Invalidation::Entry {
+            parent,
+            name: e.name.clone(),
+        });
+        if let Some(name) = c.copy_path.rsplit('/').next() {
+            self.notify(Invalidation::Entry {
                 parent,
-                name: name.clone(),
-                kind: Kind::File,
-                mode: if holds_local {
-                    e.mode
-                } else {
-                    r.meta.mode.unwrap_or(e.mode)
+                name: name.as_bytes().to_vec(),
+            });
+        }
+        self.notify(Invalidation::Inode(e.id));
+        Ok(true)
+    }
+
+    /// Our version keeps the path (uploaded against the remote version `r`); `r` goes into a
+    /// new copy. Its bytes are fetched first and checked, and the copy's entry, its data file
+    /// and our re-armed upload are committed together: the remote version is never
+    /// overwritten before it is on this disk.
+    async fn keep_remote_aside(
+        &self,
+        e: &Entry,
+        key: &str,
+        r: &ObjectInfo,
+    ) -> Result<bool, SyncError> {
+        let parent = e.parent.ok_or(SyncError::Vanished)?;
+        let tmp = self.cache.temp_path(e.id).with_extension("theirs");
+        if r.kind != ObjectKind::Symlink {
+            let n = self.remote.download(key, &tmp).await?;
+            let path = tmp.clone();
+            let hash = tokio::task::spawn_blocking(move || hash_file(&path).ok())
+                .await
+                .ok()
+                .flatten();
+            let same = n == r.size && (r.meta.sha256.is_none() || hash == r.meta.sha256);
+            if !same {
+                // Changed again since the HEAD: the next round sees the newer version.
+                let _ = std::fs::remove_file(&tmp);
+                return Ok(false);
+            }
+        }
+        let result = self.store.write(|db| {
+            let Some(cur) = db.get(e.id)? else {
+                return Ok::<_, SyncError>(None);
+            };
+            let copy_name = free_name(db, parent, &cur.name)?;
+            let copy_path = join(db, parent, &copy_name)?;
+            let mut fields = entry_of_remote(parent, copy_name, key, r, &cur);
+            fields.synced = Synced::default();
+            fields.local = true;
+            fields.dirty = dirty::CONTENT | dirty::META;
+            let copy = db.insert(&fields)?;
+            db.enqueue_sync(copy.id, dirty::CONTENT | dirty::META, Some(now_ms()))?;
+            if r.kind != ObjectKind::Symlink {
+                // Inside the transaction: if it fails, nothing was recorded; if the commit
+                // fails after it, the data file has no entry and is swept at the next start.
+                std::fs::rename(&tmp, self.cache.path(copy.id)).map_err(|err| {
+                    SyncError::Local(format!("placing the remote version: {err}"))
+                })?;
+            }
+            db.set_synced(
+                e.id,
+                &Synced {
+                    hash: cur.synced.hash.clone(),
+                    ..super::base_of(key, r)
                 },
-                uid: e.uid,
-                gid: e.gid,
-                size: if holds_local { e.size } else { r.size },
-                mtime_ns: if holds_local {
-                    e.mtime_ns
-                } else {
-                    r.meta
-                        .mtime_ns
-                        .or(r.last_modified_ns)
-                        .unwrap_or_else(now_ns)
-                },
-                target: None,
-                local: holds_local,
-                synced: if holds_local {
-                    Synced::default()
-                } else {
-                    super::base_of(key, r)
-                },
-                dirty: 0,
-                conflict_of: Some(e.id),
-            })?;
-            let parent_path = db.path_of(parent)?.unwrap_or_default();
-            let copy_path = if parent_path.is_empty() {
-                String::from_utf8_lossy(&name).into_owned()
-            } else {
-                format!(
-                    "{}/{}",
-                    String::from_utf8_lossy(&parent_path),
-                    String::from_utf8_lossy(&name)
-                )
+            )?;
+            db.enqueue_sync(e.id, dirty::CONTENT | dirty::META, Some(now_ms()))?;
+            let theirs = mark_of_remote(r);
+            let mine = VersionMark {
+                sha256: None,
+                size: cur.size,
+                mtime_ns: Some(cur.mtime_ns),
+                etag: None,
+                writer: Some(self.cfg.writer.clone()),
             };
             let c = Conflict {
                 entry_id: e.id.0,
                 copy_id: copy.id.0,
                 path: key.to_string(),
                 copy_path,
-                local_size: e.size,
-                local_mtime_ns: e.mtime_ns,
-                local_etag: e.synced.etag.clone(),
-                remote_size: r.size,
-                remote_mtime_ns: r.meta.mtime_ns.or(r.last_modified_ns),
-                remote_etag: r.etag.clone(),
+                local_size: mine.size,
+                local_mtime_ns: cur.mtime_ns,
+                local_etag: None,
+                remote_size: theirs.size,
+                remote_mtime_ns: theirs.mtime_ns,
+                remote_etag: theirs.etag.clone(),
                 remote_version: r.version.clone(),
                 detected_ms: now_ms(),
                 policy: self.cfg.policy.as_str().to_string(),
+                resolved_ms: Some(now_ms()),
+                resolution: Some(self.cfg.policy.as_str().to_string()),
+                at_path: mine,
+                in_copy: theirs,
+                mine: Some("path".into()),
                 ..Default::default()
             };
             let id = db.insert_conflict(&c)?;
-            Ok::<_, StoreError>((copy, Conflict { id, ..c }))
-        })?;
-        tracing::warn!(path = key, copy = %conflict.copy_path, policy = self.cfg.policy.as_str(), "conflict: both sides changed; keeping both versions");
-        match policy {
-            ConflictPolicy::Remote => {
-                // The local version moves into the copy; the path takes the remote version.
-                std::fs::rename(self.cache.path(e.id), self.cache.path(copy.id)).map_err(
-                    |err| SyncError::Local(format!("moving the local version aside: {err}")),
-                )?;
-                self.store.write(|db| {
-                    db.set_local(e.id, false)?;
-                    db.set_synced(e.id, &super::base_of(key, r))?;
-                    let mut cur = db.must_get(e.id)?;
-                    cur.size = r.size;
-                    cur.mtime_ns = r
-                        .meta
-                        .mtime_ns
-                        .or(r.last_modified_ns)
-                        .unwrap_or(cur.mtime_ns);
-                    if let Some(m) = r.meta.mode {
-                        cur.mode = m;
-                    }
-                    cur.local = false;
-                    db.update(&cur)?;
-                    db.mark_clean(e.id)?;
-                    db.resolve_conflict(conflict.id, "remote")
-                })?;
-            }
-            ConflictPolicy::Local => {
-                self.fetch_copy(copy.id, key, r).await;
-                self.store
-                    .write(|db| db.settle_conflict(&conflict, Keep::Local))?;
-                // The copy stays as a resolved `.conflict` sibling: no policy destroys a version.
-                self.store
-                    .write(|db| db.set_conflict_of(copy.id, Some(e.id)))?;
-            }
-            ConflictPolicy::Manual | ConflictPolicy::Newest => {
-                self.fetch_copy(copy.id, key, r).await;
-            }
-        }
+            Ok(Some((copy, Conflict { id, ..c })))
+        });
+        let Some((copy, c)) = result.inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })?
+        else {
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(true);
+        };
+        tracing::warn!(path = key, copy = %c.copy_path, policy = self.cfg.policy.as_str(), "conflict: both sides changed; our version stays at the path, the remote one goes up as the copy");
         self.notify(Invalidation::Entry {
             parent,
             name: copy.name.clone(),
         });
         self.notify(Invalidation::Inode(e.id));
-        Ok(())
+        Ok(true)
     }
 
-    /// Materializes a `.conflict` copy's content now, pinned to the version it records. If
-    /// that fails the copy still knows its key and is fetched on first open.
-    async fn fetch_copy(&self, copy: EntryId, key: &str, r: &ObjectInfo) {
-        let tmp = self.cache.temp_path(copy);
-        match self.remote.download(key, &tmp).await {
-            Ok(n) if n == r.size => {
-                if self.cache.commit_temp(copy).is_ok() {
-                    let _ = self.store.write(|db| db.set_local(copy, true));
-                }
-            }
-            Ok(_) | Err(_) => {
-                let _ = std::fs::remove_file(&tmp);
-                tracing::warn!(
-                    key,
-                    "could not fetch the remote version for its .conflict copy now"
-                );
-            }
-        }
+    /// The remote version replaces a local change that held no content of its own.
+    fn take_remote_over_meta(&self, e: &Entry, key: &str, r: &ObjectInfo) -> Result<(), SyncError> {
+        self.store.write(|db| {
+            let Some(mut cur) = db.get(e.id)? else {
+                return Ok::<_, StoreError>(());
+            };
+            let f = entry_of_remote(EntryId::ROOT, Vec::new(), key, r, &cur);
+            cur.size = f.size;
+            cur.mtime_ns = f.mtime_ns;
+            cur.mode = f.mode;
+            cur.uid = f.uid;
+            cur.gid = f.gid;
+            cur.ctime_ns = now_ns();
+            db.update(&cur)?;
+            db.set_local(e.id, false)?;
+            db.set_synced(e.id, &f.synced)?;
+            db.mark_clean(e.id)
+        })?;
+        let _ = self.cache.remove(e.id);
+        self.notify(Invalidation::Inode(e.id));
+        Ok(())
     }
+}
+
+/// Records the conflict that a `.conflict` copy's mark names, on a mount that learns of it
+/// from the remote (a poll, or a new state dir): `copy` is the entry just made for the
+/// object `o`. Nothing happens when the mark does not hold: the name is not a conflict name
+/// of the original, the original is missing, or the conflict is already recorded.
+pub(crate) fn adopt_mark(
+    db: &Db<'_>,
+    copy: &Entry,
+    copy_key: &str,
+    o: &ObjectInfo,
+    writer: &str,
+) -> Result<bool, StoreError> {
+    let Some(mark) = &o.meta.conflict else {
+        return Ok(false);
+    };
+    let Some(parent) = copy.parent else {
+        return Ok(false);
+    };
+    if !is_conflict_name(&copy.name, mark.of.as_bytes()) || copy.conflict_of.is_some() {
+        return Ok(false);
+    }
+    let Some(orig) = db.lookup(parent, mark.of.as_bytes())? else {
+        return Ok(false);
+    };
+    if orig.kind == Kind::Dir || orig.conflict_of.is_some() {
+        return Ok(false);
+    }
+    if db.open_conflict_for(orig.id)?.is_some() || db.open_conflict_for(copy.id)?.is_some() {
+        return Ok(false);
+    }
+    let in_copy = mark_of_remote(o);
+    let mine = if mark.at_path.writer.as_deref() == Some(writer) {
+        Some("path".to_string())
+    } else if in_copy.writer.as_deref() == Some(writer) {
+        Some("copy".to_string())
+    } else {
+        None
+    };
+    db.set_conflict_of(copy.id, Some(orig.id))?;
+    let (local, remote) = if mine.as_deref() == Some("path") {
+        (&mark.at_path, &in_copy)
+    } else {
+        (&in_copy, &mark.at_path)
+    };
+    db.insert_conflict(&Conflict {
+        entry_id: orig.id.0,
+        copy_id: copy.id.0,
+        path: join(db, parent, &orig.name)?,
+        copy_path: copy_key.to_string(),
+        local_size: local.size,
+        local_mtime_ns: local.mtime_ns.unwrap_or(0),
+        local_etag: local.etag.clone(),
+        remote_size: remote.size,
+        remote_mtime_ns: remote.mtime_ns,
+        remote_etag: remote.etag.clone(),
+        remote_version: None,
+        detected_ms: mark.detected_ms,
+        policy: "manual".into(),
+        at_path: mark.at_path.clone(),
+        in_copy,
+        mine,
+        ..Default::default()
+    })?;
+    tracing::warn!(path = %String::from_utf8_lossy(&orig.name), copy = copy_key, "conflict found on another mount: both versions are here");
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -229,5 +459,30 @@ mod tests {
             s("report.docx", 2),
             "report.conflict-20261125-070809-2.docx"
         );
+    }
+
+    #[test]
+    fn conflict_names_are_recognised() {
+        let at = Utc.with_ymd_and_hms(2026, 11, 25, 7, 8, 9).unwrap();
+        for (name, n) in [
+            ("report.docx", 1),
+            ("Makefile", 3),
+            (".bashrc", 1),
+            ("a.tar.gz", 2),
+        ] {
+            let c = conflict_name(name.as_bytes(), at, n);
+            assert!(is_conflict_name(&c, name.as_bytes()), "{name}");
+        }
+        // The original itself, another file's copy and plain names are not.
+        assert!(!is_conflict_name(b"report.docx", b"report.docx"));
+        assert!(!is_conflict_name(
+            b"other.conflict-20261125-070809.docx",
+            b"report.docx"
+        ));
+        assert!(!is_conflict_name(b"report-final.docx", b"report.docx"));
+        assert!(!is_conflict_name(
+            b"report.conflict-20261125-070809.txt",
+            b"report.docx"
+        ));
     }
 }

@@ -86,7 +86,8 @@ impl Uploader {
 
         // 1. Files and symlinks that have a base: did the remote change them?
         for e in entries.values() {
-            if e.kind == Kind::Dir || e.conflict_of.is_some() || e.id == EntryId::ROOT {
+            // `.conflict` copies take part like any file: they are synced objects.
+            if e.kind == Kind::Dir || e.id == EntryId::ROOT {
                 continue;
             }
             let (Some(key), Some(path)) = (e.synced.key.as_deref(), paths.get(&e.id)) else {
@@ -111,16 +112,41 @@ impl Uploader {
             } else {
                 Local::Unchanged
             };
-            if self.store.read(|db| db.open_conflict_for(e.id))?.is_some() {
+            self.apply(e, key, lside, rside).await?;
+        }
+
+        // 1b. Open conflicts settled as "keep both" on another mount: the copy lost its mark.
+        //     S3 keeps an object's ETag when only its metadata changes, so the listing cannot
+        //     tell; open conflicts are few, and each costs one HEAD per poll.
+        for e in entries.values().filter(|e| e.conflict_of.is_some()) {
+            let (Some(key), Some(path)) = (e.synced.key.as_deref(), paths.get(&e.id)) else {
+                continue;
+            };
+            if path != key || remote.get(key).map(|o| &o.etag) != Some(&e.synced.etag) {
                 continue;
             }
-            self.apply(e, key, lside, rside).await?;
+            if let Some(h) = self.remote.head(key, false).await? {
+                let marked =
+                    h.meta.conflict.as_ref().is_some_and(|m| {
+                        super::conflict::is_conflict_name(&e.name, m.of.as_bytes())
+                    });
+                if !marked {
+                    self.store.write(|db| {
+                        if let Some(c) = db.open_conflict_of_copy(e.id)? {
+                            db.set_conflict_of(e.id, None)?;
+                            db.resolve_conflict(c.id, "both (on another mount)")?;
+                        }
+                        Ok::<_, StoreError>(())
+                    })?;
+                }
+            }
         }
 
         // 2. Remote keys nothing here has a base for: new objects, directories, a delete of
         //    ours that a remote edit overtook, or a path both sides created.
         let mut keys: Vec<&String> = remote.keys().collect();
         keys.sort();
+        let mut marked = Vec::new();
         for key in keys {
             if based.contains(key.as_str()) {
                 continue;
@@ -141,7 +167,7 @@ impl Uploader {
                         })?;
                     }
                 }
-                Some(e) if e.kind == Kind::Dir || e.conflict_of.is_some() => {
+                Some(e) if e.kind == Kind::Dir => {
                     tracing::warn!(%key, "remote object where the mount has a directory; left alone");
                 }
                 Some(e) if e.synced.key.is_some() && jobs.contains(&e.id) => {
@@ -149,7 +175,9 @@ impl Uploader {
                     // way through the move. The job finishes it (and compares first).
                 }
                 Some(e) => {
-                    // Created on both sides without a common base.
+                    // Created on both sides without a common base. (Regression: before the
+                    // conflict moved our version aside, the entry stayed "created" and every
+                    // poll made another copy: 7 after 20 s at a 3 s interval.)
                     self.apply(e, key, Local::Created, RemoteSide::Created)
                         .await?;
                 }
@@ -168,14 +196,16 @@ impl Uploader {
                                 == Action::Restore
                             {
                                 self.store.write(|db| db.remove_job(seq))?;
-                                self.create_from_remote(key, o).await?;
+                                marked.extend(self.create_from_remote(key, o).await?);
                             }
                         }
-                        None => self.create_from_remote(key, o).await?,
+                        None => marked.extend(self.create_from_remote(key, o).await?),
                     }
                 }
             }
         }
+
+        self.adopt_marks(marked)?;
 
         // 3. Directories the remote no longer has, deepest first. One that still holds
         //    local changes keeps them (and gets its marker back). Where the remote cannot
@@ -251,8 +281,10 @@ impl Uploader {
                 Ok(())
             }
             Action::Conflict => {
+                // Postponed (an open file) means: the next poll looks again.
                 self.conflict(e, key, head.as_ref().expect("remote side exists"))
                     .await
+                    .map(|_| ())
             }
             Action::Reupload => {
                 self.store.write(|db| {
@@ -331,6 +363,17 @@ impl Uploader {
             // The cached data (whole or in blocks) is the old version's.
             db.set_local(e.id, cur.local)?;
             db.set_synced(e.id, &super::base_of(key, r))?;
+            if let Some(c) = db.open_conflict_of_copy(e.id)? {
+                let still_marked =
+                    r.meta.conflict.as_ref().is_some_and(|m| {
+                        super::conflict::is_conflict_name(&cur.name, m.of.as_bytes())
+                    });
+                if !still_marked {
+                    // Kept as an ordinary file on another mount.
+                    db.set_conflict_of(e.id, None)?;
+                    db.resolve_conflict(c.id, "both (on another mount)")?;
+                }
+            }
             Ok(true)
         })?;
         if took {
@@ -354,6 +397,21 @@ impl Uploader {
             if cur.dirty_seq != e.dirty_seq || cur.dirty != 0 || db.job_for(e.id)?.is_some() {
                 return Ok(None);
             }
+            if let Some(c) = db.open_conflict_for(e.id)? {
+                // Settled on another mount: by deleting the copy, by renaming it over the
+                // original, or by deleting the original.
+                let how = if c.copy_id == e.id.0 {
+                    "copy removed on another mount"
+                } else {
+                    "original removed on another mount"
+                };
+                if let Some(copy) = db.get(EntryId(c.copy_id))? {
+                    if copy.id != e.id {
+                        db.set_conflict_of(copy.id, None)?;
+                    }
+                }
+                db.resolve_conflict(c.id, how)?;
+            }
             db.delete_entry(e.id)?;
             Ok(cur.parent.map(|p| (p, cur.name)))
         })?;
@@ -365,20 +423,41 @@ impl Uploader {
         Ok(())
     }
 
-    async fn create_from_remote(&self, key: &str, listed: &ObjectInfo) -> Result<(), SyncError> {
+    /// Returns the object when it carries a conflict mark, to be recorded once the whole
+    /// listing is in (the copy sorts before its original).
+    async fn create_from_remote(
+        &self,
+        key: &str,
+        listed: &ObjectInfo,
+    ) -> Result<Option<ObjectInfo>, SyncError> {
         if listed.kind == ObjectKind::Dir {
-            return self.store_new(key, listed);
+            self.store_new(key, listed)?;
+            return Ok(None);
         }
         match self.remote.head(key, false).await? {
-            Some(h) => self.store_new(
-                key,
-                &ObjectInfo {
+            Some(h) => {
+                let o = ObjectInfo {
                     last_modified_ns: listed.last_modified_ns,
                     ..h
-                },
-            ),
-            None => Ok(()),
+                };
+                self.store_new(key, &o)?;
+                Ok(o.meta.conflict.is_some().then_some(o))
+            }
+            None => Ok(None),
         }
+    }
+
+    /// Records the conflicts that newly seen `.conflict` copies name.
+    fn adopt_marks(&self, marked: Vec<ObjectInfo>) -> Result<(), SyncError> {
+        for o in marked {
+            self.store.write(|db| {
+                let Some(copy) = db.resolve(o.key.as_bytes())? else {
+                    return Ok::<_, StoreError>(false);
+                };
+                super::conflict::adopt_mark(db, &copy, &o.key, &o, &self.cfg.writer)
+            })?;
+        }
+        Ok(())
     }
 
     /// Inserts an entry for a remote object, with any missing parent directories.

@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use super::{backoff, Invalidation, SyncConfig};
 use crate::cache::FileCache;
-use crate::remote::{hash_file, Cond, Meta, Remote, RemoteError, Written};
+use crate::remote::{hash_file, Cond, ConflictMark, Meta, Remote, RemoteError, Written};
 use crate::store::{
     now_ms, Entry, EntryId, Job, JobKind, JobState, Kind, Store, StoreError, Synced,
 };
@@ -280,6 +280,16 @@ impl Uploader {
     }
 
     fn meta_of(&self, e: &Entry, sha256: Option<String>) -> Meta {
+        // The copy of an open conflict says so, so that every mount lists the conflict.
+        let conflict = e
+            .conflict_of
+            .and_then(|_| self.store.read(|db| db.open_conflict_of_copy(e.id)).ok())
+            .flatten()
+            .map(|c| ConflictMark {
+                of: c.path.rsplit('/').next().unwrap_or(&c.path).to_string(),
+                at_path: c.at_path,
+                detected_ms: c.detected_ms,
+            });
         Meta {
             mtime_ns: Some(e.mtime_ns),
             mode: Some(e.mode),
@@ -290,6 +300,8 @@ impl Uploader {
                 .target
                 .as_ref()
                 .map(|t| String::from_utf8_lossy(t).into_owned()),
+            writer: Some(self.cfg.writer.clone()),
+            conflict,
         }
     }
 
@@ -393,11 +405,6 @@ impl Uploader {
         };
         let key = String::from_utf8(path)
             .map_err(|_| SyncError::Local("path is not valid UTF-8".into()))?;
-        if e.conflict_of.is_some() {
-            // A `.conflict` copy stays local.
-            self.store.write(|db| db.remove_job(job.seq))?;
-            return Ok(Outcome::Done);
-        }
         let old = e.synced.key.clone().filter(|k| *k != key);
         let moved_only = e.dirty == 0 && old.is_some();
         if e.synced.key.as_deref() == Some(key.as_str()) && e.dirty == 0 {
@@ -489,6 +496,18 @@ impl Uploader {
             version: written.version,
             hash: hash.or(e.synced.hash.clone()),
         };
+        if e.conflict_of.is_some() {
+            // The copy's version is now known by its ETag too.
+            self.store.write(|db| {
+                if let Some(mut c) = db.open_conflict_of_copy(e.id)? {
+                    c.in_copy.etag = synced.etag.clone();
+                    c.in_copy.sha256 = synced.hash.clone();
+                    c.local_etag = synced.etag.clone();
+                    db.update_conflict_versions(&c)?;
+                }
+                Ok::<_, StoreError>(())
+            })?;
+        }
         self.finish(job, &e, synced).await
     }
 
@@ -589,7 +608,16 @@ impl Uploader {
                 .write(|db| db.set_synced(e.id, &super::base_of(key, &r)))?;
             return Ok(Outcome::Again);
         }
-        self.conflict(e, key, &r).await?;
+        if !self.conflict(e, key, &r).await? {
+            // Open here: the versions are sorted out once it is closed.
+            self.store.write(|db| {
+                db.retry_job(
+                    job.seq,
+                    "conflict: waiting for the file to be closed",
+                    now_ms() + 2000,
+                )
+            })?;
+        }
         Ok(Outcome::Done)
     }
 

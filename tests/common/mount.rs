@@ -510,6 +510,7 @@ fn walk_local(dir: &Path, prefix: &str, out: &mut BTreeMap<String, RemoteObj>) {
             gid: Some(m.gid()),
             sha256: None,
             symlink: None,
+            ..Default::default()
         };
         if m.is_dir() {
             out.insert(
