@@ -489,6 +489,22 @@ impl Env {
     }
 }
 
+impl Env {
+    /// An object_store client of the cloud remote (not stratus's own request code), and the
+    /// full key of a path under the mount's root; `None` for a local folder.
+    pub fn direct_client(&self) -> Option<Box<dyn ObjectStore>> {
+        match self.backend {
+            Backend::Local => None,
+            Backend::S3 => Some(Box::new(self.s3())),
+            Backend::Azure => Some(Box::new(self.azure())),
+        }
+    }
+
+    pub fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix())
+    }
+}
+
 fn walk_local(dir: &Path, prefix: &str, out: &mut BTreeMap<String, RemoteObj>) {
     for e in std::fs::read_dir(dir).unwrap() {
         let e = e.unwrap();
