@@ -1,5 +1,6 @@
-//! POSIX behaviour on a real mount, each test run against the local-folder remote and an S3
-//! server, with what lands on the remote checked without going through the mount.
+//! POSIX behaviour on a real mount, one test per operation family, each run against the
+//! local-folder remote, an S3 server and Azurite, with what lands on the remote checked
+//! without going through the mount.
 
 mod common;
 
@@ -431,6 +432,23 @@ every_backend!(foreign_objects_get_defaults, |env: &Env| {
     let md = fs::metadata(m.path("other/tool.bin")).unwrap();
     assert!(md.is_file());
     assert_eq!(md.len(), 14);
+    // No stratus metadata: rw-r--r--, owned by whoever mounted, modified when it was put
+    // there (a local folder's file has all of these of its own, the same here).
+    assert_eq!(md.mode() & 0o7777, 0o644, "default mode");
+    // SAFETY: getuid/getgid cannot fail.
+    let me = unsafe { (libc::getuid(), libc::getgid()) };
+    assert_eq!((md.uid(), md.gid()), me, "default owner");
+    let age = std::time::SystemTime::now()
+        .duration_since(md.modified().unwrap())
+        .unwrap_or_default();
+    assert!(
+        age < Duration::from_secs(600),
+        "mtime is not the object's: {:?}",
+        md.modified()
+    );
+    let dir = fs::metadata(m.path("other")).unwrap();
+    assert!(dir.is_dir());
+    assert_eq!(dir.mode() & 0o7777, 0o755, "an implied directory's mode");
     assert_eq!(
         fs::read(m.path("other/tool.bin")).unwrap(),
         b"made elsewhere"
