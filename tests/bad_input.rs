@@ -105,11 +105,25 @@ fn keys_that_are_not_paths_are_skipped_or_settled(backend: Backend) {
         m.log_tail().contains("not a valid path"),
         "no warning logged"
     );
-    // Nothing was deleted from the remote.
+    // Nothing was deleted from the remote: neither the skipped keys nor the settled ones.
     m.sync();
     let tree = env.remote_tree();
-    assert!(tree.contains_key("both"));
-    assert!(tree.contains_key("both/child"));
+    let long = format!("{}/long", "n".repeat(300));
+    for key in [
+        "a//b",
+        "x/./y",
+        "../escape",
+        long.as_str(),
+        "both",
+        "both/child",
+    ] {
+        assert!(
+            tree.contains_key(key),
+            "{key} is gone from the remote: {:?}",
+            tree.keys()
+        );
+    }
+    assert_eq!(tree["both/child"].data, b"child");
 }
 
 #[test]

@@ -101,6 +101,11 @@ every_backend!(a_replaced_object_never_yields_a_mix, |env: &Env| {
     let mut first = vec![0u8; 4096];
     f.read_exact(&mut first).unwrap();
     assert!(first == data(1, size)[..4096]);
+    // The block read next is not cached yet, or there would be nothing to mix.
+    assert!(
+        status_figure(&m, "downloaded") < 4 * MIB,
+        "the first read fetched past 4 MiB"
+    );
     // Another client replaces the object between two reads of the same open file.
     env.put_remote("doc.bin", &data(2, size));
     f.seek(SeekFrom::Start(4 * MIB)).unwrap();

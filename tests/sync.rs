@@ -180,23 +180,38 @@ every_backend!(changes_flow_both_ways, |env: &Env| {
 every_backend!(
     remote_changes_appear_within_one_poll_interval,
     |env: &Env| {
+        // Long enough that a listing plus a download on a loaded machine fits in the margin,
+        // short enough that an interval not kept (a missed tick, a default taking over) shows.
+        const INTERVAL_S: f64 = 3.0;
+        const MARGIN_S: f64 = 1.5;
         let a = env
             .try_mount(&env.new_state_dir(), &["--write-back", "0.2"])
             .unwrap();
         let b = env
             .try_mount(
                 &env.new_state_dir(),
-                &["--write-back", "0.2", "--poll-interval", "1"],
+                &[
+                    "--write-back",
+                    "0.2",
+                    "--poll-interval",
+                    &INTERVAL_S.to_string(),
+                ],
             )
             .unwrap();
         fs::write(a.path("news.txt"), b"fresh").unwrap();
         a.sync();
+        // The file is on the remote from here on; B's next poll is at most one interval away.
         // No `stratus sync` on B: its poller alone brings the file in.
-        assert!(
-            eventually(5, || fs::read(b.path("news.txt")).ok().as_deref()
-                == Some(b"fresh")),
-            "B never saw the new file"
-        );
+        let confirmed = std::time::Instant::now();
+        let deadline = confirmed + std::time::Duration::from_secs_f64(INTERVAL_S + MARGIN_S);
+        while fs::read(b.path("news.txt")).ok().as_deref() != Some(b"fresh") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "B did not see the new file within one poll interval ({INTERVAL_S} s) plus \
+                 {MARGIN_S} s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 );
 
