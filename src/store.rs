@@ -1228,6 +1228,14 @@ impl Db<'_> {
             .optional()?)
     }
 
+    pub fn set_conflict_copy_path(&self, id: i64, copy_path: &str) -> StoreResult<()> {
+        self.conn.execute(
+            "UPDATE conflicts SET copy_path = ?2 WHERE id = ?1",
+            params![id, copy_path],
+        )?;
+        Ok(())
+    }
+
     /// The open conflict whose copy is `copy`.
     pub fn open_conflict_of_copy(&self, copy: EntryId) -> StoreResult<Option<Conflict>> {
         let mut st = self.conn.prepare_cached(&format!(

@@ -351,6 +351,68 @@ impl Uploader {
         Ok(true)
     }
 
+    /// Gives the `.conflict` copy `e`, whose name turned out to be taken on the remote, the
+    /// next name free both here and there. `false` when `e` is no copy.
+    pub(super) async fn rename_copy(&self, e: &Entry) -> Result<bool, SyncError> {
+        let Some(parent) = e.parent else {
+            return Ok(false);
+        };
+        let found = self.store.read(|db| {
+            let path = join(db, parent, &e.name)?;
+            Ok::<_, StoreError>(
+                db.last_conflict_for(e.id, &path)?
+                    .filter(|c| c.copy_id == e.id.0),
+            )
+        })?;
+        let Some(c) = found else {
+            return Ok(false);
+        };
+        let orig = c
+            .path
+            .rsplit('/')
+            .next()
+            .unwrap_or(&c.path)
+            .as_bytes()
+            .to_vec();
+        let at = Utc::now();
+        for n in 2..1000 {
+            let cand = conflict_name(&orig, at, n);
+            let (taken, key) = self.store.read(|db| {
+                Ok::<_, StoreError>((
+                    db.lookup(parent, &cand)?.is_some(),
+                    join(db, parent, &cand)?,
+                ))
+            })?;
+            if taken || self.remote.head(&key, false).await?.is_some() {
+                continue;
+            }
+            let renamed = self.store.write(|db| {
+                let Some(mut cur) = db.get(e.id)? else {
+                    return Ok::<_, StoreError>(false);
+                };
+                if cur.name != e.name || db.lookup(parent, &cand)?.is_some() {
+                    return Ok(false);
+                }
+                cur.name = cand.clone();
+                cur.ctime_ns = now_ns();
+                db.update(&cur)?;
+                db.set_conflict_copy_path(c.id, &key)?;
+                db.enqueue_sync(e.id, 0, Some(now_ms()))?;
+                Ok(true)
+            })?;
+            if renamed {
+                tracing::info!(from = %String::from_utf8_lossy(&e.name), to = %key, "conflict copy renamed: its name was taken on the remote");
+                self.notify(Invalidation::Entry {
+                    parent,
+                    name: e.name.clone(),
+                });
+                self.notify(Invalidation::Entry { parent, name: cand });
+            }
+            return Ok(renamed);
+        }
+        Ok(false)
+    }
+
     /// The remote version replaces a local change that held no content of its own.
     fn take_remote_over_meta(&self, e: &Entry, key: &str, r: &ObjectInfo) -> Result<(), SyncError> {
         self.store.write(|db| {

@@ -608,6 +608,12 @@ impl Uploader {
                 .write(|db| db.set_synced(e.id, &super::base_of(key, &r)))?;
             return Ok(Outcome::Again);
         }
+        if e.synced.key.is_none() && self.rename_copy(e).await? {
+            // A `.conflict` copy whose name another mount took in the same second (both
+            // found their conflicts at once): it takes the next free name, not a conflict
+            // of its own.
+            return Ok(Outcome::Again);
+        }
         if !self.conflict(e, key, &r).await? {
             // Open here: the versions are sorted out once it is closed.
             self.store.write(|db| {
