@@ -22,14 +22,10 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
-use std::os::fd::AsRawFd;
-use std::path::Path;
 use std::sync::Mutex;
 
+use common::direct::{digest, files, put_if, sha, versions, Version};
 use common::mount::{Env, Mount};
-use object_store::path::Path as ObjPath;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
-use sha2::{Digest, Sha256};
 
 const SMALL: [&str; 4] = ["s.txt", "t.txt", "d/x.txt", "d/y.txt"];
 const BIG: &str = "big.bin";
@@ -48,10 +44,6 @@ impl Rng {
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
-}
-
-fn sha(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
 }
 
 /// Content no other write has: a header naming the write, then filler up to `len`.
@@ -160,97 +152,12 @@ fn mount_writer(
     }
 }
 
-/// The direct client's idea of each path's version at the round's start: the ETag on a
-/// cloud, the content hash on a local folder.
-fn versions(env: &Env) -> BTreeMap<String, (Option<String>, Option<String>)> {
-    match env.direct_client() {
-        None => env
-            .remote_files()
-            .into_iter()
-            .map(|(k, v)| (k, (Some(sha(&v)), None)))
-            .collect(),
-        Some(store) => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            let mut out = BTreeMap::new();
-            for p in SMALL.iter().chain([&BIG]) {
-                let key = ObjPath::parse(env.full_key(p)).unwrap();
-                if let Ok(h) = rt.block_on(store.head(&key)) {
-                    out.insert(p.to_string(), (h.e_tag, h.version));
-                }
-            }
-            out
-        }
-    }
-}
-
-/// A conditional write by the direct client: it must still find `expect` (or nothing).
-fn put_if(
-    env: &Env,
-    key: &str,
-    data: &[u8],
-    expect: Option<&(Option<String>, Option<String>)>,
-) -> Result<bool, String> {
-    match env.direct_client() {
-        None => {
-            // The folder's lock, as stratus mounts take it: compare, then rename into place.
-            let lock = fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(env.root.join(".stratus-lock"))
-                .unwrap();
-            // SAFETY: flock on a descriptor we own; released when `lock` closes.
-            assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
-            let dest = env.root.join(key);
-            let cur = fs::read(&dest).ok().map(|d| sha(&d));
-            if cur.as_ref() != expect.and_then(|e| e.0.as_ref()) {
-                return Ok(false);
-            }
-            fs::create_dir_all(dest.parent().unwrap()).unwrap();
-            let tmp = dest.with_file_name(format!(".stratus-tmp-race-{}", std::process::id()));
-            fs::write(&tmp, data).unwrap();
-            fs::File::open(&tmp).unwrap().sync_all().unwrap();
-            fs::rename(&tmp, &dest).unwrap();
-            drop(lock);
-            Ok(true)
-        }
-        Some(store) => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            let mode = match expect {
-                None => PutMode::Create,
-                Some((e_tag, version)) => PutMode::Update(UpdateVersion {
-                    e_tag: e_tag.clone(),
-                    version: version.clone(),
-                }),
-            };
-            let opts = PutOptions {
-                mode,
-                ..Default::default()
-            };
-            let key = ObjPath::parse(env.full_key(key)).unwrap();
-            match rt.block_on(store.put_opts(&key, PutPayload::from(data.to_vec()), opts)) {
-                Ok(_) => Ok(true),
-                Err(object_store::Error::Precondition { .. })
-                | Err(object_store::Error::AlreadyExists { .. })
-                | Err(object_store::Error::NotFound { .. }) => Ok(false),
-                Err(e) => Err(e.to_string()),
-            }
-        }
-    }
-}
-
 fn direct_writer(
     env: &Env,
     round: usize,
     seed: u64,
     rng: &mut Rng,
-    start: &BTreeMap<String, (Option<String>, Option<String>)>,
+    start: &BTreeMap<String, Version>,
     ledger: &Mutex<Ledger>,
 ) {
     for (i, (_, p, _)) in plan(rng, false).into_iter().enumerate() {
@@ -268,34 +175,6 @@ fn direct_writer(
             l.saved.push(("D".into(), p.into(), sha(&data)));
         }
     }
-}
-
-/// Every regular file below `root`, by path (the mount's view).
-fn files(root: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![(root.to_path_buf(), String::new())];
-    while let Some((dir, prefix)) = stack.pop() {
-        for e in fs::read_dir(&dir).unwrap() {
-            let e = e.unwrap();
-            let name = e.file_name().to_string_lossy().into_owned();
-            let rel = if prefix.is_empty() {
-                name
-            } else {
-                format!("{prefix}/{name}")
-            };
-            let ft = e.file_type().unwrap();
-            if ft.is_dir() {
-                stack.push((e.path(), rel));
-            } else if ft.is_file() {
-                out.insert(rel, fs::read(e.path()).unwrap());
-            }
-        }
-    }
-    out
-}
-
-fn digest(files: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, String> {
-    files.iter().map(|(k, v)| (k.clone(), sha(v))).collect()
 }
 
 fn drain(a: &Mount, b: &Mount) {
@@ -319,7 +198,7 @@ fn run(env: &Env) {
     let mut all_log: Vec<String> = Vec::new();
     for round in 0..rounds {
         let s = seed.wrapping_mul(1_000).wrapping_add(round as u64);
-        let start = versions(env);
+        let start = versions(env, &[SMALL[0], SMALL[1], SMALL[2], SMALL[3], BIG]);
         let ledger = Mutex::new(Ledger::default());
         std::thread::scope(|sc| {
             sc.spawn(|| mount_writer(&a, "A", round, s, &mut Rng(s * 3 + 1), &ledger));
