@@ -331,6 +331,13 @@ impl Health {
             Some((now_ms(), msg.to_string()));
     }
 
+    /// A failure that says nothing about the remote (a state dir row set aside at mount):
+    /// shown as the last error, reachability left alone.
+    pub fn record_local_error(&self, msg: &str) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((now_ms(), msg.to_string()));
+    }
+
     pub fn record_ok(&self) {
         self.unreachable
             .store(false, std::sync::atomic::Ordering::Relaxed);

@@ -1,0 +1,132 @@
+//! A failed operation leaves no trace and a state dir always mounts again: on real mounts.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+
+use common::mount::{data, Backend, Env, Mount};
+
+const TIB: u64 = 1 << 40;
+
+/// A figure of `stratus status` as the control attribute gives it (`queued_entries`, ...).
+fn status_line(m: &Mount, key: &str) -> Option<String> {
+    let out = std::process::Command::new("getfattr")
+        .args(["--only-values", "-n", "user.stratus.status"])
+        .arg(&m.dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}: ")).map(str::to_string))
+}
+
+// Regression: `truncate -s 20T FILE` answered EFBIG, but 20 TiB had been committed first: the
+// file showed that size, the cache counted 20 TiB as dirty (the next small write waited
+// minutes for an upload that could not shrink it), and after an unmount the state dir refused
+// to mount ("File too large").
+every_backend!(a_truncate_the_disk_refuses_changes_nothing, |env: &Env| {
+    let m = env.mount();
+    fs::write(m.path("f"), b"hello").unwrap();
+    m.sync();
+    assert_eq!(m.state_of("f"), "synced");
+    for size in [20 * TIB, i64::MAX as u64] {
+        let err = fs::OpenOptions::new()
+            .write(true)
+            .open(m.path("f"))
+            .unwrap()
+            .set_len(size)
+            .expect_err("a size past the state dir's largest file must fail");
+        assert_eq!(err.raw_os_error(), Some(libc::EFBIG), "{err}");
+        assert_eq!(fs::metadata(m.path("f")).unwrap().len(), 5);
+        assert_eq!(fs::read(m.path("f")).unwrap(), b"hello");
+        assert_eq!(
+            m.state_of("f"),
+            "synced",
+            "a failed truncate queued an upload"
+        );
+        assert_eq!(status_line(&m, "queued_entries").as_deref(), Some("0"));
+    }
+
+    // The same while a writer has the file open: its size stays what it wrote.
+    let mut w = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(m.path("f"))
+        .unwrap();
+    w.write_all(b"abc").unwrap();
+    let err = w.set_len(20 * TIB).expect_err("EFBIG");
+    assert_eq!(err.raw_os_error(), Some(libc::EFBIG), "{err}");
+    assert_eq!(w.metadata().unwrap().len(), 3);
+    w.write_all(b"de").unwrap();
+    drop(w);
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"abcde");
+    let cache_dirty: u64 = status_line(&m, "cache_dirty").unwrap().parse().unwrap();
+    assert!(
+        cache_dirty < 1 << 20,
+        "{cache_dirty} bytes counted as dirty"
+    );
+    m.sync();
+    assert!(m.status().contains("queued:"), "status must answer");
+    assert_eq!(
+        env.remote_files().get("f").map(Vec::as_slice),
+        Some(&b"abcde"[..])
+    );
+
+    // And the state dir mounts again with everything in it.
+    let state = m.state.clone();
+    m.unmount();
+    let m = env.mount_state(&state);
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"abcde");
+});
+
+/// A state dir whose database records a size no data file can take (as a build before the
+/// fix above left it) still mounts: the row is set aside with a warning and the last error
+/// in `stratus status`, the file keeps the bytes its data file holds, and what was queued in
+/// the state dir still reaches the remote.
+#[test]
+fn a_state_dir_with_an_impossible_size_still_mounts() {
+    let env = Env::new(Backend::Local);
+    let state = env.new_state_dir();
+    let m = env
+        .try_mount(&state, &["--write-back", "3600"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    fs::write(m.path("f"), b"keep me").unwrap();
+    fs::write(m.path("g"), data(1, 100_000)).unwrap();
+    let ino = fs::metadata(m.path("f")).unwrap().ino();
+    m.unmount();
+    assert!(env.remote_files().is_empty(), "still queued, not uploaded");
+    {
+        let db = rusqlite::Connection::open(state.join("state.db")).unwrap();
+        let n = db
+            .execute(
+                "UPDATE entries SET size = ?1 WHERE id = ?2",
+                rusqlite::params![(20 * TIB) as i64, ino as i64],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+
+    let m = env
+        .try_mount(&state, &["--write-back", "0.2"])
+        .unwrap_or_else(|e| panic!("the state dir must mount: {e}"));
+    assert_eq!(fs::metadata(m.path("f")).unwrap().len(), 7);
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"keep me");
+    assert_eq!(fs::read(m.path("g")).unwrap(), data(1, 100_000));
+    let last = status_line(&m, "last_error").expect("the set-aside row is reported");
+    assert!(
+        last.contains("f:") && last.contains("recorded size"),
+        "{last}"
+    );
+    assert!(m.log_tail().contains("recorded size cannot be applied"));
+    m.sync();
+    let files = env.remote_files();
+    assert_eq!(files.get("f").map(Vec::as_slice), Some(&b"keep me"[..]));
+    assert_eq!(files.get("g"), Some(&data(1, 100_000)));
+}
