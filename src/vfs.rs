@@ -16,6 +16,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -1423,8 +1424,11 @@ impl Vfs {
         Ok(())
     }
 
-    /// `posix_fallocate` (mode 0): makes sure the file is at least `offset + len` long.
-    /// Punching holes and the other modes are not supported.
+    /// `posix_fallocate` (mode 0): reserves `offset..offset + len` in the data file and
+    /// makes the file at least that long. An acknowledged reservation is real disk space
+    /// (writes into it cannot fail for lack of room), so one that does not fit the state
+    /// dir's disk, less the floor every write keeps free (`check_disk_room`), fails with
+    /// ENOSPC and changes nothing. Punching holes and the other modes are not supported.
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> VfsResult<()> {
         if mode != 0 {
             tracing::warn!(
@@ -1434,25 +1438,50 @@ impl Vfs {
             return Err(VfsError::NotSupported("fallocate mode"));
         }
         let h = self.handle(fh)?;
+        if !h.writable {
+            return Err(VfsError::BadHandle);
+        }
+        let f = h.file.as_ref().ok_or(VfsError::IsDir)?;
         let end = offset
             .checked_add(len)
+            .filter(|end| *end <= i64::MAX as u64)
             .ok_or_else(|| VfsError::Invalid("fallocate range overflows".into()))?;
         let size = {
             let live = lock(&self.live);
-            live.get(&h.id).map(|l| l.size)
+            live.get(&h.id).ok_or(VfsError::BadHandle)?.size
         };
-        match size {
-            Some(size) if size >= end => Ok(()),
-            _ => self
-                .setattr(
-                    h.id,
-                    &SetAttr {
-                        size: Some(end),
-                        ..Default::default()
-                    },
-                )
-                .map(|_| ()),
+        self.check_disk_room(len)?;
+        let before = f.metadata()?.len();
+        // SAFETY: fallocate(2) on a descriptor this handle owns; the range was checked to fit
+        // in an off_t above.
+        let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, offset as i64, len as i64) };
+        if r != 0 {
+            let err = std::io::Error::last_os_error();
+            // A reservation that ran out of room part way may have grown the file.
+            if f.metadata().map(|m| m.len() != before).unwrap_or(true) {
+                if let Err(e) = f.set_len(before) {
+                    tracing::warn!(id = h.id.0, error = %e, "could not cut a data file back after a failed fallocate");
+                }
+            }
+            return Err(VfsError::Io(err));
         }
+        if end <= size {
+            return Ok(());
+        }
+        let grown = self.setattr(
+            h.id,
+            &SetAttr {
+                size: Some(end),
+                ..Default::default()
+            },
+        );
+        if grown.is_err() {
+            // Nothing was committed: the data file goes back to its length.
+            if let Err(e) = f.set_len(before) {
+                tracing::warn!(id = h.id.0, error = %e, "could not cut a data file back after a failed fallocate");
+            }
+        }
+        grown.map(|_| ())
     }
 
     /// Hard links: one object per path cannot express them.

@@ -5,6 +5,7 @@ mod common;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::io::AsRawFd;
 
 use common::mount::{data, Backend, Env, Mount};
 
@@ -130,3 +131,64 @@ fn a_state_dir_with_an_impossible_size_still_mounts() {
     assert_eq!(files.get("f").map(Vec::as_slice), Some(&b"keep me"[..]));
     assert_eq!(files.get("g"), Some(&data(1, 100_000)));
 }
+
+fn fallocate(f: &fs::File, offset: u64, len: u64) -> std::io::Result<()> {
+    // SAFETY: fallocate(2) on a descriptor the test owns.
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, offset as i64, len as i64) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+// Regression: `fallocate -l 200G` succeeded with 54 GB free: the data file was only made
+// longer (sparse), so a write into the "reserved" range could still fail for lack of room.
+every_backend!(fallocate_reserves_what_it_acknowledges, |env: &Env| {
+    let m = env.mount();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.path("f"))
+        .unwrap();
+    (&f).write_all(b"head").unwrap();
+
+    // SAFETY: statvfs on a path we own, into a zeroed struct.
+    let free = unsafe {
+        let mut s: libc::statvfs = std::mem::zeroed();
+        let p = std::ffi::CString::new(m.state.to_str().unwrap()).unwrap();
+        assert_eq!(libc::statvfs(p.as_ptr(), &mut s), 0);
+        s.f_bavail * s.f_frsize
+    };
+    let err = fallocate(&f, 0, free + (1 << 30)).expect_err("more than the disk holds");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    assert_eq!(
+        f.metadata().unwrap().len(),
+        4,
+        "a refused fallocate changed the size"
+    );
+    // A refused reservation leaves no debt behind: the next small write goes through.
+    (&f).write_all(b"!").unwrap();
+
+    let len = 3 << 20;
+    fallocate(&f, 0, len).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), len);
+    drop(f);
+    let ino = fs::metadata(m.path("f")).unwrap().ino();
+    let data_file = fs::metadata(m.state.join("data").join(ino.to_string())).unwrap();
+    assert!(
+        data_file.blocks() * 512 >= len,
+        "only {} of {len} bytes allocated in the state dir",
+        data_file.blocks() * 512
+    );
+    let mut want = vec![0u8; len as usize];
+    want[..5].copy_from_slice(b"head!");
+    assert!(
+        fs::read(m.path("f")).unwrap() == want,
+        "not zeros past the data"
+    );
+    m.sync();
+    assert!(env.remote_files().get("f") == Some(&want));
+});
