@@ -1,13 +1,16 @@
-//! A failed operation leaves no trace and a state dir always mounts again: on real mounts.
+//! A failed operation leaves no trace, a state dir always mounts again, and the remote ends up
+//! as the mount says whatever order the queue ran in: on real mounts.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
+use std::path::Path;
 
-use common::mount::{data, Backend, Env, Mount};
+use common::mount::{data, eventually, Backend, Env, Mount, ObjKind};
 
 const TIB: u64 = 1 << 40;
 
@@ -192,3 +195,145 @@ every_backend!(fallocate_reserves_what_it_acknowledges, |env: &Env| {
     m.sync();
     assert!(env.remote_files().get("f") == Some(&want));
 });
+
+/// The mount's tree as path -> (kind, content), for comparison with the remote's.
+fn mount_tree(root: &Path) -> BTreeMap<String, (ObjKind, Vec<u8>)> {
+    fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, (ObjKind, Vec<u8>)>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            let rel = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                out.insert(rel.clone(), (ObjKind::Dir, vec![]));
+                walk(&e.path(), &rel, out);
+            } else if t.is_symlink() {
+                out.insert(rel, (ObjKind::Symlink, vec![]));
+            } else {
+                out.insert(rel, (ObjKind::File, fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, "", &mut out);
+    out
+}
+
+fn remote_tree(env: &Env) -> BTreeMap<String, (ObjKind, Vec<u8>)> {
+    env.remote_tree()
+        .into_iter()
+        .map(|(k, o)| (k, (o.kind, o.data)))
+        .collect()
+}
+
+/// Both sides agree with `want`: the remote, and the mount after one more poll.
+fn assert_trees(env: &Env, m: &Mount, want: &BTreeMap<String, (ObjKind, Vec<u8>)>, when: &str) {
+    let paths = |t: &BTreeMap<String, (ObjKind, Vec<u8>)>| t.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(paths(&remote_tree(env)), paths(want), "remote {when}");
+    assert!(remote_tree(env) == *want, "remote content {when}");
+    m.sync();
+    assert_eq!(paths(&mount_tree(&m.dir)), paths(want), "mount {when}");
+}
+
+// Regression: on a local-folder remote, directories the mount had renamed or emptied came
+// back. The rename queued the old directory's delete behind its children's moves, but a file
+// unlinked afterwards queued its own delete behind that: the directory delete ran while the
+// folder still held the file, was refused (not empty) and dropped, and the next poll took
+// the emptied folder for a new remote directory and put it back into the mount, for good.
+every_backend!(
+    a_renamed_then_emptied_directory_does_not_come_back,
+    |env: &Env| {
+        let state = env.new_state_dir();
+        let m = env.mount_state(&state);
+        fs::create_dir_all(m.path("d/sub/deeper")).unwrap();
+        fs::write(m.path("d/sub/deeper/x"), b"x").unwrap();
+        fs::write(m.path("d/sub/y"), b"y").unwrap();
+        fs::write(m.path("d/z"), b"z").unwrap();
+        fs::write(m.path("d/keep"), b"keep").unwrap();
+        m.sync();
+        m.unmount();
+
+        // Long write-back: nothing runs until the one forced sync below.
+        let m = env
+            .try_mount(&state, &["--write-back", "3600"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        fs::rename(m.path("d"), m.path("e")).unwrap();
+        fs::remove_file(m.path("e/sub/deeper/x")).unwrap();
+        fs::remove_dir(m.path("e/sub/deeper")).unwrap();
+        fs::remove_file(m.path("e/sub/y")).unwrap();
+        fs::remove_file(m.path("e/z")).unwrap();
+        fs::rename(m.path("e/sub"), m.path("moved-sub")).unwrap();
+        m.sync();
+        let want = mount_tree(&m.dir);
+        assert_eq!(
+            want.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["e", "e/keep", "moved-sub"]
+        );
+        assert_trees(env, &m, &want, "after the queue drained");
+        m.unmount();
+
+        let m = env.mount_state(&state);
+        assert_trees(env, &m, &want, "after a remount");
+        m.unmount();
+        let fresh = env.mount();
+        assert_eq!(mount_tree(&fresh.dir), want, "a fresh state dir");
+    }
+);
+
+// The old directory of a rename used to stay behind in a local-folder remote while a file
+// below it was still open for writing: its delete ran before that file's held move.
+#[test]
+fn a_directory_renamed_around_an_open_writer_does_not_come_back() {
+    let env = Env::new(Backend::Local);
+    let m = env.mount();
+    fs::create_dir_all(m.path("d/sub")).unwrap();
+    fs::write(m.path("d/sub/open"), b"first").unwrap();
+    fs::write(m.path("d/gone"), b"gone").unwrap();
+    m.sync();
+
+    let mut w = fs::OpenOptions::new()
+        .append(true)
+        .open(m.path("d/sub/open"))
+        .unwrap();
+    w.write_all(b" second").unwrap();
+    fs::rename(m.path("d"), m.path("e")).unwrap();
+    fs::remove_file(m.path("e/gone")).unwrap();
+    // Let the queue run up to the held file: the delete of `d/gone`, queued last, runs after
+    // the directory deletes had their turn.
+    let out = m.stratus(&["sync", m.dir.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(
+        eventually(30, || !env.root.join("d/gone").exists()),
+        "the queue did not run: {}",
+        m.log_tail()
+    );
+    w.write_all(b" third").unwrap();
+    drop(w);
+    m.sync();
+    let want = mount_tree(&m.dir);
+    assert_eq!(
+        want.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["e", "e/sub", "e/sub/open"]
+    );
+    assert_trees(&env, &m, &want, "after the writer closed");
+    let out = std::process::Command::new("python3")
+        .args(["scripts/tree_workload.py", "manifest"])
+        .arg(&env.root)
+        .output()
+        .unwrap();
+    let remote_manifest = String::from_utf8(out.stdout).unwrap();
+    let out = std::process::Command::new("python3")
+        .args(["scripts/tree_workload.py", "manifest"])
+        .arg(&m.dir)
+        .output()
+        .unwrap();
+    assert_eq!(remote_manifest, String::from_utf8(out.stdout).unwrap());
+    let state = m.state.clone();
+    m.unmount();
+    let m = env.mount_state(&state);
+    assert_trees(&env, &m, &want, "after a remount");
+}
