@@ -1634,6 +1634,42 @@ mod tests {
         assert_eq!(first.kind, JobKind::Sync(waiting[0]));
     }
 
+    /// What holds a directory's delete back: only jobs on keys strictly below it (not `d.x`,
+    /// `dd` or `d` itself), counted with when they can run.
+    #[test]
+    fn jobs_below_a_directory_are_those_under_its_prefix() {
+        let (_d, s) = store();
+        s.write(|db| db.enqueue_delete("d", true, None)).unwrap();
+        let dir_job = s.read(|db| db.next_job(10)).unwrap().unwrap().seq;
+        for k in ["d.x", "dd", "c/d/x"] {
+            s.write(|db| db.enqueue_delete(k, false, None)).unwrap();
+        }
+        assert_eq!(s.read(|db| db.jobs_below("d", dir_job)).unwrap().0, 0);
+
+        s.write(|db| db.enqueue_delete("d/sub/x", false, None))
+            .unwrap();
+        // A file whose base is still below `d`, its move not run yet, due at 5000.
+        let moved = file(&s, "moved");
+        s.write(|db| {
+            db.set_synced(
+                moved,
+                &Synced {
+                    key: Some("d/moved".into()),
+                    ..Default::default()
+                },
+            )?;
+            db.enqueue_sync(moved, 0, Some(5_000))
+        })
+        .unwrap();
+        assert_eq!(
+            s.read(|db| db.jobs_below("d", dir_job)).unwrap(),
+            (2, Some(5_000))
+        );
+        // Held by a writer: no time can be named.
+        s.write(|db| db.set_ready(moved, None)).unwrap();
+        assert_eq!(s.read(|db| db.jobs_below("d", dir_job)).unwrap(), (2, None));
+    }
+
     #[test]
     fn a_change_during_upload_keeps_the_job() {
         let (_d, s) = store();
