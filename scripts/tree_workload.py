@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Random tree workload and manifests, for the remount-consistency check.
 
-    tree_workload.py run DIR [--procs N] [--ops N] [--seed S]   creates, writes, renames and
-        deletes files and directories across a tree, from several processes at once
+    tree_workload.py run DIR [--procs N] [--ops N] [--seed S] [--churn]   creates, writes,
+        renames and deletes files and directories across a tree, from several processes at
+        once; --churn (fsstress-like) also renames and removes whole directories mid-run,
+        unlinks files below just-renamed directories and keeps files open across renames
     tree_workload.py manifest DIR                                prints one line per entry:
         type, size, mode, path, SHA-256 of the content (or the symlink target), sorted
 """
@@ -69,6 +71,61 @@ def worker(root: str, ops: int, seed: int) -> None:
         os.rename(d, d + "-moved")
 
 
+def churn_worker(root: str, ops: int, seed: int) -> None:
+    """Directory churn in this process's own subtree: what left emptied directories behind
+    in a local-folder remote when a directory's delete ran before the jobs below it."""
+    rnd = random.Random(seed)
+    base = os.path.join(root, f"p{seed}")
+    os.makedirs(base, exist_ok=True)
+    held = []
+    for i in range(ops):
+        dirs, files = [], []
+        for dirpath, _, filenames in os.walk(base):
+            dirs.append(dirpath)
+            files += [os.path.join(dirpath, f) for f in filenames]
+        op = rnd.choices(
+            ["mkdir", "create", "write", "rename", "delete", "rmtree", "dirmove", "hold", "close"],
+            weights=[12, 25, 10, 10, 12, 2, 10, 4, 4],
+        )[0]
+        try:
+            if op == "mkdir":
+                os.mkdir(os.path.join(rnd.choice(dirs), f"d{i}"))
+            elif op == "create":
+                with open(os.path.join(rnd.choice(dirs), f"f{i}.bin"), "wb") as h:
+                    h.write(rnd.randbytes(rnd.choice([0, 10, 5000, 70000])))
+            elif op == "write" and files:
+                with open(rnd.choice(files), "r+b") as h:
+                    h.seek(rnd.randrange(0, 10000))
+                    h.write(rnd.randbytes(rnd.randrange(1, 3000)))
+            elif op == "rename" and files:
+                os.rename(rnd.choice(files), os.path.join(rnd.choice(dirs), f"r{i}.bin"))
+            elif op == "delete" and files:
+                os.unlink(rnd.choice(files))
+            elif op == "rmtree" and len(dirs) > 1:
+                for dirpath, _, filenames in os.walk(rnd.choice(dirs[1:]), topdown=False):
+                    for f in filenames:
+                        os.unlink(os.path.join(dirpath, f))
+                    os.rmdir(dirpath)
+            elif op == "dirmove" and len(dirs) > 1:
+                d, to = rnd.choice(dirs[1:]), rnd.choice(dirs)
+                if not (to + "/").startswith(d + "/"):
+                    os.rename(d, os.path.join(to, f"m{i}"))
+            elif op == "hold" and files:
+                h = open(rnd.choice(files), "ab")
+                h.write(b"held open")
+                held.append(h)
+            elif op == "close" and held:
+                h = held.pop(0)
+                h.write(b" and closed")
+                h.close()
+        except OSError:
+            # Raced with this process's own earlier moves (a held file's directory moved or
+            # removed, and similar): fine.
+            pass
+    for h in held:
+        h.close()
+
+
 def manifest(root: str) -> None:
     rows = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -101,6 +158,7 @@ def main() -> int:
     r.add_argument("--procs", type=int, default=4)
     r.add_argument("--ops", type=int, default=300)
     r.add_argument("--seed", type=int, default=1)
+    r.add_argument("--churn", action="store_true")
     m = sub.add_parser("manifest")
     m.add_argument("dir")
     a = ap.parse_args()
@@ -108,7 +166,9 @@ def main() -> int:
         manifest(a.dir)
         return 0
     procs = [
-        multiprocessing.Process(target=worker, args=(a.dir, a.ops, a.seed * 100 + i))
+        multiprocessing.Process(
+            target=churn_worker if a.churn else worker, args=(a.dir, a.ops, a.seed * 100 + i)
+        )
         for i in range(a.procs)
     ]
     for p in procs:

@@ -82,6 +82,11 @@ impl FileCache {
             .map_err(self.err(id))
     }
 
+    /// Cuts or extends the data file (creating it empty first if it is missing).
+    pub fn set_len(&self, id: EntryId, len: u64) -> CacheResult<()> {
+        self.open_file(id, true)?.set_len(len).map_err(self.err(id))
+    }
+
     pub fn len(&self, id: EntryId) -> CacheResult<Option<u64>> {
         match std::fs::metadata(self.path(id)) {
             Ok(m) => Ok(Some(m.len())),

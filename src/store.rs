@@ -392,6 +392,13 @@ impl Health {
             Some((now_ms(), msg.to_string()));
     }
 
+    /// A failure that says nothing about the remote (a state dir row set aside at mount):
+    /// shown as the last error, reachability left alone.
+    pub fn record_local_error(&self, msg: &str) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((now_ms(), msg.to_string()));
+    }
+
     pub fn record_ok(&self) {
         self.unreachable
             .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -1357,6 +1364,44 @@ impl Db<'_> {
         Ok(())
     }
 
+    /// The unfinished jobs that still change remote keys below the directory `dir_key`:
+    /// deletes of keys below it, and syncs of entries whose remote copy sits below it (a
+    /// move away, not run yet). `except` is the asking job. Answers how many there are and
+    /// the latest time one of them becomes ready (`None` when one waits for a writer, the
+    /// user or a conflict: held, parked or in conflict).
+    pub fn jobs_below(&self, dir_key: &str, except: i64) -> StoreResult<(u64, Option<i64>)> {
+        // Keys that start with `dir_key/`: from `dir_key/` up to, not including, `dir_key0`
+        // ('0' follows '/'), a range both key indexes answer.
+        let from = format!("{dir_key}/");
+        let to = format!("{dir_key}0");
+        let mut st = self.conn.prepare_cached(
+            "SELECT count(*), max(ready_at_ms), \
+             coalesce(sum(ready_at_ms IS NULL OR state = 'parked' OR entry_id IN \
+               (SELECT entry_id FROM conflicts WHERE resolved_ms IS NULL)), 0) \
+             FROM (SELECT seq, entry_id, ready_at_ms, state FROM journal \
+                   WHERE delete_key >= ?1 AND delete_key < ?2 AND seq != ?3 \
+                   UNION ALL \
+                   SELECT j.seq, j.entry_id, j.ready_at_ms, j.state FROM entries e \
+                   JOIN journal j ON j.entry_id = e.id \
+                   WHERE e.synced_key >= ?1 AND e.synced_key < ?2)",
+        )?;
+        let (n, latest, stuck): (i64, Option<i64>, i64) = st
+            .query_row(params![from, to, except], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+        Ok((n as u64, if stuck > 0 { None } else { latest }))
+    }
+
+    /// Puts a job back in the queue, at its place, to be taken again at `ready_at_ms`.
+    pub fn defer_job(&self, seq: i64, ready_at_ms: i64) -> StoreResult<()> {
+        self.conn.execute(
+            "UPDATE journal SET state = 'queued', ready_at_ms = ?2 WHERE seq = ?1",
+            params![seq, ready_at_ms],
+        )?;
+        self.wake_by(Some(ready_at_ms));
+        Ok(())
+    }
+
     /// Held jobs whose writer is gone (the daemon restarted): they are ready now.
     pub fn release_held(&self, ready_at_ms: i64) -> StoreResult<Vec<EntryId>> {
         let mut st = self.conn.prepare(
@@ -1650,6 +1695,42 @@ mod tests {
         // Once the head is ready, it goes first again.
         let first = s.read(|db| db.next_job(1_000)).unwrap().unwrap();
         assert_eq!(first.kind, JobKind::Sync(waiting[0]));
+    }
+
+    /// What holds a directory's delete back: only jobs on keys strictly below it (not `d.x`,
+    /// `dd` or `d` itself), counted with when they can run.
+    #[test]
+    fn jobs_below_a_directory_are_those_under_its_prefix() {
+        let (_d, s) = store();
+        s.write(|db| db.enqueue_delete("d", true, None)).unwrap();
+        let dir_job = s.read(|db| db.next_job(10)).unwrap().unwrap().seq;
+        for k in ["d.x", "dd", "c/d/x"] {
+            s.write(|db| db.enqueue_delete(k, false, None)).unwrap();
+        }
+        assert_eq!(s.read(|db| db.jobs_below("d", dir_job)).unwrap().0, 0);
+
+        s.write(|db| db.enqueue_delete("d/sub/x", false, None))
+            .unwrap();
+        // A file whose base is still below `d`, its move not run yet, due at 5000.
+        let moved = file(&s, "moved");
+        s.write(|db| {
+            db.set_synced(
+                moved,
+                &Synced {
+                    key: Some("d/moved".into()),
+                    ..Default::default()
+                },
+            )?;
+            db.enqueue_sync(moved, 0, Some(5_000))
+        })
+        .unwrap();
+        assert_eq!(
+            s.read(|db| db.jobs_below("d", dir_job)).unwrap(),
+            (2, Some(5_000))
+        );
+        // Held by a writer: no time can be named.
+        s.write(|db| db.set_ready(moved, None)).unwrap();
+        assert_eq!(s.read(|db| db.jobs_below("d", dir_job)).unwrap(), (2, None));
     }
 
     #[test]

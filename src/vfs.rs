@@ -16,6 +16,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -433,21 +434,31 @@ impl Vfs {
         }
         e.ctime_ns = now;
         let mut live = lock(&self.live);
-        if let Some(l) = live.get_mut(&e.id) {
-            if set.size.is_some() {
-                l.size = e.size;
+        // Growing: the data file first, so that a length it refuses (EFBIG past the disk
+        // filesystem's largest file) fails the call before anything is committed. A crash
+        // before the commit leaves a longer data file, which `recover` cuts back to the
+        // committed size: the bytes past it were zeros. Shrinking goes the other way (below).
+        // (Regression: `truncate -s 20T` answered EFBIG after committing 20 TiB, which then
+        // counted as dirty data, blocked writers and made the state dir refuse to mount.)
+        let grown_from = match truncate_to {
+            Some(size) => {
+                let len = self.cache.len(e.id)?.unwrap_or(0);
+                if size > len {
+                    self.cache.set_len(e.id, size)?;
+                    Some(len)
+                } else {
+                    None
+                }
             }
-            if set.size.is_some() || set.mtime.is_some() {
-                l.mtime_ns = e.mtime_ns;
-            }
-        }
+            None => None,
+        };
         let ready = match live.get(&e.id) {
             Some(l) if l.armed => None,
             _ => Some(self.ready_at()),
         };
         let unlinked = e.parent.is_none() && e.id != EntryId::ROOT;
         let becomes_local = truncate_to.is_some();
-        let e = self.w(|db| {
+        let committed = self.w(|db| {
             // Only what this call sets is written: the copy read above may be older than a
             // release that just wrote the file's size back. (Regression: a chmod racing the
             // release of a freshly written file wrote size 0 back, and exec of the file
@@ -481,18 +492,38 @@ impl Vfs {
                 db.enqueue_sync(e.id, flags, ready)?;
             }
             Ok(cur)
-        })?;
-        // The data file follows the committed size, never leads it: after a crash in
-        // between, `recover` cuts or extends it to the size the database holds.
-        // (Regression: it was cut first, and a crash before the commit left the old size,
-        // the truncated data and the old content on the remote for good.)
+        });
+        let e = match committed {
+            Ok(e) => e,
+            Err(err) => {
+                if let Some(len) = grown_from {
+                    // Nothing was committed: the data file goes back to what it held.
+                    if let Err(undo) = self.cache.set_len(e.id, len) {
+                        tracing::warn!(id = e.id.0, error = %undo, "could not cut a data file back after a failed truncate");
+                    }
+                }
+                return Err(err);
+            }
+        };
+        // Only now does the open file's state follow: a failed call changes nothing.
+        if let Some(l) = live.get_mut(&e.id) {
+            if set.size.is_some() {
+                l.size = e.size;
+            }
+            if set.size.is_some() || set.mtime.is_some() {
+                l.mtime_ns = e.mtime_ns;
+            }
+        }
+        // Shrinking: the data file follows the committed size, never leads it: after a
+        // crash in between, `recover` cuts it to the size the database holds. (Regression:
+        // it was cut first, and a crash before the commit left the old size, the truncated
+        // data and the old content on the remote for good.)
         if becomes_local {
             self.forget_blocks(e.id);
             self.forget_dirty_figure();
         }
-        if let Some(size) = truncate_to {
-            let f = self.cache.open_file(e.id, true)?;
-            f.set_len(size)?;
+        if let (Some(size), None) = (truncate_to, grown_from) {
+            self.cache.set_len(e.id, size)?;
         }
         // Taken before the lock goes: see `fresh_attr`.
         let a = self.attr_of(&e, live.get(&e.id));
@@ -1295,19 +1326,29 @@ impl Vfs {
 
     /// Called once at start: the previous run may have died with writers armed. Their data
     /// files hold everything that was acknowledged, so size and mtime come from there.
+    ///
+    /// Only a database that cannot be read fails it: an entry whose row cannot be applied
+    /// to its data file is reported (`set_aside`) and the mount goes on, since refusing to
+    /// mount would strand everything still queued in the state dir.
     pub fn recover(&self) -> VfsResult<usize> {
         let orphans = self.store.read(|db| db.orphans())?;
         for id in &orphans {
             self.store.write(|db| db.delete_entry(*id))?;
-            self.cache.remove(*id)?;
+            if let Err(e) = self.cache.remove(*id) {
+                tracing::warn!(id = id.0, error = %e, "could not remove an unlinked file's data");
+            }
         }
         // Data files whose entry is gone: removals whose deferred delete a crash cut short.
         let mut swept = 0;
         let known = self.store.read(|db| db.entry_ids())?;
         for id in self.cache.ids()? {
             if !known.contains(&id.0) {
-                self.cache.remove(id)?;
-                swept += 1;
+                match self.cache.remove(id) {
+                    Ok(()) => swept += 1,
+                    Err(e) => {
+                        tracing::warn!(id = id.0, error = %e, "could not remove a deleted file's data")
+                    }
+                }
             }
         }
         if swept > 0 {
@@ -1329,10 +1370,18 @@ impl Vfs {
             if held.contains(&id) {
                 continue;
             }
-            if let Some(len) = self.cache.len(id)? {
-                if len != size {
-                    tracing::info!(id = id.0, len, size, "data file follows the committed size");
-                    self.cache.open_file(id, false)?.set_len(size)?;
+            let len = match self.cache.len(id) {
+                Ok(Some(len)) => len,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(id = id.0, error = %e, "cannot read a data file's length");
+                    continue;
+                }
+            };
+            if len != size {
+                tracing::info!(id = id.0, len, size, "data file follows the committed size");
+                if let Err(e) = self.cache.set_len(id, size) {
+                    self.set_aside(id, size, len, &e)?;
                 }
             }
         }
@@ -1354,8 +1403,39 @@ impl Vfs {
         Ok(held.len())
     }
 
-    /// `posix_fallocate` (mode 0): makes sure the file is at least `offset + len` long.
-    /// Punching holes and the other modes are not supported.
+    /// A recorded size the data file refuses (EFBIG for a size past the largest file the
+    /// state dir's filesystem holds, left by an older build's failed truncate): the data
+    /// file, which holds every byte that was acknowledged, is kept as it is and its length
+    /// becomes the entry's size. Logged, and shown as the last error in `stratus status`.
+    fn set_aside(
+        &self,
+        id: EntryId,
+        size: u64,
+        len: u64,
+        err: &crate::cache::CacheError,
+    ) -> VfsResult<()> {
+        let path = self
+            .store
+            .read(|db| db.path_of(id))?
+            .map(|p| String::from_utf8_lossy(&p).into_owned())
+            .unwrap_or_else(|| format!("entry {}", id.0));
+        tracing::warn!(%path, size, len, error = %err, "recorded size cannot be applied to the data file; keeping the data file's length");
+        self.store.health.record_local_error(&format!(
+            "{path}: recorded size {size} could not be applied ({err}); kept the {len} bytes of its data file"
+        ));
+        let mtime = self
+            .store
+            .read(|db| db.get(id))?
+            .map_or_else(now_ns, |e| e.mtime_ns);
+        self.store.write(|db| db.set_size_mtime(id, len, mtime))?;
+        Ok(())
+    }
+
+    /// `posix_fallocate` (mode 0): reserves `offset..offset + len` in the data file and
+    /// makes the file at least that long. An acknowledged reservation is real disk space
+    /// (writes into it cannot fail for lack of room), so one that does not fit the state
+    /// dir's disk, less the floor every write keeps free (`check_disk_room`), fails with
+    /// ENOSPC and changes nothing. Punching holes and the other modes are not supported.
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> VfsResult<()> {
         if mode != 0 {
             tracing::warn!(
@@ -1365,25 +1445,50 @@ impl Vfs {
             return Err(VfsError::NotSupported("fallocate mode"));
         }
         let h = self.handle(fh)?;
+        if !h.writable {
+            return Err(VfsError::BadHandle);
+        }
+        let f = h.file.as_ref().ok_or(VfsError::IsDir)?;
         let end = offset
             .checked_add(len)
+            .filter(|end| *end <= i64::MAX as u64)
             .ok_or_else(|| VfsError::Invalid("fallocate range overflows".into()))?;
         let size = {
             let live = lock(&self.live);
-            live.get(&h.id).map(|l| l.size)
+            live.get(&h.id).ok_or(VfsError::BadHandle)?.size
         };
-        match size {
-            Some(size) if size >= end => Ok(()),
-            _ => self
-                .setattr(
-                    h.id,
-                    &SetAttr {
-                        size: Some(end),
-                        ..Default::default()
-                    },
-                )
-                .map(|_| ()),
+        self.check_disk_room(len)?;
+        let before = f.metadata()?.len();
+        // SAFETY: fallocate(2) on a descriptor this handle owns; the range was checked to fit
+        // in an off_t above.
+        let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, offset as i64, len as i64) };
+        if r != 0 {
+            let err = std::io::Error::last_os_error();
+            // A reservation that ran out of room part way may have grown the file.
+            if f.metadata().map(|m| m.len() != before).unwrap_or(true) {
+                if let Err(e) = f.set_len(before) {
+                    tracing::warn!(id = h.id.0, error = %e, "could not cut a data file back after a failed fallocate");
+                }
+            }
+            return Err(VfsError::Io(err));
         }
+        if end <= size {
+            return Ok(());
+        }
+        let grown = self.setattr(
+            h.id,
+            &SetAttr {
+                size: Some(end),
+                ..Default::default()
+            },
+        );
+        if grown.is_err() {
+            // Nothing was committed: the data file goes back to its length.
+            if let Err(e) = f.set_len(before) {
+                tracing::warn!(id = h.id.0, error = %e, "could not cut a data file back after a failed fallocate");
+            }
+        }
+        grown.map(|_| ())
     }
 
     /// Hard links: one object per path cannot express them.

@@ -45,6 +45,10 @@ pub struct Uploader {
 /// serves many jobs of a burst. Small against the write-back delay.
 const WAKE_SLACK: Duration = Duration::from_millis(50);
 
+/// How often a directory delete looks again while a job below it waits for a writer to
+/// close, for the user (parked) or for a conflict to be settled.
+const DEFER_WHILE_STUCK: Duration = Duration::from_secs(1);
+
 /// The uploader waits for this much quiet from the user before its next job ...
 const USER_QUIET: Duration = Duration::from_millis(20);
 /// ... but not longer than this in one go, and then runs jobs for at least this long.
@@ -272,11 +276,50 @@ impl Uploader {
                 other => other,
             },
             JobKind::Delete { key, dir, etag } => {
+                if *dir && self.defer_dir_delete(job, key)? {
+                    return Ok(Outcome::Again);
+                }
                 self.delete_key(key, *dir, None, etag.as_deref()).await?;
                 self.store.write(|db| db.remove_job(job.seq))?;
                 Ok(Outcome::Done)
             }
         }
+    }
+
+    /// A directory is deleted only once nothing queued still moves or deletes a key below
+    /// it: otherwise (a file unlinked after its directory was renamed, a file below still
+    /// open for writing, a job parked or retrying) the delete ran first, a local-folder
+    /// remote kept the directory because it was not empty yet, and the next poll brought
+    /// the emptied directory back as a new remote one. Deferred, the job keeps its place
+    /// in the queue (so `stratus sync --wait` still waits for it), and its pending delete
+    /// keeps the poller from taking the directory as new meanwhile. Answers whether the job
+    /// was deferred.
+    fn defer_dir_delete(&self, job: &Job, key: &str) -> Result<bool, SyncError> {
+        let deferred = self.store.write(|db| {
+            let (n, latest) = db.jobs_below(key, job.seq)?;
+            if n == 0 {
+                return Ok::<_, StoreError>(None);
+            }
+            // Just after the last of them can run; while one waits for a writer, the user
+            // or a conflict, a look now and then (a cheap query).
+            let now = now_ms();
+            let step = (n as i64 * 20).clamp(100, 2_000);
+            let at = match latest {
+                Some(t) => t.max(now) + step,
+                None => now + DEFER_WHILE_STUCK.as_millis() as i64,
+            };
+            db.defer_job(job.seq, at)?;
+            Ok(Some((n, at - now)))
+        })?;
+        if let Some((jobs, wait_ms)) = deferred {
+            tracing::debug!(
+                key,
+                jobs,
+                wait_ms,
+                "directory delete waits for the jobs below it"
+            );
+        }
+        Ok(deferred.is_some())
     }
 
     fn meta_of(&self, e: &Entry, sha256: Option<String>) -> Meta {

@@ -651,30 +651,33 @@ impl Vfs {
         if growth == 0 {
             return Ok(());
         }
-        let free = {
-            let mut memo = lock(&self.blocks.free);
-            match *memo {
-                Some((at, v)) if at.elapsed() < DISK_FIGURE_TTL => v.saturating_sub(
-                    self.blocks
-                        .grown_since_free
-                        .fetch_add(growth, Ordering::Relaxed),
-                ),
-                _ => {
-                    let (_, avail, _) = self.cache.disk_space()?;
-                    self.blocks
-                        .grown_since_free
-                        .store(growth, Ordering::Relaxed);
-                    *memo = Some((Instant::now(), avail));
-                    avail
-                }
+        let mut memo = lock(&self.blocks.free);
+        let free = match *memo {
+            Some((at, v)) if at.elapsed() < DISK_FIGURE_TTL => {
+                v.saturating_sub(self.blocks.grown_since_free.load(Ordering::Relaxed))
+            }
+            _ => {
+                let (_, avail, _) = self.cache.disk_space()?;
+                self.blocks.grown_since_free.store(0, Ordering::Relaxed);
+                *memo = Some((Instant::now(), avail));
+                avail
             }
         };
-        if free < DISK_FLOOR + growth {
-            tracing::warn!(free, "the state dir's disk is full; refusing to write more");
+        if free < DISK_FLOOR.saturating_add(growth) {
+            tracing::warn!(
+                free,
+                growth,
+                "the state dir's disk is full; refusing to write more"
+            );
             return Err(VfsError::Io(std::io::Error::from_raw_os_error(
                 libc::ENOSPC,
             )));
         }
+        // Only growth that goes ahead counts against the figure: a refused 200 GB
+        // reservation must not fail the small writes after it.
+        self.blocks
+            .grown_since_free
+            .fetch_add(growth, Ordering::Relaxed);
         Ok(())
     }
 

@@ -65,6 +65,7 @@ impl VfsError {
             VfsError::Cache(e) => match e.raw_os_error() {
                 Some(libc::ENOSPC) => libc::ENOSPC,
                 Some(libc::EDQUOT) => libc::EDQUOT,
+                Some(libc::EFBIG) => libc::EFBIG,
                 _ => libc::EIO,
             },
             VfsError::Remote(_) => libc::EIO,
