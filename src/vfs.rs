@@ -366,6 +366,17 @@ impl Vfs {
         Ok(())
     }
 
+    /// A directory that exists on the remote only because keys lie below it (no marker, no
+    /// base) would vanish with its last child there, and the next poll would take it away
+    /// here too: one that loses a child gets its own marker. (Found by the sync model: a
+    /// file another tool wrote at `f/g`, unlinked here, took `f` with it.)
+    fn keep_dir(&self, db: &Db<'_>, dir: &Entry) -> VfsResult<()> {
+        if dir.id != EntryId::ROOT && dir.synced.key.is_none() && db.job_for(dir.id)?.is_none() {
+            db.enqueue_sync(dir.id, dirty::META, Some(now_ms()))?;
+        }
+        Ok(())
+    }
+
     pub fn lookup(&self, parent: EntryId, name: &OsStr) -> VfsResult<Attr> {
         let name = name.as_bytes();
         if name.len() > crate::remote::NAME_MAX {
@@ -1063,6 +1074,7 @@ impl Vfs {
                 }
             }
             self.remove_entry(db, &live, &e, &mut rm)?;
+            self.keep_dir(db, &p)?;
             self.touch_dir(db, &p)
         })?;
         self.finish_removal(rm, &mut live);
@@ -1087,6 +1099,7 @@ impl Vfs {
                 return Err(VfsError::NotEmpty);
             }
             self.remove_entry(db, &live, &e, &mut rm)?;
+            self.keep_dir(db, &p)?;
             self.touch_dir(db, &p)
         })?;
         self.finish_removal(rm, &mut live);
@@ -1201,6 +1214,7 @@ impl Vfs {
             }
             self.touch_dir(db, &p)?;
             if newparent != parent {
+                self.keep_dir(db, &p)?;
                 self.touch_dir(db, &np)?;
             }
             Ok(())

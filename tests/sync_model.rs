@@ -12,6 +12,7 @@
 //! - every path nobody touched in the window holds what it held before;
 //! - when only one writer acted, the remote is exactly that writer's model of the tree;
 //! - after a kill and remount, the mount holds every version it acknowledged before.
+//!
 //! Open conflicts are then kept with `both`, so the next window starts from one tree.
 //!
 //! Within a window each writer touches each path at most once and nobody polls, so every
@@ -116,12 +117,18 @@ impl Tree {
 
     fn has_children(&self, d: &str) -> bool {
         let prefix = format!("{d}/");
-        self.files.keys().chain(self.dirs.iter()).any(|k| k.starts_with(&prefix))
+        self.files
+            .keys()
+            .chain(self.dirs.iter())
+            .any(|k| k.starts_with(&prefix))
     }
 
     fn digest(&self) -> (BTreeMap<String, String>, &BTreeSet<String>) {
         (
-            self.files.iter().map(|(k, v)| (k.clone(), sha(v))).collect(),
+            self.files
+                .iter()
+                .map(|(k, v)| (k.clone(), sha(v)))
+                .collect(),
             &self.dirs,
         )
     }
@@ -150,20 +157,23 @@ fn content(tag: &str, len: usize) -> Vec<u8> {
     v
 }
 
-struct World<'e> {
-    env: &'e Env,
+struct World {
     mounts: [Option<Mount>; 2],
     log: Vec<String>,
 }
 
-impl World<'_> {
+impl World {
     fn m(&self, s: Side) -> &Mount {
         self.mounts[s as usize].as_ref().unwrap()
     }
 
     fn offline(&self, s: Side, on: bool) {
         let m = self.m(s);
-        let o = m.stratus(&["offline", m.dir.to_str().unwrap(), if on { "on" } else { "off" }]);
+        let o = m.stratus(&[
+            "offline",
+            m.dir.to_str().unwrap(),
+            if on { "on" } else { "off" },
+        ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
 
@@ -200,7 +210,6 @@ fn fail(w: &World, msg: String) -> TestCaseError {
 fn run_case(env: &Env, windows: &[Vec<Op>]) -> Result<(), TestCaseError> {
     let mount = || env.try_mount(&env.new_state_dir(), &ARGS).unwrap();
     let mut w = World {
-        env,
         mounts: [Some(mount()), Some(mount())],
         log: Vec::new(),
     };
@@ -235,7 +244,10 @@ fn run_case(env: &Env, windows: &[Vec<Op>]) -> Result<(), TestCaseError> {
                         f.write_all(&data)?;
                         f.sync_all()
                     })();
-                    w.log.push(format!("{tag} {side:?} write {p} ({} bytes): {r:?}", data.len()));
+                    w.log.push(format!(
+                        "{tag} {side:?} write {p} ({} bytes): {r:?}",
+                        data.len()
+                    ));
                     r.map_err(|e| fail(&w, format!("{side:?}: write {p}: {e}")))?;
                     if let Some(d) = parent {
                         t.dirs.insert(d.to_string());
@@ -247,7 +259,9 @@ fn run_case(env: &Env, windows: &[Vec<Op>]) -> Result<(), TestCaseError> {
                 }
                 Op::Truncate { side, file, len } => {
                     let (p, t) = (FILES[file], &mut model[side as usize]);
-                    let Some(old) = t.files.get(p).cloned() else { continue };
+                    let Some(old) = t.files.get(p).cloned() else {
+                        continue;
+                    };
                     if touched[side as usize].contains(p) {
                         continue;
                     }
@@ -258,7 +272,8 @@ fn run_case(env: &Env, windows: &[Vec<Op>]) -> Result<(), TestCaseError> {
                         f.set_len(len as u64)?;
                         f.sync_all()
                     })();
-                    w.log.push(format!("{tag} {side:?} truncate {p} to {len}: {r:?}"));
+                    w.log
+                        .push(format!("{tag} {side:?} truncate {p} to {len}: {r:?}"));
                     r.map_err(|e| fail(&w, format!("{side:?}: truncate {p}: {e}")))?;
                     t.files.insert(p.to_string(), data.clone());
                     touched[side as usize].insert(p);
@@ -283,7 +298,8 @@ fn run_case(env: &Env, windows: &[Vec<Op>]) -> Result<(), TestCaseError> {
                         fs::create_dir_all(m.path(to).parent().unwrap())?;
                         fs::rename(m.path(f), m.path(to))
                     })();
-                    w.log.push(format!("{tag} {side:?} rename {f} -> {to}: {r:?}"));
+                    w.log
+                        .push(format!("{tag} {side:?} rename {f} -> {to}: {r:?}"));
                     r.map_err(|e| fail(&w, format!("{side:?}: rename {f} {to}: {e}")))?;
                     if let Some(d) = to_parent {
                         t.dirs.insert(d.to_string());
@@ -305,7 +321,8 @@ fn run_case(env: &Env, windows: &[Vec<Op>]) -> Result<(), TestCaseError> {
                 }
                 Op::Mkdir { side, dir } => {
                     let (d, t) = (DIRS[dir], &mut model[side as usize]);
-                    if t.is_dir(d) || t.files.contains_key(d) || touched[side as usize].contains(d) {
+                    if t.is_dir(d) || t.files.contains_key(d) || touched[side as usize].contains(d)
+                    {
                         continue;
                     }
                     let r = fs::create_dir(w.m(side).path(d));
@@ -350,7 +367,8 @@ fn run_case(env: &Env, windows: &[Vec<Op>]) -> Result<(), TestCaseError> {
                 Op::Offline { side } => {
                     offline[side as usize] = !offline[side as usize];
                     w.offline(side, offline[side as usize]);
-                    w.log.push(format!("{tag} {side:?} offline {}", offline[side as usize]));
+                    w.log
+                        .push(format!("{tag} {side:?} offline {}", offline[side as usize]));
                 }
                 Op::Kill { side } => {
                     let m = w.mounts[side as usize].take().unwrap();
@@ -369,7 +387,10 @@ fn run_case(env: &Env, windows: &[Vec<Op>]) -> Result<(), TestCaseError> {
                     let held: BTreeSet<String> =
                         files(&w.m(side).dir).values().map(|v| sha(v)).collect();
                     if let Some(h) = acked_by[side as usize].iter().find(|h| !held.contains(*h)) {
-                        return Err(fail(&w, format!("{side:?} lost {} at its remount", &h[..12])));
+                        return Err(fail(
+                            &w,
+                            format!("{side:?} lost {} at its remount", &h[..12]),
+                        ));
                     }
                 }
             }
@@ -383,14 +404,34 @@ fn run_case(env: &Env, windows: &[Vec<Op>]) -> Result<(), TestCaseError> {
         let remote = Tree::of_remote(env);
         let (ta, tb) = (Tree::of_mount(w.m(Side::A)), Tree::of_mount(w.m(Side::B)));
         if ta.digest() != remote.digest() {
-            return Err(fail(&w, format!("window {wi}: mount A differs from the remote:\nA: {:?}\nremote: {:?}", ta.digest(), remote.digest())));
+            return Err(fail(
+                &w,
+                format!(
+                    "window {wi}: mount A differs from the remote:\nA: {:?}\nremote: {:?}",
+                    ta.digest(),
+                    remote.digest()
+                ),
+            ));
         }
         if tb.digest() != remote.digest() {
-            return Err(fail(&w, format!("window {wi}: mount B differs from the remote:\nB: {:?}\nremote: {:?}", tb.digest(), remote.digest())));
+            return Err(fail(
+                &w,
+                format!(
+                    "window {wi}: mount B differs from the remote:\nB: {:?}\nremote: {:?}",
+                    tb.digest(),
+                    remote.digest()
+                ),
+            ));
         }
         let held: BTreeSet<String> = remote.files.values().map(|v| sha(v)).collect();
         if let Some((what, h)) = acked.iter().find(|(_, h)| !held.contains(h)) {
-            return Err(fail(&w, format!("window {wi}: {what} ({}), acknowledged, is in no remote file", &h[..12])));
+            return Err(fail(
+                &w,
+                format!(
+                    "window {wi}: {what} ({}), acknowledged, is in no remote file",
+                    &h[..12]
+                ),
+            ));
         }
         let touched_any: BTreeSet<&str> = touched.iter().flatten().copied().collect();
         for (p, data) in &start.files {
