@@ -496,3 +496,23 @@ fn run(env: &Env) {
 }
 
 every_backend!(the_sync_engine_agrees_with_its_model, |env: &Env| run(env));
+
+// Regression (shrunk by this test, seed 11 on S3 and Azure): another tool wrote `f/g`, so `f`
+// existed on the remote only as the prefix of that key. Unlinking `f/g` on a mount left `f`
+// there, but the remote lost it with its last key, and the next poll took `f` away from the
+// mount too: a directory vanished that nobody removed. It now gets its own marker.
+every_backend!(
+    regression_a_directory_only_implied_by_a_key_stays_when_its_last_file_goes,
+    |env: &Env| {
+        let windows = vec![
+            vec![Op::Direct { file: 4, len: 0 }],
+            vec![Op::Unlink {
+                side: Side::A,
+                file: 4,
+            }],
+        ];
+        if let Err(e) = run_case(env, &windows) {
+            panic!("{e}");
+        }
+    }
+);
