@@ -543,3 +543,88 @@ every_backend!(policies_decide_at_once_and_keep_the_loser, |env: &Env| {
         assert_eq!(a.state_of(&c[0]), "synced", "{policy}");
     }
 });
+
+every_backend!(
+    a_file_open_here_is_not_swapped_until_it_is_closed,
+    |env: &Env| {
+        let (a, b) = pair(env, &[]);
+        fs::write(a.path("f.txt"), b"base").unwrap();
+        a.sync();
+        b.sync();
+        assert_eq!(read(&b, "f.txt"), b"base");
+        offline(&b, true);
+        fs::write(a.path("f.txt"), b"from A").unwrap();
+        a.sync();
+        fs::write(b.path("f.txt"), b"from B").unwrap();
+        // A reader keeps B's version open while B finds the conflict.
+        let held = fs::File::open(b.path("f.txt")).unwrap();
+        offline(&b, false);
+        let o = b.stratus(&["sync", b.dir.to_str().unwrap()]);
+        assert!(o.status.success());
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        assert!(copies(&b, "").is_empty(), "{:?}", listing(&b, ""));
+        assert_eq!(read(&b, "f.txt"), b"from B");
+        {
+            use std::io::Read;
+            let mut s = Vec::new();
+            (&held).read_to_end(&mut s).unwrap();
+            assert_eq!(s, b"from B");
+        }
+        drop(held);
+        b.sync();
+        a.sync();
+        let c = copies(&b, "");
+        assert_eq!(c.len(), 1, "{:?}", listing(&b, ""));
+        assert_eq!(read(&b, "f.txt"), b"from A");
+        assert_eq!(read(&b, &c[0]), b"from B");
+        assert_eq!(read(&a, &c[0]), b"from B");
+    }
+);
+
+every_backend!(
+    a_users_file_with_the_copys_name_is_never_overwritten,
+    |env: &Env| {
+        let (a, b) = pair(env, &[]);
+        fs::write(a.path("f.txt"), b"base").unwrap();
+        a.sync();
+        b.sync();
+        offline(&b, true);
+        fs::write(a.path("f.txt"), b"from A").unwrap();
+        a.sync();
+        fs::write(b.path("f.txt"), b"from B").unwrap();
+        // Every name the copy could take in the next half minute already exists: half as
+        // files here on B, half as objects another tool wrote on the remote.
+        let now = chrono::Utc::now();
+        let mut taken = Vec::new();
+        for s in 0..30 {
+            let at = now + chrono::Duration::seconds(s);
+            let name = format!("f.conflict-{}.txt", at.format("%Y%m%d-%H%M%S"));
+            let mine = format!("the user's own {name}").into_bytes();
+            if s % 2 == 0 {
+                fs::write(b.path(&name), &mine).unwrap();
+            } else {
+                env.put_remote(&name, &mine);
+            }
+            taken.push((name, mine));
+        }
+        offline(&b, false);
+        b.sync();
+        a.sync();
+        b.sync();
+        for (name, mine) in &taken {
+            assert_eq!(&read(&b, name), mine, "{name} on B");
+            assert_eq!(&read(&a, name), mine, "{name} on A");
+            assert_eq!(
+                env.remote_files().get(name),
+                Some(mine),
+                "{name} on the remote"
+            );
+        }
+        let open = open_conflicts(&b);
+        assert_eq!(open.len(), 1, "{:?}", conflicts(&b));
+        let copy = open[0]["copy_path"].as_str().unwrap().to_string();
+        assert!(!taken.iter().any(|(n, _)| *n == copy), "{copy}");
+        assert_eq!(read(&a, &copy), b"from B");
+        assert_eq!(env.remote_files()[&copy], b"from B");
+    }
+);
