@@ -430,9 +430,8 @@ impl Uploader {
                     .await
                 {
                     Ok(w) => Ok((w, e.synced.hash.clone())),
-                    Err(RemoteError::NotFound(_)) if e.local => self.upload(&e, &key, &cond).await,
-                    Err(RemoteError::Conflict(_)) => {
-                        self.copy_refused(&e, &from, &key, &cond).await
+                    Err(err @ (RemoteError::Conflict(_) | RemoteError::NotFound(_))) => {
+                        self.copy_refused(&e, &from, &key, &cond, err).await
                     }
                     Err(err) => Err(err),
                 }
@@ -580,14 +579,17 @@ impl Uploader {
         Ok(Outcome::Done)
     }
 
-    /// A move's conditional copy was refused: tells which side moved on. `Conflict` when the
-    /// new key holds someone else's version; otherwise the old key no longer holds ours.
+    /// A move's conditional copy was refused (`Conflict`) or found no source (`NotFound`):
+    /// tells which side moved on. The move may be done already (an earlier attempt lost its
+    /// answers); `Conflict` when the new key holds someone else's version; otherwise the old
+    /// key no longer holds ours.
     async fn copy_refused(
         &self,
         e: &Entry,
         from: &str,
         key: &str,
         cond: &Cond,
+        refused: RemoteError,
     ) -> Result<(Written, Option<String>), RemoteError> {
         let current = self.remote.head(key, false).await?;
         // Same content hash, or the same ETag (a server-side copy keeps a single-part
@@ -608,14 +610,18 @@ impl Uploader {
                 e.synced.hash.clone(),
             ));
         }
-        if !cond.admits(current.as_ref().and_then(|o| o.etag.as_deref())) {
+        let source_gone = matches!(refused, RemoteError::NotFound(_));
+        if !source_gone && !cond.admits(current.as_ref().and_then(|o| o.etag.as_deref())) {
             return Err(RemoteError::Conflict(key.to_string()));
         }
-        // The old key was edited elsewhere since. Our version goes up from the data here;
-        // the edit stays at the old key (our delete of it is refused in turn) and comes back
-        // with the next poll.
+        // The old key was edited or deleted elsewhere since. Our version goes up from the
+        // data here (conditioned like the copy); an edit stays at the old key (our delete of
+        // it is refused in turn) and comes back with the next poll.
         if e.local {
             return self.upload(e, key, cond).await;
+        }
+        if source_gone {
+            return Err(refused);
         }
         // Never fetched here, and no longer on the remote either: the move takes what the old
         // key holds now (pinned to that version, whose hash the base records).
