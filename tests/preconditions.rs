@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::azurite::{ACCOUNT, KEY};
+use common::fault_proxy::{behind_fault_proxy, Faults};
 use common::gate_proxy::GateProxy;
 use common::mount::{data, Backend, Env, Mount};
 use futures::TryStreamExt;
@@ -474,7 +475,10 @@ fn write_and_fsync(path: &Path, body: &[u8]) {
 /// while both said `synced`. Now the later completion is refused by the server, and the
 /// loser's side keeps both versions (the conflict machinery takes over).
 fn two_mounts_writing_one_big_file_lose_nothing(backend: Backend) {
-    let env = Env::new(backend);
+    // A little latency on every chunk (as any real network has) makes both uploads take long
+    // enough to overlap, so that each round really is a race between two completions.
+    let (env, proxy) = behind_fault_proxy(backend);
+    proxy.set(Faults::latency(Duration::ZERO, Duration::from_millis(1)));
     let mounts = [env.mount(), env.mount()];
     for round in 0..3u64 {
         let name = format!("big-{round}.bin");
