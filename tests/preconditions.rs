@@ -568,3 +568,72 @@ fn s3_two_mounts_writing_one_big_file_lose_nothing() {
 fn azure_two_mounts_writing_one_big_file_lose_nothing() {
     two_mounts_writing_one_big_file_lose_nothing(Backend::Azure);
 }
+
+/// A rename through a real mount onto a name another writer creates while the move's copy is
+/// on its way (Azurite enforces the copy's target condition; moto does not). On main the move
+/// HEADed the new name first, found it free, copied over the other writer's version and then
+/// deleted the old key: "theirs" was gone. Now the copy is refused, the move becomes a conflict,
+/// and both versions are kept.
+#[test]
+fn azure_rename_onto_a_name_created_elsewhere_keeps_both() {
+    let env = Env::new(Backend::Azure);
+    let port = env.azurite.as_ref().unwrap().port;
+    let gate = GateProxy::start(SocketAddr::from(([127, 0, 0, 1], port)));
+    env.set_endpoint(&gate.endpoint());
+    let m = env.mount();
+    std::fs::write(m.path("a.txt"), b"ours, being renamed").unwrap();
+    m.sync();
+    gate.hold(&["PUT ", "x-ms-copy-source:"]);
+    std::fs::rename(m.path("a.txt"), m.path("b.txt")).unwrap();
+    let _ = m.stratus(&["sync", m.dir.to_str().unwrap()]);
+    gate.wait_held(HOLD_TIMEOUT);
+    let direct = MicrosoftAzureBuilder::new()
+        .with_account(ACCOUNT)
+        .with_access_key(KEY)
+        .with_container_name(&env.bucket)
+        .with_endpoint(format!("http://127.0.0.1:{port}/{ACCOUNT}"))
+        .with_allow_http(true)
+        .build()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(direct.put(
+        &ObjPath::parse("data/b.txt").unwrap(),
+        PutPayload::from_static(b"the other writer's version"),
+    ))
+    .unwrap();
+    gate.release();
+    // Held by the conflict: `sync --wait` names it and exits 1.
+    let _ = m.stratus(&[
+        "sync",
+        m.dir.to_str().unwrap(),
+        "--wait",
+        "--timeout",
+        "120",
+    ]);
+    let bucket = bucket_hashes(&env, "");
+    assert_eq!(
+        bucket.get("b.txt"),
+        Some(&sha(b"the other writer's version")),
+        "the other writer's version must still be at the new name: {bucket:?}\n{}",
+        m.log_tail()
+    );
+    let ours = sha(b"ours, being renamed");
+    let on_mount: Vec<String> = std::fs::read_dir(&m.dir)
+        .unwrap()
+        .map(|e| sha(&std::fs::read(e.unwrap().path()).unwrap()))
+        .collect();
+    assert!(
+        bucket.values().any(|h| *h == ours) || on_mount.contains(&ours),
+        "our version must be kept: bucket {bucket:?}\n{}",
+        m.log_tail()
+    );
+    assert!(
+        on_mount.contains(&sha(b"the other writer's version")),
+        "the mount must show the other version too (at the name or as a conflict copy)\n{}",
+        m.log_tail()
+    );
+    assert_ne!(m.state_of("b.txt"), "synced", "{}", m.log_tail());
+}

@@ -629,7 +629,7 @@ impl Uploader {
             return Err(RemoteError::NotFound(from.to_string()));
         };
         let w = self.remote.copy(from, key, h.etag.as_deref(), cond).await?;
-        Ok((w, h.meta.sha256.clone().or(e.synced.hash.clone())))
+        Ok((w, h.meta.sha256.clone()))
     }
 
     async fn upload(
