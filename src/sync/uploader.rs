@@ -623,8 +623,10 @@ impl Uploader {
         if source_gone {
             return Err(refused);
         }
-        // Never fetched here, and no longer on the remote either: the move takes what the old
-        // key holds now (pinned to that version, whose hash the base records).
+        // Our data is not whole here (never fetched, or retired into the block cache after
+        // its upload) and our version is no longer on the remote either: the move takes what
+        // the old key holds now, pinned to that version (its hash, where the object carries
+        // one, becomes the base's).
         let Some(h) = self.remote.head(from, false).await? else {
             return Err(RemoteError::NotFound(from.to_string()));
         };
