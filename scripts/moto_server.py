@@ -8,7 +8,10 @@ scripts/bench-cache.sh): moto answers a ranged GET by reading the whole object i
 and slicing it, under a per-object lock, so on a 1 GiB object a 1 MiB ranged GET takes
 ~0.5 s and ranged GETs of one object run one at a time. Real S3 serves a range at the cost of
 the range. With the switch, a single-range GET reads only its bytes. Off by default: the
-tests keep stock moto, whose ranged GETs stay correct while the object is overwritten."""
+tests keep stock moto, whose ranged GETs stay correct while the object is overwritten.
+
+A third fix is always on: conditional multipart completions are decided atomically, as S3
+does (see `atomic_multipart_completion`)."""
 import os
 
 import werkzeug.serving as serving
@@ -81,6 +84,29 @@ def ranged_gets_in_place():
     S3Response.get_object = get_object
     S3Response.key_response = key_response
 
+
+def atomic_multipart_completion():
+    """moto checks `If-None-Match: *` on CompleteMultipartUpload before it assembles the
+    object, and nothing holds other completions of the key back meanwhile: two completions
+    sent at the same moment both pass (10 of 10 tries with 24 MiB uploads). S3 decides a
+    conditional completion atomically (the loser gets 412, or 409 ConditionalRequestConflict).
+    One lock around POSTs on keys (create and complete multipart uploads) restores that; it
+    adds no check moto does not make itself."""
+    import threading
+
+    from moto.s3.responses import S3Response
+
+    lock = threading.Lock()
+    orig_post = S3Response._key_response_post
+
+    def post(self, *args, **kwargs):
+        with lock:
+            return orig_post(self, *args, **kwargs)
+
+    S3Response._key_response_post = post
+
+
+atomic_multipart_completion()
 
 if os.environ.get("MOTO_RANGED_GETS_IN_PLACE") == "1":
     ranged_gets_in_place()

@@ -526,9 +526,32 @@ impl Remote {
         }
     }
 
-    /// Server-side copy of a file or symlink object, metadata included.
-    pub async fn copy(&self, from: &str, to: &str) -> RemoteResult<Written> {
-        dispatch!(self, r => r.copy(from, to).await)
+    /// Server-side copy of a file or symlink object, metadata included: only while `from`
+    /// still holds `source` (the version the caller means to move), and only if `to`
+    /// satisfies `cond`. Either refused answers `Conflict`; a missing source `NotFound`.
+    pub async fn copy(
+        &self,
+        from: &str,
+        to: &str,
+        source: Option<&str>,
+        cond: &Cond,
+    ) -> RemoteResult<Written> {
+        match self {
+            Remote::Local(r) => {
+                // A folder has no compare-and-swap: compare, then copy (docs/semantics.md).
+                let now = r.head(to, false).await?;
+                if !cond.admits(now.as_ref().and_then(|o| o.etag.as_deref())) {
+                    return Err(RemoteError::Conflict(to.to_string()));
+                }
+                if let (Some(want), Some(h)) = (source, r.head(from, false).await?) {
+                    if h.etag.as_deref() != Some(want) {
+                        return Err(RemoteError::Conflict(from.to_string()));
+                    }
+                }
+                r.copy(from, to).await
+            }
+            Remote::Object(r) => r.copy(from, to, source, cond).await,
+        }
     }
 
     /// Deletes an object (or a directory marker); a missing key is success. With `expect`,

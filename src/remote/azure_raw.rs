@@ -1,13 +1,28 @@
-//! Azure's List Blobs as a request of our own, signed by object_store's `AzureAuthorizer`.
-//! object_store's listing fails as a whole on one blob name its `Path` rejects (`a//b`, which
-//! another tool can write), and it drops the metadata that marks folder blobs.
+//! Azure requests object_store cannot make, signed by object_store's `AzureAuthorizer`: List
+//! Blobs (object_store's listing fails as a whole on one blob name its `Path` rejects, `a//b`,
+//! which another tool can write, and it drops the metadata that marks folder blobs), and the
+//! writes the server must decide: Put Block List, Copy Blob and Delete Blob with `If-Match` /
+//! `If-None-Match` (object_store's multipart completion and copy take no condition).
 
+use std::time::Duration;
+
+use base64::Engine;
 use chrono::{DateTime, Utc};
-use object_store::azure::{AzureAuthorizer, AzureCredentialProvider};
-use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use object_store::azure::{AzureAuthorizer, AzureCredential, AzureCredentialProvider};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use super::s3_raw::walk_xml;
 use super::{RemoteError, RemoteResult};
+
+/// What stays unescaped in a blob name inside a URL (RFC 3986 unreserved characters).
+const BLOB_NAME: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+/// How long an asynchronous Copy Blob (`x-ms-copy-status: pending`) is waited for before the
+/// job is retried. Within one storage account a copy is normally done when it is answered.
+const COPY_WAIT: Duration = Duration::from_secs(120);
 
 const API_VERSION: &str = "2021-08-06";
 
@@ -71,27 +86,9 @@ impl AzureList {
     }
 
     async fn page(&self, url: &str) -> RemoteResult<ListPage> {
-        let credential = self
-            .credentials
-            .get_credential()
-            .await
-            .map_err(super::object::map_err)?;
-        let mut req = http::Request::builder()
-            .method(http::Method::GET)
-            .uri(url)
-            .header("x-ms-version", API_VERSION)
-            .body(object_store::client::HttpRequestBody::empty())
-            .map_err(|e| RemoteError::Permanent(format!("listing URL {url}: {e}")))?;
-        AzureAuthorizer::new(&credential, &self.account)
-            .try_authorize(&mut req)
-            .map_err(super::object::map_err)?;
         let answer = self
-            .client
-            .get(req.uri().to_string())
-            .headers(req.headers().clone())
-            .send()
-            .await
-            .map_err(|e| RemoteError::unavailable(format!("listing {url}: {e}")))?;
+            .send(http::Method::GET, url, Vec::new(), Vec::new(), "listing")
+            .await?;
         let status = answer.status().as_u16();
         let body = answer
             .text()
@@ -108,6 +105,215 @@ impl AzureList {
                 format!("listing: status code: {code}: {body}"),
             )),
         }
+    }
+}
+
+impl AzureList {
+    /// The URL of blob `name` (the whole name, prefix included).
+    fn blob_url(&self, name: &str) -> String {
+        let escaped: Vec<String> = name
+            .split('/')
+            .map(|s| utf8_percent_encode(s, BLOB_NAME).to_string())
+            .collect();
+        format!("{}/{}", self.container_url, escaped.join("/"))
+    }
+
+    /// Signs one request with object_store's `AzureAuthorizer` (shared key, SAS token or
+    /// bearer token alike) and sends it; any HTTP status comes back as a response.
+    async fn send(
+        &self,
+        method: http::Method,
+        url: &str,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        what: &str,
+    ) -> RemoteResult<reqwest::Response> {
+        let credential = self
+            .credentials
+            .get_credential()
+            .await
+            .map_err(super::object::map_err)?;
+        let mut builder = http::Request::builder()
+            .method(method.clone())
+            .uri(url)
+            .header("x-ms-version", API_VERSION);
+        if method != http::Method::GET && method != http::Method::HEAD {
+            // Part of what a shared key signs: stated, so that what is sent is what was signed.
+            builder = builder.header("Content-Length", body.len().to_string());
+        }
+        for (k, v) in &headers {
+            builder = builder.header(k.as_str(), v.as_str());
+        }
+        let mut req = builder
+            .body(object_store::client::HttpRequestBody::from(body.clone()))
+            .map_err(|e| RemoteError::Permanent(format!("{what} {url}: {e}")))?;
+        AzureAuthorizer::new(&credential, &self.account)
+            .try_authorize(&mut req)
+            .map_err(super::object::map_err)?;
+        let mut out = self
+            .client
+            .request(method, req.uri().to_string())
+            .headers(req.headers().clone());
+        if !body.is_empty() {
+            out = out.body(body);
+        }
+        out.send()
+            .await
+            .map_err(|e| RemoteError::unavailable(format!("{what} {url}: {e}")))
+    }
+
+    /// Put Block List: makes the blocks object_store's `put_part` uploaded (their content ids,
+    /// in order) the content of blob `name`, with `meta` as its metadata, only if the blob
+    /// satisfies `conditions` (`If-None-Match: *` or `If-Match`), which the server decides.
+    /// Returns the new ETag.
+    pub async fn put_block_list(
+        &self,
+        name: &str,
+        blocks: &[String],
+        meta: &[(String, String)],
+        conditions: &[(&'static str, String)],
+    ) -> RemoteResult<Option<String>> {
+        let mut xml = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList>");
+        for id in blocks {
+            let id = base64::engine::general_purpose::STANDARD.encode(id);
+            xml.push_str(&format!("<Uncommitted>{id}</Uncommitted>"));
+        }
+        xml.push_str("</BlockList>");
+        let mut headers = meta_headers(meta);
+        headers.extend(conditions.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        let url = format!("{}?comp=blocklist", self.blob_url(name));
+        let r = self
+            .send(
+                http::Method::PUT,
+                &url,
+                headers,
+                xml.into_bytes(),
+                "put block list",
+            )
+            .await?;
+        match r.status().as_u16() {
+            200..=299 => Ok(header(&r, "etag")),
+            _ => Err(write_error("put block list", name, r).await),
+        }
+    }
+
+    /// Copy Blob of `from` to `to` (metadata included), decided by the server: only while
+    /// `from` has ETag `source_if_match` (`x-ms-source-if-match`) and `to` satisfies
+    /// `conditions`. A failed condition answers `Conflict`, a missing source `NotFound`.
+    /// Waits for a copy the service finishes asynchronously. Returns the new ETag.
+    pub async fn copy_blob(
+        &self,
+        from: &str,
+        to: &str,
+        source_if_match: Option<&str>,
+        conditions: &[(&'static str, String)],
+    ) -> RemoteResult<Option<String>> {
+        let mut source = url::Url::parse(&self.blob_url(from))
+            .map_err(|e| RemoteError::Permanent(format!("copy source {from}: {e}")))?;
+        let credential = self
+            .credentials
+            .get_credential()
+            .await
+            .map_err(super::object::map_err)?;
+        if let AzureCredential::SASToken(pairs) = &*credential {
+            // A SAS token authorizes the source only inside its URL (as object_store does).
+            source.query_pairs_mut().extend_pairs(pairs);
+        }
+        let mut headers = vec![("x-ms-copy-source".to_string(), source.to_string())];
+        if let Some(etag) = source_if_match {
+            headers.push(("x-ms-source-if-match".into(), etag.to_string()));
+        }
+        headers.extend(conditions.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        let url = self.blob_url(to);
+        let r = self
+            .send(http::Method::PUT, &url, headers, Vec::new(), "copy")
+            .await?;
+        match r.status().as_u16() {
+            200..=299 => {}
+            404 => return Err(RemoteError::NotFound(format!("copy source {from}"))),
+            _ => return Err(write_error("copy", to, r).await),
+        }
+        let mut status = header(&r, "x-ms-copy-status");
+        let mut etag = header(&r, "etag");
+        let started = std::time::Instant::now();
+        while status.as_deref() == Some("pending") {
+            if started.elapsed() > COPY_WAIT {
+                return Err(RemoteError::unavailable(format!(
+                    "copy {from} -> {to}: still pending after {COPY_WAIT:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let h = self
+                .send(
+                    http::Method::HEAD,
+                    &url,
+                    Vec::new(),
+                    Vec::new(),
+                    "copy status",
+                )
+                .await?;
+            if !h.status().is_success() {
+                return Err(write_error("copy status", to, h).await);
+            }
+            status = header(&h, "x-ms-copy-status");
+            etag = header(&h, "etag");
+        }
+        match status.as_deref() {
+            None | Some("success") => Ok(etag),
+            Some(other) => Err(RemoteError::unavailable(format!(
+                "copy {from} -> {to}: {other}"
+            ))),
+        }
+    }
+
+    /// Delete Blob, only while it has ETag `if_match` when given (the server decides; another
+    /// version answers `Conflict`). A missing blob is success.
+    pub async fn delete_blob(&self, name: &str, if_match: Option<&str>) -> RemoteResult<()> {
+        let headers = if_match
+            .map(|e| vec![("If-Match".to_string(), e.to_string())])
+            .unwrap_or_default();
+        let r = self
+            .send(
+                http::Method::DELETE,
+                &self.blob_url(name),
+                headers,
+                Vec::new(),
+                "delete",
+            )
+            .await?;
+        match r.status().as_u16() {
+            200..=299 | 404 => Ok(()),
+            _ => Err(write_error("delete", name, r).await),
+        }
+    }
+}
+
+fn header(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+fn meta_headers(meta: &[(String, String)]) -> Vec<(String, String)> {
+    meta.iter()
+        .map(|(k, v)| (format!("x-ms-meta-{k}"), v.clone()))
+        .collect()
+}
+
+/// A refused write: 412 (`ConditionNotMet`, a failed `If-Match`) and 409 `BlobAlreadyExists`
+/// (a failed `If-None-Match: *`) are a `Conflict`; anything else follows `classify_status`.
+async fn write_error(op: &str, name: &str, r: reqwest::Response) -> RemoteError {
+    let code = r.status().as_u16();
+    let error_code = header(&r, "x-ms-error-code");
+    let body = r.text().await.unwrap_or_default();
+    let msg = format!("{op} {name}: status code: {code}: {body}");
+    let exists = error_code.as_deref() == Some("BlobAlreadyExists")
+        || body.contains("<Code>BlobAlreadyExists</Code>");
+    match code {
+        412 => RemoteError::Conflict(msg),
+        409 if exists => RemoteError::Conflict(msg),
+        _ => super::object::classify_status(code, msg),
     }
 }
 

@@ -1,22 +1,23 @@
-//! S3, Azure Blob and Google Cloud Storage through object_store, plus raw S3 requests where
-//! object_store's `Path` cannot express a key.
+//! S3, Azure Blob and Google Cloud Storage through object_store, plus raw requests where
+//! object_store's `Path` cannot express a key or its API cannot send the server a precondition.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzure, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 use object_store::{
-    Attribute, AttributeValue, Attributes, ClientConfigKey, GetOptions, ObjectStore,
+    Attribute, AttributeValue, Attributes, ClientConfigKey, GetOptions, MultipartId, ObjectStore,
     ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
     WriteMultipart,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::azure_raw::AzureList;
+use super::azure_raw::AzureList as AzureRaw;
 use super::s3_raw::S3Raw;
 use super::{Cond, Meta, ObjectInfo, ObjectKind, RemoteError, RemoteResult, RemoteUrl, Written};
 
@@ -48,14 +49,17 @@ enum Markers {
 pub struct ObjectRemote {
     store: Arc<dyn ObjectStore>,
     prefix: String,
-    /// Present for S3, which is the cloud whose directory markers need raw requests.
+    /// Present for S3: directory markers, listings, and the completions, copies and deletes
+    /// that carry the server's precondition.
     raw: Option<S3Raw>,
+    /// S3's client by its own type, for the part uploads of a multipart upload.
+    s3: Option<Arc<AmazonS3>>,
     markers: Markers,
-    /// Azure only: object_store has no conditional delete, so deletes that must not remove
-    /// someone else's newer version go out as presigned requests with `If-Match`.
+    /// Azure's client by its own type (part uploads, presigned metadata updates).
     azure: Option<(Arc<MicrosoftAzure>, reqwest::Client)>,
-    /// Azure listings of our own (see `azure_raw`).
-    azure_list: Option<AzureList>,
+    /// Azure requests of our own (see `azure_raw`): listings, and Put Block List, Copy Blob
+    /// and Delete Blob with the server's precondition.
+    azure_raw: Option<AzureRaw>,
     name: &'static str,
 }
 
@@ -116,6 +120,17 @@ pub(super) fn classify_status(code: u16, msg: String) -> RemoteError {
         RemoteError::Permanent(msg)
     } else {
         RemoteError::unavailable(msg)
+    }
+}
+
+/// `cond` as the precondition headers S3 and Azure both understand on the writes object_store
+/// cannot condition (multipart completion, copies): the server decides, so a writer elsewhere
+/// is caught there, not by a comparison made a moment before.
+fn cond_headers(cond: &Cond) -> Vec<(&'static str, String)> {
+    match cond {
+        Cond::Overwrite | Cond::Match { etag: None, .. } => Vec::new(),
+        Cond::Create => vec![("If-None-Match", "*".to_string())],
+        Cond::Match { etag: Some(e), .. } => vec![("If-Match", e.clone())],
     }
 }
 
@@ -196,7 +211,7 @@ impl ObjectRemote {
                 let virtual_hosted = b
                     .get_config_value(&AmazonS3ConfigKey::VirtualHostedStyleRequest)
                     .is_some_and(|v| v == "true");
-                let s3 = b.build().map_err(|e| format!("s3://{bucket}: {e}"))?;
+                let s3 = Arc::new(b.build().map_err(|e| format!("s3://{bucket}: {e}"))?);
                 let raw = S3Raw::new(
                     endpoint,
                     bucket.clone(),
@@ -204,13 +219,10 @@ impl ObjectRemote {
                     virtual_hosted,
                     s3.credentials().clone(),
                 );
-                Ok(ObjectRemote::new(
-                    Arc::new(s3),
-                    prefix,
-                    Some(raw),
-                    Markers::Slash,
-                    "s3",
-                ))
+                let mut remote =
+                    ObjectRemote::new(s3.clone(), prefix, Some(raw), Markers::Slash, "s3");
+                remote.s3 = Some(s3);
+                Ok(remote)
             }
             RemoteUrl::Azure { container, prefix } => {
                 let mut b = MicrosoftAzureBuilder::from_env()
@@ -239,7 +251,7 @@ impl ObjectRemote {
                     .map_err(|e| format!("az://{container}: {e}"))?;
                 let mut remote =
                     ObjectRemote::new(az.clone(), prefix, None, Markers::FolderBlob, "azure");
-                remote.azure_list = Some(AzureList::new(
+                remote.azure_raw = Some(AzureRaw::new(
                     client.clone(),
                     url,
                     account.unwrap_or(account_name),
@@ -286,9 +298,10 @@ impl ObjectRemote {
             store,
             prefix: prefix.to_string(),
             raw,
+            s3: None,
             markers,
             azure: None,
-            azure_list: None,
+            azure_raw: None,
             name,
         }
     }
@@ -371,7 +384,7 @@ impl ObjectRemote {
             last_modified_ns: lm,
             meta: Meta::default(),
         };
-        if let Some(azure) = &self.azure_list {
+        if let Some(azure) = &self.azure_raw {
             for b in azure.list(&list_prefix).await? {
                 let Some(rel) = self.strip(&b.name) else {
                     continue;
@@ -580,8 +593,8 @@ impl ObjectRemote {
         Ok(n)
     }
 
-    /// For writes the server cannot condition (multipart uploads): compare, then write. The
-    /// window between the two is documented in docs/semantics.md.
+    /// For writes we cannot have the server condition (GCS multipart uploads and copies):
+    /// compare, then write. The window between the two is documented in docs/semantics.md.
     async fn precheck(&self, key: &str, cond: &Cond) -> RemoteResult<()> {
         if *cond == Cond::Overwrite {
             return Ok(());
@@ -618,6 +631,50 @@ impl ObjectRemote {
             return Ok(Written {
                 etag: etag(r.e_tag),
                 version: r.version,
+            });
+        }
+        if let (Some(s3), Some(raw)) = (&self.s3, &self.raw) {
+            let opts = PutMultipartOptions {
+                attributes: attributes(meta),
+                ..Default::default()
+            };
+            let id = s3
+                .create_multipart_opts(&path, opts)
+                .await
+                .map_err(map_err)?;
+            let done = async {
+                let parts = put_parts(s3.clone(), &path, &id, src).await?;
+                raw.complete_multipart(&self.full(key), &id, &parts, &cond_headers(cond))
+                    .await
+            }
+            .await;
+            return match done {
+                Ok((tag, version)) => Ok(Written {
+                    etag: etag(tag),
+                    version,
+                }),
+                Err(e) => {
+                    // Refused or failed: the parts would otherwise be kept (and billed). If a
+                    // completion did go through, there is no upload left to abort.
+                    let _ = s3.abort_multipart(&path, &id).await;
+                    Err(e)
+                }
+            };
+        }
+        if let (Some((az, _)), Some(azure)) = (&self.azure, &self.azure_raw) {
+            // Blocks nobody commits expire by themselves (Azure has no abort).
+            let parts = put_parts(az.clone(), &path, &MultipartId::new(), src).await?;
+            let tag = azure
+                .put_block_list(
+                    &self.full(key),
+                    &parts,
+                    &meta.to_pairs(),
+                    &cond_headers(cond),
+                )
+                .await?;
+            return Ok(Written {
+                etag: etag(tag),
+                version: None,
             });
         }
         self.precheck(key, cond).await?;
@@ -823,7 +880,53 @@ impl ObjectRemote {
         })
     }
 
-    pub async fn copy(&self, from: &str, to: &str) -> RemoteResult<Written> {
+    /// Server-side copy of `from` to `to`, metadata included: only while `from` holds
+    /// `source` (the version the caller means to move), and only if `to` satisfies `cond`.
+    /// S3 and Azure decide both at the server; GCS compares with HEADs first.
+    pub async fn copy(
+        &self,
+        from: &str,
+        to: &str,
+        source: Option<&str>,
+        cond: &Cond,
+    ) -> RemoteResult<Written> {
+        if let Some(raw) = &self.raw {
+            let (tag, version) = raw
+                .copy_object(
+                    &self.full(from),
+                    &self.full(to),
+                    source,
+                    &cond_headers(cond),
+                )
+                .await?;
+            return Ok(Written {
+                etag: etag(tag),
+                version,
+            });
+        }
+        if let Some(azure) = &self.azure_raw {
+            let tag = azure
+                .copy_blob(
+                    &self.full(from),
+                    &self.full(to),
+                    source,
+                    &cond_headers(cond),
+                )
+                .await?;
+            return Ok(Written {
+                etag: etag(tag),
+                version: None,
+            });
+        }
+        self.precheck(to, cond).await?;
+        if let Some(want) = source {
+            match self.head(from, false).await? {
+                Some(h) if h.etag.as_deref() != Some(want) => {
+                    return Err(RemoteError::Conflict(from.to_string()))
+                }
+                _ => {}
+            }
+        }
         let to_path = self.path(to)?;
         self.store
             .copy(&self.path(from)?, &to_path)
@@ -836,14 +939,20 @@ impl ObjectRemote {
         })
     }
 
-    /// Deletes an object; with `expect`, only the version with that ETag (S3 checks it at
-    /// the server; elsewhere a HEAD compares first). Another version answers `Conflict`.
+    /// Deletes an object; with `expect`, only the version with that ETag (S3 and Azure check
+    /// it at the server; GCS compares with a HEAD first). Another version answers `Conflict`.
     pub async fn delete(&self, key: &str, dir: bool, expect: Option<&str>) -> RemoteResult<()> {
         if dir {
             if let Some(raw) = &self.raw {
                 raw.delete(&format!("{}/", self.full(key))).await?;
-            } else if self.head(key, true).await?.is_some() {
-                // Only a folder blob: a file that took the name meanwhile is not ours to delete.
+            } else if let Some(folder) = self.head(key, true).await? {
+                // Only that folder blob: a file that took the name since is not ours to
+                // delete, and the server refuses it (`Conflict`).
+                if let Some(azure) = &self.azure_raw {
+                    return azure
+                        .delete_blob(&self.full(key), folder.etag.as_deref())
+                        .await;
+                }
                 match self.store.delete(&self.path(key)?).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                     Err(e) => return Err(map_err(e)),
@@ -858,10 +967,8 @@ impl ObjectRemote {
                 other => other,
             };
         }
-        if let (Some(want), Some((az, client))) = (expect, &self.azure) {
-            if let Some(done) = self.azure_delete_if(az, client, key, want).await {
-                return done;
-            }
+        if let Some(azure) = &self.azure_raw {
+            return azure.delete_blob(&self.full(key), expect).await;
         }
         if let Some(want) = expect {
             // Compare, then delete: the window between the two is in docs/semantics.md.
@@ -876,57 +983,6 @@ impl ObjectRemote {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(map_err(e)),
         }
-    }
-}
-
-impl ObjectRemote {
-    /// Deletes `key` only while it still holds `want`, checked by the server (`If-Match`).
-    /// `None` when no presigned URL can be had (credentials that cannot sign, such as a SAS
-    /// token): the caller compares first instead.
-    async fn azure_delete_if(
-        &self,
-        az: &MicrosoftAzure,
-        client: &reqwest::Client,
-        key: &str,
-        want: &str,
-    ) -> Option<RemoteResult<()>> {
-        use object_store::signer::Signer;
-        let path = match self.path(key) {
-            Ok(p) => p,
-            Err(e) => return Some(Err(e)),
-        };
-        let url = match az
-            .signed_url(reqwest::Method::DELETE, &path, Duration::from_secs(600))
-            .await
-        {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(key, error = %e, "no presigned delete; comparing first");
-                return None;
-            }
-        };
-        let sent = client
-            .delete(url)
-            .header("If-Match", want)
-            .header("x-ms-version", "2021-08-06")
-            .send()
-            .await;
-        Some(match sent {
-            Err(e) => Err(RemoteError::unavailable(format!("delete {key}: {e}"))),
-            Ok(r) => match r.status().as_u16() {
-                200..=299 => Ok(()),
-                // Deleted meanwhile by someone else: what we wanted.
-                404 => Ok(()),
-                412 => Err(RemoteError::Conflict(key.to_string())),
-                code => {
-                    let body = r.text().await.unwrap_or_default();
-                    Err(classify_status(
-                        code,
-                        format!("delete {key}: status code: {code}: {body}"),
-                    ))
-                }
-            },
-        })
     }
 }
 
@@ -955,6 +1011,65 @@ fn azure_container_url(b: &MicrosoftAzureBuilder, container: &str) -> Option<(St
         format!("{}/{container}", base.trim_end_matches('/')),
         account?,
     ))
+}
+
+/// Uploads the parts of a multipart upload through object_store (`PARTS_IN_FLIGHT` at once)
+/// and returns their ids in order; the completion is ours, because it must carry the
+/// server's precondition.
+async fn put_parts(
+    store: Arc<dyn MultipartStore>,
+    path: &Path,
+    id: &MultipartId,
+    src: &std::path::Path,
+) -> RemoteResult<Vec<String>> {
+    let mut f = tokio::fs::File::open(src).await?;
+    let mut in_flight = std::collections::VecDeque::new();
+    let mut ids = Vec::new();
+    let result: RemoteResult<()> = async {
+        for idx in 0.. {
+            let mut buf = vec![0u8; PART_SIZE];
+            let n = read_full(&mut f, &mut buf).await?;
+            if n == 0 && idx > 0 {
+                break;
+            }
+            buf.truncate(n);
+            let (store, path, id) = (store.clone(), path.clone(), id.clone());
+            in_flight.push_back(tokio::spawn(async move {
+                store
+                    .put_part(&path, &id, idx, PutPayload::from(buf))
+                    .await
+                    .map_err(map_err)
+            }));
+            if in_flight.len() >= PARTS_IN_FLIGHT {
+                ids.push(join_part(in_flight.pop_front()).await?);
+            }
+            if n < PART_SIZE {
+                break;
+            }
+        }
+        while let Some(h) = in_flight.pop_front() {
+            ids.push(join_part(Some(h)).await?);
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        for h in in_flight {
+            h.abort();
+        }
+        return Err(e);
+    }
+    Ok(ids)
+}
+
+async fn join_part(
+    h: Option<tokio::task::JoinHandle<RemoteResult<object_store::multipart::PartId>>>,
+) -> RemoteResult<String> {
+    let h = h.expect("a part in flight");
+    let part = h
+        .await
+        .map_err(|e| RemoteError::Io(std::io::Error::other(e.to_string())))??;
+    Ok(part.content_id)
 }
 
 async fn read_full(f: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {

@@ -309,25 +309,101 @@ impl S3Raw {
         if !resp.status().is_success() {
             return Err(status_error("copy", key, resp).await);
         }
-        let body = read_limited(resp).await;
-        // A copy can fail after its 200 has been sent: the error is then in the body.
-        let (code, message) = parse_error_body(&body);
-        if code.is_some() {
-            return Err(RemoteError::unavailable(format!(
-                "copy {key:?}: {}: {}",
-                code.unwrap_or_default(),
-                message.unwrap_or_default()
-            )));
+        etag_of_body("copy", key, &read_limited(resp).await)
+    }
+
+    /// CopyObject of `from` to `to`, metadata included, decided by the server: only while
+    /// `from` still has ETag `source_if_match` (`x-amz-copy-source-if-match`), and only if
+    /// `to` satisfies `conditions` (`If-None-Match: *` or `If-Match`, as on a PUT). A failed
+    /// condition answers `Conflict`, a missing source `NotFound`. Returns (ETag, version).
+    pub async fn copy_object(
+        &self,
+        from: &str,
+        to: &str,
+        source_if_match: Option<&str>,
+        conditions: &[(&'static str, String)],
+    ) -> RemoteResult<(Option<String>, Option<String>)> {
+        let mut headers: BTreeMap<String, String> = conditions
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect();
+        headers.insert(
+            "x-amz-copy-source".into(),
+            format!(
+                "/{}/{}",
+                uri_encode(&self.inner.bucket, false),
+                uri_encode(from, true)
+            ),
+        );
+        if let Some(etag) = source_if_match {
+            headers.insert("x-amz-copy-source-if-match".into(), etag.to_string());
         }
-        let mut etag = None;
-        walk_xml(&body, |path, text| {
-            if path.last().map(String::as_str) == Some("ETag") {
-                etag = Some(text);
-            }
-            Ok(())
-        })
-        .map_err(|e| RemoteError::unavailable(format!("copy {key:?}: {e}")))?;
-        Ok(etag)
+        let resp = self
+            .send(Method::PUT, Some(to), &[], headers, "copy", to)
+            .await?;
+        let status = resp.status();
+        if status == StatusCode::NOT_FOUND {
+            let body = read_limited(resp).await;
+            let (code, message) = parse_error_body(&body);
+            let detail = describe("copy", from, status, &code, &message);
+            return Err(match code.as_deref() {
+                Some("NoSuchBucket") => RemoteError::Permanent(detail),
+                _ => RemoteError::NotFound(detail),
+            });
+        }
+        if !status.is_success() {
+            return Err(conditional_error("copy", to, resp).await);
+        }
+        let version = header_str(resp.headers(), "x-amz-version-id");
+        let etag = etag_of_body("copy", to, &read_limited(resp).await)?;
+        Ok((etag, version))
+    }
+
+    /// CompleteMultipartUpload of `upload_id` with `parts` (the part ids object_store's
+    /// `put_part` returned, in order), decided by the server against `conditions`
+    /// (`If-None-Match: *` or `If-Match`): object_store's own completion cannot send them.
+    /// A failed condition answers `Conflict`. Returns (ETag, version).
+    pub async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[String],
+        conditions: &[(&'static str, String)],
+    ) -> RemoteResult<(Option<String>, Option<String>)> {
+        let headers: BTreeMap<String, String> = conditions
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect();
+        let body = complete_body(parts)?;
+        let resp = self
+            .send_with_body(
+                Method::POST,
+                Some(key),
+                &[("uploadId", upload_id)],
+                headers,
+                body.into_bytes(),
+                "complete upload",
+                key,
+            )
+            .await?;
+        let status = resp.status();
+        if status == StatusCode::NOT_FOUND {
+            let body = read_limited(resp).await;
+            let (code, message) = parse_error_body(&body);
+            let detail = describe("complete upload", key, status, &code, &message);
+            // NoSuchUpload: completed by an attempt whose answer was lost, or expired. Sending
+            // the file again settles either (a completed twin is then our own version).
+            return Err(match code.as_deref() {
+                Some("NoSuchUpload") => RemoteError::unavailable(detail),
+                _ => RemoteError::Permanent(detail),
+            });
+        }
+        if !status.is_success() {
+            return Err(conditional_error("complete upload", key, resp).await);
+        }
+        let version = header_str(resp.headers(), "x-amz-version-id");
+        let etag = etag_of_body("complete upload", key, &read_limited(resp).await)?;
+        Ok((etag, version))
     }
 
     /// DELETE; a missing key is Ok.
@@ -365,14 +441,30 @@ impl S3Raw {
         Err(status_error("delete", key, resp).await)
     }
 
-    /// Signs and sends one request; any HTTP status comes back as a response, only transport
-    /// failures become errors here.
+    /// Signs and sends one request without a body.
     async fn send(
         &self,
         method: Method,
         key: Option<&str>,
         query: &[(&str, &str)],
+        headers: BTreeMap<String, String>,
+        op: &str,
+        what: &str,
+    ) -> RemoteResult<Response> {
+        self.send_with_body(method, key, query, headers, Vec::new(), op, what)
+            .await
+    }
+
+    /// Signs and sends one request; any HTTP status comes back as a response, only transport
+    /// failures become errors here. The body is not part of the signature (UNSIGNED-PAYLOAD).
+    #[allow(clippy::too_many_arguments)]
+    async fn send_with_body(
+        &self,
+        method: Method,
+        key: Option<&str>,
+        query: &[(&str, &str)],
         mut headers: BTreeMap<String, String>,
+        body: Vec<u8>,
         op: &str,
         what: &str,
     ) -> RemoteResult<Response> {
@@ -419,15 +511,89 @@ impl S3Raw {
             request = request.header(name.as_str(), value.as_str());
         }
         request = request.header(AUTHORIZATION, authorization);
-        if method == Method::PUT {
-            // S3 refuses a PUT without Content-Length (411), so state the empty body explicitly.
-            request = request.header(CONTENT_LENGTH, "0").body(Vec::<u8>::new());
+        if method == Method::PUT || method == Method::POST {
+            // S3 refuses a PUT without Content-Length (411), so state even an empty body.
+            request = request
+                .header(CONTENT_LENGTH, body.len().to_string())
+                .body(body);
         }
         request
             .send()
             .await
             .map_err(|e| transport_error(op, what, &e))
     }
+}
+
+/// The ETag in the XML answer of a copy or a multipart completion. Both can fail after their
+/// 200 has been sent: the error is then in the body, and the request is retried later.
+fn etag_of_body(op: &str, key: &str, body: &str) -> RemoteResult<Option<String>> {
+    let (code, message) = parse_error_body(body);
+    if code.is_some() {
+        return Err(RemoteError::unavailable(format!(
+            "{op} {key:?}: {}: {}",
+            code.unwrap_or_default(),
+            message.unwrap_or_default()
+        )));
+    }
+    let mut etag = None;
+    walk_xml(body, |path, text| {
+        if path.last().map(String::as_str) == Some("ETag") {
+            etag = Some(text);
+        }
+        Ok(())
+    })
+    .map_err(|e| RemoteError::unavailable(format!("{op} {key:?}: {e}")))?;
+    Ok(etag)
+}
+
+/// A refused conditional request: 412, or 409 `ConditionalRequestConflict` (S3's answer when
+/// another conditional write to the key was in flight at the same moment), is a `Conflict`;
+/// anything else as `status_error` says.
+async fn conditional_error(op: &str, what: &str, resp: Response) -> RemoteError {
+    if resp.status() != StatusCode::CONFLICT {
+        return status_error(op, what, resp).await;
+    }
+    let status = resp.status();
+    let body = read_limited(resp).await;
+    let (code, message) = parse_error_body(&body);
+    let detail = describe(op, what, status, &code, &message);
+    match code.as_deref() {
+        Some("ConditionalRequestConflict") => RemoteError::Conflict(detail),
+        _ => RemoteError::Permanent(detail),
+    }
+}
+
+/// The body of CompleteMultipartUpload. A part id is the part's ETag, or (when object_store
+/// computed checksums) its `PartMetadata` record: the ETag with the part's checksum.
+fn complete_body(parts: &[String]) -> RemoteResult<String> {
+    let mut out =
+        String::from("<CompleteMultipartUpload xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">");
+    for (i, id) in parts.iter().enumerate() {
+        let mut fields: Vec<(&'static str, String)> = Vec::new();
+        if id.trim_start().starts_with('<') {
+            walk_xml(id, |path, text| {
+                let name = match path.get(1).map(String::as_str) {
+                    Some("e_tag") => "ETag",
+                    Some("checksum_sha256") => "ChecksumSHA256",
+                    Some("checksum_crc64nvme") => "ChecksumCRC64NVME",
+                    _ => return Ok(()),
+                };
+                fields.push((name, text));
+                Ok(())
+            })
+            .map_err(|e| RemoteError::Permanent(format!("part id {id:?}: {e}")))?;
+        } else {
+            fields.push(("ETag", id.clone()));
+        }
+        out.push_str("<Part>");
+        for (name, value) in fields {
+            let value = quick_xml::escape::escape(value.as_str());
+            out.push_str(&format!("<{name}>{value}</{name}>"));
+        }
+        out.push_str(&format!("<PartNumber>{}</PartNumber></Part>", i + 1));
+    }
+    out.push_str("</CompleteMultipartUpload>");
+    Ok(out)
 }
 
 /// `x-amz-meta-*` headers for our metadata pairs. Names are sent lowercased (S3 lowercases them

@@ -370,7 +370,10 @@ impl Uploader {
                 continue;
             }
             tracing::debug!(from = key, to = %new_key, "moving a renamed entry's object before its key is reused");
-            let w = self.remote.copy(key, &new_key).await?;
+            let w = self
+                .remote
+                .copy(key, &new_key, None, &Cond::Overwrite)
+                .await?;
             self.store.write(|db| {
                 db.set_synced(
                     t.id,
@@ -468,36 +471,19 @@ impl Uploader {
                 .map(|w| (w, None)),
             Kind::File if moved_only => {
                 let from = old.clone().expect("moved_only implies an old key");
-                // A server-side copy takes no condition: compare first.
-                let current = self.remote.head(&key, false).await?;
-                // Same content hash, or the same ETag (a server-side copy keeps a single-part
-                // object's ETag, which is its content's MD5).
-                let ours = current.as_ref().filter(|h| {
-                    (h.meta.sha256.is_some() && h.meta.sha256 == e.synced.hash)
-                        || (h.etag.is_some() && h.etag == e.synced.etag)
-                });
-                if let Some(h) = ours {
-                    // Already there: a previous attempt copied (and maybe deleted the old
-                    // key) and lost the answers. (Regression: the retried copy found the old
-                    // key gone and parked the entry for good.)
-                    Ok((
-                        Written {
-                            etag: h.etag.clone(),
-                            version: h.version.clone(),
-                        },
-                        e.synced.hash.clone(),
-                    ))
-                } else if !cond.admits(current.as_ref().and_then(|o| o.etag.as_deref())) {
-                    Err(RemoteError::Conflict(key.clone()))
-                } else {
-                    tracing::debug!(%from, to = %key, "server-side copy");
-                    match self.remote.copy(&from, &key).await {
-                        Ok(w) => Ok((w, e.synced.hash.clone())),
-                        Err(RemoteError::NotFound(_)) if e.local => {
-                            self.upload(&e, &key, &cond).await
-                        }
-                        Err(err) => Err(err),
+                tracing::debug!(%from, to = %key, "server-side copy");
+                // The server decides both sides: the old key must still hold our version, the
+                // new one what `cond` expects.
+                match self
+                    .remote
+                    .copy(&from, &key, e.synced.etag.as_deref(), &cond)
+                    .await
+                {
+                    Ok(w) => Ok((w, e.synced.hash.clone())),
+                    Err(err @ (RemoteError::Conflict(_) | RemoteError::NotFound(_))) => {
+                        self.copy_refused(&e, &from, &key, &cond, err).await
                     }
+                    Err(err) => Err(err),
                 }
             }
             Kind::File if !e.local => {
@@ -668,6 +654,61 @@ impl Uploader {
             })?;
         }
         Ok(Outcome::Done)
+    }
+
+    /// A move's conditional copy was refused (`Conflict`) or found no source (`NotFound`):
+    /// tells which side moved on. The move may be done already (an earlier attempt lost its
+    /// answers); `Conflict` when the new key holds someone else's version; otherwise the old
+    /// key no longer holds ours.
+    async fn copy_refused(
+        &self,
+        e: &Entry,
+        from: &str,
+        key: &str,
+        cond: &Cond,
+        refused: RemoteError,
+    ) -> Result<(Written, Option<String>), RemoteError> {
+        let current = self.remote.head(key, false).await?;
+        // Same content hash, or the same ETag (a server-side copy keeps a single-part
+        // object's ETag, which is its content's MD5).
+        let ours = current.as_ref().filter(|h| {
+            (h.meta.sha256.is_some() && h.meta.sha256 == e.synced.hash)
+                || (h.etag.is_some() && h.etag == e.synced.etag)
+        });
+        if let Some(h) = ours {
+            // Already there: a previous attempt copied (and maybe deleted the old key) and
+            // lost the answers. (Regression: the retried copy found the old key gone and
+            // parked the entry for good.)
+            return Ok((
+                Written {
+                    etag: h.etag.clone(),
+                    version: h.version.clone(),
+                },
+                e.synced.hash.clone(),
+            ));
+        }
+        let source_gone = matches!(refused, RemoteError::NotFound(_));
+        if !source_gone && !cond.admits(current.as_ref().and_then(|o| o.etag.as_deref())) {
+            return Err(RemoteError::Conflict(key.to_string()));
+        }
+        // The old key was edited or deleted elsewhere since. Our version goes up from the
+        // data here (conditioned like the copy); an edit stays at the old key (our delete of
+        // it is refused in turn) and comes back with the next poll.
+        if e.local {
+            return self.upload(e, key, cond).await;
+        }
+        if source_gone {
+            return Err(refused);
+        }
+        // Our data is not whole here (never fetched, or retired into the block cache after
+        // its upload) and our version is no longer on the remote either: the move takes what
+        // the old key holds now, pinned to that version (its hash, where the object carries
+        // one, becomes the base's).
+        let Some(h) = self.remote.head(from, false).await? else {
+            return Err(RemoteError::NotFound(from.to_string()));
+        };
+        let w = self.remote.copy(from, key, h.etag.as_deref(), cond).await?;
+        Ok((w, h.meta.sha256.clone()))
     }
 
     async fn upload(

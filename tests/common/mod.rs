@@ -3,6 +3,7 @@
 pub mod azurite;
 pub mod direct;
 pub mod fault_proxy;
+pub mod gate_proxy;
 pub mod moto;
 pub mod mount;
 pub mod proxy;
