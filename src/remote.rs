@@ -537,19 +537,7 @@ impl Remote {
         cond: &Cond,
     ) -> RemoteResult<Written> {
         match self {
-            Remote::Local(r) => {
-                // A folder has no compare-and-swap: compare, then copy (docs/semantics.md).
-                let now = r.head(to, false).await?;
-                if !cond.admits(now.as_ref().and_then(|o| o.etag.as_deref())) {
-                    return Err(RemoteError::Conflict(to.to_string()));
-                }
-                if let (Some(want), Some(h)) = (source, r.head(from, false).await?) {
-                    if h.etag.as_deref() != Some(want) {
-                        return Err(RemoteError::Conflict(from.to_string()));
-                    }
-                }
-                r.copy(from, to).await
-            }
+            Remote::Local(r) => r.copy(from, to, source, cond).await,
             Remote::Object(r) => r.copy(from, to, source, cond).await,
         }
     }

@@ -325,13 +325,35 @@ impl LocalRemote {
         .await
     }
 
-    pub async fn copy(&self, from: &str, to: &str) -> RemoteResult<Written> {
+    /// Copies `from` to `to` while `from` still holds `source` and `to` satisfies `cond`,
+    /// both compared under the folder's lock (atomic between stratus mounts; another program
+    /// writing in between wins, see docs/semantics.md).
+    pub async fn copy(
+        &self,
+        from: &str,
+        to: &str,
+        source: Option<&str>,
+        cond: &Cond,
+    ) -> RemoteResult<Written> {
         let src = self.path(from);
         let dest = self.path(to);
         let lock = self.lock_fn();
+        let source = source.map(str::to_string);
+        let cond = cond.clone();
+        let from = from.to_string();
         blocking(move || {
             let _lock = lock()?;
-            let m = fs::symlink_metadata(&src).map_err(|e| io_err(&src, e))?;
+            let m = match fs::symlink_metadata(&src) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(RemoteError::NotFound(from))
+                }
+                Err(e) => return Err(io_err(&src, e)),
+            };
+            if source.as_ref().is_some_and(|want| *want != etag_of(&m)) {
+                return Err(RemoteError::Conflict(from));
+            }
+            precheck(&dest, &cond)?;
             let meta = Meta {
                 mtime_ns: Some(m.mtime() * 1_000_000_000 + m.mtime_nsec()),
                 mode: Some(m.mode() & 0o7777),

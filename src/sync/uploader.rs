@@ -708,6 +708,15 @@ impl Uploader {
             return Err(RemoteError::NotFound(from.to_string()));
         };
         let w = self.remote.copy(from, key, h.etag.as_deref(), cond).await?;
+        // Blocks cached from our version must not be served as the edit's: they go, and
+        // reads fetch the edit. (Found by the race test: the mount showed the old bytes under
+        // the new base.) A file open here keeps what it has until the next open.
+        if !self.store.is_busy(e.id) {
+            if let Err(err) = self.store.write(|db| db.set_local(e.id, false)) {
+                tracing::warn!(error = %err, "could not drop the blocks of the version moved away");
+            }
+            self.notify(super::Invalidation::Inode(e.id));
+        }
         Ok((w, h.meta.sha256.clone()))
     }
 
