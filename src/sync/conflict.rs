@@ -200,35 +200,7 @@ impl Uploader {
             if open {
                 db.set_conflict_of(e.id, Some(at_path.id))?;
             }
-            let mine = VersionMark {
-                sha256: None,
-                size: cur.size,
-                mtime_ns: Some(cur.mtime_ns),
-                etag: None,
-                writer: Some(self.cfg.writer.clone()),
-            };
-            let theirs = mark_of_remote(r);
-            let c = Conflict {
-                entry_id: at_path.id.0,
-                copy_id: e.id.0,
-                path: key.to_string(),
-                copy_path,
-                local_size: mine.size,
-                local_mtime_ns: cur.mtime_ns,
-                local_etag: None,
-                remote_size: theirs.size,
-                remote_mtime_ns: theirs.mtime_ns,
-                remote_etag: theirs.etag.clone(),
-                remote_version: r.version.clone(),
-                detected_ms: now_ms(),
-                policy: self.cfg.policy.as_str().to_string(),
-                resolved_ms: (!open).then(now_ms),
-                resolution: (!open).then(|| self.cfg.policy.as_str().to_string()),
-                at_path: theirs,
-                in_copy: mine,
-                mine: Some("copy".into()),
-                ..Default::default()
-            };
+            let c = self.found(&cur, r, key, copy_path, (at_path.id, e.id), true, open);
             let id = db.insert_conflict(&c)?;
             Ok(Some(Conflict { id, ..c }))
         })?;
@@ -303,35 +275,7 @@ impl Uploader {
                 },
             )?;
             db.enqueue_sync(e.id, dirty::CONTENT | dirty::META, Some(now_ms()))?;
-            let theirs = mark_of_remote(r);
-            let mine = VersionMark {
-                sha256: None,
-                size: cur.size,
-                mtime_ns: Some(cur.mtime_ns),
-                etag: None,
-                writer: Some(self.cfg.writer.clone()),
-            };
-            let c = Conflict {
-                entry_id: e.id.0,
-                copy_id: copy.id.0,
-                path: key.to_string(),
-                copy_path,
-                local_size: mine.size,
-                local_mtime_ns: cur.mtime_ns,
-                local_etag: None,
-                remote_size: theirs.size,
-                remote_mtime_ns: theirs.mtime_ns,
-                remote_etag: theirs.etag.clone(),
-                remote_version: r.version.clone(),
-                detected_ms: now_ms(),
-                policy: self.cfg.policy.as_str().to_string(),
-                resolved_ms: Some(now_ms()),
-                resolution: Some(self.cfg.policy.as_str().to_string()),
-                at_path: mine,
-                in_copy: theirs,
-                mine: Some("path".into()),
-                ..Default::default()
-            };
+            let c = self.found(&cur, r, key, copy_path, (e.id, copy.id), false, false);
             let id = db.insert_conflict(&c)?;
             Ok(Some((copy, Conflict { id, ..c })))
         });
@@ -349,6 +293,56 @@ impl Uploader {
         });
         self.notify(Invalidation::Inode(e.id));
         Ok(true)
+    }
+
+    /// The row for a conflict found here between our version `cur` and the remote's `r`;
+    /// `ours_in_copy` says where ours went, `open` whether the user still has to settle it.
+    #[allow(clippy::too_many_arguments)]
+    fn found(
+        &self,
+        cur: &Entry,
+        r: &ObjectInfo,
+        key: &str,
+        copy_path: String,
+        (entry_id, copy_id): (EntryId, EntryId),
+        ours_in_copy: bool,
+        open: bool,
+    ) -> Conflict {
+        let mine = VersionMark {
+            sha256: None,
+            size: cur.size,
+            mtime_ns: Some(cur.mtime_ns),
+            etag: None,
+            writer: Some(self.cfg.writer.clone()),
+        };
+        let theirs = mark_of_remote(r);
+        let policy = self.cfg.policy.as_str().to_string();
+        let (at_path, in_copy) = if ours_in_copy {
+            (theirs.clone(), mine.clone())
+        } else {
+            (mine.clone(), theirs.clone())
+        };
+        Conflict {
+            entry_id: entry_id.0,
+            copy_id: copy_id.0,
+            path: key.to_string(),
+            copy_path,
+            local_size: mine.size,
+            local_mtime_ns: cur.mtime_ns,
+            local_etag: None,
+            remote_size: theirs.size,
+            remote_mtime_ns: theirs.mtime_ns,
+            remote_etag: theirs.etag,
+            remote_version: r.version.clone(),
+            detected_ms: now_ms(),
+            resolved_ms: (!open).then(now_ms),
+            resolution: (!open).then(|| policy.clone()),
+            policy,
+            at_path,
+            in_copy,
+            mine: Some(if ours_in_copy { "copy" } else { "path" }.into()),
+            ..Default::default()
+        }
     }
 
     /// Gives the `.conflict` copy `e`, whose name turned out to be taken on the remote, the
