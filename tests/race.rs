@@ -170,7 +170,7 @@ fn direct_writer(
         let data = content(&tag, len, rng.next());
         let r = put_if(env, p, &data, start.get(p));
         let mut l = ledger.lock().unwrap();
-        l.log.push(format!("{tag}: {r:?}"));
+        l.log.push(format!("{tag} {}: {r:?}", &sha(&data)[..12]));
         if r == Ok(true) {
             l.saved.push(("D".into(), p.into(), sha(&data)));
         }

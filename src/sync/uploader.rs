@@ -15,7 +15,7 @@ use super::{backoff, Invalidation, SyncConfig};
 use crate::cache::FileCache;
 use crate::remote::{hash_file, Cond, ConflictMark, Meta, Remote, RemoteError, Written};
 use crate::store::{
-    now_ms, Entry, EntryId, Job, JobKind, JobState, Kind, Store, StoreError, Synced,
+    now_ms, now_ns, Entry, EntryId, Job, JobKind, JobState, Kind, Store, StoreError, Synced,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -458,6 +458,8 @@ impl Uploader {
         }
         let cond = self.expected_at(&e, &key)?;
         self.evict_tenants(&key, Some(id)).await?;
+        // The version the old key must still hold for a move's delete of it.
+        let mut old_etag = e.synced.etag.clone();
         let written: Result<(Written, Option<String>), RemoteError> = match e.kind {
             Kind::Dir => self
                 .remote
@@ -481,7 +483,17 @@ impl Uploader {
                 {
                     Ok(w) => Ok((w, e.synced.hash.clone())),
                     Err(err @ (RemoteError::Conflict(_) | RemoteError::NotFound(_))) => {
-                        self.copy_refused(&e, &from, &key, &cond, err).await
+                        match self.copy_refused(&e, &from, &key, &cond, err).await {
+                            Ok((w, hash, taken)) => {
+                                // The move took the old key's newer version: that version,
+                                // not ours, is what the old key may be deleted over.
+                                if taken.is_some() {
+                                    old_etag = taken;
+                                }
+                                Ok((w, hash))
+                            }
+                            Err(err) => Err(err),
+                        }
                     }
                     Err(err) => Err(err),
                 }
@@ -514,7 +526,7 @@ impl Uploader {
             // behind the children's moves.
             Some(_) if e.kind == Kind::Dir => {}
             Some(old) => {
-                self.delete_key(old, false, Some(id), e.synced.etag.as_deref())
+                self.delete_key(old, false, Some(id), old_etag.as_deref())
                     .await?
             }
             None => {}
@@ -667,7 +679,7 @@ impl Uploader {
         key: &str,
         cond: &Cond,
         refused: RemoteError,
-    ) -> Result<(Written, Option<String>), RemoteError> {
+    ) -> Result<(Written, Option<String>, Option<String>), RemoteError> {
         let current = self.remote.head(key, false).await?;
         // Same content hash, or the same ETag (a server-side copy keeps a single-part
         // object's ETag, which is its content's MD5).
@@ -685,6 +697,7 @@ impl Uploader {
                     version: h.version.clone(),
                 },
                 e.synced.hash.clone(),
+                None,
             ));
         }
         let source_gone = matches!(refused, RemoteError::NotFound(_));
@@ -695,7 +708,7 @@ impl Uploader {
         // data here (conditioned like the copy); an edit stays at the old key (our delete of
         // it is refused in turn) and comes back with the next poll.
         if e.local {
-            return self.upload(e, key, cond).await;
+            return self.upload(e, key, cond).await.map(|(w, h)| (w, h, None));
         }
         if source_gone {
             return Err(refused);
@@ -708,16 +721,37 @@ impl Uploader {
             return Err(RemoteError::NotFound(from.to_string()));
         };
         let w = self.remote.copy(from, key, h.etag.as_deref(), cond).await?;
+        tracing::info!(%from, to = %key, "the moved file was edited elsewhere; the move takes the edit");
         // Blocks cached from our version must not be served as the edit's: they go, and
         // reads fetch the edit. (Found by the race test: the mount showed the old bytes under
         // the new base.) A file open here keeps what it has until the next open.
-        if !self.store.is_busy(e.id) {
-            if let Err(err) = self.store.write(|db| db.set_local(e.id, false)) {
-                tracing::warn!(error = %err, "could not drop the blocks of the version moved away");
+        // Its size and times are the edit's too. (Found by the race test: the mount read the
+        // edit's bytes through our version's size.)
+        let took = self.store.write(|db| {
+            let Some(mut cur) = db.get(e.id)? else {
+                return Ok::<_, StoreError>(());
+            };
+            if cur.dirty != 0 || cur.dirty_seq != e.dirty_seq {
+                // Written here since: that write is a new version and goes up on its own.
+                return Ok(());
             }
-            self.notify(super::Invalidation::Inode(e.id));
+            cur.size = h.size;
+            cur.mtime_ns = h
+                .meta
+                .mtime_ns
+                .or(h.last_modified_ns)
+                .unwrap_or(cur.mtime_ns);
+            cur.ctime_ns = now_ns();
+            cur.mode = h.meta.mode.unwrap_or(cur.mode);
+            cur.local = false;
+            db.update(&cur)?;
+            db.set_local(e.id, false)
+        });
+        if let Err(err) = took {
+            tracing::warn!(error = %err, "could not drop the blocks of the version moved away");
         }
-        Ok((w, h.meta.sha256.clone()))
+        self.notify(super::Invalidation::Inode(e.id));
+        Ok((w, h.meta.sha256.clone(), h.etag.clone()))
     }
 
     async fn upload(
