@@ -8,6 +8,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Response headers, names in lower case.
+pub type Headers = Vec<(String, String)>;
+
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Finding a free port and binding it are two steps; another process may take the port in
 /// between, so a bind failure is retried on a fresh port.
@@ -90,14 +93,11 @@ impl GcsServer {
     /// The service-account key that makes object_store skip OAuth and talk to this server
     /// (its `disable_oauth` and `gcs_base_url` fields, meant for emulators).
     pub fn service_account_key(&self) -> String {
-        format!(
-            r#"{{"private_key":"unused","private_key_id":"unused","client_email":"test@example.com","disable_oauth":true,"gcs_base_url":"{}"}}"#,
-            self.endpoint
-        )
+        service_account_key(&self.endpoint)
     }
 
     /// One HTTP/1.1 exchange; returns (status, body). For writes object_store cannot express
-    /// (keys ending in `/`, `a//b`): `path` must already be percent-encoded.
+    /// (keys ending in `/`, `a//b`): `path` must already be percent-encoded (see `object_path`).
     pub fn http(
         &self,
         method: &str,
@@ -105,6 +105,18 @@ impl GcsServer {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> (u16, String) {
+        let (status, _, body) = self.request(method, path, headers, body);
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// One HTTP/1.1 exchange; returns (status, headers with lowercase names, body).
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, Headers, Vec<u8>) {
         http(self.port, method, path, headers, body).unwrap_or_else(|e| {
             panic!(
                 "{method} {path} to the gcs server: {e}\nlog:\n{}",
@@ -112,6 +124,71 @@ impl GcsServer {
             )
         })
     }
+
+    /// Every key under `prefix`, read with the server's own listing (not stratus's code).
+    pub fn list_keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let mut keys = Vec::new();
+        let mut token = String::new();
+        loop {
+            let mut path = format!("/{bucket}?list-type=2&prefix={}", encode(prefix));
+            if !token.is_empty() {
+                path.push_str(&format!("&continuation-token={}", encode(&token)));
+            }
+            let (status, body) = self.http("GET", &path, &[], b"");
+            assert_eq!(status, 200, "listing {bucket}: {body}");
+            for part in body.split("<Key>").skip(1) {
+                keys.push(unescape(part.split("</Key>").next().unwrap()));
+            }
+            match body.split("<NextContinuationToken>").nth(1) {
+                Some(rest) => token = unescape(rest.split('<').next().unwrap()),
+                None => return keys,
+            }
+        }
+    }
+
+    /// An object's bytes and headers, `None` when absent.
+    pub fn get_object(&self, bucket: &str, key: &str) -> Option<(Vec<u8>, Headers)> {
+        let (status, headers, body) = self.request("GET", &object_path(bucket, key), &[], b"");
+        match status {
+            200 => Some((body, headers)),
+            404 => None,
+            s => panic!("GET {key}: {s}: {}", String::from_utf8_lossy(&body)),
+        }
+    }
+}
+
+/// `/bucket/key` with every byte of the key but unreserved ones percent-encoded (`/` too), as
+/// object_store encodes it.
+pub fn object_path(bucket: &str, key: &str) -> String {
+    format!("/{bucket}/{}", encode(key))
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+}
+
+/// A service-account key pointing object_store at `endpoint` (this server, or a proxy in front
+/// of it) without OAuth.
+pub fn service_account_key(endpoint: &str) -> String {
+    format!(
+        r#"{{"private_key":"unused","private_key_id":"unused","client_email":"test@example.com","disable_oauth":true,"gcs_base_url":"{endpoint}"}}"#
+    )
 }
 
 impl Drop for GcsServer {
@@ -134,7 +211,7 @@ fn http(
     path: &str,
     headers: &[(&str, &str)],
     body: &[u8],
-) -> std::io::Result<(u16, String)> {
+) -> std::io::Result<(u16, Headers, Vec<u8>)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
@@ -151,20 +228,28 @@ fn http(
     stream.write_all(&req)?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
-    let response = String::from_utf8_lossy(&response);
-    let status = response
-        .split_whitespace()
-        .nth(1)
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "no end of the HTTP head")
+        })?;
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let body = response[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse::<u16>().ok())
         .ok_or_else(|| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                format!("no HTTP status in {response:?}"),
+                format!("no HTTP status in {head:?}"),
             )
         })?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok((status, headers, body))
 }
