@@ -1258,6 +1258,21 @@ async fn read_full(f: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<u
 mod tests {
     use super::*;
 
+    /// Raw GCS requests must reach the server object_store talks to: an emulator's key names
+    /// it (`gcs_base_url`), `google_base_url` overrides that, and Google's is the default.
+    #[test]
+    fn gcs_requests_go_where_object_store_sends_them() {
+        let key = r#"{"private_key":"x","private_key_id":"x","client_email":"x","disable_oauth":true,"gcs_base_url":"http://127.0.0.1:9"}"#;
+        let b = GoogleCloudStorageBuilder::new().with_service_account_key(key);
+        assert_eq!(gcs_base_url(&b), "http://127.0.0.1:9");
+        let b = b.with_config(GoogleConfigKey::BaseUrl, "http://10.0.0.1:8");
+        assert_eq!(gcs_base_url(&b), "http://10.0.0.1:8");
+        assert_eq!(
+            gcs_base_url(&GoogleCloudStorageBuilder::new()),
+            "https://storage.googleapis.com"
+        );
+    }
+
     #[test]
     fn status_codes_decide_retry() {
         let p = classify_message("Server returned non-2xx status code: 400 Bad Request: x".into());
