@@ -859,8 +859,8 @@ impl ObjectRemote {
     /// Replaces the metadata of the object at `key` without moving its data, where the server
     /// can and `cond` names the version to change (S3: CopyObject onto itself, conditional on
     /// the source's ETag; Azure: Set Blob Metadata with `If-Match`; GCS: a copy onto itself
-    /// with `x-goog-metadata-directive: REPLACE`, conditional on the generation). `None`: not possible here,
-    /// the caller writes the whole object again.
+    /// with `x-goog-metadata-directive: REPLACE`, conditional on the generation). `None`: not
+    /// possible here, the caller writes the whole object again.
     pub async fn update_meta(
         &self,
         key: &str,
