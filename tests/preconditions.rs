@@ -657,31 +657,45 @@ fn gcs_two_mounts_writing_one_big_file_lose_nothing() {
 }
 
 /// A rename through a real mount onto a name another writer creates while the move's copy is
-/// on its way (Azurite enforces the copy's target condition; moto does not). On main the move
-/// HEADed the new name first, found it free, copied over the other writer's version and then
-/// deleted the old key: "theirs" was gone. Now the copy is refused, the move becomes a conflict,
-/// and both versions are kept.
-#[test]
-fn azure_rename_onto_a_name_created_elsewhere_keeps_both() {
-    let env = Env::new(Backend::Azure);
-    let port = env.azurite.as_ref().unwrap().port;
+/// on its way (Azurite and the GCS test server enforce the copy's target condition; moto does
+/// not). On main the move HEADed the new name first, found it free, copied over the other
+/// writer's version and then deleted the old key: "theirs" was gone. Now the copy is refused,
+/// the move becomes a conflict, and both versions are kept.
+fn rename_onto_a_name_created_elsewhere_keeps_both(backend: Backend) {
+    let env = Env::new(backend);
+    let (port, copy_header) = match backend {
+        Backend::Gcs => (env.gcs.as_ref().unwrap().port, "x-goog-copy-source:"),
+        _ => (env.azurite.as_ref().unwrap().port, "x-ms-copy-source:"),
+    };
     let gate = GateProxy::start(SocketAddr::from(([127, 0, 0, 1], port)));
     env.set_endpoint(&gate.endpoint());
     let m = env.mount();
     std::fs::write(m.path("a.txt"), b"ours, being renamed").unwrap();
     m.sync();
-    gate.hold(&["PUT ", "x-ms-copy-source:"]);
+    gate.hold(&["PUT ", copy_header]);
     std::fs::rename(m.path("a.txt"), m.path("b.txt")).unwrap();
     let _ = m.stratus(&["sync", m.dir.to_str().unwrap()]);
     gate.wait_held(HOLD_TIMEOUT);
-    let direct = MicrosoftAzureBuilder::new()
-        .with_account(ACCOUNT)
-        .with_access_key(KEY)
-        .with_container_name(&env.bucket)
-        .with_endpoint(format!("http://127.0.0.1:{port}/{ACCOUNT}"))
-        .with_allow_http(true)
-        .build()
-        .unwrap();
+    // Straight to the server, not through the gate.
+    let direct: Box<dyn ObjectStore> = match backend {
+        Backend::Gcs => Box::new(
+            GoogleCloudStorageBuilder::new()
+                .with_bucket_name(&env.bucket)
+                .with_service_account_key(env.gcs.as_ref().unwrap().service_account_key())
+                .build()
+                .unwrap(),
+        ),
+        _ => Box::new(
+            MicrosoftAzureBuilder::new()
+                .with_account(ACCOUNT)
+                .with_access_key(KEY)
+                .with_container_name(&env.bucket)
+                .with_endpoint(format!("http://127.0.0.1:{port}/{ACCOUNT}"))
+                .with_allow_http(true)
+                .build()
+                .unwrap(),
+        ),
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -728,4 +742,14 @@ fn azure_rename_onto_a_name_created_elsewhere_keeps_both() {
         "{}",
         m.log_tail()
     );
+}
+
+#[test]
+fn azure_rename_onto_a_name_created_elsewhere_keeps_both() {
+    rename_onto_a_name_created_elsewhere_keeps_both(Backend::Azure);
+}
+
+#[test]
+fn gcs_rename_onto_a_name_created_elsewhere_keeps_both() {
+    rename_onto_a_name_created_elsewhere_keeps_both(Backend::Gcs);
 }
