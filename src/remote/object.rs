@@ -105,15 +105,19 @@ pub fn map_err(e: object_store::Error) -> RemoteError {
 
 /// object_store folds HTTP failures into `Generic`; its text still carries the status code.
 fn classify_message(msg: String) -> RemoteError {
-    let code = msg.find("status code: ").and_then(|i| {
+    classify_status(status_in(&msg).unwrap_or(0), msg)
+}
+
+/// The HTTP status object_store's error text names, if any.
+fn status_in(msg: &str) -> Option<u16> {
+    msg.find("status code: ").and_then(|i| {
         msg[i + 13..]
             .chars()
             .take(3)
             .collect::<String>()
             .parse()
             .ok()
-    });
-    classify_status(code.unwrap_or(0), msg)
+    })
 }
 
 /// The one rule for an HTTP failure: a 4xx other than 408 and 429 will not heal by waiting
@@ -404,7 +408,16 @@ impl ObjectRemote {
             Err(object_store::Error::NotFound { path, .. }) => Err(RemoteError::Permanent(
                 format!("{}: bucket or container not found ({path})", self.name),
             )),
-            Err(e) => Err(map_err(e)),
+            // object_store's GCS listing folds a missing bucket's 404 into a generic error.
+            Err(e) => match map_err(e) {
+                RemoteError::Permanent(msg) if status_in(&msg) == Some(404) => {
+                    Err(RemoteError::Permanent(format!(
+                        "{}: bucket or container not found ({msg})",
+                        self.name
+                    )))
+                }
+                other => Err(other),
+            },
         }
     }
 
