@@ -7,14 +7,14 @@
 #   scripts/race.sh [SEEDS] [ROUNDS] [BACKEND]
 #
 # SEEDS (default 10) runs of ROUNDS rounds each (default 8), seeds 1..SEEDS, on BACKEND
-# (local, s3 or azure; default all three). Prints one line per run and stops at the first
+# (local, s3, azure or gcs; default all four). Prints one line per run and stops at the first
 # failure, whose output (the seed, the operation log and both daemons' log tails) is kept
 # in /tmp/stratus-race-SEED-BACKEND.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seeds=${1:-10}
 rounds=${2:-8}
-backends=${3:-local s3 azure}
+backends=${3:-local s3 azure gcs}
 unset AWS_CA_BUNDLE || true
 cargo test --quiet --test race --no-run
 for seed in $(seq 1 "$seeds"); do

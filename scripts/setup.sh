@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian 12, as root: FUSE 3 and the xattr tools
-# for the mount tests, moto's S3 server and Azurite (Azure) for the remote tests. Safe to run
+# for the mount tests, moto's S3 server and Azurite (Azure) for the remote tests, and python3 for
+# them and for the in-repo GCS test server (scripts/gcs_server.py, standard library only). Safe to run
 # again: it only installs what is missing, and never prompts (CI=true, no stdin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +38,8 @@ if [ "${1:-}" = "--runtime" ]; then
     exit 0
 fi
 
-wanted=(fuse3 attr fio git libacl1-dev strace)
+# python3: moto runs on it, and so does scripts/gcs_server.py (nothing beyond its standard library).
+wanted=(fuse3 attr fio git libacl1-dev strace python3)
 have_moto() { python3 -c 'import moto.server, werkzeug.serving' >/dev/null 2>&1; }
 
 if ! have_moto; then

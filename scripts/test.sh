@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what the tests need (fuse3, attr, moto, pjdfstest, fio,
-# strace), then runs every unit and real-mount test (they start their own moto S3 server on
-# 127.0.0.1, some behind a fault-injecting proxy), and the quick conformance,
+# strace), then runs every unit and real-mount test (they start their own moto S3 server, Azurite
+# and GCS test server on 127.0.0.1, some behind a fault-injecting proxy), and the quick conformance,
 # remount-consistency and crash checks on a real mount.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -3,6 +3,7 @@
 
 pub mod azure_raw;
 mod error;
+pub mod gcs_raw;
 mod local;
 mod object;
 pub mod s3_raw;
@@ -413,8 +414,9 @@ impl Remote {
         }
     }
 
-    /// Whether an empty directory can be stored on the remote. Where it cannot (GCS), a
-    /// directory missing from the remote may simply be empty, so the poller keeps it.
+    /// Whether an empty directory can be stored on the remote. Where it cannot, a directory
+    /// missing from the remote may simply be empty, so the poller keeps it. Every backend
+    /// stores them today (GCS since its `dir/` markers).
     pub fn has_dir_markers(&self) -> bool {
         match self {
             Remote::Local(_) => true,

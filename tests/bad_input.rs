@@ -73,6 +73,11 @@ fn azure_keys_that_are_not_paths_are_skipped_or_settled() {
     keys_that_are_not_paths_are_skipped_or_settled(Backend::Azure);
 }
 
+#[test]
+fn gcs_keys_that_are_not_paths_are_skipped_or_settled() {
+    keys_that_are_not_paths_are_skipped_or_settled(Backend::Gcs);
+}
+
 fn keys_that_are_not_paths_are_skipped_or_settled(backend: Backend) {
     let env = Env::new(backend);
     env.put_remote("ok.txt", b"fine");
@@ -82,7 +87,7 @@ fn keys_that_are_not_paths_are_skipped_or_settled(backend: Backend) {
     env.put_remote(&format!("{}/long", "n".repeat(300)), b"long");
     env.put_remote("both", b"file and dir");
     env.put_remote("both/child", b"child");
-    // Another tool's `dir/` marker: a directory on S3. On Azure (where stratus marks folders
+    // Another tool's `dir/` marker: a directory on S3 and GCS. On Azure (where stratus marks folders
     // with metadata instead) it is a name with an empty last component, skipped like `a//b`.
     env.put_remote("marker/", b"");
     let m = env.mount();
@@ -92,7 +97,7 @@ fn keys_that_are_not_paths_are_skipped_or_settled(backend: Backend) {
         .collect();
     names.sort();
     // A key that is not a valid path is skipped whole, directories it would imply included.
-    if backend == Backend::S3 {
+    if matches!(backend, Backend::S3 | Backend::Gcs) {
         assert_eq!(names, vec!["both", "marker", "ok.txt"]);
         assert!(m.path("marker").is_dir());
     } else {

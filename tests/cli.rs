@@ -61,7 +61,29 @@ fn state_dir_held_by_a_live_mount_is_refused() {
 
 #[test]
 fn unreachable_remote_without_local_state_is_refused() {
-    let env = Env::new(Backend::S3);
+    unreachable_remote_without_local_state_is_refused_on(Backend::S3);
+}
+
+#[test]
+fn gcs_unreachable_remote_without_local_state_is_refused() {
+    unreachable_remote_without_local_state_is_refused_on(Backend::Gcs);
+}
+
+/// A bucket that does not exist is named as such, in one line, not retried as an outage.
+#[test]
+fn gcs_missing_bucket_is_a_clear_error() {
+    let mut env = Env::new(Backend::Gcs);
+    env.bucket = "no-such-bucket".into();
+    let err = env
+        .try_mount(&env.new_state_dir(), &[])
+        .err()
+        .expect("must fail");
+    assert!(err.contains("bucket or container not found"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+fn unreachable_remote_without_local_state_is_refused_on(backend: Backend) {
+    let env = Env::new(backend);
     // A port nothing listens on.
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();

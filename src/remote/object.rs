@@ -1,5 +1,6 @@
 //! S3, Azure Blob and Google Cloud Storage through object_store, plus raw requests where
-//! object_store's `Path` cannot express a key or its API cannot send the server a precondition.
+//! object_store's `Path` cannot express a key or its API cannot send the server a precondition
+//! (`s3_raw`, `azure_raw`, `gcs_raw`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzure, MicrosoftAzureBuilder};
-use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+use object_store::gcp::{GoogleCloudStorage, GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 use object_store::{
@@ -18,6 +19,7 @@ use object_store::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::azure_raw::AzureList as AzureRaw;
+use super::gcs_raw::GcsRaw;
 use super::s3_raw::S3Raw;
 use super::{Cond, Meta, ObjectInfo, ObjectKind, RemoteError, RemoteResult, RemoteUrl, Written};
 
@@ -38,12 +40,10 @@ const AZURE_FOLDER_META: &str = "hdi_isfolder";
 /// How a backend marks an empty directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Markers {
-    /// A `dir/` key, written with raw S3 requests.
+    /// A `dir/` key, written with raw requests (S3, and GCS as gcsfuse writes it).
     Slash,
     /// An empty blob at `dir` with `hdi_isfolder=true` (Azure).
     FolderBlob,
-    /// None yet (GCS): an empty directory lives only in the mount.
-    Unsupported,
 }
 
 pub struct ObjectRemote {
@@ -60,6 +60,9 @@ pub struct ObjectRemote {
     /// Azure requests of our own (see `azure_raw`): listings, and Put Block List, Copy Blob
     /// and Delete Blob with the server's precondition.
     azure_raw: Option<AzureRaw>,
+    /// GCS's client by its own type (part uploads) and our XML-API requests: directory
+    /// markers, listings, and the writes conditioned on a generation.
+    gcs: Option<Box<(Arc<GoogleCloudStorage>, GcsRaw)>>,
     name: &'static str,
 }
 
@@ -102,15 +105,19 @@ pub fn map_err(e: object_store::Error) -> RemoteError {
 
 /// object_store folds HTTP failures into `Generic`; its text still carries the status code.
 fn classify_message(msg: String) -> RemoteError {
-    let code = msg.find("status code: ").and_then(|i| {
+    classify_status(status_in(&msg).unwrap_or(0), msg)
+}
+
+/// The HTTP status object_store's error text names, if any.
+fn status_in(msg: &str) -> Option<u16> {
+    msg.find("status code: ").and_then(|i| {
         msg[i + 13..]
             .chars()
             .take(3)
             .collect::<String>()
             .parse()
             .ok()
-    });
-    classify_status(code.unwrap_or(0), msg)
+    })
 }
 
 /// The one rule for an HTTP failure: a 4xx other than 408 and 429 will not heal by waiting
@@ -274,14 +281,13 @@ impl ObjectRemote {
                     let key: GoogleConfigKey = k.parse().map_err(|e| bad_opt(k, e))?;
                     b = b.with_config(key, v);
                 }
-                let gcs = b.build().map_err(|e| format!("gs://{bucket}: {e}"))?;
-                Ok(ObjectRemote::new(
-                    Arc::new(gcs),
-                    prefix,
-                    None,
-                    Markers::Unsupported,
-                    "gcs",
-                ))
+                let base_url = gcs_base_url(&b);
+                let gcs = Arc::new(b.build().map_err(|e| format!("gs://{bucket}: {e}"))?);
+                let raw = GcsRaw::new(&base_url, bucket, gcs.credentials().clone());
+                let mut remote =
+                    ObjectRemote::new(gcs.clone(), prefix, None, Markers::Slash, "gcs");
+                remote.gcs = Some(Box::new((gcs, raw)));
+                Ok(remote)
             }
             RemoteUrl::Local(_) => Err("not an object store URL".into()),
         }
@@ -302,13 +308,65 @@ impl ObjectRemote {
             markers,
             azure: None,
             azure_raw: None,
+            gcs: None,
             name,
         }
     }
 
-    /// Whether empty directories can be stored on this backend.
+    /// Whether empty directories can be stored on this backend: on every one now (S3 and
+    /// GCS `dir/` objects, Azure folder blobs).
     pub fn has_dir_markers(&self) -> bool {
-        self.markers != Markers::Unsupported
+        true
+    }
+
+    /// `cond` as the generation GCS must find at `key` (`"0"`: no object), which the server
+    /// then decides (`x-goog-if-generation-match`). A base known only by its ETag (a listing
+    /// carries no generation) is looked up first: its generation is pinned only if it still
+    /// has that ETag, so a writer in between is caught either here or by the server.
+    async fn generation_for(
+        &self,
+        raw: &GcsRaw,
+        key: &str,
+        cond: &Cond,
+    ) -> RemoteResult<Option<String>> {
+        match cond {
+            Cond::Overwrite
+            | Cond::Match {
+                etag: None,
+                version: None,
+            } => Ok(None),
+            Cond::Create => Ok(Some("0".into())),
+            Cond::Match {
+                version: Some(v), ..
+            } => Ok(Some(v.clone())),
+            Cond::Match {
+                etag: Some(want),
+                version: None,
+            } => match raw.head(&self.full(key)).await? {
+                Some(h) if etag(h.etag.clone()).as_deref() == Some(want.as_str()) => {
+                    h.version.map(Some).ok_or_else(|| {
+                        RemoteError::Permanent(format!("{key}: the server named no generation"))
+                    })
+                }
+                _ => Err(RemoteError::Conflict(key.to_string())),
+            },
+        }
+    }
+
+    /// The mode of a write through object_store: on GCS the condition as a generation
+    /// (object_store's `PutMode::Update` sends only the generation there), elsewhere as is.
+    async fn gcs_put_mode(&self, key: &str, cond: &Cond) -> RemoteResult<PutMode> {
+        let Some((_, raw)) = self.gcs.as_deref() else {
+            return Ok(put_mode(cond));
+        };
+        Ok(match self.generation_for(raw, key, cond).await? {
+            None => PutMode::Overwrite,
+            Some(g) if g == "0" => PutMode::Create,
+            Some(g) => PutMode::Update(object_store::UpdateVersion {
+                e_tag: None,
+                version: Some(g),
+            }),
+        })
     }
 
     fn full(&self, key: &str) -> String {
@@ -350,7 +408,16 @@ impl ObjectRemote {
             Err(object_store::Error::NotFound { path, .. }) => Err(RemoteError::Permanent(
                 format!("{}: bucket or container not found ({path})", self.name),
             )),
-            Err(e) => Err(map_err(e)),
+            // object_store's GCS listing folds a missing bucket's 404 into a generic error.
+            Err(e) => match map_err(e) {
+                RemoteError::Permanent(msg) if status_in(&msg) == Some(404) => {
+                    Err(RemoteError::Permanent(format!(
+                        "{}: bucket or container not found ({msg})",
+                        self.name
+                    )))
+                }
+                other => Err(other),
+            },
         }
     }
 
@@ -395,8 +462,13 @@ impl ObjectRemote {
                 let lm = b.last_modified.and_then(|t| t.timestamp_nanos_opt());
                 rows.push(row(rel, b.folder, b.size, etag(b.etag), lm));
             }
-        } else if let Some(raw) = &self.raw {
-            for o in raw.list(&list_prefix).await? {
+        } else if self.raw.is_some() || self.gcs.is_some() {
+            let objects = match (&self.raw, self.gcs.as_deref()) {
+                (Some(raw), _) => raw.list(&list_prefix).await?,
+                (None, Some((_, gcs))) => gcs.list(&list_prefix).await?,
+                (None, None) => unreachable!("checked just above"),
+            };
+            for o in objects {
                 let Some(rel) = self.strip(&o.key) else {
                     continue;
                 };
@@ -466,13 +538,18 @@ impl ObjectRemote {
                 ObjectKind::File
             }
         };
-        if let Some(raw) = &self.raw {
+        if self.raw.is_some() || self.gcs.is_some() {
             let key = if dir {
                 format!("{}/", self.full(rel))
             } else {
                 self.full(rel)
             };
-            let Some(h) = raw.head(&key).await? else {
+            let h = match (&self.raw, self.gcs.as_deref()) {
+                (Some(raw), _) => raw.head(&key).await?,
+                (None, Some((_, gcs))) => gcs.head(&key).await?,
+                (None, None) => unreachable!("checked just above"),
+            };
+            let Some(h) = h else {
                 return Ok(None);
             };
             let meta = Meta::from_pairs(h.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -480,7 +557,7 @@ impl ObjectRemote {
                 key: rel.to_string(),
                 kind: kind_of(&meta),
                 size: h.size,
-                etag: h.etag,
+                etag: etag(h.etag),
                 version: h.version,
                 last_modified_ns: None,
                 meta,
@@ -593,8 +670,8 @@ impl ObjectRemote {
         Ok(n)
     }
 
-    /// For writes we cannot have the server condition (GCS multipart uploads and copies):
-    /// compare, then write. The window between the two is documented in docs/semantics.md.
+    /// For writes we cannot have the server condition (a backend without raw requests; every
+    /// cloud backend has them now): compare, then write.
     async fn precheck(&self, key: &str, cond: &Cond) -> RemoteResult<()> {
         if *cond == Cond::Overwrite {
             return Ok(());
@@ -619,7 +696,7 @@ impl ObjectRemote {
         if size <= MULTIPART_THRESHOLD {
             let data = tokio::fs::read(src).await?;
             let opts = PutOptions {
-                mode: put_mode(cond),
+                mode: self.gcs_put_mode(key, cond).await?,
                 attributes: attributes(meta),
                 ..Default::default()
             };
@@ -657,6 +734,34 @@ impl ObjectRemote {
                     // Refused or failed: the parts would otherwise be kept (and billed). If a
                     // completion did go through, there is no upload left to abort.
                     let _ = s3.abort_multipart(&path, &id).await;
+                    Err(e)
+                }
+            };
+        }
+        if let Some((gcs, raw)) = self.gcs.as_deref() {
+            let generation = self.generation_for(raw, key, cond).await?;
+            let opts = PutMultipartOptions {
+                attributes: attributes(meta),
+                ..Default::default()
+            };
+            let id = gcs
+                .create_multipart_opts(&path, opts)
+                .await
+                .map_err(map_err)?;
+            let done = async {
+                let parts = put_parts(gcs.clone(), &path, &id, src).await?;
+                raw.complete_multipart(&self.full(key), &id, &parts, generation.as_deref())
+                    .await
+            }
+            .await;
+            return match done {
+                Ok((tag, version)) => Ok(Written {
+                    etag: etag(tag),
+                    version,
+                }),
+                Err(e) => {
+                    // Refused or failed: the parts would otherwise be kept (and billed).
+                    let _ = gcs.abort_multipart(&path, &id).await;
                     Err(e)
                 }
             };
@@ -719,7 +824,7 @@ impl ObjectRemote {
     pub async fn put_symlink(&self, key: &str, meta: &Meta, cond: &Cond) -> RemoteResult<Written> {
         let body = meta.symlink.clone().unwrap_or_default().into_bytes();
         let opts = PutOptions {
-            mode: put_mode(cond),
+            mode: self.gcs_put_mode(key, cond).await?,
             attributes: attributes(meta),
             ..Default::default()
         };
@@ -735,6 +840,12 @@ impl ObjectRemote {
     }
 
     pub async fn put_dir(&self, key: &str, meta: &Meta) -> RemoteResult<Written> {
+        if let Some((_, gcs)) = self.gcs.as_deref() {
+            let (etag, version) = gcs
+                .put_empty(&format!("{}/", self.full(key)), &meta.to_pairs())
+                .await?;
+            return Ok(Written { etag, version });
+        }
         match (&self.raw, self.markers) {
             (Some(raw), _) => {
                 let etag = raw
@@ -760,8 +871,9 @@ impl ObjectRemote {
 
     /// Replaces the metadata of the object at `key` without moving its data, where the server
     /// can and `cond` names the version to change (S3: CopyObject onto itself, conditional on
-    /// the source's ETag; Azure: Set Blob Metadata with `If-Match`). `None`: not possible here,
-    /// the caller writes the whole object again.
+    /// the source's ETag; Azure: Set Blob Metadata with `If-Match`; GCS: a copy onto itself
+    /// with `x-goog-metadata-directive: REPLACE`, conditional on the generation). `None`: not
+    /// possible here, the caller writes the whole object again.
     pub async fn update_meta(
         &self,
         key: &str,
@@ -777,6 +889,25 @@ impl ObjectRemote {
         else {
             return Ok(None);
         };
+        if let Some((_, gcs)) = self.gcs.as_deref() {
+            // Pinned to the generation that holds `want`, on both sides of the copy (it is
+            // the same object): a writer in between makes the server refuse it.
+            let generation = self.generation_for(gcs, key, cond).await?;
+            let full = self.full(key);
+            let (tag, version) = gcs
+                .copy(
+                    &full,
+                    &full,
+                    Some(want),
+                    generation.as_deref(),
+                    Some(&meta.to_pairs()),
+                )
+                .await?;
+            return Ok(Some(Written {
+                etag: etag(tag),
+                version,
+            }));
+        }
         if let Some(raw) = &self.raw {
             if size > MAX_COPY {
                 return Ok(None);
@@ -882,7 +1013,7 @@ impl ObjectRemote {
 
     /// Server-side copy of `from` to `to`, metadata included: only while `from` holds
     /// `source` (the version the caller means to move), and only if `to` satisfies `cond`.
-    /// S3 and Azure decide both at the server; GCS compares with HEADs first.
+    /// The server decides both (GCS: the destination by its generation, see `generation_for`).
     pub async fn copy(
         &self,
         from: &str,
@@ -897,6 +1028,22 @@ impl ObjectRemote {
                     &self.full(to),
                     source,
                     &cond_headers(cond),
+                )
+                .await?;
+            return Ok(Written {
+                etag: etag(tag),
+                version,
+            });
+        }
+        if let Some((_, gcs)) = self.gcs.as_deref() {
+            let generation = self.generation_for(gcs, to, cond).await?;
+            let (tag, version) = gcs
+                .copy(
+                    &self.full(from),
+                    &self.full(to),
+                    source,
+                    generation.as_deref(),
+                    None,
                 )
                 .await?;
             return Ok(Written {
@@ -939,9 +1086,27 @@ impl ObjectRemote {
         })
     }
 
-    /// Deletes an object; with `expect`, only the version with that ETag (S3 and Azure check
-    /// it at the server; GCS compares with a HEAD first). Another version answers `Conflict`.
+    /// Deletes an object; with `expect`, only the version with that ETag (decided at the
+    /// server: S3 and Azure by the ETag, GCS by the generation that held it). Another version
+    /// answers `Conflict`.
     pub async fn delete(&self, key: &str, dir: bool, expect: Option<&str>) -> RemoteResult<()> {
+        if let Some((_, gcs)) = self.gcs.as_deref() {
+            if dir {
+                return gcs.delete(&format!("{}/", self.full(key)), None).await;
+            }
+            let generation = match expect {
+                None => None,
+                Some(want) => match gcs.head(&self.full(key)).await? {
+                    // Deleted meanwhile by someone else: what we wanted.
+                    None => return Ok(()),
+                    Some(h) if etag(h.etag.clone()).as_deref() != Some(want) => {
+                        return Err(RemoteError::Conflict(key.to_string()))
+                    }
+                    Some(h) => h.version,
+                },
+            };
+            return gcs.delete(&self.full(key), generation.as_deref()).await;
+        }
         if dir {
             if let Some(raw) = &self.raw {
                 raw.delete(&format!("{}/", self.full(key))).await?;
@@ -984,6 +1149,24 @@ impl ObjectRemote {
             Err(e) => Err(map_err(e)),
         }
     }
+}
+
+/// Where GCS requests go, the way object_store's builder decides it: `google_base_url`, else
+/// the `gcs_base_url` of the service-account key (what emulators and our test server use),
+/// else Google's endpoint.
+fn gcs_base_url(b: &GoogleCloudStorageBuilder) -> String {
+    if let Some(url) = b.get_config_value(&GoogleConfigKey::BaseUrl) {
+        return url;
+    }
+    let key = b
+        .get_config_value(&GoogleConfigKey::ServiceAccountKey)
+        .or_else(|| {
+            b.get_config_value(&GoogleConfigKey::ServiceAccount)
+                .and_then(|p| std::fs::read_to_string(p).ok())
+        });
+    key.and_then(|k| serde_json::from_str::<serde_json::Value>(&k).ok())
+        .and_then(|v| v.get("gcs_base_url")?.as_str().map(str::to_string))
+        .unwrap_or_else(|| super::gcs_raw::DEFAULT_BASE_URL.to_string())
 }
 
 /// The container's URL and the account name it implies, the way object_store's builder works
@@ -1087,6 +1270,21 @@ async fn read_full(f: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Raw GCS requests must reach the server object_store talks to: an emulator's key names
+    /// it (`gcs_base_url`), `google_base_url` overrides that, and Google's is the default.
+    #[test]
+    fn gcs_requests_go_where_object_store_sends_them() {
+        let key = r#"{"private_key":"x","private_key_id":"x","client_email":"x","disable_oauth":true,"gcs_base_url":"http://127.0.0.1:9"}"#;
+        let b = GoogleCloudStorageBuilder::new().with_service_account_key(key);
+        assert_eq!(gcs_base_url(&b), "http://127.0.0.1:9");
+        let b = b.with_config(GoogleConfigKey::BaseUrl, "http://10.0.0.1:8");
+        assert_eq!(gcs_base_url(&b), "http://10.0.0.1:8");
+        assert_eq!(
+            gcs_base_url(&GoogleCloudStorageBuilder::new()),
+            "https://storage.googleapis.com"
+        );
+    }
 
     #[test]
     fn status_codes_decide_retry() {

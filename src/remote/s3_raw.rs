@@ -941,14 +941,16 @@ pub(super) fn walk_xml(
     }
 }
 
+/// One page of a ListObjectsV2-style listing (S3's, and GCS's XML API, which answers the same
+/// form to `list-type=2`).
 #[derive(Debug, Default)]
-struct ListPage {
-    objects: Vec<RawObject>,
-    truncated: bool,
-    next_token: Option<String>,
+pub(super) struct ListPage {
+    pub(super) objects: Vec<RawObject>,
+    pub(super) truncated: bool,
+    pub(super) next_token: Option<String>,
 }
 
-fn parse_list_page(xml: &str) -> Result<ListPage, String> {
+pub(super) fn parse_list_page(xml: &str) -> Result<ListPage, String> {
     let mut page = ListPage::default();
     let mut url_encoded = false;
     let mut current: Option<RawObject> = None;
@@ -1006,8 +1008,8 @@ fn decode_url_key(encoded: &str) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|_| format!("key {encoded:?} decodes to invalid UTF-8"))
 }
 
-/// (Code, Message) of an S3 error body, when there is one.
-fn parse_error_body(body: &str) -> (Option<String>, Option<String>) {
+/// (Code, Message) of an S3 (or GCS XML API) error body, when there is one.
+pub(super) fn parse_error_body(body: &str) -> (Option<String>, Option<String>) {
     let mut code = None;
     let mut message = None;
     // A body that is not XML (a proxy's HTML page) just yields neither.

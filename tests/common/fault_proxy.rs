@@ -1072,9 +1072,10 @@ pub fn behind_fault_proxy(
     backend: crate::common::mount::Backend,
 ) -> (crate::common::mount::Env, FaultProxy) {
     let env = crate::common::mount::Env::new(backend);
-    let port = match (&env.moto, &env.azurite) {
-        (Some(m), _) => m.port,
-        (_, Some(a)) => a.port,
+    let port = match (&env.moto, &env.azurite, &env.gcs) {
+        (Some(m), _, _) => m.port,
+        (_, Some(a), _) => a.port,
+        (_, _, Some(g)) => g.port,
         _ => panic!("a fault proxy needs a server backend"),
     };
     let target = format!("127.0.0.1:{port}").parse().unwrap();

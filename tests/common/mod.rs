@@ -4,6 +4,7 @@ pub mod azurite;
 pub mod direct;
 pub mod fault_proxy;
 pub mod gate_proxy;
+pub mod gcs;
 pub mod moto;
 pub mod mount;
 pub mod proxy;

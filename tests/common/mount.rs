@@ -1,5 +1,5 @@
-//! Real mounts for tests: a fresh remote (a local folder, a bucket on a moto S3 server, or a
-//! container on Azurite),
+//! Real mounts for tests: a fresh remote (a local folder, a bucket on a moto S3 server, a
+//! container on Azurite, or a bucket on the in-repo GCS test server),
 //! the built `stratus` binary mounting it, and a view of what landed on the remote that does
 //! not go through the mount.
 
@@ -13,12 +13,14 @@ use std::time::{Duration, Instant};
 
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorage, GoogleCloudStorageBuilder};
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use stratus::remote::s3_raw::S3Raw;
 use stratus::remote::Meta;
 
 use super::azurite::Azurite;
+use super::gcs::GcsServer;
 use super::moto::Moto;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_stratus");
@@ -28,6 +30,7 @@ pub enum Backend {
     Local,
     S3,
     Azure,
+    Gcs,
 }
 
 /// One moto server per test binary; every test gets its own bucket on it. It is started
@@ -65,6 +68,22 @@ fn azurite() -> Arc<Azurite> {
         .clone()
 }
 
+/// One GCS test server (scripts/gcs_server.py) per test binary, started like `moto()`.
+fn gcs_server() -> Arc<GcsServer> {
+    static GCS: OnceLock<Arc<GcsServer>> = OnceLock::new();
+    GCS.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(Arc::new(GcsServer::start(false)));
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv().expect("starting the gcs server")
+    })
+    .clone()
+}
+
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +109,7 @@ pub struct Env {
     pub bucket: String,
     pub moto: Option<Arc<Moto>>,
     pub azurite: Option<Arc<Azurite>>,
+    pub gcs: Option<Arc<GcsServer>>,
     /// Where stratus talks to S3 (the moto endpoint, or a proxy in front of it).
     pub endpoint: Mutex<String>,
 }
@@ -111,10 +131,16 @@ impl Env {
             a.create_container(&bucket);
             a
         });
+        let gcs = (backend == Backend::Gcs).then(|| {
+            let g = gcs_server();
+            g.create_bucket(&bucket);
+            g
+        });
         let endpoint = moto
             .as_ref()
             .map(|m| m.endpoint.clone())
             .or(azurite.as_ref().map(|a| a.endpoint.clone()))
+            .or(gcs.as_ref().map(|g| g.endpoint.clone()))
             .unwrap_or_default();
         Env {
             backend,
@@ -123,6 +149,7 @@ impl Env {
             bucket,
             moto,
             azurite,
+            gcs,
             endpoint: Mutex::new(endpoint),
         }
     }
@@ -136,6 +163,7 @@ impl Env {
             Backend::Local => self.root.display().to_string(),
             Backend::S3 => format!("s3://{}/data", self.bucket),
             Backend::Azure => format!("az://{}/data", self.bucket),
+            Backend::Gcs => format!("gs://{}/data", self.bucket),
         }
     }
 
@@ -152,7 +180,13 @@ impl Env {
             ("AWS_REGION".into(), "us-east-1".into()),
             ("AWS_ALLOW_HTTP".into(), "true".into()),
             ("AZURE_STORAGE_USE_EMULATOR".into(), "true".into()),
-            ("AZURITE_BLOB_STORAGE_URL".into(), endpoint),
+            ("AZURITE_BLOB_STORAGE_URL".into(), endpoint.clone()),
+            // object_store skips OAuth for a key with `disable_oauth`, and sends everything
+            // to its `gcs_base_url` (see tests/common/gcs.rs).
+            (
+                "GOOGLE_SERVICE_ACCOUNT_KEY".into(),
+                super::gcs::service_account_key(&endpoint),
+            ),
             ("STRATUS_LOG".into(), "stratus=debug,info".into()),
         ]
     }
@@ -237,6 +271,16 @@ impl Env {
             .with_container_name(&self.bucket)
             .with_endpoint(format!("{}/{}", a.endpoint, super::azurite::ACCOUNT))
             .with_allow_http(true)
+            .build()
+            .unwrap()
+    }
+
+    /// object_store's GCS client of the test's bucket, straight to the server.
+    fn gcs_client(&self) -> GoogleCloudStorage {
+        let g = self.gcs.as_ref().expect("GCS backend");
+        GoogleCloudStorageBuilder::new()
+            .with_bucket_name(&self.bucket)
+            .with_service_account_key(g.service_account_key())
             .build()
             .unwrap()
     }
@@ -381,6 +425,39 @@ impl Env {
                     out
                 })
             }
+            Backend::Gcs => {
+                // Read with plain requests to the server: object_store's listing cannot hold
+                // a `dir/` marker or a key like `a//b`.
+                let g = self.gcs.as_ref().unwrap();
+                let mut out = BTreeMap::new();
+                for key in g.list_keys(&self.bucket, self.prefix()) {
+                    let rel = key[self.prefix().len()..].to_string();
+                    let Some((data, headers)) = g.get_object(&self.bucket, &key) else {
+                        continue;
+                    };
+                    let meta = Meta::from_pairs(headers.iter().filter_map(|(k, v)| {
+                        k.strip_prefix("x-goog-meta-").map(|k| (k, v.as_str()))
+                    }));
+                    if let Some(d) = rel.strip_suffix('/') {
+                        out.insert(
+                            d.to_string(),
+                            RemoteObj {
+                                kind: ObjKind::Dir,
+                                data: vec![],
+                                meta,
+                            },
+                        );
+                        continue;
+                    }
+                    let kind = if meta.symlink.is_some() {
+                        ObjKind::Symlink
+                    } else {
+                        ObjKind::File
+                    };
+                    out.insert(rel, RemoteObj { kind, data, meta });
+                }
+                out
+            }
         }
     }
 
@@ -417,7 +494,7 @@ impl Env {
                     .unwrap();
                 assert!(st.success());
             }
-            Backend::S3 | Backend::Azure => {
+            Backend::S3 | Backend::Azure | Backend::Gcs => {
                 let full = format!("{}{key}", self.prefix());
                 let attrs: object_store::Attributes = [(
                     object_store::Attribute::Metadata("stratus_sha256".into()),
@@ -431,6 +508,7 @@ impl Env {
                 };
                 let store: Box<dyn ObjectStore> = match self.backend {
                     Backend::Azure => Box::new(self.azure()),
+                    Backend::Gcs => Box::new(self.gcs_client()),
                     _ => Box::new(self.s3()),
                 };
                 Env::rt()
@@ -485,6 +563,30 @@ impl Env {
                         .put_blob(&self.bucket, &full, data),
                 }
             }
+            Backend::Gcs => {
+                let full = format!("{}{key}", self.prefix());
+                match ObjPath::parse(&full) {
+                    Ok(path) if !full.ends_with('/') => {
+                        Env::rt()
+                            .block_on(
+                                self.gcs_client()
+                                    .put(&path, PutPayload::from(data.to_vec())),
+                            )
+                            .unwrap();
+                    }
+                    // A name object_store cannot express (`a//b`, `dir/`): a plain PUT.
+                    _ => {
+                        let g = self.gcs.as_ref().unwrap();
+                        let (status, body) = g.http(
+                            "PUT",
+                            &super::gcs::object_path(&self.bucket, &full),
+                            &[],
+                            data,
+                        );
+                        assert_eq!(status, 200, "PUT {full}: {body}");
+                    }
+                }
+            }
         }
     }
 }
@@ -497,6 +599,7 @@ impl Env {
             Backend::Local => None,
             Backend::S3 => Some(Box::new(self.s3())),
             Backend::Azure => Some(Box::new(self.azure())),
+            Backend::Gcs => Some(Box::new(self.gcs_client())),
         }
     }
 
@@ -724,7 +827,7 @@ pub fn data(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Runs a test body once per backend (local folder, S3, Azure):
+/// Runs a test body once per backend (local folder, S3, Azure, GCS):
 /// `every_backend!(name, |env| { ... })`.
 #[macro_export]
 macro_rules! every_backend {
@@ -746,6 +849,11 @@ macro_rules! every_backend {
             fn azure() {
                 let f: fn(&common::mount::Env) = $body;
                 f(&common::mount::Env::new(common::mount::Backend::Azure));
+            }
+            #[test]
+            fn gcs() {
+                let f: fn(&common::mount::Env) = $body;
+                f(&common::mount::Env::new(common::mount::Backend::Gcs));
             }
         }
     };
