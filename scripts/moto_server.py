@@ -10,8 +10,8 @@ and slicing it, under a per-object lock, so on a 1 GiB object a 1 MiB ranged GET
 the range. With the switch, a single-range GET reads only its bytes. Off by default: the
 tests keep stock moto, whose ranged GETs stay correct while the object is overwritten.
 
-A third fix is always on: conditional multipart completions are decided atomically, as S3
-does (see `atomic_multipart_completion`)."""
+A third fix is always on: conditional writes are decided atomically and with every
+precondition S3 documents for them, also those moto skips (see `s3_preconditions`)."""
 import os
 
 import werkzeug.serving as serving
@@ -85,28 +85,87 @@ def ranged_gets_in_place():
     S3Response.key_response = key_response
 
 
-def atomic_multipart_completion():
-    """moto checks `If-None-Match: *` on CompleteMultipartUpload before it assembles the
-    object, and nothing holds other completions of the key back meanwhile: two completions
-    sent at the same moment both pass (10 of 10 tries with 24 MiB uploads). S3 decides a
-    conditional completion atomically (the loser gets 412, or 409 ConditionalRequestConflict).
-    One lock around POSTs on keys (create and complete multipart uploads) restores that; it
-    adds no check moto does not make itself."""
-    import threading
+def s3_preconditions():
+    """Two gaps between moto 5.2.1 and S3's documented conditional writes, closed here:
 
+    - moto checks `If-None-Match: *` on CompleteMultipartUpload before it assembles the
+      object, and nothing holds other writes of the key back meanwhile: two completions sent
+      at the same moment both passed (10 of 10 tries with 24 MiB uploads). S3 decides a
+      conditional write atomically (the loser gets 412, or 409 ConditionalRequestConflict).
+    - moto ignores `If-Match` on CompleteMultipartUpload, and on CopyObject both the target's
+      `If-None-Match: *` / `If-Match` and the source's `x-amz-copy-source-if-match`. S3
+      answers each failed one with 412 PreconditionFailed (a target `If-Match` on a missing
+      key: 404 NoSuchKey, as on PutObject); see the CopyObject and CompleteMultipartUpload
+      API references.
+
+    One lock around every write of a key (PUT, POST, DELETE) makes each check and its write
+    one step, and the checks S3 makes and moto skips are made here, under that lock. Nothing
+    else of moto changes."""
+    import threading
+    from urllib.parse import unquote, urlparse
+
+    from moto.s3.exceptions import MissingKey, PreconditionFailed
     from moto.s3.responses import S3Response
 
-    lock = threading.Lock()
-    orig_post = S3Response._key_response_post
+    lock = threading.RLock()
 
-    def post(self, *args, **kwargs):
+    def bare(etag):
+        return (etag or "").strip().strip('"')
+
+    def check_target(self, key_name, existing):
+        if_match = self.headers.get("If-Match")
+        if self.headers.get("If-None-Match") == "*" and existing is not None:
+            raise PreconditionFailed("If-None-Match")
+        if if_match:
+            if existing is None:
+                raise MissingKey(key=key_name)
+            if bare(if_match) != bare(existing.etag):
+                raise PreconditionFailed("If-Match")
+
+    orig_post = S3Response._key_response_post
+    orig_put = S3Response._key_response_put
+    orig_delete = S3Response._key_response_delete
+    orig_copy = S3Response.copy_object
+
+    def post(self, request, body, bucket_name, query, key_name, *args, **kwargs):
         with lock:
-            return orig_post(self, *args, **kwargs)
+            if query.get("uploadId") and self.headers.get("If-Match"):
+                existing = self.backend.get_object(bucket_name, key_name)
+                done = (
+                    existing is not None
+                    and existing.multipart
+                    and existing.multipart.id == query["uploadId"][0]
+                )
+                if not done:  # a repeated completion is answered as moto does
+                    check_target(self, key_name, existing)
+            return orig_post(self, request, body, bucket_name, query, key_name, *args, **kwargs)
+
+    def put(self, *args, **kwargs):
+        with lock:
+            return orig_put(self, *args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        with lock:
+            return orig_delete(self, *args, **kwargs)
+
+    def copy_object(self):
+        source = urlparse(self.headers.get("x-amz-copy-source"))
+        src_bucket, src_key = unquote(source.path).lstrip("/").split("/", 1)
+        src = self.backend.get_object(src_bucket, src_key)
+        want = self.headers.get("x-amz-copy-source-if-match")
+        if src is not None and want and bare(want) != bare(src.etag):
+            raise PreconditionFailed("x-amz-copy-source-If-Match")
+        key_name = self.parse_key_name()
+        check_target(self, key_name, self.backend.get_object(self.bucket_name, key_name))
+        return orig_copy(self)
 
     S3Response._key_response_post = post
+    S3Response._key_response_put = put
+    S3Response._key_response_delete = delete
+    S3Response.copy_object = copy_object
 
 
-atomic_multipart_completion()
+s3_preconditions()
 
 if os.environ.get("MOTO_RANGED_GETS_IN_PLACE") == "1":
     ranged_gets_in_place()

@@ -460,6 +460,10 @@ impl Uploader {
         self.evict_tenants(&key, Some(id)).await?;
         // The version the old key must still hold for a move's delete of it.
         let mut old_etag = e.synced.etag.clone();
+        // Whether the move took that newer version: its hash (none, if its writer left
+        // none) is the base's, never ours. (Found by the race test: reads of the edit were
+        // refused for failing our version's checksum.)
+        let mut took_edit = false;
         let written: Result<(Written, Option<String>), RemoteError> = match e.kind {
             Kind::Dir => self
                 .remote
@@ -489,6 +493,7 @@ impl Uploader {
                                 // not ours, is what the old key may be deleted over.
                                 if taken.is_some() {
                                     old_etag = taken;
+                                    took_edit = true;
                                 }
                                 Ok((w, hash))
                             }
@@ -535,7 +540,11 @@ impl Uploader {
             key: Some(key),
             etag: written.etag,
             version: written.version,
-            hash: hash.or(e.synced.hash.clone()),
+            hash: if took_edit {
+                hash
+            } else {
+                hash.or(e.synced.hash.clone())
+            },
         };
         if e.conflict_of.is_some() {
             // The copy's version is now known by its ETag too.

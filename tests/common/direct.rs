@@ -104,26 +104,33 @@ pub fn put_if(env: &Env, key: &str, data: &[u8], expect: Option<&Version>) -> Re
 
 /// Every regular file below `root` (a mount), by path.
 pub fn files(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    try_files(root).unwrap_or_else(|e| panic!("reading {}: {e}", root.display()))
+}
+
+/// Every regular file below `root`, or the first error met on the way (a test that must show
+/// the daemon's log when a read fails).
+pub fn try_files(root: &Path) -> Result<BTreeMap<String, Vec<u8>>, String> {
     let mut out = BTreeMap::new();
     let mut stack = vec![(root.to_path_buf(), String::new())];
+    let at = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
     while let Some((dir, prefix)) = stack.pop() {
-        for e in fs::read_dir(&dir).unwrap() {
-            let e = e.unwrap();
+        for e in fs::read_dir(&dir).map_err(|e| at(&dir, e))? {
+            let e = e.map_err(|e| at(&dir, e))?;
             let name = e.file_name().to_string_lossy().into_owned();
             let rel = if prefix.is_empty() {
                 name
             } else {
                 format!("{prefix}/{name}")
             };
-            let ft = e.file_type().unwrap();
+            let ft = e.file_type().map_err(|x| at(&e.path(), x))?;
             if ft.is_dir() {
                 stack.push((e.path(), rel));
             } else if ft.is_file() {
-                out.insert(rel, fs::read(e.path()).unwrap());
+                out.insert(rel, fs::read(e.path()).map_err(|x| at(&e.path(), x))?);
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// Every directory below `root` (a mount), by path.
