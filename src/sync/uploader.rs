@@ -497,6 +497,9 @@ impl Uploader {
                                 }
                                 Ok((w, hash))
                             }
+                            Err(RemoteError::NotFound(_)) if !e.local => {
+                                return self.moved_file_deleted_elsewhere(job, &e).await;
+                            }
                             Err(err) => Err(err),
                         }
                     }
@@ -673,6 +676,53 @@ impl Uploader {
                     now_ms() + 2000,
                 )
             })?;
+        }
+        Ok(Outcome::Done)
+    }
+
+    /// A file moved here whose old key was deleted elsewhere before the move reached the
+    /// remote, and whose data was never whole here: no version of it exists anywhere to move,
+    /// and whoever deleted it had seen it. It goes here too, as a remote delete of an
+    /// unchanged file does. (Found by the race test: the move was parked for good, and
+    /// `sync --wait` failed.) A file open here is looked at again once it is closed.
+    async fn moved_file_deleted_elsewhere(
+        &self,
+        job: &Job,
+        e: &Entry,
+    ) -> Result<Outcome, SyncError> {
+        if self.store.is_busy(e.id) {
+            self.store.write(|db| {
+                db.retry_job(
+                    job.seq,
+                    "deleted elsewhere: waiting for the file to be closed",
+                    now_ms() + 2000,
+                )
+            })?;
+            return Ok(Outcome::Done);
+        }
+        let gone = self.store.write(|db| {
+            let Some(cur) = db.get(e.id)? else {
+                db.remove_job(job.seq)?;
+                return Ok::<_, StoreError>(Some(None));
+            };
+            if cur.dirty_seq != e.dirty_seq || cur.dirty != 0 {
+                // Written here since: that write goes up as a new file.
+                return Ok(None);
+            }
+            db.remove_job(job.seq)?;
+            db.delete_entry(e.id)?;
+            Ok(Some(cur.parent.map(|p| (p, cur.name))))
+        })?;
+        let Some(gone) = gone else {
+            return Ok(Outcome::Again);
+        };
+        if let Some((parent, name)) = gone {
+            let _ = self.cache.remove(e.id);
+            tracing::info!(
+                name = %String::from_utf8_lossy(&name),
+                "moved here, but deleted elsewhere first and never fetched here; removed here"
+            );
+            self.notify(Invalidation::Entry { parent, name });
         }
         Ok(Outcome::Done)
     }
