@@ -713,7 +713,16 @@ fn queue_drains_to_the_same_state_as_without_faults() {
     let got = shape(&env);
     let st = proxy.stats();
     let keys = |s: &Shape| s.keys().cloned().collect::<BTreeSet<_>>();
-    assert_eq!(keys(&got), keys(&want), "keys differ; proxy: {st:?}");
+    assert_eq!(
+        keys(&got),
+        keys(&want),
+        "keys differ; proxy: {st:?}\nthe log of the paths that differ:\n{}",
+        keys(&got)
+            .symmetric_difference(&keys(&want))
+            .map(|k| m.log_lines_with(k.rsplit('/').next().unwrap_or(k)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     for (k, w) in &want {
         let g = &got[k];
         assert!(

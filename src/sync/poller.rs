@@ -174,6 +174,17 @@ impl Uploader {
                     // Moving here from its old key: the object may be our own copy, half
                     // way through the move. The job finishes it (and compares first).
                 }
+                Some(_)
+                    if deletes.iter().any(|j| {
+                        matches!(&j.kind, JobKind::Delete { key: k, etag, .. }
+                            if k == key && (etag.is_none() || *etag == o.etag))
+                    }) =>
+                {
+                    // The version a delete of ours still has to remove (the file was deleted
+                    // here and created again): not the other side of a conflict. The queue
+                    // removes it, or replaces it conditioned on it. (Found by the faults
+                    // test: a poll between the two made a conflict copy of our own file.)
+                }
                 Some(e) => {
                     // Created on both sides without a common base. (Regression: before the
                     // conflict moved our version aside, the entry stayed "created" and every

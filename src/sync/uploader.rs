@@ -29,6 +29,10 @@ pub enum SyncError {
     /// The entry was deleted while we worked on it.
     #[error("entry deleted during sync")]
     Vanished,
+    /// Another job has to run first (the reason says which); retried shortly, not an error
+    /// of the remote.
+    #[error("{0}")]
+    Wait(String),
 }
 
 pub struct Uploader {
@@ -136,9 +140,13 @@ impl Uploader {
             let job = match job {
                 Ok(Some(j)) => j,
                 Ok(None) => {
+                    // Polling off (`--poll-interval 0`) means off: the remote change a job
+                    // learnt of comes in with the next `stratus sync`. (Found by the race
+                    // test: a mount polled halfway through a round of writes.)
                     let wanted = self
                         .poll_wanted
-                        .swap(false, std::sync::atomic::Ordering::Relaxed);
+                        .swap(false, std::sync::atomic::Ordering::Relaxed)
+                        && self.cfg.poll_interval.is_some();
                     if poll_due || wanted || next_poll.is_some_and(|t| Instant::now() >= t) {
                         match self.poll().instrument(tracing::info_span!("poll")).await {
                             Ok(()) => {
@@ -224,6 +232,12 @@ impl Uploader {
                     let retry_at = now_ms() + wait.as_millis() as i64;
                     let _ = self.store.write(|db| db.retry_job(job.seq, &msg, retry_at));
                     pause_until = Some(Instant::now() + wait);
+                }
+                Err(SyncError::Wait(why)) => {
+                    tracing::debug!(seq = job.seq, %why, "job waits for another");
+                    let _ = self
+                        .store
+                        .write(|db| db.retry_job(job.seq, &why, now_ms() + 1000));
                 }
                 Err(e) => {
                     tracing::warn!(seq = job.seq, error = %e, "sync failed for good; parking this entry");
@@ -370,10 +384,23 @@ impl Uploader {
                 continue;
             }
             tracing::debug!(from = key, to = %new_key, "moving a renamed entry's object before its key is reused");
-            let w = self
+            // Conditioned as the entry's own move would be: only the version it knew, and
+            // only onto what it expects at the new name. Refused, the move itself sorts it
+            // out (an edit, a delete, a writer at the new name), and this upload waits.
+            let cond = self.expected_at(&t, &new_key)?;
+            let w = match self
                 .remote
-                .copy(key, &new_key, None, &Cond::Overwrite)
-                .await?;
+                .copy(key, &new_key, t.synced.etag.as_deref(), &cond)
+                .await
+            {
+                Ok(w) => w,
+                Err(RemoteError::Conflict(_) | RemoteError::NotFound(_)) => {
+                    return Err(SyncError::Wait(format!(
+                        "waiting for the move of {key} to {new_key} to run first"
+                    )));
+                }
+                Err(err) => return Err(err.into()),
+            };
             self.store.write(|db| {
                 db.set_synced(
                     t.id,
@@ -829,7 +856,7 @@ impl Uploader {
         .await
         .map_err(|e| RemoteError::Io(std::io::Error::other(e.to_string())))?
         .map_err(RemoteError::Io)?;
-        tracing::debug!(key, size, "uploading");
+        tracing::debug!(key, size, ?cond, "uploading");
         let meta = self.meta_of(e, Some(hash.clone()));
         let w = self
             .remote

@@ -740,6 +740,13 @@ impl Mount {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
+    /// Every line of the daemon's log that mentions `needle`.
+    pub fn log_lines_with(&self, needle: &str) -> String {
+        let log = std::fs::read_to_string(self.state.join("stratus.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(needle)).collect();
+        lines.join("\n")
+    }
+
     pub fn daemon_pid(&self) -> u32 {
         std::fs::read_to_string(self.state.join("lock"))
             .unwrap()
