@@ -6,13 +6,13 @@
 #
 #   scripts/model.sh [CASES] [BACKEND] [SEED]
 #
-# CASES per backend (default 500), BACKEND local, s3 or azure (default all three), SEED the
+# CASES per backend (default 500), BACKEND local, s3, azure or gcs (default all four), SEED the
 # proptest seed (default: from the clock; printed). About 0.7 s a case on a local folder,
-# 2-4 s on moto or Azurite.
+# 1.5-4 s on moto, Azurite or the GCS test server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cases=${1:-500}
-backends=${2:-local s3 azure}
+backends=${2:-local s3 azure gcs}
 seed=${3:-$(date +%s)}
 unset AWS_CA_BUNDLE || true
 cargo test --quiet --test sync_model --no-run

@@ -20,7 +20,8 @@
 //! replaced only by a writer that saw it, and within a window nobody has (the story of the
 //! race test, `tests/race.rs`).
 //!
-//! `STRATUS_MODEL_CASES` (default 12 per backend) and `STRATUS_MODEL_SEED` (default 1,
+//! `STRATUS_MODEL_CASES` (default 150 on the local folder and 50 on each cloud server, 300 in
+//! all) and `STRATUS_MODEL_SEED` (default 1,
 //! printed) set the run; `scripts/model.sh` runs more.
 
 mod common;
@@ -460,10 +461,17 @@ fn run_case(env: &Env, windows: &[Vec<Op>]) -> Result<(), TestCaseError> {
 
 fn run(env: &Env) {
     let backend = format!("{:?}", env.backend);
+    // 300 cases in all by default: a local folder costs ~0.7 s a case, a cloud test server
+    // 1.5-2 s.
+    let default_cases = if env.backend == common::mount::Backend::Local {
+        150
+    } else {
+        50
+    };
     let cases: u32 = std::env::var("STRATUS_MODEL_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(12);
+        .unwrap_or(default_cases);
     let seed: u64 = std::env::var("STRATUS_MODEL_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
