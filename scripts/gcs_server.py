@@ -4,7 +4,7 @@ stratus's own raw GCS requests) use it: no installable emulator does (gcp-storag
 speaks the JSON API; fake-gcs-server refuses plain XML PUTs, XML multipart uploads and
 `x-goog-copy-source`). Python standard library only; everything lives in memory.
 
-    python3 scripts/gcs_server.py -H 127.0.0.1 -p PORT [--versioning]
+    python3 scripts/gcs_server.py -H 127.0.0.1 -p PORT [--versioning] [--ignore-preconditions]
 
 What it implements, following the XML API reference (cloud.google.com/storage/docs/xml-api):
 - PUT /BUCKET creates a bucket (a test helper's shortcut: real GCS needs a project).
@@ -40,6 +40,11 @@ Where it may differ from real GCS (said here so nobody trusts it further than th
   PreconditionFailed, InvalidPart, InvalidArgument, InvalidRange).
 
 Every request is decided under one lock, so conditional writes are atomic under concurrency.
+
+With --ignore-preconditions it plays a server that does not implement conditional writes
+(as Garage and s3s-fs ignore If-Match / If-None-Match): `x-goog-if-generation-match` and
+`x-goog-if-metageneration-match` are ignored on every write and delete, and the write simply
+happens. Only for testing how stratus notices and copes (tests/capability.rs).
 """
 import argparse
 import base64
@@ -99,6 +104,7 @@ class State:
 
 
 STATE = None
+IGNORE_PRECONDITIONS = False
 
 
 class Fail(Exception):
@@ -124,6 +130,8 @@ def quoted_md5(data):
 def check_write_preconditions(headers, current):
     """`x-goog-if-generation-match` (0: must not exist) and `x-goog-if-metageneration-match`
     against the live object at the destination."""
+    if IGNORE_PRECONDITIONS:
+        return
     gen = headers.get("x-goog-if-generation-match")
     if gen is not None:
         gen = gen.strip()
@@ -625,13 +633,17 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main():
-    global STATE
+    global STATE, IGNORE_PRECONDITIONS
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-H", "--host", default="127.0.0.1")
     p.add_argument("-p", "--port", type=int, default=4443)
     p.add_argument("--versioning", action="store_true",
                    help="keep replaced and deleted generations readable (Object Versioning)")
+    p.add_argument("--ignore-preconditions", action="store_true",
+                   help="ignore x-goog-if-generation-match on writes (a server without "
+                   "conditional writes, for tests)")
     a = p.parse_args()
+    IGNORE_PRECONDITIONS = a.ignore_preconditions
     STATE = State(a.versioning)
     server = ThreadingHTTPServer((a.host, a.port), Handler)
     server.daemon_threads = True

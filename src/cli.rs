@@ -78,6 +78,10 @@ enum Cmd {
         /// What happens when both sides changed a file: manual, newest, local or remote.
         #[arg(long = "conflict", default_value = "manual", value_name = "POLICY")]
         conflict: String,
+        /// Check again whether the server enforces conditional writes (`If-Match`,
+        /// `If-None-Match: *`), although the state dir remembers the answer of an earlier mount.
+        #[arg(long)]
+        recheck_preconditions: bool,
         /// Log file (the background daemon uses STATE_DIR/stratus.log).
         #[arg(long, hide = true)]
         log_file: Option<PathBuf>,
@@ -223,6 +227,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             poll_interval,
             conflict,
             cache_size,
+            recheck_preconditions,
         } => {
             let url = RemoteUrl::parse(&remote).map_err(|e| anyhow::anyhow!("bad remote: {e}"))?;
             let mp = absolute(&mountpoint)?;
@@ -260,6 +265,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .then(|| Duration::from_secs_f64(poll_interval)),
                 policy,
                 cache_size: cache_bytes,
+                recheck_preconditions,
             };
             if foreground {
                 init_logging(cli.verbose, log_file.as_deref())?;
@@ -355,6 +361,9 @@ fn spawn_daemon(
     if verbose {
         cmd.arg("-v");
     }
+    if cfg.recheck_preconditions {
+        cmd.arg("--recheck-preconditions");
+    }
     for o in options {
         cmd.arg("-o").arg(o);
     }
@@ -374,10 +383,18 @@ fn spawn_daemon(
     }
     let mut child = cmd.spawn().context("starting the mount daemon")?;
     drop(write_end);
+    let mut reader = BufReader::new(std::fs::File::from(read_end));
     let mut line = String::new();
-    BufReader::new(std::fs::File::from(read_end))
-        .read_line(&mut line)
-        .context("waiting for the mount daemon")?;
+    loop {
+        line.clear();
+        reader
+            .read_line(&mut line)
+            .context("waiting for the mount daemon")?;
+        match line.trim().strip_prefix("warn: ") {
+            Some(w) => eprintln!("stratus: warning: {w}"),
+            None => break,
+        }
+    }
     let line = line.trim();
     if line == "ok" {
         println!(
@@ -633,6 +650,12 @@ fn status(mp: &Path) -> anyhow::Result<ExitCode> {
         }
     );
     println!("conflicts:   {} open", s.open_conflicts);
+    match s.preconditions.as_deref() {
+        None => {}
+        Some("enforced") => println!("preconditions: enforced by the server"),
+        Some("ignored") => println!("{}", control::PRECONDITIONS_IGNORED),
+        Some(other) => println!("preconditions: {other}"),
+    }
     println!(
         "cache:       {} used, budget {}; {} pinned, {} not yet uploaded",
         human(s.cache_used),

@@ -40,6 +40,14 @@ pub const CONFLICTS: &str = "user.stratus.conflicts";
 /// On the root: `STARTED DONE`, how many polls of the remote have started and completed.
 pub const POLLS: &str = "user.stratus.polls";
 
+/// Key in the state dir's `meta` table holding the precondition check's answer.
+pub const PRECONDITIONS_META: &str = "preconditions";
+
+/// The one line a user sees (mount output, log, `stratus status`) when the server ignores
+/// preconditions.
+pub const PRECONDITIONS_IGNORED: &str = "preconditions: ignored by this server: conflicting \
+    writes elsewhere can overwrite each other (each write compares with a HEAD first, best effort)";
+
 /// What `stratus status` prints, as the mount reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Status {
@@ -61,6 +69,9 @@ pub struct Status {
     pub cache_hits: u64,
     pub cache_misses: u64,
     pub downloaded: u64,
+    /// `enforced`, `ignored` or `not checked yet` for a cloud remote (see
+    /// `daemon::check_preconditions`); `None` for a local folder.
+    pub preconditions: Option<String>,
 }
 
 impl Status {
@@ -90,6 +101,9 @@ impl Status {
             self.cache_misses,
             self.downloaded
         ));
+        if let Some(p) = &self.preconditions {
+            s.push_str(&format!("preconditions: {p}\n"));
+        }
         if let Some(e) = &self.last_error {
             s.push_str(&format!("last_error: {}\n", e.replace('\n', " ")));
         }
@@ -121,6 +135,7 @@ impl Status {
                 "cache_misses" => st.cache_misses = v.parse().unwrap_or(0),
                 "downloaded" => st.downloaded = v.parse().unwrap_or(0),
                 "last_error" => st.last_error = Some(v.to_string()),
+                "preconditions" => st.preconditions = Some(v.to_string()),
                 _ => {}
             }
         }
@@ -226,7 +241,24 @@ impl Control {
             .filter(|c| c.resolved_ms.is_none())
             .count() as u64;
         let cache = self.vfs.cache_figures()?;
+        let preconditions = if self.remote.starts_with("file://") {
+            None
+        } else {
+            let known = store.read(|db| db.meta_get(PRECONDITIONS_META))?;
+            Some(
+                match known
+                    .as_deref()
+                    .and_then(crate::remote::Preconditions::decode)
+                {
+                    Some(crate::remote::Preconditions::Enforced) => "enforced",
+                    Some(crate::remote::Preconditions::Ignored { .. }) => "ignored",
+                    None => "not checked yet",
+                }
+                .to_string(),
+            )
+        };
         Ok(Status {
+            preconditions,
             cache_used: cache.used,
             cache_budget: cache.budget,
             cache_pinned: cache.pinned,
@@ -487,6 +519,7 @@ mod tests {
             cache_hits: 10,
             cache_misses: 11,
             downloaded: 7,
+            preconditions: Some("ignored".into()),
         };
         let back = Status::decode(&s.encode());
         assert_eq!(

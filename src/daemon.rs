@@ -12,9 +12,9 @@ use anyhow::{bail, Context};
 use fuser::MountOption;
 
 use crate::cache::FileCache;
-use crate::control::Control;
+use crate::control::{Control, PRECONDITIONS_IGNORED, PRECONDITIONS_META};
 use crate::fuse::StratusFs;
-use crate::remote::{Remote, RemoteUrl};
+use crate::remote::{Preconditions, Remote, RemoteUrl};
 use crate::store::Store;
 use crate::sync::{populate, ConflictPolicy, SyncConfig, Uploader};
 use crate::vfs::{Vfs, VfsConfig};
@@ -34,6 +34,8 @@ pub struct MountConfig {
     pub policy: ConflictPolicy,
     /// Bytes of fetched data to keep; capped by the disk's free space at mount.
     pub cache_size: u64,
+    /// Run the precondition check again even if the state dir remembers its answer.
+    pub recheck_preconditions: bool,
 }
 
 fn disk_reserve(cache: &FileCache) -> anyhow::Result<u64> {
@@ -75,6 +77,17 @@ impl Ready {
     pub fn ok(&mut self) {
         if let Some(mut f) = self.0.take() {
             let _ = f.write_all(b"ok\n");
+        }
+    }
+
+    /// A warning the user must see: on `stratus mount`'s stderr (the parent prints `warn:`
+    /// lines as they come), or on our own stderr in the foreground.
+    pub fn warn(&mut self, msg: &str) {
+        match &mut self.0 {
+            Some(f) => {
+                let _ = f.write_all(format!("warn: {}\n", msg.replace('\n', " ")).as_bytes());
+            }
+            None => eprintln!("stratus: warning: {msg}"),
         }
     }
 
@@ -231,6 +244,19 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
         Err(e) => bail!("remote {identity} refused us: {e}"),
     }
 
+    let reachable = store.health.is_reachable();
+    check_preconditions(
+        &rt,
+        &store,
+        &remote,
+        reachable && cfg.recheck_preconditions,
+        reachable,
+        ready,
+    )?;
+    if let Some(Preconditions::Ignored { .. }) = remembered_preconditions(&store)? {
+        remote.set_preconditions_ignored(true);
+    }
+
     let vfs = Arc::new(Vfs::new(
         store.clone(),
         cache.clone(),
@@ -300,6 +326,57 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
     let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), uploader).await });
     rt.shutdown_timeout(Duration::from_secs(2));
     served.context("serving the mount")?;
+    Ok(())
+}
+
+fn remembered_preconditions(store: &Store) -> anyhow::Result<Option<Preconditions>> {
+    Ok(store
+        .read(|db| db.meta_get(PRECONDITIONS_META))?
+        .and_then(|v| Preconditions::decode(&v)))
+}
+
+/// Checks once per state dir (the state dir belongs to one bucket and prefix) whether the
+/// server enforces the preconditions every upload relies on, and warns on every mount while
+/// it does not. A check that cannot finish (the server is down, refuses the scratch write) is
+/// logged and tried again at the next mount: it must never keep a mount from serving.
+fn check_preconditions(
+    rt: &tokio::runtime::Runtime,
+    store: &Store,
+    remote: &Remote,
+    recheck: bool,
+    reachable: bool,
+    ready: &mut Ready,
+) -> anyhow::Result<()> {
+    let known = remembered_preconditions(store)?;
+    let verdict = match known {
+        Some(v) if !recheck => v,
+        None if !reachable => return Ok(()),
+        _ => {
+            let probe = rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(30), remote.probe_preconditions()).await
+            });
+            match probe {
+                Ok(None) => return Ok(()),
+                Ok(Some(Ok(v))) => {
+                    tracing::info!(answer = %v.encode(), "checked the server's preconditions");
+                    store.write(|db| db.meta_set(PRECONDITIONS_META, &v.encode()))?;
+                    v
+                }
+                Ok(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "could not check the server's preconditions; trying again at the next mount");
+                    return Ok(());
+                }
+                Err(_) => {
+                    tracing::warn!("the server's precondition check got no answer within 30 s; trying again at the next mount");
+                    return Ok(());
+                }
+            }
+        }
+    };
+    if let Preconditions::Ignored { what } = &verdict {
+        tracing::warn!(found = %what, "{PRECONDITIONS_IGNORED}");
+        ready.warn(PRECONDITIONS_IGNORED);
+    }
     Ok(())
 }
 

@@ -213,6 +213,39 @@ impl Cond {
     }
 }
 
+/// Whether the server decides conditional writes itself, as a mount found out once per state
+/// dir by writing a scratch object ([`PROBE_PREFIX`]) under the prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Preconditions {
+    /// A second create-only write and a write against a replaced version were both refused.
+    Enforced,
+    /// The server let at least one of them through; `what` says which, for the log.
+    Ignored { what: String },
+}
+
+impl Preconditions {
+    /// The form kept in the state dir's database (`meta.preconditions`).
+    pub fn encode(&self) -> String {
+        match self {
+            Preconditions::Enforced => "enforced".into(),
+            Preconditions::Ignored { what } => format!("ignored: {what}"),
+        }
+    }
+
+    pub fn decode(s: &str) -> Option<Preconditions> {
+        if s == "enforced" {
+            return Some(Preconditions::Enforced);
+        }
+        s.strip_prefix("ignored: ").map(|w| Preconditions::Ignored {
+            what: w.to_string(),
+        })
+    }
+}
+
+/// Scratch objects of the mount-time precondition check sit at `PREFIX/.stratus-probe-<id>`:
+/// never listed as user files, and names of this form cannot be created in a mount.
+pub const PROBE_PREFIX: &str = ".stratus-probe-";
+
 /// What the remote answered to a write.
 #[derive(Debug, Clone, Default)]
 pub struct Written {
@@ -439,6 +472,23 @@ impl Remote {
     /// Cheap request that proves the remote answers and accepts our credentials.
     pub async fn check(&self) -> RemoteResult<()> {
         dispatch!(self, r => r.check().await)
+    }
+
+    /// Checks once whether the server refuses what it must refuse (see `Preconditions`);
+    /// `None` for a local folder, where mounts serialize through `.stratus-lock` instead.
+    pub async fn probe_preconditions(&self) -> Option<RemoteResult<Preconditions>> {
+        match self {
+            Remote::Local(_) => None,
+            Remote::Object(o) => Some(o.probe_preconditions().await),
+        }
+    }
+
+    /// Tells the remote that the server ignores preconditions: every conditional write then
+    /// compares with a HEAD just before it goes out (best effort, see docs/semantics.md).
+    pub fn set_preconditions_ignored(&self, ignored: bool) {
+        if let Remote::Object(o) = self {
+            o.set_preconditions_ignored(ignored);
+        }
     }
 
     /// The whole tree with metadata, normalized.

@@ -2,6 +2,7 @@
 //! object_store's `Path` cannot express a key or its API cannot send the server a precondition
 //! (`s3_raw`, `azure_raw`, `gcs_raw`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +22,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::azure_raw::AzureList as AzureRaw;
 use super::gcs_raw::GcsRaw;
 use super::s3_raw::S3Raw;
-use super::{Cond, Meta, ObjectInfo, ObjectKind, RemoteError, RemoteResult, RemoteUrl, Written};
+use super::{
+    Cond, Meta, ObjectInfo, ObjectKind, Preconditions, RemoteError, RemoteResult, RemoteUrl,
+    Written, PROBE_PREFIX,
+};
 
 /// Files above this go up as multipart uploads.
 const MULTIPART_THRESHOLD: u64 = 16 * 1024 * 1024;
@@ -64,6 +68,9 @@ pub struct ObjectRemote {
     /// markers, listings, and the writes conditioned on a generation.
     gcs: Option<Box<(Arc<GoogleCloudStorage>, GcsRaw)>>,
     name: &'static str,
+    /// Set when the mount-time check found that the server ignores preconditions: each
+    /// conditional write then compares with a HEAD first (see `guard`).
+    ignores_preconditions: AtomicBool,
 }
 
 /// Whether an object's metadata marks it as an Azure folder.
@@ -310,6 +317,133 @@ impl ObjectRemote {
             azure_raw: None,
             gcs: None,
             name,
+            ignores_preconditions: AtomicBool::new(false),
+        }
+    }
+
+    pub fn set_preconditions_ignored(&self, ignored: bool) {
+        self.ignores_preconditions.store(ignored, Ordering::Relaxed);
+    }
+
+    /// Finds out whether the server refuses a second create-only write (`If-None-Match: *`,
+    /// GCS `x-goog-if-generation-match: 0`) and a write against a replaced version (`If-Match`,
+    /// GCS by generation), with the same object_store writes the uploader makes, on a scratch
+    /// object under the prefix that is removed afterwards. Four or five requests.
+    pub async fn probe_preconditions(&self) -> RemoteResult<Preconditions> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let key = format!("{PROBE_PREFIX}{:x}-{nanos:x}", std::process::id());
+        let path = self.path(&key)?;
+        let verdict = self.probe_at(&path).await;
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => {
+                tracing::warn!(key = %path, error = %e, "could not remove the precondition probe")
+            }
+        }
+        verdict
+    }
+
+    async fn probe_at(&self, path: &Path) -> RemoteResult<Preconditions> {
+        let put = |body: &'static [u8], mode: PutMode| {
+            let opts = PutOptions {
+                mode,
+                ..Default::default()
+            };
+            self.store
+                .put_opts(path, PutPayload::from_static(body), opts)
+        };
+        let refused = |e: &object_store::Error| {
+            matches!(
+                e,
+                object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. }
+            )
+        };
+        let first = put(b"1", PutMode::Create).await.map_err(map_err)?;
+        let mut ignored = Vec::new();
+        match put(b"2", PutMode::Create).await {
+            Ok(_) => {
+                ignored.push("a second create-only write (If-None-Match: *) replaced the object")
+            }
+            Err(e) if refused(&e) => {
+                put(b"2", PutMode::Overwrite).await.map_err(map_err)?;
+            }
+            Err(e) => return Err(map_err(e)),
+        }
+        // The object now holds "2": `first` names a replaced version.
+        let stale = PutMode::Update(object_store::UpdateVersion {
+            e_tag: first.e_tag,
+            version: first.version,
+        });
+        match put(b"3", stale).await {
+            Ok(_) => ignored.push("a write against a replaced version (If-Match) went through"),
+            Err(e) if refused(&e) => {}
+            Err(e) => return Err(map_err(e)),
+        }
+        Ok(if ignored.is_empty() {
+            Preconditions::Enforced
+        } else {
+            Preconditions::Ignored {
+                what: ignored.join("; "),
+            }
+        })
+    }
+
+    /// On a server that ignores preconditions: the comparison the server should make, made
+    /// by us just before the write. A writer between this HEAD and our write still goes
+    /// unnoticed (docs/semantics.md); elsewhere the server decides and this does nothing.
+    async fn guard(&self, key: &str, cond: &Cond) -> RemoteResult<()> {
+        if !self.ignores_preconditions.load(Ordering::Relaxed) || *cond == Cond::Overwrite {
+            return Ok(());
+        }
+        let current = self.head(key, false).await?;
+        let ok = match cond {
+            Cond::Overwrite => true,
+            Cond::Create => current.is_none(),
+            Cond::Match { etag: Some(e), .. } => {
+                current.and_then(|c| c.etag).as_deref() == Some(e.as_str())
+            }
+            Cond::Match {
+                etag: None,
+                version: Some(v),
+            } => current.and_then(|c| c.version).as_deref() == Some(v.as_str()),
+            Cond::Match {
+                etag: None,
+                version: None,
+            } => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            tracing::info!(
+                key,
+                "changed elsewhere (checked with a HEAD: the server ignores preconditions)"
+            );
+            Err(RemoteError::Conflict(key.to_string()))
+        }
+    }
+
+    /// `guard` for the object a copy or a delete expects at `key` (a missing one is left to
+    /// the request itself: a copy answers NotFound, a delete of nothing succeeds).
+    async fn guard_present(&self, key: &str, want: Option<&str>) -> RemoteResult<()> {
+        let Some(want) = want else {
+            return Ok(());
+        };
+        if !self.ignores_preconditions.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        match self.head(key, false).await? {
+            Some(h) if h.etag.as_deref() != Some(want) => {
+                tracing::info!(
+                    key,
+                    "changed elsewhere (checked with a HEAD: the server ignores preconditions)"
+                );
+                Err(RemoteError::Conflict(key.to_string()))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -395,6 +529,11 @@ impl ObjectRemote {
                 "{} object keys cannot hold control characters",
                 self.name
             ));
+        }
+        if name.starts_with(PROBE_PREFIX) {
+            // The listing hides these (the mount-time check's scratch objects), so a file of
+            // this name would look deleted to every other mount.
+            return Err(format!("names starting with {PROBE_PREFIX} are reserved"));
         }
         Ok(())
     }
@@ -497,6 +636,8 @@ impl ObjectRemote {
                 rows.push(row(rel, false, o.size, etag(o.e_tag), lm));
             }
         }
+        // The precondition check's scratch object (another mount's, mid-check) is no file.
+        rows.retain(|r| !r.key.starts_with(PROBE_PREFIX) || r.key.contains('/'));
         Ok(rows)
     }
 
@@ -693,6 +834,7 @@ impl ObjectRemote {
         cond: &Cond,
     ) -> RemoteResult<Written> {
         let path = self.path(key)?;
+        self.guard(key, cond).await?;
         if size <= MULTIPART_THRESHOLD {
             let data = tokio::fs::read(src).await?;
             let opts = PutOptions {
@@ -823,6 +965,7 @@ impl ObjectRemote {
 
     pub async fn put_symlink(&self, key: &str, meta: &Meta, cond: &Cond) -> RemoteResult<Written> {
         let body = meta.symlink.clone().unwrap_or_default().into_bytes();
+        self.guard(key, cond).await?;
         let opts = PutOptions {
             mode: self.gcs_put_mode(key, cond).await?,
             attributes: attributes(meta),
@@ -889,6 +1032,7 @@ impl ObjectRemote {
         else {
             return Ok(None);
         };
+        self.guard(key, cond).await?;
         if let Some((_, gcs)) = self.gcs.as_deref() {
             // Pinned to the generation that holds `want`, on both sides of the copy (it is
             // the same object): a writer in between makes the server refuse it.
@@ -1021,6 +1165,8 @@ impl ObjectRemote {
         source: Option<&str>,
         cond: &Cond,
     ) -> RemoteResult<Written> {
+        self.guard(to, cond).await?;
+        self.guard_present(from, source).await?;
         if let Some(raw) = &self.raw {
             let (tag, version) = raw
                 .copy_object(
@@ -1090,6 +1236,9 @@ impl ObjectRemote {
     /// server: S3 and Azure by the ETag, GCS by the generation that held it). Another version
     /// answers `Conflict`.
     pub async fn delete(&self, key: &str, dir: bool, expect: Option<&str>) -> RemoteResult<()> {
+        if !dir {
+            self.guard_present(key, expect).await?;
+        }
         if let Some((_, gcs)) = self.gcs.as_deref() {
             if dir {
                 return gcs.delete(&format!("{}/", self.full(key)), None).await;

@@ -29,6 +29,11 @@ impl GcsServer {
     /// `versioning`: replaced generations stay readable (`?generation=`), as in a bucket with
     /// Object Versioning on.
     pub fn start(versioning: bool) -> GcsServer {
+        GcsServer::start_with(if versioning { &["--versioning"] } else { &[] })
+    }
+
+    /// With extra flags of scripts/gcs_server.py (`--versioning`, `--ignore-preconditions`).
+    pub fn start_with(flags: &[&str]) -> GcsServer {
         let dir = tempfile::tempdir().expect("temp dir for the gcs server log");
         let mut last_log = String::new();
         for attempt in 0..START_ATTEMPTS {
@@ -39,9 +44,7 @@ impl GcsServer {
             let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/gcs_server.py");
             let mut cmd = Command::new("python3");
             cmd.args([script, "-H", "127.0.0.1", "-p", &port.to_string()]);
-            if versioning {
-                cmd.arg("--versioning");
-            }
+            cmd.args(flags);
             cmd.stdin(Stdio::null())
                 .stdout(Stdio::from(out))
                 .stderr(Stdio::from(err));

@@ -116,6 +116,16 @@ pub struct Env {
 
 impl Env {
     pub fn new(backend: Backend) -> Env {
+        Env::build(backend, None)
+    }
+
+    /// A GCS remote on a server of the test's own (one started with flags the shared server
+    /// does not have, such as `--ignore-preconditions`).
+    pub fn on_gcs_server(server: Arc<GcsServer>) -> Env {
+        Env::build(Backend::Gcs, Some(server))
+    }
+
+    fn build(backend: Backend, own_gcs: Option<Arc<GcsServer>>) -> Env {
         let tmp = tempfile::tempdir().expect("temp dir");
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let root = tmp.path().join("remote");
@@ -132,7 +142,7 @@ impl Env {
             a
         });
         let gcs = (backend == Backend::Gcs).then(|| {
-            let g = gcs_server();
+            let g = own_gcs.clone().unwrap_or_else(gcs_server);
             g.create_bucket(&bucket);
             g
         });
@@ -245,6 +255,7 @@ impl Env {
             state: state.to_path_buf(),
             envs: self.envs(),
             mounted: true,
+            mount_stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         })
     }
 
@@ -675,6 +686,8 @@ pub struct Mount {
     pub state: PathBuf,
     envs: Vec<(String, String)>,
     mounted: bool,
+    /// What `stratus mount` printed on stderr (its warnings).
+    pub mount_stderr: String,
 }
 
 impl Mount {
