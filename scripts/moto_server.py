@@ -11,7 +11,11 @@ the range. With the switch, a single-range GET reads only its bytes. Off by defa
 tests keep stock moto, whose ranged GETs stay correct while the object is overwritten.
 
 A third fix is always on: conditional writes are decided atomically and with every
-precondition S3 documents for them, also those moto skips (see `s3_preconditions`)."""
+precondition S3 documents for them, also those moto skips (see `s3_preconditions`).
+
+With MOTO_IGNORE_PRECONDITIONS=1 it plays a server that ignores If-Match and If-None-Match on
+every write (PUT, CompleteMultipartUpload, CopyObject, DELETE), as Garage and s3s-fs do; only
+for testing how stratus notices and copes (tests/capability.rs)."""
 import os
 
 import werkzeug.serving as serving
@@ -165,7 +169,30 @@ def s3_preconditions():
     S3Response.copy_object = copy_object
 
 
+def ignore_preconditions():
+    """Drops If-Match and If-None-Match from every write before moto (or `s3_preconditions`)
+    reads them: the write simply happens."""
+    from moto.s3.responses import S3Response
+    from werkzeug.datastructures import Headers
+
+    def without_conditions(orig):
+        def write(self, *args, **kwargs):
+            headers = Headers(list(self.headers.items()))
+            for name in ("If-Match", "If-None-Match"):
+                headers.remove(name)
+            self.headers = headers
+            return orig(self, *args, **kwargs)
+
+        return write
+
+    for name in ("_key_response_put", "_key_response_post", "_key_response_delete"):
+        setattr(S3Response, name, without_conditions(getattr(S3Response, name)))
+
+
 s3_preconditions()
+
+if os.environ.get("MOTO_IGNORE_PRECONDITIONS") == "1":
+    ignore_preconditions()
 
 if os.environ.get("MOTO_RANGED_GETS_IN_PLACE") == "1":
     ranged_gets_in_place()

@@ -1,16 +1,18 @@
 //! The mount-time check of conditional writes: a mount finds out once per state dir whether
 //! the server refuses a second create-only write and a write against a replaced version.
 //! moto (through scripts/moto_server.py), Azurite and scripts/gcs_server.py enforce both and
-//! must pass quietly; scripts/gcs_server.py with `--ignore-preconditions` plays a server that
-//! ignores them (as Garage and s3s-fs do) and must be named in the mount's output, the log
-//! and `stratus status`, and the fallback (a HEAD before each conditional write) must still
-//! keep a version written elsewhere that the server would have let us overwrite.
+//! must pass quietly. scripts/gcs_server.py with `--ignore-preconditions`, and moto with
+//! `MOTO_IGNORE_PRECONDITIONS=1`, play a server that ignores them (as Garage and s3s-fs do),
+//! which must be named in the mount's output, the log and `stratus status`; and the fallback
+//! (a HEAD before each conditional write) must still keep a version written elsewhere that
+//! the server would have let us overwrite.
 
 mod common;
 
 use std::sync::Arc;
 
 use common::gcs::GcsServer;
+use common::moto::Moto;
 use common::mount::{Backend, Env, Mount};
 use futures::TryStreamExt;
 
@@ -93,11 +95,20 @@ fn gcs_passes_quietly() {
 }
 
 #[test]
-fn ignoring_server_is_named_and_edits_elsewhere_survive() {
+fn ignoring_gcs_server_is_named_and_edits_elsewhere_survive() {
     let server = Arc::new(GcsServer::start_with(&["--ignore-preconditions"]));
-    let env = Env::on_gcs_server(server);
+    ignoring_server_is_named_and_edits_elsewhere_survive(&Env::on_gcs_server(server));
+}
+
+#[test]
+fn ignoring_s3_server_is_named_and_edits_elsewhere_survive() {
+    let server = Arc::new(Moto::start_with_env(&[("MOTO_IGNORE_PRECONDITIONS", "1")]));
+    ignoring_server_is_named_and_edits_elsewhere_survive(&Env::on_moto(server));
+}
+
+fn ignoring_server_is_named_and_edits_elsewhere_survive(env: &Env) {
     let state = env.new_state_dir();
-    let m = mount_at(&env, &state, &[]);
+    let m = mount_at(env, &state, &[]);
 
     // Named in all three places a user looks.
     assert!(
@@ -109,7 +120,7 @@ fn ignoring_server_is_named_and_edits_elsewhere_survive() {
     assert!(m.status().contains(WARNING), "{}", m.status());
     let warned = m.log_lines_with(WARNING);
     assert!(warned.contains("WARN"), "log: {}", m.log_tail());
-    assert!(bucket_keys(&env)
+    assert!(bucket_keys(env)
         .iter()
         .all(|k| !k.contains(".stratus-probe")));
 
@@ -130,11 +141,11 @@ fn ignoring_server_is_named_and_edits_elsewhere_survive() {
     m.unmount();
 
     // Remembered: the remount warns again without checking again; asked to, it checks.
-    let again = mount_at(&env, &state, &[]);
+    let again = mount_at(env, &state, &[]);
     assert!(again.mount_stderr.contains(WARNING));
     assert_eq!(again.log_lines_with(CHECKED).lines().count(), 1);
     again.unmount();
-    let rechecked = mount_at(&env, &state, &["--recheck-preconditions"]);
+    let rechecked = mount_at(env, &state, &["--recheck-preconditions"]);
     assert!(rechecked.mount_stderr.contains(WARNING));
     assert_eq!(rechecked.log_lines_with(CHECKED).lines().count(), 2);
 }

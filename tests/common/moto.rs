@@ -25,6 +25,11 @@ pub struct Moto {
 
 impl Moto {
     pub fn start() -> Moto {
+        Moto::start_with_env(&[])
+    }
+
+    /// With extra environment for scripts/moto_server.py (`MOTO_IGNORE_PRECONDITIONS=1`, ...).
+    pub fn start_with_env(env: &[(&str, &str)]) -> Moto {
         if !on_path("moto_server") {
             panic!("moto_server not found: run scripts/setup.sh");
         }
@@ -40,6 +45,7 @@ impl Moto {
             let launcher = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/moto_server.py");
             let mut cmd = Command::new("python3");
             cmd.args([launcher, "-H", "127.0.0.1", "-p", &port.to_string()])
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(out))
                 .stderr(Stdio::from(err));

@@ -116,23 +116,32 @@ pub struct Env {
 
 impl Env {
     pub fn new(backend: Backend) -> Env {
-        Env::build(backend, None)
+        Env::build(backend, None, None)
     }
 
     /// A GCS remote on a server of the test's own (one started with flags the shared server
     /// does not have, such as `--ignore-preconditions`).
     pub fn on_gcs_server(server: Arc<GcsServer>) -> Env {
-        Env::build(Backend::Gcs, Some(server))
+        Env::build(Backend::Gcs, None, Some(server))
     }
 
-    fn build(backend: Backend, own_gcs: Option<Arc<GcsServer>>) -> Env {
+    /// An S3 remote on a moto server of the test's own (see `on_gcs_server`).
+    pub fn on_moto(server: Arc<Moto>) -> Env {
+        Env::build(Backend::S3, Some(server), None)
+    }
+
+    fn build(
+        backend: Backend,
+        own_moto: Option<Arc<Moto>>,
+        own_gcs: Option<Arc<GcsServer>>,
+    ) -> Env {
         let tmp = tempfile::tempdir().expect("temp dir");
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let root = tmp.path().join("remote");
         std::fs::create_dir(&root).unwrap();
         let bucket = format!("bucket-{}-{n}", std::process::id());
         let moto = (backend == Backend::S3).then(|| {
-            let m = moto();
+            let m = own_moto.clone().unwrap_or_else(moto);
             m.create_bucket(&bucket);
             m
         });
