@@ -11,6 +11,7 @@ mod common;
 
 use std::sync::Arc;
 
+use common::fault_proxy::{behind_fault_proxy, ErrorKind, Faults};
 use common::gcs::GcsServer;
 use common::moto::Moto;
 use common::mount::{Backend, Env, Mount};
@@ -170,4 +171,39 @@ fn probe_names_are_hidden_and_reserved() {
     std::fs::write(m.path(".stratus-probe"), b"x").unwrap();
     let err = std::fs::rename(m.path(".stratus-probe"), m.path(".stratus-probe-2")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{err}");
+}
+
+/// A check that cannot finish (here every request for the scratch object answers 500) never
+/// keeps the folder from mounting: the mount serves, the status says the check is still to
+/// come, and the next mount makes it.
+#[test]
+fn a_check_that_cannot_finish_is_made_at_the_next_mount() {
+    let (env, proxy) = behind_fault_proxy(Backend::S3);
+    proxy.set(Faults {
+        error_share: 1.0,
+        error_kind: ErrorKind::Internal,
+        only: Some(".stratus-probe-".into()),
+        ..Faults::default()
+    });
+    let state = env.new_state_dir();
+    let m = mount_at(&env, &state, &[]);
+    assert!(!m.mount_stderr.contains("warning"), "{}", m.mount_stderr);
+    let status = m.status();
+    assert!(
+        status.contains("preconditions: not checked yet"),
+        "{status}"
+    );
+    assert!(!m.log_lines_with("could not check").is_empty());
+    std::fs::write(m.path("a.txt"), b"served all the same").unwrap();
+    m.sync();
+    m.unmount();
+    assert_eq!(env.remote_files()["a.txt"], b"served all the same");
+
+    proxy.set(Faults::none());
+    let again = mount_at(&env, &state, &[]);
+    let status = again.status();
+    assert!(
+        status.contains("preconditions: enforced by the server"),
+        "{status}"
+    );
 }
