@@ -253,6 +253,22 @@ pub struct Written {
     pub version: Option<String>,
 }
 
+/// A response header as text, for the raw request modules.
+fn header(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// User metadata as the headers of a raw request: each key under the cloud's `prefix`
+/// (`x-ms-meta-`, `x-goog-meta-`).
+fn prefixed_meta(prefix: &str, meta: &[(String, String)]) -> Vec<(String, String)> {
+    meta.iter()
+        .map(|(k, v)| (format!("{prefix}{k}"), v.clone()))
+        .collect()
+}
+
 /// A parsed REMOTE argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RemoteUrl {

@@ -468,39 +468,7 @@ fn sha(bytes: &[u8]) -> String {
 /// Every file in the bucket whose name starts with `stem`, read with object_store directly:
 /// path -> SHA-256.
 fn bucket_hashes(env: &Env, stem: &str) -> BTreeMap<String, String> {
-    let store: Arc<dyn ObjectStore> = match env.backend {
-        Backend::S3 => Arc::new(
-            AmazonS3Builder::new()
-                .with_bucket_name(&env.bucket)
-                .with_endpoint(&env.moto.as_ref().unwrap().endpoint)
-                .with_region("us-east-1")
-                .with_access_key_id("test")
-                .with_secret_access_key("test")
-                .with_allow_http(true)
-                .build()
-                .unwrap(),
-        ),
-        Backend::Gcs => Arc::new(
-            GoogleCloudStorageBuilder::new()
-                .with_bucket_name(&env.bucket)
-                .with_service_account_key(env.gcs.as_ref().unwrap().service_account_key())
-                .build()
-                .unwrap(),
-        ),
-        _ => Arc::new(
-            MicrosoftAzureBuilder::new()
-                .with_account(ACCOUNT)
-                .with_access_key(KEY)
-                .with_container_name(&env.bucket)
-                .with_endpoint(format!(
-                    "{}/{ACCOUNT}",
-                    env.azurite.as_ref().unwrap().endpoint
-                ))
-                .with_allow_http(true)
-                .build()
-                .unwrap(),
-        ),
-    };
+    let store: Arc<dyn ObjectStore> = Arc::from(env.direct_client().expect("a cloud backend"));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -668,36 +636,7 @@ fn rename_onto_a_name_created_elsewhere_keeps_both(backend: Backend) {
     let _ = m.stratus(&["sync", m.dir.to_str().unwrap()]);
     gate.wait_held(HOLD_TIMEOUT);
     // Straight to the server, not through the gate.
-    let direct: Box<dyn ObjectStore> = match backend {
-        Backend::S3 => Box::new(
-            AmazonS3Builder::new()
-                .with_bucket_name(&env.bucket)
-                .with_endpoint(&env.moto.as_ref().unwrap().endpoint)
-                .with_region("us-east-1")
-                .with_access_key_id("test")
-                .with_secret_access_key("test")
-                .with_allow_http(true)
-                .build()
-                .unwrap(),
-        ),
-        Backend::Gcs => Box::new(
-            GoogleCloudStorageBuilder::new()
-                .with_bucket_name(&env.bucket)
-                .with_service_account_key(env.gcs.as_ref().unwrap().service_account_key())
-                .build()
-                .unwrap(),
-        ),
-        _ => Box::new(
-            MicrosoftAzureBuilder::new()
-                .with_account(ACCOUNT)
-                .with_access_key(KEY)
-                .with_container_name(&env.bucket)
-                .with_endpoint(format!("http://127.0.0.1:{port}/{ACCOUNT}"))
-                .with_allow_http(true)
-                .build()
-                .unwrap(),
-        ),
-    };
+    let direct = env.direct_client().expect("a cloud backend");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -4,6 +4,7 @@
 //! writes the server must decide: Put Block List, Copy Blob and Delete Blob with `If-Match` /
 //! `If-None-Match` (object_store's multipart completion and copy take no condition).
 
+use super::{header, prefixed_meta};
 use std::time::Duration;
 
 use base64::Engine;
@@ -179,7 +180,7 @@ impl AzureList {
             xml.push_str(&format!("<Uncommitted>{id}</Uncommitted>"));
         }
         xml.push_str("</BlockList>");
-        let mut headers = meta_headers(meta);
+        let mut headers = prefixed_meta("x-ms-meta-", meta);
         headers.extend(conditions.iter().map(|(k, v)| (k.to_string(), v.clone())));
         let url = format!("{}?comp=blocklist", self.blob_url(name));
         let r = self
@@ -286,19 +287,6 @@ impl AzureList {
             _ => Err(write_error("delete", name, r).await),
         }
     }
-}
-
-fn header(r: &reqwest::Response, name: &str) -> Option<String> {
-    r.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-}
-
-fn meta_headers(meta: &[(String, String)]) -> Vec<(String, String)> {
-    meta.iter()
-        .map(|(k, v)| (format!("x-ms-meta-{k}"), v.clone()))
-        .collect()
 }
 
 /// A refused write: 412 (`ConditionNotMet`, a failed `If-Match`) and 409 `BlobAlreadyExists`

@@ -4,6 +4,7 @@
 //! generation (`x-goog-if-generation-match`): copies, deletes, multipart completions and
 //! metadata rewrites, which object_store's API sends without a precondition.
 
+use super::{header, prefixed_meta};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -179,7 +180,7 @@ impl GcsRaw {
             .send(
                 Method::PUT,
                 &self.url(key),
-                &meta_headers(meta),
+                &prefixed_meta(META_PREFIX, meta),
                 Vec::new(),
                 &what,
             )
@@ -219,7 +220,7 @@ impl GcsRaw {
         }
         if let Some(meta) = replace {
             headers.push(("x-goog-metadata-directive".into(), "REPLACE".into()));
-            headers.extend(meta_headers(meta));
+            headers.extend(prefixed_meta(META_PREFIX, meta));
         }
         let what = format!("copy {from:?} to {to:?}");
         let r = self
@@ -304,19 +305,6 @@ impl GcsRaw {
             _ => Err(error(&what, r).await),
         }
     }
-}
-
-fn header(r: &Response, name: &str) -> Option<String> {
-    r.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-}
-
-fn meta_headers(meta: &[(String, String)]) -> Vec<(String, String)> {
-    meta.iter()
-        .map(|(k, v)| (format!("{META_PREFIX}{k}"), v.clone()))
-        .collect()
 }
 
 /// The first `<name>` element's text in an XML answer.

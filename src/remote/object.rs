@@ -853,60 +853,21 @@ impl ObjectRemote {
             });
         }
         if let (Some(s3), Some(raw)) = (&self.s3, &self.raw) {
-            let opts = PutMultipartOptions {
-                attributes: attributes(meta),
-                ..Default::default()
-            };
-            let id = s3
-                .create_multipart_opts(&path, opts)
-                .await
-                .map_err(map_err)?;
-            let done = async {
-                let parts = put_parts(s3.clone(), &path, &id, src).await?;
-                raw.complete_multipart(&self.full(key), &id, &parts, &cond_headers(cond))
-                    .await
-            }
+            let full = self.full(key);
+            let headers = cond_headers(cond);
+            return parts_then_complete(s3.clone(), &path, meta, src, |id, parts| async move {
+                raw.complete_multipart(&full, &id, &parts, &headers).await
+            })
             .await;
-            return match done {
-                Ok((tag, version)) => Ok(Written {
-                    etag: etag(tag),
-                    version,
-                }),
-                Err(e) => {
-                    // Refused or failed: the parts would otherwise be kept (and billed). If a
-                    // completion did go through, there is no upload left to abort.
-                    let _ = s3.abort_multipart(&path, &id).await;
-                    Err(e)
-                }
-            };
         }
         if let Some((gcs, raw)) = self.gcs.as_deref() {
             let generation = self.generation_for(raw, key, cond).await?;
-            let opts = PutMultipartOptions {
-                attributes: attributes(meta),
-                ..Default::default()
-            };
-            let id = gcs
-                .create_multipart_opts(&path, opts)
-                .await
-                .map_err(map_err)?;
-            let done = async {
-                let parts = put_parts(gcs.clone(), &path, &id, src).await?;
-                raw.complete_multipart(&self.full(key), &id, &parts, generation.as_deref())
+            let full = self.full(key);
+            return parts_then_complete(gcs.clone(), &path, meta, src, |id, parts| async move {
+                raw.complete_multipart(&full, &id, &parts, generation.as_deref())
                     .await
-            }
+            })
             .await;
-            return match done {
-                Ok((tag, version)) => Ok(Written {
-                    etag: etag(tag),
-                    version,
-                }),
-                Err(e) => {
-                    // Refused or failed: the parts would otherwise be kept (and billed).
-                    let _ = gcs.abort_multipart(&path, &id).await;
-                    Err(e)
-                }
-            };
         }
         if let (Some((az, _)), Some(azure)) = (&self.azure, &self.azure_raw) {
             // Blocks nobody commits expire by themselves (Azure has no abort).
@@ -1343,6 +1304,45 @@ fn azure_container_url(b: &MicrosoftAzureBuilder, container: &str) -> Option<(St
         format!("{}/{container}", base.trim_end_matches('/')),
         account?,
     ))
+}
+
+/// Uploads `src` in parts through object_store, then lets `complete` (a raw request that
+/// carries the server's precondition) assemble them. A refused or failed completion aborts
+/// the upload, whose parts would otherwise be kept (and billed); if a completion did go
+/// through, there is no upload left to abort.
+async fn parts_then_complete<Fut>(
+    store: Arc<dyn MultipartStore>,
+    path: &Path,
+    meta: &Meta,
+    src: &std::path::Path,
+    complete: impl FnOnce(MultipartId, Vec<String>) -> Fut,
+) -> RemoteResult<Written>
+where
+    Fut: std::future::Future<Output = RemoteResult<(Option<String>, Option<String>)>>,
+{
+    let opts = PutMultipartOptions {
+        attributes: attributes(meta),
+        ..Default::default()
+    };
+    let id = store
+        .create_multipart_opts(path, opts)
+        .await
+        .map_err(map_err)?;
+    let done = async {
+        let parts = put_parts(store.clone(), path, &id, src).await?;
+        complete(id.clone(), parts).await
+    }
+    .await;
+    match done {
+        Ok((tag, version)) => Ok(Written {
+            etag: etag(tag),
+            version,
+        }),
+        Err(e) => {
+            let _ = store.abort_multipart(path, &id).await;
+            Err(e)
+        }
+    }
 }
 
 /// Uploads the parts of a multipart upload through object_store (`PARTS_IN_FLIGHT` at once)
