@@ -17,6 +17,15 @@ use crate::control::Control;
 use crate::store::{EntryId, Kind};
 use crate::vfs::{Attr, SetAttr, Vfs, VfsError};
 
+/// One span per request, so every line logged while serving it carries the request id, the
+/// inode and the file handle (`STRATUS_LOG=debug` shows them; at the default level the span is
+/// disabled and costs one check).
+macro_rules! op_span {
+    ($req:expr, $op:literal, $ino:expr, $fh:expr) => {
+        tracing::debug_span!($op, req = $req.unique().0, ino = $ino.0, fh = $fh).entered()
+    };
+}
+
 /// How long the kernel may trust attributes and names. Every change made through the mount
 /// reaches the kernel with the op's own reply, and every change made elsewhere (the poller
 /// taking a remote version, a conflict settled through an attribute) is invalidated
@@ -106,14 +115,16 @@ impl Filesystem for StratusFs {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _op = op_span!(req, "lookup", parent, None::<u64>);
         match self.vfs.lookup(ino(parent), name) {
             Ok(a) => reply.entry(&TTL, &fattr(&a), Generation(0)),
             Err(e) => reply.error(errno("lookup", e)),
         }
     }
 
-    fn getattr(&self, _req: &Request, i: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, i: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _op = op_span!(req, "getattr", i, fh.map(|h| h.0));
         match self.vfs.getattr(ino(i)) {
             Ok(a) => reply.attr(&TTL, &fattr(&a)),
             Err(e) => reply.error(errno("getattr", e)),
@@ -122,7 +133,7 @@ impl Filesystem for StratusFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         i: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -131,13 +142,14 @@ impl Filesystem for StratusFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _op = op_span!(req, "setattr", i, fh.map(|h| h.0));
         let set = SetAttr {
             mode,
             uid,
@@ -152,7 +164,8 @@ impl Filesystem for StratusFs {
         }
     }
 
-    fn readlink(&self, _req: &Request, i: INodeNo, reply: ReplyData) {
+    fn readlink(&self, req: &Request, i: INodeNo, reply: ReplyData) {
+        let _op = op_span!(req, "readlink", i, None::<u64>);
         match self.vfs.readlink(ino(i)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno("readlink", e)),
@@ -169,6 +182,7 @@ impl Filesystem for StratusFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _op = op_span!(req, "mknod", parent, None::<u64>);
         match self
             .vfs
             .mknod(ino(parent), name, mode & !umask, req.uid(), req.gid())
@@ -187,6 +201,7 @@ impl Filesystem for StratusFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let _op = op_span!(req, "mkdir", parent, None::<u64>);
         match self
             .vfs
             .mkdir(ino(parent), name, mode & !umask, req.uid(), req.gid())
@@ -196,14 +211,16 @@ impl Filesystem for StratusFs {
         }
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _op = op_span!(req, "unlink", parent, None::<u64>);
         match self.vfs.unlink(ino(parent), name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("unlink", e)),
         }
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _op = op_span!(req, "rmdir", parent, None::<u64>);
         match self.vfs.rmdir(ino(parent), name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("rmdir", e)),
@@ -218,6 +235,7 @@ impl Filesystem for StratusFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _op = op_span!(req, "symlink", parent, None::<u64>);
         match self.vfs.symlink(
             ino(parent),
             link_name,
@@ -232,7 +250,7 @@ impl Filesystem for StratusFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -240,6 +258,7 @@ impl Filesystem for StratusFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _op = op_span!(req, "rename", parent, None::<u64>);
         if flags.contains(RenameFlags::RENAME_EXCHANGE)
             || flags.contains(RenameFlags::RENAME_WHITEOUT)
         {
@@ -262,19 +281,21 @@ impl Filesystem for StratusFs {
 
     fn link(
         &self,
-        _req: &Request,
-        _i: INodeNo,
+        req: &Request,
+        i: INodeNo,
         _newparent: INodeNo,
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _op = op_span!(req, "link", i, None::<u64>);
         match self.vfs.link() {
             Ok(a) => reply.entry(&TTL, &fattr(&a), Generation(0)),
             Err(e) => reply.error(errno("link", e)),
         }
     }
 
-    fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _op = op_span!(req, "open", i, None::<u64>);
         let writable = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
         let truncate = writable && flags.0 & libc::O_TRUNC != 0;
         match self.vfs.open(ino(i), writable, truncate) {
@@ -292,8 +313,8 @@ impl Filesystem for StratusFs {
 
     fn read(
         &self,
-        _req: &Request,
-        _i: INodeNo,
+        req: &Request,
+        i: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -301,6 +322,7 @@ impl Filesystem for StratusFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _op = op_span!(req, "read", i, Some(fh.0));
         match self.vfs.read(fh.0, offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(errno("read", e)),
@@ -309,8 +331,8 @@ impl Filesystem for StratusFs {
 
     fn write(
         &self,
-        _req: &Request,
-        _i: INodeNo,
+        req: &Request,
+        i: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -319,6 +341,7 @@ impl Filesystem for StratusFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _op = op_span!(req, "write", i, Some(fh.0));
         match self.vfs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno("write", e)),
@@ -327,46 +350,43 @@ impl Filesystem for StratusFs {
 
     fn flush(
         &self,
-        _req: &Request,
-        _i: INodeNo,
-        _fh: FileHandle,
+        req: &Request,
+        i: INodeNo,
+        fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _op = op_span!(req, "flush", i, Some(fh.0));
         reply.ok();
     }
 
     fn release(
         &self,
-        _req: &Request,
-        _i: INodeNo,
+        req: &Request,
+        i: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _op = op_span!(req, "release", i, Some(fh.0));
         match self.vfs.release(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("release", e)),
         }
     }
 
-    fn fsync(
-        &self,
-        _req: &Request,
-        _i: INodeNo,
-        fh: FileHandle,
-        datasync: bool,
-        reply: ReplyEmpty,
-    ) {
+    fn fsync(&self, req: &Request, i: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        let _op = op_span!(req, "fsync", i, Some(fh.0));
         match self.vfs.fsync(fh.0, datasync) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("fsync", e)),
         }
     }
 
-    fn opendir(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _op = op_span!(req, "opendir", i, None::<u64>);
         match self.vfs.opendir(ino(i)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno("opendir", e)),
@@ -375,12 +395,13 @@ impl Filesystem for StratusFs {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         i: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _op = op_span!(req, "readdir", i, Some(fh.0));
         let listing = match self.vfs.readdir(fh.0, ino(i), offset) {
             Ok(l) => l,
             Err(e) => return reply.error(errno("readdir", e)),
@@ -400,12 +421,13 @@ impl Filesystem for StratusFs {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         i: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _op = op_span!(req, "readdirplus", i, Some(fh.0));
         let listing = match self.vfs.readdir(fh.0, ino(i), offset) {
             Ok(l) => l,
             Err(e) => return reply.error(errno("readdirplus", e)),
@@ -432,31 +454,34 @@ impl Filesystem for StratusFs {
 
     fn releasedir(
         &self,
-        _req: &Request,
-        _i: INodeNo,
+        req: &Request,
+        i: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _op = op_span!(req, "releasedir", i, Some(fh.0));
         let _ = self.vfs.releasedir(fh.0);
         reply.ok();
     }
 
     fn fsyncdir(
         &self,
-        _req: &Request,
-        _i: INodeNo,
-        _fh: FileHandle,
+        req: &Request,
+        i: INodeNo,
+        fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _op = op_span!(req, "fsyncdir", i, Some(fh.0));
         match self.vfs.store().make_durable() {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("fsyncdir", e.into())),
         }
     }
 
-    fn statfs(&self, _req: &Request, _i: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, req: &Request, i: INodeNo, reply: ReplyStatfs) {
+        let _op = op_span!(req, "statfs", i, None::<u64>);
         match self.vfs.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
@@ -467,7 +492,7 @@ impl Filesystem for StratusFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         i: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -475,28 +500,33 @@ impl Filesystem for StratusFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _op = op_span!(req, "setxattr", i, None::<u64>);
         match self.control.setxattr(ino(i), name.as_bytes(), value) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("setxattr", e)),
         }
     }
 
-    fn getxattr(&self, _req: &Request, i: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, req: &Request, i: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _op = op_span!(req, "getxattr", i, None::<u64>);
         reply_xattr(self.control.getxattr(ino(i), name.as_bytes()), size, reply);
     }
 
-    fn listxattr(&self, _req: &Request, i: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, i: INodeNo, size: u32, reply: ReplyXattr) {
+        let _op = op_span!(req, "listxattr", i, None::<u64>);
         reply_xattr(self.control.listxattr(ino(i)), size, reply);
     }
 
-    fn removexattr(&self, _req: &Request, i: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, i: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        let _op = op_span!(req, "removexattr", i, None::<u64>);
         match self.vfs.getattr(ino(i)) {
             Ok(_) => reply.error(Errno::from_i32(libc::ENODATA)),
             Err(e) => reply.error(errno("removexattr", e)),
         }
     }
 
-    fn access(&self, _req: &Request, i: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+    fn access(&self, req: &Request, i: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        let _op = op_span!(req, "access", i, None::<u64>);
         // Permission checks are the kernel's (default_permissions); this only says it exists.
         match self.vfs.getattr(ino(i)) {
             Ok(_) => reply.ok(),
@@ -506,14 +536,15 @@ impl Filesystem for StratusFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
-        _i: INodeNo,
+        req: &Request,
+        i: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _op = op_span!(req, "fallocate", i, Some(fh.0));
         match self.vfs.fallocate(fh.0, offset, length, mode) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("fallocate", e)),
@@ -530,6 +561,7 @@ impl Filesystem for StratusFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        let _op = op_span!(req, "create", parent, None::<u64>);
         match self.vfs.create(
             ino(parent),
             name,

@@ -272,3 +272,30 @@ fn default_state_dir_resumes_the_same_pair() {
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// Each FUSE request logs inside a span naming the op, the request id, the inode and the
+/// handle, so a user reading a debug log can tell which lines belong to which request.
+#[test]
+fn debug_log_lines_carry_the_request_span() {
+    let env = Env::new(Backend::Local);
+    fs::write(env.root.join("big"), vec![7u8; 3 << 20]).unwrap();
+    let m = env.mount();
+    assert!(fs::metadata(m.path("no-such-file")).is_err());
+    let failed = m.log_lines_with("op failed");
+    assert!(
+        failed
+            .lines()
+            .any(|l| l.contains("lookup{req=") && l.contains(" ino=1}")),
+        "no lookup span on the failed lookup's line:\n{failed}"
+    );
+    // The first read of a file never fetched here fetches its blocks inside the read's span,
+    // which names the handle.
+    assert_eq!(fs::read(m.path("big")).unwrap().len(), 3 << 20);
+    let fetches = m.log_lines_with("fetching blocks");
+    assert!(
+        fetches
+            .lines()
+            .any(|l| l.contains("read{req=") && l.contains(" fh=")),
+        "no read span with a handle on the fetch lines:\n{fetches}"
+    );
+}
