@@ -213,6 +213,7 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
         poll_interval: cfg.poll_interval,
         policy: cfg.policy,
         writer: writer_label(&cfg.mountpoint),
+        user_quiet: crate::sync::USER_QUIET,
     };
     let populated = store.read(|db| db.meta_get("populated"))?.is_some();
     let check =

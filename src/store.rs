@@ -149,6 +149,9 @@ pub struct Job {
     pub attempts: i64,
     pub state: JobState,
     pub last_error: Option<String>,
+    /// Content hashes this job has sent to the remote (a sync of a file), oldest first: a
+    /// version at the key with one of them is ours, whether or not we heard the answer.
+    pub tried: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -744,11 +747,18 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
             _ => JobState::Queued,
         },
         last_error: r.get(6)?,
+        tried: r
+            .get::<_, Option<String>>(8)?
+            .map(|t| t.lines().map(str::to_string).collect())
+            .unwrap_or_default(),
     })
 }
 
 const JOB_COLS: &str =
-    "seq, entry_id, delete_key, delete_dir, attempts, state, last_error, delete_etag";
+    "seq, entry_id, delete_key, delete_dir, attempts, state, last_error, delete_etag, tried";
+
+/// How many hashes a job remembers having sent (`Job::tried`).
+const TRIED_KEPT: usize = 8;
 
 impl Db<'_> {
     pub fn meta_get(&self, key: &str) -> StoreResult<Option<String>> {
@@ -1500,6 +1510,31 @@ impl Db<'_> {
         self.conn.execute(
             "UPDATE journal SET state = 'parked', attempts = attempts + 1, last_error = ?2 WHERE seq = ?1",
             params![seq, error],
+        )?;
+        Ok(())
+    }
+
+    /// Records, before it goes out, that the job sends content with hash `sha256`.
+    pub fn note_tried(&self, seq: i64, sha256: &str) -> StoreResult<()> {
+        let cur: Option<String> = self
+            .conn
+            .query_row("SELECT tried FROM journal WHERE seq = ?1", [seq], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .flatten();
+        let mut tried: Vec<&str> = cur
+            .as_deref()
+            .map(|t| t.lines().collect())
+            .unwrap_or_default();
+        if tried.last() == Some(&sha256) {
+            return Ok(());
+        }
+        tried.push(sha256);
+        let keep = &tried[tried.len().saturating_sub(TRIED_KEPT)..];
+        self.conn.execute(
+            "UPDATE journal SET tried = ?2 WHERE seq = ?1",
+            params![seq, keep.join("\n")],
         )?;
         Ok(())
     }

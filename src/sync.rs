@@ -9,7 +9,7 @@ mod uploader;
 use std::collections::HashMap;
 use std::time::Duration;
 
-pub use uploader::Uploader;
+pub use uploader::{Uploader, USER_QUIET};
 
 use crate::remote::{ObjectInfo, ObjectKind};
 use crate::store::{now_ns, EntryId, Kind, NewEntry, Store, StoreResult, Synced};
@@ -25,6 +25,9 @@ pub struct SyncConfig {
     /// Who we are in the `stratus_writer` metadata of what we upload (`host:mountpoint`), so
     /// that a conflict can say which mount wrote each version.
     pub writer: String,
+    /// Quiet the user must leave before the next job runs (`USER_QUIET`); the in-process
+    /// model test, which has no competing FUSE threads, sets zero.
+    pub user_quiet: Duration,
 }
 
 /// What happens when both sides changed a file differently. Every policy keeps the other

@@ -469,6 +469,13 @@ impl Vfs {
         };
         let unlinked = e.parent.is_none() && e.id != EntryId::ROOT;
         let becomes_local = truncate_to.is_some();
+        // A shrink commits first and cuts the data file after (below). Its upload must not
+        // start in between: the uploader would send the old bytes as the new version and
+        // mark the entry clean. So the job is held over the cut and let go after it.
+        // (Found by the in-process model test: a truncate never reached the remote, and the
+        // next remote edit replaced it silently.)
+        let shrinking = truncate_to.is_some() && grown_from.is_none();
+        let queued_ready = if shrinking { None } else { ready };
         let committed = self.w(|db| {
             // Only what this call sets is written: the copy read above may be older than a
             // release that just wrote the file's size back. (Regression: a chmod racing the
@@ -500,7 +507,7 @@ impl Vfs {
                 db.set_local(e.id, true)?;
             }
             if flags != 0 && !unlinked && e.id != EntryId::ROOT {
-                db.enqueue_sync(e.id, flags, ready)?;
+                db.enqueue_sync(e.id, flags, queued_ready)?;
             }
             Ok(cur)
         });
@@ -535,6 +542,13 @@ impl Vfs {
         }
         if let (Some(size), None) = (truncate_to, grown_from) {
             self.cache.set_len(e.id, size)?;
+            // Let the upload go, unless an armed writer holds it anyway. Should this fail,
+            // the job stays held until the next mount releases held jobs at `recover`.
+            if ready.is_some() && flags != 0 && !unlinked && e.id != EntryId::ROOT {
+                if let Err(err) = self.w(|db| Ok(db.set_ready(e.id, ready)?)) {
+                    tracing::warn!(id = e.id.0, error = %err, "truncated file's upload stays held until the next mount");
+                }
+            }
         }
         // Taken before the lock goes: see `fresh_attr`.
         let a = self.attr_of(&e, live.get(&e.id));

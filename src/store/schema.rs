@@ -107,6 +107,11 @@ const MIGRATIONS: &[&str] = &[
      UPDATE entries SET conflict_of = NULL WHERE conflict_of IS NOT NULL;
      UPDATE conflicts SET resolved_ms = CAST(strftime('%s', 'now') AS INTEGER) * 1000,
         resolution = 'both (upgrade)' WHERE resolved_ms IS NULL;",
+    // 8: the content hashes a sync job has sent to the remote since its entry's base (newest
+    // last, at most 8). An upload whose answer was lost (the daemon stopped or was killed
+    // while it was in flight, the connection dropped) still lands; the next attempt meets it
+    // as someone else's version. One of ours is taken as the base instead of a conflict.
+    "ALTER TABLE journal ADD COLUMN tried TEXT;",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

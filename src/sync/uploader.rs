@@ -53,8 +53,9 @@ const WAKE_SLACK: Duration = Duration::from_millis(50);
 /// close, for the user (parked) or for a conflict to be settled.
 const DEFER_WHILE_STUCK: Duration = Duration::from_secs(1);
 
-/// The uploader waits for this much quiet from the user before its next job ...
-const USER_QUIET: Duration = Duration::from_millis(20);
+/// The uploader waits for this much quiet from the user before its next job (the default of
+/// `SyncConfig::user_quiet`) ...
+pub const USER_QUIET: Duration = Duration::from_millis(20);
 /// ... but not longer than this in one go, and then runs jobs for at least this long.
 const YIELD_AT_MOST: Duration = Duration::from_secs(2);
 const RUN_AT_LEAST: Duration = Duration::from_secs(1);
@@ -256,8 +257,9 @@ impl Uploader {
     /// waiting loses nothing; after `YIELD_AT_MOST` of a burst, jobs run for `RUN_AT_LEAST`
     /// regardless, so a busy mount still uploads.
     fn yield_to_user(&self, since: &mut Option<tokio::time::Instant>) -> Option<Duration> {
+        let quiet = self.cfg.user_quiet;
         let quiet_for = now_ms() - self.store.user_active_ms();
-        if quiet_for >= USER_QUIET.as_millis() as i64 {
+        if quiet_for >= quiet.as_millis() as i64 {
             *since = None;
             return None;
         }
@@ -268,7 +270,7 @@ impl Uploader {
         } else if yielded >= YIELD_AT_MOST {
             return None;
         }
-        Some(USER_QUIET - Duration::from_millis(quiet_for.max(0) as u64))
+        Some(quiet.saturating_sub(Duration::from_millis(quiet_for.max(0) as u64)))
     }
 
     async fn run_job(&self, job: &Job) -> Result<Outcome, SyncError> {
@@ -514,7 +516,7 @@ impl Uploader {
                 {
                     Ok(w) => Ok((w, e.synced.hash.clone())),
                     Err(err @ (RemoteError::Conflict(_) | RemoteError::NotFound(_))) => {
-                        match self.copy_refused(&e, &from, &key, &cond, err).await {
+                        match self.copy_refused(job, &e, &from, &key, &cond, err).await {
                             Ok((w, hash, taken)) => {
                                 // The move took the old key's newer version: that version,
                                 // not ours, is what the old key may be deleted over.
@@ -541,12 +543,12 @@ impl Uploader {
                     Ok(Some(w)) => Ok((w, e.synced.hash.clone())),
                     Ok(None) => {
                         self.fetch(&e).await?;
-                        self.upload(&e, &key, &cond).await
+                        self.upload(job, &e, &key, &cond).await
                     }
                     Err(err) => Err(err),
                 }
             }
-            Kind::File => self.upload(&e, &key, &cond).await,
+            Kind::File => self.upload(job, &e, &key, &cond).await,
         };
         let (written, hash) = match written {
             Ok(w) => w,
@@ -674,9 +676,19 @@ impl Uploader {
             }
             _ => false,
         };
+        // A version this job sent earlier whose answer was lost (the daemon stopped or the
+        // connection dropped while it was in flight): ours, not a conflict, even if the file
+        // changed since. (Found by the in-process model test: an upload of a file just
+        // emptied by O_TRUNC landed as the daemon stopped, and after the restart the file's
+        // written content met it as another writer's version: a conflict with ourselves.)
+        let ours = r
+            .meta
+            .sha256
+            .as_ref()
+            .is_some_and(|h| job.tried.contains(h));
         self.store
             .write(|db| db.set_job_state(job.seq, JobState::Queued))?;
-        if same {
+        if same || ours {
             // Most likely our own write whose answer was lost. If the entry was moving, its
             // old key still has to go before the base moves to the new one. (Regression:
             // the old key was forgotten and stayed on the remote.)
@@ -760,6 +772,7 @@ impl Uploader {
     /// key no longer holds ours.
     async fn copy_refused(
         &self,
+        job: &Job,
         e: &Entry,
         from: &str,
         key: &str,
@@ -794,7 +807,10 @@ impl Uploader {
         // data here (conditioned like the copy); an edit stays at the old key (our delete of
         // it is refused in turn) and comes back with the next poll.
         if e.local {
-            return self.upload(e, key, cond).await.map(|(w, h)| (w, h, None));
+            return self
+                .upload(job, e, key, cond)
+                .await
+                .map(|(w, h)| (w, h, None));
         }
         if source_gone {
             return Err(refused);
@@ -842,6 +858,7 @@ impl Uploader {
 
     async fn upload(
         &self,
+        job: &Job,
         e: &Entry,
         key: &str,
         cond: &Cond,
@@ -857,6 +874,11 @@ impl Uploader {
         .map_err(|e| RemoteError::Io(std::io::Error::other(e.to_string())))?
         .map_err(RemoteError::Io)?;
         tracing::debug!(key, size, ?cond, "uploading");
+        // Written down before it goes out: should the answer be lost, the next attempt
+        // knows the version it meets as its own (`write_conflict`).
+        self.store
+            .write(|db| db.note_tried(job.seq, &hash))
+            .map_err(|err| RemoteError::Io(std::io::Error::other(err.to_string())))?;
         let meta = self.meta_of(e, Some(hash.clone()));
         let w = self
             .remote

@@ -5,6 +5,7 @@ pub mod direct;
 pub mod fault_proxy;
 pub mod gate_proxy;
 pub mod gcs;
+pub mod inproc;
 pub mod moto;
 pub mod mount;
 pub mod proxy;

@@ -130,6 +130,16 @@ impl Env {
         Env::build(Backend::S3, Some(server), None)
     }
 
+    /// A local-folder remote and state dirs under `base` (the in-process tests put them on
+    /// tmpfs, where an fsync costs nothing).
+    pub fn local_in(base: &Path) -> Env {
+        let mut env = Env::build(Backend::Local, None, None);
+        env.tmp = tempfile::tempdir_in(base).expect("temp dir");
+        env.root = env.tmp.path().join("remote");
+        std::fs::create_dir(&env.root).unwrap();
+        env
+    }
+
     fn build(
         backend: Backend,
         own_moto: Option<Arc<Moto>>,

@@ -1,0 +1,328 @@
+//! The core of a mount in-process, without FUSE: store, block cache, VFS and uploader over a
+//! local-folder remote, wired as `daemon::run` wires them. Calls go straight to `Vfs`, the
+//! way `fuse.rs` makes them, so a test can run thousands of cases in seconds; the real-mount
+//! suites stay the proof on real servers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use stratus::cache::FileCache;
+use stratus::remote::{Remote, RemoteUrl};
+use stratus::store::{EntryId, Keep, Kind, Store};
+use stratus::sync::{ConflictPolicy, SyncConfig, Uploader};
+use stratus::vfs::{SetAttr, Vfs, VfsConfig, VfsError};
+
+/// Files by path, with their content.
+pub type Files = BTreeMap<String, Vec<u8>>;
+
+pub struct Core {
+    pub state: PathBuf,
+    remote_dir: PathBuf,
+    rt: tokio::runtime::Runtime,
+    pub vfs: Arc<Vfs>,
+    stop: tokio::sync::watch::Sender<bool>,
+    uploader: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn parts(path: &str) -> (Option<&str>, &str) {
+    match path.rsplit_once('/') {
+        Some((d, n)) => (Some(d), n),
+        None => (None, path),
+    }
+}
+
+impl Core {
+    /// Starts the core on `state` (new or left by an earlier `Core`) over the folder `remote`.
+    pub fn start(state: &Path, remote_dir: &Path) -> Core {
+        // `STRATUS_LOG=debug cargo test ...` shows the core's log on stderr.
+        if let Ok(filter) = std::env::var("STRATUS_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
+        std::fs::create_dir_all(state).unwrap();
+        let store = Arc::new(Store::open(&state.join("state.db")).unwrap());
+        let cache = FileCache::open(state).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let remote =
+            Arc::new(Remote::open(&RemoteUrl::Local(remote_dir.to_path_buf()), &[]).unwrap());
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let sync_cfg = SyncConfig {
+            default_uid: uid,
+            default_gid: gid,
+            // Polls only when asked (`drain`), as `--poll-interval 0` mounts do.
+            poll_interval: None,
+            policy: ConflictPolicy::Manual,
+            writer: "core-test".into(),
+            user_quiet: Duration::ZERO,
+        };
+        if store.read(|db| db.meta_get("populated")).unwrap().is_none() {
+            let objects = rt.block_on(remote.scan()).unwrap();
+            stratus::sync::populate(&store, &objects, &sync_cfg).unwrap();
+        }
+        let vfs = Arc::new(Vfs::new(
+            store.clone(),
+            cache.clone(),
+            remote.clone(),
+            rt.handle().clone(),
+            VfsConfig {
+                write_back: Duration::ZERO,
+                default_uid: uid,
+                default_gid: gid,
+                fetch_timeout: Duration::from_secs(30),
+                cache_budget: 64 << 20,
+                disk_reserve: 0,
+            },
+        ));
+        vfs.recover().unwrap();
+        vfs.start();
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let uploader =
+            rt.spawn(Uploader::new(store.clone(), cache, remote, sync_cfg, None).run(stop_rx));
+        Core {
+            state: state.to_path_buf(),
+            remote_dir: remote_dir.to_path_buf(),
+            rt,
+            vfs,
+            stop,
+            uploader: Some(uploader),
+        }
+    }
+
+    /// Stops the uploader (a job it was running stays queued) and lets go of the state dir,
+    /// as an unmount does; `start` on the same dirs is the next mount.
+    pub fn stop(mut self) -> (PathBuf, PathBuf) {
+        self.halt();
+        (self.state.clone(), self.remote_dir.clone())
+    }
+
+    fn halt(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(u) = self.uploader.take() {
+            let _ = self.rt.block_on(u);
+        }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        self.vfs.store()
+    }
+
+    /// The entry at `path` (`""` is the root), or the error a lookup gives.
+    pub fn resolve(&self, path: &str) -> Result<EntryId, VfsError> {
+        let mut id = EntryId::ROOT;
+        for name in path.split('/').filter(|n| !n.is_empty()) {
+            id = EntryId(self.vfs.lookup(id, OsStr::new(name))?.ino);
+        }
+        Ok(id)
+    }
+
+    fn parent_of(&self, path: &str) -> Result<(EntryId, String), VfsError> {
+        let (dir, name) = parts(path);
+        Ok((self.resolve(dir.unwrap_or(""))?, name.to_string()))
+    }
+
+    /// `mkdir -p`.
+    pub fn mkdirs(&self, path: &str) -> Result<(), VfsError> {
+        let mut id = EntryId::ROOT;
+        for name in path.split('/').filter(|n| !n.is_empty()) {
+            id = match self.vfs.lookup(id, OsStr::new(name)) {
+                Ok(a) => EntryId(a.ino),
+                Err(VfsError::NotFound) => {
+                    EntryId(self.vfs.mkdir(id, OsStr::new(name), 0o755, 0, 0)?.ino)
+                }
+                Err(e) => return Err(e),
+            };
+        }
+        Ok(())
+    }
+
+    /// Creates or replaces the file's content and fsyncs it, as `write` + `fsync` + `close`.
+    pub fn write_file(&self, path: &str, data: &[u8]) -> Result<(), VfsError> {
+        let (parent, name) = self.parent_of(path)?;
+        let fh = match self.vfs.lookup(parent, OsStr::new(&name)) {
+            Ok(a) => self.vfs.open(EntryId(a.ino), true, true)?.0,
+            Err(VfsError::NotFound) => {
+                let (uid, gid) = self.vfs.default_owner();
+                self.vfs
+                    .create(parent, OsStr::new(&name), 0o644, uid, gid)?
+                    .1
+            }
+            Err(e) => return Err(e),
+        };
+        let r = (|| {
+            let mut off = 0;
+            while off < data.len() {
+                off += self.vfs.write(fh, off as u64, &data[off..])? as usize;
+            }
+            self.vfs.fsync(fh, false)
+        })();
+        self.vfs.release(fh)?;
+        r
+    }
+
+    pub fn truncate(&self, path: &str, len: u64) -> Result<(), VfsError> {
+        let id = self.resolve(path)?;
+        let fh = self.vfs.open(id, true, false)?.0;
+        let r = self
+            .vfs
+            .setattr(
+                id,
+                &SetAttr {
+                    size: Some(len),
+                    ..Default::default()
+                },
+            )
+            .and_then(|_| self.vfs.fsync(fh, false));
+        self.vfs.release(fh)?;
+        r
+    }
+
+    pub fn read_file(&self, path: &str) -> Result<Vec<u8>, VfsError> {
+        let id = self.resolve(path)?;
+        let fh = self.vfs.open(id, false, false)?.0;
+        let mut out = Vec::new();
+        let r = loop {
+            match self.vfs.read(fh, out.len() as u64, 1 << 20) {
+                Ok(b) if b.is_empty() => break Ok(()),
+                Ok(b) => out.extend_from_slice(&b),
+                Err(e) => break Err(e),
+            }
+        };
+        self.vfs.release(fh)?;
+        r.map(|_| out)
+    }
+
+    pub fn rename(&self, from: &str, to: &str) -> Result<(), VfsError> {
+        let (p, n) = self.parent_of(from)?;
+        let (np, nn) = self.parent_of(to)?;
+        self.vfs
+            .rename(p, OsStr::new(&n), np, OsStr::new(&nn), false)
+    }
+
+    pub fn unlink(&self, path: &str) -> Result<(), VfsError> {
+        let (p, n) = self.parent_of(path)?;
+        self.vfs.unlink(p, OsStr::new(&n))
+    }
+
+    pub fn rmdir(&self, path: &str) -> Result<(), VfsError> {
+        let (p, n) = self.parent_of(path)?;
+        self.vfs.rmdir(p, OsStr::new(&n))
+    }
+
+    pub fn mkdir(&self, path: &str) -> Result<(), VfsError> {
+        let (p, n) = self.parent_of(path)?;
+        self.vfs.mkdir(p, OsStr::new(&n), 0o755, 0, 0).map(|_| ())
+    }
+
+    /// Every file (path → content) and directory the core serves, walked through the VFS.
+    pub fn tree(&self) -> Result<(Files, BTreeSet<String>), VfsError> {
+        let mut files = Files::new();
+        let mut dirs = BTreeSet::new();
+        let mut todo = vec![(EntryId::ROOT, String::new())];
+        while let Some((id, path)) = todo.pop() {
+            let fh = self.vfs.opendir(id)?;
+            let listing = self.vfs.readdir(fh, id, 0);
+            self.vfs.releasedir(fh)?;
+            for e in listing?.iter() {
+                if e.name == b"." || e.name == b".." {
+                    continue;
+                }
+                let name = String::from_utf8_lossy(&e.name).into_owned();
+                let p = if path.is_empty() {
+                    name
+                } else {
+                    format!("{path}/{name}")
+                };
+                match e.kind {
+                    Kind::Dir => {
+                        dirs.insert(p.clone());
+                        todo.push((EntryId(e.ino), p));
+                    }
+                    Kind::File => {
+                        files.insert(p.clone(), self.read_file(&p)?);
+                    }
+                    Kind::Symlink => {}
+                }
+            }
+        }
+        Ok((files, dirs))
+    }
+
+    /// Turns offline mode on or off, as `stratus offline` does.
+    pub fn offline(&self, on: bool) {
+        stratus::control::Control::new(self.vfs.clone(), "core-test".into())
+            .setxattr(
+                EntryId::ROOT,
+                stratus::control::OFFLINE.as_bytes(),
+                if on { b"1" } else { b"0" },
+            )
+            .unwrap();
+    }
+
+    /// Asks for a sync and waits until every job that can run has run and one poll that
+    /// started after the call has finished (what `stratus sync --wait` waits for), twice:
+    /// a poll can queue work (a conflict copy to upload).
+    pub fn drain(&self) -> Result<(), String> {
+        let control = stratus::control::Control::new(self.vfs.clone(), "core-test".into());
+        for _ in 0..2 {
+            let before = self.polls();
+            control
+                .setxattr(EntryId::ROOT, stratus::control::SYNC.as_bytes(), b"1")
+                .map_err(|e| e.to_string())?;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let q = self
+                    .store()
+                    .read(|db| db.queue_stats())
+                    .map_err(|e| e.to_string())?;
+                if q.entries == q.parked && self.polls() > before {
+                    if q.parked > 0 {
+                        return Err(format!("{} jobs parked: {:?}", q.parked, q.last_error));
+                    }
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("queue did not drain: {q:?}"));
+                }
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+        Ok(())
+    }
+
+    fn polls(&self) -> u64 {
+        self.store()
+            .health
+            .polls
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Keeps both versions of every open conflict (`stratus resolve --keep both`).
+    pub fn keep_all(&self) -> Result<(), VfsError> {
+        let open: Vec<_> = self
+            .store()
+            .read(|db| db.conflicts())?
+            .into_iter()
+            .filter(|c| c.resolved_ms.is_none())
+            .collect();
+        for c in open {
+            self.vfs.resolve(EntryId(c.copy_id), Keep::Both)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
