@@ -225,6 +225,16 @@ impl Core {
 
     /// Every file (path → content) and directory the core serves, walked through the VFS.
     pub fn tree(&self) -> Result<(Files, BTreeSet<String>), VfsError> {
+        self.walk(false)
+    }
+
+    /// `tree` without the files that cannot be read now because their data is not cached
+    /// here and the remote cannot be reached (offline): what a user offline can open.
+    pub fn cached_tree(&self) -> Result<(Files, BTreeSet<String>), VfsError> {
+        self.walk(true)
+    }
+
+    fn walk(&self, cached_only: bool) -> Result<(Files, BTreeSet<String>), VfsError> {
         let mut files = Files::new();
         let mut dirs = BTreeSet::new();
         let mut todo = vec![(EntryId::ROOT, String::new())];
@@ -247,9 +257,13 @@ impl Core {
                         dirs.insert(p.clone());
                         todo.push((EntryId(e.ino), p));
                     }
-                    Kind::File => {
-                        files.insert(p.clone(), self.read_file(&p)?);
-                    }
+                    Kind::File => match self.read_file(&p) {
+                        Ok(data) => {
+                            files.insert(p, data);
+                        }
+                        Err(VfsError::Remote(e)) if cached_only && e.is_transient() => {}
+                        Err(e) => return Err(e),
+                    },
                     Kind::Symlink => {}
                 }
             }
