@@ -187,7 +187,10 @@ impl Core {
     }
 
     pub fn read_file(&self, path: &str) -> Result<Vec<u8>, VfsError> {
-        let id = self.resolve(path)?;
+        self.read_entry(self.resolve(path)?)
+    }
+
+    fn read_entry(&self, id: EntryId) -> Result<Vec<u8>, VfsError> {
         let fh = self.vfs.open(id, false, false)?.0;
         let mut out = Vec::new();
         let r = loop {
@@ -257,7 +260,9 @@ impl Core {
                         dirs.insert(p.clone());
                         todo.push((EntryId(e.ino), p));
                     }
-                    Kind::File => match self.read_file(&p) {
+                    // By the listed entry, not its path: the uploader runs meanwhile, and a
+                    // conflict may have put another entry at the path since the listing.
+                    Kind::File => match self.read_entry(EntryId(e.ino)) {
                         Ok(data) => {
                             files.insert(p, data);
                         }
