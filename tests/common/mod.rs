@@ -8,3 +8,4 @@ pub mod gcs;
 pub mod moto;
 pub mod mount;
 pub mod proxy;
+pub mod raw;
