@@ -2,6 +2,7 @@
 //! (`s3/requests.rs`) for listings, `dir/` markers and every write the server must condition.
 
 mod requests;
+mod wire;
 
 use std::sync::Arc;
 
