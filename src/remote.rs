@@ -8,6 +8,7 @@ mod error;
 mod gcs;
 mod http;
 mod local;
+mod memory;
 mod s3;
 mod xml;
 
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 pub use backend::{Backend, ByteStream};
 pub use error::{RemoteError, RemoteResult};
 pub use local::{hash_file, LocalRemote};
+pub use memory::Memory;
 
 pub use crate::types::VersionMark;
 
@@ -456,6 +458,12 @@ impl Remote {
     /// A remote over any backend (tests plug in their own).
     pub fn new(backend: Box<dyn Backend>) -> Remote {
         Remote { backend }
+    }
+
+    /// An empty in-memory remote with a server's semantics (see `Memory`), for running the
+    /// core in-process; `Remote::new(Box::new(memory.clone()))` keeps a handle to edit it.
+    pub fn memory() -> Remote {
+        Remote::new(Box::new(Memory::new()))
     }
 
     /// Whether an empty directory can be stored on the remote. Where it cannot, a directory
