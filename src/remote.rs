@@ -1,19 +1,24 @@
-//! The remote: one small interface over a local folder or an object store, speaking in keys
-//! relative to the mount's root.
+//! The remote: one interface (`Backend`) over a local folder or a cloud, speaking in keys
+//! relative to the mount's root, and the vocabulary every backend shares.
 
-pub mod azure_raw;
+mod azure;
+mod backend;
+mod bucket;
 mod error;
-pub mod gcs_raw;
+mod gcs;
+mod http;
 mod local;
-mod object;
-pub mod s3_raw;
+mod memory;
+mod s3;
+mod xml;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use backend::{Backend, ByteStream};
 pub use error::{RemoteError, RemoteResult};
 pub use local::{hash_file, LocalRemote};
-pub use object::ObjectRemote;
+pub use memory::Memory;
 
 pub use crate::types::VersionMark;
 
@@ -253,14 +258,6 @@ pub struct Written {
     pub version: Option<String>,
 }
 
-/// A response header as text, for the raw request modules.
-fn header(r: &reqwest::Response, name: &str) -> Option<String> {
-    r.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-}
-
 /// User metadata as the headers of a raw request: each key under the cloud's `prefix`
 /// (`x-ms-meta-`, `x-goog-meta-`).
 fn prefixed_meta(prefix: &str, meta: &[(String, String)]) -> Vec<(String, String)> {
@@ -433,99 +430,92 @@ fn implied_dir(key: &str) -> ObjectInfo {
     }
 }
 
-/// The remote a mount talks to. An enum, not a trait object: there are two shapes and the
-/// sync engine needs both to behave identically.
-pub enum Remote {
-    Local(LocalRemote),
-    Object(ObjectRemote),
-}
-
-macro_rules! dispatch {
-    ($self:ident, $r:ident => $e:expr) => {
-        match $self {
-            Remote::Local($r) => $e,
-            Remote::Object($r) => $e,
-        }
-    };
+/// The remote a mount talks to: one backend, plus what is the same for every backend (name
+/// checks, listing normalization). vfs, sync and the daemon see only this type.
+pub struct Remote {
+    backend: Box<dyn Backend>,
 }
 
 impl Remote {
     /// Builds the client for `url`; `options` are extra object_store settings from `-o`.
     pub fn open(url: &RemoteUrl, options: &[(String, String)]) -> Result<Remote, String> {
-        match url {
+        let backend: Box<dyn Backend> = match url {
             RemoteUrl::Local(p) => {
                 if !options.is_empty() {
                     return Err("-o options apply to cloud remotes only".into());
                 }
-                Ok(Remote::Local(LocalRemote::new(p.clone())))
+                Box::new(LocalRemote::new(p.clone()))
             }
-            _ => Ok(Remote::Object(ObjectRemote::open(url, options)?)),
-        }
+            RemoteUrl::S3 { bucket, prefix } => Box::new(s3::S3::open(bucket, prefix, options)?),
+            RemoteUrl::Azure { container, prefix } => {
+                Box::new(azure::Azure::open(container, prefix, options)?)
+            }
+            RemoteUrl::Gcs { bucket, prefix } => Box::new(gcs::Gcs::open(bucket, prefix, options)?),
+        };
+        Ok(Remote::new(backend))
+    }
+
+    /// A remote over any backend (tests plug in their own).
+    pub fn new(backend: Box<dyn Backend>) -> Remote {
+        Remote { backend }
+    }
+
+    /// An empty in-memory remote with a server's semantics (see `Memory`), for running the
+    /// core in-process; `Remote::new(Box::new(memory.clone()))` keeps a handle to edit it.
+    pub fn memory() -> Remote {
+        Remote::new(Box::new(Memory::new()))
     }
 
     /// Whether an empty directory can be stored on the remote. Where it cannot, a directory
     /// missing from the remote may simply be empty, so the poller keeps it. Every backend
     /// stores them today (GCS since its `dir/` markers).
     pub fn has_dir_markers(&self) -> bool {
-        match self {
-            Remote::Local(_) => true,
-            Remote::Object(o) => o.has_dir_markers(),
-        }
+        self.backend.has_dir_markers()
     }
 
     /// Longest key (relative path) the backend accepts.
     pub fn max_key_len(&self) -> usize {
-        dispatch!(self, r => r.max_key_len())
+        self.backend.max_key_len()
     }
 
     /// Whether the backend can store a file of this name; `Err` says why not.
     pub fn check_name(&self, name: &[u8]) -> Result<(), String> {
         check_component(name)?;
         let s = std::str::from_utf8(name).map_err(|_| "name is not valid UTF-8".to_string())?;
-        dispatch!(self, r => r.check_name(s))
+        self.backend.check_name(s)
     }
 
     /// Cheap request that proves the remote answers and accepts our credentials.
     pub async fn check(&self) -> RemoteResult<()> {
-        dispatch!(self, r => r.check().await)
+        self.backend.check().await
     }
 
     /// Checks once whether the server refuses what it must refuse (see `Preconditions`);
     /// `None` for a local folder, where mounts serialize through `.stratus-lock` instead.
     pub async fn probe_preconditions(&self) -> Option<RemoteResult<Preconditions>> {
-        match self {
-            Remote::Local(_) => None,
-            Remote::Object(o) => Some(o.probe_preconditions().await),
-        }
+        Some(self.backend.probe_preconditions()?.await)
     }
 
     /// Tells the remote that the server ignores preconditions: every conditional write then
     /// compares with a HEAD just before it goes out (best effort, see docs/semantics.md).
     pub fn set_preconditions_ignored(&self, ignored: bool) {
-        if let Remote::Object(o) = self {
-            o.set_preconditions_ignored(ignored);
-        }
+        self.backend.set_preconditions_ignored(ignored)
     }
 
     /// The whole tree with metadata, normalized.
     pub async fn scan(&self) -> RemoteResult<Vec<ObjectInfo>> {
-        let rows = dispatch!(self, r => r.scan().await)?;
-        Ok(normalize_listing(rows))
+        Ok(normalize_listing(self.backend.scan().await?))
     }
 
     /// The tree without per-object metadata (a listing, no HEADs), normalized: what the poller
     /// compares against the last synced versions.
     pub async fn list(&self) -> RemoteResult<Vec<ObjectInfo>> {
-        let rows = match self {
-            Remote::Local(r) => r.scan().await?,
-            Remote::Object(r) => r.list().await?,
-        };
-        Ok(normalize_listing(rows))
+        Ok(normalize_listing(self.backend.list().await?))
     }
 
     /// One object (or directory marker) with its metadata, `None` when absent.
     pub async fn head(&self, key: &str, dir: bool) -> RemoteResult<Option<ObjectInfo>> {
-        dispatch!(self, r => r.head(key, dir).await)
+        self.backend.head(key, dir).await
     }
 
     /// Bytes `range` of the object, only if it is still the version with ETag `if_match`
@@ -536,7 +526,7 @@ impl Remote {
         range: std::ops::Range<u64>,
         if_match: Option<&str>,
     ) -> RemoteResult<bytes::Bytes> {
-        dispatch!(self, r => r.get_range(key, range, if_match).await)
+        self.backend.get_range(key, range, if_match).await
     }
 
     /// The whole object as a stream of chunks, pinned to `if_match`: one long GET for a reader
@@ -546,16 +536,13 @@ impl Remote {
         &self,
         key: &str,
         if_match: Option<&str>,
-    ) -> Option<RemoteResult<futures::stream::BoxStream<'static, RemoteResult<bytes::Bytes>>>> {
-        match self {
-            Remote::Local(_) => None,
-            Remote::Object(r) => Some(r.get_stream(key, if_match).await),
-        }
+    ) -> Option<RemoteResult<ByteStream>> {
+        Some(self.backend.get_stream(key, if_match)?.await)
     }
 
     /// Downloads the whole object to `dest`, returning its size.
     pub async fn download(&self, key: &str, dest: &Path) -> RemoteResult<u64> {
-        dispatch!(self, r => r.download(key, dest).await)
+        self.backend.download(key, dest).await
     }
 
     /// Uploads a file's content with metadata; `meta.sha256` must already be set.
@@ -567,19 +554,21 @@ impl Remote {
         meta: &Meta,
         cond: &Cond,
     ) -> RemoteResult<Written> {
-        dispatch!(self, r => r.upload_file(key, src, size, meta, cond).await)
+        self.backend.upload_file(key, src, size, meta, cond).await
     }
 
     pub async fn put_symlink(&self, key: &str, meta: &Meta, cond: &Cond) -> RemoteResult<Written> {
-        dispatch!(self, r => r.put_symlink(key, meta, cond).await)
+        self.backend.put_symlink(key, meta, cond).await
     }
 
     pub async fn put_dir(&self, key: &str, meta: &Meta) -> RemoteResult<Written> {
-        dispatch!(self, r => r.put_dir(key, meta).await)
+        self.backend.put_dir(key, meta).await
     }
 
-    /// Replaces an object's metadata in place (see `ObjectRemote::update_meta`); `None` where
-    /// the backend cannot, and the whole object must be written again.
+    /// Replaces an object's metadata in place where the server can (S3: CopyObject onto
+    /// itself; Azure: Set Blob Metadata; GCS: a copy onto itself, each conditioned on the
+    /// version `cond` names); `None` where the backend cannot, and the whole object must be
+    /// written again (a local folder's copy is a local read: no need for a shortcut).
     pub async fn update_meta(
         &self,
         key: &str,
@@ -587,11 +576,7 @@ impl Remote {
         cond: &Cond,
         size: u64,
     ) -> RemoteResult<Option<Written>> {
-        match self {
-            // A local folder's copy is a local read: no need for a shortcut.
-            Remote::Local(_) => Ok(None),
-            Remote::Object(o) => o.update_meta(key, meta, cond, size).await,
-        }
+        self.backend.update_meta(key, meta, cond, size).await
     }
 
     /// Server-side copy of a file or symlink object, metadata included: only while `from`
@@ -604,16 +589,13 @@ impl Remote {
         source: Option<&str>,
         cond: &Cond,
     ) -> RemoteResult<Written> {
-        match self {
-            Remote::Local(r) => r.copy(from, to, source, cond).await,
-            Remote::Object(r) => r.copy(from, to, source, cond).await,
-        }
+        self.backend.copy(from, to, source, cond).await
     }
 
     /// Deletes an object (or a directory marker); a missing key is success. With `expect`,
     /// only that version goes: another one answers `Conflict`.
     pub async fn delete(&self, key: &str, dir: bool, expect: Option<&str>) -> RemoteResult<()> {
-        dispatch!(self, r => r.delete(key, dir, expect).await)
+        self.backend.delete(key, dir, expect).await
     }
 }
 

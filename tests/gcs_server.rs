@@ -111,7 +111,7 @@ async fn missing_buckets_are_not_found() {
 }
 
 /// The preconditions stratus sends itself because object_store's API cannot (see
-/// src/remote/gcs_raw.rs): a copy pinned to its source's ETag and to the destination's
+/// src/remote/gcs/requests.rs): a copy pinned to its source's ETag and to the destination's
 /// generation, a delete pinned to a generation, a multipart completion pinned to a generation,
 /// and a metadata rewrite by a copy onto itself. Each refused case must leave the object as it
 /// was.

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
+use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
 
 use super::{Cond, ConflictMark, Meta, ObjectInfo, ObjectKind, RemoteError, RemoteResult, Written};
@@ -428,6 +429,88 @@ impl LocalRemote {
             }
         })
         .await
+    }
+}
+
+impl super::Backend for LocalRemote {
+    fn max_key_len(&self) -> usize {
+        LocalRemote::max_key_len(self)
+    }
+
+    fn check_name(&self, name: &str) -> Result<(), String> {
+        LocalRemote::check_name(self, name)
+    }
+
+    fn check(&self) -> BoxFuture<'_, RemoteResult<()>> {
+        Box::pin(LocalRemote::check(self))
+    }
+
+    fn scan(&self) -> BoxFuture<'_, RemoteResult<Vec<ObjectInfo>>> {
+        Box::pin(LocalRemote::scan(self))
+    }
+
+    fn head<'a>(
+        &'a self,
+        key: &'a str,
+        dir: bool,
+    ) -> BoxFuture<'a, RemoteResult<Option<ObjectInfo>>> {
+        Box::pin(LocalRemote::head(self, key, dir))
+    }
+
+    fn get_range<'a>(
+        &'a self,
+        key: &'a str,
+        range: std::ops::Range<u64>,
+        if_match: Option<&'a str>,
+    ) -> BoxFuture<'a, RemoteResult<bytes::Bytes>> {
+        Box::pin(LocalRemote::get_range(self, key, range, if_match))
+    }
+
+    fn download<'a>(&'a self, key: &'a str, dest: &'a Path) -> BoxFuture<'a, RemoteResult<u64>> {
+        Box::pin(LocalRemote::download(self, key, dest))
+    }
+
+    fn upload_file<'a>(
+        &'a self,
+        key: &'a str,
+        src: &'a Path,
+        size: u64,
+        meta: &'a Meta,
+        cond: &'a Cond,
+    ) -> BoxFuture<'a, RemoteResult<Written>> {
+        Box::pin(LocalRemote::upload_file(self, key, src, size, meta, cond))
+    }
+
+    fn put_symlink<'a>(
+        &'a self,
+        key: &'a str,
+        meta: &'a Meta,
+        cond: &'a Cond,
+    ) -> BoxFuture<'a, RemoteResult<Written>> {
+        Box::pin(LocalRemote::put_symlink(self, key, meta, cond))
+    }
+
+    fn put_dir<'a>(&'a self, key: &'a str, meta: &'a Meta) -> BoxFuture<'a, RemoteResult<Written>> {
+        Box::pin(LocalRemote::put_dir(self, key, meta))
+    }
+
+    fn copy<'a>(
+        &'a self,
+        from: &'a str,
+        to: &'a str,
+        source: Option<&'a str>,
+        cond: &'a Cond,
+    ) -> BoxFuture<'a, RemoteResult<Written>> {
+        Box::pin(LocalRemote::copy(self, from, to, source, cond))
+    }
+
+    fn delete<'a>(
+        &'a self,
+        key: &'a str,
+        dir: bool,
+        expect: Option<&'a str>,
+    ) -> BoxFuture<'a, RemoteResult<()>> {
+        Box::pin(LocalRemote::delete(self, key, dir, expect))
     }
 }
 

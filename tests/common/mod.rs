@@ -9,3 +9,4 @@ pub mod inproc;
 pub mod moto;
 pub mod mount;
 pub mod proxy;
+pub mod raw;

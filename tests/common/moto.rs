@@ -1,7 +1,6 @@
 //! A private moto S3 server per test, so tests never share buckets or state.
 //!
-//! Self-contained on purpose (std and tempfile only): src/remote/s3_raw.rs includes this file
-//! into its unit tests with `#[path]`.
+//! Self-contained (std and tempfile only), so any test binary can start one.
 
 use std::fs::File;
 use std::io::{Read, Write};

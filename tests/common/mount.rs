@@ -16,7 +16,6 @@ use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorage, GoogleCloudStorageBuilder};
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use stratus::remote::s3_raw::S3Raw;
 use stratus::remote::Meta;
 
 use super::azurite::Azurite;
@@ -315,15 +314,12 @@ impl Env {
             .unwrap()
     }
 
-    fn raw(&self) -> S3Raw {
-        let s3 = self.s3();
-        S3Raw::new(
-            Some(self.moto.as_ref().unwrap().endpoint.clone()),
-            self.bucket.clone(),
-            "us-east-1".into(),
-            false,
-            s3.credentials().clone(),
-        )
+    /// Plain signed requests to the test's bucket, for keys object_store cannot address.
+    fn raw(&self) -> super::raw::S3 {
+        super::raw::S3 {
+            endpoint: self.moto.as_ref().expect("S3 backend").endpoint.clone(),
+            bucket: self.bucket.clone(),
+        }
     }
 
     fn rt() -> tokio::runtime::Runtime {
@@ -347,12 +343,10 @@ impl Env {
                 let s3 = self.s3();
                 rt.block_on(async {
                     let mut out = BTreeMap::new();
-                    for o in raw.list(self.prefix()).await.unwrap() {
+                    for o in raw.list(self.prefix()).await {
                         let rel = o.key[self.prefix().len()..].to_string();
-                        let head = raw.head(&o.key).await.unwrap().unwrap();
-                        let meta = Meta::from_pairs(
-                            head.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-                        );
+                        let meta =
+                            Meta::from_pairs(o.meta.iter().map(|(k, v)| (k.as_str(), v.as_str())));
                         if let Some(d) = rel.strip_suffix('/') {
                             out.insert(
                                 d.to_string(),
@@ -390,20 +384,22 @@ impl Env {
             Backend::Azure => {
                 let az = self.azure();
                 // object_store's listing fails whole on a name its Path rejects (`a//b`).
-                let lister = stratus::remote::azure_raw::AzureList::new(
-                    reqwest::Client::new(),
-                    format!(
-                        "{}/{}/{}",
-                        self.azurite.as_ref().unwrap().endpoint,
-                        super::azurite::ACCOUNT,
-                        self.bucket
-                    ),
-                    super::azurite::ACCOUNT.into(),
-                    az.credentials().clone(),
+                let container_url = format!(
+                    "{}/{}/{}",
+                    self.azurite.as_ref().unwrap().endpoint,
+                    super::azurite::ACCOUNT,
+                    self.bucket
                 );
                 Env::rt().block_on(async {
                     let mut out = BTreeMap::new();
-                    for b in lister.list(self.prefix()).await.unwrap() {
+                    let blobs = super::raw::azure_list(
+                        &container_url,
+                        super::azurite::ACCOUNT,
+                        super::azurite::KEY,
+                        self.prefix(),
+                    )
+                    .await;
+                    for b in blobs {
                         let rel = b.name[self.prefix().len()..].to_string();
                         let parsed = ObjPath::parse(&b.name)
                             .ok()
@@ -568,7 +564,7 @@ impl Env {
                     || full.contains("../")
                     || full.ends_with('/')
                 {
-                    rt.block_on(self.raw().put_empty(&full, &[])).unwrap();
+                    rt.block_on(self.raw().put(&full, data));
                 } else {
                     rt.block_on(self.s3().put(
                         &ObjPath::parse(&full).unwrap(),

@@ -4,7 +4,6 @@
 //! generation (`x-goog-if-generation-match`): copies, deletes, multipart completions and
 //! metadata rewrites, which object_store's API sends without a precondition.
 
-use super::{header, prefixed_meta};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -12,8 +11,10 @@ use object_store::gcp::GcpCredentialProvider;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use reqwest::{Method, Response, StatusCode};
 
-use super::s3_raw::{parse_error_body, parse_list_page, RawHead, RawObject};
-use super::{RemoteError, RemoteResult};
+use crate::remote::bucket::RawHead;
+use crate::remote::http::{header, xml_error};
+use crate::remote::xml::{parse_error_body, parse_list_page, walk_xml, RawObject};
+use crate::remote::{prefixed_meta, RemoteError, RemoteResult};
 
 const META_PREFIX: &str = "x-goog-meta-";
 const GENERATION: &str = "x-goog-generation";
@@ -310,7 +311,7 @@ impl GcsRaw {
 /// The first `<name>` element's text in an XML answer.
 fn xml_field(body: &str, name: &str) -> Option<String> {
     let mut out = None;
-    let _ = super::s3_raw::walk_xml(body, |path, text| {
+    let _ = walk_xml(body, |path, text| {
         if out.is_none() && path.last().map(String::as_str) == Some(name) {
             out = Some(text);
         }
@@ -334,14 +335,8 @@ async fn not_found(what: &str, r: Response) -> RemoteError {
     }
 }
 
-/// A refused request: 412 (a failed precondition) is a `Conflict`; anything else follows the
-/// one rule for HTTP failures (`classify_status`).
+/// A refused request, by the one rule (`http::classify`; 412, a failed precondition, is a
+/// `Conflict`).
 async fn error(what: &str, r: Response) -> RemoteError {
-    let code = r.status().as_u16();
-    let body = r.text().await.unwrap_or_default();
-    let msg = format!("{what}: status code: {code}: {body}");
-    match code {
-        412 => RemoteError::Conflict(msg),
-        _ => super::object::classify_status(code, msg),
-    }
+    xml_error(what, r).await
 }

@@ -4,7 +4,6 @@
 //! writes the server must decide: Put Block List, Copy Blob and Delete Blob with `If-Match` /
 //! `If-None-Match` (object_store's multipart completion and copy take no condition).
 
-use super::{header, prefixed_meta};
 use std::time::Duration;
 
 use base64::Engine;
@@ -12,8 +11,9 @@ use chrono::{DateTime, Utc};
 use object_store::azure::{AzureAuthorizer, AzureCredential, AzureCredentialProvider};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-use super::s3_raw::walk_xml;
-use super::{RemoteError, RemoteResult};
+use crate::remote::http::{classify, header, map_err};
+use crate::remote::xml::walk_xml;
+use crate::remote::{prefixed_meta, RemoteError, RemoteResult};
 
 /// What stays unescaped in a blob name inside a URL (RFC 3986 unreserved characters).
 const BLOB_NAME: &AsciiSet = &NON_ALPHANUMERIC
@@ -38,7 +38,7 @@ pub struct RawBlob {
     pub folder: bool,
 }
 
-pub struct AzureList {
+pub struct AzureRaw {
     client: reqwest::Client,
     /// `https://ACCOUNT.blob.core.windows.net/CONTAINER`, or the emulator's path-style URL.
     container_url: String,
@@ -46,14 +46,14 @@ pub struct AzureList {
     credentials: AzureCredentialProvider,
 }
 
-impl AzureList {
+impl AzureRaw {
     pub fn new(
         client: reqwest::Client,
         container_url: String,
         account: String,
         credentials: AzureCredentialProvider,
-    ) -> AzureList {
-        AzureList {
+    ) -> AzureRaw {
+        AzureRaw {
             client,
             container_url,
             account,
@@ -101,15 +101,17 @@ impl AzureList {
                 "container not found ({})",
                 self.container_url
             ))),
-            code => Err(super::object::classify_status(
+            code => Err(classify(
                 code,
+                None,
                 format!("listing: status code: {code}: {body}"),
+                None,
             )),
         }
     }
 }
 
-impl AzureList {
+impl AzureRaw {
     /// The URL of blob `name` (the whole name, prefix included).
     fn blob_url(&self, name: &str) -> String {
         let escaped: Vec<String> = name
@@ -129,11 +131,7 @@ impl AzureList {
         body: Vec<u8>,
         what: &str,
     ) -> RemoteResult<reqwest::Response> {
-        let credential = self
-            .credentials
-            .get_credential()
-            .await
-            .map_err(super::object::map_err)?;
+        let credential = self.credentials.get_credential().await.map_err(map_err)?;
         let mut builder = http::Request::builder()
             .method(method.clone())
             .uri(url)
@@ -150,7 +148,7 @@ impl AzureList {
             .map_err(|e| RemoteError::Permanent(format!("{what} {url}: {e}")))?;
         AzureAuthorizer::new(&credential, &self.account)
             .try_authorize(&mut req)
-            .map_err(super::object::map_err)?;
+            .map_err(map_err)?;
         let mut out = self
             .client
             .request(method, req.uri().to_string())
@@ -211,11 +209,7 @@ impl AzureList {
     ) -> RemoteResult<Option<String>> {
         let mut source = url::Url::parse(&self.blob_url(from))
             .map_err(|e| RemoteError::Permanent(format!("copy source {from}: {e}")))?;
-        let credential = self
-            .credentials
-            .get_credential()
-            .await
-            .map_err(super::object::map_err)?;
+        let credential = self.credentials.get_credential().await.map_err(map_err)?;
         if let AzureCredential::SASToken(pairs) = &*credential {
             // A SAS token authorizes the source only inside its URL (as object_store does).
             source.query_pairs_mut().extend_pairs(pairs);
@@ -289,20 +283,16 @@ impl AzureList {
     }
 }
 
-/// A refused write: 412 (`ConditionNotMet`, a failed `If-Match`) and 409 `BlobAlreadyExists`
-/// (a failed `If-None-Match: *`) are a `Conflict`; anything else follows `classify_status`.
+/// A refused write, by the one rule (`http::classify`): 412 (`ConditionNotMet`, a failed
+/// `If-Match`) and 409 `BlobAlreadyExists` (a failed `If-None-Match: *`) are a `Conflict`.
 async fn write_error(op: &str, name: &str, r: reqwest::Response) -> RemoteError {
     let code = r.status().as_u16();
+    let retry = crate::remote::http::retry_after(r.headers(), Utc::now());
     let error_code = header(&r, "x-ms-error-code");
     let body = r.text().await.unwrap_or_default();
+    let error_code = error_code.or_else(|| crate::remote::xml::parse_error_body(&body).0);
     let msg = format!("{op} {name}: status code: {code}: {body}");
-    let exists = error_code.as_deref() == Some("BlobAlreadyExists")
-        || body.contains("<Code>BlobAlreadyExists</Code>");
-    match code {
-        412 => RemoteError::Conflict(msg),
-        409 if exists => RemoteError::Conflict(msg),
-        _ => super::object::classify_status(code, msg),
-    }
+    classify(code, error_code.as_deref(), msg, retry)
 }
 
 #[derive(Debug, Default)]

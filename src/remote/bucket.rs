@@ -1,0 +1,712 @@
+//! What the three object_store backends (S3, Azure, GCS) share: their object_store handle
+//! under the mount's prefix, reads, plain writes, the precondition check and its HEAD
+//! fallback, listing rows, and multipart uploads whose completion is a raw request.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::multipart::MultipartStore;
+use object_store::path::Path;
+use object_store::{
+    Attribute, AttributeValue, Attributes, ClientConfigKey, GetOptions, MultipartId, ObjectStore,
+    ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::backend::{Backend, ByteStream};
+use super::http::{map_err, status_in};
+use super::{
+    Cond, Meta, ObjectInfo, ObjectKind, Preconditions, RemoteError, RemoteResult, Written,
+    PROBE_PREFIX,
+};
+
+/// Files above this go up as multipart uploads.
+pub const MULTIPART_THRESHOLD: u64 = 16 * 1024 * 1024;
+const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Parts in flight at once for one multipart upload.
+const PARTS_IN_FLIGHT: usize = 4;
+/// HEAD requests in flight at once while scanning.
+const SCAN_CONCURRENCY: usize = 16;
+/// All three clouds cap object names at 1024 bytes.
+const MAX_KEY: usize = 1024;
+/// How long a ranged read waits for the server to start answering. Reads block a user's
+/// application, so a silent server must turn into EIO within seconds (see docs/semantics.md).
+const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the body of a ranged read may go without a single byte.
+const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Our own queue retries for as long as it takes; object_store's retries only smooth over
+/// single dropped requests, so keep them short and let the status show the outage.
+pub fn retry_config() -> RetryConfig {
+    RetryConfig {
+        max_retries: 2,
+        retry_timeout: Duration::from_secs(15),
+        ..Default::default()
+    }
+}
+
+/// Timeouts we want unless the environment or `-o` chose others. Set as config keys, not
+/// with `with_client_options`, which would throw away what `from_env` read (AWS_ALLOW_HTTP).
+pub const CLIENT_DEFAULTS: [(ClientConfigKey, &str); 2] = [
+    (ClientConfigKey::ConnectTimeout, "5s"),
+    (ClientConfigKey::Timeout, "120s"),
+];
+
+/// What a raw HEAD answered (S3, GCS XML API).
+#[derive(Debug, Clone)]
+pub struct RawHead {
+    pub size: u64,
+    /// As the server sent it, quotes included, so it compares equal to object_store's `e_tag`.
+    pub etag: Option<String>,
+    pub version: Option<String>,
+    /// The user metadata headers, prefix stripped, names lowercased, values as sent.
+    pub metadata: std::collections::HashMap<String, String>,
+}
+
+/// ETags in one spelling, quoted as HTTP sends them. Azure's listing gives them bare while its
+/// headers quote them; compared as strings, every poll would see our own uploads as changed.
+pub fn etag(e: Option<String>) -> Option<String> {
+    e.map(|e| {
+        if e.starts_with('"') || e.starts_with("W/") {
+            e
+        } else {
+            format!("\"{e}\"")
+        }
+    })
+}
+
+/// `cond` as the precondition headers S3 and Azure both understand on the writes object_store
+/// cannot condition (multipart completion, copies): the server decides, so a writer elsewhere
+/// is caught there, not by a comparison made a moment before.
+pub fn cond_headers(cond: &Cond) -> Vec<(&'static str, String)> {
+    match cond {
+        Cond::Overwrite | Cond::Match { etag: None, .. } => Vec::new(),
+        Cond::Create => vec![("If-None-Match", "*".to_string())],
+        Cond::Match { etag: Some(e), .. } => vec![("If-Match", e.clone())],
+    }
+}
+
+pub fn put_mode(cond: &Cond) -> PutMode {
+    match cond {
+        Cond::Overwrite => PutMode::Overwrite,
+        Cond::Create => PutMode::Create,
+        Cond::Match {
+            etag: None,
+            version: None,
+        } => PutMode::Overwrite,
+        Cond::Match { etag, version } => PutMode::Update(object_store::UpdateVersion {
+            e_tag: etag.clone(),
+            version: version.clone(),
+        }),
+    }
+}
+
+pub fn attributes(meta: &Meta) -> Attributes {
+    meta.to_pairs()
+        .into_iter()
+        .map(|(k, v)| (Attribute::Metadata(k.into()), AttributeValue::from(v)))
+        .collect()
+}
+
+pub fn meta_of(attrs: &Attributes) -> Meta {
+    Meta::from_pairs(attrs.iter().filter_map(|(k, v)| match k {
+        Attribute::Metadata(k) => Some((k.as_ref(), v.as_ref())),
+        _ => None,
+    }))
+}
+
+/// A listing row: no metadata yet (directory markers as `Dir`, everything else as `File` until
+/// a HEAD says otherwise).
+pub fn listed(
+    rel: &str,
+    marker: bool,
+    size: u64,
+    etag: Option<String>,
+    last_modified_ns: Option<i64>,
+) -> ObjectInfo {
+    ObjectInfo {
+        key: rel.to_string(),
+        kind: if marker {
+            ObjectKind::Dir
+        } else {
+            ObjectKind::File
+        },
+        size,
+        etag,
+        version: None,
+        last_modified_ns,
+        meta: Meta::default(),
+    }
+}
+
+/// The object a raw HEAD of `rel` (or of its `rel/` marker, with `dir`) found.
+pub fn headed(rel: &str, dir: bool, h: RawHead) -> ObjectInfo {
+    let meta = Meta::from_pairs(h.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    ObjectInfo {
+        key: rel.to_string(),
+        kind: kind_of(dir, &meta),
+        size: h.size,
+        etag: etag(h.etag),
+        version: h.version,
+        last_modified_ns: None,
+        meta,
+    }
+}
+
+pub fn kind_of(dir: bool, meta: &Meta) -> ObjectKind {
+    if dir {
+        ObjectKind::Dir
+    } else if meta.symlink.is_some() {
+        ObjectKind::Symlink
+    } else {
+        ObjectKind::File
+    }
+}
+
+/// One prefix of one bucket or container, through object_store.
+pub struct Bucket {
+    pub store: Arc<dyn ObjectStore>,
+    prefix: String,
+    /// `s3`, `azure`, `gcs`: for messages.
+    pub name: &'static str,
+    /// Set when the mount-time check found that the server ignores preconditions: each
+    /// conditional write then compares with a HEAD first (see `guard`).
+    ignores_preconditions: AtomicBool,
+}
+
+impl Bucket {
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, name: &'static str) -> Bucket {
+        Bucket {
+            store,
+            prefix: prefix.to_string(),
+            name,
+            ignores_preconditions: AtomicBool::new(false),
+        }
+    }
+
+    pub fn set_preconditions_ignored(&self, ignored: bool) {
+        self.ignores_preconditions.store(ignored, Ordering::Relaxed);
+    }
+
+    /// The whole key of `key`, prefix included.
+    pub fn full(&self, key: &str) -> String {
+        match (self.prefix.is_empty(), key.is_empty()) {
+            (true, _) => key.to_string(),
+            (false, true) => self.prefix.clone(),
+            (false, false) => format!("{}/{key}", self.prefix),
+        }
+    }
+
+    /// The key of a directory marker (`dir/`, as S3 tools and gcsfuse write them).
+    pub fn marker(&self, key: &str) -> String {
+        format!("{}/", self.full(key))
+    }
+
+    pub fn path(&self, key: &str) -> RemoteResult<Path> {
+        let full = self.full(key);
+        // `parse`, not `from`: `from` would percent-encode characters and the object would no
+        // longer sit at the user's path byte for byte.
+        Path::parse(&full)
+            .map_err(|e| RemoteError::Permanent(format!("key {full:?} not accepted: {e}")))
+    }
+
+    /// What a listing of the whole mount asks for (`prefix/`, or everything).
+    pub fn list_prefix(&self) -> String {
+        if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        }
+    }
+
+    /// The key relative to the mount of a whole key from a listing.
+    pub fn strip<'a>(&self, full: &'a str) -> Option<&'a str> {
+        if self.prefix.is_empty() {
+            Some(full)
+        } else {
+            full.strip_prefix(self.prefix.as_str())?.strip_prefix('/')
+        }
+    }
+
+    /// The rows of a raw listing (S3, GCS) below the prefix: `dir/` keys are directory markers.
+    pub fn slash_rows(&self, objects: Vec<super::xml::RawObject>) -> Vec<ObjectInfo> {
+        let mut rows = Vec::new();
+        for o in objects {
+            let Some(rel) = self.strip(&o.key) else {
+                continue;
+            };
+            let (rel, marker) = match rel.strip_suffix('/') {
+                Some(r) => (r, true),
+                None => (rel, false),
+            };
+            if rel.is_empty() {
+                continue;
+            }
+            let lm = o.last_modified.and_then(|t| t.timestamp_nanos_opt());
+            rows.push(listed(rel, marker, o.size, o.etag, lm));
+        }
+        Bucket::without_probes(rows)
+    }
+
+    pub fn max_key_len(&self) -> usize {
+        MAX_KEY.saturating_sub(self.prefix.len() + 2)
+    }
+
+    pub fn check_name(&self, name: &str) -> Result<(), String> {
+        if name.chars().any(|c| c.is_ascii_control()) {
+            return Err(format!(
+                "{} object keys cannot hold control characters",
+                self.name
+            ));
+        }
+        if name.starts_with(PROBE_PREFIX) {
+            // The listing hides these (the mount-time check's scratch objects), so a file of
+            // this name would look deleted to every other mount.
+            return Err(format!("names starting with {PROBE_PREFIX} are reserved"));
+        }
+        Ok(())
+    }
+
+    /// Lists a prefix that holds nothing: proves the bucket exists and that we may list it,
+    /// which a HEAD of a missing key cannot tell apart from a missing bucket.
+    pub async fn check(&self) -> RemoteResult<()> {
+        let probe = self.path(".stratus-probe")?;
+        match self.store.list_with_delimiter(Some(&probe)).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::NotFound { path, .. }) => Err(RemoteError::Permanent(
+                format!("{}: bucket or container not found ({path})", self.name),
+            )),
+            // object_store's GCS listing folds a missing bucket's 404 into a generic error.
+            Err(e) => match map_err(e) {
+                RemoteError::Permanent(msg) if status_in(&msg) == Some(404) => {
+                    Err(RemoteError::Permanent(format!(
+                        "{}: bucket or container not found ({msg})",
+                        self.name
+                    )))
+                }
+                other => Err(other),
+            },
+        }
+    }
+
+    /// Finds out whether the server refuses a second create-only write (`If-None-Match: *`,
+    /// GCS `x-goog-if-generation-match: 0`) and a write against a replaced version (`If-Match`,
+    /// GCS by generation), with the same object_store writes the uploader makes, on a scratch
+    /// object under the prefix that is removed afterwards. Four or five requests.
+    pub async fn probe_preconditions(&self) -> RemoteResult<Preconditions> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let key = format!("{PROBE_PREFIX}{:x}-{nanos:x}", std::process::id());
+        let path = self.path(&key)?;
+        let verdict = self.probe_at(&path).await;
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => {
+                tracing::warn!(key = %path, error = %e, "could not remove the precondition probe")
+            }
+        }
+        verdict
+    }
+
+    async fn probe_at(&self, path: &Path) -> RemoteResult<Preconditions> {
+        let put = |body: &'static [u8], mode: PutMode| {
+            let opts = PutOptions {
+                mode,
+                ..Default::default()
+            };
+            self.store
+                .put_opts(path, PutPayload::from_static(body), opts)
+        };
+        let refused = |e: &object_store::Error| {
+            matches!(
+                e,
+                object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. }
+            )
+        };
+        let first = put(b"1", PutMode::Create).await.map_err(map_err)?;
+        let mut ignored = Vec::new();
+        match put(b"2", PutMode::Create).await {
+            Ok(_) => {
+                ignored.push("a second create-only write (If-None-Match: *) replaced the object")
+            }
+            Err(e) if refused(&e) => {
+                put(b"2", PutMode::Overwrite).await.map_err(map_err)?;
+            }
+            Err(e) => return Err(map_err(e)),
+        }
+        // The object now holds "2": `first` names a replaced version.
+        let stale = PutMode::Update(object_store::UpdateVersion {
+            e_tag: first.e_tag,
+            version: first.version,
+        });
+        match put(b"3", stale).await {
+            Ok(_) => ignored.push("a write against a replaced version (If-Match) went through"),
+            Err(e) if refused(&e) => {}
+            Err(e) => return Err(map_err(e)),
+        }
+        Ok(if ignored.is_empty() {
+            Preconditions::Enforced
+        } else {
+            Preconditions::Ignored {
+                what: ignored.join("; "),
+            }
+        })
+    }
+
+    fn ignores_preconditions(&self) -> bool {
+        self.ignores_preconditions.load(Ordering::Relaxed)
+    }
+
+    /// On a server that ignores preconditions: the comparison the server should make, made
+    /// by us (through `backend`'s HEAD) just before the write. A writer between this HEAD and
+    /// our write still goes unnoticed (docs/semantics.md); elsewhere the server decides and
+    /// this does nothing.
+    pub async fn guard(&self, backend: &dyn Backend, key: &str, cond: &Cond) -> RemoteResult<()> {
+        if !self.ignores_preconditions() || *cond == Cond::Overwrite {
+            return Ok(());
+        }
+        let current = backend.head(key, false).await?;
+        let ok = match cond {
+            Cond::Overwrite => true,
+            Cond::Create => current.is_none(),
+            Cond::Match { etag: Some(e), .. } => {
+                current.and_then(|c| c.etag).as_deref() == Some(e.as_str())
+            }
+            Cond::Match {
+                etag: None,
+                version: Some(v),
+            } => current.and_then(|c| c.version).as_deref() == Some(v.as_str()),
+            Cond::Match {
+                etag: None,
+                version: None,
+            } => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            tracing::info!(
+                key,
+                "changed elsewhere (checked with a HEAD: the server ignores preconditions)"
+            );
+            Err(RemoteError::Conflict(key.to_string()))
+        }
+    }
+
+    /// `guard` for the object a copy or a delete expects at `key` (a missing one is left to
+    /// the request itself: a copy answers NotFound, a delete of nothing succeeds).
+    pub async fn guard_present(
+        &self,
+        backend: &dyn Backend,
+        key: &str,
+        want: Option<&str>,
+    ) -> RemoteResult<()> {
+        let Some(want) = want else {
+            return Ok(());
+        };
+        if !self.ignores_preconditions() {
+            return Ok(());
+        }
+        match backend.head(key, false).await? {
+            Some(h) if h.etag.as_deref() != Some(want) => {
+                tracing::info!(
+                    key,
+                    "changed elsewhere (checked with a HEAD: the server ignores preconditions)"
+                );
+                Err(RemoteError::Conflict(key.to_string()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Drops the precondition check's scratch object (another mount's, mid-check) from a
+    /// listing: it is no file.
+    pub fn without_probes(mut rows: Vec<ObjectInfo>) -> Vec<ObjectInfo> {
+        rows.retain(|r| !r.key.starts_with(PROBE_PREFIX) || r.key.contains('/'));
+        rows
+    }
+
+    /// The listing `rows` with every object's metadata (one HEAD each through `backend`,
+    /// several in flight).
+    pub async fn scan(
+        backend: &dyn Backend,
+        rows: Vec<ObjectInfo>,
+    ) -> RemoteResult<Vec<ObjectInfo>> {
+        let results: Vec<RemoteResult<Option<ObjectInfo>>> = futures::stream::iter(rows)
+            .map(|o| async move {
+                if super::check_key(&o.key).is_err() {
+                    // Reported by normalize_listing; not worth a HEAD.
+                    return Ok(Some(o));
+                }
+                let dir = o.kind == ObjectKind::Dir;
+                Ok(backend.head(&o.key, dir).await?.map(|h| ObjectInfo {
+                    last_modified_ns: o.last_modified_ns,
+                    ..h
+                }))
+            })
+            .buffer_unordered(SCAN_CONCURRENCY)
+            .collect()
+            .await;
+        let mut out = Vec::with_capacity(results.len());
+        for r in results {
+            if let Some(o) = r? {
+                out.push(o);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A HEAD through object_store (`get_opts` with `head`, which, unlike `head`, returns the
+    /// user metadata); `None` when absent.
+    pub async fn head_attributes(
+        &self,
+        key: &str,
+    ) -> RemoteResult<Option<(object_store::ObjectMeta, Attributes)>> {
+        let opts = GetOptions {
+            head: true,
+            ..Default::default()
+        };
+        match self.store.get_opts(&self.path(key)?, opts).await {
+            Ok(r) => Ok(Some((r.meta, r.attributes))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    pub async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+        if_match: Option<&str>,
+    ) -> RemoteResult<bytes::Bytes> {
+        let len = (range.end - range.start) as usize;
+        let opts = GetOptions {
+            // Bounded ranges only: Azure refuses suffix ranges inside object_store.
+            range: Some(object_store::GetRange::Bounded(range)),
+            if_match: if_match.map(str::to_string),
+            ..Default::default()
+        };
+        let mut body = self.get_answer(key, opts).await?;
+        let mut buf = bytes::BytesMut::with_capacity(len);
+        loop {
+            match tokio::time::timeout(STALL_TIMEOUT, body.try_next()).await {
+                Err(_) => {
+                    return Err(RemoteError::unavailable(format!(
+                        "{key}: transfer stalled for {STALL_TIMEOUT:?}"
+                    )))
+                }
+                Ok(chunk) => match chunk.map_err(map_err)? {
+                    Some(c) => buf.extend_from_slice(&c),
+                    None => break,
+                },
+            }
+        }
+        Ok(buf.freeze())
+    }
+
+    pub async fn get_stream(&self, key: &str, if_match: Option<&str>) -> RemoteResult<ByteStream> {
+        let opts = GetOptions {
+            if_match: if_match.map(str::to_string),
+            ..Default::default()
+        };
+        Ok(self.get_answer(key, opts).await?.map_err(map_err).boxed())
+    }
+
+    /// Sends a GET for a reader that is waiting on it: a server that accepted the connection
+    /// and then went silent must not hold it for the client's whole request timeout. The answer
+    /// must start within FIRST_BYTE_TIMEOUT (the caller bounds stalls of the body, STALL_TIMEOUT
+    /// for ranged reads); a slow but moving transfer is never cut.
+    async fn get_answer(
+        &self,
+        key: &str,
+        opts: GetOptions,
+    ) -> RemoteResult<futures::stream::BoxStream<'static, object_store::Result<bytes::Bytes>>> {
+        let r = tokio::time::timeout(
+            FIRST_BYTE_TIMEOUT,
+            self.store.get_opts(&self.path(key)?, opts),
+        )
+        .await
+        .map_err(|_| {
+            RemoteError::unavailable(format!("{key}: no answer within {FIRST_BYTE_TIMEOUT:?}"))
+        })?
+        .map_err(map_err)?;
+        Ok(r.into_stream())
+    }
+
+    pub async fn download(&self, key: &str, dest: &std::path::Path) -> RemoteResult<u64> {
+        let r = self.store.get(&self.path(key)?).await.map_err(map_err)?;
+        let mut f = tokio::fs::File::create(dest).await?;
+        let mut stream = r.into_stream();
+        let mut n = 0u64;
+        while let Some(chunk) = stream.try_next().await.map_err(map_err)? {
+            f.write_all(&chunk).await?;
+            n += chunk.len() as u64;
+        }
+        f.flush().await?;
+        Ok(n)
+    }
+
+    /// One PUT through object_store, its condition as `mode` (which object_store sends as
+    /// If-Match / If-None-Match, or on GCS as a generation).
+    pub async fn put(
+        &self,
+        key: &str,
+        body: PutPayload,
+        mode: PutMode,
+        attributes: Attributes,
+    ) -> RemoteResult<Written> {
+        let opts = PutOptions {
+            mode,
+            attributes,
+            ..Default::default()
+        };
+        let r = self
+            .store
+            .put_opts(&self.path(key)?, body, opts)
+            .await
+            .map_err(map_err)?;
+        Ok(Written {
+            etag: etag(r.e_tag),
+            version: r.version,
+        })
+    }
+
+    /// A file small enough for one PUT.
+    pub async fn put_file(
+        &self,
+        key: &str,
+        src: &std::path::Path,
+        meta: &Meta,
+        mode: PutMode,
+    ) -> RemoteResult<Written> {
+        let data = tokio::fs::read(src).await?;
+        self.put(key, PutPayload::from(data), mode, attributes(meta))
+            .await
+    }
+
+    /// A symlink: an object whose body is the target.
+    pub async fn put_symlink(
+        &self,
+        key: &str,
+        meta: &Meta,
+        mode: PutMode,
+    ) -> RemoteResult<Written> {
+        let body = meta.symlink.clone().unwrap_or_default().into_bytes();
+        self.put(key, PutPayload::from(body), mode, attributes(meta))
+            .await
+    }
+}
+
+/// Uploads `src` in parts through object_store, then lets `complete` (a raw request that
+/// carries the server's precondition) assemble them. A refused or failed completion aborts
+/// the upload, whose parts would otherwise be kept (and billed); if a completion did go
+/// through, there is no upload left to abort.
+pub async fn parts_then_complete<Fut>(
+    store: Arc<dyn MultipartStore>,
+    path: &Path,
+    meta: &Meta,
+    src: &std::path::Path,
+    complete: impl FnOnce(MultipartId, Vec<String>) -> Fut,
+) -> RemoteResult<Written>
+where
+    Fut: std::future::Future<Output = RemoteResult<(Option<String>, Option<String>)>>,
+{
+    let opts = PutMultipartOptions {
+        attributes: attributes(meta),
+        ..Default::default()
+    };
+    let id = store
+        .create_multipart_opts(path, opts)
+        .await
+        .map_err(map_err)?;
+    let done = async {
+        let parts = put_parts(store.clone(), path, &id, src).await?;
+        complete(id.clone(), parts).await
+    }
+    .await;
+    match done {
+        Ok((tag, version)) => Ok(Written {
+            etag: etag(tag),
+            version,
+        }),
+        Err(e) => {
+            let _ = store.abort_multipart(path, &id).await;
+            Err(e)
+        }
+    }
+}
+
+/// Uploads the parts of a multipart upload through object_store (`PARTS_IN_FLIGHT` at once)
+/// and returns their ids in order; the completion is ours, because it must carry the
+/// server's precondition.
+pub async fn put_parts(
+    store: Arc<dyn MultipartStore>,
+    path: &Path,
+    id: &MultipartId,
+    src: &std::path::Path,
+) -> RemoteResult<Vec<String>> {
+    let mut f = tokio::fs::File::open(src).await?;
+    let mut in_flight = std::collections::VecDeque::new();
+    let mut ids = Vec::new();
+    let result: RemoteResult<()> = async {
+        for idx in 0.. {
+            let mut buf = vec![0u8; PART_SIZE];
+            let n = read_full(&mut f, &mut buf).await?;
+            if n == 0 && idx > 0 {
+                break;
+            }
+            buf.truncate(n);
+            let (store, path, id) = (store.clone(), path.clone(), id.clone());
+            in_flight.push_back(tokio::spawn(async move {
+                store
+                    .put_part(&path, &id, idx, PutPayload::from(buf))
+                    .await
+                    .map_err(map_err)
+            }));
+            if in_flight.len() >= PARTS_IN_FLIGHT {
+                ids.push(join_part(in_flight.pop_front()).await?);
+            }
+            if n < PART_SIZE {
+                break;
+            }
+        }
+        while let Some(h) = in_flight.pop_front() {
+            ids.push(join_part(Some(h)).await?);
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        for h in in_flight {
+            h.abort();
+        }
+        return Err(e);
+    }
+    Ok(ids)
+}
+
+async fn join_part(
+    h: Option<tokio::task::JoinHandle<RemoteResult<object_store::multipart::PartId>>>,
+) -> RemoteResult<String> {
+    let h = h.expect("a part in flight");
+    let part = h
+        .await
+        .map_err(|e| RemoteError::Io(std::io::Error::other(e.to_string())))??;
+    Ok(part.content_id)
+}
+
+async fn read_full(f: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        let r = f.read(&mut buf[n..]).await?;
+        if r == 0 {
+            break;
+        }
+        n += r;
+    }
+    Ok(n)
+}
