@@ -404,10 +404,13 @@ fn run_case(env: &Env, windows: &[Vec<Op>]) -> Result<(), TestCaseError> {
                 ));
             }
         }
-        c.keep_all()
+        let kept = c
+            .keep_all()
             .map_err(|e| fail(&log, format!("window {wi}: keeping both: {e}")))?;
-        c.drain()
-            .map_err(|e| fail(&log, format!("window {wi}: after keeping both: {e}")))?;
+        if kept > 0 {
+            c.drain()
+                .map_err(|e| fail(&log, format!("window {wi}: after keeping both: {e}")))?;
+        }
     }
     Ok(())
 }

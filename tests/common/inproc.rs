@@ -287,56 +287,55 @@ impl Core {
             .unwrap();
     }
 
-    /// Asks for a sync and waits until every job that can run has run and one poll that
-    /// started after the call has finished (what `stratus sync --wait` waits for), twice:
-    /// a poll can queue work (a conflict copy to upload).
+    /// Asks for a sync and waits until every job that can run has run and a poll that
+    /// started after the call has finished, as `stratus sync --wait` does: jobs that poll
+    /// queues (a conflict copy to upload) run before the queue is empty again.
     pub fn drain(&self) -> Result<(), String> {
         let control = stratus::control::Control::new(self.vfs.clone(), "core-test".into());
-        for _ in 0..2 {
-            let before = self.polls();
-            control
-                .setxattr(EntryId::ROOT, stratus::control::SYNC.as_bytes(), b"1")
+        let (started_before, _) = self.polls();
+        control
+            .setxattr(EntryId::ROOT, stratus::control::SYNC.as_bytes(), b"1")
+            .map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let q = self
+                .store()
+                .read(|db| db.queue_stats())
                 .map_err(|e| e.to_string())?;
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                let q = self
-                    .store()
-                    .read(|db| db.queue_stats())
-                    .map_err(|e| e.to_string())?;
-                if q.entries == q.parked && self.polls() > before {
-                    if q.parked > 0 {
-                        return Err(format!("{} jobs parked: {:?}", q.parked, q.last_error));
-                    }
-                    break;
+            if q.entries == q.parked && self.polls().1 > started_before {
+                if q.parked > 0 {
+                    return Err(format!("{} jobs parked: {:?}", q.parked, q.last_error));
                 }
-                if Instant::now() > deadline {
-                    return Err(format!("queue did not drain: {q:?}"));
-                }
-                std::thread::sleep(Duration::from_micros(100));
+                return Ok(());
             }
+            if Instant::now() > deadline {
+                return Err(format!("queue did not drain: {q:?}"));
+            }
+            std::thread::sleep(Duration::from_micros(100));
         }
-        Ok(())
     }
 
-    fn polls(&self) -> u64 {
-        self.store()
-            .health
-            .polls
-            .load(std::sync::atomic::Ordering::SeqCst)
+    /// Polls of the remote started and completed.
+    fn polls(&self) -> (u64, u64) {
+        let h = &self.store().health;
+        (
+            h.polls_started.load(std::sync::atomic::Ordering::SeqCst),
+            h.polls.load(std::sync::atomic::Ordering::SeqCst),
+        )
     }
 
-    /// Keeps both versions of every open conflict (`stratus resolve --keep both`).
-    pub fn keep_all(&self) -> Result<(), VfsError> {
+    /// Keeps both versions of every open conflict (`stratus resolve --keep both`); how many.
+    pub fn keep_all(&self) -> Result<usize, VfsError> {
         let open: Vec<_> = self
             .store()
             .read(|db| db.conflicts())?
             .into_iter()
             .filter(|c| c.resolved_ms.is_none())
             .collect();
-        for c in open {
+        for c in &open {
             self.vfs.resolve(EntryId(c.copy_id), Keep::Both)?;
         }
-        Ok(())
+        Ok(open.len())
     }
 }
 
