@@ -231,7 +231,7 @@ impl Control {
         let store = self.vfs.store();
         let q = store.read(|db| db.queue_stats())?;
         let last_error = store
-            .health
+            .health()
             .last_error()
             .map(|(_, m)| m)
             .or(q.last_error.clone());
@@ -266,14 +266,14 @@ impl Control {
             cache_hits: cache.hits,
             cache_misses: cache.misses,
             downloaded: store
-                .health
+                .health()
                 .downloaded
                 .load(std::sync::atomic::Ordering::Relaxed),
-            offline: store.health.is_offline(),
+            offline: store.health().is_offline(),
             open_conflicts,
             pid: std::process::id(),
             remote: self.remote.clone(),
-            reachable: store.health.is_reachable(),
+            reachable: store.health().is_reachable(),
             queued_entries: q.entries,
             queued_bytes: q.bytes,
             waiting_for_writer: q.held,
@@ -337,13 +337,13 @@ impl Control {
                 b"0".to_vec()
             }),
             STATUS if root => Ok(self.status()?.encode().into_bytes()),
-            OFFLINE if root => Ok(if self.vfs.store().health.is_offline() {
+            OFFLINE if root => Ok(if self.vfs.store().health().is_offline() {
                 b"1".to_vec()
             } else {
                 b"0".to_vec()
             }),
             POLLS if root => {
-                let h = &self.vfs.store().health;
+                let h = &self.vfs.store().health();
                 let load =
                     |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
                 Ok(format!("{} {}", load(&h.polls_started), load(&h.polls)).into_bytes())
@@ -410,20 +410,20 @@ impl Control {
                 };
                 let store = self.vfs.store();
                 store
-                    .health
+                    .health()
                     .offline
                     .store(on, std::sync::atomic::Ordering::Relaxed);
                 if !on {
                     store.write(|db| db.retry_now(crate::store::now_ms()))?;
                 }
-                store.kick.notify_one();
+                store.kick();
                 tracing::info!(offline = on, "offline mode changed");
                 Ok(())
             }
             SYNC if ino == EntryId::ROOT => {
                 let store = self.vfs.store();
                 store.write(|db| db.retry_now(crate::store::now_ms()))?;
-                store.kick.notify_one();
+                store.kick();
                 tracing::info!("sync requested");
                 Ok(())
             }

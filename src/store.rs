@@ -15,11 +15,10 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use tokio::sync::Notify;
 
 pub use conflicts::{Conflict, Keep};
 pub use entries::{dirty, Entry, NewEntry, Synced};
-pub use journal::{Job, JobKind, JobState, QueueStats};
+pub use journal::{Job, JobKind, JobState, QueueStats, Woken};
 pub use schema::SCHEMA_VERSION;
 
 pub use crate::types::{EntryId, Invalidation, Kind};
@@ -61,27 +60,13 @@ pub struct Store {
     readers: Mutex<Vec<Connection>>,
     path: std::path::PathBuf,
     checkpointer: Checkpointer,
-    /// Wakes the uploader when the journal gains work it must see before `idle_until`.
-    pub wake: Notify,
-    /// When the idle uploader will look at the journal by itself (ms since the epoch), or
-    /// `i64::MIN` while it is awake. A commit whose jobs become ready only after this wakes
-    /// nobody: during a burst of creates every job waits out the write-back delay, and one
-    /// wake-up (with its journal query under the store's lock) per create was most of the
-    /// daemon's CPU.
-    pub idle_until: std::sync::atomic::AtomicI64,
-    /// When a FUSE op last changed the tree (ms since the epoch): the uploader stands aside
-    /// while the user is busy.
-    user_active_ms: std::sync::atomic::AtomicI64,
-    /// A forced sync: also cuts short a backoff after a transient failure.
-    pub kick: Notify,
+    /// The uploader's wake-ups: a commit that queued work it must see, a forced sync, the
+    /// user's activity it stands aside for. Owned here because only the journal's commits
+    /// know when there is new work; reached through [`Store::wait_for_jobs`] and
+    /// [`Store::kick`].
+    wakeups: journal::Wakeups,
     /// What the uploader last learnt about the remote; in memory only.
-    pub health: Health,
-    /// Open handles per entry, kept by the filesystem core: the poller never swaps the data
-    /// of a file under an open handle.
-    pub busy: Mutex<std::collections::HashMap<EntryId, u32>>,
-    /// Files the uploader just made clean, for the block cache to take over (it lives above
-    /// the sync engine, which cannot reach it).
-    pub cleaned: Mutex<Vec<EntryId>>,
+    health: Health,
 }
 
 /// The remote's health as the uploader saw it last, shown by `stratus status`.
@@ -183,13 +168,8 @@ impl Store {
             readers: Mutex::new(Vec::new()),
             path: path.to_path_buf(),
             checkpointer: Checkpointer::start(path)?,
-            wake: Notify::new(),
-            idle_until: std::sync::atomic::AtomicI64::new(i64::MIN),
-            user_active_ms: std::sync::atomic::AtomicI64::new(0),
-            kick: Notify::new(),
+            wakeups: journal::Wakeups::new(),
             health: Health::default(),
-            busy: Mutex::new(std::collections::HashMap::new()),
-            cleaned: Mutex::new(Vec::new()),
         })
     }
 
@@ -241,15 +221,9 @@ impl Store {
         Ok(conn)
     }
 
-    /// Records that the user changed something in the mount just now.
-    pub fn user_was_active(&self) {
-        self.user_active_ms
-            .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
-    }
-
-    pub fn user_active_ms(&self) -> i64 {
-        self.user_active_ms
-            .load(std::sync::atomic::Ordering::Relaxed)
+    /// The remote's health as the uploader and the fetches saw it last.
+    pub fn health(&self) -> &Health {
+        &self.health
     }
 
     /// Commits since the database was opened; the checkpointer watches it.
@@ -278,28 +252,8 @@ impl Store {
         tx.commit().map_err(StoreError::from)?;
         drop(conn);
         self.committed();
-        let idle_until = self.idle_until.load(std::sync::atomic::Ordering::SeqCst);
-        if woke || wake_at.is_some_and(|t| t < idle_until) {
-            self.wake.notify_one();
-        }
+        self.wakeups.committed(woke, wake_at);
         Ok(out)
-    }
-
-    pub fn is_busy(&self, id: EntryId) -> bool {
-        self.busy
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .is_some_and(|n| *n > 0)
-    }
-
-    pub fn mark_open(&self, id: EntryId, delta: i32) {
-        let mut b = self.busy.lock().unwrap_or_else(|e| e.into_inner());
-        let n = b.entry(id).or_insert(0);
-        *n = (*n as i64 + delta as i64).max(0) as u32;
-        if *n == 0 {
-            b.remove(&id);
-        }
     }
 
     /// Makes every transaction committed so far survive a power cut: one commit with

@@ -9,7 +9,7 @@ mod uploader;
 use std::collections::HashMap;
 use std::time::Duration;
 
-pub use uploader::Uploader;
+pub use uploader::{SyncError, Uploader};
 
 use crate::remote::{ObjectInfo, ObjectKind};
 use crate::store::{now_ns, EntryId, Kind, NewEntry, Store, StoreResult, Synced};

@@ -2,11 +2,112 @@
 //! entry (`Sync`) or per key to remove (`Delete`), kept in order, held while a writer has the
 //! file open, parked after a permanent failure.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
 use rusqlite::{params, OptionalExtension, Row};
+use tokio::sync::Notify;
 
 use super::entries::Synced;
-use super::{Db, StoreResult};
+use super::{now_ms, Db, Store, StoreResult};
 use crate::types::EntryId;
+
+/// The uploader's wake-ups, kept beside the journal whose commits cause them.
+pub(super) struct Wakeups {
+    /// Wakes the idle uploader when a commit queued work it must see before `idle_until`.
+    wake: Notify,
+    /// When the idle uploader will look at the journal by itself (ms since the epoch), or
+    /// `i64::MIN` while it is awake. A commit whose jobs become ready only after this wakes
+    /// nobody: during a burst of creates every job waits out the write-back delay, and one
+    /// wake-up (with its journal query under the store's lock) per create was most of the
+    /// daemon's CPU.
+    idle_until: AtomicI64,
+    /// A forced sync: also cuts short a backoff after a transient failure.
+    kick: Notify,
+    /// When a FUSE op last changed the tree (ms since the epoch): the uploader stands aside
+    /// while the user is busy.
+    user_active_ms: AtomicI64,
+}
+
+impl Wakeups {
+    pub(super) fn new() -> Wakeups {
+        Wakeups {
+            wake: Notify::new(),
+            idle_until: AtomicI64::new(i64::MIN),
+            kick: Notify::new(),
+            user_active_ms: AtomicI64::new(0),
+        }
+    }
+
+    /// After a commit: `woke` when it queued work to do at once, `wake_at` the earliest time
+    /// a job it touched becomes ready.
+    pub(super) fn committed(&self, woke: bool, wake_at: Option<i64>) {
+        let idle_until = self.idle_until.load(Ordering::SeqCst);
+        if woke || wake_at.is_some_and(|t| t < idle_until) {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// Why [`Store::wait_for_jobs`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Woken {
+    /// The wait was over, or a commit queued work that is due.
+    Jobs,
+    /// A forced sync (`stratus sync`, offline turned off).
+    Kick,
+}
+
+/// Sets `idle_until` back to "awake" however the wait ends (also when its future is dropped).
+struct Awake<'a>(&'a AtomicI64);
+
+impl Drop for Awake<'_> {
+    fn drop(&mut self) {
+        self.0.store(i64::MIN, Ordering::SeqCst);
+    }
+}
+
+impl Store {
+    /// Waits, for at most `wait`, until a commit queues work due within that time or a sync
+    /// is forced. Commits of jobs that become ready only after the wait need not wake the
+    /// uploader, which looks by then anyway.
+    pub async fn wait_for_jobs(&self, wait: Duration) -> Woken {
+        let w = &self.wakeups;
+        w.idle_until.store(
+            now_ms().saturating_add(wait.as_millis() as i64),
+            Ordering::SeqCst,
+        );
+        let _awake = Awake(&w.idle_until);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => Woken::Jobs,
+            _ = w.wake.notified() => Woken::Jobs,
+            _ = w.kick.notified() => Woken::Kick,
+        }
+    }
+
+    /// Forces a sync: the uploader stops waiting (for new jobs, out a backoff, or offline)
+    /// and polls once the queue is drained.
+    pub fn kick(&self) {
+        self.wakeups.kick.notify_one();
+    }
+
+    /// Completes at the next [`Store::kick`].
+    pub async fn kicked(&self) {
+        self.wakeups.kick.notified().await
+    }
+
+    /// Records that the user changed something in the mount just now.
+    pub fn user_was_active(&self) {
+        self.wakeups
+            .user_active_ms
+            .store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// When the user last changed something in the mount (ms since the epoch).
+    pub fn user_active_ms(&self) -> i64 {
+        self.wakeups.user_active_ms.load(Ordering::Relaxed)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobKind {
