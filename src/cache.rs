@@ -8,7 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::store::EntryId;
+use crate::types::EntryId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {

@@ -9,7 +9,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::store::{EntryId, JobKind, JobState, Keep};
+use crate::store::{JobKind, JobState, Keep};
+use crate::types::EntryId;
 use crate::vfs::{Vfs, VfsError, VfsResult};
 
 /// Per file: `synced`, `pending`, `uploading` or `error`.

@@ -14,7 +14,7 @@ use fuser::{
 };
 
 use crate::control::Control;
-use crate::store::{EntryId, Kind};
+use crate::types::{EntryId, Kind};
 use crate::vfs::{Attr, SetAttr, Vfs, VfsError};
 
 /// How long the kernel may trust attributes and names. Every change made through the mount

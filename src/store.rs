@@ -21,7 +21,7 @@ pub use entries::{dirty, Entry, NewEntry, Synced};
 pub use journal::{Job, JobKind, JobState, QueueStats, Woken};
 pub use schema::SCHEMA_VERSION;
 
-pub use crate::types::{EntryId, Invalidation, Kind};
+use crate::types::EntryId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -374,6 +374,7 @@ impl Db<'_> {
 #[cfg(test)]
 mod test_util {
     use super::*;
+    use crate::types::Kind;
 
     pub(super) fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();

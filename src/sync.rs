@@ -12,7 +12,8 @@ use std::time::Duration;
 pub use uploader::{SyncError, Uploader};
 
 use crate::remote::{ObjectInfo, ObjectKind};
-use crate::store::{now_ns, EntryId, Kind, NewEntry, Store, StoreResult, Synced};
+use crate::store::{now_ns, NewEntry, Store, StoreResult, Synced};
+use crate::types::{EntryId, Kind};
 
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
@@ -63,7 +64,7 @@ impl ConflictPolicy {
     }
 }
 
-pub use crate::store::Invalidation;
+pub use crate::types::Invalidation;
 
 /// The base an entry gets when it takes (or matches) the remote object `o` at `key`.
 pub(crate) fn base_of(key: &str, o: &ObjectInfo) -> Synced {

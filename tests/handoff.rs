@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use stratus::cache::{FileCache, FileGate, BLOCK_SIZE};
 use stratus::remote::{Remote, RemoteUrl};
-use stratus::store::{EntryId, Store};
+use stratus::store::Store;
 use stratus::sync::{populate, ConflictPolicy, SyncConfig, Uploader};
+use stratus::types::EntryId;
 use stratus::vfs::{Vfs, VfsConfig};
 
 /// Versions written to the remote; each has its own fill byte and its own length, so a read

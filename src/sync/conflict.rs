@@ -7,10 +7,9 @@ use chrono::{DateTime, Utc};
 use super::uploader::{SyncError, Uploader};
 use super::{ConflictPolicy, Invalidation};
 use crate::remote::{hash_file, ObjectInfo, ObjectKind};
-use crate::store::{
-    dirty, now_ms, now_ns, Conflict, Db, Entry, EntryId, Kind, NewEntry, StoreError, Synced,
-};
+use crate::store::{dirty, now_ms, now_ns, Conflict, Db, Entry, NewEntry, StoreError, Synced};
 use crate::types::VersionMark;
+use crate::types::{EntryId, Kind};
 
 /// `STEM.conflict-YYYYMMDD-HHMMSS.EXT`, or `NAME.conflict-YYYYMMDD-HHMMSS` without an
 /// extension; `n > 1` appends `-n` to the timestamp. Times are UTC. A leading dot does not

@@ -8,9 +8,8 @@ use super::reconcile::{decide, Action, Local, Remote as RemoteSide};
 use super::uploader::{SyncError, Uploader};
 use super::Invalidation;
 use crate::remote::{hash_file, ObjectInfo, ObjectKind};
-use crate::store::{
-    dirty, now_ms, now_ns, Entry, EntryId, JobKind, Kind, NewEntry, StoreError, Synced,
-};
+use crate::store::{dirty, now_ms, now_ns, Entry, JobKind, NewEntry, StoreError, Synced};
+use crate::types::{EntryId, Kind};
 
 /// Paths of all live entries, from one snapshot of the tree.
 fn paths_of(entries: &HashMap<EntryId, Entry>) -> HashMap<EntryId, String> {

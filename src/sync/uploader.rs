@@ -15,8 +15,9 @@ use super::{backoff, Invalidation, SyncConfig};
 use crate::cache::{FileCache, FileGate};
 use crate::remote::{hash_file, Cond, ConflictMark, Meta, Remote, RemoteError, Written};
 use crate::store::{
-    now_ms, now_ns, Entry, EntryId, Job, JobKind, JobState, Kind, Store, StoreError, Synced, Woken,
+    now_ms, now_ns, Entry, Job, JobKind, JobState, Store, StoreError, Synced, Woken,
 };
+use crate::types::{EntryId, Kind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {

@@ -17,7 +17,8 @@ use futures::StreamExt;
 use super::{lock, Vfs, VfsError, VfsResult};
 use crate::cache::{FileGate, BLOCK_SIZE};
 use crate::remote::RemoteError;
-use crate::store::{now_ms, Entry, EntryId, Kind};
+use crate::store::{now_ms, Entry};
+use crate::types::{EntryId, Kind};
 
 /// How long a fetch may take while the remote is known to be unreachable.
 pub(super) const UNREACHABLE_FETCH_TIMEOUT: Duration = Duration::from_secs(3);

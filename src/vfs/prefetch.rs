@@ -21,7 +21,8 @@ use futures::StreamExt;
 use super::{lock, Vfs, VfsError, VfsResult};
 use crate::cache::BLOCK_SIZE;
 use crate::remote::RemoteError;
-use crate::store::{Entry, EntryId};
+use crate::store::Entry;
+use crate::types::EntryId;
 
 /// Blocks one GET fetches at most.
 const CHUNK_BLOCKS: u64 = 16;
