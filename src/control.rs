@@ -344,7 +344,7 @@ impl Control {
                 b"0".to_vec()
             }),
             POLLS if root => {
-                let h = &self.vfs.store().health();
+                let h = self.vfs.store().health();
                 let load =
                     |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
                 Ok(format!("{} {}", load(&h.polls_started), load(&h.polls)).into_bytes())

@@ -8,8 +8,7 @@ use super::uploader::{SyncError, Uploader};
 use super::{ConflictPolicy, Invalidation};
 use crate::remote::{hash_file, ObjectInfo, ObjectKind};
 use crate::store::{dirty, now_ms, now_ns, Conflict, Db, Entry, NewEntry, StoreError, Synced};
-use crate::types::VersionMark;
-use crate::types::{EntryId, Kind};
+use crate::types::{EntryId, Kind, VersionMark};
 
 /// `STEM.conflict-YYYYMMDD-HHMMSS.EXT`, or `NAME.conflict-YYYYMMDD-HHMMSS` without an
 /// extension; `n > 1` appends `-n` to the timestamp. Times are UTC. A leading dot does not
