@@ -9,9 +9,89 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::store::{JobKind, JobState, Keep};
-use crate::types::EntryId;
+use crate::store::{Conflict, JobKind, JobState};
+use crate::types::{EntryId, Keep, VersionMark};
 use crate::vfs::{Vfs, VfsError, VfsResult};
+
+/// A conflict as `user.stratus.conflicts` (all of them) and `user.stratus.conflict` (a file's
+/// last one) carry it, and as `stratus conflicts --json` prints it for scripts: the
+/// database's row (`store::Conflict`) may change without changing this.
+/// `local_*`/`remote_*` are the version this mount wrote and the other one; `at_path` and
+/// `in_copy` say where each version sits and who wrote it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConflictInfo {
+    pub id: i64,
+    pub entry_id: u64,
+    pub copy_id: u64,
+    pub path: String,
+    pub copy_path: String,
+    pub local_size: u64,
+    pub local_mtime_ns: i64,
+    pub local_etag: Option<String>,
+    pub remote_size: u64,
+    pub remote_mtime_ns: Option<i64>,
+    pub remote_etag: Option<String>,
+    pub remote_version: Option<String>,
+    pub detected_ms: i64,
+    pub policy: String,
+    pub resolved_ms: Option<i64>,
+    pub resolution: Option<String>,
+    #[serde(default)]
+    pub at_path: VersionMark,
+    #[serde(default)]
+    pub in_copy: VersionMark,
+    /// Which version this mount wrote: `path`, `copy`, or neither.
+    #[serde(default)]
+    pub mine: Option<String>,
+}
+
+impl From<&Conflict> for ConflictInfo {
+    fn from(c: &Conflict) -> ConflictInfo {
+        // Destructured, so that a new column cannot be forgotten here.
+        let Conflict {
+            id,
+            entry_id,
+            copy_id,
+            path,
+            copy_path,
+            local_size,
+            local_mtime_ns,
+            local_etag,
+            remote_size,
+            remote_mtime_ns,
+            remote_etag,
+            remote_version,
+            detected_ms,
+            policy,
+            resolved_ms,
+            resolution,
+            at_path,
+            in_copy,
+            mine,
+        } = c.clone();
+        ConflictInfo {
+            id,
+            entry_id,
+            copy_id,
+            path,
+            copy_path,
+            local_size,
+            local_mtime_ns,
+            local_etag,
+            remote_size,
+            remote_mtime_ns,
+            remote_etag,
+            remote_version,
+            detected_ms,
+            policy,
+            resolved_ms,
+            resolution,
+            at_path,
+            in_copy,
+            mine,
+        }
+    }
+}
 
 /// Per file: `synced`, `pending`, `uploading` or `error`.
 pub const STATE: &str = "user.stratus.state";
@@ -351,10 +431,11 @@ impl Control {
             }
             CONFLICTS if root => {
                 let all = self.vfs.store().read(|db| db.conflicts())?;
+                let all: Vec<ConflictInfo> = all.iter().map(ConflictInfo::from).collect();
                 Ok(serde_json::to_vec(&all).unwrap_or_default())
             }
             CONFLICT if !root => match self.vfs.last_conflict(ino)? {
-                Some(c) => Ok(serde_json::to_vec(&c).unwrap_or_default()),
+                Some(c) => Ok(serde_json::to_vec(&ConflictInfo::from(&c)).unwrap_or_default()),
                 None => Err(VfsError::NoAttr),
             },
             BARRIER if root => {

@@ -16,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-pub use conflicts::{Conflict, Keep};
+pub use conflicts::Conflict;
 pub use entries::{dirty, Entry, NewEntry, Synced};
 pub use journal::{Job, JobKind, JobState, QueueStats, Woken};
 pub use schema::SCHEMA_VERSION;

@@ -26,8 +26,8 @@ pub use error::{VfsError, VfsResult};
 
 use crate::cache::{FileCache, BLOCK_SIZE};
 use crate::remote::Remote;
-use crate::store::{dirty, now_ms, now_ns, Db, Entry, Keep, NewEntry, Store, Synced};
-use crate::types::{EntryId, Invalidation, Kind};
+use crate::store::{dirty, now_ms, now_ns, Db, Entry, NewEntry, Store, Synced};
+use crate::types::{EntryId, Invalidation, Keep, Kind};
 
 #[derive(Debug, Clone)]
 pub struct VfsConfig {

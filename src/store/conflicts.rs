@@ -6,63 +6,11 @@ use super::entries::dirty;
 use super::{now_ms, Db, StoreResult};
 use crate::types::{EntryId, VersionMark};
 
-/// How a conflict is settled, as the user names it. `Local` and `Remote` are relative to this
-/// mount (the version written here, the other one); `Path` and `Copy` name where a version
-/// sits, which means the same on every mount.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Keep {
-    Local,
-    Remote,
-    /// The version at the original path stays; the copy goes.
-    Path,
-    /// The copy's version takes the path.
-    Copy,
-    /// Both stay: the copy becomes an ordinary file under its own name.
-    Both,
-}
-
-impl Keep {
-    pub fn parse(s: &str) -> Option<Keep> {
-        match s.trim() {
-            "local" => Some(Keep::Local),
-            "remote" => Some(Keep::Remote),
-            "path" => Some(Keep::Path),
-            "copy" => Some(Keep::Copy),
-            "both" => Some(Keep::Both),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Keep::Local => "local",
-            Keep::Remote => "remote",
-            Keep::Path => "path",
-            Keep::Copy => "copy",
-            Keep::Both => "both",
-        }
-    }
-
-    /// Where the kept version sits (`Path`, `Copy` or `Both`), given which side this mount
-    /// wrote (`mine`). `Local`/`Remote` on a mount that wrote neither side is refused with a
-    /// reason.
-    pub fn placed(self, mine: Option<&str>) -> Result<Keep, String> {
-        match (self, mine) {
-            (Keep::Path | Keep::Copy | Keep::Both, _) => Ok(self),
-            (Keep::Local, Some("path")) | (Keep::Remote, Some("copy")) => Ok(Keep::Path),
-            (Keep::Local, Some("copy")) | (Keep::Remote, Some("path")) => Ok(Keep::Copy),
-            (Keep::Local | Keep::Remote, _) => Err(
-                "neither version was written on this mount: use path (keep the file), copy (keep the .conflict copy) or both"
-                    .into(),
-            ),
-        }
-    }
-}
-
 /// One conflict: one version at `path`, the other at `copy_path` beside it, both synced.
 /// `local_*`/`remote_*` are the version this mount wrote and the other one (kept for the JSON
-/// that scripts read); `at_path`/`in_copy` say where each version sits and who wrote it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// that scripts read); `at_path`/`in_copy` say where each version sits and who wrote it. The
+/// row as the database keeps it; what the CLI reads is `control::ConflictInfo`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Conflict {
     pub id: i64,
     pub entry_id: u64,
@@ -80,12 +28,9 @@ pub struct Conflict {
     pub policy: String,
     pub resolved_ms: Option<i64>,
     pub resolution: Option<String>,
-    #[serde(default)]
     pub at_path: VersionMark,
-    #[serde(default)]
     pub in_copy: VersionMark,
     /// Which version this mount wrote: `path`, `copy`, or neither.
-    #[serde(default)]
     pub mine: Option<String>,
 }
 
