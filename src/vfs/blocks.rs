@@ -127,6 +127,12 @@ impl FileGate for Vfs {
             return false;
         }
         f();
+        // `f` may have dropped the file's blocks and data file. What this cache knew of them
+        // in memory goes too, and is loaded from the database at the next use: a fetch that
+        // landed after the last close had loaded the present set again, and a later open read
+        // the hole of the new data file where that set said block 0 was (found by
+        // `tests/handoff.rs` in one run of seven; the old `is_busy` check had the same gap).
+        lock(&self.blocks.present).remove(&id);
         true
     }
 }
