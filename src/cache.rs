@@ -1,4 +1,5 @@
-//! File data on local disk, one sparse file per entry under `STATE/data/`.
+//! File data on local disk, one sparse file per entry under `STATE/data/`, and the gate
+//! through which the sync engine reaches data the block cache owns.
 //!
 //! A data file holds the bytes of an entry at their own offsets: either the whole file
 //! (`Entry::local`) or the blocks the `blocks` table lists (see `vfs/blocks.rs`).
@@ -7,7 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::store::EntryId;
+use crate::types::EntryId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -24,6 +25,40 @@ impl CacheError {
 }
 
 pub type CacheResult<T> = Result<T, CacheError>;
+
+/// What the sync engine may do to data files, which the block cache owns: hand over a file
+/// it has just uploaded, and replace or remove the data of a file nobody has open. The
+/// filesystem core implements it and the daemon hands it to the sync engine, so that `vfs`
+/// and `sync` never import each other and no hand-off sits in a public field of the store.
+pub trait FileGate: Send + Sync {
+    /// The remote now holds exactly the whole data file of `id` (written here, uploaded,
+    /// unchanged since): the block cache takes it over, to count and evict it like fetched
+    /// blocks. A file still open is taken over at its last close.
+    fn uploaded(&self, id: EntryId);
+
+    /// Runs `f` under the file's gate if no handle has `id` open, and says whether it ran.
+    /// An open registers its handle under the same gate before it opens the data file, so
+    /// `f` may change the entry's row and replace or delete its data file: no open sees half
+    /// of it, and no handle reads a data file that `f` took away. Use [`with_closed`].
+    ///
+    /// [`with_closed`]: trait.FileGate.html#method.with_closed
+    fn run_closed(&self, id: EntryId, f: &mut dyn FnMut()) -> bool;
+}
+
+impl dyn FileGate {
+    /// [`FileGate::run_closed`] with a result: `None` when the file is open (try again once it
+    /// is closed).
+    pub fn with_closed<T>(&self, id: EntryId, f: impl FnOnce() -> T) -> Option<T> {
+        let mut f = Some(f);
+        let mut out = None;
+        self.run_closed(id, &mut || {
+            if let Some(f) = f.take() {
+                out = Some(f());
+            }
+        });
+        out
+    }
+}
 
 /// Files are fetched in blocks of this size: small enough that a 4 KiB read from the middle
 /// of a large object costs one short ranged GET, large enough that a sequential read with

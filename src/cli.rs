@@ -524,7 +524,7 @@ fn conflicts(mp: &Path, json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", String::from_utf8_lossy(&raw));
         return Ok(ExitCode::SUCCESS);
     }
-    let all: Vec<crate::store::Conflict> =
+    let all: Vec<control::ConflictInfo> =
         serde_json::from_slice(&raw).context("reading the conflict list")?;
     if all.is_empty() {
         println!("no conflicts");
@@ -551,12 +551,12 @@ fn conflicts(mp: &Path, json: bool) -> anyhow::Result<ExitCode> {
 
 /// Settles the conflict of `path`; a conflict already settled is reported, not an error.
 fn resolve(path: &Path, keep: &str) -> anyhow::Result<ExitCode> {
-    let Some(k) = crate::store::Keep::parse(keep) else {
+    let Some(k) = crate::types::Keep::parse(keep) else {
         bail!("--keep {keep}: expected path, copy, both, local or remote");
     };
     let last = match control::get(path, control::CONFLICT) {
         Ok(raw) => Some(
-            serde_json::from_slice::<crate::store::Conflict>(&raw)
+            serde_json::from_slice::<control::ConflictInfo>(&raw)
                 .context("reading the file's conflict")?,
         ),
         Err(e) if e.raw_os_error() == Some(libc::ENODATA) => None,

@@ -9,8 +9,89 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::store::{EntryId, JobKind, JobState, Keep};
+use crate::store::{Conflict, JobKind, JobState};
+use crate::types::{EntryId, Keep, VersionMark};
 use crate::vfs::{Vfs, VfsError, VfsResult};
+
+/// A conflict as `user.stratus.conflicts` (all of them) and `user.stratus.conflict` (a file's
+/// last one) carry it, and as `stratus conflicts --json` prints it for scripts: the
+/// database's row (`store::Conflict`) may change without changing this.
+/// `local_*`/`remote_*` are the version this mount wrote and the other one; `at_path` and
+/// `in_copy` say where each version sits and who wrote it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConflictInfo {
+    pub id: i64,
+    pub entry_id: u64,
+    pub copy_id: u64,
+    pub path: String,
+    pub copy_path: String,
+    pub local_size: u64,
+    pub local_mtime_ns: i64,
+    pub local_etag: Option<String>,
+    pub remote_size: u64,
+    pub remote_mtime_ns: Option<i64>,
+    pub remote_etag: Option<String>,
+    pub remote_version: Option<String>,
+    pub detected_ms: i64,
+    pub policy: String,
+    pub resolved_ms: Option<i64>,
+    pub resolution: Option<String>,
+    #[serde(default)]
+    pub at_path: VersionMark,
+    #[serde(default)]
+    pub in_copy: VersionMark,
+    /// Which version this mount wrote: `path`, `copy`, or neither.
+    #[serde(default)]
+    pub mine: Option<String>,
+}
+
+impl From<&Conflict> for ConflictInfo {
+    fn from(c: &Conflict) -> ConflictInfo {
+        // Destructured, so that a new column cannot be forgotten here.
+        let Conflict {
+            id,
+            entry_id,
+            copy_id,
+            path,
+            copy_path,
+            local_size,
+            local_mtime_ns,
+            local_etag,
+            remote_size,
+            remote_mtime_ns,
+            remote_etag,
+            remote_version,
+            detected_ms,
+            policy,
+            resolved_ms,
+            resolution,
+            at_path,
+            in_copy,
+            mine,
+        } = c.clone();
+        ConflictInfo {
+            id,
+            entry_id,
+            copy_id,
+            path,
+            copy_path,
+            local_size,
+            local_mtime_ns,
+            local_etag,
+            remote_size,
+            remote_mtime_ns,
+            remote_etag,
+            remote_version,
+            detected_ms,
+            policy,
+            resolved_ms,
+            resolution,
+            at_path,
+            in_copy,
+            mine,
+        }
+    }
+}
 
 /// Per file: `synced`, `pending`, `uploading` or `error`.
 pub const STATE: &str = "user.stratus.state";
@@ -231,7 +312,7 @@ impl Control {
         let store = self.vfs.store();
         let q = store.read(|db| db.queue_stats())?;
         let last_error = store
-            .health
+            .health()
             .last_error()
             .map(|(_, m)| m)
             .or(q.last_error.clone());
@@ -266,14 +347,14 @@ impl Control {
             cache_hits: cache.hits,
             cache_misses: cache.misses,
             downloaded: store
-                .health
+                .health()
                 .downloaded
                 .load(std::sync::atomic::Ordering::Relaxed),
-            offline: store.health.is_offline(),
+            offline: store.health().is_offline(),
             open_conflicts,
             pid: std::process::id(),
             remote: self.remote.clone(),
-            reachable: store.health.is_reachable(),
+            reachable: store.health().is_reachable(),
             queued_entries: q.entries,
             queued_bytes: q.bytes,
             waiting_for_writer: q.held,
@@ -337,23 +418,24 @@ impl Control {
                 b"0".to_vec()
             }),
             STATUS if root => Ok(self.status()?.encode().into_bytes()),
-            OFFLINE if root => Ok(if self.vfs.store().health.is_offline() {
+            OFFLINE if root => Ok(if self.vfs.store().health().is_offline() {
                 b"1".to_vec()
             } else {
                 b"0".to_vec()
             }),
             POLLS if root => {
-                let h = &self.vfs.store().health;
+                let h = self.vfs.store().health();
                 let load =
                     |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
                 Ok(format!("{} {}", load(&h.polls_started), load(&h.polls)).into_bytes())
             }
             CONFLICTS if root => {
                 let all = self.vfs.store().read(|db| db.conflicts())?;
+                let all: Vec<ConflictInfo> = all.iter().map(ConflictInfo::from).collect();
                 Ok(serde_json::to_vec(&all).unwrap_or_default())
             }
             CONFLICT if !root => match self.vfs.last_conflict(ino)? {
-                Some(c) => Ok(serde_json::to_vec(&c).unwrap_or_default()),
+                Some(c) => Ok(serde_json::to_vec(&ConflictInfo::from(&c)).unwrap_or_default()),
                 None => Err(VfsError::NoAttr),
             },
             BARRIER if root => {
@@ -410,20 +492,20 @@ impl Control {
                 };
                 let store = self.vfs.store();
                 store
-                    .health
+                    .health()
                     .offline
                     .store(on, std::sync::atomic::Ordering::Relaxed);
                 if !on {
                     store.write(|db| db.retry_now(crate::store::now_ms()))?;
                 }
-                store.kick.notify_one();
+                store.kick();
                 tracing::info!(offline = on, "offline mode changed");
                 Ok(())
             }
             SYNC if ino == EntryId::ROOT => {
                 let store = self.vfs.store();
                 store.write(|db| db.retry_now(crate::store::now_ms()))?;
-                store.kick.notify_one();
+                store.kick();
                 tracing::info!("sync requested");
                 Ok(())
             }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use fuser::MountOption;
 
-use crate::cache::FileCache;
+use crate::cache::{FileCache, FileGate};
 use crate::control::{Control, PRECONDITIONS_IGNORED, PRECONDITIONS_META};
 use crate::fuse::StratusFs;
 use crate::remote::{Preconditions, Remote, RemoteUrl};
@@ -237,7 +237,7 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
         }
         Err(e) if e.is_transient() && populated => {
             tracing::warn!(error = %e, "remote unreachable; serving from local state");
-            store.health.record_error(true, &e.to_string());
+            store.health().record_error(true, &e.to_string());
         }
         Err(e) if e.is_transient() => {
             bail!("remote {identity} unreachable and no local state to serve from: {e}")
@@ -245,7 +245,7 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
         Err(e) => bail!("remote {identity} refused us: {e}"),
     }
 
-    let reachable = store.health.is_reachable();
+    let reachable = store.health().is_reachable();
     check_preconditions(
         &rt,
         &store,
@@ -281,8 +281,11 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let uploader =
-        rt.spawn(Uploader::new(store.clone(), cache, remote, sync_cfg, Some(notices)).run(stop_rx));
+    // The sync engine reaches the block cache's data files only through this gate.
+    let files: Arc<dyn FileGate> = vfs.clone();
+    let uploader = rt.spawn(
+        Uploader::new(store.clone(), cache, files, remote, sync_cfg, Some(notices)).run(stop_rx),
+    );
 
     let fs = StratusFs::new(Control::new(vfs, identity.clone()));
     let mut config = fuser::Config::default();

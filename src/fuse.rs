@@ -14,7 +14,7 @@ use fuser::{
 };
 
 use crate::control::Control;
-use crate::store::{EntryId, Kind};
+use crate::types::{EntryId, Kind};
 use crate::vfs::{Attr, SetAttr, Vfs, VfsError};
 
 /// One span per request, so every line logged while serving it carries the request id, the

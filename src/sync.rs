@@ -9,10 +9,11 @@ mod uploader;
 use std::collections::HashMap;
 use std::time::Duration;
 
-pub use uploader::{Uploader, USER_QUIET};
+pub use uploader::{SyncError, Uploader, USER_QUIET};
 
 use crate::remote::{ObjectInfo, ObjectKind};
-use crate::store::{now_ns, EntryId, Kind, NewEntry, Store, StoreResult, Synced};
+use crate::store::{now_ns, NewEntry, Store, StoreResult, Synced};
+use crate::types::{EntryId, Kind};
 
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
@@ -66,7 +67,7 @@ impl ConflictPolicy {
     }
 }
 
-pub use crate::store::Invalidation;
+pub use crate::types::Invalidation;
 
 /// The base an entry gets when it takes (or matches) the remote object `o` at `key`.
 pub(crate) fn base_of(key: &str, o: &ObjectInfo) -> Synced {

@@ -12,3 +12,84 @@ pub struct VersionMark {
     /// The mount (`host:mountpoint`) or client that wrote it, when known.
     pub writer: Option<String>,
 }
+
+/// The id of an entry, which is also its inode number. Stable across remounts of one state dir.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntryId(pub u64);
+
+impl EntryId {
+    pub const ROOT: EntryId = EntryId(1);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// What the kernel must forget because something other than a FUSE request changed the tree
+/// (the poller, a conflict settled through an attribute). Sent over a channel to the FUSE
+/// session, which neither the sync engine nor the core knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    /// A name in a directory appeared, vanished or now means another entry.
+    Entry { parent: EntryId, name: Vec<u8> },
+    /// An entry's attributes and data changed.
+    Inode(EntryId),
+}
+
+/// How a conflict is settled, as the user names it (`stratus resolve --keep`,
+/// `user.stratus.resolve`). `Local` and `Remote` are relative to this mount (the version
+/// written here, the other one); `Path` and `Copy` name where a version sits, which means the
+/// same on every mount. Here, not in `control`, because the core settles conflicts
+/// (`Vfs::resolve`) and must not import the control protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    Local,
+    Remote,
+    /// The version at the original path stays; the copy goes.
+    Path,
+    /// The copy's version takes the path.
+    Copy,
+    /// Both stay: the copy becomes an ordinary file under its own name.
+    Both,
+}
+
+impl Keep {
+    pub fn parse(s: &str) -> Option<Keep> {
+        match s.trim() {
+            "local" => Some(Keep::Local),
+            "remote" => Some(Keep::Remote),
+            "path" => Some(Keep::Path),
+            "copy" => Some(Keep::Copy),
+            "both" => Some(Keep::Both),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Keep::Local => "local",
+            Keep::Remote => "remote",
+            Keep::Path => "path",
+            Keep::Copy => "copy",
+            Keep::Both => "both",
+        }
+    }
+
+    /// Where the kept version sits (`Path`, `Copy` or `Both`), given which side this mount
+    /// wrote (`mine`). `Local`/`Remote` on a mount that wrote neither side is refused with a
+    /// reason.
+    pub fn placed(self, mine: Option<&str>) -> Result<Keep, String> {
+        match (self, mine) {
+            (Keep::Path | Keep::Copy | Keep::Both, _) => Ok(self),
+            (Keep::Local, Some("path")) | (Keep::Remote, Some("copy")) => Ok(Keep::Path),
+            (Keep::Local, Some("copy")) | (Keep::Remote, Some("path")) => Ok(Keep::Copy),
+            (Keep::Local | Keep::Remote, _) => Err(
+                "neither version was written on this mount: use path (keep the file), copy (keep the .conflict copy) or both"
+                    .into(),
+            ),
+        }
+    }
+}

@@ -26,9 +26,8 @@ pub use error::{VfsError, VfsResult};
 
 use crate::cache::{FileCache, BLOCK_SIZE};
 use crate::remote::Remote;
-use crate::store::{
-    dirty, now_ms, now_ns, Db, Entry, EntryId, Invalidation, Keep, Kind, NewEntry, Store, Synced,
-};
+use crate::store::{dirty, now_ms, now_ns, Db, Entry, NewEntry, Store, Synced};
+use crate::types::{EntryId, Invalidation, Keep, Kind};
 
 #[derive(Debug, Clone)]
 pub struct VfsConfig {
@@ -700,7 +699,6 @@ impl Vfs {
             },
         );
         drop(live);
-        self.store.mark_open(e.id, 1);
         let fh = self.add_handle(e.id, Some(file), true);
         Ok((self.attr(&e), fh))
     }
@@ -750,29 +748,35 @@ impl Vfs {
                 },
             )?;
         }
-        // A writer needs the whole file, and from its registration in `live` below on the
-        // file cannot be handed to the block cache (retire), whose eviction would punch
-        // holes into it. The gate keeps both steps together.
+        // Everything from here to the registration in `live` runs under the file's gate,
+        // which is also what the sync engine takes to replace or delete the data of a closed
+        // file (`FileGate::run_closed`): either it ran before (and the entry read below is
+        // its result), or it sees this handle and leaves the file alone. Opening the data
+        // file first and registering after let the poller delete the data file in between:
+        // the handle then read a file nobody wrote to any more. A writer also needs the
+        // whole file, and from its registration on the file cannot be handed to the block
+        // cache (retire), whose eviction would punch holes into it.
         let gate = self.gate(e.id);
-        let _g = writable.then(|| lock(&gate));
-        let e = if writable {
-            let e = self
-                .store
-                .read(|db| db.get(ino))?
-                .ok_or(VfsError::NotFound)?;
-            if !e.local {
+        let _g = lock(&gate);
+        let mut e = self
+            .store
+            .read(|db| db.get(ino))?
+            .ok_or(VfsError::NotFound)?;
+        if e.kind != Kind::File {
+            return Err(VfsError::NotFound);
+        }
+        if !e.local {
+            if writable {
                 self.fill_locked(&e)?;
-            }
-            self.store
-                .read(|db| db.get(ino))?
-                .ok_or(VfsError::NotFound)?
-        } else {
-            if !e.local {
+                e = self
+                    .store
+                    .read(|db| db.get(ino))?
+                    .ok_or(VfsError::NotFound)?;
+            } else {
                 // Read-only: blocks come in as they are read.
                 self.cache.ensure_sparse(e.id, e.size)?;
             }
-            e
-        };
+        }
         let file = if writable {
             self.cache.open_file(e.id, false)?
         } else {
@@ -798,7 +802,6 @@ impl Vfs {
             l.writers += 1;
         }
         drop(live);
-        self.store.mark_open(e.id, 1);
         let version = (e.synced.etag.clone(), e.size, e.mtime_ns);
         let keep_cache = {
             let mut opened = lock(&self.opened);
@@ -937,7 +940,6 @@ impl Vfs {
         if h.file.is_none() {
             return Ok(());
         }
-        self.store.mark_open(h.id, -1);
         let mut live = lock(&self.live);
         let Some(l) = live.get_mut(&h.id) else {
             return Ok(());
@@ -961,7 +963,7 @@ impl Vfs {
             } else if l.retire_on_close {
                 drop(live);
                 if !self.retire(h.id) {
-                    lock(&self.store.cleaned).push(h.id);
+                    lock(&self.blocks.cleaned).push(h.id);
                 }
             }
         }
@@ -1448,7 +1450,7 @@ impl Vfs {
             .map(|p| String::from_utf8_lossy(&p).into_owned())
             .unwrap_or_else(|| format!("entry {}", id.0));
         tracing::warn!(%path, size, len, error = %err, "recorded size cannot be applied to the data file; keeping the data file's length");
-        self.store.health.record_local_error(&format!(
+        self.store.health().record_local_error(&format!(
             "{path}: recorded size {size} could not be applied ({err}); kept the {len} bytes of its data file"
         ));
         let mtime = self

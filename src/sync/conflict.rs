@@ -7,10 +7,8 @@ use chrono::{DateTime, Utc};
 use super::uploader::{SyncError, Uploader};
 use super::{ConflictPolicy, Invalidation};
 use crate::remote::{hash_file, ObjectInfo, ObjectKind};
-use crate::store::{
-    dirty, now_ms, now_ns, Conflict, Db, Entry, EntryId, Kind, NewEntry, StoreError, Synced,
-};
-use crate::types::VersionMark;
+use crate::store::{dirty, now_ms, now_ns, Conflict, Db, Entry, NewEntry, StoreError, Synced};
+use crate::types::{EntryId, Kind, VersionMark};
 
 /// `STEM.conflict-YYYYMMDD-HHMMSS.EXT`, or `NAME.conflict-YYYYMMDD-HHMMSS` without an
 /// extension; `n > 1` appends `-n` to the timestamp. Times are UTC. A leading dot does not
@@ -159,12 +157,21 @@ impl Uploader {
         };
         if e.kind == Kind::File && !e.local {
             // A metadata-only change (chmod, touch) of a file this mount never fetched, while
-            // the remote replaced its content: there is no second content to keep.
+            // the remote replaced its content: there is no second content to keep. Its cached
+            // blocks go, so not under an open handle.
+            let Some(taken) = self
+                .files
+                .with_closed(e.id, || self.take_remote_over_meta(e, key, r))
+            else {
+                return Ok(false);
+            };
+            taken?;
             tracing::warn!(path = key, "a metadata change made here lost to a remote edit of the content; taking the remote version");
-            return self.take_remote_over_meta(e, key, r).map(|_| true);
+            return Ok(true);
         }
-        if self.store.is_busy(e.id) {
+        if self.files.with_closed(e.id, || ()).is_none() {
             // Whichever way it goes, the entry changes under an open handle: wait for it.
+            // (Each way commits under the file's gate too: an open may come meanwhile.)
             return Ok(false);
         }
         if local_wins {
@@ -181,30 +188,36 @@ impl Uploader {
     fn move_local_aside(&self, e: &Entry, key: &str, r: &ObjectInfo) -> Result<bool, SyncError> {
         let parent = e.parent.ok_or(SyncError::Vanished)?;
         let open = self.cfg.policy == ConflictPolicy::Manual;
-        let done = self.store.write(|db| {
-            let Some(mut cur) = db.get(e.id)? else {
-                return Ok::<_, StoreError>(None);
-            };
-            if cur.parent != Some(parent) || cur.name != e.name {
-                return Ok(None);
-            }
-            let copy_name = free_name(db, parent, &cur.name)?;
-            let copy_path = join(db, parent, &copy_name)?;
-            cur.name = copy_name.clone();
-            cur.ctime_ns = now_ns();
-            db.update(&cur)?;
-            // No base: the copy goes up create-only under its own name.
-            db.set_synced(e.id, &Synced::default())?;
-            db.enqueue_sync(e.id, dirty::CONTENT | dirty::META, Some(now_ms()))?;
-            let at_path = db.insert(&entry_of_remote(parent, e.name.clone(), key, r, &cur))?;
-            if open {
-                db.set_conflict_of(e.id, Some(at_path.id))?;
-            }
-            let c = self.found(&cur, r, key, copy_path, (at_path.id, e.id), true, open);
-            let id = db.insert_conflict(&c)?;
-            Ok(Some(Conflict { id, ..c }))
-        })?;
-        let Some(c) = done else {
+        let done = self.files.with_closed(e.id, || {
+            self.store.write(|db| {
+                let Some(mut cur) = db.get(e.id)? else {
+                    return Ok::<_, StoreError>(None);
+                };
+                if cur.parent != Some(parent) || cur.name != e.name {
+                    return Ok(None);
+                }
+                let copy_name = free_name(db, parent, &cur.name)?;
+                let copy_path = join(db, parent, &copy_name)?;
+                cur.name = copy_name.clone();
+                cur.ctime_ns = now_ns();
+                db.update(&cur)?;
+                // No base: the copy goes up create-only under its own name.
+                db.set_synced(e.id, &Synced::default())?;
+                db.enqueue_sync(e.id, dirty::CONTENT | dirty::META, Some(now_ms()))?;
+                let at_path = db.insert(&entry_of_remote(parent, e.name.clone(), key, r, &cur))?;
+                if open {
+                    db.set_conflict_of(e.id, Some(at_path.id))?;
+                }
+                let c = self.found(&cur, r, key, copy_path, (at_path.id, e.id), true, open);
+                let id = db.insert_conflict(&c)?;
+                Ok(Some(Conflict { id, ..c }))
+            })
+        });
+        let Some(done) = done else {
+            // Opened meanwhile.
+            return Ok(false);
+        };
+        let Some(c) = done? else {
             return Ok(true);
         };
         tracing::warn!(path = key, copy = %c.copy_path, policy = self.cfg.policy.as_str(), "conflict: both sides changed; the remote version stays at the path, ours goes up as the copy");
@@ -248,37 +261,44 @@ impl Uploader {
                 return Ok(false);
             }
         }
-        let result = self.store.write(|db| {
-            let Some(cur) = db.get(e.id)? else {
-                return Ok::<_, SyncError>(None);
-            };
-            let copy_name = free_name(db, parent, &cur.name)?;
-            let copy_path = join(db, parent, &copy_name)?;
-            let mut fields = entry_of_remote(parent, copy_name, key, r, &cur);
-            fields.synced = Synced::default();
-            fields.local = true;
-            fields.dirty = dirty::CONTENT | dirty::META;
-            let copy = db.insert(&fields)?;
-            db.enqueue_sync(copy.id, dirty::CONTENT | dirty::META, Some(now_ms()))?;
-            if r.kind != ObjectKind::Symlink {
-                // Inside the transaction: if it fails, nothing was recorded; if the commit
-                // fails after it, the data file has no entry and is swept at the next start.
-                std::fs::rename(&tmp, self.cache.path(copy.id)).map_err(|err| {
-                    SyncError::Local(format!("placing the remote version: {err}"))
-                })?;
-            }
-            db.set_synced(
-                e.id,
-                &Synced {
-                    hash: cur.synced.hash.clone(),
-                    ..super::base_of(key, r)
-                },
-            )?;
-            db.enqueue_sync(e.id, dirty::CONTENT | dirty::META, Some(now_ms()))?;
-            let c = self.found(&cur, r, key, copy_path, (e.id, copy.id), false, false);
-            let id = db.insert_conflict(&c)?;
-            Ok(Some((copy, Conflict { id, ..c })))
+        let result = self.files.with_closed(e.id, || {
+            self.store.write(|db| {
+                let Some(cur) = db.get(e.id)? else {
+                    return Ok::<_, SyncError>(None);
+                };
+                let copy_name = free_name(db, parent, &cur.name)?;
+                let copy_path = join(db, parent, &copy_name)?;
+                let mut fields = entry_of_remote(parent, copy_name, key, r, &cur);
+                fields.synced = Synced::default();
+                fields.local = true;
+                fields.dirty = dirty::CONTENT | dirty::META;
+                let copy = db.insert(&fields)?;
+                db.enqueue_sync(copy.id, dirty::CONTENT | dirty::META, Some(now_ms()))?;
+                if r.kind != ObjectKind::Symlink {
+                    // Inside the transaction: if it fails, nothing was recorded; if the commit
+                    // fails after it, the data file has no entry and is swept at the next start.
+                    std::fs::rename(&tmp, self.cache.path(copy.id)).map_err(|err| {
+                        SyncError::Local(format!("placing the remote version: {err}"))
+                    })?;
+                }
+                db.set_synced(
+                    e.id,
+                    &Synced {
+                        hash: cur.synced.hash.clone(),
+                        ..super::base_of(key, r)
+                    },
+                )?;
+                db.enqueue_sync(e.id, dirty::CONTENT | dirty::META, Some(now_ms()))?;
+                let c = self.found(&cur, r, key, copy_path, (e.id, copy.id), false, false);
+                let id = db.insert_conflict(&c)?;
+                Ok(Some((copy, Conflict { id, ..c })))
+            })
         });
+        let Some(result) = result else {
+            // Opened meanwhile: the next round downloads again.
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(false);
+        };
         let Some((copy, c)) = result.inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
         })?

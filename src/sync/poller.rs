@@ -8,9 +8,8 @@ use super::reconcile::{decide, Action, Local, Remote as RemoteSide};
 use super::uploader::{SyncError, Uploader};
 use super::Invalidation;
 use crate::remote::{hash_file, ObjectInfo, ObjectKind};
-use crate::store::{
-    dirty, now_ms, now_ns, Entry, EntryId, JobKind, Kind, NewEntry, StoreError, Synced,
-};
+use crate::store::{dirty, now_ms, now_ns, Entry, JobKind, NewEntry, StoreError, Synced};
+use crate::types::{EntryId, Kind};
 
 /// Paths of all live entries, from one snapshot of the tree.
 fn paths_of(entries: &HashMap<EntryId, Entry>) -> HashMap<EntryId, String> {
@@ -58,9 +57,9 @@ fn default_mode(kind: Kind) -> u32 {
 
 impl Uploader {
     /// Lists the remote and applies what changed there.
-    pub(super) async fn poll(&self) -> Result<(), SyncError> {
+    pub async fn poll(&self) -> Result<(), SyncError> {
         self.store
-            .health
+            .health()
             .polls_started
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let listing = self.remote.list().await?;
@@ -255,7 +254,7 @@ impl Uploader {
             }
         }
         self.store
-            .health
+            .health()
             .polls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
@@ -333,18 +332,23 @@ impl Uploader {
     }
 
     /// The remote version replaces an unchanged local one: attributes now, data on next open.
+    /// Never under an open handle (next poll), and under the file's gate, so that no open
+    /// sees the old row with the new data or holds a data file deleted here.
     fn take_remote(&self, e: &Entry, key: &str, r: &ObjectInfo) -> Result<(), SyncError> {
-        if self.store.is_busy(e.id) {
-            // Open here: never swap the data under a handle. Next poll.
-            return Ok(());
-        }
+        self.files
+            .with_closed(e.id, || self.take_remote_closed(e, key, r))
+            .unwrap_or(Ok(()))
+    }
+
+    /// [`Self::take_remote`], run under the file's gate while nothing has it open.
+    fn take_remote_closed(&self, e: &Entry, key: &str, r: &ObjectInfo) -> Result<(), SyncError> {
         let want_kind = match r.kind {
             ObjectKind::Symlink => Kind::Symlink,
             _ => Kind::File,
         };
         if want_kind != e.kind {
             // A file became a symlink or the reverse: replace the entry.
-            self.delete_local(e)?;
+            self.delete_local_closed(e)?;
             return self.store_new(key, r);
         }
         let took = self.store.write(|db| {
@@ -397,10 +401,16 @@ impl Uploader {
         Ok(())
     }
 
+    /// Removes an entry deleted remotely and unchanged here; left for the next poll while
+    /// the file is open.
     fn delete_local(&self, e: &Entry) -> Result<(), SyncError> {
-        if self.store.is_busy(e.id) {
-            return Ok(());
-        }
+        self.files
+            .with_closed(e.id, || self.delete_local_closed(e))
+            .unwrap_or(Ok(()))
+    }
+
+    /// [`Self::delete_local`], run under the file's gate while nothing has it open.
+    fn delete_local_closed(&self, e: &Entry) -> Result<(), SyncError> {
         let gone = self.store.write(|db| {
             let Some(cur) = db.get(e.id)? else {
                 return Ok::<_, StoreError>(None);

@@ -12,11 +12,12 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::{backoff, Invalidation, SyncConfig};
-use crate::cache::FileCache;
+use crate::cache::{FileCache, FileGate};
 use crate::remote::{hash_file, Cond, ConflictMark, Meta, Remote, RemoteError, Written};
 use crate::store::{
-    now_ms, now_ns, Entry, EntryId, Job, JobKind, JobState, Kind, Store, StoreError, Synced,
+    now_ms, now_ns, Entry, Job, JobKind, JobState, Store, StoreError, Synced, Woken,
 };
+use crate::types::{EntryId, Kind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -38,6 +39,9 @@ pub enum SyncError {
 pub struct Uploader {
     pub(super) store: Arc<Store>,
     pub(super) cache: FileCache,
+    /// The block cache's gate to data files: a clean file is handed over through it, and a
+    /// closed file's data is replaced or deleted only under it.
+    pub(super) files: Arc<dyn FileGate>,
     pub(super) remote: Arc<Remote>,
     pub(super) cfg: SyncConfig,
     notices: Option<std::sync::mpsc::Sender<Invalidation>>,
@@ -75,6 +79,7 @@ impl Uploader {
     pub fn new(
         store: Arc<Store>,
         cache: FileCache,
+        files: Arc<dyn FileGate>,
         remote: Arc<Remote>,
         cfg: SyncConfig,
         notices: Option<std::sync::mpsc::Sender<Invalidation>>,
@@ -82,6 +87,7 @@ impl Uploader {
         Uploader {
             store,
             cache,
+            files,
             remote,
             cfg,
             notices,
@@ -113,15 +119,15 @@ impl Uploader {
             if let Some(wait) = self.yield_to_user(&mut yielding_since) {
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = self.store.kick.notified() => poll_due = true,
+                    _ = self.store.kicked() => poll_due = true,
                     _ = shutdown.changed() => return,
                 }
                 continue;
             }
-            if self.store.health.is_offline() {
+            if self.store.health().is_offline() {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = self.store.kick.notified() => {}
+                    _ = self.store.kicked() => {}
                     _ = shutdown.changed() => return,
                 }
                 // Back online: replay the queue, then look at the remote.
@@ -131,7 +137,7 @@ impl Uploader {
             if let Some(until) = pause_until {
                 tokio::select! {
                     _ = tokio::time::sleep_until(until) => {}
-                    _ = self.store.kick.notified() => poll_due = true,
+                    _ = self.store.kicked() => poll_due = true,
                     _ = shutdown.changed() => return,
                 }
                 pause_until = None;
@@ -156,7 +162,7 @@ impl Uploader {
                     if poll_due || wanted || next_poll.is_some_and(|t| Instant::now() >= t) {
                         match self.poll().instrument(tracing::info_span!("poll")).await {
                             Ok(()) => {
-                                self.store.health.record_ok();
+                                self.store.health().record_ok();
                                 poll_due = false;
                                 next_poll = self.cfg.poll_interval.map(|d| Instant::now() + d);
                             }
@@ -164,7 +170,7 @@ impl Uploader {
                                 let transient =
                                     matches!(&e, SyncError::Remote(r) if r.is_transient());
                                 tracing::warn!(error = %e, "poll failed");
-                                self.store.health.record_error(transient, &e.to_string());
+                                self.store.health().record_error(transient, &e.to_string());
                                 was_unreachable |= transient;
                                 pause_until = Some(Instant::now() + Duration::from_secs(2));
                                 next_poll = self.cfg.poll_interval.map(|d| Instant::now() + d);
@@ -184,20 +190,14 @@ impl Uploader {
                     if let Some(t) = next_poll {
                         wait = wait.min(t.saturating_duration_since(Instant::now()));
                     }
-                    // Commits of jobs that become ready only after this need not wake us.
-                    self.store.idle_until.store(
-                        now_ms().saturating_add(wait.as_millis() as i64),
-                        std::sync::atomic::Ordering::SeqCst,
-                    );
                     tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = self.store.wake.notified() => {}
-                        _ = self.store.kick.notified() => poll_due = true,
+                        woken = self.store.wait_for_jobs(wait) => {
+                            if woken == Woken::Kick {
+                                poll_due = true;
+                            }
+                        }
                         _ = shutdown.changed() => return,
                     }
-                    self.store
-                        .idle_until
-                        .store(i64::MIN, std::sync::atomic::Ordering::SeqCst);
                     continue;
                 }
                 Err(e) => {
@@ -216,7 +216,7 @@ impl Uploader {
             };
             match result {
                 Ok(_) => {
-                    self.store.health.record_ok();
+                    self.store.health().record_ok();
                     if was_unreachable {
                         // The remote is back: once the queue has replayed, look at it.
                         was_unreachable = false;
@@ -232,7 +232,7 @@ impl Uploader {
                         _ => backoff(job.attempts),
                     };
                     tracing::warn!(seq = job.seq, error = %e, retry_in = ?wait, "remote unavailable; will retry");
-                    self.store.health.record_error(true, &e.to_string());
+                    self.store.health().record_error(true, &e.to_string());
                     was_unreachable = true;
                     let msg = e.to_string();
                     let retry_at = now_ms() + wait.as_millis() as i64;
@@ -247,7 +247,7 @@ impl Uploader {
                 }
                 Err(e) => {
                     tracing::warn!(seq = job.seq, error = %e, "sync failed for good; parking this entry");
-                    self.store.health.record_error(false, &e.to_string());
+                    self.store.health().record_error(false, &e.to_string());
                     let msg = e.to_string();
                     let _ = self.store.write(|db| db.park_job(job.seq, &msg));
                 }
@@ -626,11 +626,7 @@ impl Uploader {
             return Ok(Outcome::Done);
         }
         if clean && e.kind == Kind::File {
-            self.store
-                .cleaned
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(e.id);
+            self.files.uploaded(e.id);
         }
         Ok(if clean { Outcome::Done } else { Outcome::Again })
     }
@@ -737,7 +733,27 @@ impl Uploader {
         job: &Job,
         e: &Entry,
     ) -> Result<Outcome, SyncError> {
-        if self.store.is_busy(e.id) {
+        // Under the file's gate, and not while it is open: its data file goes.
+        let gone = self.files.with_closed(e.id, || {
+            let gone = self.store.write(|db| {
+                let Some(cur) = db.get(e.id)? else {
+                    db.remove_job(job.seq)?;
+                    return Ok::<_, StoreError>(Some(None));
+                };
+                if cur.dirty_seq != e.dirty_seq || cur.dirty != 0 {
+                    // Written here since: that write goes up as a new file.
+                    return Ok(None);
+                }
+                db.remove_job(job.seq)?;
+                db.delete_entry(e.id)?;
+                Ok(Some(cur.parent.map(|p| (p, cur.name))))
+            })?;
+            if gone.is_some() {
+                let _ = self.cache.remove(e.id);
+            }
+            Ok::<_, StoreError>(gone)
+        });
+        let Some(gone) = gone.transpose()? else {
             self.store.write(|db| {
                 db.retry_job(
                     job.seq,
@@ -746,25 +762,11 @@ impl Uploader {
                 )
             })?;
             return Ok(Outcome::Done);
-        }
-        let gone = self.store.write(|db| {
-            let Some(cur) = db.get(e.id)? else {
-                db.remove_job(job.seq)?;
-                return Ok::<_, StoreError>(Some(None));
-            };
-            if cur.dirty_seq != e.dirty_seq || cur.dirty != 0 {
-                // Written here since: that write goes up as a new file.
-                return Ok(None);
-            }
-            db.remove_job(job.seq)?;
-            db.delete_entry(e.id)?;
-            Ok(Some(cur.parent.map(|p| (p, cur.name))))
-        })?;
+        };
         let Some(gone) = gone else {
             return Ok(Outcome::Again);
         };
         if let Some((parent, name)) = gone {
-            let _ = self.cache.remove(e.id);
             tracing::info!(
                 name = %String::from_utf8_lossy(&name),
                 "moved here, but deleted elsewhere first and never fetched here; removed here"

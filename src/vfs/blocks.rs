@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use super::{lock, Vfs, VfsError, VfsResult};
-use crate::cache::BLOCK_SIZE;
+use crate::cache::{FileGate, BLOCK_SIZE};
 use crate::remote::RemoteError;
-use crate::store::{now_ms, Entry, EntryId, Kind};
+use crate::store::{now_ms, Entry};
+use crate::types::{EntryId, Kind};
 
 /// How long a fetch may take while the remote is known to be unreachable.
 pub(super) const UNREACHABLE_FETCH_TIMEOUT: Duration = Duration::from_secs(3);
@@ -66,8 +67,11 @@ pub(super) struct BlockState {
     /// Versions whose fetched data failed the SHA-256 check: refused until the remote
     /// version changes.
     pub corrupt: Mutex<HashSet<(EntryId, Option<String>)>>,
-    /// Per-file gates that serialize fetching, reading and evicting one file's blocks.
+    /// Per-file gates that serialize fetching, reading and evicting one file's blocks, an
+    /// open's registration, and the sync engine's changes to a closed file's data.
     pub gates: Mutex<HashMap<EntryId, Arc<Mutex<()>>>>,
+    /// Files the uploader made clean ([`FileGate::uploaded`]), to be retired.
+    pub cleaned: Mutex<Vec<EntryId>>,
     dirty: Mutex<Option<(Instant, u64)>>,
     /// Free bytes on the state dir's disk, when they were read, and what writes added since.
     free: Mutex<Option<(Instant, u64)>>,
@@ -92,6 +96,7 @@ impl BlockState {
             cached: Default::default(),
             corrupt: Mutex::default(),
             gates: Mutex::default(),
+            cleaned: Mutex::default(),
             dirty: Mutex::default(),
             free: Mutex::default(),
             grown_since_free: Default::default(),
@@ -102,6 +107,33 @@ impl BlockState {
             pin_generation: Mutex::default(),
             pin_wake: Default::default(),
         }
+    }
+}
+
+/// The sync engine's way to the block cache's data files.
+impl FileGate for Vfs {
+    fn uploaded(&self, id: EntryId) {
+        // Retired the next time the cache looks (before it evicts, when it counts, and in
+        // the pinner's rounds), on a FUSE thread rather than the uploader's task.
+        lock(&self.blocks.cleaned).push(id);
+    }
+
+    fn run_closed(&self, id: EntryId, f: &mut dyn FnMut()) -> bool {
+        let gate = self.gate(id);
+        let _g = lock(&gate);
+        // Every open of an existing file registers in `live` under this gate (`Vfs::open`);
+        // `create` registers a new entry, which the sync engine does not know yet.
+        if lock(&self.live).get(&id).is_some_and(|l| l.open > 0) {
+            return false;
+        }
+        f();
+        // `f` may have dropped the file's blocks and data file. What this cache knew of them
+        // in memory goes too, and is loaded from the database at the next use: a fetch that
+        // landed after the last close had loaded the present set again, and a later open read
+        // the hole of the new data file where that set said block 0 was (found by
+        // `tests/handoff.rs` in one run of seven; the old `is_busy` check had the same gap).
+        lock(&self.blocks.present).remove(&id);
+        true
     }
 }
 
@@ -189,7 +221,7 @@ impl Vfs {
                 .collect::<Vec<_>>();
             // While the remote is known to be away, a read of data not cached here fails
             // within seconds instead of waiting out the network's timeouts.
-            let limit = if self.store.health.is_reachable() {
+            let limit = if self.store.health().is_reachable() {
                 self.cfg.fetch_timeout
             } else {
                 UNREACHABLE_FETCH_TIMEOUT
@@ -200,7 +232,7 @@ impl Vfs {
             tracing::warn!(%key, "block fetch timed out");
             self.mark_fetch_failed();
             self.store
-                .health
+                .health()
                 .record_error(true, &format!("{key}: block fetch timed out"));
             VfsError::Remote(RemoteError::unavailable("fetch timed out"))
         })?;
@@ -212,7 +244,7 @@ impl Vfs {
                 Ok((i, bytes)) => {
                     f.write_all_at(&bytes, i * BLOCK_SIZE)?;
                     self.store
-                        .health
+                        .health()
                         .downloaded
                         .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                     got.push(i);
@@ -222,7 +254,7 @@ impl Vfs {
         }
         let complete = self.list_blocks(e.id, &got, pinned)? >= nblocks;
         if !got.is_empty() {
-            self.store.health.record_ok();
+            self.store.health().record_ok();
         }
         match failure {
             None if complete => self.verify(e, &key).map(|()| true),
@@ -235,7 +267,7 @@ impl Vfs {
                 tracing::warn!(%key, %err, "block fetch failed");
                 if let RemoteError::Unavailable { message, .. } = &err {
                     // The next uncached read fails within seconds instead of waiting too.
-                    self.store.health.record_error(true, message);
+                    self.store.health().record_error(true, message);
                     self.mark_fetch_failed();
                 }
                 Err(VfsError::Remote(err))
@@ -303,12 +335,12 @@ impl Vfs {
     /// failed to answer (the kernel retries a failed read page by page, and each retry must
     /// not wait again).
     pub(super) fn check_fetch_allowed(&self, key: &str) -> VfsResult<()> {
-        if self.store.health.is_offline() {
+        if self.store.health().is_offline() {
             tracing::warn!(%key, "offline: this part of the file is not cached here");
             return Err(VfsError::Remote(RemoteError::unavailable("offline")));
         }
         let quiet = lock(&self.blocks.failed_at).is_some_and(|t| t.elapsed() < FAILED_FETCH_QUIET);
-        if quiet && !self.store.health.is_reachable() {
+        if quiet && !self.store.health().is_reachable() {
             tracing::warn!(%key, "the remote is not answering; this part of the file is not cached here");
             return Err(VfsError::Remote(RemoteError::unavailable(
                 "the remote is not answering",
@@ -333,7 +365,7 @@ impl Vfs {
             return Ok(());
         }
         tracing::error!(%key, want, got = %got, "fetched data does not match the object's SHA-256; not serving it");
-        self.store.health.record_error(
+        self.store.health().record_error(
             false,
             &format!("{key}: fetched data does not match its SHA-256"),
         );
@@ -567,13 +599,13 @@ impl Vfs {
 
     /// Retires the files the uploader made clean since the last call; true if there were any.
     fn retire_cleaned(&self) -> bool {
-        let ids: Vec<EntryId> = std::mem::take(&mut *lock(&self.store.cleaned));
+        let ids: Vec<EntryId> = std::mem::take(&mut *lock(&self.blocks.cleaned));
         if ids.is_empty() {
             return false;
         }
         let again: Vec<EntryId> = ids.into_iter().filter(|id| !self.retire(*id)).collect();
         if !again.is_empty() {
-            lock(&self.store.cleaned).extend(again);
+            lock(&self.blocks.cleaned).extend(again);
         }
         true
     }
@@ -604,7 +636,7 @@ impl Vfs {
             if dirty <= budget {
                 break;
             }
-            let health = &self.store.health;
+            let health = &self.store.health();
             if health.is_offline() || !health.is_reachable() {
                 break;
             }
@@ -761,7 +793,7 @@ impl Vfs {
             let n = f.size.div_ceil(BLOCK_SIZE);
             let mut first = 0;
             while first < n {
-                if self.store.health.is_offline() {
+                if self.store.health().is_offline() {
                     return false;
                 }
                 let (_, avail, _) = self.cache.disk_space().unwrap_or((0, 0, 0));
@@ -822,11 +854,11 @@ impl Vfs {
                         *g
                     };
                     vfs.take_cleaned();
-                    let polls = vfs.store.health.polls.load(Ordering::Relaxed);
+                    let polls = vfs.store.health().polls.load(Ordering::Relaxed);
                     if (gen, polls) == seen && !retry {
                         continue;
                     }
-                    let health = &vfs.store.health;
+                    let health = &vfs.store.health();
                     if health.is_offline() || !health.is_reachable() {
                         // The uploader and the poller notice when it is back.
                         retry = true;

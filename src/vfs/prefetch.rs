@@ -21,7 +21,8 @@ use futures::StreamExt;
 use super::{lock, Vfs, VfsError, VfsResult};
 use crate::cache::BLOCK_SIZE;
 use crate::remote::RemoteError;
-use crate::store::{Entry, EntryId};
+use crate::store::Entry;
+use crate::types::EntryId;
 
 /// Blocks one GET fetches at most.
 const CHUNK_BLOCKS: u64 = 16;
@@ -407,7 +408,7 @@ impl Vfs {
                 }
                 if err.is_transient() {
                     // The next uncached read fails within seconds instead of waiting too.
-                    self.store.health.record_error(true, &err.to_string());
+                    self.store.health().record_error(true, &err.to_string());
                     self.mark_fetch_failed();
                 }
                 failure = Some(Failure::of(&err));
@@ -447,10 +448,10 @@ impl Vfs {
         let f = self.cache.open_file(t.id, false)?;
         f.write_all_at(bytes, a * BLOCK_SIZE)?;
         self.store
-            .health
+            .health()
             .downloaded
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        self.store.health.record_ok();
+        self.store.health().record_ok();
         let got: Vec<u64> = (a..=b).collect();
         let pinned = self.store.read(|db| db.pinned_by(t.id))?.is_some();
         self.list_blocks(t.id, &got, pinned)?;
@@ -523,7 +524,7 @@ impl Vfs {
 
     /// Waits until none of `blocks` is in flight; fails with the error of a fetch that failed.
     fn wait_for(&self, id: EntryId, blocks: &[u64], key: &str) -> VfsResult<()> {
-        let limit = if self.store.health.is_reachable() {
+        let limit = if self.store.health().is_reachable() {
             self.cfg.fetch_timeout
         } else {
             super::blocks::UNREACHABLE_FETCH_TIMEOUT
@@ -547,7 +548,7 @@ impl Vfs {
             if now >= deadline {
                 tracing::warn!(%key, "block fetch timed out");
                 self.store
-                    .health
+                    .health()
                     .record_error(true, &format!("{key}: block fetch timed out"));
                 self.mark_fetch_failed();
                 return Err(VfsError::Remote(RemoteError::unavailable(

@@ -10,9 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stratus::cache::FileCache;
+use stratus::cache::FileGate;
 use stratus::remote::{Remote, RemoteUrl};
-use stratus::store::{EntryId, Keep, Kind, Store};
+use stratus::store::Store;
 use stratus::sync::{ConflictPolicy, SyncConfig, Uploader};
+use stratus::types::{EntryId, Keep, Kind};
 use stratus::vfs::{SetAttr, Vfs, VfsConfig, VfsError};
 
 /// Files by path, with their content.
@@ -86,8 +88,9 @@ impl Core {
         vfs.recover().unwrap();
         vfs.start();
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let uploader =
-            rt.spawn(Uploader::new(store.clone(), cache, remote, sync_cfg, None).run(stop_rx));
+        let files: Arc<dyn FileGate> = vfs.clone();
+        let uploader = rt
+            .spawn(Uploader::new(store.clone(), cache, files, remote, sync_cfg, None).run(stop_rx));
         Core {
             state: state.to_path_buf(),
             remote_dir: remote_dir.to_path_buf(),
@@ -317,7 +320,7 @@ impl Core {
 
     /// Polls of the remote started and completed.
     fn polls(&self) -> (u64, u64) {
-        let h = &self.store().health;
+        let h = self.store().health();
         (
             h.polls_started.load(std::sync::atomic::Ordering::SeqCst),
             h.polls.load(std::sync::atomic::Ordering::SeqCst),

@@ -1,0 +1,571 @@
+//! The `entries` and `blocks` tables: the tree (one row per file, directory or symlink, with
+//! its attributes and the base the remote last agreed on), pins, and which blocks of a partly
+//! fetched file its data file holds.
+
+use rusqlite::{params, OptionalExtension, Row};
+
+use super::{now_ns, Db, StoreError, StoreResult};
+use crate::types::{EntryId, Kind};
+
+impl Kind {
+    fn to_sql(self) -> i64 {
+        match self {
+            Kind::File => 1,
+            Kind::Dir => 2,
+            Kind::Symlink => 3,
+        }
+    }
+
+    fn from_sql(v: i64) -> rusqlite::Result<Self> {
+        match v {
+            1 => Ok(Kind::File),
+            2 => Ok(Kind::Dir),
+            3 => Ok(Kind::Symlink),
+            other => Err(rusqlite::Error::IntegralValueOutOfRange(0, other)),
+        }
+    }
+}
+
+/// Bits of `Entry::dirty`: what the remote copy lacks.
+pub mod dirty {
+    pub const CONTENT: i64 = 1;
+    pub const META: i64 = 2;
+}
+
+/// What the remote held for an entry the last time we synced it: the base of later decisions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Synced {
+    pub key: Option<String>,
+    pub etag: Option<String>,
+    pub version: Option<String>,
+    pub hash: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub id: EntryId,
+    /// `None` for the root and for a file that was unlinked while still open.
+    pub parent: Option<EntryId>,
+    pub name: Vec<u8>,
+    pub kind: Kind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub atime_ns: i64,
+    pub target: Option<Vec<u8>>,
+    /// The data file in the cache holds the whole content.
+    pub local: bool,
+    pub synced: Synced,
+    pub dirty: i64,
+    /// Bumped by every change that must reach the remote; the uploader compares it before
+    /// declaring an entry clean, so a change made during an upload is never forgotten.
+    pub dirty_seq: i64,
+    /// Set on a `.conflict` copy: the entry whose conflict it records. Such a copy stays
+    /// local (never uploaded) unless the user keeps both versions.
+    pub conflict_of: Option<EntryId>,
+}
+
+/// The fields of a new entry; the rest start empty.
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    pub parent: EntryId,
+    pub name: Vec<u8>,
+    pub kind: Kind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub target: Option<Vec<u8>>,
+    pub local: bool,
+    pub synced: Synced,
+    pub dirty: i64,
+    pub conflict_of: Option<EntryId>,
+}
+
+/// A whole file the remote holds exactly (clean, no job, not a conflict copy): what
+/// [`Db::retire`] may hand to the block cache.
+const RETIRABLE: &str = "kind = 1 AND local = 1 AND dirty = 0 AND synced_key IS NOT NULL \
+     AND synced_etag IS NOT NULL AND conflict_of IS NULL \
+     AND NOT EXISTS (SELECT 1 FROM journal j WHERE j.entry_id = entries.id)";
+
+const ENTRY_COLS: &str = "id, parent, name, kind, mode, uid, gid, size, mtime_ns, ctime_ns, \
+     atime_ns, target, local, synced_key, synced_etag, synced_version, synced_hash, dirty, dirty_seq, \
+     conflict_of";
+
+fn entry_from_row(r: &Row<'_>) -> rusqlite::Result<Entry> {
+    Ok(Entry {
+        id: EntryId(r.get::<_, i64>(0)? as u64),
+        parent: r.get::<_, Option<i64>>(1)?.map(|p| EntryId(p as u64)),
+        name: r.get(2)?,
+        kind: Kind::from_sql(r.get(3)?)?,
+        mode: r.get(4)?,
+        uid: r.get(5)?,
+        gid: r.get(6)?,
+        size: r.get::<_, i64>(7)? as u64,
+        mtime_ns: r.get(8)?,
+        ctime_ns: r.get(9)?,
+        atime_ns: r.get(10)?,
+        target: r.get(11)?,
+        local: r.get(12)?,
+        synced: Synced {
+            key: r.get(13)?,
+            etag: r.get(14)?,
+            version: r.get(15)?,
+            hash: r.get(16)?,
+        },
+        dirty: r.get(17)?,
+        dirty_seq: r.get(18)?,
+        conflict_of: r.get::<_, Option<i64>>(19)?.map(|c| EntryId(c as u64)),
+    })
+}
+
+impl Db<'_> {
+    pub fn get(&self, id: EntryId) -> StoreResult<Option<Entry>> {
+        let mut st = self
+            .conn
+            .prepare_cached(&format!("SELECT {ENTRY_COLS} FROM entries WHERE id = ?1"))?;
+        Ok(st.query_row([id.0 as i64], entry_from_row).optional()?)
+    }
+
+    pub fn must_get(&self, id: EntryId) -> StoreResult<Entry> {
+        self.get(id)?.ok_or(StoreError::Missing(id))
+    }
+
+    pub fn lookup(&self, parent: EntryId, name: &[u8]) -> StoreResult<Option<Entry>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {ENTRY_COLS} FROM entries WHERE parent = ?1 AND name = ?2"
+        ))?;
+        Ok(st
+            .query_row(params![parent.0 as i64, name], entry_from_row)
+            .optional()?)
+    }
+
+    pub fn children(&self, parent: EntryId) -> StoreResult<Vec<Entry>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {ENTRY_COLS} FROM entries WHERE parent = ?1 ORDER BY name"
+        ))?;
+        let rows = st.query_map([parent.0 as i64], entry_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn subdir_count(&self, parent: EntryId) -> StoreResult<u64> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT count(*) FROM entries WHERE parent = ?1 AND kind = 2")?;
+        Ok(st.query_row([parent.0 as i64], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    pub fn has_children(&self, parent: EntryId) -> StoreResult<bool> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT 1 FROM entries WHERE parent = ?1 LIMIT 1")?;
+        Ok(st.exists([parent.0 as i64])?)
+    }
+
+    /// Every entry below `dir`, depth first.
+    pub fn descendants(&self, dir: EntryId) -> StoreResult<Vec<Entry>> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            for c in self.children(d)? {
+                if c.kind == Kind::Dir {
+                    stack.push(c.id);
+                }
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The entry's path relative to the mount root, `None` when it is unlinked.
+    pub fn path_of(&self, id: EntryId) -> StoreResult<Option<Vec<u8>>> {
+        let mut parts: Vec<Vec<u8>> = Vec::new();
+        let mut cur = id;
+        while cur != EntryId::ROOT {
+            let mut st = self
+                .conn
+                .prepare_cached("SELECT parent, name FROM entries WHERE id = ?1")?;
+            let row: Option<(Option<i64>, Vec<u8>)> = st
+                .query_row([cur.0 as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            match row {
+                Some((Some(p), name)) => {
+                    parts.push(name);
+                    cur = EntryId(p as u64);
+                }
+                _ => return Ok(None),
+            }
+        }
+        parts.reverse();
+        Ok(Some(parts.join(&b'/')))
+    }
+
+    /// The live entry at a relative path, if any.
+    pub fn resolve(&self, path: &[u8]) -> StoreResult<Option<Entry>> {
+        let mut cur = match self.get(EntryId::ROOT)? {
+            Some(e) => e,
+            None => return Ok(None),
+        };
+        for part in path.split(|b| *b == b'/').filter(|p| !p.is_empty()) {
+            match self.lookup(cur.id, part)? {
+                Some(e) => cur = e,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(cur))
+    }
+
+    pub fn insert_root(&self, mode: u32, uid: u32, gid: u32, synced: &Synced) -> StoreResult<()> {
+        let now = now_ns();
+        self.conn.execute(
+            "INSERT OR IGNORE INTO entries(id, parent, name, kind, mode, uid, gid, size, mtime_ns, \
+             ctime_ns, atime_ns, local, synced_key) VALUES (1, NULL, x'', 2, ?1, ?2, ?3, 0, ?4, ?4, ?4, 1, ?5)",
+            params![mode, uid, gid, now, synced.key],
+        )?;
+        Ok(())
+    }
+
+    pub fn insert(&self, e: &NewEntry) -> StoreResult<Entry> {
+        let now = now_ns();
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO entries(parent, name, kind, mode, uid, gid, size, mtime_ns, ctime_ns, atime_ns, \
+             target, local, synced_key, synced_etag, synced_version, synced_hash, dirty, dirty_seq, \
+             conflict_of) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, 0, ?17)",
+        )?;
+        st.execute(params![
+            e.parent.0 as i64,
+            e.name,
+            e.kind.to_sql(),
+            e.mode,
+            e.uid,
+            e.gid,
+            e.size as i64,
+            e.mtime_ns,
+            now,
+            e.target,
+            e.local,
+            e.synced.key,
+            e.synced.etag,
+            e.synced.version,
+            e.synced.hash,
+            e.dirty,
+            e.conflict_of.map(|c| c.0 as i64),
+        ])?;
+        let id = EntryId(self.conn.last_insert_rowid() as u64);
+        self.must_get(id)
+    }
+
+    /// Writes back every attribute of `e` (the caller read, changed and hands it back) except
+    /// `local`: whether the data file is whole changes only through [`Db::set_local`] and
+    /// [`Db::retire`], which keep the block list in step, so a copy read before a retire
+    /// cannot write a stale `local` back over it.
+    pub fn update(&self, e: &Entry) -> StoreResult<()> {
+        let mut st = self.conn.prepare_cached(
+            "UPDATE entries SET parent = ?2, name = ?3, mode = ?4, uid = ?5, gid = ?6, size = ?7, \
+             mtime_ns = ?8, ctime_ns = ?9, atime_ns = ?10, target = ?11, dirty = ?12 \
+             WHERE id = ?1",
+        )?;
+        st.execute(params![
+            e.id.0 as i64,
+            e.parent.map(|p| p.0 as i64),
+            e.name,
+            e.mode,
+            e.uid,
+            e.gid,
+            e.size as i64,
+            e.mtime_ns,
+            e.ctime_ns,
+            e.atime_ns,
+            e.target,
+            e.dirty,
+        ])?;
+        Ok(())
+    }
+
+    pub fn set_size_mtime(&self, id: EntryId, size: u64, mtime_ns: i64) -> StoreResult<()> {
+        let mut st = self.conn.prepare_cached(
+            "UPDATE entries SET size = ?2, mtime_ns = ?3, ctime_ns = max(ctime_ns, ?3) WHERE id = ?1",
+        )?;
+        st.execute(params![id.0 as i64, size as i64, mtime_ns])?;
+        Ok(())
+    }
+
+    /// Whether the data file holds the whole content. Either way the block list goes: a
+    /// complete file needs none, and `false` means the data file is no longer valid.
+    pub fn set_local(&self, id: EntryId, local: bool) -> StoreResult<()> {
+        self.conn.execute(
+            "UPDATE entries SET local = ?2 WHERE id = ?1",
+            params![id.0 as i64, local],
+        )?;
+        self.conn
+            .execute("DELETE FROM blocks WHERE entry_id = ?1", [id.0 as i64])?;
+        Ok(())
+    }
+
+    /// Blocks of a partly fetched file that its data file holds.
+    pub fn blocks_of(&self, id: EntryId) -> StoreResult<Vec<u64>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT idx FROM blocks WHERE entry_id = ?1")?;
+        let rows = st.query_map([id.0 as i64], |r| Ok(r.get::<_, i64>(0)? as u64))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn add_blocks(&self, id: EntryId, idx: &[u64]) -> StoreResult<()> {
+        let mut st = self
+            .conn
+            .prepare_cached("INSERT OR IGNORE INTO blocks(entry_id, idx) VALUES (?1, ?2)")?;
+        for i in idx {
+            st.execute(params![id.0 as i64, *i as i64])?;
+        }
+        Ok(())
+    }
+
+    /// Forgets a cached block; false when it was not listed (the file became complete, or
+    /// was replaced, since the block was cached).
+    pub fn drop_block(&self, id: EntryId, idx: u64) -> StoreResult<bool> {
+        let n = self.conn.execute(
+            "DELETE FROM blocks WHERE entry_id = ?1 AND idx = ?2",
+            params![id.0 as i64, idx as i64],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Ids of every entry, for the sweep of data files at start.
+    pub fn entry_ids(&self) -> StoreResult<std::collections::HashSet<u64>> {
+        let mut st = self.conn.prepare("SELECT id FROM entries")?;
+        let rows = st.query_map([], |r| Ok(r.get::<_, i64>(0)? as u64))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Turns a whole, clean file into a fully cached one: its data file stays as it is, but
+    /// its blocks are listed, so they count against the cache budget and can be evicted like
+    /// fetched ones. Only a file the remote holds exactly (clean, no job) qualifies; returns
+    /// how many blocks it now lists, or `None` when it did not qualify.
+    pub fn retire(&self, id: EntryId, block_size: u64) -> StoreResult<Option<u64>> {
+        let size: Option<i64> = self
+            .conn
+            .query_row(
+                &format!("SELECT size FROM entries WHERE id = ?1 AND {RETIRABLE}"),
+                [id.0 as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(size) = size else {
+            return Ok(None);
+        };
+        self.conn
+            .execute("UPDATE entries SET local = 0 WHERE id = ?1", [id.0 as i64])?;
+        let n = (size as u64).div_ceil(block_size);
+        let idx: Vec<u64> = (0..n).collect();
+        self.add_blocks(id, &idx)?;
+        Ok(Some(n))
+    }
+
+    /// Whole files that [`Db::retire`] would take: at start, before anything is open.
+    pub fn retirable(&self) -> StoreResult<Vec<EntryId>> {
+        let mut st = self
+            .conn
+            .prepare(&format!("SELECT id FROM entries WHERE {RETIRABLE}"))?;
+        let rows = st.query_map([], |r| Ok(EntryId(r.get::<_, i64>(0)? as u64)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Bytes of files whose data file is whole and not yet handed to the block cache: what
+    /// was written here and waits for (or is in) its upload.
+    pub fn whole_file_bytes(&self) -> StoreResult<u64> {
+        Ok(self.conn.query_row(
+            "SELECT coalesce(sum(size), 0) FROM entries WHERE local = 1 AND kind = 1",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
+    pub fn set_pinned(&self, id: EntryId, on: bool) -> StoreResult<()> {
+        self.conn.execute(
+            "UPDATE entries SET pinned = ?2 WHERE id = ?1",
+            params![id.0 as i64, on],
+        )?;
+        Ok(())
+    }
+
+    /// The pinned entry nearest to `id`: itself or an ancestor, since a directory's pin is
+    /// inherited by everything below it.
+    pub fn pinned_by(&self, id: EntryId) -> StoreResult<Option<EntryId>> {
+        let mut st = self.conn.prepare_cached(
+            "WITH RECURSIVE up(id, parent, pinned, depth) AS ( \
+                SELECT id, parent, pinned, 0 FROM entries WHERE id = ?1 \
+                UNION ALL \
+                SELECT e.id, e.parent, e.pinned, up.depth + 1 FROM entries e JOIN up ON e.id = up.parent \
+             ) SELECT id FROM up WHERE pinned = 1 ORDER BY depth LIMIT 1",
+        )?;
+        Ok(st
+            .query_row([id.0 as i64], |r| Ok(EntryId(r.get::<_, i64>(0)? as u64)))
+            .optional()?)
+    }
+
+    pub fn any_pinned(&self) -> StoreResult<bool> {
+        Ok(self
+            .conn
+            .query_row("SELECT 1 FROM entries WHERE pinned = 1 LIMIT 1", [], |_| {
+                Ok(())
+            })
+            .optional()?
+            .is_some())
+    }
+
+    /// Cached blocks of files not wholly local, all files together.
+    pub fn block_count(&self) -> StoreResult<u64> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM blocks", [], |r| r.get::<_, i64>(0))?
+            as u64)
+    }
+
+    /// Every file that is pinned, directly or through a directory above it.
+    pub fn pinned_files(&self) -> StoreResult<Vec<Entry>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "WITH RECURSIVE down(id) AS ( \
+                SELECT id FROM entries WHERE pinned = 1 AND (parent IS NOT NULL OR id = 1) \
+                UNION \
+                SELECT e.id FROM entries e JOIN down ON e.parent = down.id \
+             ) SELECT {ENTRY_COLS} FROM entries WHERE kind = 1 AND id IN (SELECT id FROM down)"
+        ))?;
+        let rows = st.query_map([], entry_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every cached block, for rebuilding the eviction order at start.
+    pub fn all_blocks(&self) -> StoreResult<Vec<(EntryId, u64)>> {
+        let mut st = self.conn.prepare("SELECT entry_id, idx FROM blocks")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                EntryId(r.get::<_, i64>(0)? as u64),
+                r.get::<_, i64>(1)? as u64,
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn set_synced(&self, id: EntryId, synced: &Synced) -> StoreResult<()> {
+        self.conn.execute(
+            "UPDATE entries SET synced_key = ?2, synced_etag = ?3, synced_version = ?4, synced_hash = ?5 \
+             WHERE id = ?1",
+            params![id.0 as i64, synced.key, synced.etag, synced.version, synced.hash],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_entry(&self, id: EntryId) -> StoreResult<()> {
+        self.conn
+            .execute("DELETE FROM entries WHERE id = ?1", [id.0 as i64])?;
+        self.conn
+            .execute("DELETE FROM blocks WHERE entry_id = ?1", [id.0 as i64])?;
+        self.conn
+            .execute("DELETE FROM journal WHERE entry_id = ?1", [id.0 as i64])?;
+        Ok(())
+    }
+
+    /// Live entries (other than `except`) whose remote copy sits at `key`.
+    pub fn owners_of_key(&self, key: &str, except: Option<EntryId>) -> StoreResult<Vec<Entry>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {ENTRY_COLS} FROM entries WHERE synced_key = ?1 AND parent IS NOT NULL AND id != ?2 \
+             AND conflict_of IS NULL"
+        ))?;
+        let rows = st.query_map(
+            params![key, except.map(|e| e.0 as i64).unwrap_or(-1)],
+            entry_from_row,
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Entries unlinked while open; after a restart nothing holds them any more.
+    pub fn orphans(&self) -> StoreResult<Vec<EntryId>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id FROM entries WHERE parent IS NULL AND id != 1")?;
+        let rows = st.query_map([], |r| Ok(EntryId(r.get::<_, i64>(0)? as u64)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn entry_count(&self) -> StoreResult<u64> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM entries", [], |r| r.get::<_, i64>(0))?
+            as u64)
+    }
+
+    /// Complete files and their recorded sizes, for recovery at start.
+    pub fn complete_files(&self) -> StoreResult<Vec<(EntryId, u64)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id, size FROM entries WHERE kind = 1 AND local = 1")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                EntryId(r.get::<_, i64>(0)? as u64),
+                r.get::<_, i64>(1)? as u64,
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every entry, for the poller's comparison with a listing.
+    pub fn all_entries(&self) -> StoreResult<Vec<Entry>> {
+        let mut st = self
+            .conn
+            .prepare(&format!("SELECT {ENTRY_COLS} FROM entries"))?;
+        let rows = st.query_map([], entry_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn set_conflict_of(&self, id: EntryId, of: Option<EntryId>) -> StoreResult<()> {
+        self.conn.execute(
+            "UPDATE entries SET conflict_of = ?2 WHERE id = ?1",
+            params![id.0 as i64, of.map(|o| o.0 as i64)],
+        )?;
+        Ok(())
+    }
+
+    /// Marks an entry clean: the remote holds what it shows. Drops its sync job.
+    pub fn mark_clean(&self, id: EntryId) -> StoreResult<()> {
+        self.conn
+            .execute("UPDATE entries SET dirty = 0 WHERE id = ?1", [id.0 as i64])?;
+        self.conn
+            .execute("DELETE FROM journal WHERE entry_id = ?1", [id.0 as i64])?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::*;
+
+    /// Regression: ids were SQLite rowids and the newest one was reused after a delete. An
+    /// upload in flight for a deleted directory then recorded its key on the new entry, and
+    /// the next sync of that entry copied a directory over a file ("Is a directory").
+    #[test]
+    fn regression_entry_ids_are_never_reused() {
+        let (_d, s) = store();
+        let a = file(&s, "a");
+        s.write(|db| db.delete_entry(a)).unwrap();
+        let b = file(&s, "b");
+        assert!(b.0 > a.0);
+    }
+
+    #[test]
+    fn paths_and_resolution() {
+        let (_d, s) = store();
+        let a = file(&s, "a");
+        assert_eq!(s.read(|db| db.path_of(a)).unwrap(), Some(b"a".to_vec()));
+        assert_eq!(
+            s.read(|db| db.resolve(b"a")).unwrap().map(|e| e.id),
+            Some(a)
+        );
+        assert!(s.read(|db| db.resolve(b"a/b")).unwrap().is_none());
+    }
+}
