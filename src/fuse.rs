@@ -585,7 +585,7 @@ impl Filesystem for StratusFs {
 /// sent from inside a request handler can deadlock the session.
 pub fn forward_invalidations(
     notifier: fuser::Notifier,
-    rx: std::sync::mpsc::Receiver<crate::sync::Invalidation>,
+    rx: std::sync::mpsc::Receiver<crate::types::Invalidation>,
 ) {
     std::thread::Builder::new()
         .name("stratus-notify".into())
@@ -593,10 +593,10 @@ pub fn forward_invalidations(
             for inv in rx {
                 // ENOENT means the kernel holds nothing to forget: fine.
                 let r = match &inv {
-                    crate::sync::Invalidation::Entry { parent, name } => {
+                    crate::types::Invalidation::Entry { parent, name } => {
                         notifier.inval_entry(INodeNo(parent.0), OsStr::from_bytes(name))
                     }
-                    crate::sync::Invalidation::Inode(id) => {
+                    crate::types::Invalidation::Inode(id) => {
                         notifier.inval_inode(INodeNo(id.0), 0, 0)
                     }
                 };
