@@ -24,6 +24,11 @@ pub(super) struct Wakeups {
     idle_until: AtomicI64,
     /// A forced sync: also cuts short a backoff after a transient failure.
     kick: Notify,
+    /// Forced syncs asked for so far. A poll serves every kick counted before it started, so
+    /// a wake-up left over from a kick that a poll already served polls nothing (a `Notify`
+    /// keeps one permit: a kick that came while the uploader was busy woke it once more
+    /// later, and it polled in the middle of the next round of writes).
+    kicks: std::sync::atomic::AtomicU64,
     /// When a FUSE op last changed the tree (ms since the epoch): the uploader stands aside
     /// while the user is busy.
     user_active_ms: AtomicI64,
@@ -35,6 +40,7 @@ impl Wakeups {
             wake: Notify::new(),
             idle_until: AtomicI64::new(i64::MIN),
             kick: Notify::new(),
+            kicks: std::sync::atomic::AtomicU64::new(0),
             user_active_ms: AtomicI64::new(0),
         }
     }
@@ -88,7 +94,13 @@ impl Store {
     /// Forces a sync: the uploader stops waiting (for new jobs, out a backoff, or offline)
     /// and polls once the queue is drained.
     pub fn kick(&self) {
+        self.wakeups.kicks.fetch_add(1, Ordering::SeqCst);
         self.wakeups.kick.notify_one();
+    }
+
+    /// Forced syncs asked for so far: a poll that starts now serves them all.
+    pub fn kicks(&self) -> u64 {
+        self.wakeups.kicks.load(Ordering::SeqCst)
     }
 
     /// Completes at the next [`Store::kick`].

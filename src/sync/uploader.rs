@@ -14,9 +14,7 @@ use tracing::Instrument;
 use super::{backoff, Invalidation, SyncConfig};
 use crate::cache::{FileCache, FileGate};
 use crate::remote::{hash_file, Cond, ConflictMark, Meta, Remote, RemoteError, Written};
-use crate::store::{
-    now_ms, now_ns, Entry, Job, JobKind, JobState, Store, StoreError, Synced, Woken,
-};
+use crate::store::{now_ms, now_ns, Entry, Job, JobKind, JobState, Store, StoreError, Synced};
 use crate::types::{EntryId, Kind};
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +110,9 @@ impl Uploader {
         let mut next_poll = self.cfg.poll_interval.map(|d| Instant::now() + d);
         let mut was_unreachable = false;
         let mut yielding_since = None;
+        // Kicks served by the last poll that went through (`Store::kicks`); none yet, also
+        // of those asked for before this task first ran.
+        let mut served_kicks = 0;
         loop {
             if *shutdown.borrow() {
                 return;
@@ -119,7 +120,7 @@ impl Uploader {
             if let Some(wait) = self.yield_to_user(&mut yielding_since) {
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = self.store.kicked() => poll_due = true,
+                    _ = self.store.kicked() => {}
                     _ = shutdown.changed() => return,
                 }
                 continue;
@@ -137,7 +138,7 @@ impl Uploader {
             if let Some(until) = pause_until {
                 tokio::select! {
                     _ = tokio::time::sleep_until(until) => {}
-                    _ = self.store.kicked() => poll_due = true,
+                    _ = self.store.kicked() => {}
                     _ = shutdown.changed() => return,
                 }
                 pause_until = None;
@@ -159,11 +160,18 @@ impl Uploader {
                         .poll_wanted
                         .swap(false, std::sync::atomic::Ordering::Relaxed)
                         && self.cfg.poll_interval.is_some();
-                    if poll_due || wanted || next_poll.is_some_and(|t| Instant::now() >= t) {
+                    let kicked = self.store.kicks() > served_kicks;
+                    if poll_due
+                        || kicked
+                        || wanted
+                        || next_poll.is_some_and(|t| Instant::now() >= t)
+                    {
+                        let kicks = self.store.kicks();
                         match self.poll().instrument(tracing::info_span!("poll")).await {
                             Ok(()) => {
                                 self.store.health().record_ok();
                                 poll_due = false;
+                                served_kicks = kicks;
                                 next_poll = self.cfg.poll_interval.map(|d| Instant::now() + d);
                             }
                             Err(e) => {
@@ -191,11 +199,8 @@ impl Uploader {
                         wait = wait.min(t.saturating_duration_since(Instant::now()));
                     }
                     tokio::select! {
-                        woken = self.store.wait_for_jobs(wait) => {
-                            if woken == Woken::Kick {
-                                poll_due = true;
-                            }
-                        }
+                        // A kick is seen through `Store::kicks` above.
+                        _ = self.store.wait_for_jobs(wait) => {}
                         _ = shutdown.changed() => return,
                     }
                     continue;
