@@ -506,3 +506,24 @@ fn regression_a_copy_whose_answer_was_lost_is_ours() {
         }
     }
 }
+
+// Regression (found by this test, seed 11): a restart while offline, offline set again at
+// once with its kick; the new uploader had passed its offline check and polled on that kick.
+// The mount thus knew a remote version written while it was offline, and its next write
+// replaced that version instead of meeting it as a conflict.
+#[test]
+fn regression_no_poll_while_offline() {
+    for _ in 0..40 {
+        let env = env();
+        let windows = vec![vec![
+            Op::Offline,
+            Op::Direct { file: 2, len: 47 },
+            Op::Restart,
+            Op::Write { file: 3, len: 59 },
+            Op::Write { file: 2, len: 3 },
+        ]];
+        if let Err(e) = run_case(&env, &windows) {
+            panic!("{e}");
+        }
+    }
+}

@@ -160,6 +160,13 @@ impl Uploader {
                         .poll_wanted
                         .swap(false, std::sync::atomic::Ordering::Relaxed)
                         && self.cfg.poll_interval.is_some();
+                    // Offline may have been turned on since the check above, with a kick
+                    // that would poll: offline means no traffic at all. (Found by the core
+                    // model test: a poll slipped through as offline was set, and the mount
+                    // then replaced a remote version it should not have known yet.)
+                    if self.store.health().is_offline() {
+                        continue;
+                    }
                     let kicked = self.store.kicks() > served_kicks;
                     if poll_due
                         || kicked
