@@ -8,10 +8,13 @@ through, 412 when the server refused it). Each condition is tried once met and o
 PutObject, CopyObject (the source's `x-amz-copy-source-if-match` and the target's `If-None-Match`
 / `If-Match`), CompleteMultipartUpload and DeleteObject. With a second endpoint (another gateway
 of the same cluster), the failed conditions are also sent there, against versions written through
-the first. tests/cluster.rs asserts the answers; docs/semantics.md keeps the table.
+the first. Last, 16 writers race one conditional PUT (create-only, then against one version),
+spread over the endpoints: `...-race-winners N` says how many got through (1 is right).
+tests/cluster.rs asserts the answers; docs/semantics.md keeps the table.
 """
 
 import argparse
+import threading
 
 import boto3
 import botocore.config
@@ -155,6 +158,29 @@ def main():
             a, "If-Match", cur, lambda: a.delete_object(Bucket=bucket, Key=p + "k")
         ),
     )
+    # Races: 16 writers at once, spread over every endpoint, each with the same condition;
+    # exactly one may win.
+    racers = [clients[i % len(clients)] for i in range(16)]
+
+    def race(case, make):
+        barrier = threading.Barrier(len(racers))
+        results = [None] * len(racers)
+
+        def run(i, c):
+            call = make(i, c)
+            barrier.wait()
+            results[i] = status(call)
+
+        threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(racers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        print(f"{case} {results.count(200)}", flush=True)
+
+    race("put-if-none-match-race-winners", lambda i, c: put(c, "race", b"%d" % i, IfNoneMatch="*"))
+    base = etag("race")
+    race("put-if-match-race-winners", lambda i, c: put(c, "race", b"x%d" % i, IfMatch=base))
 
 
 if __name__ == "__main__":

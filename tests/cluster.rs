@@ -107,7 +107,8 @@ fn everyone_holds(env: &ClusterEnv, a: &Mount, b: &Mount, want: &BTreeMap<String
 }
 
 /// SeaweedFS refuses every conditional write stratus relies on, through either gateway, against
-/// a version written through the other; and the mount's own check of the server says so.
+/// a version written through the other, and lets exactly one of 16 racing conditional PUTs
+/// through; and the mount's own check of the server says so.
 #[test]
 fn seaweedfs_enforces_write_preconditions() {
     let _shared = share_cluster();
@@ -152,6 +153,9 @@ fn seaweedfs_enforces_write_preconditions() {
         want.insert(format!("copy-source-if-match-stale@{gw}"), 412);
         want.insert(format!("delete-if-match-stale@{gw}"), 412);
     }
+    // Not a status: how many of 16 racers, spread over both gateways, got through.
+    want.insert("put-if-none-match-race-winners".into(), 1);
+    want.insert("put-if-match-race-winners".into(), 1);
     assert_eq!(answers, want);
 
     // The mount-time check agrees: no warning, and status says the server enforces them.
