@@ -175,10 +175,16 @@ start() {
             running "$n" && die "a cluster is already running in $dir (stop it first)"
         done
     fi
+    # Never wipe a directory that is not ours: DIR must be new, empty, or an old cluster's.
+    if [ -d "$dir" ] && [ -n "$(ls -A "$dir")" ] && [ ! -f "$dir/cluster.env" ]; then
+        die "$dir is not empty and holds no cluster: choose another DIR"
+    fi
     local weed
     weed=$(find_weed)
     rm -rf "$dir"
     mkdir -p "$dir"
+    # A start that fails half-way leaves nothing running.
+    trap 'for n in "${NAMES[@]}"; do kill_one "$n"; done' EXIT
     # Every listening port, distinct and free now; a port another process takes before weed binds
     # it fails the start loudly rather than silently.
     # A filer's gRPC port must be its HTTP port + 10000: its embedded S3 gateway reaches it there
@@ -256,6 +262,7 @@ EOF
         setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; "$2" stop "$3"' \
             _ "$STRATUS_CLUSTER_PARENT" "$(realpath "$0")" "$dir" >/dev/null 2>&1 </dev/null &
     fi
+    trap - EXIT
     say "up in $((SECONDS - t0)) s: gateways $S3_ENDPOINT_1 $S3_ENDPOINT_2, bucket $BUCKET, settings in $dir/cluster.env"
 }
 
