@@ -228,7 +228,39 @@ impl ClusterEnv {
     /// The test's prefix as read through gateway `gw`: files by path relative to the prefix, and
     /// directory markers (`dir/` keys, which object_store lists without their slash and cannot
     /// GET) as a set.
+    ///
+    /// A listed object that a GET then does not find is a ghost. Seen once in seven runs of the
+    /// outage test: after filer2's SIGKILL and restart, its listing still held the scratch object
+    /// of a mount's precondition check, deleted before the outage, and a GET through it answered
+    /// 404. The listing is read again for up to 10 s while ghosts remain; a ghost that stays is
+    /// only tolerated (with a line on stderr) for those scratch names, which stratus never shows
+    /// or reads, and fails the test for any other key.
     pub fn remote(&self, gw: usize) -> (BTreeMap<String, Vec<u8>>, BTreeSet<String>) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (files, dirs, ghosts) = self.read_prefix(gw);
+            if ghosts.is_empty() {
+                return (files, dirs);
+            }
+            if std::time::Instant::now() >= deadline {
+                let (probes, others): (Vec<_>, Vec<_>) = ghosts
+                    .into_iter()
+                    .partition(|k| k.starts_with(".stratus-probe-"));
+                assert!(
+                    others.is_empty(),
+                    "listed through gateway {gw} but not found by GET: {others:?}"
+                );
+                eprintln!(
+                    "gateway {gw} still lists deleted scratch objects of the precondition check: {probes:?}"
+                );
+                return (files, dirs);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    }
+
+    /// One listing and a GET of each listed key: (files, dir markers, ghosts).
+    fn read_prefix(&self, gw: usize) -> (BTreeMap<String, Vec<u8>>, BTreeSet<String>, Vec<String>) {
         let s3 = self.client(gw);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -239,19 +271,23 @@ impl ClusterEnv {
             let listed: Vec<_> = s3.list(Some(&prefix)).try_collect().await.unwrap();
             let mut files = BTreeMap::new();
             let mut dirs = BTreeSet::new();
+            let mut ghosts = Vec::new();
             for o in listed {
                 let rel = o.location.as_ref()[self.prefix.len()..].to_string();
                 match s3.get(&o.location).await {
                     Ok(got) => {
                         files.insert(rel, got.bytes().await.unwrap().to_vec());
                     }
-                    Err(object_store::Error::NotFound { .. }) if o.size == 0 => {
+                    Err(object_store::Error::NotFound { .. })
+                        if o.size == 0 && !rel.starts_with(".stratus-probe-") =>
+                    {
                         dirs.insert(rel);
                     }
+                    Err(object_store::Error::NotFound { .. }) => ghosts.push(rel),
                     Err(e) => panic!("GET {} through gateway {gw}: {e}", o.location),
                 }
             }
-            (files, dirs)
+            (files, dirs, ghosts)
         })
     }
 
