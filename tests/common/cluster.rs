@@ -229,7 +229,7 @@ impl ClusterEnv {
     /// directory markers (`dir/` keys, which object_store lists without their slash and cannot
     /// GET) as a set.
     ///
-    /// A listed object that a GET then does not find is a ghost. Seen once in seven runs of the
+    /// A listed object that a GET then does not find is a ghost. Seen twice in twenty runs of the
     /// outage test: after filer2's SIGKILL and restart, its listing still held the scratch object
     /// of a mount's precondition check, deleted before the outage, and a GET through it answered
     /// 404. The listing is read again for up to 10 s while ghosts remain; a ghost that stays is
