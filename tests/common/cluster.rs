@@ -51,11 +51,14 @@ impl Cluster {
             .expect("run scripts/cluster.sh");
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         if out.status.code() == Some(CANNOT_INSTALL) {
+            let _ = std::fs::remove_dir_all(&dir);
             return Err(stderr.trim().to_string());
         }
+        // On failure the dir stays: its logs say why.
         assert!(
             out.status.success(),
-            "scripts/cluster.sh start failed:\n{stderr}"
+            "scripts/cluster.sh start {} failed:\n{stderr}",
+            dir.display()
         );
         eprint!("{stderr}");
         let vars: BTreeMap<String, String> = std::fs::read_to_string(dir.join("cluster.env"))
