@@ -1,6 +1,7 @@
 #![allow(dead_code)]
 
 pub mod azurite;
+pub mod cluster;
 pub mod direct;
 pub mod fault_proxy;
 pub mod gate_proxy;

@@ -706,6 +706,23 @@ pub struct Mount {
 }
 
 impl Mount {
+    /// A mount that `stratus mount` just made with `envs` (for envs other than an `Env`'s, such
+    /// as tests/common/cluster.rs's per-gateway endpoints).
+    pub fn mounted(
+        dir: PathBuf,
+        state: PathBuf,
+        envs: Vec<(String, String)>,
+        stderr: String,
+    ) -> Mount {
+        Mount {
+            dir,
+            state,
+            envs,
+            mounted: true,
+            mount_stderr: stderr,
+        }
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.join(rel)
     }
