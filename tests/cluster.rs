@@ -420,11 +420,24 @@ fn killed_volume_server_and_filer_lose_nothing_acknowledged() {
         // last one as the copy); the job now knows the hashes it sent (`journal.tried`).
         let o = m.stratus(&["conflicts", m.dir.to_str().unwrap(), "--json"]);
         let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let history_of = |c: &serde_json::Value| {
+            let path = c["path"].as_str().unwrap_or_default().to_string();
+            let stem = path
+                .rsplit_once('.')
+                .map_or(path.as_str(), |(s, _)| s)
+                .to_string();
+            m.log_lines_with(&stem)
+        };
         assert!(
             list.as_array().unwrap().is_empty(),
-            "a conflict with no second writer:\n{}\nlog:\n{}",
+            "a conflict with no second writer:\n{}\nits log:\n{}",
             String::from_utf8_lossy(&o.stdout),
-            m.log_lines_with("conflict")
+            list.as_array()
+                .unwrap()
+                .iter()
+                .map(history_of)
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     }
     everyone_holds(&env, &a, &b, &want);

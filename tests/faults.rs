@@ -748,3 +748,33 @@ fn queue_drains_to_the_same_state_as_without_faults() {
     );
     println!("faults injected: {st:?}");
 }
+
+// Regression (seen on the SeaweedFS cluster suite, tests/cluster.rs): a distributed store
+// catching up after an outage answered 412 to an If-Match on the very version it held. The
+// uploader took that for another writer and made the mount's own newer version a
+// `.conflict` copy of its older one. The key still holds our base, so the refusal is the
+// server's: the write is retried, and no conflict appears.
+#[test]
+fn a_refused_write_whose_condition_holds_is_retried_not_a_conflict() {
+    let (env, proxy) = s3_behind_fault_proxy();
+    let m = env.mount();
+    fs::write(m.path("f.txt"), b"first").unwrap();
+    m.sync();
+    proxy.set(
+        Faults::errors(1.0, ErrorKind::PreconditionFailed, 1)
+            .with_budget(1)
+            .only("PUT "),
+    );
+    fs::write(m.path("f.txt"), b"second version").unwrap();
+    m.sync();
+    assert_eq!(proxy.stats().errors_503, 1, "the proxy refused no write");
+    let o = m.stratus(&["conflicts", m.dir.to_str().unwrap(), "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        list.as_array().unwrap().is_empty(),
+        "a conflict of the mount with itself: {list}"
+    );
+    let remote = env.remote_files();
+    assert_eq!(remote.keys().collect::<Vec<_>>(), vec!["f.txt"]);
+    assert_eq!(remote["f.txt"], b"second version");
+}

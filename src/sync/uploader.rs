@@ -680,6 +680,20 @@ impl Uploader {
             })?;
             return Ok(Outcome::Again);
         };
+        // The key still holds our base: the condition we sent holds, so the refusal was the
+        // server's, not another writer's (a distributed store catching up after an outage
+        // answered 412 to an If-Match on the version it held). Nothing to keep aside: try
+        // again shortly. (Seen on the SeaweedFS cluster suite: a file only one mount wrote
+        // ended as a conflict of that mount with itself.)
+        let holds_base = e.synced.key.as_deref() == Some(key)
+            && r.etag.is_some()
+            && r.etag == e.synced.etag
+            && (r.version.is_none() || e.synced.version.is_none() || r.version == e.synced.version);
+        if holds_base {
+            return Err(SyncError::Wait(
+                "the server refused a write whose precondition holds; retrying".into(),
+            ));
+        }
         let same = match (&r.meta.sha256, e.local) {
             (Some(h), true) => {
                 let path = self.cache.path(e.id);

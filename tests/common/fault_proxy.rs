@@ -50,6 +50,9 @@ pub enum ErrorKind {
     SlowDown,
     /// Either, half and half (drawn from the seed like everything else).
     Mixed,
+    /// `412 Precondition Failed`, S3 code `PreconditionFailed`: a server that refuses a
+    /// conditional write whose condition holds (a distributed store catching up).
+    PreconditionFailed,
 }
 
 /// What the proxy does to the traffic; replace it at any time with [`FaultProxy::set`].
@@ -421,12 +424,14 @@ impl Shared {
             };
         }
         if f.error_share > 0.0 && draw(f.seed, 1, &key, nth) < f.error_share && self.take_budget() {
-            let internal = match f.error_kind {
-                ErrorKind::Internal => true,
-                ErrorKind::SlowDown => false,
-                ErrorKind::Mixed => draw(f.seed, 2, &key, nth) < 0.5,
+            let status = match f.error_kind {
+                ErrorKind::Internal => 500,
+                ErrorKind::SlowDown => 503,
+                ErrorKind::Mixed if draw(f.seed, 2, &key, nth) < 0.5 => 500,
+                ErrorKind::Mixed => 503,
+                ErrorKind::PreconditionFailed => 412,
             };
-            return Decision::Answer { internal };
+            return Decision::Answer { status };
         }
         if let Some(limit) = f.cut_body_after {
             let longer = match head.body {
@@ -478,7 +483,7 @@ enum Decision {
         drop_response: bool,
     },
     Answer {
-        internal: bool,
+        status: u16,
     },
 }
 
@@ -579,19 +584,23 @@ fn parse_head(raw: &[u8]) -> Option<Head> {
     })
 }
 
-fn error_response(internal: bool, head_only: bool, id: u64) -> Vec<u8> {
-    let (status, code, message) = if internal {
-        (
+fn error_response(status: u16, head_only: bool, id: u64) -> Vec<u8> {
+    let (status, code, message) = match status {
+        500 => (
             "500 Internal Server Error",
             "InternalError",
             "We encountered an internal error. Please try again.",
-        )
-    } else {
-        (
+        ),
+        412 => (
+            "412 Precondition Failed",
+            "PreconditionFailed",
+            "At least one of the pre-conditions you specified did not hold",
+        ),
+        _ => (
             "503 Slow Down",
             "SlowDown",
             "Please reduce your request rate.",
-        )
+        ),
     };
     let body = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
@@ -837,19 +846,15 @@ impl Conn {
             };
             bump(&self.shared.counters.requests, 1);
             match self.shared.decide(&head) {
-                Decision::Answer { internal } => {
-                    let counter = if internal {
+                Decision::Answer { status } => {
+                    let counter = if status == 500 {
                         &self.shared.counters.errors_500
                     } else {
                         &self.shared.counters.errors_503
                     };
                     bump(counter, 1);
                     let n = counter.load(Ordering::SeqCst);
-                    self.shared.event(format!(
-                        "{} {}",
-                        if internal { 500 } else { 503 },
-                        head.what()
-                    ));
+                    self.shared.event(format!("{} {}", status, head.what()));
                     self.buf.drain(..head_len);
                     self.forwarding = false;
                     self.cut = None;
@@ -857,7 +862,7 @@ impl Conn {
                     if !head.expect_continue && self.move_body(head.body).is_err() {
                         return End::Close;
                     }
-                    return End::Answer(error_response(internal, head.method == "HEAD", n));
+                    return End::Answer(error_response(status, head.method == "HEAD", n));
                 }
                 Decision::Forward {
                     cut_at,
