@@ -19,11 +19,12 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use common::direct::{put_if, sha, versions};
 use common::inproc::Core;
 use common::mount::{Backend, Env};
+use common::tree::{content, Tree};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestError, TestRunner};
 
@@ -65,87 +66,18 @@ fn case() -> impl Strategy<Value = Vec<Vec<Op>>> {
     prop::collection::vec(prop::collection::vec(op(), 0..8), 1..4)
 }
 
-/// A tree as a writer expects it: files with their content, and directories.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Tree {
-    files: BTreeMap<String, Vec<u8>>,
-    dirs: BTreeSet<String>,
+/// The tree the core serves.
+fn of_core(c: &Core) -> Result<Tree, String> {
+    let (files, dirs) = c.tree().map_err(|e| format!("walking the mount: {e}"))?;
+    Ok(Tree::normalized(files, dirs))
 }
 
-impl Tree {
-    fn of_core(c: &Core) -> Result<Tree, String> {
-        let (files, dirs) = c.tree().map_err(|e| format!("walking the mount: {e}"))?;
-        Ok(normalized(files, dirs))
-    }
-
-    /// What can be read without the remote (all a restart while offline can show).
-    fn cached_of_core(c: &Core) -> Result<Tree, String> {
-        let (files, dirs) = c
-            .cached_tree()
-            .map_err(|e| format!("walking the mount: {e}"))?;
-        Ok(normalized(files, dirs))
-    }
-
-    fn of_remote(env: &Env) -> Tree {
-        let mut files = BTreeMap::new();
-        let mut dirs = BTreeSet::new();
-        for (k, o) in env.remote_tree() {
-            match o.kind {
-                common::mount::ObjKind::Dir => {
-                    dirs.insert(k);
-                }
-                _ => {
-                    files.insert(k, o.data);
-                }
-            }
-        }
-        normalized(files, dirs)
-    }
-
-    fn is_dir(&self, p: &str) -> bool {
-        self.dirs.contains(p)
-    }
-
-    fn has_children(&self, d: &str) -> bool {
-        let prefix = format!("{d}/");
-        self.files
-            .keys()
-            .chain(self.dirs.iter())
-            .any(|k| k.starts_with(&prefix))
-    }
-
-    fn digest(&self) -> (BTreeMap<String, String>, &BTreeSet<String>) {
-        (
-            self.files
-                .iter()
-                .map(|(k, v)| (k.clone(), sha(v)))
-                .collect(),
-            &self.dirs,
-        )
-    }
-}
-
-/// Directories that hold files exist, whether or not the remote has a marker for them.
-fn normalized(files: BTreeMap<String, Vec<u8>>, mut dirs: BTreeSet<String>) -> Tree {
-    for k in files.keys() {
-        let mut p = k.as_str();
-        while let Some((parent, _)) = p.rsplit_once('/') {
-            dirs.insert(parent.to_string());
-            p = parent;
-        }
-    }
-    Tree { files, dirs }
-}
-
-fn content(tag: &str, len: usize) -> Vec<u8> {
-    let mut v = format!("{tag}\n").into_bytes();
-    let mut x = sha(tag.as_bytes()).into_bytes();
-    while v.len() < len {
-        v.append(&mut x.clone());
-        x = sha(&x).into_bytes();
-    }
-    v.truncate(len.max(tag.len() + 1));
-    v
+/// What the core can read without the remote (all a restart while offline can show).
+fn cached_of_core(c: &Core) -> Result<Tree, String> {
+    let (files, dirs) = c
+        .cached_tree()
+        .map_err(|e| format!("walking the mount: {e}"))?;
+    Ok(Tree::normalized(files, dirs))
 }
 
 /// The direct client's version of `p` may have been seen by the core (`seen`), so a core
@@ -339,7 +271,7 @@ fn run_case(env: &Env, windows: &[Vec<Op>]) -> Result<(), TestCaseError> {
                     }
                     // Everything it acknowledged is still here (at its path, or moved aside
                     // into a copy by a conflict).
-                    let held: BTreeSet<String> = Tree::cached_of_core(&again)
+                    let held: BTreeSet<String> = cached_of_core(&again)
                         .map_err(|e| fail(&log, e))?
                         .files
                         .values()
@@ -360,7 +292,7 @@ fn run_case(env: &Env, windows: &[Vec<Op>]) -> Result<(), TestCaseError> {
         c.drain()
             .map_err(|e| fail(&log, format!("window {wi}: {e}")))?;
         let remote = Tree::of_remote(env);
-        let mine = Tree::of_core(c).map_err(|e| fail(&log, e))?;
+        let mine = of_core(c).map_err(|e| fail(&log, e))?;
         if mine.digest() != remote.digest() {
             return Err(fail(
                 &log,

@@ -26,12 +26,13 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
 
 use common::direct::{dirs, files, put_if, sha, versions};
 use common::mount::{Env, Mount};
+use common::tree::{content, Tree};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestError, TestRunner};
 
@@ -84,78 +85,9 @@ fn case() -> impl Strategy<Value = Vec<Vec<Op>>> {
     prop::collection::vec(prop::collection::vec(op(), 0..7), 1..4)
 }
 
-/// A tree as a writer expects it: files with their content, and directories.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Tree {
-    files: BTreeMap<String, Vec<u8>>,
-    dirs: BTreeSet<String>,
-}
-
-impl Tree {
-    fn of_mount(m: &Mount) -> Tree {
-        normalized(files(&m.dir), dirs(&m.dir))
-    }
-
-    fn of_remote(env: &Env) -> Tree {
-        let mut files = BTreeMap::new();
-        let mut dirs = BTreeSet::new();
-        for (k, o) in env.remote_tree() {
-            match o.kind {
-                common::mount::ObjKind::Dir => {
-                    dirs.insert(k);
-                }
-                _ => {
-                    files.insert(k, o.data);
-                }
-            }
-        }
-        normalized(files, dirs)
-    }
-
-    fn is_dir(&self, p: &str) -> bool {
-        self.dirs.contains(p)
-    }
-
-    fn has_children(&self, d: &str) -> bool {
-        let prefix = format!("{d}/");
-        self.files
-            .keys()
-            .chain(self.dirs.iter())
-            .any(|k| k.starts_with(&prefix))
-    }
-
-    fn digest(&self) -> (BTreeMap<String, String>, &BTreeSet<String>) {
-        (
-            self.files
-                .iter()
-                .map(|(k, v)| (k.clone(), sha(v)))
-                .collect(),
-            &self.dirs,
-        )
-    }
-}
-
-/// Directories that hold files exist, whether or not the remote has a marker for them.
-fn normalized(files: BTreeMap<String, Vec<u8>>, mut dirs: BTreeSet<String>) -> Tree {
-    for k in files.keys() {
-        let mut p = k.as_str();
-        while let Some((parent, _)) = p.rsplit_once('/') {
-            dirs.insert(parent.to_string());
-            p = parent;
-        }
-    }
-    Tree { files, dirs }
-}
-
-fn content(tag: &str, len: usize) -> Vec<u8> {
-    let mut v = format!("{tag}\n").into_bytes();
-    let mut x = sha(tag.as_bytes()).into_bytes();
-    while v.len() < len {
-        v.append(&mut x.clone());
-        x = sha(&x).into_bytes();
-    }
-    v.truncate(len.max(tag.len() + 1));
-    v
+/// The tree a mount shows.
+fn of_mount(m: &Mount) -> Tree {
+    Tree::normalized(files(&m.dir), dirs(&m.dir))
 }
 
 struct World {
@@ -403,7 +335,7 @@ fn run_case(env: &Env, windows: &[Vec<Op>]) -> Result<(), TestCaseError> {
         }
         w.drain();
         let remote = Tree::of_remote(env);
-        let (ta, tb) = (Tree::of_mount(w.m(Side::A)), Tree::of_mount(w.m(Side::B)));
+        let (ta, tb) = (of_mount(w.m(Side::A)), of_mount(w.m(Side::B)));
         if ta.digest() != remote.digest() {
             return Err(fail(
                 &w,

@@ -11,3 +11,4 @@ pub mod moto;
 pub mod mount;
 pub mod proxy;
 pub mod raw;
+pub mod tree;

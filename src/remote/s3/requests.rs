@@ -309,14 +309,7 @@ impl S3Raw {
             .await?;
         let status = resp.status();
         if status == StatusCode::NOT_FOUND {
-            let body = read_limited(resp).await;
-            let (code, message) = parse_error_body(&body);
-            let detail = describe(
-                &format!("{} {:?}", "copy", from),
-                status.as_u16(),
-                code.as_deref(),
-                message.as_deref(),
-            );
+            let (code, detail) = not_found("copy", from, resp).await;
             return Err(match code.as_deref() {
                 Some("NoSuchBucket") => RemoteError::Permanent(detail),
                 _ => RemoteError::NotFound(detail),
@@ -359,14 +352,7 @@ impl S3Raw {
             .await?;
         let status = resp.status();
         if status == StatusCode::NOT_FOUND {
-            let body = read_limited(resp).await;
-            let (code, message) = parse_error_body(&body);
-            let detail = describe(
-                &format!("{} {:?}", "complete upload", key),
-                status.as_u16(),
-                code.as_deref(),
-                message.as_deref(),
-            );
+            let (code, detail) = not_found("complete upload", key, resp).await;
             // NoSuchUpload: completed by an attempt whose answer was lost, or expired. Sending
             // the file again settles either (a completed twin is then our own version).
             return Err(match code.as_deref() {
@@ -405,15 +391,9 @@ impl S3Raw {
             return Ok(());
         }
         if status == StatusCode::NOT_FOUND {
-            let body = read_limited(resp).await;
-            let (code, message) = parse_error_body(&body);
+            let (code, detail) = not_found("delete", key, resp).await;
             if code.as_deref() == Some("NoSuchBucket") {
-                return Err(RemoteError::Permanent(describe(
-                    &format!("{} {:?}", "delete", key),
-                    status.as_u16(),
-                    code.as_deref(),
-                    message.as_deref(),
-                )));
+                return Err(RemoteError::Permanent(detail));
             }
             return Ok(());
         }
@@ -496,6 +476,21 @@ impl S3Raw {
 }
 
 /// A failed answer, classified by the one rule (`http::classify`).
+/// A 404's S3 error code (`NoSuchKey`, `NoSuchBucket`, `NoSuchUpload`, ...) and the message
+/// to report: the callers tell a missing bucket from a missing key or upload.
+async fn not_found(op: &str, what: &str, resp: Response) -> (Option<String>, String) {
+    let status = resp.status().as_u16();
+    let body = read_limited(resp).await;
+    let (code, message) = parse_error_body(&body);
+    let detail = describe(
+        &format!("{op} {what:?}"),
+        status,
+        code.as_deref(),
+        message.as_deref(),
+    );
+    (code, detail)
+}
+
 async fn failed(op: &str, what: &str, resp: Response) -> RemoteError {
     xml_error(&format!("{op} {what:?}"), resp).await
 }
