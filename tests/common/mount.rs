@@ -827,6 +827,26 @@ impl Mount {
         while alive(pid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Gone means its state dir lock is free: what the remount that follows needs. (On a
+        // loaded CI machine a remount once still found it held.)
+        let lock = self.state.join("lock");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let Ok(f) = std::fs::File::open(&lock) else {
+                break;
+            };
+            // SAFETY: flock on a descriptor we own; released when `f` closes.
+            if unsafe {
+                libc::flock(
+                    std::os::fd::AsRawFd::as_raw_fd(&f),
+                    libc::LOCK_EX | libc::LOCK_NB,
+                )
+            } == 0
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = Command::new("fusermount3")
             .arg("-uz")
             .arg(&self.dir)
