@@ -1,7 +1,12 @@
 //! The `stratus` command line. It reaches a running mount only through the control
-//! attributes (see `control`), never through private channels.
+//! attributes (see `control`), never through private channels. Every command that takes a
+//! path finds the mount from it (`cli::mounts`) and refuses, writing nothing, a path outside
+//! every stratus mount; `--json` makes every command print JSON (`docs/json.md`), errors too.
 
-use std::io::{BufRead, BufReader};
+mod mounts;
+mod show;
+
+use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -10,16 +15,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::control;
+use crate::control::{self, LogEntry, Page, QueueEntry};
 use crate::daemon::{self, MountConfig, Ready, READY_FD_ENV};
 use crate::remote::RemoteUrl;
 use crate::sync::ConflictPolicy;
+use mounts::absolute;
+use show::{human, when};
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{parse_duration, parse_size};
 
     #[test]
     fn sizes() {
@@ -29,6 +37,16 @@ mod tests {
         assert_eq!(parse_size("4096"), Some(4096));
         assert_eq!(parse_size("ten"), None);
         assert_eq!(parse_size("-1G"), None);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Some(90_000));
+        assert_eq!(parse_duration("15m"), Some(900_000));
+        assert_eq!(parse_duration("2h"), Some(7_200_000));
+        assert_eq!(parse_duration("7d"), Some(604_800_000));
+        assert_eq!(parse_duration("30"), Some(30_000));
+        assert_eq!(parse_duration("soon"), None);
     }
 }
 
@@ -42,6 +60,10 @@ struct Cli {
     /// More log output (debug level); STRATUS_LOG overrides it with a full filter.
     #[arg(short, long, global = true)]
     verbose: bool,
+    /// Print JSON (one document; `log --follow`: one per line); errors too, as
+    /// {"error": "..."} with a non-zero exit. See docs/json.md.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -88,14 +110,42 @@ enum Cmd {
     },
     /// Unmount cleanly; what is still queued stays queued for the next mount.
     Unmount { mountpoint: PathBuf },
-    /// Show whether the remote is reachable, what is queued, and the last error.
-    Status { mountpoint: PathBuf },
+    /// Health, queue, statistics and storage of the mount PATH is in.
+    Status {
+        #[arg(default_value = ".")]
+        path: PathBuf,
+    },
+    /// The queued operations, in the order they run, with state, tries and last error.
+    Queue {
+        #[arg(default_value = ".")]
+        path: PathBuf,
+        /// Try the parked (failed) operations of these paths again now (a directory: all
+        /// below it).
+        #[arg(long, value_name = "PATH")]
+        retry: Vec<PathBuf>,
+        /// Try every parked operation again now.
+        #[arg(long)]
+        all: bool,
+    },
+    /// The activity log: uploads, downloads, deletes, moves, remote changes, conflicts,
+    /// errors and retries, offline switches, mounts.
+    Log {
+        #[arg(default_value = ".")]
+        path: PathBuf,
+        /// Keep printing new events as they happen.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only events newer than this (90s, 15m, 2h, 7d).
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        /// At most the newest N events.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        limit: usize,
+    },
     /// List open and resolved conflicts.
     Conflicts {
-        mountpoint: PathBuf,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
+        #[arg(default_value = ".")]
+        path: PathBuf,
     },
     /// Settle the conflict of PATH (the file or its .conflict copy), on every mount.
     Resolve {
@@ -119,14 +169,16 @@ enum Cmd {
     },
     /// Go offline (no network traffic; changes queue) or back online.
     Offline {
-        mountpoint: PathBuf,
+        path: PathBuf,
         /// on or off
         state: String,
     },
     /// Push queued changes and pull remote ones now.
     Sync {
-        mountpoint: PathBuf,
-        /// Return only once everything queued before this call reached the remote.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+        /// Return only once everything queued before this call reached the remote, showing
+        /// progress.
         #[arg(long)]
         wait: bool,
         /// With --wait: give up after this many seconds (exit status 1).
@@ -135,13 +187,47 @@ enum Cmd {
     },
 }
 
+/// Where the CLI's output goes: text for people, or JSON for scripts.
+#[derive(Clone, Copy)]
+struct Out {
+    json: bool,
+}
+
+impl Out {
+    /// Prints `value` as JSON, or `text` for people.
+    fn print(&self, value: serde_json::Value, text: impl FnOnce() -> String) {
+        if self.json {
+            println!("{value}");
+        } else {
+            let t = text();
+            if !t.is_empty() {
+                println!("{}", t.trim_end_matches('\n'));
+            }
+        }
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Mount { .. }) {
+        // A command whose output goes to a closed pipe (`stratus status | head -1`) ends
+        // quietly, as other Unix tools do, instead of panicking in `println!`. The daemon
+        // keeps ignoring SIGPIPE: its sockets report a closed peer as an error.
+        // SAFETY: setting a signal disposition before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    let out = Out { json: cli.json };
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("stratus: {}", chain.join(": "));
+            if out.json {
+                println!("{}", json!({ "error": chain.join(": ") }));
+            } else {
+                eprintln!("stratus: {}", chain.join(": "));
+            }
             ExitCode::FAILURE
         }
     }
@@ -171,14 +257,6 @@ fn init_logging(verbose: bool, file: Option<&Path>) -> anyhow::Result<()> {
         None => builder.with_writer(std::io::stderr).init(),
     }
     Ok(())
-}
-
-fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
-    Ok(if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir()?.join(p)
-    })
 }
 
 /// One state dir per (remote, mountpoint) pair, so mounting the same pair again resumes.
@@ -215,6 +293,7 @@ fn default_state_dir(remote: &RemoteUrl, mp: &Path) -> anyhow::Result<PathBuf> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let out = Out { json: cli.json };
     match cli.cmd {
         Cmd::Mount {
             remote,
@@ -285,34 +364,61 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 spawn_daemon(&remote, &cfg, &options, cli.verbose)
             }
         }
-        Cmd::Unmount { mountpoint } => unmount(&absolute(&mountpoint)?),
-        Cmd::Status { mountpoint } => status(&mountpoint),
+        Cmd::Unmount { mountpoint } => unmount(&mountpoint, out),
+        Cmd::Status { path } => status(&path, out),
+        Cmd::Queue { path, retry, all } => queue(&path, &retry, all, out),
+        Cmd::Log {
+            path,
+            follow,
+            since,
+            limit,
+        } => log(&path, follow, since.as_deref(), limit, out),
         Cmd::Sync {
-            mountpoint,
+            path,
             wait,
             timeout,
-        } => sync(&mountpoint, wait, timeout.map(Duration::from_secs_f64)),
-        Cmd::Conflicts { mountpoint, json } => conflicts(&mountpoint, json),
-        Cmd::Resolve { path, keep } => resolve(&path, &keep),
-        Cmd::Pin { paths } => pin(&paths, true),
-        Cmd::Unpin { paths } => pin(&paths, false),
-        Cmd::Offline { mountpoint, state } => {
-            let v: &[u8] = match state.as_str() {
-                "on" => b"1",
-                "off" => b"0",
+        } => sync(&path, wait, timeout.map(Duration::from_secs_f64), out),
+        Cmd::Conflicts { path } => conflicts(&path, out),
+        Cmd::Resolve { path, keep } => resolve(&path, &keep, out),
+        Cmd::Pin { paths } => pin(&paths, true, out),
+        Cmd::Unpin { paths } => pin(&paths, false, out),
+        Cmd::Offline { path, state } => {
+            let on = match state.as_str() {
+                "on" => true,
+                "off" => false,
                 other => bail!("offline {other}: expected on or off"),
             };
-            control::set(&mountpoint, control::OFFLINE, v).with_context(|| {
-                format!("{} is not a running stratus mount", mountpoint.display())
-            })?;
-            println!(
-                "{} is {}",
-                mountpoint.display(),
-                if v == b"1" { "offline" } else { "online" }
-            );
+            let t = mounts::target(&path)?;
+            set(&t.root, control::OFFLINE, if on { b"1" } else { b"0" })?;
+            out.print(json!({"mount": t.root, "offline": on}), || {
+                format!(
+                    "{} is {}",
+                    t.root.display(),
+                    if on { "offline" } else { "online" }
+                )
+            });
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Sets a control attribute; a refusal carries the mount's reason, not just an errno.
+fn set(path: &Path, name: &str, value: &[u8]) -> anyhow::Result<()> {
+    match control::set(path, name, value) {
+        Ok(()) => Ok(()),
+        Err(e) => match control::get(path, control::REFUSAL) {
+            Ok(why) if e.raw_os_error() != Some(libc::ENOTSUP) => {
+                bail!("{}", String::from_utf8_lossy(&why))
+            }
+            _ => Err(e.into()),
+        },
+    }
+}
+
+fn status_of(root: &Path) -> anyhow::Result<control::Status> {
+    let raw = control::get(root, control::STATUS)
+        .with_context(|| format!("{} does not answer as a stratus mount", root.display()))?;
+    serde_json::from_slice(&raw).context("reading the mount's status")
 }
 
 /// Starts `stratus mount --foreground` detached, and returns once it reports the mount live
@@ -414,28 +520,43 @@ fn spawn_daemon(
 
 /// Sets `user.stratus.pin` on each path; every path is tried, and the exit status says
 /// whether all of them took it.
-fn pin(paths: &[PathBuf], on: bool) -> anyhow::Result<ExitCode> {
+fn pin(paths: &[PathBuf], on: bool, out: Out) -> anyhow::Result<ExitCode> {
+    let verb = if on { "pin" } else { "unpin" };
+    let mut results = Vec::new();
     let mut failed = false;
     for p in paths {
-        let r = control::set(p, control::PIN, if on { b"1" } else { b"0" });
+        let r = mounts::target(p).and_then(|t| {
+            set(&t.path, control::PIN, if on { b"1" } else { b"0" })?;
+            let kept = !on && matches!(control::get(&t.path, control::PIN), Ok(v) if v == b"1");
+            Ok(kept)
+        });
         match r {
-            Ok(()) if on => println!("pinned {} (downloading in the background)", p.display()),
-            Ok(()) => match control::get(p, control::PIN) {
-                Ok(v) if v == b"1" => println!(
-                    "unpinned {}, but a directory above it is pinned: it stays",
-                    p.display()
-                ),
-                _ => println!("unpinned {}", p.display()),
-            },
+            Ok(kept) => {
+                if !out.json {
+                    if on {
+                        println!("pinned {} (downloading in the background)", p.display());
+                    } else if kept {
+                        println!(
+                            "unpinned {}, but a directory above it is pinned: it stays",
+                            p.display()
+                        );
+                    } else {
+                        println!("unpinned {}", p.display());
+                    }
+                }
+                results.push(json!({"path": p, "ok": true, "still_pinned_by_a_parent": kept}));
+            }
             Err(e) => {
-                eprintln!(
-                    "stratus: {} {}: {e}",
-                    if on { "pin" } else { "unpin" },
-                    p.display()
-                );
+                if !out.json {
+                    eprintln!("stratus: {verb} {}: {e:#}", p.display());
+                }
+                results.push(json!({"path": p, "ok": false, "error": format!("{e:#}")}));
                 failed = true;
             }
         }
+    }
+    if out.json {
+        println!("{}", serde_json::Value::Array(results));
     }
     Ok(if failed {
         ExitCode::FAILURE
@@ -444,20 +565,16 @@ fn pin(paths: &[PathBuf], on: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn status_of(mp: &Path) -> anyhow::Result<control::Status> {
-    let raw = control::get(mp, control::STATUS)
-        .with_context(|| format!("{} is not a running stratus mount", mp.display()))?;
-    Ok(control::Status::decode(&String::from_utf8_lossy(&raw)))
-}
-
-fn unmount(mp: &Path) -> anyhow::Result<ExitCode> {
-    let pid = status_of(mp).ok().map(|s| s.pid);
+fn unmount(mountpoint: &Path, out: Out) -> anyhow::Result<ExitCode> {
+    // Found without asking the mount: a mount whose daemon died must still come off.
+    let mp = mounts::mount_of(mountpoint)?.root;
+    let pid = status_of(&mp).ok().map(|s| s.pid);
     // Right after a file's last close the kernel may hold the mount a moment longer (EBUSY
     // until the asynchronous release is answered): retried for up to 2 s before giving up.
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        let out = Command::new("fusermount3").arg("-u").arg(mp).output();
-        if matches!(&out, Ok(o) if o.status.success()) {
+        let o = Command::new("fusermount3").arg("-u").arg(&mp).output();
+        if matches!(&o, Ok(o) if o.status.success()) {
             break;
         }
         let c = std::ffi::CString::new(mp.as_os_str().as_encoded_bytes())?;
@@ -467,7 +584,7 @@ fn unmount(mp: &Path) -> anyhow::Result<ExitCode> {
         }
         let busy = std::io::Error::last_os_error().raw_os_error() == Some(libc::EBUSY);
         if !busy || Instant::now() >= deadline {
-            let why = match out {
+            let why = match o {
                 Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
                 Err(e) => e.to_string(),
             };
@@ -487,14 +604,10 @@ fn unmount(mp: &Path) -> anyhow::Result<ExitCode> {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    println!("unmounted {}", mp.display());
+    out.print(json!({"unmounted": mp}), || {
+        format!("unmounted {}", mp.display())
+    });
     Ok(ExitCode::SUCCESS)
-}
-
-fn when(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-        .unwrap_or_default()
 }
 
 /// One side of a conflict: hash, size, mtime, ETag and who wrote it.
@@ -517,15 +630,16 @@ fn version_line(v: &crate::types::VersionMark, mine: bool) -> String {
     )
 }
 
-fn conflicts(mp: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let raw = control::get(mp, control::CONFLICTS)
-        .with_context(|| format!("{} is not a running stratus mount", mp.display()))?;
-    if json {
-        println!("{}", String::from_utf8_lossy(&raw));
-        return Ok(ExitCode::SUCCESS);
-    }
+fn conflicts(path: &Path, out: Out) -> anyhow::Result<ExitCode> {
+    let t = mounts::target(path)?;
+    let raw = control::get(&t.root, control::CONFLICTS)
+        .with_context(|| format!("reading the conflicts of {}", t.root.display()))?;
     let all: Vec<control::ConflictInfo> =
         serde_json::from_slice(&raw).context("reading the conflict list")?;
+    if out.json {
+        println!("{}", serde_json::to_value(&all)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     if all.is_empty() {
         println!("no conflicts");
     }
@@ -550,43 +664,44 @@ fn conflicts(mp: &Path, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 /// Settles the conflict of `path`; a conflict already settled is reported, not an error.
-fn resolve(path: &Path, keep: &str) -> anyhow::Result<ExitCode> {
+fn resolve(path: &Path, keep: &str, out: Out) -> anyhow::Result<ExitCode> {
     let Some(k) = crate::types::Keep::parse(keep) else {
         bail!("--keep {keep}: expected path, copy, both, local or remote");
     };
-    let last = match control::get(path, control::CONFLICT) {
+    let t = mounts::target(path)?;
+    let last = match control::get(&t.path, control::CONFLICT) {
         Ok(raw) => Some(
             serde_json::from_slice::<control::ConflictInfo>(&raw)
                 .context("reading the file's conflict")?,
         ),
         Err(e) if e.raw_os_error() == Some(libc::ENODATA) => None,
-        Err(e) => {
-            return Err(e)
-                .with_context(|| format!("{} is not in a running stratus mount", path.display()))
-        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
     let Some(c) = last else {
-        eprintln!(
-            "stratus: {}: no conflict recorded for this file",
-            path.display()
-        );
-        return Ok(ExitCode::FAILURE);
+        bail!("{}: no conflict recorded for this file", path.display());
     };
     if let (Some(ms), r) = (c.resolved_ms, &c.resolution) {
-        println!(
-            "{}: its conflict was already settled ({}) at {}; nothing to do",
-            path.display(),
-            r.as_deref().unwrap_or("?"),
-            when(ms)
+        out.print(
+            json!({"path": t.path, "already_settled": true, "resolution": r, "resolved_ms": ms}),
+            || {
+                format!(
+                    "{}: its conflict was already settled ({}) at {}; nothing to do",
+                    path.display(),
+                    r.as_deref().unwrap_or("?"),
+                    when(ms)
+                )
+            },
         );
         return Ok(ExitCode::SUCCESS);
     }
     if let Err(why) = k.placed(c.mine.as_deref()) {
         bail!("--keep {keep} for {}: {why}", path.display());
     }
-    control::set(path, control::RESOLVE, keep.as_bytes())
+    set(&t.path, control::RESOLVE, keep.as_bytes())
         .with_context(|| format!("resolving {}", path.display()))?;
-    println!("kept {keep} for {}", path.display());
+    out.print(json!({"path": t.path, "kept": keep}), || {
+        format!("kept {keep} for {}", path.display())
+    });
     Ok(ExitCode::SUCCESS)
 }
 
@@ -604,79 +719,157 @@ fn parse_size(s: &str) -> Option<u64> {
     (v.is_finite() && v >= 0.0).then_some((v * mult as f64) as u64)
 }
 
-fn human(n: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < U.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", U[i])
+/// `90s`, `15m`, `2h`, `7d`, or plain seconds; in milliseconds.
+fn parse_duration(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last()? {
+        's' => (&s[..s.len() - 1], 1_000.0),
+        'm' => (&s[..s.len() - 1], 60_000.0),
+        'h' => (&s[..s.len() - 1], 3_600_000.0),
+        'd' => (&s[..s.len() - 1], 86_400_000.0),
+        _ => (s, 1_000.0),
+    };
+    let v: f64 = num.parse().ok()?;
+    (v.is_finite() && v >= 0.0).then_some((v * mult) as i64)
+}
+
+fn status(path: &Path, out: Out) -> anyhow::Result<ExitCode> {
+    let t = mounts::target(path)?;
+    let s = status_of(&t.root)?;
+    out.print(serde_json::to_value(&s)?, || show::status(&t.root, &s));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every page of a paged attribute (`user.stratus.queue.N`, `user.stratus.log.N.S`).
+fn pages<T: serde::de::DeserializeOwned>(
+    root: &Path,
+    name: impl Fn(i64) -> String,
+    from: i64,
+    mut each: impl FnMut(T) -> bool,
+) -> anyhow::Result<i64> {
+    let mut at = from;
+    loop {
+        let raw = control::get(root, &name(at))
+            .with_context(|| format!("reading from the stratus mount {}", root.display()))?;
+        let page: Page<T> = serde_json::from_slice(&raw).context("reading the mount's answer")?;
+        for r in page.rows {
+            if !each(r) {
+                return Ok(at);
+            }
+        }
+        match page.next {
+            Some(n) => at = n,
+            None => return Ok(at),
+        }
     }
 }
 
-fn status(mp: &Path) -> anyhow::Result<ExitCode> {
-    let s = status_of(mp)?;
-    println!("remote:      {}", s.remote);
-    println!(
-        "reachable:   {}",
-        if s.reachable {
-            "yes"
-        } else {
-            "no (changes are queued)"
+fn queue(path: &Path, retry: &[PathBuf], all: bool, out: Out) -> anyhow::Result<ExitCode> {
+    let t = mounts::target(path)?;
+    if all || !retry.is_empty() {
+        let mut done = Vec::new();
+        if all {
+            set(&t.root, control::RETRY, b"all")?;
+            done.push(t.root.clone());
         }
-    );
-    println!(
-        "queued:      {} entries, {}",
-        s.queued_entries,
-        human(s.queued_bytes)
-    );
-    println!("uploading:   {}", s.uploading);
-    println!(
-        "still open:  {} (uploaded once closed or fsync'd)",
-        s.waiting_for_writer
-    );
-    println!("errors:      {}", s.errors);
-    println!(
-        "offline:     {}",
-        if s.offline {
-            "yes (stratus offline MOUNTPOINT off)"
-        } else {
-            "no"
+        for p in retry {
+            let pt = mounts::target(p)?;
+            set(&pt.path, control::RETRY, b"1")
+                .with_context(|| format!("retrying {}", p.display()))?;
+            done.push(pt.path);
         }
-    );
-    println!("conflicts:   {} open", s.open_conflicts);
-    match s.preconditions.as_deref() {
-        None => {}
-        Some("enforced") => println!("preconditions: enforced by the server"),
-        Some("ignored") => println!("{}", control::PRECONDITIONS_IGNORED),
-        Some(other) => println!("preconditions: {other}"),
+        out.print(json!({ "retried": done }), || {
+            done.iter()
+                .map(|p| format!("retrying the parked operations of {}", p.display()))
+                .collect::<Vec<_>>()
+                .join("\n")
+        });
+        return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "cache:       {} used, budget {}; {} pinned, {} not yet uploaded",
-        human(s.cache_used),
-        human(s.cache_budget),
-        human(s.cache_pinned),
-        human(s.cache_dirty)
-    );
-    let reads = s.cache_hits + s.cache_misses;
-    println!(
-        "hit ratio:   {} ({} of {} reads served from this disk); {} downloaded since mount",
-        if reads == 0 {
-            "-".to_string()
-        } else {
-            format!("{:.1}%", s.cache_hits as f64 * 100.0 / reads as f64)
+    let mut rows: Vec<QueueEntry> = Vec::new();
+    pages(
+        &t.root,
+        |n| format!("{}{n}", control::QUEUE_PREFIX),
+        0,
+        |r| {
+            rows.push(r);
+            true
         },
-        s.cache_hits,
-        reads,
-        human(s.downloaded)
-    );
-    println!("last error:  {}", s.last_error.as_deref().unwrap_or("none"));
+    )?;
+    out.print(serde_json::to_value(&rows)?, || {
+        if rows.is_empty() {
+            return "the queue is empty: everything is on the remote".into();
+        }
+        let mut s = show::queue_header();
+        for r in &rows {
+            s.push('\n');
+            s.push_str(&show::queue_row(r));
+        }
+        s
+    });
     Ok(ExitCode::SUCCESS)
+}
+
+fn log(
+    path: &Path,
+    follow: bool,
+    since: Option<&str>,
+    limit: usize,
+    out: Out,
+) -> anyhow::Result<ExitCode> {
+    let t = mounts::target(path)?;
+    let since_ms = match since {
+        Some(s) => {
+            let d = parse_duration(s).with_context(|| {
+                format!("--since {s}: expected a duration like 90s, 15m, 2h or 7d")
+            })?;
+            crate::store::now_ms() - d
+        }
+        None => 0,
+    };
+    let head: i64 = String::from_utf8_lossy(&control::get(&t.root, control::LOG_HEAD)?)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    // Ids are handed out in order and only the oldest rows are ever dropped: the newest
+    // `limit` events are those after `head - limit`.
+    let from = head.saturating_sub(limit as i64).max(0);
+    let name = |n: i64| format!("{}{n}.{since_ms}", control::LOG_PREFIX);
+    let mut rows: Vec<LogEntry> = Vec::new();
+    let mut last = from;
+    pages(&t.root, name, from, |r: LogEntry| {
+        last = r.id;
+        rows.push(r);
+        true
+    })?;
+    if out.json && !follow {
+        println!("{}", serde_json::to_value(&rows)?);
+    } else {
+        for r in &rows {
+            print_event(r, out);
+        }
+    }
+    if !follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        pages(&t.root, name, last, |r: LogEntry| {
+            last = r.id;
+            print_event(&r, out);
+            true
+        })
+        .context("the mount went away")?;
+        let _ = std::io::stdout().flush();
+    }
+}
+
+fn print_event(r: &LogEntry, out: Out) {
+    if out.json {
+        println!("{}", serde_json::to_value(r).unwrap_or_default());
+    } else {
+        println!("{}", show::log_row(r));
+    }
 }
 
 /// (started, done) polls of the remote.
@@ -686,13 +879,124 @@ fn polls(mp: &Path) -> anyhow::Result<(u64, u64)> {
     Ok((it.next().unwrap_or(0), it.next().unwrap_or(0)))
 }
 
-fn sync(mp: &Path, wait: bool, timeout: Option<Duration>) -> anyhow::Result<ExitCode> {
-    let (started_before, _) =
-        polls(mp).with_context(|| format!("{} is not a running stratus mount", mp.display()))?;
-    control::set(mp, control::SYNC, b"1")
-        .with_context(|| format!("{} is not a running stratus mount", mp.display()))?;
+/// What `sync --wait` shows while it waits: a bar on a terminal, a plain line every few
+/// seconds otherwise (a log file, a CI job), nothing under `--json`.
+struct Progress {
+    tty: bool,
+    quiet: bool,
+    start: Instant,
+    files0: u64,
+    bytes0: u64,
+    last_line: Option<Instant>,
+    drawn: bool,
+}
+
+impl Progress {
+    fn new(out: Out, files0: u64, bytes0: u64) -> Progress {
+        Progress {
+            tty: std::io::stderr().is_terminal(),
+            quiet: out.json,
+            start: Instant::now(),
+            files0,
+            bytes0,
+            last_line: None,
+            drawn: false,
+        }
+    }
+
+    fn show(&mut self, files_left: u64, bytes_left: u64, note: Option<&str>) {
+        if self.quiet || (self.files0 == 0 && files_left == 0) {
+            return;
+        }
+        let files0 = self.files0.max(files_left);
+        let bytes0 = self.bytes0.max(bytes_left);
+        let done_b = bytes0 - bytes_left;
+        let secs = self.start.elapsed().as_secs_f64().max(0.001);
+        let rate = done_b as f64 / secs;
+        let eta = if rate > 0.0 && bytes_left > 0 {
+            format!(
+                ", ETA {}",
+                show::span((bytes_left as f64 / rate * 1000.0) as i64)
+            )
+        } else {
+            String::new()
+        };
+        let text = format!(
+            "{}/{} entries, {}/{} ({}/s){eta}{}",
+            files0 - files_left,
+            files0,
+            human(done_b),
+            human(bytes0),
+            human(rate as u64),
+            note.map(|n| format!("; {n}")).unwrap_or_default()
+        );
+        if self.tty {
+            let frac = if bytes0 > 0 {
+                done_b as f64 / bytes0 as f64
+            } else if files0 > 0 {
+                (files0 - files_left) as f64 / files0 as f64
+            } else {
+                1.0
+            };
+            let filled = (frac * 24.0).round() as usize;
+            eprint!(
+                "\r\x1b[2K[{}{}] {text}",
+                "#".repeat(filled.min(24)),
+                ".".repeat(24 - filled.min(24))
+            );
+            self.drawn = true;
+        } else if self
+            .last_line
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
+        {
+            eprintln!("sync: {text}");
+            self.last_line = Some(Instant::now());
+        }
+    }
+
+    fn done(&mut self) {
+        if self.drawn {
+            eprintln!();
+            self.drawn = false;
+        }
+    }
+}
+
+fn sync(path: &Path, wait: bool, timeout: Option<Duration>, out: Out) -> anyhow::Result<ExitCode> {
+    let t = mounts::target(path)?;
+    let mp = t.root.as_path();
+    let s = status_of(mp)?;
+    if s.health.state == "offline" {
+        bail!(
+            "{} is offline: nothing goes to the remote ({} entries stay queued); \
+             stratus offline {} off to go online",
+            mp.display(),
+            s.queue.entries,
+            mp.display()
+        );
+    }
+    let (started_before, _) = polls(mp)?;
+    set(mp, control::SYNC, b"1")?;
     if !wait {
-        println!("sync requested");
+        if s.health.state == "unreachable" {
+            let why = s.health.last_error.clone().unwrap_or_default();
+            if out.json {
+                println!(
+                    "{}",
+                    json!({"requested": true, "reachable": false, "queued": s.queue.entries, "error": why})
+                );
+            } else {
+                eprintln!(
+                    "stratus: the remote is unreachable ({why}); {} entries stay queued and \
+                     go when it answers",
+                    s.queue.entries
+                );
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+        out.print(json!({"requested": true, "reachable": true}), || {
+            "sync requested".into()
+        });
         return Ok(ExitCode::SUCCESS);
     }
     let barrier = String::from_utf8_lossy(&control::get(mp, control::BARRIER)?)
@@ -701,6 +1005,33 @@ fn sync(mp: &Path, wait: bool, timeout: Option<Duration>) -> anyhow::Result<Exit
     let name = format!("{}{barrier}", control::PENDING_PREFIX);
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut last_kick = Instant::now();
+    let first = control::Pending::decode(&String::from_utf8_lossy(&control::get(mp, &name)?));
+    let mut progress = Progress::new(out, first.total, s.queue.bytes);
+    let finish = |progress: &mut Progress, ok: bool, pending: &control::Pending, msg: &str| {
+        progress.done();
+        if out.json {
+            println!(
+                "{}",
+                json!({
+                    "synced": ok,
+                    "pending": pending.total,
+                    "failed": pending.errors,
+                    "open_conflicts": pending.conflicts,
+                    "message": msg,
+                })
+            );
+        } else if ok {
+            println!("{msg}");
+        } else {
+            eprintln!("stratus: {msg}");
+            print_pending(pending);
+        }
+        Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    };
     loop {
         // Someone is waiting: keep cutting backoffs short, as a user pressing "sync" again
         // would.
@@ -709,14 +1040,30 @@ fn sync(mp: &Path, wait: bool, timeout: Option<Duration>) -> anyhow::Result<Exit
             last_kick = Instant::now();
         }
         let pending = control::Pending::decode(&String::from_utf8_lossy(&control::get(mp, &name)?));
+        let now = status_of(mp)?;
+        if now.health.state == "offline" {
+            return finish(
+                &mut progress,
+                false,
+                &pending,
+                &format!("the mount went offline; {} still pending:", pending.total),
+            );
+        }
+        let note = (now.health.state == "unreachable").then(|| {
+            format!(
+                "waiting for the remote ({})",
+                now.health.last_error.as_deref().unwrap_or("unreachable")
+            )
+        });
+        progress.show(pending.total, now.queue.bytes, note.as_deref());
         let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
         let stuck = pending.errors;
         if pending.total == stuck {
             // All that can move has moved. Then wait for one listing of the remote that
-            // started after this call, so remote changes are in too (none while offline).
-            let offline = status_of(mp).map(|s| s.offline).unwrap_or(false);
-            if offline || polls(mp)?.1 > started_before {
-                if pending.conflicts > 0 {
+            // started after this call, so remote changes are in too.
+            if polls(mp)?.1 > started_before {
+                if pending.conflicts > 0 && !out.json {
+                    progress.done();
                     // Both versions of each are on the remote; someone still has to choose.
                     eprintln!(
                         "stratus: {} open conflicts (stratus conflicts {})",
@@ -725,23 +1072,37 @@ fn sync(mp: &Path, wait: bool, timeout: Option<Duration>) -> anyhow::Result<Exit
                     );
                 }
                 if stuck == 0 {
-                    println!("everything queued before this call is on the remote");
-                    return Ok(ExitCode::SUCCESS);
+                    return finish(
+                        &mut progress,
+                        true,
+                        &pending,
+                        "everything queued before this call is on the remote",
+                    );
                 }
-                eprintln!("stratus: {} entries failed to sync:", pending.errors);
-                print_pending(&pending);
-                return Ok(ExitCode::FAILURE);
+                return finish(
+                    &mut progress,
+                    false,
+                    &pending,
+                    &format!("{} entries failed to sync:", pending.errors),
+                );
             }
             if timed_out {
-                eprintln!("stratus: timed out waiting for a listing of the remote");
-                return Ok(ExitCode::FAILURE);
+                return finish(
+                    &mut progress,
+                    false,
+                    &pending,
+                    "timed out waiting for a listing of the remote",
+                );
             }
         } else if timed_out {
-            eprintln!("stratus: timed out; {} still pending:", pending.total);
-            print_pending(&pending);
-            return Ok(ExitCode::FAILURE);
+            return finish(
+                &mut progress,
+                false,
+                &pending,
+                &format!("timed out; {} still pending:", pending.total),
+            );
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

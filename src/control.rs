@@ -120,6 +120,20 @@ pub const OFFLINE: &str = "user.stratus.offline";
 pub const CONFLICTS: &str = "user.stratus.conflicts";
 /// On the root: `STARTED DONE`, how many polls of the remote have started and completed.
 pub const POLLS: &str = "user.stratus.polls";
+/// On the root, `user.stratus.queue.N`: a [`Page`] of [`QueueEntry`], the queued operations
+/// after sequence number N in the order they run.
+pub const QUEUE_PREFIX: &str = "user.stratus.queue.";
+/// On the root, `user.stratus.log.N.SINCE`: a [`Page`] of [`LogEntry`], the activity log's
+/// events after id N and not older than SINCE (ms since the epoch).
+pub const LOG_PREFIX: &str = "user.stratus.log.";
+/// On the root: the id of the newest event of the activity log (0: none).
+pub const LOG_HEAD: &str = "user.stratus.loghead";
+/// Set on the root to `all`, or on a file or directory to `1`: its parked operations (a
+/// directory: everything below it too) go back in line now.
+pub const RETRY: &str = "user.stratus.retry";
+/// Per entry: why the last change asked through an attribute of it (`resolve`, `pin`,
+/// `retry`) was refused (ENODATA: nothing refused).
+pub const REFUSAL: &str = "user.stratus.refusal";
 
 /// Key in the state dir's `meta` table holding the precondition check's answer.
 pub const PRECONDITIONS_META: &str = "preconditions";
@@ -129,98 +143,235 @@ pub const PRECONDITIONS_META: &str = "preconditions";
 pub const PRECONDITIONS_IGNORED: &str = "preconditions: ignored by this server: conflicting \
     writes elsewhere can overwrite each other (each write compares with a HEAD first, best effort)";
 
-/// What `stratus status` prints, as the mount reports it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What `stratus status` prints, as the mount reports it: one struct that the CLI, the
+/// `user.stratus.status` attribute (its JSON) and the dashboard all read. Times are
+/// milliseconds since the epoch. `docs/json.md` documents it; fields are only ever added.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Status {
     pub pid: u32,
     pub remote: String,
-    pub reachable: bool,
-    pub queued_entries: u64,
-    pub queued_bytes: u64,
-    pub waiting_for_writer: u64,
-    pub uploading: u64,
-    pub errors: u64,
-    pub last_error: Option<String>,
-    pub offline: bool,
-    pub open_conflicts: u64,
-    pub cache_used: u64,
-    pub cache_budget: u64,
-    pub cache_pinned: u64,
-    pub cache_dirty: u64,
-    pub cache_hits: u64,
-    pub cache_misses: u64,
-    pub downloaded: u64,
+    pub health: HealthReport,
+    pub queue: QueueReport,
+    pub totals: Totals,
+    pub storage: StorageReport,
+    pub conflicts: ConflictCounts,
     /// `enforced`, `ignored` or `not checked yet` for a cloud remote (see
     /// `daemon::check_preconditions`); `None` for a local folder.
     pub preconditions: Option<String>,
 }
 
-impl Status {
-    pub fn encode(&self) -> String {
-        let mut s = format!(
-            "pid: {}\nremote: {}\nreachable: {}\nqueued_entries: {}\nqueued_bytes: {}\n\
-             waiting_for_writer: {}\nuploading: {}\nerrors: {}\n",
-            self.pid,
-            self.remote,
-            if self.reachable { "yes" } else { "no" },
-            self.queued_entries,
-            self.queued_bytes,
-            self.waiting_for_writer,
-            self.uploading,
-            self.errors
-        );
-        s.push_str(&format!(
-            "offline: {}\nopen_conflicts: {}\ncache_used: {}\ncache_budget: {}\n\
-             cache_pinned: {}\ncache_dirty: {}\ncache_hits: {}\ncache_misses: {}\ndownloaded: {}\n",
-            if self.offline { "yes" } else { "no" },
-            self.open_conflicts,
-            self.cache_used,
-            self.cache_budget,
-            self.cache_pinned,
-            self.cache_dirty,
-            self.cache_hits,
-            self.cache_misses,
-            self.downloaded
-        ));
-        if let Some(p) = &self.preconditions {
-            s.push_str(&format!("preconditions: {p}\n"));
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct HealthReport {
+    /// `online`, `offline` (by the user) or `unreachable`.
+    pub state: String,
+    /// Since when the state holds (offline or unreachable).
+    pub since_ms: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_error_ms: Option<i64>,
+    /// The last time the remote answered.
+    pub last_contact_ms: Option<i64>,
+    /// The last completed listing of the remote.
+    pub last_poll_ms: Option<i64>,
+    /// The last time everything queued had reached the remote.
+    pub last_full_sync_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct QueueReport {
+    pub entries: u64,
+    /// Bytes of file content waiting to go up.
+    pub bytes: u64,
+    pub uploading: u64,
+    /// Still open by a writer (they go once closed or fsync'd).
+    pub waiting_for_writer: u64,
+    /// Failed for good; waiting for the user (`stratus queue --retry`).
+    pub parked: u64,
+    /// When the oldest queued operation was queued.
+    pub oldest_ms: Option<i64>,
+}
+
+/// Counts of what the sync did, per kind of event (see `store::EventKind`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Counters {
+    pub uploaded_files: u64,
+    pub uploaded_bytes: u64,
+    pub downloaded_files: u64,
+    pub downloaded_bytes: u64,
+    pub deleted: u64,
+    pub moved: u64,
+    pub remote_changes: u64,
+    pub conflicts_opened: u64,
+    pub conflicts_settled: u64,
+    /// Operations that failed for good (parked).
+    pub failed: u64,
+    /// Failed attempts that were tried again.
+    pub retried: u64,
+}
+
+impl Counters {
+    /// From the `stats` table's counters.
+    pub fn from_stats(s: &std::collections::HashMap<String, i64>) -> Counters {
+        use crate::store::EventKind as K;
+        let get = |k: K, bytes: bool| {
+            let name = if bytes {
+                format!("{}.bytes", k.as_str())
+            } else {
+                k.as_str().to_string()
+            };
+            s.get(&name).copied().unwrap_or(0).max(0) as u64
+        };
+        Counters {
+            uploaded_files: get(K::Upload, false),
+            uploaded_bytes: get(K::Upload, true),
+            downloaded_files: get(K::Download, false),
+            downloaded_bytes: get(K::Download, true),
+            deleted: get(K::Delete, false),
+            moved: get(K::Move, false),
+            remote_changes: get(K::RemoteChange, false) + get(K::RemoteDelete, false),
+            conflicts_opened: get(K::Conflict, false),
+            conflicts_settled: get(K::Settled, false),
+            failed: get(K::Error, false),
+            retried: get(K::Retry, false),
         }
-        if let Some(e) = &self.last_error {
-            s.push_str(&format!("last_error: {}\n", e.replace('\n', " ")));
-        }
-        s
     }
 
-    pub fn decode(s: &str) -> Status {
-        let mut st = Status::default();
-        for line in s.lines() {
-            let Some((k, v)) = line.split_once(": ") else {
-                continue;
-            };
-            match k {
-                "pid" => st.pid = v.parse().unwrap_or(0),
-                "remote" => st.remote = v.to_string(),
-                "reachable" => st.reachable = v == "yes",
-                "queued_entries" => st.queued_entries = v.parse().unwrap_or(0),
-                "queued_bytes" => st.queued_bytes = v.parse().unwrap_or(0),
-                "waiting_for_writer" => st.waiting_for_writer = v.parse().unwrap_or(0),
-                "uploading" => st.uploading = v.parse().unwrap_or(0),
-                "errors" => st.errors = v.parse().unwrap_or(0),
-                "offline" => st.offline = v == "yes",
-                "open_conflicts" => st.open_conflicts = v.parse().unwrap_or(0),
-                "cache_used" => st.cache_used = v.parse().unwrap_or(0),
-                "cache_budget" => st.cache_budget = v.parse().unwrap_or(0),
-                "cache_pinned" => st.cache_pinned = v.parse().unwrap_or(0),
-                "cache_dirty" => st.cache_dirty = v.parse().unwrap_or(0),
-                "cache_hits" => st.cache_hits = v.parse().unwrap_or(0),
-                "cache_misses" => st.cache_misses = v.parse().unwrap_or(0),
-                "downloaded" => st.downloaded = v.parse().unwrap_or(0),
-                "last_error" => st.last_error = Some(v.to_string()),
-                "preconditions" => st.preconditions = Some(v.to_string()),
-                _ => {}
-            }
+    /// `self - earlier`, field by field.
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        Counters {
+            uploaded_files: self.uploaded_files.saturating_sub(earlier.uploaded_files),
+            uploaded_bytes: self.uploaded_bytes.saturating_sub(earlier.uploaded_bytes),
+            downloaded_files: self
+                .downloaded_files
+                .saturating_sub(earlier.downloaded_files),
+            downloaded_bytes: self
+                .downloaded_bytes
+                .saturating_sub(earlier.downloaded_bytes),
+            deleted: self.deleted.saturating_sub(earlier.deleted),
+            moved: self.moved.saturating_sub(earlier.moved),
+            remote_changes: self.remote_changes.saturating_sub(earlier.remote_changes),
+            conflicts_opened: self
+                .conflicts_opened
+                .saturating_sub(earlier.conflicts_opened),
+            conflicts_settled: self
+                .conflicts_settled
+                .saturating_sub(earlier.conflicts_settled),
+            failed: self.failed.saturating_sub(earlier.failed),
+            retried: self.retried.saturating_sub(earlier.retried),
         }
-        st
+    }
+
+    /// Operations that reached the remote over all that were tried (successes and failed
+    /// attempts); `None` before anything was tried.
+    pub fn success_rate(&self) -> Option<f64> {
+        let ok = self.uploaded_files + self.deleted + self.moved;
+        let bad = self.failed + self.retried;
+        (ok + bad > 0).then(|| ok as f64 / (ok + bad) as f64)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Totals {
+    pub since_mount: Counters,
+    /// Over the life of the state dir.
+    pub lifetime: Counters,
+    /// Since the mount, as a fraction (0 to 1).
+    pub success_rate: Option<f64>,
+    /// From a file's close (or last change) to its upload landing, over the last uploads.
+    pub sync_time_avg_ms: Option<i64>,
+    pub sync_time_p95_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct StorageReport {
+    pub cache_used: u64,
+    pub cache_budget: u64,
+    pub pinned: u64,
+    /// Written here and not yet uploaded.
+    pub dirty: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    /// Objects and bytes under the mount's prefix at the last full listing.
+    pub remote_objects: Option<u64>,
+    pub remote_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct ConflictCounts {
+    pub open: u64,
+    pub settled: u64,
+}
+
+/// One queued operation, as `user.stratus.queue.N` and `stratus queue --json` give it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct QueueEntry {
+    pub seq: i64,
+    /// `upload`, `mkdir`, `symlink`, `move`, `metadata` or `delete`.
+    pub op: String,
+    pub path: String,
+    pub bytes: u64,
+    /// `waiting-for-writer`, `waiting` (write-back delay), `queued`, `uploading`, `retrying`
+    /// or `parked`.
+    pub state: String,
+    pub tries: i64,
+    /// When it runs next (a retry's next try, the end of the write-back delay).
+    pub next_try_ms: Option<i64>,
+    pub last_error: Option<String>,
+    pub queued_ms: Option<i64>,
+}
+
+/// A page of the queue or of the activity log: the rows, and where the next page starts
+/// (`None`: this was the last).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Page<T> {
+    pub rows: Vec<T>,
+    #[serde(default)]
+    pub next: Option<i64>,
+}
+
+/// One event of the activity log, as `user.stratus.log.N` and `stratus log --json` give it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct LogEntry {
+    pub id: i64,
+    pub at_ms: i64,
+    /// See `store::EventKind`: `upload`, `download`, `delete`, `move`, `create`,
+    /// `metadata`, `remote-change`, `remote-delete`, `conflict`, `settled`, `error`,
+    /// `retry`, `offline`, `online`, `mount`, `unmount`.
+    pub kind: String,
+    pub path: Option<String>,
+    pub bytes: Option<u64>,
+    pub duration_ms: Option<i64>,
+    pub detail: Option<String>,
+}
+
+impl From<crate::store::ActivityRow> for LogEntry {
+    fn from(r: crate::store::ActivityRow) -> LogEntry {
+        let crate::store::ActivityRow {
+            id,
+            at_ms,
+            kind,
+            path,
+            bytes,
+            duration_ms,
+            detail,
+        } = r;
+        LogEntry {
+            id,
+            at_ms,
+            kind,
+            path,
+            bytes,
+            duration_ms,
+            detail,
+        }
     }
 }
 
@@ -297,30 +448,100 @@ impl Pending {
 pub struct Control {
     vfs: Arc<Vfs>,
     remote: String,
+    /// The lifetime counters when this mount started, so status can show "since mount".
+    at_mount: Counters,
+    /// Why the last refused `setxattr` on an entry was refused, so the CLI can print the
+    /// reason instead of "Invalid argument" (an attribute write carries back only an errno).
+    refusals: std::sync::Mutex<std::collections::VecDeque<(EntryId, String)>>,
+}
+
+/// How many refusal reasons are remembered.
+const REFUSALS_KEPT: usize = 32;
+/// The JSON of one page stays under this many bytes (an attribute value may hold 64 KiB).
+const PAGE_BYTES: usize = 48 * 1024;
+/// Rows read from the database for one page at most.
+const PAGE_ROWS: usize = 200;
+
+/// Builds a page of `rows` whose JSON fits [`PAGE_BYTES`]; `more` says whether the
+/// database had rows past those read.
+fn page<T: serde::Serialize>(
+    rows: Vec<T>,
+    key: impl Fn(&T) -> i64,
+    more: bool,
+) -> VfsResult<Vec<u8>> {
+    let mut out = Page {
+        rows: Vec::new(),
+        next: None,
+    };
+    let mut size = 32;
+    let total = rows.len();
+    for (i, r) in rows.into_iter().enumerate() {
+        let len = serde_json::to_vec(&r).map(|v| v.len()).unwrap_or(0) + 1;
+        if size + len > PAGE_BYTES && !out.rows.is_empty() {
+            out.next = out.rows.last().map(&key);
+            break;
+        }
+        size += len;
+        out.rows.push(r);
+        if i + 1 == total && more {
+            out.next = out.rows.last().map(&key);
+        }
+    }
+    serde_json::to_vec(&out).map_err(|e| VfsError::Invalid(e.to_string()))
 }
 
 impl Control {
     pub fn new(vfs: Arc<Vfs>, remote: String) -> Control {
-        Control { vfs, remote }
+        let at_mount = vfs
+            .store()
+            .read(|db| db.stats())
+            .map(|s| Counters::from_stats(&s))
+            .unwrap_or_default();
+        Control {
+            vfs,
+            remote,
+            at_mount,
+            refusals: Default::default(),
+        }
     }
 
     pub fn vfs(&self) -> &Arc<Vfs> {
         &self.vfs
     }
 
-    fn status(&self) -> VfsResult<Status> {
+    /// Remembers why a change asked through an attribute of `ino` was refused.
+    fn refused(&self, ino: EntryId, e: &VfsError) {
+        let mut r = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        r.retain(|(i, _)| *i != ino);
+        if r.len() >= REFUSALS_KEPT {
+            r.pop_front();
+        }
+        let why = match e {
+            VfsError::Invalid(m) => m.clone(),
+            other => other.to_string(),
+        };
+        r.push_back((ino, why));
+    }
+
+    pub fn status(&self) -> VfsResult<Status> {
         let store = self.vfs.store();
-        let q = store.read(|db| db.queue_stats())?;
-        let last_error = store
-            .health()
-            .last_error()
-            .map(|(_, m)| m)
-            .or(q.last_error.clone());
-        let open_conflicts = store
-            .read(|db| db.conflicts())?
-            .iter()
-            .filter(|c| c.resolved_ms.is_none())
-            .count() as u64;
+        let h = store.health();
+        let (q, stats, times, conflicts) = store.read(|db| {
+            Ok::<_, VfsError>((
+                db.queue_stats()?,
+                db.stats()?,
+                db.recent_upload_times(1000)?,
+                db.conflicts()?,
+            ))
+        })?;
+        let open = conflicts.iter().filter(|c| c.resolved_ms.is_none()).count() as u64;
+        let mut lifetime = Counters::from_stats(&stats);
+        let mut since_mount = lifetime.since(&self.at_mount);
+        // Fetched bytes are counted in memory as they arrive and added to the lifetime
+        // figure at unmount.
+        let fetched = h.downloaded.load(std::sync::atomic::Ordering::Relaxed);
+        since_mount.downloaded_bytes = fetched;
+        lifetime.downloaded_bytes += fetched;
         let cache = self.vfs.cache_figures()?;
         let preconditions = if self.remote.starts_with("file://") {
             None
@@ -338,30 +559,128 @@ impl Control {
                 .to_string(),
             )
         };
+        let (state, since_ms) = if h.is_offline() {
+            ("offline", h.offline_since())
+        } else if !h.is_reachable() {
+            ("unreachable", h.unreachable_since())
+        } else {
+            ("online", None)
+        };
+        let (last_error_ms, last_error) = match h.last_error() {
+            Some((t, m)) => (Some(t), Some(m)),
+            None => (None, q.last_error.clone()),
+        };
+        let (sync_time_avg_ms, sync_time_p95_ms) = if times.is_empty() {
+            (None, None)
+        } else {
+            let mut sorted = times.clone();
+            sorted.sort_unstable();
+            let p95 = sorted[((sorted.len() * 95).div_ceil(100)).saturating_sub(1)];
+            (
+                Some(times.iter().sum::<i64>() / times.len() as i64),
+                Some(p95),
+            )
+        };
+        let usage = h.remote_usage();
         Ok(Status {
-            preconditions,
-            cache_used: cache.used,
-            cache_budget: cache.budget,
-            cache_pinned: cache.pinned,
-            cache_dirty: cache.dirty,
-            cache_hits: cache.hits,
-            cache_misses: cache.misses,
-            downloaded: store
-                .health()
-                .downloaded
-                .load(std::sync::atomic::Ordering::Relaxed),
-            offline: store.health().is_offline(),
-            open_conflicts,
             pid: std::process::id(),
             remote: self.remote.clone(),
-            reachable: store.health().is_reachable(),
-            queued_entries: q.entries,
-            queued_bytes: q.bytes,
-            waiting_for_writer: q.held,
-            uploading: q.uploading,
-            errors: q.parked,
-            last_error,
+            health: HealthReport {
+                state: state.to_string(),
+                since_ms,
+                last_error,
+                last_error_ms,
+                last_contact_ms: h.last_ok(),
+                last_poll_ms: h.last_poll(),
+                last_full_sync_ms: stats
+                    .get(crate::store::LAST_FULL_SYNC)
+                    .copied()
+                    .filter(|_| q.entries == 0),
+            },
+            queue: QueueReport {
+                entries: q.entries,
+                bytes: q.bytes,
+                uploading: q.uploading,
+                waiting_for_writer: q.held,
+                parked: q.parked,
+                oldest_ms: q.oldest_ms,
+            },
+            totals: Totals {
+                success_rate: since_mount.success_rate(),
+                since_mount,
+                lifetime,
+                sync_time_avg_ms,
+                sync_time_p95_ms,
+            },
+            storage: StorageReport {
+                cache_used: cache.used,
+                cache_budget: cache.budget,
+                pinned: cache.pinned,
+                dirty: cache.dirty,
+                cache_hits: cache.hits,
+                cache_misses: cache.misses,
+                remote_objects: usage.map(|u| u.0),
+                remote_bytes: usage.map(|u| u.1),
+            },
+            conflicts: ConflictCounts {
+                open,
+                settled: conflicts.len() as u64 - open,
+            },
+            preconditions,
         })
+    }
+
+    /// A page of the queue: operations after `after_seq`, in the order they run.
+    fn queue(&self, after_seq: i64) -> VfsResult<Vec<u8>> {
+        let now = crate::store::now_ms();
+        let rows = self
+            .vfs
+            .store()
+            .read(|db| db.queue_rows(after_seq, PAGE_ROWS + 1))?;
+        let more = rows.len() > PAGE_ROWS;
+        let rows: Vec<QueueEntry> = rows
+            .into_iter()
+            .take(PAGE_ROWS)
+            .map(|r| {
+                let state = match (r.state, r.ready_at_ms) {
+                    ("uploading", _) => "uploading",
+                    ("parked", _) => "parked",
+                    (_, None) => "waiting-for-writer",
+                    (_, Some(_)) if r.attempts > 0 => "retrying",
+                    (_, Some(t)) if t > now => "waiting",
+                    _ => "queued",
+                };
+                QueueEntry {
+                    seq: r.seq,
+                    op: r.op.to_string(),
+                    path: r.path,
+                    bytes: r.bytes,
+                    state: state.to_string(),
+                    tries: r.attempts,
+                    next_try_ms: r.ready_at_ms.filter(|t| *t > now),
+                    last_error: r
+                        .last_error
+                        .map(|e| e.chars().take(300).collect::<String>()),
+                    queued_ms: r.queued_ms,
+                }
+            })
+            .collect();
+        page(rows, |r| r.seq, more)
+    }
+
+    /// A page of the activity log: events after `after_id` and not older than `since_ms`.
+    fn log(&self, after_id: i64, since_ms: i64) -> VfsResult<Vec<u8>> {
+        let rows = self
+            .vfs
+            .store()
+            .read(|db| db.activity_after(after_id, since_ms, PAGE_ROWS + 1))?;
+        let more = rows.len() > PAGE_ROWS;
+        let rows: Vec<LogEntry> = rows
+            .into_iter()
+            .take(PAGE_ROWS)
+            .map(LogEntry::from)
+            .collect();
+        page(rows, |r| r.id, more)
     }
 
     fn pending(&self, barrier: i64) -> VfsResult<Pending> {
@@ -417,7 +736,36 @@ impl Control {
             } else {
                 b"0".to_vec()
             }),
-            STATUS if root => Ok(self.status()?.encode().into_bytes()),
+            STATUS if root => {
+                serde_json::to_vec(&self.status()?).map_err(|e| VfsError::Invalid(e.to_string()))
+            }
+            LOG_HEAD if root => Ok(self
+                .vfs
+                .store()
+                .read(|db| db.activity_head())?
+                .to_string()
+                .into_bytes()),
+            n if root && n.starts_with(QUEUE_PREFIX) => {
+                let after: i64 = n[QUEUE_PREFIX.len()..]
+                    .parse()
+                    .map_err(|_| VfsError::NoAttr)?;
+                self.queue(after)
+            }
+            n if root && n.starts_with(LOG_PREFIX) => {
+                let (after, since) = n[LOG_PREFIX.len()..]
+                    .split_once('.')
+                    .ok_or(VfsError::NoAttr)?;
+                let after: i64 = after.parse().map_err(|_| VfsError::NoAttr)?;
+                let since: i64 = since.parse().map_err(|_| VfsError::NoAttr)?;
+                self.log(after, since)
+            }
+            REFUSAL => {
+                let r = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+                match r.iter().rev().find(|(i, _)| *i == ino) {
+                    Some((_, why)) => Ok(why.clone().into_bytes()),
+                    None => Err(VfsError::NoAttr),
+                }
+            }
             OFFLINE if root => Ok(if self.vfs.store().health().is_offline() {
                 b"1".to_vec()
             } else {
@@ -457,6 +805,16 @@ impl Control {
     }
 
     pub fn setxattr(&self, ino: EntryId, name: &[u8], value: &[u8]) -> VfsResult<()> {
+        let r = self.set(ino, name, value);
+        if let Err(e) = &r {
+            if !matches!(e, VfsError::NotSupported(_) | VfsError::NotFound) {
+                self.refused(ino, e);
+            }
+        }
+        r
+    }
+
+    fn set(&self, ino: EntryId, name: &[u8], value: &[u8]) -> VfsResult<()> {
         let name = std::str::from_utf8(name).unwrap_or("");
         let value = String::from_utf8_lossy(value);
         match name {
@@ -491,15 +849,54 @@ impl Control {
                     }
                 };
                 let store = self.vfs.store();
-                store
-                    .health()
-                    .offline
-                    .store(on, std::sync::atomic::Ordering::Relaxed);
-                if !on {
-                    store.write(|db| db.retry_now(crate::store::now_ms()))?;
-                }
+                let changed = store.health().set_offline(on);
+                store.write(|db| {
+                    if !on {
+                        db.retry_now(crate::store::now_ms())?;
+                    }
+                    if changed {
+                        db.record(&crate::store::Event::new(if on {
+                            crate::store::EventKind::Offline
+                        } else {
+                            crate::store::EventKind::Online
+                        }))?;
+                    }
+                    Ok::<_, VfsError>(())
+                })?;
                 store.kick();
                 tracing::info!(offline = on, "offline mode changed");
+                Ok(())
+            }
+            RETRY => {
+                let all = ino == EntryId::ROOT && value.trim() == "all";
+                if !all && value.trim() != "1" {
+                    return Err(VfsError::Invalid(format!(
+                        "{RETRY}: expected 1 (or all, on the mount's root), not {value:?}"
+                    )));
+                }
+                self.vfs.getattr(ino)?;
+                let now = crate::store::now_ms();
+                let n = self.vfs.store().write(|db| {
+                    if all {
+                        return Ok::<_, VfsError>(db.retry_parked(None, now)?);
+                    }
+                    let mut ids = vec![ino];
+                    ids.extend(db.descendants(ino)?.iter().map(|e| e.id));
+                    let mut n = 0;
+                    for id in ids {
+                        if let Some(j) = db.job_for(id)? {
+                            n += db.retry_parked(Some(j.seq), now)?;
+                        }
+                    }
+                    Ok(n)
+                })?;
+                if n == 0 {
+                    return Err(VfsError::Invalid(
+                        "nothing parked there: only failed operations are retried".into(),
+                    ));
+                }
+                self.vfs.store().kick();
+                tracing::info!(operations = n, "retry of parked operations requested");
                 Ok(())
             }
             SYNC if ino == EntryId::ROOT => {
@@ -579,46 +976,6 @@ pub fn set(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn status_round_trip() {
-        let s = Status {
-            pid: 42,
-            remote: "s3://b/p".into(),
-            reachable: false,
-            queued_entries: 3,
-            queued_bytes: 1 << 20,
-            waiting_for_writer: 1,
-            uploading: 1,
-            errors: 2,
-            last_error: Some("remote unavailable: connection\nrefused".into()),
-            offline: true,
-            open_conflicts: 3,
-            cache_used: 5,
-            cache_budget: 6,
-            cache_pinned: 8,
-            cache_dirty: 9,
-            cache_hits: 10,
-            cache_misses: 11,
-            downloaded: 7,
-            preconditions: Some("ignored".into()),
-        };
-        let back = Status::decode(&s.encode());
-        assert_eq!(
-            back.last_error.as_deref(),
-            Some("remote unavailable: connection refused")
-        );
-        assert_eq!(
-            Status {
-                last_error: None,
-                ..back
-            },
-            Status {
-                last_error: None,
-                ..s
-            }
-        );
-    }
 
     #[test]
     fn pending_round_trip() {

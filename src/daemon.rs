@@ -15,7 +15,7 @@ use crate::cache::{FileCache, FileGate};
 use crate::control::{Control, PRECONDITIONS_IGNORED, PRECONDITIONS_META};
 use crate::fuse::StratusFs;
 use crate::remote::{Preconditions, Remote, RemoteUrl};
-use crate::store::Store;
+use crate::store::{Event, EventKind, Store};
 use crate::sync::{populate, ConflictPolicy, SyncConfig, Uploader};
 use crate::vfs::{Vfs, VfsConfig};
 
@@ -323,14 +323,31 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
         }
     });
     tracing::info!(mountpoint = %cfg.mountpoint.display(), remote = %identity, "mount is live");
+    record(&store, EventKind::Mount, &cfg.mountpoint);
     ready.ok();
     let served = session.run();
     tracing::info!("unmounted; stopping the uploader");
+    record(&store, EventKind::Unmount, &cfg.mountpoint);
+    let fetched = store
+        .health()
+        .downloaded
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if let Err(e) = store.write(|db| db.bump("download.bytes", fetched as i64)) {
+        tracing::warn!(error = %e, "could not save the download statistics");
+    }
     let _ = stop_tx.send(true);
     let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), uploader).await });
     rt.shutdown_timeout(Duration::from_secs(2));
     served.context("serving the mount")?;
     Ok(())
+}
+
+/// Puts a mount or unmount in the activity log; a failure is logged, never fatal.
+fn record(store: &Store, kind: EventKind, mountpoint: &Path) {
+    let e = Event::new(kind).path(mountpoint.display().to_string());
+    if let Err(err) = store.write(|db| db.record(&e)) {
+        tracing::warn!(error = %err, "could not write the activity log");
+    }
 }
 
 fn remembered_preconditions(store: &Store) -> anyhow::Result<Option<Preconditions>> {

@@ -5,6 +5,7 @@
 //! single connection lets every FUSE op and the uploader compose their reads and writes into one
 //! `BEGIN IMMEDIATE` transaction. The lock is never held across an `.await`.
 
+mod activity;
 mod conflicts;
 mod entries;
 mod journal;
@@ -16,9 +17,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+pub use activity::{ActivityRow, Event, EventKind, ACTIVITY_KEPT, LAST_FULL_SYNC};
 pub use conflicts::Conflict;
 pub use entries::{dirty, Entry, NewEntry, Synced};
-pub use journal::{Job, JobKind, JobState, QueueStats, Woken};
+pub use journal::{Job, JobKind, JobState, QueueRow, QueueStats, Woken};
 pub use schema::SCHEMA_VERSION;
 
 use crate::types::EntryId;
@@ -82,13 +84,28 @@ pub struct Health {
     pub polls: std::sync::atomic::AtomicU64,
     /// Bytes of file data fetched from the remote since the mount started.
     pub downloaded: std::sync::atomic::AtomicU64,
+    /// Since when the remote is unreachable (ms; 0 while it answers).
+    unreachable_since_ms: std::sync::atomic::AtomicI64,
+    /// The last time the remote answered anything (ms; 0: never since the mount started).
+    last_ok_ms: std::sync::atomic::AtomicI64,
+    /// Since when the user has the mount offline (ms; 0 while online).
+    offline_since_ms: std::sync::atomic::AtomicI64,
+    /// When the last poll of the remote completed (ms; 0: none yet).
+    last_poll_ms: std::sync::atomic::AtomicI64,
+    /// Objects and bytes under the mount's prefix at the last full listing (-1: none yet).
+    listed: Mutex<Option<(u64, u64)>>,
 }
 
 impl Health {
     pub fn record_error(&self, transient: bool, msg: &str) {
+        use std::sync::atomic::Ordering::Relaxed;
         // A permanent error is an answer: the remote is reachable.
-        self.unreachable
-            .store(transient, std::sync::atomic::Ordering::Relaxed);
+        let was = self.unreachable.swap(transient, Relaxed);
+        if transient && !was {
+            self.unreachable_since_ms.store(now_ms(), Relaxed);
+        } else if !transient {
+            self.answered();
+        }
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((now_ms(), msg.to_string()));
     }
@@ -103,6 +120,69 @@ impl Health {
     pub fn record_ok(&self) {
         self.unreachable
             .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.answered();
+    }
+
+    fn answered(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.unreachable_since_ms.store(0, Relaxed);
+        self.last_ok_ms.store(now_ms(), Relaxed);
+    }
+
+    /// Takes the mount offline (no network traffic) or back online; answers whether that
+    /// changed anything.
+    pub fn set_offline(&self, on: bool) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let was = self.offline.swap(on, Relaxed);
+        if was != on {
+            self.offline_since_ms
+                .store(if on { now_ms() } else { 0 }, Relaxed);
+        }
+        was != on
+    }
+
+    /// A poll of the remote completed.
+    pub fn poll_done(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.polls.fetch_add(1, Relaxed);
+        self.last_poll_ms.store(now_ms(), Relaxed);
+        self.answered();
+    }
+
+    /// A full listing of the remote found `objects` objects holding `bytes`.
+    pub fn listed(&self, objects: u64, bytes: u64) {
+        *self.listed.lock().unwrap_or_else(|e| e.into_inner()) = Some((objects, bytes));
+    }
+
+    /// Objects and bytes under the mount's prefix at the last full listing.
+    pub fn remote_usage(&self) -> Option<(u64, u64)> {
+        *self.listed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Since when the remote is unreachable, when it is.
+    pub fn unreachable_since(&self) -> Option<i64> {
+        let v = self
+            .unreachable_since_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (!self.is_reachable()).then_some(v).filter(|v| *v > 0)
+    }
+
+    /// Since when the mount is offline, when it is.
+    pub fn offline_since(&self) -> Option<i64> {
+        let v = self
+            .offline_since_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (self.is_offline() && v > 0).then_some(v)
+    }
+
+    /// The last time the remote answered.
+    pub fn last_ok(&self) -> Option<i64> {
+        Some(self.last_ok_ms.load(std::sync::atomic::Ordering::Relaxed)).filter(|v| *v > 0)
+    }
+
+    /// When the last poll completed.
+    pub fn last_poll(&self) -> Option<i64> {
+        Some(self.last_poll_ms.load(std::sync::atomic::Ordering::Relaxed)).filter(|v| *v > 0)
     }
 
     pub fn is_offline(&self) -> bool {

@@ -46,9 +46,10 @@ fn refused_credentials_park_uploads_and_fail_new_mounts() {
         m.state_of("after.txt"),
         m.log_tail()
     );
-    let s = m.status();
-    assert!(s.contains("errors:      1"), "{s}");
-    assert!(s.contains("denied") || s.contains("403"), "{s}");
+    let s = m.status_json();
+    assert_eq!(s["queue"]["parked"], 1, "{s}");
+    let err = s["health"]["last_error"].as_str().unwrap_or_default();
+    assert!(err.contains("denied") || err.contains("403"), "{s}");
     assert_eq!(fs::read(m.path("after.txt")).unwrap(), b"refused");
 
     // A new mount with the refused key fails at once, with the reason on one line.

@@ -11,20 +11,17 @@ use common::mount::{data, Env, Mount};
 
 const MIB: u64 = 1 << 20;
 
-/// A figure from `stratus status`, in bytes (`downloaded`, `cache_used` ...).
-fn status_figure(m: &Mount, key: &str) -> u64 {
-    let raw = std::process::Command::new("getfattr")
-        .args(["--only-values", "-n", "user.stratus.status"])
-        .arg(&m.dir)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&raw.stdout).to_string();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}: ")))
-        .unwrap_or_else(|| panic!("no {key} in status: {text}"))
-        .parse()
-        .unwrap()
+/// A figure from `stratus status --json`, in bytes, by its path in the JSON
+/// (`totals.since_mount.downloaded_bytes`, `storage.cache_used` ...).
+fn status_figure(m: &Mount, path: &str) -> u64 {
+    let s = m.status_json();
+    let v = path.split('.').fold(&s, |v, k| &v[k]);
+    v.as_u64()
+        .unwrap_or_else(|| panic!("no {path} in status: {s}"))
 }
+
+/// Bytes of file data fetched from the remote since the mount started.
+const DOWNLOADED: &str = "totals.since_mount.downloaded_bytes";
 
 fn cache_attr(m: &Mount, rel: &str) -> String {
     let out = std::process::Command::new("getfattr")
@@ -58,7 +55,7 @@ every_backend!(a_small_read_fetches_only_around_it, |env: &Env| {
     let mut buf = vec![0u8; 4096];
     f.read_exact(&mut buf).unwrap();
     assert!(buf == data(7, size)[at as usize..at as usize + 4096]);
-    let got = status_figure(&m, "downloaded");
+    let got = status_figure(&m, DOWNLOADED);
     assert!(
         (4096..=2 * MIB).contains(&got),
         "read 4 KiB, downloaded {got} bytes"
@@ -90,7 +87,7 @@ every_backend!(the_cache_stays_within_its_budget, |env: &Env| {
             assert!(used <= 8 * MIB + 17 * MIB, "data on disk: {used} bytes");
         }
     }
-    assert!(status_figure(&m, "cache_used") <= 8 * MIB + 17 * MIB);
+    assert!(status_figure(&m, "storage.cache_used") <= 8 * MIB + 17 * MIB);
 });
 
 every_backend!(a_replaced_object_never_yields_a_mix, |env: &Env| {
@@ -103,7 +100,7 @@ every_backend!(a_replaced_object_never_yields_a_mix, |env: &Env| {
     assert!(first == data(1, size)[..4096]);
     // The block read next is not cached yet, or there would be nothing to mix.
     assert!(
-        status_figure(&m, "downloaded") < 4 * MIB,
+        status_figure(&m, DOWNLOADED) < 4 * MIB,
         "the first read fetched past 4 MiB"
     );
     // Another client replaces the object between two reads of the same open file.
@@ -162,7 +159,7 @@ every_backend!(cached_data_survives_a_remount, |env: &Env| {
     assert_eq!(cache_attr(&m2, "keep.bin"), "full");
     assert!(fs::read(m2.path("keep.bin")).unwrap() == data(5, 2 * MIB as usize));
     assert_eq!(
-        status_figure(&m2, "downloaded"),
+        status_figure(&m2, DOWNLOADED),
         0,
         "re-read after remount must come from the cache"
     );
@@ -240,7 +237,7 @@ every_backend!(
             "keep/later.bin: {}",
             cache_attr(&m, "keep/later.bin")
         );
-        assert!(status_figure(&m, "cache_pinned") >= 7 * MIB);
+        assert!(status_figure(&m, "storage.pinned") >= 7 * MIB);
         // Heavy eviction: six times the budget read through it.
         for (name, body) in &others {
             assert!(fs::read(m.path(name)).unwrap() == *body, "{name}");
@@ -317,7 +314,7 @@ every_backend!(written_files_stay_within_the_budget, |env: &Env| {
         assert!(fs::read(m.path(name)).unwrap() == *body, "{name}");
     }
     assert!(du(&state.join("data")) <= 4 * MIB + 3 * MIB);
-    assert!(status_figure(&m, "cache_dirty") == 0);
+    assert!(status_figure(&m, "storage.dirty") == 0);
 });
 
 #[test]
@@ -388,7 +385,7 @@ every_backend!(
             got.extend_from_slice(&chunk[..n]);
         }
         assert!(got == body, "read back wrong");
-        let downloaded = status_figure(&m, "downloaded");
+        let downloaded = status_figure(&m, DOWNLOADED);
         assert!(
             (size as u64..=size as u64 + 2 * MIB).contains(&downloaded),
             "read {size} bytes once, downloaded {downloaded}"
@@ -451,7 +448,7 @@ every_backend!(
             m.log_tail()
         );
         assert_eq!(fs::read(m.path("mine.bin")).unwrap(), body);
-        assert_eq!(status_figure(&m, "downloaded"), 0);
+        assert_eq!(status_figure(&m, DOWNLOADED), 0);
     }
 );
 
@@ -472,7 +469,7 @@ every_backend!(
         assert_eq!(tree["cold.bin"].meta.mode, Some(0o600));
         assert!(tree["cold.bin"].data == body, "content changed");
         if env.backend != common::mount::Backend::Local {
-            assert_eq!(status_figure(&m, "downloaded"), 0);
+            assert_eq!(status_figure(&m, DOWNLOADED), 0);
             assert_eq!(cache_attr(&m, "cold.bin"), "none");
         }
         // A mount with an empty state dir sees the new mode and the same bytes.

@@ -139,13 +139,18 @@ fn state_attribute_and_status_follow_the_queue() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("open.txt"), "{}", stderr(&o));
     assert_eq!(m.state_of("open.txt"), "pending");
-    assert!(m.status().contains("still open:  1"), "{}", m.status());
+    assert_eq!(
+        m.status_json()["queue"]["waiting_for_writer"],
+        1,
+        "{}",
+        m.status()
+    );
     drop(f);
     m.sync();
     assert_eq!(m.state_of("open.txt"), "synced");
-    let s = m.status();
-    assert!(s.contains("reachable:   yes"), "{s}");
-    assert!(s.contains("queued:      0 entries"), "{s}");
+    let s = m.status_json();
+    assert_eq!(s["health"]["state"], "online", "{s}");
+    assert_eq!(s["queue"]["entries"], 0, "{s}");
 }
 
 #[test]
@@ -170,9 +175,74 @@ fn a_permanent_failure_parks_one_entry_and_the_rest_flows() {
     );
     fs::write(m.path("fine.txt"), b"fine").unwrap();
     assert!(eventually(20, || env.root.join("fine.txt").exists()));
-    let s = m.status();
-    assert!(s.contains("errors:      1"), "{s}");
-    assert!(s.contains("is a directory"), "{s}");
+    let s = m.status_json();
+    assert_eq!(s["queue"]["parked"], 1, "{s}");
+    assert!(
+        s["health"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("is a directory")),
+        "{s}"
+    );
+    // The queue names the parked entry, why, and how often it was tried; the activity log
+    // has the failure.
+    let q = m.stratus(&["queue", "--json", m.dir.to_str().unwrap()]);
+    let q: serde_json::Value = serde_json::from_slice(&q.stdout).unwrap();
+    let clash = q
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["path"] == "clash")
+        .unwrap_or_else(|| panic!("clash not queued: {q}"));
+    assert_eq!(clash["state"], "parked", "{q}");
+    assert_eq!(clash["op"], "upload", "{q}");
+    let tries = clash["tries"].as_i64().unwrap();
+    assert!(tries >= 1, "{q}");
+    assert!(
+        clash["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("is a directory")),
+        "{q}"
+    );
+    let log = m.stratus(&["log", "--json", m.dir.to_str().unwrap()]);
+    let log: serde_json::Value = serde_json::from_slice(&log.stdout).unwrap();
+    assert!(
+        log.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "error" && e["path"] == "clash"),
+        "{log}"
+    );
+    // A retry asked by path runs it again now (and it fails again: the clash is still there).
+    let o = m.stratus(&[
+        "queue",
+        m.dir.to_str().unwrap(),
+        "--retry",
+        m.path("clash").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        eventually(20, || {
+            let q = m.stratus(&["queue", "--json", m.dir.to_str().unwrap()]);
+            let q: serde_json::Value = serde_json::from_slice(&q.stdout).unwrap();
+            q.as_array().unwrap().iter().any(|r| {
+                r["path"] == "clash" && r["state"] == "parked" && r["tries"].as_i64() > Some(tries)
+            })
+        }),
+        "the retry did not run"
+    );
+    // A retry of something that is not parked is refused with the mount's reason.
+    let o = m.stratus(&[
+        "queue",
+        m.dir.to_str().unwrap(),
+        "--retry",
+        m.path("fine.txt").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("nothing parked there"),
+        "{}",
+        stderr(&o)
+    );
     let o = m.stratus(&["sync", m.dir.to_str().unwrap(), "--wait", "--timeout", "20"]);
     assert!(
         !o.status.success(),

@@ -33,15 +33,12 @@ fn s3_outage_queues_then_drains() {
     // Reads of what is cached keep working.
     assert_eq!(fs::read(m.path("before.txt")).unwrap(), b"changed offline");
     assert!(
-        eventually(30, || m.status().contains("reachable:   no")),
+        eventually(30, || m.health() == "unreachable"),
         "status never noticed the outage:\n{}",
         m.status()
     );
-    let s = m.status();
-    assert!(
-        s.contains("last error:") && !s.contains("last error:  none"),
-        "{s}"
-    );
+    let s = m.status_json();
+    assert!(s["health"]["last_error"].is_string(), "{s}");
     assert_ne!(m.state_of("offline/a.txt"), "synced");
     let o = m.stratus(&["sync", m.dir.to_str().unwrap(), "--wait", "--timeout", "2"]);
     assert!(
@@ -51,7 +48,7 @@ fn s3_outage_queues_then_drains() {
 
     proxy.restore();
     m.sync();
-    assert!(m.status().contains("reachable:   yes"));
+    assert_eq!(m.health(), "online");
     let files = env.remote_files();
     assert_eq!(files["offline/a.txt"], b"written offline");
     assert_eq!(files["before.txt"], b"changed offline");
@@ -70,7 +67,7 @@ fn s3_remount_while_offline_serves_local_state() {
     let m2 = env.mount_state(&state);
     assert_eq!(fs::read(m2.path("kept.txt")).unwrap(), b"kept");
     fs::write(m2.path("new.txt"), b"new while offline").unwrap();
-    assert!(eventually(30, || m2.status().contains("reachable:   no")));
+    assert!(eventually(30, || m2.health() == "unreachable"));
     proxy.restore();
     m2.sync();
     assert_eq!(env.remote_files()["new.txt"], b"new while offline");
@@ -90,7 +87,7 @@ fn local_remote_folder_missing_then_back() {
     let m2 = env.mount_state(&state);
     assert_eq!(fs::read(m2.path("a.txt")).unwrap(), b"a");
     fs::write(m2.path("b.txt"), b"b").unwrap();
-    assert!(eventually(30, || m2.status().contains("reachable:   no")));
+    assert!(eventually(30, || m2.health() == "unreachable"));
     fs::rename(&away, &env.root).unwrap();
     m2.sync();
     assert_eq!(fs::read(env.root.join("b.txt")).unwrap(), b"b");
@@ -106,7 +103,7 @@ fn uncached_reads_fail_fast_while_the_remote_is_away_and_cached_ones_work() {
     proxy.cut();
     // Something has to notice the outage first: a write that cannot be uploaded.
     fs::write(m.path("probe.txt"), b"x").unwrap();
-    assert!(eventually(30, || m.status().contains("reachable:   no")));
+    assert!(eventually(30, || m.health() == "unreachable"));
     assert!(fs::read(m.path("warm.bin")).unwrap() == common::mount::data(1, 2 << 20));
     let t = std::time::Instant::now();
     let e = fs::read(m.path("cold.bin")).map(|_| ()).unwrap_err();

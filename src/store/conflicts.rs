@@ -2,6 +2,7 @@
 
 use rusqlite::{params, OptionalExtension, Row};
 
+use super::activity::{Event, EventKind};
 use super::entries::dirty;
 use super::{now_ms, Db, StoreResult};
 use crate::types::{EntryId, VersionMark};
@@ -113,7 +114,14 @@ impl Db<'_> {
                 c.mine,
             ],
         )?;
-        Ok(self.conn.last_insert_rowid())
+        let id = self.conn.last_insert_rowid();
+        self.record(
+            &Event::new(EventKind::Conflict)
+                .path(c.path.clone())
+                .bytes(c.local_size.max(c.remote_size))
+                .detail(format!("the other version is in {}", c.copy_path)),
+        )?;
+        Ok(id)
     }
 
     /// Records what is now known of a conflict's two versions (the copy's ETag once it is
@@ -171,7 +179,15 @@ impl Db<'_> {
             "UPDATE conflicts SET resolved_ms = ?2, resolution = ?3 WHERE id = ?1",
             params![id, now_ms(), resolution],
         )?;
-        Ok(())
+        let path: Option<String> = self
+            .conn
+            .query_row("SELECT path FROM conflicts WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let mut e = Event::new(EventKind::Settled).detail(format!("kept {resolution}"));
+        e.path = path;
+        self.record(&e)
     }
 
     /// Settles a conflict by keeping both versions: the copy becomes an ordinary file under its

@@ -8,6 +8,7 @@ use std::time::Duration;
 use rusqlite::{params, OptionalExtension, Row};
 use tokio::sync::Notify;
 
+use super::activity::{Event, EventKind, LAST_FULL_SYNC};
 use super::entries::Synced;
 use super::{now_ms, Db, Store, StoreResult};
 use crate::types::EntryId;
@@ -172,6 +173,26 @@ pub struct QueueStats {
     pub uploading: u64,
     pub max_seq: i64,
     pub last_error: Option<String>,
+    /// When the oldest unfinished job was queued (ms).
+    pub oldest_ms: Option<i64>,
+}
+
+/// One queued operation as `stratus queue` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueRow {
+    pub seq: i64,
+    /// `upload`, `mkdir`, `symlink`, `move`, `metadata` or `delete`.
+    pub op: &'static str,
+    pub path: String,
+    /// Bytes the operation sends (an upload's file size).
+    pub bytes: u64,
+    /// `queued`, `uploading` or `parked`.
+    pub state: &'static str,
+    /// When it may run (ms); `None` while a writer still has the file open.
+    pub ready_at_ms: Option<i64>,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub queued_ms: Option<i64>,
 }
 
 fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
@@ -206,6 +227,16 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
 
 const JOB_COLS: &str =
     "seq, entry_id, delete_key, delete_dir, attempts, state, last_error, delete_etag, tried";
+
+/// Whether the remote key `key` is the object of the mount-relative `path` (the mount's prefix
+/// ahead of it): if not, the entry was renamed and its job moves it.
+fn key_names(key: &str, path: &str) -> bool {
+    let key = key.trim_end_matches('/');
+    key == path
+        || key
+            .strip_suffix(path)
+            .is_some_and(|head| head.ends_with('/'))
+}
 
 /// How many hashes a job remembers having sent (`Job::tried`).
 const TRIED_KEPT: usize = 8;
@@ -243,13 +274,16 @@ impl Db<'_> {
             params![id.0 as i64, dirty],
         )?;
         let mut st = self.conn.prepare_cached(
-            "INSERT INTO journal(entry_id, ready_at_ms, state) VALUES (?1, ?2, 'queued') \
+            "INSERT INTO journal(entry_id, ready_at_ms, state, queued_ms, closed_ms) \
+             VALUES (?1, ?2, 'queued', ?3, CASE WHEN ?2 IS NULL THEN NULL ELSE ?3 END) \
              ON CONFLICT(entry_id) WHERE entry_id IS NOT NULL DO UPDATE SET \
+             closed_ms = CASE WHEN journal.ready_at_ms IS NULL OR excluded.ready_at_ms IS NULL \
+             THEN journal.closed_ms ELSE excluded.closed_ms END, \
              ready_at_ms = CASE WHEN journal.ready_at_ms IS NULL THEN NULL ELSE excluded.ready_at_ms END, \
              state = CASE WHEN state = 'parked' THEN 'queued' ELSE state END, \
              attempts = CASE WHEN state = 'parked' THEN 0 ELSE attempts END",
         )?;
-        st.execute(params![id.0 as i64, ready_at_ms])?;
+        st.execute(params![id.0 as i64, ready_at_ms, super::now_ms()])?;
         self.wake_by(ready_at_ms);
         Ok(())
     }
@@ -264,19 +298,20 @@ impl Db<'_> {
 
     /// Sets when a queued sync may run, without counting it as a new change.
     pub fn set_ready(&self, id: EntryId, ready_at_ms: Option<i64>) -> StoreResult<()> {
-        let mut st = self
-            .conn
-            .prepare_cached("UPDATE journal SET ready_at_ms = ?2 WHERE entry_id = ?1")?;
-        st.execute(params![id.0 as i64, ready_at_ms])?;
+        let mut st = self.conn.prepare_cached(
+            "UPDATE journal SET ready_at_ms = ?2, \
+                 closed_ms = CASE WHEN ?2 IS NULL THEN closed_ms ELSE ?3 END WHERE entry_id = ?1",
+        )?;
+        st.execute(params![id.0 as i64, ready_at_ms, super::now_ms()])?;
         self.wake_by(ready_at_ms);
         Ok(())
     }
 
     pub fn enqueue_delete(&self, key: &str, dir: bool, etag: Option<&str>) -> StoreResult<()> {
         self.conn.execute(
-            "INSERT INTO journal(delete_key, delete_dir, delete_etag, ready_at_ms, state) \
-             VALUES (?1, ?2, ?3, 0, 'queued')",
-            params![key, dir, etag],
+            "INSERT INTO journal(delete_key, delete_dir, delete_etag, ready_at_ms, state, \
+             queued_ms, closed_ms) VALUES (?1, ?2, ?3, 0, 'queued', ?4, ?4)",
+            params![key, dir, etag, super::now_ms()],
         )?;
         self.woke.set(true);
         Ok(())
@@ -409,7 +444,7 @@ impl Db<'_> {
              ready_at_ms = CASE WHEN ready_at_ms IS NULL THEN NULL ELSE ?3 END WHERE seq = ?1",
             params![seq, error, retry_at_ms],
         )?;
-        Ok(())
+        self.record_failure(seq, EventKind::Retry, error)
     }
 
     /// A permanent failure: the job waits for the user (or a later change) instead of
@@ -419,7 +454,48 @@ impl Db<'_> {
             "UPDATE journal SET state = 'parked', attempts = attempts + 1, last_error = ?2 WHERE seq = ?1",
             params![seq, error],
         )?;
-        Ok(())
+        self.record_failure(seq, EventKind::Error, error)
+    }
+
+    /// The path a job works on, as the queue and the activity log show it: the entry's path,
+    /// or the key a delete removes.
+    pub fn job_path(&self, kind: &JobKind) -> StoreResult<String> {
+        Ok(match kind {
+            JobKind::Sync(id) => self
+                .path_of(*id)?
+                .map(|p| String::from_utf8_lossy(&p).into_owned())
+                .unwrap_or_else(|| format!("(unlinked entry {})", id.0)),
+            JobKind::Delete { key, .. } => key.trim_end_matches('/').to_string(),
+        })
+    }
+
+    fn record_failure(&self, seq: i64, kind: EventKind, error: &str) -> StoreResult<()> {
+        let Some(job) = self.job(seq)? else {
+            return Ok(());
+        };
+        let path = self.job_path(&job.kind)?;
+        self.record(&Event::new(kind).path(path).detail(error))
+    }
+
+    /// The job `seq`, if it has not finished.
+    pub fn job(&self, seq: i64) -> StoreResult<Option<Job>> {
+        let mut st = self
+            .conn
+            .prepare_cached(&format!("SELECT {JOB_COLS} FROM journal WHERE seq = ?1"))?;
+        Ok(st.query_row([seq], job_from_row).optional()?)
+    }
+
+    /// Milliseconds from the job's entry's last close (or change) to now: how long the
+    /// change took to reach the remote, once it has.
+    pub fn job_age_since_close(&self, seq: i64) -> StoreResult<Option<i64>> {
+        let closed: Option<i64> = self
+            .conn
+            .query_row("SELECT closed_ms FROM journal WHERE seq = ?1", [seq], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .flatten();
+        Ok(closed.map(|c| (super::now_ms() - c).max(0)))
     }
 
     /// Records, before it goes out, that the job sends content with hash `sha256` (or the
@@ -451,6 +527,14 @@ impl Db<'_> {
     pub fn remove_job(&self, seq: i64) -> StoreResult<()> {
         self.conn
             .execute("DELETE FROM journal WHERE seq = ?1", [seq])?;
+        let empty: bool = self
+            .conn
+            .prepare_cached("SELECT NOT EXISTS (SELECT 1 FROM journal)")?
+            .query_row([], |r| r.get(0))?;
+        if empty {
+            // Everything queued has reached the remote.
+            self.set_stat(LAST_FULL_SYNC, super::now_ms())?;
+        }
         Ok(())
     }
 
@@ -533,7 +617,126 @@ impl Db<'_> {
             uploading: uploading as u64,
             max_seq,
             last_error,
+            oldest_ms: self
+                .conn
+                .query_row("SELECT min(queued_ms) FROM journal", [], |r| r.get(0))?,
         })
+    }
+
+    /// Unfinished jobs after `after_seq`, in the order they run (oldest first), at most
+    /// `limit`.
+    pub fn queue_rows(&self, after_seq: i64, limit: usize) -> StoreResult<Vec<QueueRow>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT j.seq, j.entry_id, j.delete_key, j.delete_dir, j.state, j.ready_at_ms, \
+             j.attempts, j.last_error, j.queued_ms, e.kind, e.dirty, e.size, e.synced_key \
+             FROM journal j LEFT JOIN entries e ON e.id = j.entry_id \
+             WHERE j.seq > ?1 ORDER BY j.seq LIMIT ?2",
+        )?;
+        #[allow(clippy::type_complexity)]
+        let raw: Vec<(
+            i64,
+            Option<i64>,
+            Option<String>,
+            bool,
+            String,
+            Option<i64>,
+            i64,
+            Option<String>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<String>,
+        )> = st
+            .query_map(params![after_seq, limit as i64], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                    r.get(9)?,
+                    r.get(10)?,
+                    r.get(11)?,
+                    r.get(12)?,
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::with_capacity(raw.len());
+        for (
+            seq,
+            entry,
+            key,
+            dir,
+            state,
+            ready,
+            attempts,
+            err,
+            queued,
+            kind,
+            dirty_bits,
+            size,
+            synced_key,
+        ) in raw
+        {
+            let (op, path, bytes) = match (entry, key) {
+                (Some(id), _) => {
+                    let path = self.job_path(&JobKind::Sync(EntryId(id as u64)))?;
+                    let content = dirty_bits.unwrap_or(0) & super::dirty::CONTENT != 0;
+                    let op = match (kind, synced_key.as_deref()) {
+                        (None, _) => "delete",
+                        (Some(2), None) => "mkdir",
+                        (Some(3), None) => "symlink",
+                        (Some(1), _) if content => "upload",
+                        (Some(1), None) => "upload",
+                        (_, Some(k)) if !key_names(k, &path) => "move",
+                        _ => "metadata",
+                    };
+                    let bytes = if op == "upload" {
+                        size.unwrap_or(0) as u64
+                    } else {
+                        0
+                    };
+                    (op, path, bytes)
+                }
+                (None, Some(k)) => ("delete", k.trim_end_matches('/').to_string(), 0),
+                (None, None) => continue,
+            };
+            let _ = dir;
+            out.push(QueueRow {
+                seq,
+                op,
+                path,
+                bytes,
+                state: match state.as_str() {
+                    "uploading" => "uploading",
+                    "parked" => "parked",
+                    _ => "queued",
+                },
+                ready_at_ms: ready,
+                attempts,
+                last_error: err,
+                queued_ms: queued,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Parks jobs go back in line now: one (by `seq`) or all; answers how many.
+    pub fn retry_parked(&self, seq: Option<i64>, now_ms: i64) -> StoreResult<usize> {
+        let n = self.conn.execute(
+            "UPDATE journal SET state = 'queued', ready_at_ms = ?2 \
+             WHERE state = 'parked' AND (?1 IS NULL OR seq = ?1)",
+            params![seq, now_ms],
+        )?;
+        if n > 0 {
+            self.woke.set(true);
+        }
+        Ok(n)
     }
 
     /// The highest journal sequence number handed out so far, including finished jobs.

@@ -112,6 +112,21 @@ const MIGRATIONS: &[&str] = &[
     // while it was in flight, the connection dropped) still lands; the next attempt meets it
     // as someone else's version. One of ours is taken as the base instead of a conflict.
     "ALTER TABLE journal ADD COLUMN tried TEXT;",
+    // 9: the activity log and the sync statistics (`store::activity`), and the times a job was
+    // queued and its entry last closed or changed, for the queue's ages and the time from a
+    // close to its upload landing.
+    "CREATE TABLE activity (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        path TEXT,
+        bytes INTEGER,
+        duration_ms INTEGER,
+        detail TEXT
+     );
+     CREATE TABLE stats (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+     ALTER TABLE journal ADD COLUMN queued_ms INTEGER;
+     ALTER TABLE journal ADD COLUMN closed_ms INTEGER;",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -8,7 +8,9 @@ use super::reconcile::{decide, Action, Local, Remote as RemoteSide};
 use super::uploader::{SyncError, Uploader};
 use super::Invalidation;
 use crate::remote::{hash_file, ObjectInfo, ObjectKind};
-use crate::store::{dirty, now_ms, now_ns, Entry, JobKind, NewEntry, StoreError, Synced};
+use crate::store::{
+    dirty, now_ms, now_ns, Entry, Event, EventKind, JobKind, NewEntry, StoreError, Synced,
+};
 use crate::types::{EntryId, Kind};
 
 /// Paths of all live entries, from one snapshot of the tree.
@@ -253,10 +255,10 @@ impl Uploader {
                 self.notify(Invalidation::Entry { parent, name });
             }
         }
-        self.store
-            .health()
-            .polls
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let files = remote.values().filter(|o| o.kind != ObjectKind::Dir);
+        let (n, bytes) = files.fold((0u64, 0u64), |(n, b), o| (n + 1, b + o.size));
+        self.store.health().listed(n, bytes);
+        self.store.health().poll_done();
         Ok(())
     }
 
@@ -389,6 +391,12 @@ impl Uploader {
                     db.resolve_conflict(c.id, "both (on another mount)")?;
                 }
             }
+            db.record(
+                &Event::new(EventKind::RemoteChange)
+                    .path(key)
+                    .bytes(cur.size)
+                    .detail("changed"),
+            )?;
             Ok(true)
         })?;
         if took {
@@ -434,6 +442,9 @@ impl Uploader {
                 db.resolve_conflict(c.id, how)?;
             }
             db.delete_entry(e.id)?;
+            if let Some(key) = &cur.synced.key {
+                db.record(&Event::new(EventKind::RemoteDelete).path(key.trim_end_matches('/')))?;
+            }
             Ok(cur.parent.map(|p| (p, cur.name)))
         })?;
         if let Some((parent, name)) = gone {
@@ -551,6 +562,13 @@ impl Uploader {
                         parent = e.id;
                     }
                 }
+            }
+            if first_new.is_some() {
+                let mut ev = Event::new(EventKind::RemoteChange).path(key).detail("new");
+                if kind == Kind::File {
+                    ev = ev.bytes(r.size);
+                }
+                db.record(&ev)?;
             }
             Ok(first_new)
         })?;

@@ -14,7 +14,10 @@ use tracing::Instrument;
 use super::{backoff, Invalidation, SyncConfig};
 use crate::cache::{FileCache, FileGate};
 use crate::remote::{hash_file, Cond, ConflictMark, Meta, Remote, RemoteError, Written};
-use crate::store::{now_ms, now_ns, Entry, Job, JobKind, JobState, Store, StoreError, Synced};
+use crate::store::{
+    dirty, now_ms, now_ns, Entry, Event, EventKind, Job, JobKind, JobState, Store, StoreError,
+    Synced,
+};
 use crate::types::{EntryId, Kind};
 
 #[derive(Debug, thiserror::Error)]
@@ -313,7 +316,14 @@ impl Uploader {
                     return Ok(Outcome::Again);
                 }
                 self.delete_key(key, *dir, None, etag.as_deref()).await?;
-                self.store.write(|db| db.remove_job(job.seq))?;
+                self.store.write(|db| {
+                    let mut ev = Event::new(EventKind::Delete).path(key.trim_end_matches('/'));
+                    if let Some(d) = db.job_age_since_close(job.seq)? {
+                        ev = ev.duration_ms(d);
+                    }
+                    db.record(&ev)?;
+                    db.remove_job(job.seq)
+                })?;
                 Ok(Outcome::Done)
             }
         }
@@ -623,6 +633,13 @@ impl Uploader {
             {
                 db.remove_job(job.seq)?;
                 return Ok::<_, StoreError>((true, true));
+            }
+            if let Some(ev) = sync_event(e, &synced) {
+                let ev = match db.job_age_since_close(job.seq)? {
+                    Some(d) => ev.duration_ms(d),
+                    None => ev,
+                };
+                db.record(&ev)?;
             }
             Ok((
                 db.complete_sync(job.seq, e.id, e.dirty_seq, &synced)?,
@@ -946,4 +963,30 @@ impl Uploader {
         self.store.write(|db| db.set_local(e.id, true))?;
         Ok(())
     }
+}
+
+/// The activity-log event of a finished sync of `e` that left the remote at `synced`: an
+/// upload of its content, a move, a new directory or symlink, or a metadata change;
+/// `None` when nothing went to the remote.
+fn sync_event(e: &Entry, synced: &Synced) -> Option<Event> {
+    let path = synced.key.as_deref()?.trim_end_matches('/').to_string();
+    let moved_from = e
+        .synced
+        .key
+        .as_deref()
+        .filter(|k| Some(*k) != synced.key.as_deref());
+    let content = e.dirty & dirty::CONTENT != 0;
+    let ev = match e.kind {
+        Kind::File if content || e.synced.key.is_none() => {
+            Event::new(EventKind::Upload).bytes(e.size)
+        }
+        Kind::Dir | Kind::Symlink if e.synced.key.is_none() => Event::new(EventKind::Create),
+        _ if moved_from.is_some() => Event::new(EventKind::Move).detail(format!(
+            "from {}",
+            moved_from.unwrap_or_default().trim_end_matches('/')
+        )),
+        _ if e.dirty != 0 => Event::new(EventKind::Metadata),
+        _ => return None,
+    };
+    Some(ev.path(path))
 }

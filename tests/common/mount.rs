@@ -765,6 +765,26 @@ impl Mount {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `stratus status --json`: the figures a script reads (`docs/json.md`).
+    pub fn status_json(&self) -> serde_json::Value {
+        let out = self.stratus(&["status", "--json", self.dir.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "status --json failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status --json prints JSON")
+    }
+
+    /// The health state status reports: `online`, `offline` or `unreachable`.
+    pub fn health(&self) -> String {
+        self.status_json()["health"]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     pub fn state_of(&self, rel: &str) -> String {
         let out = Command::new("getfattr")
             .args(["--only-values", "-n", "user.stratus.state"])

@@ -1,0 +1,299 @@
+//! Seeing what the sync does, as a user of the CLI does: `status --json` figures checked
+//! against what the test did, `queue` while offline, the activity log across a remount,
+//! `--json` everywhere, and the safe edges (paths outside a mount, a closed pipe).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::{Command, Stdio};
+
+use common::mount::{Backend, Env, Mount, BIN};
+use serde_json::Value;
+
+fn json(m: &Mount, args: &[&str]) -> Value {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    let o = m.stratus(&a);
+    assert!(
+        o.status.success(),
+        "stratus {args:?}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {:?}", o.stdout))
+}
+
+fn mp(m: &Mount) -> &str {
+    m.dir.to_str().unwrap()
+}
+
+/// (kind, path, bytes) of every event in the log.
+fn events(m: &Mount) -> Vec<(String, String, Option<u64>)> {
+    json(m, &["log", mp(m), "--limit", "1000"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_string(),
+                e["path"].as_str().unwrap_or("").to_string(),
+                e["bytes"].as_u64(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn status_counts_what_was_uploaded_and_the_log_keeps_it_across_a_remount() {
+    let env = Env::new(Backend::Local);
+    let state = env.new_state_dir();
+    let m = env.mount_state(&state);
+    fs::write(m.path("small.txt"), b"0123456789").unwrap();
+    fs::create_dir(m.path("d")).unwrap();
+    fs::write(m.path("d/mid.bin"), vec![7u8; 2000]).unwrap();
+    fs::write(m.path("d/big.bin"), vec![9u8; 70_000]).unwrap();
+    m.sync();
+
+    let s = m.status_json();
+    for scope in ["since_mount", "lifetime"] {
+        assert_eq!(s["totals"][scope]["uploaded_files"], 3, "{scope}: {s}");
+        assert_eq!(s["totals"][scope]["uploaded_bytes"], 72_010, "{scope}: {s}");
+        assert_eq!(s["totals"][scope]["failed"], 0, "{scope}: {s}");
+    }
+    assert_eq!(s["health"]["state"], "online", "{s}");
+    assert!(s["health"]["last_full_sync_ms"].is_i64(), "{s}");
+    assert!(s["health"]["last_poll_ms"].is_i64(), "{s}");
+    assert_eq!(s["queue"]["entries"], 0, "{s}");
+    assert_eq!(s["totals"]["success_rate"], 1.0, "{s}");
+    assert!(s["totals"]["sync_time_avg_ms"].is_i64(), "{s}");
+    assert!(s["totals"]["sync_time_p95_ms"].is_i64(), "{s}");
+    // The listing that `sync --wait` waited for counted what is under the prefix.
+    assert_eq!(s["storage"]["remote_bytes"], 72_010, "{s}");
+
+    let ev = events(&m);
+    for (path, bytes) in [
+        ("small.txt", 10),
+        ("d/mid.bin", 2000),
+        ("d/big.bin", 70_000),
+    ] {
+        assert!(
+            ev.contains(&("upload".into(), path.into(), Some(bytes))),
+            "no upload of {path} with {bytes} bytes in {ev:?}"
+        );
+    }
+    assert!(ev.iter().any(|e| e.0 == "create" && e.1 == "d"), "{ev:?}");
+    assert_eq!(ev.first().map(|e| e.0.as_str()), Some("mount"), "{ev:?}");
+    // The text form names the same upload.
+    let text = String::from_utf8_lossy(&m.stratus(&["log", mp(&m)]).stdout).to_string();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("upload") && l.contains("d/big.bin") && l.contains("68.4 KiB")),
+        "{text}"
+    );
+
+    // After a remount the totals of this mount start again; those of the state dir and
+    // the log stay.
+    m.unmount();
+    let m = env.mount_state(&state);
+    let s = m.status_json();
+    assert_eq!(s["totals"]["since_mount"]["uploaded_files"], 0, "{s}");
+    assert_eq!(s["totals"]["lifetime"]["uploaded_files"], 3, "{s}");
+    let kinds: Vec<String> = events(&m).into_iter().map(|e| e.0).collect();
+    let tail: Vec<&str> = kinds
+        .iter()
+        .rev()
+        .take(2)
+        .rev()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(tail, ["unmount", "mount"], "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "upload").count(),
+        3,
+        "{kinds:?}"
+    );
+    // --limit and --since bound what is shown.
+    assert_eq!(
+        json(&m, &["log", mp(&m), "--limit", "2"])
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(
+        json(&m, &["log", mp(&m), "--since", "0s"])
+            .as_array()
+            .unwrap()
+            .len()
+            <= 1
+    );
+}
+
+#[test]
+fn queue_while_offline_lists_exactly_the_operations_waiting() {
+    let env = Env::new(Backend::Local);
+    let m = env
+        .try_mount(&env.new_state_dir(), &["--write-back", "0.2"])
+        .unwrap();
+    fs::write(m.path("old.txt"), b"gone soon").unwrap();
+    fs::write(m.path("y.txt"), b"moves").unwrap();
+    m.sync();
+
+    let o = m.stratus(&["offline", mp(&m), "on"]);
+    assert!(o.status.success());
+    fs::write(m.path("a.txt"), b"new file").unwrap();
+    fs::create_dir(m.path("b")).unwrap();
+    fs::write(m.path("b/c.txt"), vec![1u8; 5000]).unwrap();
+    fs::remove_file(m.path("old.txt")).unwrap();
+    fs::rename(m.path("y.txt"), m.path("z.txt")).unwrap();
+
+    let q = json(&m, &["queue", mp(&m)]);
+    let got: BTreeSet<(String, String, u64)> = q
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["op"].as_str().unwrap().to_string(),
+                r["path"].as_str().unwrap().to_string(),
+                r["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let want: BTreeSet<(String, String, u64)> = [
+        ("upload", "a.txt", 8),
+        ("mkdir", "b", 0),
+        ("upload", "b/c.txt", 5000),
+        ("delete", "old.txt", 0),
+        ("move", "z.txt", 0),
+    ]
+    .into_iter()
+    .map(|(o, p, b)| (o.to_string(), p.to_string(), b))
+    .collect();
+    assert_eq!(got, want, "{q}");
+    // Oldest first, as they will run.
+    let seqs: Vec<i64> = q
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_i64().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let s = m.status_json();
+    assert_eq!(s["health"]["state"], "offline", "{s}");
+    assert!(s["health"]["since_ms"].is_i64(), "{s}");
+    assert_eq!(s["queue"]["entries"], 5, "{s}");
+    assert!(s["queue"]["oldest_ms"].is_i64(), "{s}");
+
+    // A sync while offline says so and fails; nothing moves.
+    let o = m.stratus(&["sync", mp(&m)]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is offline"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!env.root.join("a.txt").exists());
+
+    let o = m.stratus(&["offline", mp(&m), "off"]);
+    assert!(o.status.success());
+    m.sync();
+    assert_eq!(json(&m, &["queue", mp(&m)]), Value::Array(vec![]));
+    let kinds: Vec<String> = events(&m).into_iter().map(|e| e.0).collect();
+    for k in ["offline", "online", "delete", "move"] {
+        assert!(kinds.iter().any(|x| x == k), "no {k} in {kinds:?}");
+    }
+}
+
+#[test]
+fn commands_refuse_a_path_outside_every_mount_and_write_nothing() {
+    let env = Env::new(Backend::Local);
+    let m = env.mount();
+    let outside = env.tmp.path().join("ordinary.txt");
+    fs::write(&outside, b"mine").unwrap();
+    let o = outside.to_str().unwrap();
+    for args in [
+        vec!["pin", o],
+        vec!["unpin", o],
+        vec!["resolve", o, "--keep", "both"],
+        vec!["offline", o, "on"],
+        vec!["status", o],
+        vec!["queue", o],
+        vec!["log", o],
+        vec!["sync", o],
+        vec!["conflicts", o],
+        vec!["queue", mp(&m), "--retry", o],
+    ] {
+        let out = m.stratus(&args);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            err.contains("is not inside a stratus mount"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+    // Nothing was written on the user's own file.
+    let attrs = Command::new("getfattr")
+        .args(["-d", "-m", "-"])
+        .arg(&outside)
+        .output()
+        .unwrap();
+    let attrs = String::from_utf8_lossy(&attrs.stdout);
+    assert!(!attrs.contains("stratus"), "{attrs}");
+    // Under --json the error is JSON too, with a non-zero exit.
+    let out = m.stratus(&["pin", "--json", o]);
+    assert!(!out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["ok"], false, "{v}");
+    let out = m.stratus(&["status", "--json", o]);
+    assert!(!out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not inside a stratus mount")),
+        "{v}"
+    );
+}
+
+#[test]
+fn any_path_inside_a_mount_finds_it_and_a_closed_pipe_ends_quietly() {
+    let env = Env::new(Backend::Local);
+    let m = env.mount();
+    fs::create_dir_all(m.path("sub/deeper")).unwrap();
+    fs::write(m.path("sub/deeper/f.txt"), b"x").unwrap();
+    m.sync();
+    let s = json(&m, &["status", m.path("sub/deeper").to_str().unwrap()]);
+    assert_eq!(s["health"]["state"], "online", "{s}");
+    let o = m.stratus(&["pin", m.path("sub/deeper/f.txt").to_str().unwrap()]);
+    assert!(o.status.success());
+    assert_eq!(fs::read_to_string(m.path("sub/deeper/f.txt")).unwrap(), "x");
+
+    // `stratus status MNT | head -1` with head long gone: the write fails, quietly.
+    for args in [
+        vec!["status", mp(&m)],
+        vec!["conflicts", mp(&m)],
+        vec!["log", mp(&m)],
+    ] {
+        let mut fds = [0i32; 2];
+        // SAFETY: pipe fills the array.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both are fresh descriptors owned here; the read end closes at once.
+        let (read_end, write_end) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        drop(read_end);
+        let out = Command::new(BIN)
+            .args(&args)
+            .stdout(Stdio::from(write_end))
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(err.trim().is_empty(), "{args:?}: {err}");
+    }
+}
