@@ -131,6 +131,12 @@ pub const LOG_HEAD: &str = "user.stratus.loghead";
 /// Set on the root to `all`, or on a file or directory to `1`: its parked operations (a
 /// directory: everything below it too) go back in line now.
 pub const RETRY: &str = "user.stratus.retry";
+/// Set on the root to a time (ms since the epoch): the history of conflicts settled before
+/// it is dropped (`stratus clean --conflicts`). Open conflicts are never touched.
+pub const FORGET_SETTLED: &str = "user.stratus.forget-settled";
+/// Set on the root to `1`: evict every clean, unpinned cached block now (`stratus clean
+/// --cache`).
+pub const EVICT: &str = "user.stratus.evict";
 /// Per entry: why the last change asked through an attribute of it (`resolve`, `pin`,
 /// `retry`) was refused (ENODATA: nothing refused).
 pub const REFUSAL: &str = "user.stratus.refusal";
@@ -897,6 +903,24 @@ impl Control {
                 }
                 self.vfs.store().kick();
                 tracing::info!(operations = n, "retry of parked operations requested");
+                Ok(())
+            }
+            EVICT if ino == EntryId::ROOT => {
+                self.vfs.evict_clean();
+                tracing::info!("clean cached data evicted on request");
+                Ok(())
+            }
+            FORGET_SETTLED if ino == EntryId::ROOT => {
+                let before: i64 = value.trim().parse().map_err(|_| {
+                    VfsError::Invalid(format!(
+                        "{FORGET_SETTLED}: expected a time in ms, not {value:?}"
+                    ))
+                })?;
+                let n = self
+                    .vfs
+                    .store()
+                    .write(|db| db.forget_settled_conflicts(before))?;
+                tracing::info!(conflicts = n, "settled conflict history dropped");
                 Ok(())
             }
             SYNC if ino == EntryId::ROOT => {

@@ -98,6 +98,16 @@ impl Ready {
     }
 }
 
+/// Creates the state dir if needed and makes it private to the user (0700): it holds the
+/// journal, cached file data and the log, whatever mode the files in it get.
+pub fn make_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating state dir {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making state dir {} private", dir.display()))
+}
+
 /// Holds `STATE/lock` for the life of the mount: a second mount of the same state dir fails.
 fn lock_state_dir(dir: &Path) -> anyhow::Result<File> {
     let path = dir.join("lock");
@@ -180,8 +190,7 @@ pub fn is_mounted(mp: &Path) -> bool {
 /// Mounts and serves until unmounted (by `stratus unmount`, fusermount3 -u, umount or a
 /// signal). What is still queued stays in the journal for the next mount.
 pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.state_dir)
-        .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
+    make_private_dir(&cfg.state_dir)?;
     let _lock = lock_state_dir(&cfg.state_dir)?;
     check_mountpoint(&cfg.mountpoint)?;
 

@@ -201,6 +201,21 @@ impl Health {
     }
 }
 
+/// What a state database not in use holds that has not reached the remote: queued operations
+/// and bytes of content among them. Read without migrating or changing it (`stratus clean
+/// --state-dirs` decides from this whether a state dir may go).
+pub fn unsynced_in(path: &Path) -> StoreResult<(u64, u64)> {
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    conn.busy_timeout(std::time::Duration::from_secs(2))?;
+    let (jobs, bytes): (i64, i64) = conn.query_row(
+        "SELECT (SELECT count(*) FROM journal), \
+         coalesce((SELECT sum(size) FROM entries WHERE kind = 1 AND (dirty & 1) = 1), 0)",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok((jobs as u64, bytes as u64))
+}
+
 impl Store {
     /// Opens (or creates) the database. A corrupt or newer database is refused, never rewritten.
     pub fn open(path: &Path) -> StoreResult<Store> {

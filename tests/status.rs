@@ -297,3 +297,127 @@ fn any_path_inside_a_mount_finds_it_and_a_closed_pipe_ends_quietly() {
         assert!(err.trim().is_empty(), "{args:?}: {err}");
     }
 }
+
+/// Sets the modification time of every file in `dir` two days back.
+fn age(dir: &std::path::Path) {
+    for f in fs::read_dir(dir).unwrap() {
+        let f = f.unwrap().path();
+        let ok = Command::new("touch")
+            .args(["-d", "2 days ago"])
+            .arg(&f)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+#[test]
+fn clean_drops_settled_history_evicts_clean_data_and_only_state_dirs_with_nothing_unsynced() {
+    let env = Env::new(Backend::Local);
+    let xdg = env.tmp.path().join("xdg");
+    let base = xdg.join("stratus");
+    let clean = |args: &[&str]| {
+        let mut a = vec!["clean"];
+        a.extend_from_slice(args);
+        let out = Command::new(BIN)
+            .args(&a)
+            .env("XDG_STATE_HOME", &xdg)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "clean {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+
+    // Three state dirs, as old mounts leave them: one fully synced, one whose offline
+    // write never went up, one in use by a live mount.
+    let synced = base.join("synced-1");
+    let m = env.mount_state(&synced);
+    fs::write(m.path("f"), b"up").unwrap();
+    m.sync();
+    m.unmount();
+    let unsynced = base.join("unsynced-2");
+    let m = env.mount_state(&unsynced);
+    assert!(m.stratus(&["offline", mp(&m), "on"]).status.success());
+    fs::write(m.path("never-sent"), b"only here").unwrap();
+    m.unmount();
+    let live = base.join("live-3");
+    let m = env.mount_state(&live);
+    for d in [&synced, &unsynced, &live] {
+        age(d);
+    }
+
+    // Every state dir is private to its user.
+    for d in [&synced, &unsynced, &live] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(d).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} has mode {mode:o}", d.display());
+    }
+    let listed = clean(&["--state-dirs", "1d", "--dry-run"]);
+    assert!(
+        listed.contains(&format!("would remove  {}", synced.display())),
+        "{listed}"
+    );
+    assert!(
+        listed.contains(&format!("keep    {}", unsynced.display()))
+            && listed.contains("1 operations"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains(&format!("keep    {}  (in use", live.display())),
+        "{listed}"
+    );
+    assert!(synced.exists(), "a dry run removed something");
+    // Used within the last 3 days: nothing is old enough.
+    assert!(clean(&["--state-dirs", "3d"]).contains("no state dirs unused"));
+    clean(&["--state-dirs", "1d"]);
+    assert!(!synced.exists());
+    assert!(unsynced.join("state.db").exists());
+    assert!(live.join("state.db").exists());
+
+    // --cache: fetched data goes, and comes back when read.
+    env.put_remote("big.bin", &vec![5u8; 3 << 20]);
+    m.sync();
+    assert_eq!(fs::read(m.path("big.bin")).unwrap().len(), 3 << 20);
+    let used = |m: &Mount| m.status_json()["storage"]["cache_used"].as_u64().unwrap();
+    assert!(used(&m) >= 3 << 20, "{}", used(&m));
+    let out = m.stratus(&["clean", mp(&m), "--cache"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(used(&m) < 1 << 20, "{} bytes still cached", used(&m));
+    assert_eq!(fs::read(m.path("big.bin")).unwrap(), vec![5u8; 3 << 20]);
+
+    // --conflicts: a settled conflict's history goes once it is older than asked.
+    fs::write(m.path("c.txt"), b"base").unwrap();
+    m.sync();
+    assert!(m.stratus(&["offline", mp(&m), "on"]).status.success());
+    fs::write(m.path("c.txt"), b"mine").unwrap();
+    env.put_remote("c.txt", b"theirs");
+    assert!(m.stratus(&["offline", mp(&m), "off"]).status.success());
+    m.sync();
+    let all = json(&m, &["conflicts", mp(&m)]);
+    assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
+    let o = m.stratus(&[
+        "resolve",
+        m.path("c.txt").to_str().unwrap(),
+        "--keep",
+        "both",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = m.stratus(&["clean", mp(&m), "--conflicts", "1d"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("history of 0 settled"));
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let out = m.stratus(&["clean", mp(&m), "--conflicts", "0s"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("history of 1 settled"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(json(&m, &["conflicts", mp(&m)]), Value::Array(vec![]));
+}

@@ -458,6 +458,12 @@ impl Vfs {
         self.make_room(0, EntryId(0), &(0..=0), &[]);
     }
 
+    /// Evicts every clean, unpinned cached block now (`stratus clean --cache`); pinned files,
+    /// blocks being fetched and data not yet uploaded stay.
+    pub fn evict_clean(&self) {
+        self.make_room(self.cfg.cache_budget, EntryId(0), &(0..=0), &[]);
+    }
+
     /// The per-file gate that serializes fetching, reading and evicting one file's blocks.
     pub(super) fn gate(&self, id: EntryId) -> Arc<Mutex<()>> {
         let mut gates = lock(&self.blocks.gates);
