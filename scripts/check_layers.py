@@ -21,7 +21,9 @@ ALLOWED = {
     "control": {"types", "store", "cache", "remote", "vfs", "sync"},
     # The FUSE adapter only translates: it calls the core and the control protocol.
     "fuse": {"types", "control", "vfs"},
-    "daemon": {"types", "store", "cache", "remote", "vfs", "sync", "control", "fuse"},
+    # The daemon's HTTP endpoints read the same figures as the CLI, through `control`.
+    "web": {"types", "control"},
+    "daemon": {"types", "store", "cache", "remote", "vfs", "sync", "control", "fuse", "web"},
     # cli reads the databases of unused state dirs (`stratus clean --state-dirs`), never one
     # a mount holds: that goes through `control`.
     "cli": {"types", "store", "remote", "sync", "control", "daemon"},

@@ -104,6 +104,10 @@ enum Cmd {
         /// `If-None-Match: *`), although the state dir remembers the answer of an earlier mount.
         #[arg(long)]
         recheck_preconditions: bool,
+        /// Serve the status figures in the Prometheus text format at http://ADDR/metrics
+        /// (a loopback address; port 0 picks a free one, written to STATE_DIR/metrics.addr).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
         /// Log file (the background daemon uses STATE_DIR/stratus.log).
         #[arg(long, hide = true)]
         log_file: Option<PathBuf>,
@@ -330,6 +334,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             conflict,
             cache_size,
             recheck_preconditions,
+            metrics,
         } => {
             let url = RemoteUrl::parse(&remote).map_err(|e| anyhow::anyhow!("bad remote: {e}"))?;
             let mp = absolute(&mountpoint)?;
@@ -368,6 +373,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 policy,
                 cache_size: cache_bytes,
                 recheck_preconditions,
+                metrics,
             };
             if foreground {
                 init_logging(cli.verbose, log_file.as_deref())?;
@@ -505,6 +511,9 @@ fn spawn_daemon(
     }
     if cfg.recheck_preconditions {
         cmd.arg("--recheck-preconditions");
+    }
+    if let Some(m) = &cfg.metrics {
+        cmd.arg("--metrics").arg(m);
     }
     for o in options {
         cmd.arg("-o").arg(o);

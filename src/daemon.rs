@@ -36,6 +36,8 @@ pub struct MountConfig {
     pub cache_size: u64,
     /// Run the precondition check again even if the state dir remembers its answer.
     pub recheck_preconditions: bool,
+    /// Where to serve the Prometheus metrics (a loopback IP:PORT), if anywhere.
+    pub metrics: Option<String>,
 }
 
 fn disk_reserve(cache: &FileCache) -> anyhow::Result<u64> {
@@ -296,7 +298,17 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
         Uploader::new(store.clone(), cache, files, remote, sync_cfg, Some(notices)).run(stop_rx),
     );
 
-    let fs = StratusFs::new(Control::new(vfs, identity.clone()));
+    let control = Arc::new(Control::new(vfs, identity.clone()));
+    if let Some(addr) = &cfg.metrics {
+        let listener = rt.block_on(crate::web::bind_loopback(addr))?;
+        tracing::info!(addr = %listener.local_addr()?, "serving metrics");
+        std::fs::write(
+            cfg.state_dir.join("metrics.addr"),
+            listener.local_addr()?.to_string(),
+        )?;
+        rt.spawn(crate::web::serve_metrics(listener, control.clone()));
+    }
+    let fs = StratusFs::new(control);
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         MountOption::FSName(identity.clone()),

@@ -36,11 +36,11 @@ const TTL: Duration = Duration::from_secs(30);
 
 pub struct StratusFs {
     vfs: Arc<Vfs>,
-    control: Control,
+    control: Arc<Control>,
 }
 
 impl StratusFs {
-    pub fn new(control: Control) -> StratusFs {
+    pub fn new(control: Arc<Control>) -> StratusFs {
         StratusFs {
             vfs: control.vfs().clone(),
             control,

@@ -16,3 +16,4 @@ pub mod store;
 pub mod sync;
 pub mod types;
 pub mod vfs;
+pub mod web;

@@ -421,3 +421,53 @@ fn clean_drops_settled_history_evicts_clean_data_and_only_state_dirs_with_nothin
     );
     assert_eq!(json(&m, &["conflicts", mp(&m)]), Value::Array(vec![]));
 }
+
+/// One GET of `path` from the daemon's HTTP endpoint: (status line, body).
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+#[test]
+fn metrics_serve_the_status_figures_to_prometheus_on_loopback_only() {
+    let env = Env::new(Backend::Local);
+    let state = env.new_state_dir();
+    let m = env
+        .try_mount(&state, &["--metrics", "127.0.0.1:0"])
+        .unwrap();
+    fs::write(m.path("a.bin"), vec![1u8; 1234]).unwrap();
+    fs::write(m.path("b.bin"), vec![2u8; 766]).unwrap();
+    m.sync();
+    let addr = fs::read_to_string(state.join("metrics.addr")).unwrap();
+    let (status, body) = http_get(&addr, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    let value = |name: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in\n{body}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("stratus_uploaded_files_total"), 2.0);
+    assert_eq!(value("stratus_uploaded_bytes_total"), 2000.0);
+    assert_eq!(value("stratus_queue_entries"), 0.0);
+    assert_eq!(value("stratus_health{state=\"online\"}"), 1.0);
+    assert!(
+        body.contains("# TYPE stratus_uploaded_bytes_total counter"),
+        "{body}"
+    );
+    assert!(http_get(&addr, "/other").0.contains("404"));
+
+    // Anything but loopback is refused, in one line, and nothing mounts.
+    let err = env
+        .try_mount(&env.new_state_dir(), &["--metrics", "0.0.0.0:0"])
+        .err()
+        .expect("a non-loopback metrics address must be refused");
+    assert!(err.contains("loopback"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
