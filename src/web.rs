@@ -80,6 +80,9 @@ async fn answer(mut conn: TcpStream, control: &Control) -> std::io::Result<()> {
     conn.shutdown().await
 }
 
+/// A counter's name, help text and figure.
+type Counter = (&'static str, &'static str, fn(&Counters) -> u64);
+
 /// The status in the Prometheus text exposition format.
 pub fn prometheus(s: &Status) -> String {
     let mut o = String::new();
@@ -138,7 +141,7 @@ pub fn prometheus(s: &Status) -> String {
         "Operations that failed for good and wait for the user.",
         &[("", q.parked as f64)],
     );
-    let counters: [(&str, &str, fn(&Counters) -> u64); 11] = [
+    let counters: [Counter; 11] = [
         ("uploaded_files", "Files uploaded.", |c| c.uploaded_files),
         ("uploaded_bytes", "Bytes uploaded.", |c| c.uploaded_bytes),
         ("downloaded_files", "Files downloaded whole.", |c| {
