@@ -251,9 +251,12 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
             store.health().record_error(true, &e.to_string());
         }
         Err(e) if e.is_transient() => {
-            bail!("remote {identity} unreachable and no local state to serve from: {e}")
+            bail!(
+                "remote {identity} unreachable and no local state to serve from: {}",
+                e.brief()
+            )
         }
-        Err(e) => bail!("remote {identity} refused us: {e}"),
+        Err(e) => bail!("remote {identity} refused us: {}", e.brief()),
     }
 
     let reachable = store.health().is_reachable();

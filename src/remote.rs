@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use backend::{Backend, ByteStream};
-pub use error::{RemoteError, RemoteResult};
+pub use error::{brief_text, RemoteError, RemoteResult};
 pub use local::{hash_file, LocalRemote};
 pub use memory::Memory;
 

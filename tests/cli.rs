@@ -69,17 +69,48 @@ fn gcs_unreachable_remote_without_local_state_is_refused() {
     unreachable_remote_without_local_state_is_refused_on(Backend::Gcs);
 }
 
-/// A bucket that does not exist is named as such, in one line, not retried as an outage.
-#[test]
-fn gcs_missing_bucket_is_a_clear_error() {
-    let mut env = Env::new(Backend::Gcs);
+/// A bucket that does not exist is named as such, in one short line, not retried as an
+/// outage (S3 servers answer with a page of XML, which must not reach the user).
+fn missing_bucket_is_a_clear_error(backend: Backend) {
+    let mut env = Env::new(backend);
     env.bucket = "no-such-bucket".into();
     let err = env
         .try_mount(&env.new_state_dir(), &[])
         .err()
         .expect("must fail");
     assert!(err.contains("bucket or container not found"), "{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no-such-bucket"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.len() < 300, "{} characters: {err}", err.len());
+}
+
+#[test]
+fn gcs_missing_bucket_is_a_clear_error() {
+    missing_bucket_is_a_clear_error(Backend::Gcs);
+}
+
+#[test]
+fn s3_missing_bucket_is_a_clear_error() {
+    missing_bucket_is_a_clear_error(Backend::S3);
+}
+
+#[test]
+fn azure_missing_container_is_a_clear_error() {
+    missing_bucket_is_a_clear_error(Backend::Azure);
+}
+
+/// An endpoint whose host name does not resolve is one readable line.
+#[test]
+fn unknown_endpoint_is_a_clear_error() {
+    let env = Env::new(Backend::S3);
+    env.set_endpoint("http://no-such-host.invalid:9000");
+    let err = env
+        .try_mount(&env.new_state_dir(), &[])
+        .err()
+        .expect("must fail");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.len() < 300, "{} characters: {err}", err.len());
+    assert!(err.contains("no-such-host.invalid"), "{err}");
 }
 
 fn unreachable_remote_without_local_state_is_refused_on(backend: Backend) {

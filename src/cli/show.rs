@@ -189,8 +189,8 @@ pub fn status(mountpoint: &std::path::Path, s: &Status) -> String {
     line(
         "last error:",
         match (&h.last_error, h.last_error_ms) {
-            (Some(e), Some(t)) => format!("{e} ({})", ago(Some(t))),
-            (Some(e), None) => e.clone(),
+            (Some(e), Some(t)) => format!("{} ({})", crate::remote::brief_text(e), ago(Some(t))),
+            (Some(e), None) => crate::remote::brief_text(e),
             _ => "none".into(),
         },
     );

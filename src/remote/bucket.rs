@@ -282,8 +282,9 @@ impl Bucket {
             Err(e) => match map_err(e) {
                 RemoteError::Permanent(msg) if status_in(&msg) == Some(404) => {
                     Err(RemoteError::Permanent(format!(
-                        "{}: bucket or container not found ({msg})",
-                        self.name
+                        "{}: bucket or container not found ({})",
+                        self.name,
+                        super::error::brief_text(&msg)
                     )))
                 }
                 other => Err(other),
