@@ -1,19 +1,19 @@
 //! The daemon's HTTP endpoints, on loopback only: `--metrics ADDR` serves the status figures
-//! in the Prometheus text format (as rclone's and JuiceFS's daemons do). A small HTTP/1.1
-//! server of its own (one request per connection, GET only, requests up to 8 KiB): the
-//! figures are a few hundred bytes and nothing else is served, so no server framework.
+//! in the Prometheus text format (as rclone's and JuiceFS's daemons do), served by hyper (one
+//! connection per task, HTTP/1.1).
 
+use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
 
 use crate::control::{Control, Counters, Status};
-
-/// The largest request head read.
-const MAX_REQUEST: usize = 8 * 1024;
 
 /// Binds `addr`, which must be a loopback address: the figures name the remote and the
 /// mount's activity, and are served without authentication.
@@ -31,6 +31,15 @@ pub async fn bind_loopback(addr: &str) -> anyhow::Result<TcpListener> {
         .map_err(|e| anyhow::anyhow!("--metrics {addr}: {e}"))
 }
 
+fn reply(status: StatusCode, ctype: &str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Ok(v) = ctype.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
 /// Serves `/metrics` on `listener` until the task is dropped.
 pub async fn serve_metrics(listener: TcpListener, control: Arc<Control>) {
     loop {
@@ -39,45 +48,44 @@ pub async fn serve_metrics(listener: TcpListener, control: Arc<Control>) {
         };
         let control = control.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(conn, &control).await {
-                tracing::debug!(error = %e, "metrics request failed");
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let control = control.clone();
+                async move { Ok::<_, Infallible>(metrics_answer(&req, &control)) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(conn), service)
+                .await
+            {
+                tracing::debug!(error = %e, "metrics connection failed");
             }
         });
     }
 }
 
-async fn answer(mut conn: TcpStream, control: &Control) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = conn.read(&mut chunk).await?;
-        if n == 0 || buf.len() + n > MAX_REQUEST {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let head = String::from_utf8_lossy(&buf);
-    let mut first = head.lines().next().unwrap_or("").split(' ');
-    let (method, path) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
-    let (status, ctype, body) = match (method, path) {
-        ("GET", "/metrics") => match control.status() {
-            Ok(s) => (
-                "200 OK",
+fn metrics_answer(
+    req: &Request<hyper::body::Incoming>,
+    control: &Control,
+) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => match control.status() {
+            Ok(s) => reply(
+                StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
                 prometheus(&s),
             ),
-            Err(e) => ("500 Internal Server Error", "text/plain", format!("{e}\n")),
+            Err(e) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                format!("{e}\n"),
+            ),
         },
-        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".into()),
-        _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
-    };
-    let resp = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
-    );
-    conn.write_all(resp.as_bytes()).await?;
-    conn.shutdown().await
+        (&Method::GET, _) => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+        _ => reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        ),
+    }
 }
 
 /// A counter's name, help text and figure.
