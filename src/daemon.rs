@@ -16,7 +16,7 @@ use crate::control::{Control, PRECONDITIONS_IGNORED, PRECONDITIONS_META};
 use crate::fuse::StratusFs;
 use crate::remote::{Preconditions, Remote, RemoteUrl};
 use crate::store::Store;
-use crate::sync::{populate, ConflictPolicy, SyncConfig, Uploader};
+use crate::sync::{populate, ConflictPolicy, Engine, SyncConfig};
 use crate::vfs::{Vfs, VfsConfig};
 
 /// Environment variable naming the pipe on which a daemon tells its parent it is ready.
@@ -284,7 +284,7 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
     // The sync engine reaches the block cache's data files only through this gate.
     let files: Arc<dyn FileGate> = vfs.clone();
     let uploader = rt.spawn(
-        Uploader::new(store.clone(), cache, files, remote, sync_cfg, Some(notices)).run(stop_rx),
+        Engine::new(store.clone(), cache, files, remote, sync_cfg, Some(notices)).run(stop_rx),
     );
 
     let fs = StratusFs::new(Control::new(vfs, identity.clone()));

@@ -2,6 +2,7 @@
 //! brings remote changes in, keeping both versions where both sides changed.
 
 mod conflict;
+mod engine;
 mod poller;
 pub mod reconcile;
 mod uploader;
@@ -10,8 +11,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use engine::{Engine, USER_QUIET};
 pub use poller::Poller;
-pub use uploader::{Uploader, USER_QUIET};
 
 use crate::cache::{FileCache, FileGate};
 use crate::remote::{ObjectInfo, ObjectKind, Remote, RemoteError};

@@ -9,7 +9,7 @@ use std::time::Duration;
 use stratus::cache::{FileCache, FileGate, BLOCK_SIZE};
 use stratus::remote::{Remote, RemoteUrl};
 use stratus::store::Store;
-use stratus::sync::{populate, ConflictPolicy, SyncConfig, Uploader};
+use stratus::sync::{populate, ConflictPolicy, Engine, SyncConfig};
 use stratus::types::EntryId;
 use stratus::vfs::{Vfs, VfsConfig};
 
@@ -40,7 +40,7 @@ struct Core {
     remote_root: PathBuf,
     rt: tokio::runtime::Runtime,
     vfs: Arc<Vfs>,
-    uploader: Uploader,
+    poller: std::sync::Arc<stratus::sync::Poller>,
 }
 
 /// The parts `daemon::run` wires together, minus FUSE and the uploader's loop.
@@ -87,13 +87,13 @@ fn core(name: &str) -> Core {
     vfs.recover().unwrap();
     vfs.start();
     let files: Arc<dyn FileGate> = vfs.clone();
-    let uploader = Uploader::new(store, cache, files, remote, sync_cfg, None);
+    let poller = Engine::new(store, cache, files, remote, sync_cfg, None).poller();
     Core {
         _dir: dir,
         remote_root,
         rt,
         vfs,
-        uploader,
+        poller,
     }
 }
 
@@ -183,7 +183,7 @@ fn open_never_sees_data_swapped_by_the_poller() {
             version.store(v, Ordering::Relaxed);
             // Polls until one finds the file closed and takes the new version.
             for _ in 0..1000 {
-                c.rt.block_on(c.uploader.poll()).unwrap();
+                c.rt.block_on(c.poller.poll()).unwrap();
                 if etag(&c) != before {
                     taken.fetch_add(1, Ordering::Relaxed);
                     break;

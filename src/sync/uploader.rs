@@ -8,281 +8,125 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
-use tracing::Instrument;
-
 use super::conflict::Conflicts;
-use super::poller::Poller;
-use super::{backoff, Invalidation, Shared, SyncConfig, SyncError};
-use crate::cache::{FileCache, FileGate};
-use crate::remote::{hash_file, Cond, ConflictMark, Meta, Remote, RemoteError, Written};
-use crate::store::{now_ms, now_ns, Entry, Job, JobKind, JobState, Store, StoreError, Synced};
+use super::{backoff, Invalidation, Shared, SyncError};
+use crate::remote::{hash_file, Cond, ConflictMark, Meta, RemoteError, Written};
+use crate::store::{now_ms, now_ns, Entry, Job, JobKind, JobState, StoreError, Synced};
 use crate::types::{EntryId, Kind};
 
-pub struct Uploader {
+/// Drains the journal: one job at a time, as the engine hands them out.
+pub(super) struct Uploader {
     ctx: Arc<Shared>,
     conflicts: Conflicts,
-    poller: Arc<Poller>,
     /// Set by a job that learnt the remote changed: poll once the queue is drained.
     poll_wanted: std::sync::atomic::AtomicBool,
 }
 
-/// How late the idle uploader may take a job that is not ready yet, so that one wake-up
-/// serves many jobs of a burst. Small against the write-back delay.
-const WAKE_SLACK: Duration = Duration::from_millis(50);
-
 /// How often a directory delete looks again while a job below it waits for a writer to
 /// close, for the user (parked) or for a conflict to be settled.
 const DEFER_WHILE_STUCK: Duration = Duration::from_secs(1);
-
-/// The uploader waits for this much quiet from the user before its next job (the default of
-/// `SyncConfig::user_quiet`) ...
-pub const USER_QUIET: Duration = Duration::from_millis(20);
-/// ... but not longer than this in one go, and then runs jobs for at least this long.
-const YIELD_AT_MOST: Duration = Duration::from_secs(2);
-const RUN_AT_LEAST: Duration = Duration::from_secs(1);
 
 /// What `Job::tried` records for a server-side copy of the version with ETag `source`.
 fn copy_mark(source: Option<&str>) -> String {
     format!("copy of {}", source.unwrap_or("?"))
 }
 
-enum Outcome {
+pub(super) enum Outcome {
     Done,
     /// The entry changed while we worked; the job stays queued for another round.
     Again,
 }
 
+/// How a job ended, as the engine's schedule needs to know.
+pub(super) enum Settled {
+    /// It ran (done, or to run again at once because the entry changed meanwhile).
+    Done,
+    /// The remote could not be reached: the whole queue pauses for `retry_in`.
+    Unreachable { retry_in: Duration },
+    /// It waits for another job, or was parked: the queue moves on.
+    Later,
+}
+
 impl Uploader {
-    pub fn new(
-        store: Arc<Store>,
-        cache: FileCache,
-        files: Arc<dyn FileGate>,
-        remote: Arc<Remote>,
-        cfg: SyncConfig,
-        notices: Option<std::sync::mpsc::Sender<Invalidation>>,
-    ) -> Uploader {
-        let ctx = Arc::new(Shared {
-            store,
-            cache,
-            files,
-            remote,
-            cfg,
-            notices,
-        });
-        let conflicts = Conflicts::new(ctx.clone());
+    pub(super) fn new(ctx: Arc<Shared>, conflicts: Conflicts) -> Uploader {
         Uploader {
-            poller: Arc::new(Poller::new(ctx.clone(), conflicts.clone())),
             ctx,
             conflicts,
             poll_wanted: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// Lists the remote and applies what changed there.
-    pub async fn poll(&self) -> Result<(), SyncError> {
-        self.poller.poll().await
+    /// Whether a job learnt since the last call that the remote changed (a delete refused
+    /// because of an edit there): the engine then polls once the queue is drained.
+    pub(super) fn take_poll_wanted(&self) -> bool {
+        self.poll_wanted
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Runs until `shutdown` turns true: drains ready jobs oldest first, then polls the
-    /// remote when the poll interval is up or a sync was asked for. A job interrupted by
-    /// shutdown stays queued.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        use tokio::time::Instant;
-        let mut pause_until: Option<Instant> = None;
-        // The first poll comes once the queue left by the previous run has replayed.
-        let mut poll_due = self.ctx.cfg.poll_interval.is_some();
-        let mut next_poll = self.ctx.cfg.poll_interval.map(|d| Instant::now() + d);
-        let mut was_unreachable = false;
-        let mut yielding_since = None;
-        // Kicks served by the last poll that went through (`Store::kicks`); none yet, also
-        // of those asked for before this task first ran.
-        let mut served_kicks = 0;
-        loop {
-            if *shutdown.borrow() {
-                return;
+    /// The oldest ready job, marked as being uploaded.
+    pub(super) fn next_job(&self) -> Result<Option<Job>, StoreError> {
+        self.ctx.store.write(|db| {
+            let job = db.next_job(now_ms())?;
+            if let Some(j) = &job {
+                db.set_job_state(j.seq, JobState::Uploading)?;
             }
-            if let Some(wait) = self.yield_to_user(&mut yielding_since) {
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = self.ctx.store.kicked() => {}
-                    _ = shutdown.changed() => return,
-                }
-                continue;
+            Ok::<_, StoreError>(job)
+        })
+    }
+
+    /// A job interrupted by shutdown goes back to the queue for the next run.
+    pub(super) fn requeue(&self, job: &Job) {
+        let _ = self
+            .ctx
+            .store
+            .write(|db| db.set_job_state(job.seq, JobState::Queued));
+    }
+
+    /// Records how a job ended in the journal and the remote's health: a transient failure
+    /// retries it with backoff, a permanent one parks it with the server's message.
+    pub(super) fn settle(&self, job: &Job, result: Result<Outcome, SyncError>) -> Settled {
+        match result {
+            Ok(_) => {
+                self.ctx.store.health().record_ok();
+                Settled::Done
             }
-            if self.ctx.store.health().is_offline() {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = self.ctx.store.kicked() => {}
-                    _ = shutdown.changed() => return,
-                }
-                // Back online: replay the queue, then look at the remote.
-                poll_due = true;
-                continue;
+            Err(SyncError::Remote(e)) if e.is_transient() => {
+                let wait = match &e {
+                    RemoteError::Unavailable {
+                        retry_after: Some(d),
+                        ..
+                    } => *d,
+                    _ => backoff(job.attempts),
+                };
+                tracing::warn!(seq = job.seq, error = %e, retry_in = ?wait, "remote unavailable; will retry");
+                self.ctx.store.health().record_error(true, &e.to_string());
+                let msg = e.to_string();
+                let retry_at = now_ms() + wait.as_millis() as i64;
+                let _ = self
+                    .ctx
+                    .store
+                    .write(|db| db.retry_job(job.seq, &msg, retry_at));
+                Settled::Unreachable { retry_in: wait }
             }
-            if let Some(until) = pause_until {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(until) => {}
-                    _ = self.ctx.store.kicked() => {}
-                    _ = shutdown.changed() => return,
-                }
-                pause_until = None;
+            Err(SyncError::Wait(why)) => {
+                tracing::debug!(seq = job.seq, %why, "job waits for another");
+                let _ = self
+                    .ctx
+                    .store
+                    .write(|db| db.retry_job(job.seq, &why, now_ms() + 1000));
+                Settled::Later
             }
-            let job = self.ctx.store.write(|db| {
-                let job = db.next_job(now_ms())?;
-                if let Some(j) = &job {
-                    db.set_job_state(j.seq, JobState::Uploading)?;
-                }
-                Ok::<_, StoreError>(job)
-            });
-            let job = match job {
-                Ok(Some(j)) => j,
-                Ok(None) => {
-                    // Polling off (`--poll-interval 0`) means off: the remote change a job
-                    // learnt of comes in with the next `stratus sync`. (Found by the race
-                    // test: a mount polled halfway through a round of writes.)
-                    let wanted = self
-                        .poll_wanted
-                        .swap(false, std::sync::atomic::Ordering::Relaxed)
-                        && self.ctx.cfg.poll_interval.is_some();
-                    // Offline may have been turned on since the check above, with a kick
-                    // that would poll: offline means no traffic at all. (Found by the core
-                    // model test: a poll slipped through as offline was set, and the mount
-                    // then replaced a remote version it should not have known yet.)
-                    if self.ctx.store.health().is_offline() {
-                        continue;
-                    }
-                    let kicked = self.ctx.store.kicks() > served_kicks;
-                    if poll_due
-                        || kicked
-                        || wanted
-                        || next_poll.is_some_and(|t| Instant::now() >= t)
-                    {
-                        let kicks = self.ctx.store.kicks();
-                        match self.poll().instrument(tracing::info_span!("poll")).await {
-                            Ok(()) => {
-                                self.ctx.store.health().record_ok();
-                                poll_due = false;
-                                served_kicks = kicks;
-                                next_poll = self.ctx.cfg.poll_interval.map(|d| Instant::now() + d);
-                            }
-                            Err(e) => {
-                                let transient =
-                                    matches!(&e, SyncError::Remote(r) if r.is_transient());
-                                tracing::warn!(error = %e, "poll failed");
-                                self.ctx
-                                    .store
-                                    .health()
-                                    .record_error(transient, &e.to_string());
-                                was_unreachable |= transient;
-                                pause_until = Some(Instant::now() + Duration::from_secs(2));
-                                next_poll = self.ctx.cfg.poll_interval.map(|d| Instant::now() + d);
-                            }
-                        }
-                        continue;
-                    }
-                    let next = self.ctx.store.read(|db| db.next_ready_at()).ok().flatten();
-                    let mut wait = next
-                        .map(|t| Duration::from_millis((t - now_ms()).max(0) as u64))
-                        .unwrap_or(Duration::from_secs(3600));
-                    if next.is_some() {
-                        // Jobs queued in a burst become ready a fraction of a millisecond
-                        // apart: take them in batches rather than waking for each.
-                        wait = wait.max(WAKE_SLACK);
-                    }
-                    if let Some(t) = next_poll {
-                        wait = wait.min(t.saturating_duration_since(Instant::now()));
-                    }
-                    tokio::select! {
-                        // A kick is seen through `Store::kicks` above.
-                        _ = self.ctx.store.wait_for_jobs(wait) => {}
-                        _ = shutdown.changed() => return,
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the journal");
-                    pause_until = Some(Instant::now() + Duration::from_secs(5));
-                    continue;
-                }
-            };
-            let span = tracing::info_span!("job", seq = job.seq);
-            let result = tokio::select! {
-                r = self.run_job(&job).instrument(span) => r,
-                _ = shutdown.changed() => {
-                    let _ = self.ctx.store.write(|db| db.set_job_state(job.seq, JobState::Queued));
-                    return;
-                }
-            };
-            match result {
-                Ok(_) => {
-                    self.ctx.store.health().record_ok();
-                    if was_unreachable {
-                        // The remote is back: once the queue has replayed, look at it.
-                        was_unreachable = false;
-                        poll_due = true;
-                    }
-                }
-                Err(SyncError::Remote(e)) if e.is_transient() => {
-                    let wait = match &e {
-                        RemoteError::Unavailable {
-                            retry_after: Some(d),
-                            ..
-                        } => *d,
-                        _ => backoff(job.attempts),
-                    };
-                    tracing::warn!(seq = job.seq, error = %e, retry_in = ?wait, "remote unavailable; will retry");
-                    self.ctx.store.health().record_error(true, &e.to_string());
-                    was_unreachable = true;
-                    let msg = e.to_string();
-                    let retry_at = now_ms() + wait.as_millis() as i64;
-                    let _ = self
-                        .ctx
-                        .store
-                        .write(|db| db.retry_job(job.seq, &msg, retry_at));
-                    pause_until = Some(Instant::now() + wait);
-                }
-                Err(SyncError::Wait(why)) => {
-                    tracing::debug!(seq = job.seq, %why, "job waits for another");
-                    let _ = self
-                        .ctx
-                        .store
-                        .write(|db| db.retry_job(job.seq, &why, now_ms() + 1000));
-                }
-                Err(e) => {
-                    tracing::warn!(seq = job.seq, error = %e, "sync failed for good; parking this entry");
-                    self.ctx.store.health().record_error(false, &e.to_string());
-                    let msg = e.to_string();
-                    let _ = self.ctx.store.write(|db| db.park_job(job.seq, &msg));
-                }
+            Err(e) => {
+                tracing::warn!(seq = job.seq, error = %e, "sync failed for good; parking this entry");
+                self.ctx.store.health().record_error(false, &e.to_string());
+                let msg = e.to_string();
+                let _ = self.ctx.store.write(|db| db.park_job(job.seq, &msg));
+                Settled::Later
             }
         }
     }
 
-    /// How long to stand aside before the next job because the user is busy in the mount:
-    /// during a burst of creates or unlinks an upload (hashing, a write and an fsync into a
-    /// local folder, several commits) competed with the FUSE threads for the CPU, the disk
-    /// and the store's lock, and halved the create rate. The jobs are already committed, so
-    /// waiting loses nothing; after `YIELD_AT_MOST` of a burst, jobs run for `RUN_AT_LEAST`
-    /// regardless, so a busy mount still uploads.
-    fn yield_to_user(&self, since: &mut Option<tokio::time::Instant>) -> Option<Duration> {
-        let quiet = self.ctx.cfg.user_quiet;
-        let quiet_for = now_ms() - self.ctx.store.user_active_ms();
-        if quiet_for >= quiet.as_millis() as i64 {
-            *since = None;
-            return None;
-        }
-        let started = *since.get_or_insert_with(tokio::time::Instant::now);
-        let yielded = started.elapsed();
-        if yielded >= YIELD_AT_MOST + RUN_AT_LEAST {
-            *since = Some(tokio::time::Instant::now());
-        } else if yielded >= YIELD_AT_MOST {
-            return None;
-        }
-        Some(quiet.saturating_sub(Duration::from_millis(quiet_for.max(0) as u64)))
-    }
-
-    async fn run_job(&self, job: &Job) -> Result<Outcome, SyncError> {
+    pub(super) async fn run_job(&self, job: &Job) -> Result<Outcome, SyncError> {
         match &job.kind {
             JobKind::Sync(id) => match self.sync_entry(job, *id).await {
                 Err(SyncError::Vanished) => {

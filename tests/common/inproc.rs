@@ -13,7 +13,7 @@ use stratus::cache::FileCache;
 use stratus::cache::FileGate;
 use stratus::remote::{Remote, RemoteUrl};
 use stratus::store::Store;
-use stratus::sync::{ConflictPolicy, SyncConfig, Uploader};
+use stratus::sync::{ConflictPolicy, Engine, SyncConfig};
 use stratus::types::{EntryId, Keep, Kind};
 use stratus::vfs::{SetAttr, Vfs, VfsConfig, VfsError};
 
@@ -89,8 +89,8 @@ impl Core {
         vfs.start();
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let files: Arc<dyn FileGate> = vfs.clone();
-        let uploader = rt
-            .spawn(Uploader::new(store.clone(), cache, files, remote, sync_cfg, None).run(stop_rx));
+        let uploader =
+            rt.spawn(Engine::new(store.clone(), cache, files, remote, sync_cfg, None).run(stop_rx));
         Core {
             state: state.to_path_buf(),
             remote_dir: remote_dir.to_path_buf(),
