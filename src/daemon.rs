@@ -1,4 +1,9 @@
-//! Runs one mount in the foreground: state dir, remote, uploader and the FUSE session.
+//! Runs one mount in the foreground: locks the state dir, checks the remote, starts the core
+//! (`daemon/wiring.rs`) and serves the FUSE session until unmounted.
+
+mod wiring;
+
+pub use wiring::{Core, CoreBuilder};
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -11,13 +16,13 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use fuser::MountOption;
 
-use crate::cache::{FileCache, FileGate};
+use crate::cache::FileCache;
 use crate::control::{Control, PRECONDITIONS_IGNORED, PRECONDITIONS_META};
 use crate::fuse::StratusFs;
 use crate::remote::{Preconditions, Remote, RemoteUrl};
 use crate::store::{Event, EventKind, Store};
-use crate::sync::{populate, ConflictPolicy, SyncConfig, Uploader};
-use crate::vfs::{Vfs, VfsConfig};
+use crate::sync::{ConflictPolicy, SyncConfig};
+use crate::vfs::VfsConfig;
 
 /// Environment variable naming the pipe on which a daemon tells its parent it is ready.
 pub const READY_FD_ENV: &str = "STRATUS_READY_FD";
@@ -196,25 +201,8 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
     let _lock = lock_state_dir(&cfg.state_dir)?;
     check_mountpoint(&cfg.mountpoint)?;
 
-    let store = Arc::new(Store::open(&cfg.state_dir.join("state.db"))?);
-    let identity = cfg.remote.canonical();
-    match store.read(|db| db.meta_get("remote"))? {
-        Some(r) if r != identity => bail!(
-            "state dir {} belongs to remote {r}, not {identity}",
-            cfg.state_dir.display()
-        ),
-        Some(_) => {}
-        None => store.write(|db| db.meta_set("remote", &identity))?,
-    }
-    let cache = FileCache::open(&cfg.state_dir)?;
-
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .thread_name("stratus-io")
-        .build()
-        .context("starting the async runtime")?;
-    let remote = Arc::new(Remote::open(&cfg.remote, &cfg.options).map_err(anyhow::Error::msg)?);
+    let core = CoreBuilder::open(&cfg.state_dir, &cfg.remote, &cfg.options)?;
+    let identity = core.identity().to_string();
 
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
@@ -226,9 +214,10 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
         writer: writer_label(&cfg.mountpoint),
         user_quiet: crate::sync::USER_QUIET,
     };
-    let populated = store.read(|db| db.meta_get("populated"))?.is_some();
-    let check =
-        rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), remote.check()).await });
+    let populated = core.store().read(|db| db.meta_get("populated"))?.is_some();
+    let check = core.runtime().block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), core.remote().check()).await
+    });
     let check = match check {
         Ok(r) => r,
         Err(_) => Err(crate::remote::RemoteError::unavailable(
@@ -236,19 +225,10 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
         )),
     };
     match check {
-        Ok(()) => {
-            if !populated {
-                tracing::info!(remote = %identity, "scanning the remote");
-                let objects = rt
-                    .block_on(remote.scan())
-                    .with_context(|| format!("listing {identity}"))?;
-                let n = populate(&store, &objects, &sync_cfg)?;
-                tracing::info!(entries = n, "state dir filled from the remote");
-            }
-        }
+        Ok(()) => core.populate(&sync_cfg)?,
         Err(e) if e.is_transient() && populated => {
             tracing::warn!(error = %e, "remote unreachable; serving from local state");
-            store.health().record_error(true, &e.to_string());
+            core.store().health().record_error(true, &e.to_string());
         }
         Err(e) if e.is_transient() => {
             bail!(
@@ -259,57 +239,40 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
         Err(e) => bail!("remote {identity} refused us: {}", e.brief()),
     }
 
-    let reachable = store.health().is_reachable();
+    let reachable = core.store().health().is_reachable();
     check_preconditions(
-        &rt,
-        &store,
-        &remote,
+        core.runtime(),
+        core.store(),
+        core.remote(),
         reachable && cfg.recheck_preconditions,
         reachable,
         ready,
     )?;
-    if let Some(Preconditions::Ignored { .. }) = remembered_preconditions(&store)? {
-        remote.set_preconditions_ignored(true);
+    if let Some(Preconditions::Ignored { .. }) = remembered_preconditions(core.store())? {
+        core.remote().set_preconditions_ignored(true);
     }
 
-    let vfs = Arc::new(Vfs::new(
-        store.clone(),
-        cache.clone(),
-        remote.clone(),
-        rt.handle().clone(),
-        VfsConfig {
-            write_back: cfg.write_back,
-            default_uid: uid,
-            default_gid: gid,
-            fetch_timeout: Duration::from_secs(120),
-            cache_budget: cache_budget(&cache, cfg.cache_size)?,
-            disk_reserve: disk_reserve(&cache)?,
-        },
-    ));
-    let held = vfs.recover()?;
-    vfs.start();
+    let vfs_cfg = VfsConfig {
+        write_back: cfg.write_back,
+        default_uid: uid,
+        default_gid: gid,
+        fetch_timeout: Duration::from_secs(120),
+        cache_budget: cache_budget(core.cache(), cfg.cache_size)?,
+        disk_reserve: disk_reserve(core.cache())?,
+    };
     let (notices, invalidations) = std::sync::mpsc::channel();
-    vfs.set_notices(notices.clone());
-    if held > 0 {
-        tracing::info!(entries = held, "recovered writes from the previous run");
-    }
+    let core = core.start(vfs_cfg, sync_cfg, Some(notices))?;
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    // The sync engine reaches the block cache's data files only through this gate.
-    let files: Arc<dyn FileGate> = vfs.clone();
-    let uploader = rt.spawn(
-        Uploader::new(store.clone(), cache, files, remote, sync_cfg, Some(notices)).run(stop_rx),
-    );
-
-    let control = Arc::new(Control::new(vfs, identity.clone()));
+    let control = Arc::new(Control::new(core.vfs().clone(), identity.clone()));
     if let Some(addr) = &cfg.metrics {
-        let listener = rt.block_on(crate::web::bind_loopback(addr))?;
+        let listener = core.runtime().block_on(crate::web::bind_loopback(addr))?;
         tracing::info!(addr = %listener.local_addr()?, "serving metrics");
         std::fs::write(
             cfg.state_dir.join("metrics.addr"),
             listener.local_addr()?.to_string(),
         )?;
-        rt.spawn(crate::web::serve_metrics(listener, control.clone()));
+        core.runtime()
+            .spawn(crate::web::serve_metrics(listener, control.clone()));
     }
     let fs = StratusFs::new(control);
     let mut config = fuser::Config::default();
@@ -329,7 +292,7 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
         .with_context(|| format!("mounting on {}", cfg.mountpoint.display()))?;
     crate::fuse::forward_invalidations(session.notifier(), invalidations);
     let mut unmounter = session.unmount_callable();
-    rt.spawn(async move {
+    core.runtime().spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut term), Ok(mut int)) = (
             signal(SignalKind::terminate()),
@@ -347,21 +310,23 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
         }
     });
     tracing::info!(mountpoint = %cfg.mountpoint.display(), remote = %identity, "mount is live");
-    record(&store, EventKind::Mount, &cfg.mountpoint);
+    record(core.store(), EventKind::Mount, &cfg.mountpoint);
     ready.ok();
     let served = session.run();
     tracing::info!("unmounted; stopping the uploader");
-    record(&store, EventKind::Unmount, &cfg.mountpoint);
-    let fetched = store
+    record(core.store(), EventKind::Unmount, &cfg.mountpoint);
+    let fetched = core
+        .store()
         .health()
         .downloaded
         .load(std::sync::atomic::Ordering::Relaxed);
-    if let Err(e) = store.write(|db| db.bump("download.bytes", fetched as i64)) {
+    if let Err(e) = core
+        .store()
+        .write(|db| db.bump("download.bytes", fetched as i64))
+    {
         tracing::warn!(error = %e, "could not save the download statistics");
     }
-    let _ = stop_tx.send(true);
-    let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), uploader).await });
-    rt.shutdown_timeout(Duration::from_secs(2));
+    core.shutdown(Duration::from_secs(10));
     served.context("serving the mount")?;
     Ok(())
 }

@@ -1,19 +1,62 @@
 //! The sync engine: fills a new state dir from the remote, drains the journal to it, and
 //! brings remote changes in, keeping both versions where both sides changed.
 
-pub mod conflict;
+mod conflict;
+mod engine;
 mod poller;
 pub mod reconcile;
 mod uploader;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-pub use uploader::{SyncError, Uploader, USER_QUIET};
+pub use engine::{Engine, USER_QUIET};
+pub use poller::Poller;
 
-use crate::remote::{ObjectInfo, ObjectKind};
-use crate::store::{now_ns, NewEntry, Store, StoreResult, Synced};
+use crate::cache::{FileCache, FileGate};
+use crate::remote::{ObjectInfo, ObjectKind, Remote, RemoteError};
+use crate::store::{now_ns, NewEntry, Store, StoreError, StoreResult, Synced};
 use crate::types::{EntryId, Kind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Local(String),
+    /// The entry was deleted while we worked on it.
+    #[error("entry deleted during sync")]
+    Vanished,
+    /// Another job has to run first (the reason says which); retried shortly, not an error
+    /// of the remote.
+    #[error("{0}")]
+    Wait(String),
+}
+
+/// What the uploader, the poller and the conflict engine all work on. Each holds an `Arc` of
+/// it; its fields are private to `sync`, so nothing outside reaches the parts through it.
+struct Shared {
+    store: Arc<Store>,
+    cache: FileCache,
+    /// The block cache's gate to data files: a clean file is handed over through it, and a
+    /// closed file's data is replaced or deleted only under it.
+    files: Arc<dyn FileGate>,
+    remote: Arc<Remote>,
+    cfg: SyncConfig,
+    notices: Option<std::sync::mpsc::Sender<Invalidation>>,
+}
+
+impl Shared {
+    /// Tells the kernel (through the FUSE adapter) that an entry changed under it.
+    fn notify(&self, i: Invalidation) {
+        if let Some(n) = &self.notices {
+            let _ = n.send(i);
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct SyncConfig {

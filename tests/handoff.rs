@@ -3,15 +3,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use stratus::cache::{FileCache, FileGate, BLOCK_SIZE};
-use stratus::remote::{Remote, RemoteUrl};
-use stratus::store::Store;
-use stratus::sync::{populate, ConflictPolicy, SyncConfig, Uploader};
+use stratus::cache::BLOCK_SIZE;
+use stratus::daemon::CoreBuilder;
+use stratus::remote::RemoteUrl;
+use stratus::sync::{ConflictPolicy, SyncConfig};
 use stratus::types::EntryId;
-use stratus::vfs::{Vfs, VfsConfig};
+use stratus::vfs::VfsConfig;
 
 /// Versions written to the remote; each has its own fill byte and its own length, so a read
 /// tells which version it saw and whether it saw all of it.
@@ -36,14 +35,14 @@ fn put_remote(root: &Path, name: &str, v: u64) {
 }
 
 struct Core {
-    _dir: tempfile::TempDir,
+    // Before the temp dir: dropped first, so that the core stops before its dirs go.
+    core: stratus::daemon::Core,
     remote_root: PathBuf,
-    rt: tokio::runtime::Runtime,
-    vfs: Arc<Vfs>,
-    uploader: Uploader,
+    _dir: tempfile::TempDir,
 }
 
-/// The parts `daemon::run` wires together, minus FUSE and the uploader's loop.
+/// The core as the daemon starts it, minus FUSE; its engine idles (no polling, no jobs),
+/// and the test polls directly.
 fn core(name: &str) -> Core {
     let dir = tempfile::tempdir().unwrap();
     let remote_root = dir.path().join("remote");
@@ -52,14 +51,7 @@ fn core(name: &str) -> Core {
     std::fs::create_dir_all(&state).unwrap();
     put_remote(&remote_root, name, 0);
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let store = Arc::new(Store::open(&state.join("state.db")).unwrap());
-    let cache = FileCache::open(&state).unwrap();
-    let remote = Arc::new(Remote::open(&RemoteUrl::Local(remote_root.clone()), &[]).unwrap());
+    let parts = CoreBuilder::open(&state, &RemoteUrl::Local(remote_root.clone()), &[]).unwrap();
     let sync_cfg = SyncConfig {
         default_uid: 0,
         default_gid: 0,
@@ -68,32 +60,19 @@ fn core(name: &str) -> Core {
         writer: "test:handoff".into(),
         user_quiet: stratus::sync::USER_QUIET,
     };
-    let objects = rt.block_on(remote.scan()).unwrap();
-    populate(&store, &objects, &sync_cfg).unwrap();
-    let vfs = Arc::new(Vfs::new(
-        store.clone(),
-        cache.clone(),
-        remote.clone(),
-        rt.handle().clone(),
-        VfsConfig {
-            write_back: Duration::from_secs(5),
-            default_uid: 0,
-            default_gid: 0,
-            fetch_timeout: Duration::from_secs(30),
-            cache_budget: 1 << 30,
-            disk_reserve: 0,
-        },
-    ));
-    vfs.recover().unwrap();
-    vfs.start();
-    let files: Arc<dyn FileGate> = vfs.clone();
-    let uploader = Uploader::new(store, cache, files, remote, sync_cfg, None);
+    parts.populate(&sync_cfg).unwrap();
+    let vfs_cfg = VfsConfig {
+        write_back: Duration::from_secs(5),
+        default_uid: 0,
+        default_gid: 0,
+        fetch_timeout: Duration::from_secs(30),
+        cache_budget: 1 << 30,
+        disk_reserve: 0,
+    };
     Core {
-        _dir: dir,
+        core: parts.start(vfs_cfg, sync_cfg, None).unwrap(),
         remote_root,
-        rt,
-        vfs,
-        uploader,
+        _dir: dir,
     }
 }
 
@@ -118,7 +97,8 @@ fn core(name: &str) -> Core {
 fn open_never_sees_data_swapped_by_the_poller() {
     let c = core("f");
     let id = c
-        .vfs
+        .core
+        .vfs()
         .lookup(EntryId::ROOT, std::ffi::OsStr::new("f"))
         .unwrap()
         .ino;
@@ -131,13 +111,13 @@ fn open_never_sees_data_swapped_by_the_poller() {
         for _ in 0..2 {
             s.spawn(|| {
                 while !done.load(Ordering::Relaxed) {
-                    let (fh, _) = c.vfs.open(id, false, false).unwrap_or_else(|e| {
+                    let (fh, _) = c.core.vfs().open(id, false, false).unwrap_or_else(|e| {
                         done.store(true, Ordering::Relaxed);
                         // The data file deleted between the open's two steps.
                         panic!("an open of the file failed: {e:?}")
                     });
-                    let got = c.vfs.read(fh, 0, (2 * BLOCK_SIZE) as u32);
-                    c.vfs.release(fh).unwrap();
+                    let got = c.core.vfs().read(fh, 0, (2 * BLOCK_SIZE) as u32);
+                    c.core.vfs().release(fh).unwrap();
                     let data = match got {
                         Ok(d) => d,
                         Err(e) => {
@@ -175,7 +155,7 @@ fn open_never_sees_data_swapped_by_the_poller() {
                 break;
             }
             let etag = |c: &Core| {
-                let e = c.vfs.store().read(|db| db.must_get(id)).unwrap();
+                let e = c.core.vfs().store().read(|db| db.must_get(id)).unwrap();
                 e.synced.etag
             };
             let before = etag(&c);
@@ -183,7 +163,7 @@ fn open_never_sees_data_swapped_by_the_poller() {
             version.store(v, Ordering::Relaxed);
             // Polls until one finds the file closed and takes the new version.
             for _ in 0..1000 {
-                c.rt.block_on(c.uploader.poll()).unwrap();
+                c.core.poll().unwrap();
                 if etag(&c) != before {
                     taken.fetch_add(1, Ordering::Relaxed);
                     break;

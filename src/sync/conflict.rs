@@ -2,10 +2,11 @@
 //! file, the policies that decide which version stays at the path, and the mark by which
 //! other mounts recognise a copy.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 
-use super::uploader::{SyncError, Uploader};
-use super::{ConflictPolicy, Invalidation};
+use super::{ConflictPolicy, Invalidation, Shared, SyncError};
 use crate::remote::{hash_file, ObjectInfo, ObjectKind};
 use crate::store::{dirty, now_ms, now_ns, Conflict, Db, Entry, NewEntry, StoreError, Synced};
 use crate::types::{EntryId, Kind, VersionMark};
@@ -132,7 +133,18 @@ fn entry_of_remote(
     }
 }
 
-impl Uploader {
+/// The conflict engine: what the uploader (a refused write) and the poller (a remote change
+/// over a local one) call when both sides changed a file.
+#[derive(Clone)]
+pub(super) struct Conflicts {
+    ctx: Arc<Shared>,
+}
+
+impl Conflicts {
+    pub(super) fn new(ctx: Arc<Shared>) -> Conflicts {
+        Conflicts { ctx }
+    }
+
     /// Both sides changed `e` (at `key`) differently; `r` is the remote version. Both versions
     /// end up in the bucket and on every mount: one at the path, the other in a `.conflict`
     /// sibling that is uploaded like any new file (create-only) and carries a mark naming the
@@ -144,13 +156,13 @@ impl Uploader {
     /// mtime. Only `manual` leaves the conflict open.
     ///
     /// Returns `false` when it must wait: the local version would move under an open file.
-    pub(super) async fn conflict(
+    pub(super) async fn keep_both(
         &self,
         e: &Entry,
         key: &str,
         r: &ObjectInfo,
     ) -> Result<bool, SyncError> {
-        let local_wins = match self.cfg.policy {
+        let local_wins = match self.ctx.cfg.policy {
             ConflictPolicy::Manual | ConflictPolicy::Remote => false,
             ConflictPolicy::Local => true,
             ConflictPolicy::Newest => e.mtime_ns >= remote_mtime(r).unwrap_or(0),
@@ -160,6 +172,7 @@ impl Uploader {
             // the remote replaced its content: there is no second content to keep. Its cached
             // blocks go, so not under an open handle.
             let Some(taken) = self
+                .ctx
                 .files
                 .with_closed(e.id, || self.take_remote_over_meta(e, key, r))
             else {
@@ -169,7 +182,7 @@ impl Uploader {
             tracing::warn!(path = key, "a metadata change made here lost to a remote edit of the content; taking the remote version");
             return Ok(true);
         }
-        if self.files.with_closed(e.id, || ()).is_none() {
+        if self.ctx.files.with_closed(e.id, || ()).is_none() {
             // Whichever way it goes, the entry changes under an open handle: wait for it.
             // (Each way commits under the file's gate too: an open may come meanwhile.)
             return Ok(false);
@@ -187,9 +200,9 @@ impl Uploader {
     /// and a crash leaves one state or the other.
     fn move_local_aside(&self, e: &Entry, key: &str, r: &ObjectInfo) -> Result<bool, SyncError> {
         let parent = e.parent.ok_or(SyncError::Vanished)?;
-        let open = self.cfg.policy == ConflictPolicy::Manual;
-        let done = self.files.with_closed(e.id, || {
-            self.store.write(|db| {
+        let open = self.ctx.cfg.policy == ConflictPolicy::Manual;
+        let done = self.ctx.files.with_closed(e.id, || {
+            self.ctx.store.write(|db| {
                 let Some(mut cur) = db.get(e.id)? else {
                     return Ok::<_, StoreError>(None);
                 };
@@ -220,18 +233,18 @@ impl Uploader {
         let Some(c) = done? else {
             return Ok(true);
         };
-        tracing::warn!(path = key, copy = %c.copy_path, policy = self.cfg.policy.as_str(), "conflict: both sides changed; the remote version stays at the path, ours goes up as the copy");
-        self.notify(Invalidation::Entry {
+        tracing::warn!(path = key, copy = %c.copy_path, policy = self.ctx.cfg.policy.as_str(), "conflict: both sides changed; the remote version stays at the path, ours goes up as the copy");
+        self.ctx.notify(Invalidation::Entry {
             parent,
             name: e.name.clone(),
         });
         if let Some(name) = c.copy_path.rsplit('/').next() {
-            self.notify(Invalidation::Entry {
+            self.ctx.notify(Invalidation::Entry {
                 parent,
                 name: name.as_bytes().to_vec(),
             });
         }
-        self.notify(Invalidation::Inode(e.id));
+        self.ctx.notify(Invalidation::Inode(e.id));
         Ok(true)
     }
 
@@ -246,9 +259,9 @@ impl Uploader {
         r: &ObjectInfo,
     ) -> Result<bool, SyncError> {
         let parent = e.parent.ok_or(SyncError::Vanished)?;
-        let tmp = self.cache.temp_path(e.id).with_extension("theirs");
+        let tmp = self.ctx.cache.temp_path(e.id).with_extension("theirs");
         if r.kind != ObjectKind::Symlink {
-            let n = self.remote.download(key, &tmp).await?;
+            let n = self.ctx.remote.download(key, &tmp).await?;
             let path = tmp.clone();
             let hash = tokio::task::spawn_blocking(move || hash_file(&path).ok())
                 .await
@@ -261,8 +274,8 @@ impl Uploader {
                 return Ok(false);
             }
         }
-        let result = self.files.with_closed(e.id, || {
-            self.store.write(|db| {
+        let result = self.ctx.files.with_closed(e.id, || {
+            self.ctx.store.write(|db| {
                 let Some(cur) = db.get(e.id)? else {
                     return Ok::<_, SyncError>(None);
                 };
@@ -277,7 +290,7 @@ impl Uploader {
                 if r.kind != ObjectKind::Symlink {
                     // Inside the transaction: if it fails, nothing was recorded; if the commit
                     // fails after it, the data file has no entry and is swept at the next start.
-                    std::fs::rename(&tmp, self.cache.path(copy.id)).map_err(|err| {
+                    std::fs::rename(&tmp, self.ctx.cache.path(copy.id)).map_err(|err| {
                         SyncError::Local(format!("placing the remote version: {err}"))
                     })?;
                 }
@@ -306,12 +319,12 @@ impl Uploader {
             let _ = std::fs::remove_file(&tmp);
             return Ok(true);
         };
-        tracing::warn!(path = key, copy = %c.copy_path, policy = self.cfg.policy.as_str(), "conflict: both sides changed; our version stays at the path, the remote one goes up as the copy");
-        self.notify(Invalidation::Entry {
+        tracing::warn!(path = key, copy = %c.copy_path, policy = self.ctx.cfg.policy.as_str(), "conflict: both sides changed; our version stays at the path, the remote one goes up as the copy");
+        self.ctx.notify(Invalidation::Entry {
             parent,
             name: copy.name.clone(),
         });
-        self.notify(Invalidation::Inode(e.id));
+        self.ctx.notify(Invalidation::Inode(e.id));
         Ok(true)
     }
 
@@ -333,10 +346,10 @@ impl Uploader {
             size: cur.size,
             mtime_ns: Some(cur.mtime_ns),
             etag: None,
-            writer: Some(self.cfg.writer.clone()),
+            writer: Some(self.ctx.cfg.writer.clone()),
         };
         let theirs = mark_of_remote(r);
-        let policy = self.cfg.policy.as_str().to_string();
+        let policy = self.ctx.cfg.policy.as_str().to_string();
         let (at_path, in_copy) = if ours_in_copy {
             (theirs.clone(), mine.clone())
         } else {
@@ -371,7 +384,7 @@ impl Uploader {
         let Some(parent) = e.parent else {
             return Ok(false);
         };
-        let found = self.store.read(|db| {
+        let found = self.ctx.store.read(|db| {
             let path = join(db, parent, &e.name)?;
             Ok::<_, StoreError>(
                 db.last_conflict_for(e.id, &path)?
@@ -391,16 +404,16 @@ impl Uploader {
         let at = Utc::now();
         for n in 2..1000 {
             let cand = conflict_name(&orig, at, n);
-            let (taken, key) = self.store.read(|db| {
+            let (taken, key) = self.ctx.store.read(|db| {
                 Ok::<_, StoreError>((
                     db.lookup(parent, &cand)?.is_some(),
                     join(db, parent, &cand)?,
                 ))
             })?;
-            if taken || self.remote.head(&key, false).await?.is_some() {
+            if taken || self.ctx.remote.head(&key, false).await?.is_some() {
                 continue;
             }
-            let renamed = self.store.write(|db| {
+            let renamed = self.ctx.store.write(|db| {
                 let Some(mut cur) = db.get(e.id)? else {
                     return Ok::<_, StoreError>(false);
                 };
@@ -416,11 +429,11 @@ impl Uploader {
             })?;
             if renamed {
                 tracing::info!(from = %String::from_utf8_lossy(&e.name), to = %key, "conflict copy renamed: its name was taken on the remote");
-                self.notify(Invalidation::Entry {
+                self.ctx.notify(Invalidation::Entry {
                     parent,
                     name: e.name.clone(),
                 });
-                self.notify(Invalidation::Entry { parent, name: cand });
+                self.ctx.notify(Invalidation::Entry { parent, name: cand });
             }
             return Ok(renamed);
         }
@@ -429,7 +442,7 @@ impl Uploader {
 
     /// The remote version replaces a local change that held no content of its own.
     fn take_remote_over_meta(&self, e: &Entry, key: &str, r: &ObjectInfo) -> Result<(), SyncError> {
-        self.store.write(|db| {
+        self.ctx.store.write(|db| {
             let Some(mut cur) = db.get(e.id)? else {
                 return Ok::<_, StoreError>(());
             };
@@ -445,8 +458,8 @@ impl Uploader {
             db.set_synced(e.id, &f.synced)?;
             db.mark_clean(e.id)
         })?;
-        let _ = self.cache.remove(e.id);
-        self.notify(Invalidation::Inode(e.id));
+        let _ = self.ctx.cache.remove(e.id);
+        self.ctx.notify(Invalidation::Inode(e.id));
         Ok(())
     }
 }

@@ -3,10 +3,11 @@
 //! re-checks the local side first (the user may have written meanwhile).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
+use super::conflict::Conflicts;
 use super::reconcile::{decide, Action, Local, Remote as RemoteSide};
-use super::uploader::{SyncError, Uploader};
-use super::Invalidation;
+use super::{Invalidation, Shared, SyncError};
 use crate::remote::{hash_file, ObjectInfo, ObjectKind};
 use crate::store::{
     dirty, now_ms, now_ns, Entry, Event, EventKind, JobKind, NewEntry, StoreError, Synced,
@@ -57,17 +58,36 @@ fn default_mode(kind: Kind) -> u32 {
     }
 }
 
-impl Uploader {
+/// Lists the remote and brings in what changed there; a change over a local one goes to the
+/// conflict engine.
+pub struct Poller {
+    ctx: Arc<Shared>,
+    conflicts: Conflicts,
+    /// Held for a whole poll: the engine's polls and a direct [`Poller::poll`] never overlap.
+    polling: tokio::sync::Mutex<()>,
+}
+
+impl Poller {
+    pub(super) fn new(ctx: Arc<Shared>, conflicts: Conflicts) -> Poller {
+        Poller {
+            ctx,
+            conflicts,
+            polling: tokio::sync::Mutex::new(()),
+        }
+    }
+
     /// Lists the remote and applies what changed there.
     pub async fn poll(&self) -> Result<(), SyncError> {
-        self.store
+        let _one_at_a_time = self.polling.lock().await;
+        self.ctx
+            .store
             .health()
             .polls_started
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let listing = self.remote.list().await?;
+        let listing = self.ctx.remote.list().await?;
         let remote: HashMap<String, ObjectInfo> =
             listing.into_iter().map(|o| (o.key.clone(), o)).collect();
-        let (entries, jobs, deletes) = self.store.read(|db| {
+        let (entries, jobs, deletes) = self.ctx.store.read(|db| {
             let entries: HashMap<EntryId, Entry> =
                 db.all_entries()?.into_iter().map(|e| (e.id, e)).collect();
             let jobs: HashSet<EntryId> = db
@@ -126,13 +146,13 @@ impl Uploader {
             if path != key || remote.get(key).map(|o| &o.etag) != Some(&e.synced.etag) {
                 continue;
             }
-            if let Some(h) = self.remote.head(key, false).await? {
+            if let Some(h) = self.ctx.remote.head(key, false).await? {
                 let marked =
                     h.meta.conflict.as_ref().is_some_and(|m| {
                         super::conflict::is_conflict_name(&e.name, m.of.as_bytes())
                     });
                 if !marked {
-                    self.store.write(|db| {
+                    self.ctx.store.write(|db| {
                         if let Some(c) = db.open_conflict_of_copy(e.id)? {
                             db.set_conflict_of(e.id, None)?;
                             db.resolve_conflict(c.id, "both (on another mount)")?;
@@ -156,7 +176,7 @@ impl Uploader {
             match by_path.get(key.as_str()).and_then(|id| entries.get(id)) {
                 Some(e) if o.kind == ObjectKind::Dir => {
                     if e.kind == Kind::Dir && e.synced.key.is_none() && o.etag.is_some() {
-                        self.store.write(|db| {
+                        self.ctx.store.write(|db| {
                             db.set_synced(
                                 e.id,
                                 &Synced {
@@ -207,7 +227,7 @@ impl Uploader {
                             if decide(Local::Deleted, RemoteSide::Modified, false)
                                 == Action::Restore
                             {
-                                self.store.write(|db| db.remove_job(seq))?;
+                                self.ctx.store.write(|db| db.remove_job(seq))?;
                                 marked.extend(self.create_from_remote(key, o).await?);
                             }
                         }
@@ -222,7 +242,7 @@ impl Uploader {
         // 3. Directories the remote no longer has, deepest first. One that still holds
         //    local changes keeps them (and gets its marker back). Where the remote cannot
         //    store an empty directory, its absence proves nothing: all are kept.
-        let markers = self.remote.has_dir_markers();
+        let markers = self.ctx.remote.has_dir_markers();
         let mut dirs: Vec<(&String, &Entry)> = entries
             .values()
             .filter(|_| markers)
@@ -237,7 +257,7 @@ impl Uploader {
             if !came_from_remote {
                 continue;
             }
-            let removed = self.store.write(|db| {
+            let removed = self.ctx.store.write(|db| {
                 let Some(cur) = db.get(e.id)? else {
                     return Ok::<_, StoreError>(None);
                 };
@@ -252,13 +272,13 @@ impl Uploader {
                 Ok(cur.parent.map(|p| (p, cur.name)))
             })?;
             if let Some((parent, name)) = removed {
-                self.notify(Invalidation::Entry { parent, name });
+                self.ctx.notify(Invalidation::Entry { parent, name });
             }
         }
         let files = remote.values().filter(|o| o.kind != ObjectKind::Dir);
         let (n, bytes) = files.fold((0u64, 0u64), |(n, b), o| (n + 1, b + o.size));
-        self.store.health().listed(n, bytes);
-        self.store.health().poll_done();
+        self.ctx.store.health().listed(n, bytes);
+        self.ctx.store.health().poll_done();
         Ok(())
     }
 
@@ -271,7 +291,7 @@ impl Uploader {
     ) -> Result<(), SyncError> {
         let head = match rside {
             RemoteSide::Deleted | RemoteSide::Absent => None,
-            _ => match self.remote.head(key, false).await? {
+            _ => match self.ctx.remote.head(key, false).await? {
                 Some(h) => Some(h),
                 // Gone again since the listing: next poll.
                 None => return Ok(()),
@@ -288,18 +308,20 @@ impl Uploader {
             Action::DeleteLocal => self.delete_local(e),
             Action::AdoptBase => {
                 let h = head.expect("remote side exists");
-                self.store
+                self.ctx
+                    .store
                     .write(|db| db.set_synced(e.id, &super::base_of(key, &h)))?;
                 Ok(())
             }
             Action::Conflict => {
                 // Postponed (an open file) means: the next poll looks again.
-                self.conflict(e, key, head.as_ref().expect("remote side exists"))
+                self.conflicts
+                    .keep_both(e, key, head.as_ref().expect("remote side exists"))
                     .await
                     .map(|_| ())
             }
             Action::Reupload => {
-                self.store.write(|db| {
+                self.ctx.store.write(|db| {
                     db.set_synced(e.id, &Synced::default())?;
                     db.enqueue_sync(e.id, dirty::CONTENT | dirty::META, Some(now_ms()))
                 })?;
@@ -325,7 +347,7 @@ impl Uploader {
         if !e.local {
             return e.synced.hash.as_deref() == Some(remote_hash.as_str());
         }
-        let path = self.cache.path(e.id);
+        let path = self.ctx.cache.path(e.id);
         tokio::task::spawn_blocking(move || hash_file(&path).ok())
             .await
             .ok()
@@ -337,7 +359,8 @@ impl Uploader {
     /// Never under an open handle (next poll), and under the file's gate, so that no open
     /// sees the old row with the new data or holds a data file deleted here.
     fn take_remote(&self, e: &Entry, key: &str, r: &ObjectInfo) -> Result<(), SyncError> {
-        self.files
+        self.ctx
+            .files
             .with_closed(e.id, || self.take_remote_closed(e, key, r))
             .unwrap_or(Ok(()))
     }
@@ -353,7 +376,7 @@ impl Uploader {
             self.delete_local_closed(e)?;
             return self.store_new(key, r);
         }
-        let took = self.store.write(|db| {
+        let took = self.ctx.store.write(|db| {
             let Some(mut cur) = db.get(e.id)? else {
                 return Ok::<_, StoreError>(false);
             };
@@ -401,10 +424,10 @@ impl Uploader {
         })?;
         if took {
             if e.kind == Kind::File {
-                let _ = self.cache.remove(e.id);
+                let _ = self.ctx.cache.remove(e.id);
             }
             tracing::info!(path = key, "remote change taken");
-            self.notify(Invalidation::Inode(e.id));
+            self.ctx.notify(Invalidation::Inode(e.id));
         }
         Ok(())
     }
@@ -412,14 +435,15 @@ impl Uploader {
     /// Removes an entry deleted remotely and unchanged here; left for the next poll while
     /// the file is open.
     fn delete_local(&self, e: &Entry) -> Result<(), SyncError> {
-        self.files
+        self.ctx
+            .files
             .with_closed(e.id, || self.delete_local_closed(e))
             .unwrap_or(Ok(()))
     }
 
     /// [`Self::delete_local`], run under the file's gate while nothing has it open.
     fn delete_local_closed(&self, e: &Entry) -> Result<(), SyncError> {
-        let gone = self.store.write(|db| {
+        let gone = self.ctx.store.write(|db| {
             let Some(cur) = db.get(e.id)? else {
                 return Ok::<_, StoreError>(None);
             };
@@ -448,9 +472,9 @@ impl Uploader {
             Ok(cur.parent.map(|p| (p, cur.name)))
         })?;
         if let Some((parent, name)) = gone {
-            let _ = self.cache.remove(e.id);
+            let _ = self.ctx.cache.remove(e.id);
             tracing::info!(name = %String::from_utf8_lossy(&name), "deleted remotely; removed here");
-            self.notify(Invalidation::Entry { parent, name });
+            self.ctx.notify(Invalidation::Entry { parent, name });
         }
         Ok(())
     }
@@ -466,7 +490,7 @@ impl Uploader {
             self.store_new(key, listed)?;
             return Ok(None);
         }
-        match self.remote.head(key, false).await? {
+        match self.ctx.remote.head(key, false).await? {
             Some(h) => {
                 let o = ObjectInfo {
                     last_modified_ns: listed.last_modified_ns,
@@ -482,11 +506,11 @@ impl Uploader {
     /// Records the conflicts that newly seen `.conflict` copies name.
     fn adopt_marks(&self, marked: Vec<ObjectInfo>) -> Result<(), SyncError> {
         for o in marked {
-            self.store.write(|db| {
+            self.ctx.store.write(|db| {
                 let Some(copy) = db.resolve(o.key.as_bytes())? else {
                     return Ok::<_, StoreError>(false);
                 };
-                super::conflict::adopt_mark(db, &copy, &o.key, &o, &self.cfg.writer)
+                super::conflict::adopt_mark(db, &copy, &o.key, &o, &self.ctx.cfg.writer)
             })?;
         }
         Ok(())
@@ -499,7 +523,7 @@ impl Uploader {
             ObjectKind::Dir => Kind::Dir,
             ObjectKind::Symlink => Kind::Symlink,
         };
-        let created = self.store.write(|db| {
+        let created = self.ctx.store.write(|db| {
             let mut parent = EntryId::ROOT;
             let mut first_new: Option<(EntryId, Vec<u8>)> = None;
             let parts: Vec<&str> = key.split('/').collect();
@@ -525,8 +549,8 @@ impl Uploader {
                             } else {
                                 0o755
                             },
-                            uid: r.meta.uid.unwrap_or(self.cfg.default_uid),
-                            gid: r.meta.gid.unwrap_or(self.cfg.default_gid),
+                            uid: r.meta.uid.unwrap_or(self.ctx.cfg.default_uid),
+                            gid: r.meta.gid.unwrap_or(self.ctx.cfg.default_gid),
                             size: match (last, kind) {
                                 (true, Kind::File) => r.size,
                                 (true, Kind::Symlink) => {
@@ -574,7 +598,7 @@ impl Uploader {
         })?;
         if let Some((parent, name)) = created {
             tracing::info!(path = key, "new remote entry");
-            self.notify(Invalidation::Entry { parent, name });
+            self.ctx.notify(Invalidation::Entry { parent, name });
         }
         Ok(())
     }

@@ -8,296 +8,132 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
-use tracing::Instrument;
-
-use super::{backoff, Invalidation, SyncConfig};
-use crate::cache::{FileCache, FileGate};
-use crate::remote::{hash_file, Cond, ConflictMark, Meta, Remote, RemoteError, Written};
+use super::conflict::Conflicts;
+use super::{backoff, Invalidation, Shared, SyncError};
+use crate::remote::{hash_file, Cond, ConflictMark, Meta, RemoteError, Written};
 use crate::store::{
-    dirty, now_ms, now_ns, Entry, Event, EventKind, Job, JobKind, JobState, Store, StoreError,
-    Synced,
+    dirty, now_ms, now_ns, Entry, Event, EventKind, Job, JobKind, JobState, StoreError, Synced,
 };
 use crate::types::{EntryId, Kind};
 
-#[derive(Debug, thiserror::Error)]
-pub enum SyncError {
-    #[error(transparent)]
-    Remote(#[from] RemoteError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("{0}")]
-    Local(String),
-    /// The entry was deleted while we worked on it.
-    #[error("entry deleted during sync")]
-    Vanished,
-    /// Another job has to run first (the reason says which); retried shortly, not an error
-    /// of the remote.
-    #[error("{0}")]
-    Wait(String),
-}
-
-pub struct Uploader {
-    pub(super) store: Arc<Store>,
-    pub(super) cache: FileCache,
-    /// The block cache's gate to data files: a clean file is handed over through it, and a
-    /// closed file's data is replaced or deleted only under it.
-    pub(super) files: Arc<dyn FileGate>,
-    pub(super) remote: Arc<Remote>,
-    pub(super) cfg: SyncConfig,
-    notices: Option<std::sync::mpsc::Sender<Invalidation>>,
+/// Drains the journal: one job at a time, as the engine hands them out.
+pub(super) struct Uploader {
+    ctx: Arc<Shared>,
+    conflicts: Conflicts,
     /// Set by a job that learnt the remote changed: poll once the queue is drained.
     poll_wanted: std::sync::atomic::AtomicBool,
 }
 
-/// How late the idle uploader may take a job that is not ready yet, so that one wake-up
-/// serves many jobs of a burst. Small against the write-back delay.
-const WAKE_SLACK: Duration = Duration::from_millis(50);
-
 /// How often a directory delete looks again while a job below it waits for a writer to
 /// close, for the user (parked) or for a conflict to be settled.
 const DEFER_WHILE_STUCK: Duration = Duration::from_secs(1);
-
-/// The uploader waits for this much quiet from the user before its next job (the default of
-/// `SyncConfig::user_quiet`) ...
-pub const USER_QUIET: Duration = Duration::from_millis(20);
-/// ... but not longer than this in one go, and then runs jobs for at least this long.
-const YIELD_AT_MOST: Duration = Duration::from_secs(2);
-const RUN_AT_LEAST: Duration = Duration::from_secs(1);
 
 /// What `Job::tried` records for a server-side copy of the version with ETag `source`.
 fn copy_mark(source: Option<&str>) -> String {
     format!("copy of {}", source.unwrap_or("?"))
 }
 
-enum Outcome {
+pub(super) enum Outcome {
     Done,
     /// The entry changed while we worked; the job stays queued for another round.
     Again,
 }
 
+/// How a job ended, as the engine's schedule needs to know.
+pub(super) enum Settled {
+    /// It ran (done, or to run again at once because the entry changed meanwhile).
+    Done,
+    /// The remote could not be reached: the whole queue pauses for `retry_in`.
+    Unreachable { retry_in: Duration },
+    /// It waits for another job, or was parked: the queue moves on.
+    Later,
+}
+
 impl Uploader {
-    pub fn new(
-        store: Arc<Store>,
-        cache: FileCache,
-        files: Arc<dyn FileGate>,
-        remote: Arc<Remote>,
-        cfg: SyncConfig,
-        notices: Option<std::sync::mpsc::Sender<Invalidation>>,
-    ) -> Uploader {
+    pub(super) fn new(ctx: Arc<Shared>, conflicts: Conflicts) -> Uploader {
         Uploader {
-            store,
-            cache,
-            files,
-            remote,
-            cfg,
-            notices,
+            ctx,
+            conflicts,
             poll_wanted: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    pub(super) fn notify(&self, i: Invalidation) {
-        if let Some(n) = &self.notices {
-            let _ = n.send(i);
-        }
+    /// Whether a job learnt since the last call that the remote changed (a delete refused
+    /// because of an edit there): the engine then polls once the queue is drained.
+    pub(super) fn take_poll_wanted(&self) -> bool {
+        self.poll_wanted
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Runs until `shutdown` turns true: drains ready jobs oldest first, then polls the
-    /// remote when the poll interval is up or a sync was asked for. A job interrupted by
-    /// shutdown stays queued.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        use tokio::time::Instant;
-        let mut pause_until: Option<Instant> = None;
-        // The first poll comes once the queue left by the previous run has replayed.
-        let mut poll_due = self.cfg.poll_interval.is_some();
-        let mut next_poll = self.cfg.poll_interval.map(|d| Instant::now() + d);
-        let mut was_unreachable = false;
-        let mut yielding_since = None;
-        // Kicks served by the last poll that went through (`Store::kicks`); none yet, also
-        // of those asked for before this task first ran.
-        let mut served_kicks = 0;
-        loop {
-            if *shutdown.borrow() {
-                return;
+    /// The oldest ready job, marked as being uploaded.
+    pub(super) fn next_job(&self) -> Result<Option<Job>, StoreError> {
+        self.ctx.store.write(|db| {
+            let job = db.next_job(now_ms())?;
+            if let Some(j) = &job {
+                db.set_job_state(j.seq, JobState::Uploading)?;
             }
-            if let Some(wait) = self.yield_to_user(&mut yielding_since) {
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = self.store.kicked() => {}
-                    _ = shutdown.changed() => return,
-                }
-                continue;
+            Ok::<_, StoreError>(job)
+        })
+    }
+
+    /// A job interrupted by shutdown goes back to the queue for the next run.
+    pub(super) fn requeue(&self, job: &Job) {
+        let _ = self
+            .ctx
+            .store
+            .write(|db| db.set_job_state(job.seq, JobState::Queued));
+    }
+
+    /// Records how a job ended in the journal and the remote's health: a transient failure
+    /// retries it with backoff, a permanent one parks it with the server's message.
+    pub(super) fn settle(&self, job: &Job, result: Result<Outcome, SyncError>) -> Settled {
+        match result {
+            Ok(_) => {
+                self.ctx.store.health().record_ok();
+                Settled::Done
             }
-            if self.store.health().is_offline() {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = self.store.kicked() => {}
-                    _ = shutdown.changed() => return,
-                }
-                // Back online: replay the queue, then look at the remote.
-                poll_due = true;
-                continue;
+            Err(SyncError::Remote(e)) if e.is_transient() => {
+                let wait = match &e {
+                    RemoteError::Unavailable {
+                        retry_after: Some(d),
+                        ..
+                    } => *d,
+                    _ => backoff(job.attempts),
+                };
+                tracing::warn!(seq = job.seq, error = %e, retry_in = ?wait, "remote unavailable; will retry");
+                self.ctx.store.health().record_error(true, &e.to_string());
+                let msg = e.to_string();
+                let retry_at = now_ms() + wait.as_millis() as i64;
+                let _ = self
+                    .ctx
+                    .store
+                    .write(|db| db.retry_job(job.seq, &msg, retry_at));
+                Settled::Unreachable { retry_in: wait }
             }
-            if let Some(until) = pause_until {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(until) => {}
-                    _ = self.store.kicked() => {}
-                    _ = shutdown.changed() => return,
-                }
-                pause_until = None;
+            Err(SyncError::Wait(why)) => {
+                tracing::debug!(seq = job.seq, %why, "job waits for another");
+                let _ = self
+                    .ctx
+                    .store
+                    .write(|db| db.retry_job(job.seq, &why, now_ms() + 1000));
+                Settled::Later
             }
-            let job = self.store.write(|db| {
-                let job = db.next_job(now_ms())?;
-                if let Some(j) = &job {
-                    db.set_job_state(j.seq, JobState::Uploading)?;
-                }
-                Ok::<_, StoreError>(job)
-            });
-            let job = match job {
-                Ok(Some(j)) => j,
-                Ok(None) => {
-                    // Polling off (`--poll-interval 0`) means off: the remote change a job
-                    // learnt of comes in with the next `stratus sync`. (Found by the race
-                    // test: a mount polled halfway through a round of writes.)
-                    let wanted = self
-                        .poll_wanted
-                        .swap(false, std::sync::atomic::Ordering::Relaxed)
-                        && self.cfg.poll_interval.is_some();
-                    // Offline may have been turned on since the check above, with a kick
-                    // that would poll: offline means no traffic at all. (Found by the core
-                    // model test: a poll slipped through as offline was set, and the mount
-                    // then replaced a remote version it should not have known yet.)
-                    if self.store.health().is_offline() {
-                        continue;
-                    }
-                    let kicked = self.store.kicks() > served_kicks;
-                    if poll_due
-                        || kicked
-                        || wanted
-                        || next_poll.is_some_and(|t| Instant::now() >= t)
-                    {
-                        let kicks = self.store.kicks();
-                        match self.poll().instrument(tracing::info_span!("poll")).await {
-                            Ok(()) => {
-                                self.store.health().record_ok();
-                                poll_due = false;
-                                served_kicks = kicks;
-                                next_poll = self.cfg.poll_interval.map(|d| Instant::now() + d);
-                            }
-                            Err(e) => {
-                                let transient =
-                                    matches!(&e, SyncError::Remote(r) if r.is_transient());
-                                tracing::warn!(error = %e, "poll failed");
-                                self.store.health().record_error(transient, &e.to_string());
-                                was_unreachable |= transient;
-                                pause_until = Some(Instant::now() + Duration::from_secs(2));
-                                next_poll = self.cfg.poll_interval.map(|d| Instant::now() + d);
-                            }
-                        }
-                        continue;
-                    }
-                    let next = self.store.read(|db| db.next_ready_at()).ok().flatten();
-                    let mut wait = next
-                        .map(|t| Duration::from_millis((t - now_ms()).max(0) as u64))
-                        .unwrap_or(Duration::from_secs(3600));
-                    if next.is_some() {
-                        // Jobs queued in a burst become ready a fraction of a millisecond
-                        // apart: take them in batches rather than waking for each.
-                        wait = wait.max(WAKE_SLACK);
-                    }
-                    if let Some(t) = next_poll {
-                        wait = wait.min(t.saturating_duration_since(Instant::now()));
-                    }
-                    tokio::select! {
-                        // A kick is seen through `Store::kicks` above.
-                        _ = self.store.wait_for_jobs(wait) => {}
-                        _ = shutdown.changed() => return,
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the journal");
-                    pause_until = Some(Instant::now() + Duration::from_secs(5));
-                    continue;
-                }
-            };
-            let span = tracing::info_span!("job", seq = job.seq);
-            let result = tokio::select! {
-                r = self.run_job(&job).instrument(span) => r,
-                _ = shutdown.changed() => {
-                    let _ = self.store.write(|db| db.set_job_state(job.seq, JobState::Queued));
-                    return;
-                }
-            };
-            match result {
-                Ok(_) => {
-                    self.store.health().record_ok();
-                    if was_unreachable {
-                        // The remote is back: once the queue has replayed, look at it.
-                        was_unreachable = false;
-                        poll_due = true;
-                    }
-                }
-                Err(SyncError::Remote(e)) if e.is_transient() => {
-                    let wait = match &e {
-                        RemoteError::Unavailable {
-                            retry_after: Some(d),
-                            ..
-                        } => *d,
-                        _ => backoff(job.attempts),
-                    };
-                    tracing::warn!(seq = job.seq, error = %e, retry_in = ?wait, "remote unavailable; will retry");
-                    self.store.health().record_error(true, &e.to_string());
-                    was_unreachable = true;
-                    let msg = e.to_string();
-                    let retry_at = now_ms() + wait.as_millis() as i64;
-                    let _ = self.store.write(|db| db.retry_job(job.seq, &msg, retry_at));
-                    pause_until = Some(Instant::now() + wait);
-                }
-                Err(SyncError::Wait(why)) => {
-                    tracing::debug!(seq = job.seq, %why, "job waits for another");
-                    let _ = self
-                        .store
-                        .write(|db| db.retry_job(job.seq, &why, now_ms() + 1000));
-                }
-                Err(e) => {
-                    tracing::warn!(seq = job.seq, error = %e, "sync failed for good; parking this entry");
-                    self.store.health().record_error(false, &e.to_string());
-                    let msg = e.to_string();
-                    let _ = self.store.write(|db| db.park_job(job.seq, &msg));
-                }
+            Err(e) => {
+                tracing::warn!(seq = job.seq, error = %e, "sync failed for good; parking this entry");
+                self.ctx.store.health().record_error(false, &e.to_string());
+                let msg = e.to_string();
+                let _ = self.ctx.store.write(|db| db.park_job(job.seq, &msg));
+                Settled::Later
             }
         }
     }
 
-    /// How long to stand aside before the next job because the user is busy in the mount:
-    /// during a burst of creates or unlinks an upload (hashing, a write and an fsync into a
-    /// local folder, several commits) competed with the FUSE threads for the CPU, the disk
-    /// and the store's lock, and halved the create rate. The jobs are already committed, so
-    /// waiting loses nothing; after `YIELD_AT_MOST` of a burst, jobs run for `RUN_AT_LEAST`
-    /// regardless, so a busy mount still uploads.
-    fn yield_to_user(&self, since: &mut Option<tokio::time::Instant>) -> Option<Duration> {
-        let quiet = self.cfg.user_quiet;
-        let quiet_for = now_ms() - self.store.user_active_ms();
-        if quiet_for >= quiet.as_millis() as i64 {
-            *since = None;
-            return None;
-        }
-        let started = *since.get_or_insert_with(tokio::time::Instant::now);
-        let yielded = started.elapsed();
-        if yielded >= YIELD_AT_MOST + RUN_AT_LEAST {
-            *since = Some(tokio::time::Instant::now());
-        } else if yielded >= YIELD_AT_MOST {
-            return None;
-        }
-        Some(quiet.saturating_sub(Duration::from_millis(quiet_for.max(0) as u64)))
-    }
-
-    async fn run_job(&self, job: &Job) -> Result<Outcome, SyncError> {
+    pub(super) async fn run_job(&self, job: &Job) -> Result<Outcome, SyncError> {
         match &job.kind {
             JobKind::Sync(id) => match self.sync_entry(job, *id).await {
                 Err(SyncError::Vanished) => {
                     let linked = self
+                        .ctx
                         .store
                         .read(|db| Ok::<_, StoreError>(db.path_of(*id)?.is_some()))?;
                     if linked {
@@ -306,7 +142,7 @@ impl Uploader {
                         ));
                     }
                     // Its unlink already queued what the remote must lose; nothing to do.
-                    self.store.write(|db| db.remove_job(job.seq))?;
+                    self.ctx.store.write(|db| db.remove_job(job.seq))?;
                     Ok(Outcome::Done)
                 }
                 other => other,
@@ -316,7 +152,7 @@ impl Uploader {
                     return Ok(Outcome::Again);
                 }
                 self.delete_key(key, *dir, None, etag.as_deref()).await?;
-                self.store.write(|db| {
+                self.ctx.store.write(|db| {
                     let mut ev = Event::new(EventKind::Delete).path(key.trim_end_matches('/'));
                     if let Some(d) = db.job_age_since_close(job.seq)? {
                         ev = ev.duration_ms(d);
@@ -338,7 +174,7 @@ impl Uploader {
     /// keeps the poller from taking the directory as new meanwhile. Answers whether the job
     /// was deferred.
     fn defer_dir_delete(&self, job: &Job, key: &str) -> Result<bool, SyncError> {
-        let deferred = self.store.write(|db| {
+        let deferred = self.ctx.store.write(|db| {
             let (n, latest) = db.jobs_below(key, job.seq)?;
             if n == 0 {
                 return Ok::<_, StoreError>(None);
@@ -369,7 +205,12 @@ impl Uploader {
         // The copy of an open conflict says so, so that every mount lists the conflict.
         let conflict = e
             .conflict_of
-            .and_then(|_| self.store.read(|db| db.open_conflict_of_copy(e.id)).ok())
+            .and_then(|_| {
+                self.ctx
+                    .store
+                    .read(|db| db.open_conflict_of_copy(e.id))
+                    .ok()
+            })
             .flatten()
             .map(|c| ConflictMark {
                 of: c.path.rsplit('/').next().unwrap_or(&c.path).to_string(),
@@ -386,7 +227,7 @@ impl Uploader {
                 .target
                 .as_ref()
                 .map(|t| String::from_utf8_lossy(t).into_owned()),
-            writer: Some(self.cfg.writer.clone()),
+            writer: Some(self.ctx.cfg.writer.clone()),
             conflict,
         }
     }
@@ -395,7 +236,7 @@ impl Uploader {
     /// there (it was renamed away and its own job has not run yet) gets that copy moved to its
     /// new path, so no version is lost to job order.
     async fn evict_tenants(&self, key: &str, except: Option<EntryId>) -> Result<(), SyncError> {
-        let tenants = self.store.read(|db| {
+        let tenants = self.ctx.store.read(|db| {
             let mut out = Vec::new();
             for t in db.owners_of_key(key, except)? {
                 if let Some(p) = db.path_of(t.id)? {
@@ -408,7 +249,8 @@ impl Uploader {
         })?;
         for (t, new_key) in tenants {
             if t.kind == Kind::Dir {
-                self.store
+                self.ctx
+                    .store
                     .write(|db| db.set_synced(t.id, &Synced::default()))?;
                 continue;
             }
@@ -418,6 +260,7 @@ impl Uploader {
             // out (an edit, a delete, a writer at the new name), and this upload waits.
             let cond = self.expected_at(&t, &new_key)?;
             let w = match self
+                .ctx
                 .remote
                 .copy(key, &new_key, t.synced.etag.as_deref(), &cond)
                 .await
@@ -430,7 +273,7 @@ impl Uploader {
                 }
                 Err(err) => return Err(err.into()),
             };
-            self.store.write(|db| {
+            self.ctx.store.write(|db| {
                 db.set_synced(
                     t.id,
                     &Synced {
@@ -461,7 +304,7 @@ impl Uploader {
         moving: Option<EntryId>,
         expect: Option<&str>,
     ) -> Result<(), SyncError> {
-        let owned = self.store.read(|db| {
+        let owned = self.ctx.store.read(|db| {
             for e in db.owners_of_key(key, moving)? {
                 if (e.kind == Kind::Dir) == dir
                     && db.path_of(e.id)?.as_deref() == Some(key.as_bytes())
@@ -476,7 +319,7 @@ impl Uploader {
         }
         self.evict_tenants(key, moving).await?;
         tracing::debug!(key, dir, "deleting remote object");
-        match self.remote.delete(key, dir, expect).await {
+        match self.ctx.remote.delete(key, dir, expect).await {
             Err(RemoteError::Conflict(_)) => {
                 // Edited elsewhere since: the edit wins over our delete, and the next poll
                 // brings that version back here.
@@ -493,7 +336,7 @@ impl Uploader {
     }
 
     async fn sync_entry(&self, job: &Job, id: EntryId) -> Result<Outcome, SyncError> {
-        let snap = self.store.read(|db| {
+        let snap = self.ctx.store.read(|db| {
             let Some(e) = db.get(id)? else {
                 return Ok::<_, StoreError>(None);
             };
@@ -502,7 +345,7 @@ impl Uploader {
         })?;
         let Some((e, path)) = snap else {
             // Deleted or unlinked since it was queued: nothing to upload.
-            self.store.write(|db| db.remove_job(job.seq))?;
+            self.ctx.store.write(|db| db.remove_job(job.seq))?;
             return Ok(Outcome::Done);
         };
         let key = String::from_utf8(path)
@@ -522,11 +365,13 @@ impl Uploader {
         let mut took_edit = false;
         let written: Result<(Written, Option<String>), RemoteError> = match e.kind {
             Kind::Dir => self
+                .ctx
                 .remote
                 .put_dir(&key, &self.meta_of(&e, None))
                 .await
                 .map(|w| (w, None)),
             Kind::Symlink => self
+                .ctx
                 .remote
                 .put_symlink(&key, &self.meta_of(&e, None), &cond)
                 .await
@@ -535,11 +380,13 @@ impl Uploader {
                 let from = old.clone().expect("moved_only implies an old key");
                 tracing::debug!(%from, to = %key, "server-side copy");
                 // Written down before it goes out, as an upload's hash is (`copy_refused`).
-                self.store
+                self.ctx
+                    .store
                     .write(|db| db.note_tried(job.seq, &copy_mark(e.synced.etag.as_deref())))?;
                 // The server decides both sides: the old key must still hold our version, the
                 // new one what `cond` expects.
                 match self
+                    .ctx
                     .remote
                     .copy(&from, &key, e.synced.etag.as_deref(), &cond)
                     .await
@@ -569,7 +416,12 @@ impl Uploader {
                 // A metadata-only change of a file we never fetched (chmod, touch): replaced
                 // in place where the server can, else fetched and written again.
                 let meta = self.meta_of(&e, e.synced.hash.clone());
-                match self.remote.update_meta(&key, &meta, &cond, e.size).await {
+                match self
+                    .ctx
+                    .remote
+                    .update_meta(&key, &meta, &cond, e.size)
+                    .await
+                {
                     Ok(Some(w)) => Ok((w, e.synced.hash.clone())),
                     Ok(None) => {
                         self.fetch(&e).await?;
@@ -610,7 +462,7 @@ impl Uploader {
         };
         if e.conflict_of.is_some() {
             // The copy's version is now known by its ETag too.
-            self.store.write(|db| {
+            self.ctx.store.write(|db| {
                 if let Some(mut c) = db.open_conflict_of_copy(e.id)? {
                     c.in_copy.etag = synced.etag.clone();
                     c.in_copy.sha256 = synced.hash.clone();
@@ -625,7 +477,7 @@ impl Uploader {
 
     async fn finish(&self, job: &Job, e: &Entry, synced: Synced) -> Result<Outcome, SyncError> {
         let uploaded_key = synced.key.clone();
-        let (clean, gone) = self.store.write(|db| {
+        let (clean, gone) = self.ctx.store.write(|db| {
             if db
                 .get(e.id)?
                 .and_then(|x| x.parent.or((x.id == EntryId::ROOT).then_some(x.id)))
@@ -655,7 +507,7 @@ impl Uploader {
             return Ok(Outcome::Done);
         }
         if clean && e.kind == Kind::File {
-            self.files.uploaded(e.id);
+            self.ctx.files.uploaded(e.id);
         }
         Ok(if clean { Outcome::Done } else { Outcome::Again })
     }
@@ -669,7 +521,7 @@ impl Uploader {
                 version: e.synced.version.clone(),
             });
         }
-        let replaced = self.store.read(|db| db.pending_file_delete(key))?;
+        let replaced = self.ctx.store.read(|db| db.pending_file_delete(key))?;
         Ok(match replaced {
             Some(Some(etag)) => Cond::Match {
                 etag: Some(etag),
@@ -683,11 +535,11 @@ impl Uploader {
     /// The server refused our conditional write: someone else wrote the key since our base.
     /// Identical content is no conflict; otherwise both versions are kept.
     async fn write_conflict(&self, job: &Job, e: &Entry, key: &str) -> Result<Outcome, SyncError> {
-        let current = self.remote.head(key, false).await?;
+        let current = self.ctx.remote.head(key, false).await?;
         let Some(r) = current else {
             // Deleted remotely since: our version goes up as a new object, after a short
             // pause so that a key that keeps changing cannot spin this loop.
-            self.store.write(|db| {
+            self.ctx.store.write(|db| {
                 db.set_synced(e.id, &Synced::default())?;
                 db.retry_job(
                     job.seq,
@@ -713,7 +565,7 @@ impl Uploader {
         }
         let same = match (&r.meta.sha256, e.local) {
             (Some(h), true) => {
-                let path = self.cache.path(e.id);
+                let path = self.ctx.cache.path(e.id);
                 tokio::task::spawn_blocking(move || hash_file(&path).ok())
                     .await
                     .ok()
@@ -733,7 +585,8 @@ impl Uploader {
             .sha256
             .as_ref()
             .is_some_and(|h| job.tried.contains(h));
-        self.store
+        self.ctx
+            .store
             .write(|db| db.set_job_state(job.seq, JobState::Queued))?;
         if same || ours {
             // Most likely our own write whose answer was lost. If the entry was moving, its
@@ -743,19 +596,20 @@ impl Uploader {
                 self.delete_key(old, false, Some(e.id), e.synced.etag.as_deref())
                     .await?;
             }
-            self.store
+            self.ctx
+                .store
                 .write(|db| db.set_synced(e.id, &super::base_of(key, &r)))?;
             return Ok(Outcome::Again);
         }
-        if e.synced.key.is_none() && self.rename_copy(e).await? {
+        if e.synced.key.is_none() && self.conflicts.rename_copy(e).await? {
             // A `.conflict` copy whose name another mount took in the same second (both
             // found their conflicts at once): it takes the next free name, not a conflict
             // of its own.
             return Ok(Outcome::Again);
         }
-        if !self.conflict(e, key, &r).await? {
+        if !self.conflicts.keep_both(e, key, &r).await? {
             // Open here: the versions are sorted out once it is closed.
-            self.store.write(|db| {
+            self.ctx.store.write(|db| {
                 db.retry_job(
                     job.seq,
                     "conflict: waiting for the file to be closed",
@@ -777,8 +631,8 @@ impl Uploader {
         e: &Entry,
     ) -> Result<Outcome, SyncError> {
         // Under the file's gate, and not while it is open: its data file goes.
-        let gone = self.files.with_closed(e.id, || {
-            let gone = self.store.write(|db| {
+        let gone = self.ctx.files.with_closed(e.id, || {
+            let gone = self.ctx.store.write(|db| {
                 let Some(cur) = db.get(e.id)? else {
                     db.remove_job(job.seq)?;
                     return Ok::<_, StoreError>(Some(None));
@@ -792,12 +646,12 @@ impl Uploader {
                 Ok(Some(cur.parent.map(|p| (p, cur.name))))
             })?;
             if gone.is_some() {
-                let _ = self.cache.remove(e.id);
+                let _ = self.ctx.cache.remove(e.id);
             }
             Ok::<_, StoreError>(gone)
         });
         let Some(gone) = gone.transpose()? else {
-            self.store.write(|db| {
+            self.ctx.store.write(|db| {
                 db.retry_job(
                     job.seq,
                     "deleted elsewhere: waiting for the file to be closed",
@@ -814,7 +668,7 @@ impl Uploader {
                 name = %String::from_utf8_lossy(&name),
                 "moved here, but deleted elsewhere first and never fetched here; removed here"
             );
-            self.notify(Invalidation::Entry { parent, name });
+            self.ctx.notify(Invalidation::Entry { parent, name });
         }
         Ok(Outcome::Done)
     }
@@ -832,7 +686,7 @@ impl Uploader {
         cond: &Cond,
         refused: RemoteError,
     ) -> Result<(Written, Option<String>, Option<String>), RemoteError> {
-        let current = self.remote.head(key, false).await?;
+        let current = self.ctx.remote.head(key, false).await?;
         // Same content hash, or the same ETag (a server-side copy keeps a single-part
         // object's ETag, which is its content's MD5).
         // Or, when this job has sent this very copy before, the same size and the same mtime to
@@ -881,17 +735,21 @@ impl Uploader {
         // its upload) and our version is no longer on the remote either: the move takes what
         // the old key holds now, pinned to that version (its hash, where the object carries
         // one, becomes the base's).
-        let Some(h) = self.remote.head(from, false).await? else {
+        let Some(h) = self.ctx.remote.head(from, false).await? else {
             return Err(RemoteError::NotFound(from.to_string()));
         };
-        let w = self.remote.copy(from, key, h.etag.as_deref(), cond).await?;
+        let w = self
+            .ctx
+            .remote
+            .copy(from, key, h.etag.as_deref(), cond)
+            .await?;
         tracing::info!(%from, to = %key, "the moved file was edited elsewhere; the move takes the edit");
         // Blocks cached from our version must not be served as the edit's: they go, and
         // reads fetch the edit. (Found by the race test: the mount showed the old bytes under
         // the new base.) A file open here keeps what it has until the next open.
         // Its size and times are the edit's too. (Found by the race test: the mount read the
         // edit's bytes through our version's size.)
-        let took = self.store.write(|db| {
+        let took = self.ctx.store.write(|db| {
             let Some(mut cur) = db.get(e.id)? else {
                 return Ok::<_, StoreError>(());
             };
@@ -914,7 +772,7 @@ impl Uploader {
         if let Err(err) = took {
             tracing::warn!(error = %err, "could not drop the blocks of the version moved away");
         }
-        self.notify(super::Invalidation::Inode(e.id));
+        self.ctx.notify(super::Invalidation::Inode(e.id));
         Ok((w, h.meta.sha256.clone(), h.etag.clone()))
     }
 
@@ -925,7 +783,7 @@ impl Uploader {
         key: &str,
         cond: &Cond,
     ) -> Result<(Written, Option<String>), RemoteError> {
-        let path = self.cache.path(e.id);
+        let path = self.ctx.cache.path(e.id);
         let p2 = path.clone();
         let (hash, size) = tokio::task::spawn_blocking(move || {
             let h = hash_file(&p2)?;
@@ -938,11 +796,13 @@ impl Uploader {
         tracing::debug!(key, size, ?cond, "uploading");
         // Written down before it goes out: should the answer be lost, the next attempt
         // knows the version it meets as its own (`write_conflict`).
-        self.store
+        self.ctx
+            .store
             .write(|db| db.note_tried(job.seq, &hash))
             .map_err(|err| RemoteError::Io(std::io::Error::other(err.to_string())))?;
         let meta = self.meta_of(e, Some(hash.clone()));
         let w = self
+            .ctx
             .remote
             .upload_file(key, &path, size, &meta, cond)
             .await?;
@@ -955,12 +815,13 @@ impl Uploader {
             .key
             .clone()
             .ok_or_else(|| SyncError::Local("no local data and no remote copy".into()))?;
-        let tmp = self.cache.temp_path(e.id);
-        self.remote.download(&key, &tmp).await?;
-        self.cache
+        let tmp = self.ctx.cache.temp_path(e.id);
+        self.ctx.remote.download(&key, &tmp).await?;
+        self.ctx
+            .cache
             .commit_temp(e.id)
             .map_err(|err| SyncError::Local(err.to_string()))?;
-        self.store.write(|db| db.set_local(e.id, true))?;
+        self.ctx.store.write(|db| db.set_local(e.id, true))?;
         Ok(())
     }
 }

@@ -1,5 +1,5 @@
-//! The core of a mount in-process, without FUSE: store, block cache, VFS and uploader over a
-//! local-folder remote, wired as `daemon::run` wires them. Calls go straight to `Vfs`, the
+//! The core of a mount in-process, without FUSE: store, block cache, VFS and sync engine over
+//! a local-folder remote, wired by the daemon's own `CoreBuilder`. Calls go straight to `Vfs`, the
 //! way `fuse.rs` makes them, so a test can run thousands of cases in seconds; the real-mount
 //! suites stay the proof on real servers.
 
@@ -9,11 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stratus::cache::FileCache;
-use stratus::cache::FileGate;
-use stratus::remote::{Remote, RemoteUrl};
+use stratus::daemon::CoreBuilder;
+use stratus::remote::RemoteUrl;
 use stratus::store::Store;
-use stratus::sync::{ConflictPolicy, SyncConfig, Uploader};
+use stratus::sync::{ConflictPolicy, SyncConfig};
 use stratus::types::{EntryId, Keep, Kind};
 use stratus::vfs::{SetAttr, Vfs, VfsConfig, VfsError};
 
@@ -23,10 +22,8 @@ pub type Files = BTreeMap<String, Vec<u8>>;
 pub struct Core {
     pub state: PathBuf,
     remote_dir: PathBuf,
-    rt: tokio::runtime::Runtime,
     pub vfs: Arc<Vfs>,
-    stop: tokio::sync::watch::Sender<bool>,
-    uploader: Option<tokio::task::JoinHandle<()>>,
+    core: stratus::daemon::Core,
 }
 
 fn parts(path: &str) -> (Option<&str>, &str) {
@@ -47,15 +44,8 @@ impl Core {
                 .try_init();
         }
         std::fs::create_dir_all(state).unwrap();
-        let store = Arc::new(Store::open(&state.join("state.db")).unwrap());
-        let cache = FileCache::open(state).unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let remote =
-            Arc::new(Remote::open(&RemoteUrl::Local(remote_dir.to_path_buf()), &[]).unwrap());
+        let parts =
+            CoreBuilder::open(state, &RemoteUrl::Local(remote_dir.to_path_buf()), &[]).unwrap();
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let sync_cfg = SyncConfig {
@@ -67,41 +57,25 @@ impl Core {
             writer: "core-test".into(),
             user_quiet: Duration::ZERO,
         };
-        if store.read(|db| db.meta_get("populated")).unwrap().is_none() {
-            let objects = rt.block_on(remote.scan()).unwrap();
-            stratus::sync::populate(&store, &objects, &sync_cfg).unwrap();
-        }
-        let vfs = Arc::new(Vfs::new(
-            store.clone(),
-            cache.clone(),
-            remote.clone(),
-            rt.handle().clone(),
-            VfsConfig {
-                write_back: Duration::ZERO,
-                default_uid: uid,
-                default_gid: gid,
-                fetch_timeout: Duration::from_secs(30),
-                cache_budget: 64 << 20,
-                disk_reserve: 0,
-            },
-        ));
-        vfs.recover().unwrap();
-        vfs.start();
-        let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let files: Arc<dyn FileGate> = vfs.clone();
-        let uploader = rt
-            .spawn(Uploader::new(store.clone(), cache, files, remote, sync_cfg, None).run(stop_rx));
+        parts.populate(&sync_cfg).unwrap();
+        let vfs_cfg = VfsConfig {
+            write_back: Duration::ZERO,
+            default_uid: uid,
+            default_gid: gid,
+            fetch_timeout: Duration::from_secs(30),
+            cache_budget: 64 << 20,
+            disk_reserve: 0,
+        };
+        let core = parts.start(vfs_cfg, sync_cfg, None).unwrap();
         Core {
             state: state.to_path_buf(),
             remote_dir: remote_dir.to_path_buf(),
-            rt,
-            vfs,
-            stop,
-            uploader: Some(uploader),
+            vfs: core.vfs().clone(),
+            core,
         }
     }
 
-    /// Stops the uploader (a job it was running stays queued) and lets go of the state dir,
+    /// Stops the sync engine (a job it was running stays queued) and lets go of the state dir,
     /// as an unmount does; `start` on the same dirs is the next mount.
     pub fn stop(mut self) -> (PathBuf, PathBuf) {
         self.halt();
@@ -109,10 +83,7 @@ impl Core {
     }
 
     fn halt(&mut self) {
-        let _ = self.stop.send(true);
-        if let Some(u) = self.uploader.take() {
-            let _ = self.rt.block_on(u);
-        }
+        self.core.stop_sync(None);
     }
 
     pub fn store(&self) -> &Arc<Store> {

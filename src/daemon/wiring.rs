@@ -1,0 +1,194 @@
+//! Builds and starts the core of a mount (state database, block cache, remote, VFS and sync
+//! engine): the one wiring the daemon and the in-process tests share.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use crate::cache::{FileCache, FileGate};
+use crate::remote::{Remote, RemoteUrl};
+use crate::store::Store;
+use crate::sync::{populate, Engine, Poller, SyncConfig, SyncError};
+use crate::types::Invalidation;
+use crate::vfs::{Vfs, VfsConfig};
+
+/// The parts of a core, opened but not serving: the daemon checks the remote and fills a new
+/// state dir through them before it starts the core.
+pub struct CoreBuilder {
+    rt: tokio::runtime::Runtime,
+    store: Arc<Store>,
+    cache: FileCache,
+    remote: Arc<Remote>,
+    identity: String,
+}
+
+impl CoreBuilder {
+    /// Opens the state database in `state_dir` (refusing one that belongs to another remote),
+    /// the block cache, the async runtime and the remote.
+    pub fn open(
+        state_dir: &Path,
+        remote: &RemoteUrl,
+        options: &[(String, String)],
+    ) -> anyhow::Result<CoreBuilder> {
+        let store = Arc::new(Store::open(&state_dir.join("state.db"))?);
+        let identity = remote.canonical();
+        match store.read(|db| db.meta_get("remote"))? {
+            Some(r) if r != identity => bail!(
+                "state dir {} belongs to remote {r}, not {identity}",
+                state_dir.display()
+            ),
+            Some(_) => {}
+            None => store.write(|db| db.meta_set("remote", &identity))?,
+        }
+        let cache = FileCache::open(state_dir)?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .thread_name("stratus-io")
+            .build()
+            .context("starting the async runtime")?;
+        let remote = Arc::new(Remote::open(remote, options).map_err(anyhow::Error::msg)?);
+        Ok(CoreBuilder {
+            rt,
+            store,
+            cache,
+            remote,
+            identity,
+        })
+    }
+
+    pub fn runtime(&self) -> &tokio::runtime::Runtime {
+        &self.rt
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn cache(&self) -> &FileCache {
+        &self.cache
+    }
+
+    pub fn remote(&self) -> &Arc<Remote> {
+        &self.remote
+    }
+
+    /// The remote as the state dir records it (`RemoteUrl::canonical`).
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// Fills a new state dir with the remote tree; a state dir filled before is left as it is.
+    pub fn populate(&self, cfg: &SyncConfig) -> anyhow::Result<()> {
+        if self.store.read(|db| db.meta_get("populated"))?.is_some() {
+            return Ok(());
+        }
+        tracing::info!(remote = %self.identity, "scanning the remote");
+        let objects = self
+            .rt
+            .block_on(self.remote.scan())
+            .with_context(|| format!("listing {}", self.identity))?;
+        let n = populate(&self.store, &objects, cfg)?;
+        tracing::info!(entries = n, "state dir filled from the remote");
+        Ok(())
+    }
+
+    /// Starts the core: the VFS takes back the writes a previous run left, and the sync
+    /// engine runs on the runtime until [`Core::stop_sync`]. Invalidations go to `notices`.
+    pub fn start(
+        self,
+        vfs_cfg: VfsConfig,
+        sync_cfg: SyncConfig,
+        notices: Option<std::sync::mpsc::Sender<Invalidation>>,
+    ) -> anyhow::Result<Core> {
+        let vfs = Arc::new(Vfs::new(
+            self.store.clone(),
+            self.cache.clone(),
+            self.remote.clone(),
+            self.rt.handle().clone(),
+            vfs_cfg,
+        ));
+        let held = vfs.recover()?;
+        vfs.start();
+        if let Some(n) = &notices {
+            vfs.set_notices(n.clone());
+        }
+        if held > 0 {
+            tracing::info!(entries = held, "recovered writes from the previous run");
+        }
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        // The sync engine reaches the block cache's data files only through this gate.
+        let files: Arc<dyn FileGate> = vfs.clone();
+        let engine = Engine::new(
+            self.store,
+            self.cache,
+            files,
+            self.remote,
+            sync_cfg,
+            notices,
+        );
+        let poller = engine.poller();
+        let engine = self.rt.spawn(engine.run(stop_rx));
+        Ok(Core {
+            rt: self.rt,
+            vfs,
+            poller,
+            stop,
+            engine: Some(engine),
+        })
+    }
+}
+
+/// A running core: the VFS serves calls (FUSE's, or a test's), the sync engine runs.
+/// Dropped, it drops its runtime, which cancels the engine where it stands; stop it first
+/// ([`Core::stop_sync`], [`Core::shutdown`]) to leave the journal tidy.
+pub struct Core {
+    rt: tokio::runtime::Runtime,
+    vfs: Arc<Vfs>,
+    poller: Arc<Poller>,
+    stop: tokio::sync::watch::Sender<bool>,
+    engine: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Core {
+    pub fn vfs(&self) -> &Arc<Vfs> {
+        &self.vfs
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        self.vfs.store()
+    }
+
+    pub fn runtime(&self) -> &tokio::runtime::Runtime {
+        &self.rt
+    }
+
+    /// Polls the remote once now, outside the engine's schedule (after any poll in progress).
+    pub fn poll(&self) -> Result<(), SyncError> {
+        self.rt.block_on(self.poller.poll())
+    }
+
+    /// Stops the sync engine and waits for it, at most `within` (a job it was running stays
+    /// queued). Later calls do nothing.
+    pub fn stop_sync(&mut self, within: Option<Duration>) {
+        let _ = self.stop.send(true);
+        if let Some(engine) = self.engine.take() {
+            match within {
+                Some(d) => {
+                    let _ = self.rt.block_on(tokio::time::timeout(d, engine));
+                }
+                None => {
+                    let _ = self.rt.block_on(engine);
+                }
+            }
+        }
+    }
+
+    /// Stops the sync engine (waiting at most `within`), then the runtime.
+    pub fn shutdown(mut self, within: Duration) {
+        self.stop_sync(Some(within));
+        self.rt.shutdown_timeout(Duration::from_secs(2));
+    }
+}
