@@ -1,5 +1,5 @@
 //! The core of a mount in-process, without FUSE: store, block cache, VFS and uploader over a
-//! local-folder remote, wired as `daemon::run` wires them. Calls go straight to `Vfs`, the
+//! local-folder remote (or any `Remote`: in memory, behind injected faults), wired as `daemon::run` wires them. Calls go straight to `Vfs`, the
 //! way `fuse.rs` makes them, so a test can run thousands of cases in seconds; the real-mount
 //! suites stay the proof on real servers.
 
@@ -39,6 +39,15 @@ fn parts(path: &str) -> (Option<&str>, &str) {
 impl Core {
     /// Starts the core on `state` (new or left by an earlier `Core`) over the folder `remote`.
     pub fn start(state: &Path, remote_dir: &Path) -> Core {
+        let remote = Remote::open(&RemoteUrl::Local(remote_dir.to_path_buf()), &[]).unwrap();
+        let mut core = Core::start_on(state, remote);
+        core.remote_dir = remote_dir.to_path_buf();
+        core
+    }
+
+    /// Starts the core on `state` over any remote (`Remote::memory`, `Remote::faulty`); the
+    /// test keeps its own handle to that remote.
+    pub fn start_on(state: &Path, remote: Remote) -> Core {
         // `STRATUS_LOG=debug cargo test ...` shows the core's log on stderr.
         if let Ok(filter) = std::env::var("STRATUS_LOG") {
             let _ = tracing_subscriber::fmt()
@@ -54,8 +63,7 @@ impl Core {
             .enable_all()
             .build()
             .unwrap();
-        let remote =
-            Arc::new(Remote::open(&RemoteUrl::Local(remote_dir.to_path_buf()), &[]).unwrap());
+        let remote = Arc::new(remote);
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let sync_cfg = SyncConfig {
@@ -93,7 +101,7 @@ impl Core {
             .spawn(Uploader::new(store.clone(), cache, files, remote, sync_cfg, None).run(stop_rx));
         Core {
             state: state.to_path_buf(),
-            remote_dir: remote_dir.to_path_buf(),
+            remote_dir: PathBuf::new(),
             rt,
             vfs,
             stop,
@@ -294,13 +302,29 @@ impl Core {
     /// started after the call has finished, as `stratus sync --wait` does: jobs that poll
     /// queues (a conflict copy to upload) run before the queue is empty again.
     pub fn drain(&self) -> Result<(), String> {
+        self.drain_asking_every(None)
+    }
+
+    /// `drain`, asking for the sync again every `again` until it is done, as a user repeats
+    /// `stratus sync`: a job or poll that failed is retried at once instead of after its
+    /// backoff (half a second and more), which a test of thousands of faulty cases cannot
+    /// wait out.
+    pub fn drain_asking_every(&self, again: Option<Duration>) -> Result<(), String> {
         let control = stratus::control::Control::new(self.vfs.clone(), "core-test".into());
         let (started_before, _) = self.polls();
-        control
-            .setxattr(EntryId::ROOT, stratus::control::SYNC.as_bytes(), b"1")
-            .map_err(|e| e.to_string())?;
+        let ask = || {
+            control
+                .setxattr(EntryId::ROOT, stratus::control::SYNC.as_bytes(), b"1")
+                .map_err(|e| e.to_string())
+        };
+        ask()?;
+        let mut asked = Instant::now();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
+            if again.is_some_and(|d| asked.elapsed() >= d) {
+                ask()?;
+                asked = Instant::now();
+            }
             let q = self
                 .store()
                 .read(|db| db.queue_stats())
