@@ -693,3 +693,29 @@ fn regression_no_poll_while_offline() {
         }
     }
 }
+
+// Regression (found by this test over the faulty remote): a delete conditioned on the version
+// we knew, refused by the server although the key still held that version (a distributed
+// store catching up answers 412 so), was taken for an edit made elsewhere: "the edit wins",
+// nothing was retried, and the next poll brought the unlinked file back, on the mount and
+// on the remote. Each seed refuses a different share of the requests.
+#[test]
+fn regression_a_refused_delete_whose_version_held_is_retried() {
+    let mut refused = 0;
+    for seed in 0..20 {
+        let world = World::memory(FaultPlan {
+            seed,
+            refused_holding: 500,
+            ..FaultPlan::default()
+        });
+        let windows = vec![
+            vec![Op::Direct { file: 0, len: 40 }],
+            vec![Op::Unlink { file: 0 }],
+        ];
+        if let Err(e) = run_case(&world, &windows) {
+            panic!("seed {seed}: {e}");
+        }
+        refused += world.injected().refused_holding;
+    }
+    assert!(refused > 5, "only {refused} refusals injected");
+}

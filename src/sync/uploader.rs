@@ -467,6 +467,15 @@ impl Uploader {
         self.evict_tenants(key, moving).await?;
         tracing::debug!(key, dir, "deleting remote object");
         match self.remote.delete(key, dir, expect).await {
+            Err(RemoteError::Conflict(_)) if self.still_holds(key, dir, expect).await? => {
+                // The key still holds the version we meant to delete: the refusal was the
+                // server's, not another writer's (see `write_conflict`). Taken for an edit,
+                // the next poll brought the deleted file back. (Found by the in-process model
+                // test over the faulty remote.)
+                return Err(SyncError::Wait(
+                    "the server refused a delete whose precondition holds; retrying".into(),
+                ));
+            }
             Err(RemoteError::Conflict(_)) => {
                 // Edited elsewhere since: the edit wins over our delete, and the next poll
                 // brings that version back here.
@@ -480,6 +489,20 @@ impl Uploader {
             other => other?,
         }
         Ok(())
+    }
+
+    /// Whether `key` holds the version with ETag `expect` now.
+    async fn still_holds(
+        &self,
+        key: &str,
+        dir: bool,
+        expect: Option<&str>,
+    ) -> Result<bool, SyncError> {
+        let Some(expect) = expect else {
+            return Ok(false);
+        };
+        let now = self.remote.head(key, dir).await?;
+        Ok(now.and_then(|h| h.etag).as_deref() == Some(expect))
     }
 
     async fn sync_entry(&self, job: &Job, id: EntryId) -> Result<Outcome, SyncError> {
