@@ -719,3 +719,52 @@ fn regression_a_refused_delete_whose_version_held_is_retried() {
     }
     assert!(refused > 5, "only {refused} refusals injected");
 }
+
+// Regression (found by this test over the faulty remote, seed 1): the upload of a file just
+// emptied by O_TRUNC was applied and its answer lost; a poll ran before the retry, saw a new
+// version at the key of a file with local changes, and made it a conflict with ourselves:
+// our own (torn) upload stayed at the path, failing its checksum on every read, and the
+// written content went into a `.conflict` copy. The poller now leaves an entry whose job
+// sent a version unheard to that job, which knows its own versions (`Job::tried`).
+#[test]
+fn regression_a_poll_leaves_a_lost_upload_to_its_job() {
+    use Op::*;
+    for i in 0..10 {
+        let world = World::memory(FaultPlan {
+            seed: 8739263729536079318,
+            max_latency: Duration::from_micros(2850),
+            lost_answers: 274,
+            cut_transfers: 155,
+            ..FaultPlan::default()
+        });
+        let windows = vec![
+            vec![
+                Rename { from: 0, to: 0 },
+                Unlink { file: 4 },
+                Write { file: 0, len: 2 },
+                Offline,
+            ],
+            vec![
+                Rmdir { dir: 1 },
+                Rename { from: 4, to: 2 },
+                Unlink { file: 1 },
+                Write { file: 0, len: 37 },
+                Mkdir { dir: 0 },
+                Rmdir { dir: 1 },
+                Offline,
+            ],
+            vec![
+                Mkdir { dir: 0 },
+                Write { file: 3, len: 53 },
+                Offline,
+                Unlink { file: 2 },
+                Unlink { file: 3 },
+                Write { file: 1, len: 1454 },
+            ],
+        ];
+        if let Err(e) = run_case(&world, &windows) {
+            panic!("run {i}: {e}");
+        }
+        assert!(world.injected().lost_answers > 0);
+    }
+}
