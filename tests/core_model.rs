@@ -227,6 +227,15 @@ impl World {
         }
     }
 
+    /// Listings the remote answered so far (none counted on the folder, which only polls
+    /// when asked).
+    fn listings(&self) -> u64 {
+        match self {
+            World::Folder(_) => 0,
+            World::Memory { faults, .. } => faults.listings(),
+        }
+    }
+
     fn faulty(&self) -> bool {
         matches!(self, World::Memory { plan, .. } if !plan.is_clean())
     }
@@ -266,6 +275,24 @@ fn cached_of_core(c: &Core) -> Result<Tree, String> {
 
 /// The direct client's version of `p` may have been seen by the core (`seen`), so a core
 /// op that replaces `p` may replace it without keeping it.
+/// Adds to `seen` the paths the direct client wrote before a listing that the remote answered
+/// since (`direct_at`: the count of listings answered at each direct write). A poll may
+/// follow a sync at any time after a failure (the uploader looks again once the remote is
+/// back), not only when the test asks.
+fn polled_since<'a>(
+    world: &World,
+    direct_at: &BTreeMap<&'a str, u64>,
+    seen: &mut BTreeSet<&'a str>,
+) {
+    let listed = world.listings();
+    seen.extend(
+        direct_at
+            .iter()
+            .filter(|(_, at)| listed > **at)
+            .map(|(p, _)| *p),
+    );
+}
+
 fn forget_seen(acked: &mut Vec<(String, String)>, seen: &BTreeSet<&str>, p: &str) {
     if seen.contains(p) {
         let what = format!("direct wrote {p}");
@@ -294,8 +321,10 @@ fn run_case(world: &World, windows: &[Vec<Op>]) -> Result<(), TestCaseError> {
         // What the mount acknowledged in this window (each path is written at most once).
         let mut acked_here: Vec<String> = Vec::new();
         // Paths whose direct version the core may have polled in this window (it went back
-        // online after the direct write): the core may replace that version, having seen it.
+        // online after the direct write, or a listing was answered since): the core may
+        // replace that version, having seen it.
         let mut seen: BTreeSet<&str> = BTreeSet::new();
+        let mut direct_at: BTreeMap<&str, u64> = BTreeMap::new();
         for op in ops {
             n += 1;
             let tag = format!("w{wi} op{n}");
@@ -321,6 +350,7 @@ fn run_case(world: &World, windows: &[Vec<Op>]) -> Result<(), TestCaseError> {
                     }
                     model.files.insert(p.to_string(), data.clone());
                     touched[0].insert(p);
+                    polled_since(world, &direct_at, &mut seen);
                     forget_seen(&mut acked, &seen, p);
                     acked.push((format!("mount wrote {p}"), sha(&data)));
                     acked_here.push(sha(&data));
@@ -345,6 +375,7 @@ fn run_case(world: &World, windows: &[Vec<Op>]) -> Result<(), TestCaseError> {
                     }
                     model.files.insert(p.to_string(), data.clone());
                     touched[0].insert(p);
+                    polled_since(world, &direct_at, &mut seen);
                     forget_seen(&mut acked, &seen, p);
                     acked.push((format!("mount truncated {p}"), sha(&data)));
                     acked_here.push(sha(&data));
@@ -372,6 +403,7 @@ fn run_case(world: &World, windows: &[Vec<Op>]) -> Result<(), TestCaseError> {
                     let data = model.files.remove(f).unwrap();
                     model.files.insert(to.to_string(), data);
                     touched[0].extend([f, to]);
+                    polled_since(world, &direct_at, &mut seen);
                     forget_seen(&mut acked, &seen, to);
                 }
                 Op::Unlink { file } => {
@@ -384,6 +416,7 @@ fn run_case(world: &World, windows: &[Vec<Op>]) -> Result<(), TestCaseError> {
                     r.map_err(|e| fail(&log, format!("unlink {p}: {e}")))?;
                     model.files.remove(p);
                     touched[0].insert(p);
+                    polled_since(world, &direct_at, &mut seen);
                     forget_seen(&mut acked, &seen, p);
                 }
                 Op::Mkdir { dir } => {
@@ -422,6 +455,7 @@ fn run_case(world: &World, windows: &[Vec<Op>]) -> Result<(), TestCaseError> {
                     log.push(format!("{tag} direct write {p}: {r:?}"));
                     let saved = r.map_err(|e| fail(&log, format!("direct write {p}: {e}")))?;
                     touched[1].insert(p);
+                    direct_at.insert(p, world.listings());
                     if saved {
                         if let Some(d) = parent {
                             direct_model.dirs.insert(d.to_string());

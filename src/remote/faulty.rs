@@ -87,6 +87,7 @@ struct Shared {
     lost_answers: AtomicU64,
     cut_transfers: AtomicU64,
     refused_holding: AtomicU64,
+    listed: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -162,6 +163,12 @@ impl Faults {
             cut_transfers: s.cut_transfers.load(Ordering::Relaxed),
             refused_holding: s.refused_holding.load(Ordering::Relaxed),
         }
+    }
+
+    /// Listings (scans and lists) the server answered so far, counted once the answer is
+    /// in: a test tells from it whether the core can have seen a change made since.
+    pub fn listings(&self) -> u64 {
+        self.shared.listed.load(Ordering::SeqCst)
     }
 
     fn draw(&self, kind: Kind, key: &str) -> Draw {
@@ -302,14 +309,18 @@ impl Backend for Faulty {
     fn scan(&self) -> BoxFuture<'_, RemoteResult<Vec<ObjectInfo>>> {
         Box::pin(async move {
             self.arrive(Kind::Scan, "").await?;
-            self.inner.scan().await
+            let r = self.inner.scan().await;
+            self.faults.shared.listed.fetch_add(1, Ordering::SeqCst);
+            r
         })
     }
 
     fn list(&self) -> BoxFuture<'_, RemoteResult<Vec<ObjectInfo>>> {
         Box::pin(async move {
             self.arrive(Kind::List, "").await?;
-            self.inner.list().await
+            let r = self.inner.list().await;
+            self.faults.shared.listed.fetch_add(1, Ordering::SeqCst);
+            r
         })
     }
 
