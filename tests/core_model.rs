@@ -802,3 +802,29 @@ fn regression_a_poll_leaves_a_lost_upload_to_its_job() {
         assert!(world.injected().lost_answers > 0);
     }
 }
+
+// Regression (found by this test over the faulty remote, seed 2): a move whose server-side
+// copy was refused at its empty new name (a refusal whose condition held) fell back to an
+// upload, refused in turn; the refusal was taken for "deleted remotely since", which reset
+// the entry's base. The old key, still holding the file, belonged to no entry any more, and
+// the next poll brought the old name back beside the new one.
+#[test]
+fn regression_a_move_refused_at_its_new_name_keeps_its_old_key() {
+    let mut refused = 0;
+    for _ in 0..10 {
+        let world = World::memory(FaultPlan {
+            seed: 8369689070796229380,
+            refused_holding: 65,
+            ..FaultPlan::default()
+        });
+        let windows = vec![
+            vec![Op::Write { file: 3, len: 0 }],
+            vec![Op::Rename { from: 3, to: 2 }],
+        ];
+        if let Err(e) = run_case(&world, &windows) {
+            panic!("{e}");
+        }
+        refused += world.injected().refused_holding;
+    }
+    assert!(refused > 0);
+}
