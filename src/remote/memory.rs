@@ -54,21 +54,16 @@ impl Memory {
         self.store(&mut objects, key, Bytes::copy_from_slice(data), meta)
     }
 
-    /// A new version of `key` only if the key still holds the version with ETag `expect`
-    /// (`None`: nothing may be there), decided under the store's lock as a server decides
-    /// If-Match / If-None-Match: what another careful client's conditional PUT does. False
-    /// when refused.
-    pub fn put_if(&self, key: &str, data: &[u8], expect: Option<&str>) -> bool {
+    /// A new version of `key` with `meta`, only if the key still holds the version with ETag
+    /// `expect` (`None`: nothing may be there), decided under the store's lock as a server
+    /// decides If-Match / If-None-Match: what another careful client's conditional PUT does.
+    /// False when refused.
+    pub fn put_if(&self, key: &str, data: &[u8], meta: Meta, expect: Option<&str>) -> bool {
         let mut objects = self.lock();
         if objects.get(key).map(|o| o.etag.as_str()) != expect {
             return false;
         }
-        self.store(
-            &mut objects,
-            key,
-            Bytes::copy_from_slice(data),
-            Meta::default(),
-        );
+        self.store(&mut objects, key, Bytes::copy_from_slice(data), meta);
         true
     }
 
