@@ -232,12 +232,12 @@ impl World {
         }
     }
 
-    /// `stratus sync --wait`; with faults, asked again every few ms, so a failed job does
+    /// `stratus sync --wait`; with faults, asked again every 2 ms, so a failed job does
     /// not wait out its backoff.
     fn drain(&self, c: &Core) -> Result<(), String> {
         match self {
             World::Memory { plan, .. } if !plan.is_clean() => {
-                c.drain_asking_every(Some(Duration::from_millis(5)))
+                c.drain_asking_every(Some(Duration::from_millis(2)))
             }
             _ => c.drain(),
         }
@@ -870,6 +870,82 @@ fn known_a_redone_move_of_a_file_without_our_hash_is_taken_for_an_edit() {
         ];
         if let Err(e) = run_case(&world, &windows) {
             panic!("{e}");
+        }
+    }
+}
+
+// Known, not fixed (found by this test over the faulty remote, seed 6): a move of a file edited
+// elsewhere at its old name "takes the edit" (copy_refused): the entry gets the edit's size and
+// loses its local data at once, but its base still names our version at the old key until the
+// old key's delete goes through. When that delete fails (here refused though its condition
+// held, and retried; a transient error does the same), a read in between fetches the old key
+// pinned to our version, which is gone: it fails with "the object changed since this file was
+// opened" until the job runs again. Run it with `--ignored`.
+#[test]
+#[ignore]
+fn known_a_move_that_took_an_edit_reads_nothing_until_its_delete_is_through() {
+    use Op::*;
+    for i in 0..10 {
+        let world = World::memory(FaultPlan {
+            seed: 4834635918477592538,
+            refused_holding: 60,
+            ..FaultPlan::default()
+        });
+        let windows = vec![
+            vec![
+                Direct { file: 0, len: 4 },
+                Write { file: 4, len: 1917 },
+                Rename { from: 0, to: 3 },
+                Write { file: 0, len: 21 },
+            ],
+            vec![
+                Direct { file: 4, len: 60 },
+                Direct { file: 4, len: 22 },
+                Rename { from: 4, to: 0 },
+                Write { file: 1, len: 2030 },
+                Direct { file: 1, len: 21 },
+                Restart,
+            ],
+        ];
+        if let Err(e) = run_case(&world, &windows) {
+            panic!("run {i}: {e}");
+        }
+    }
+}
+
+// Regression (found by this test over the faulty remote, seed 5): a sync asked for while a job
+// waited out a failure was served by a poll that ran before the job; the job then settled a
+// conflict (a move onto a name edited elsewhere, which brings the moved file back at its old
+// name), and the wait returned with the mount one poll behind the remote. With faults, the
+// test's drain now ends with a poll that started once the queue was empty.
+#[test]
+fn regression_a_drain_ends_with_a_poll_after_the_last_job() {
+    use Op::*;
+    for i in 0..10 {
+        let world = World::memory(FaultPlan {
+            seed: 2865661933967660093,
+            unavailable: 25,
+            lost_answers: 175,
+            refused_holding: 119,
+            ..FaultPlan::default()
+        });
+        let windows = vec![
+            vec![
+                Write { file: 0, len: 22 },
+                Write { file: 3, len: 69 },
+                Truncate { file: 2, len: 52 },
+                Direct { file: 1, len: 1922 },
+            ],
+            vec![
+                Direct { file: 3, len: 36 },
+                Restart,
+                Rename { from: 0, to: 3 },
+                Offline,
+                Write { file: 3, len: 51 },
+            ],
+        ];
+        if let Err(e) = run_case(&world, &windows) {
+            panic!("run {i}: {e}");
         }
     }
 }

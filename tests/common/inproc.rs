@@ -319,6 +319,7 @@ impl Core {
         };
         ask()?;
         let mut asked = Instant::now();
+        let mut empty_at = None;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if again.is_some_and(|d| asked.elapsed() >= d) {
@@ -329,7 +330,23 @@ impl Core {
                 .store()
                 .read(|db| db.queue_stats())
                 .map_err(|e| e.to_string())?;
-            if q.entries == q.parked && self.polls().1 > started_before {
+            let drained = q.entries == q.parked;
+            if again.is_some() {
+                // Asking again, the poll that ends the wait starts once the queue is empty:
+                // one that ran while a job waited out a failure saw the remote before that
+                // job settled what it found there.
+                empty_at = match (drained, empty_at) {
+                    (false, _) => None,
+                    (true, None) => {
+                        let at = self.polls().0;
+                        ask()?;
+                        asked = Instant::now();
+                        Some(at)
+                    }
+                    (true, at) => at,
+                };
+            }
+            if drained && self.polls().1 > empty_at.unwrap_or(started_before) {
                 if q.parked > 0 {
                     return Err(format!("{} jobs parked: {:?}", q.parked, q.last_error));
                 }
