@@ -148,7 +148,14 @@ impl Core {
             id = match self.vfs.lookup(id, OsStr::new(name)) {
                 Ok(a) => EntryId(a.ino),
                 Err(VfsError::NotFound) => {
-                    EntryId(self.vfs.mkdir(id, OsStr::new(name), 0o755, 0, 0)?.ino)
+                    match self.vfs.mkdir(id, OsStr::new(name), 0o755, 0, 0) {
+                        Ok(a) => EntryId(a.ino),
+                        // A poll brought the directory in meanwhile: `mkdir -p` takes it.
+                        Err(VfsError::Exists) => {
+                            EntryId(self.vfs.lookup(id, OsStr::new(name))?.ino)
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 Err(e) => return Err(e),
             };
