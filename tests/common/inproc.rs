@@ -1,7 +1,8 @@
 //! The core of a mount in-process, without FUSE: store, block cache, VFS and uploader over a
-//! local-folder remote (or any `Remote`: in memory, behind injected faults), wired as `daemon::run` wires them. Calls go straight to `Vfs`, the
-//! way `fuse.rs` makes them, so a test can run thousands of cases in seconds; the real-mount
-//! suites stay the proof on real servers.
+//! local-folder remote (or any `Remote`: in memory, behind injected faults), wired as
+//! `daemon::run` wires them. Calls go straight to `Vfs`, the way `fuse.rs` makes them, so a
+//! test can run thousands of cases in seconds; the real-mount suites stay the proof on real
+//! servers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
