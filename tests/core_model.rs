@@ -23,7 +23,7 @@
 //! `Memory` handle with conditional writes, as another careful client would. A shorter run
 //! keeps the local-folder remote honest too.
 //!
-//! `STRATUS_CORE_CASES` (default 1000 in memory, a fifth of it on the folder) and
+//! `STRATUS_CORE_CASES` (default 1000 in memory, a tenth of it on the folder) and
 //! `STRATUS_CORE_SEED` (default 1) set the run.
 
 mod common;
@@ -91,7 +91,7 @@ fn plan() -> impl Strategy<Value = FaultPlan> {
         1 => Just(FaultPlan::default()),
         2 => (
             any::<u64>(),
-            prop_oneof![3 => Just(0u64), 1 => 1u64..3000],
+            prop_oneof![5 => Just(0u64), 1 => 1u64..2000],
             rate(150),
             rate(300),
             rate(300),
@@ -657,7 +657,7 @@ fn the_core_agrees_with_its_model_over_a_faulty_remote() {
 
 #[test]
 fn the_core_agrees_with_its_model_over_a_folder() {
-    run_model("folder", (cases() / 5).max(1), case(), |windows| {
+    run_model("folder", (cases() / 10).max(1), case(), |windows| {
         run_case(&World::folder(), &windows)
     });
 }
