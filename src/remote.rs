@@ -5,6 +5,7 @@ mod azure;
 mod backend;
 mod bucket;
 mod error;
+mod faulty;
 mod gcs;
 mod http;
 mod local;
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 pub use backend::{Backend, ByteStream};
 pub use error::{brief_text, RemoteError, RemoteResult};
+pub use faulty::{FaultPlan, Faults, Faulty, Injected};
 pub use local::{hash_file, LocalRemote};
 pub use memory::Memory;
 
@@ -464,6 +466,12 @@ impl Remote {
     /// core in-process; `Remote::new(Box::new(memory.clone()))` keeps a handle to edit it.
     pub fn memory() -> Remote {
         Remote::new(Box::new(Memory::new()))
+    }
+
+    /// `inner` behind the faults `faults` plans (see `Faulty`); the test keeps a clone of
+    /// `faults` to change the plan while the core runs.
+    pub fn faulty(inner: Box<dyn Backend>, faults: Faults) -> Remote {
+        Remote::new(Box::new(Faulty::new(inner, faults)))
     }
 
     /// Whether an empty directory can be stored on the remote. Where it cannot, a directory

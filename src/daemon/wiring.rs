@@ -32,8 +32,21 @@ impl CoreBuilder {
         remote: &RemoteUrl,
         options: &[(String, String)],
     ) -> anyhow::Result<CoreBuilder> {
-        let store = Arc::new(Store::open(&state_dir.join("state.db"))?);
         let identity = remote.canonical();
+        CoreBuilder::open_on(state_dir, &identity, || {
+            Remote::open(remote, options).map_err(anyhow::Error::msg)
+        })
+    }
+
+    /// [`CoreBuilder::open`] over a remote made by `remote` (in-process tests: memory, behind
+    /// faults), recorded in the state dir as `identity`.
+    pub fn open_on(
+        state_dir: &Path,
+        identity: &str,
+        remote: impl FnOnce() -> anyhow::Result<Remote>,
+    ) -> anyhow::Result<CoreBuilder> {
+        let store = Arc::new(Store::open(&state_dir.join("state.db"))?);
+        let identity = identity.to_string();
         match store.read(|db| db.meta_get("remote"))? {
             Some(r) if r != identity => bail!(
                 "state dir {} belongs to remote {r}, not {identity}",
@@ -49,7 +62,7 @@ impl CoreBuilder {
             .thread_name("stratus-io")
             .build()
             .context("starting the async runtime")?;
-        let remote = Arc::new(Remote::open(remote, options).map_err(anyhow::Error::msg)?);
+        let remote = Arc::new(remote()?);
         Ok(CoreBuilder {
             rt,
             store,

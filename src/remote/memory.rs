@@ -12,8 +12,12 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 
 use super::{
-    Backend, Cond, Meta, ObjectInfo, ObjectKind, Preconditions, RemoteError, RemoteResult, Written,
+    Backend, ByteStream, Cond, Meta, ObjectInfo, ObjectKind, Preconditions, RemoteError,
+    RemoteResult, Written,
 };
+
+/// Bytes per chunk of a stream.
+const STREAM_CHUNK: usize = 64 << 10;
 
 /// One stored version.
 #[derive(Debug, Clone)]
@@ -48,6 +52,24 @@ impl Memory {
     pub fn put(&self, key: &str, data: &[u8], meta: Meta) -> Written {
         let mut objects = self.lock();
         self.store(&mut objects, key, Bytes::copy_from_slice(data), meta)
+    }
+
+    /// A new version of `key` with `meta`, only if the key still holds the version with ETag
+    /// `expect` (`None`: nothing may be there), decided under the store's lock as a server
+    /// decides If-Match / If-None-Match: what another careful client's conditional PUT does.
+    /// False when refused.
+    pub fn put_if(&self, key: &str, data: &[u8], meta: Meta, expect: Option<&str>) -> bool {
+        let mut objects = self.lock();
+        if objects.get(key).map(|o| o.etag.as_str()) != expect {
+            return false;
+        }
+        self.store(&mut objects, key, Bytes::copy_from_slice(data), meta);
+        true
+    }
+
+    /// The ETag of the version at `key` now.
+    pub fn etag(&self, key: &str) -> Option<String> {
+        self.lock().get(key).map(|o| o.etag.clone())
     }
 
     /// The bytes at `key` now, as another client reads them.
@@ -266,6 +288,24 @@ impl Backend for Memory {
         if_match: Option<&'a str>,
     ) -> BoxFuture<'a, RemoteResult<Bytes>> {
         Box::pin(async move { Memory::get_range(self, key, range, if_match) })
+    }
+
+    /// Streams as the clouds do, in chunks, so the stream path of the block cache runs
+    /// in-process too.
+    fn get_stream<'a>(
+        &'a self,
+        key: &'a str,
+        if_match: Option<&'a str>,
+    ) -> Option<BoxFuture<'a, RemoteResult<ByteStream>>> {
+        Some(Box::pin(async move {
+            let data = Memory::get_range(self, key, 0..u64::MAX, if_match)?;
+            let chunks: Vec<RemoteResult<Bytes>> = (0..data.len())
+                .step_by(STREAM_CHUNK)
+                .map(|at| Ok(data.slice(at..(at + STREAM_CHUNK).min(data.len()))))
+                .collect();
+            let body: ByteStream = Box::pin(futures::stream::iter(chunks));
+            Ok(body)
+        }))
     }
 
     fn download<'a>(&'a self, key: &'a str, dest: &'a Path) -> BoxFuture<'a, RemoteResult<u64>> {

@@ -1,7 +1,8 @@
 //! The core of a mount in-process, without FUSE: store, block cache, VFS and sync engine over
-//! a local-folder remote, wired by the daemon's own `CoreBuilder`. Calls go straight to `Vfs`, the
-//! way `fuse.rs` makes them, so a test can run thousands of cases in seconds; the real-mount
-//! suites stay the proof on real servers.
+//! a local-folder remote (or any `Remote`: in memory, behind injected faults), wired by the
+//! daemon's own `CoreBuilder`. Calls go straight to `Vfs`, the way `fuse.rs` makes them, so a
+//! test can run thousands of cases in seconds; the real-mount suites stay the proof on real
+//! servers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stratus::daemon::CoreBuilder;
-use stratus::remote::RemoteUrl;
+use stratus::remote::{Remote, RemoteUrl};
 use stratus::store::Store;
 use stratus::sync::{ConflictPolicy, SyncConfig};
 use stratus::types::{EntryId, Keep, Kind};
@@ -36,6 +37,21 @@ fn parts(path: &str) -> (Option<&str>, &str) {
 impl Core {
     /// Starts the core on `state` (new or left by an earlier `Core`) over the folder `remote`.
     pub fn start(state: &Path, remote_dir: &Path) -> Core {
+        let url = RemoteUrl::Local(remote_dir.to_path_buf());
+        let remote = Remote::open(&url, &[]).unwrap();
+        let mut core = Core::start_with(state, &url.canonical(), remote);
+        core.remote_dir = remote_dir.to_path_buf();
+        core
+    }
+
+    /// Starts the core on `state` over any remote (`Remote::memory`, `Remote::faulty`); the
+    /// test keeps its own handle to that remote.
+    pub fn start_on(state: &Path, remote: Remote) -> Core {
+        Core::start_with(state, "memory://in-process", remote)
+    }
+
+    /// Starts the core on `state` over `remote`, which the state dir records as `identity`.
+    fn start_with(state: &Path, identity: &str, remote: Remote) -> Core {
         // `STRATUS_LOG=debug cargo test ...` shows the core's log on stderr.
         if let Ok(filter) = std::env::var("STRATUS_LOG") {
             let _ = tracing_subscriber::fmt()
@@ -44,8 +60,7 @@ impl Core {
                 .try_init();
         }
         std::fs::create_dir_all(state).unwrap();
-        let parts =
-            CoreBuilder::open(state, &RemoteUrl::Local(remote_dir.to_path_buf()), &[]).unwrap();
+        let parts = CoreBuilder::open_on(state, identity, || Ok(remote)).unwrap();
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let sync_cfg = SyncConfig {
@@ -69,7 +84,7 @@ impl Core {
         let core = parts.start(vfs_cfg, sync_cfg, None).unwrap();
         Core {
             state: state.to_path_buf(),
-            remote_dir: remote_dir.to_path_buf(),
+            remote_dir: PathBuf::new(),
             vfs: core.vfs().clone(),
             core,
         }
@@ -111,7 +126,14 @@ impl Core {
             id = match self.vfs.lookup(id, OsStr::new(name)) {
                 Ok(a) => EntryId(a.ino),
                 Err(VfsError::NotFound) => {
-                    EntryId(self.vfs.mkdir(id, OsStr::new(name), 0o755, 0, 0)?.ino)
+                    match self.vfs.mkdir(id, OsStr::new(name), 0o755, 0, 0) {
+                        Ok(a) => EntryId(a.ino),
+                        // A poll brought the directory in meanwhile: `mkdir -p` takes it.
+                        Err(VfsError::Exists) => {
+                            EntryId(self.vfs.lookup(id, OsStr::new(name))?.ino)
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 Err(e) => return Err(e),
             };
@@ -265,18 +287,51 @@ impl Core {
     /// started after the call has finished, as `stratus sync --wait` does: jobs that poll
     /// queues (a conflict copy to upload) run before the queue is empty again.
     pub fn drain(&self) -> Result<(), String> {
+        self.drain_asking_every(None)
+    }
+
+    /// `drain`, asking for the sync again every `again` until it is done, as a user repeats
+    /// `stratus sync`: a job or poll that failed is retried at once instead of after its
+    /// backoff (half a second and more), which a test of thousands of faulty cases cannot
+    /// wait out.
+    pub fn drain_asking_every(&self, again: Option<Duration>) -> Result<(), String> {
         let control = stratus::control::Control::new(self.vfs.clone(), "core-test".into());
         let (started_before, _) = self.polls();
-        control
-            .setxattr(EntryId::ROOT, stratus::control::SYNC.as_bytes(), b"1")
-            .map_err(|e| e.to_string())?;
+        let ask = || {
+            control
+                .setxattr(EntryId::ROOT, stratus::control::SYNC.as_bytes(), b"1")
+                .map_err(|e| e.to_string())
+        };
+        ask()?;
+        let mut asked = Instant::now();
+        let mut empty_at = None;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
+            if again.is_some_and(|d| asked.elapsed() >= d) {
+                ask()?;
+                asked = Instant::now();
+            }
             let q = self
                 .store()
                 .read(|db| db.queue_stats())
                 .map_err(|e| e.to_string())?;
-            if q.entries == q.parked && self.polls().1 > started_before {
+            let drained = q.entries == q.parked;
+            if again.is_some() {
+                // Asking again, the poll that ends the wait starts once the queue is empty:
+                // one that ran while a job waited out a failure saw the remote before that
+                // job settled what it found there.
+                empty_at = match (drained, empty_at) {
+                    (false, _) => None,
+                    (true, None) => {
+                        let at = self.polls().0;
+                        ask()?;
+                        asked = Instant::now();
+                        Some(at)
+                    }
+                    (true, at) => at,
+                };
+            }
+            if drained && self.polls().1 > empty_at.unwrap_or(started_before) {
                 if q.parked > 0 {
                     return Err(format!("{} jobs parked: {:?}", q.parked, q.last_error));
                 }
