@@ -8,12 +8,11 @@
 //! write-back delay.
 
 mod attr;
-mod blocks;
+mod cache;
 mod conflicts;
 mod error;
 mod handles;
 mod namespace;
-mod prefetch;
 mod recover;
 
 use std::collections::HashMap;
@@ -22,10 +21,10 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use blocks::CacheFigures;
+pub use crate::cache::CacheFigures;
 pub use error::{VfsError, VfsResult};
 
-use crate::cache::FileCache;
+use crate::cache::{BlockCache, CacheConfig, FileCache};
 use crate::remote::Remote;
 use crate::store::{now_ms, Db, Store};
 use crate::types::{EntryId, Invalidation, Kind};
@@ -122,19 +121,16 @@ struct Handle {
     listing: Mutex<Option<Arc<Vec<DirEntry>>>>,
 }
 
-/// In-memory state of an entry that is open.
+/// In-memory state of an entry that is open: it exists while the block cache counts a handle
+/// of the entry open (`BlockCache::opened` / `closed`, which own that count).
 #[derive(Debug, Clone)]
 struct Live {
-    open: u32,
     writers: u32,
     /// Written since the journal row was last released: the row is held.
     armed: bool,
     size: u64,
     mtime_ns: i64,
     unlinked: bool,
-    /// The uploader made this file clean while it was open: hand it to the block cache at
-    /// the last close.
-    retire_on_close: bool,
 }
 
 /// What a file was opened at: its remote version, size and mtime.
@@ -144,15 +140,14 @@ pub struct Vfs {
     store: Arc<Store>,
     cache: FileCache,
     remote: Arc<Remote>,
-    rt: tokio::runtime::Handle,
     cfg: VfsConfig,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     /// Lock order: `live` before the store's connection, never the other way round.
     live: Mutex<HashMap<EntryId, Live>>,
     notices: Mutex<Option<std::sync::mpsc::Sender<Invalidation>>>,
-    blocks: blocks::BlockState,
-    prefetch: prefetch::Prefetch,
+    /// The block cache: blocks present, eviction, fetching, pins, and the per-file gates.
+    blocks: Arc<BlockCache>,
     /// The version (etag, size, mtime) each file was last opened at: when a file is opened
     /// again at the same version, the kernel keeps its page cache.
     opened: Mutex<HashMap<EntryId, OpenedVersion>>,
@@ -209,19 +204,28 @@ impl Vfs {
         cfg: VfsConfig,
     ) -> Vfs {
         let reaper = spawn_reaper(cache.clone());
+        let blocks = BlockCache::new(
+            store.clone(),
+            cache.clone(),
+            remote.clone(),
+            rt,
+            CacheConfig {
+                budget: cfg.cache_budget,
+                fetch_timeout: cfg.fetch_timeout,
+                disk_reserve: cfg.disk_reserve,
+            },
+        );
         Vfs {
             store,
             cache,
             remote,
-            rt,
             cfg,
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             live: Mutex::new(HashMap::new()),
             notices: Mutex::new(None),
             reaper,
-            blocks: blocks::BlockState::new(),
-            prefetch: prefetch::Prefetch::new(),
+            blocks,
             opened: Mutex::new(HashMap::new()),
         }
     }
@@ -243,11 +247,10 @@ impl Vfs {
         now_ms() + self.cfg.write_back.as_millis() as i64
     }
 
-    /// Starts what runs beside the FUSE threads: background fetches hold the `Vfs`, and the
-    /// pinner keeps pinned files downloaded.
-    pub fn start(self: &Arc<Self>) {
-        self.prefetch.set_owner(self);
-        self.start_pinner();
+    /// Starts what runs beside the FUSE threads: the block cache's background fetches and
+    /// the pinner that keeps pinned files downloaded.
+    pub fn start(&self) {
+        self.blocks.start();
     }
 
     pub fn statfs(&self) -> VfsResult<StatFs> {
@@ -270,7 +273,7 @@ impl Vfs {
     pub fn sync_state(&self, ino: EntryId) -> VfsResult<SyncState> {
         self.r(|db| {
             let e = db.get(ino)?.ok_or(VfsError::NotFound)?;
-            if lock(&self.blocks.corrupt).contains(&(ino, e.synced.etag)) {
+            if self.blocks.is_corrupt(ino, &e.synced.etag) {
                 return Ok(SyncState::Error);
             }
             Ok(match db.job_for(ino)? {

@@ -88,14 +88,14 @@ impl Vfs {
             }
             // Held to the end: nothing may evict or retire the data file while it is made
             // whole and cut.
-            gate = self.gate(e.id);
+            gate = self.blocks.gate(e.id);
             _gate_guard = Some(lock(&gate));
             e = self
                 .store
                 .read(|db| db.get(ino))?
                 .ok_or(VfsError::NotFound)?;
             if !e.local && size > 0 {
-                self.fill_locked(&e)?;
+                self.blocks.fill(&e)?;
             }
             // Emptied without a fetch: the old blocks go with the commit below.
             e.local = true;
@@ -217,8 +217,8 @@ impl Vfs {
         // it was cut first, and a crash before the commit left the old size, the truncated
         // data and the old content on the remote for good.)
         if becomes_local {
-            self.forget_blocks(e.id);
-            self.forget_dirty_figure();
+            self.blocks.forget_blocks(e.id);
+            self.blocks.forget_dirty_figure();
         }
         if let (Some(size), None) = (truncate_to, grown_from) {
             self.cache.set_len(e.id, size)?;

@@ -81,7 +81,7 @@ impl Vfs {
         // the handle then read a file nobody wrote to any more. A writer also needs the
         // whole file, and from its registration on the file cannot be handed to the block
         // cache (retire), whose eviction would punch holes into it.
-        let gate = self.gate(e.id);
+        let gate = self.blocks.gate(e.id);
         let _g = lock(&gate);
         let mut e = self
             .store
@@ -92,7 +92,7 @@ impl Vfs {
         }
         if !e.local {
             if writable {
-                self.fill_locked(&e)?;
+                self.blocks.fill(&e)?;
                 e = self
                     .store
                     .read(|db| db.get(ino))?
@@ -114,15 +114,13 @@ impl Vfs {
             e.size
         };
         let l = live.entry(e.id).or_insert(Live {
-            open: 0,
             writers: 0,
             armed: false,
             size,
             mtime_ns: e.mtime_ns,
             unlinked: false,
-            retire_on_close: false,
         });
-        l.open += 1;
+        self.blocks.opened(e.id);
         if writable {
             l.writers += 1;
         }
@@ -157,18 +155,14 @@ impl Vfs {
                 // The read runs under the file's gate, so the blocks cannot be evicted
                 // between their arrival and the read.
                 let (buf, waited) =
-                    self.with_blocks(&e, offset / BLOCK_SIZE, last, sequential, || {
-                        read_at(f, offset, size)
-                    })?;
-                let counter = if waited {
-                    &self.blocks.misses
-                } else {
-                    &self.blocks.hits
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
+                    self.blocks
+                        .with_blocks(&e, offset / BLOCK_SIZE, last, sequential, || {
+                            read_at(f, offset, size)
+                        })?;
+                self.blocks.count_read(waited);
                 return Ok(buf);
             }
-            self.blocks.hits.fetch_add(1, Ordering::Relaxed);
+            self.blocks.count_read(false);
         }
         read_at(f, offset, size)
     }
@@ -179,11 +173,12 @@ impl Vfs {
             return Err(VfsError::BadHandle);
         }
         let f = h.file.as_ref().ok_or(VfsError::IsDir)?;
-        self.throttle_writer()?;
+        self.blocks.throttle_writer()?;
         {
             let mut live = lock(&self.live);
             let l = live.get_mut(&h.id).ok_or(VfsError::BadHandle)?;
-            self.check_disk_room((offset + data.len() as u64).saturating_sub(l.size))?;
+            self.blocks
+                .check_disk_room((offset + data.len() as u64).saturating_sub(l.size))?;
             if !l.armed && !l.unlinked {
                 // Journal first: once this write is acknowledged, a crash must find it queued.
                 self.store
@@ -196,7 +191,7 @@ impl Vfs {
         if let Some(l) = live.get_mut(&h.id) {
             let end = offset + data.len() as u64;
             if end > l.size {
-                self.blocks.grown.fetch_add(end - l.size, Ordering::Relaxed);
+                self.blocks.note_growth(end - l.size);
             }
             l.size = l.size.max(end);
             l.mtime_ns = now_ns();
@@ -251,7 +246,6 @@ impl Vfs {
         let Some(l) = live.get_mut(&h.id) else {
             return Ok(());
         };
-        l.open = l.open.saturating_sub(1);
         if h.writable {
             l.writers = l.writers.saturating_sub(1);
         }
@@ -259,19 +253,15 @@ impl Vfs {
         if l.writers == 0 {
             result = self.disarm(h.id, l);
         }
-        if l.open == 0 {
+        let closed = self.blocks.closed(h.id);
+        if closed.last {
             let l = live.remove(&h.id).expect("present");
-            // Reloaded from the database on the next open: while nothing is open the poller
-            // may replace the data under this entry.
-            lock(&self.blocks.present).remove(&h.id);
             if l.unlinked {
                 self.store.write(|db| db.delete_entry(h.id))?;
                 self.cache.remove(h.id)?;
-            } else if l.retire_on_close {
+            } else if closed.retire {
                 drop(live);
-                if !self.retire(h.id) {
-                    lock(&self.blocks.cleaned).push(h.id);
-                }
+                self.blocks.hand_over(h.id);
             }
         }
         result
@@ -308,7 +298,7 @@ impl Vfs {
             let live = lock(&self.live);
             live.get(&h.id).ok_or(VfsError::BadHandle)?.size
         };
-        self.check_disk_room(len)?;
+        self.blocks.check_disk_room(len)?;
         let before = f.metadata()?.len();
         // SAFETY: fallocate(2) on a descriptor this handle owns; the range was checked to fit
         // in an off_t above.

@@ -219,15 +219,14 @@ impl Vfs {
         live.insert(
             e.id,
             Live {
-                open: 1,
                 writers: 1,
                 armed: true,
                 size: 0,
                 mtime_ns: e.mtime_ns,
                 unlinked: false,
-                retire_on_close: false,
             },
         );
+        self.blocks.opened(e.id);
         drop(live);
         let fh = self.add_handle(e.id, Some(file), true);
         Ok((self.attr(&e), fh))
@@ -297,7 +296,7 @@ impl Vfs {
             }
         }
         match live.get(&e.id) {
-            Some(l) if l.open > 0 => {
+            Some(_) => {
                 rm.unlinked.push(e.id);
                 let mut gone = e.clone();
                 gone.parent = None;
@@ -510,8 +509,8 @@ impl Vfs {
             if newparent != parent && self.store.read(|db| db.any_pinned())? {
                 // Moved into or out of a pinned directory.
                 if let Some(e) = self.store.read(|db| db.lookup(newparent, newname))? {
-                    self.release_to_eviction(&e)?;
-                    self.pins_changed();
+                    self.blocks.release_to_eviction(&e)?;
+                    self.blocks.pins_changed();
                 }
             }
         }

@@ -1,10 +1,7 @@
 //! Recovery at mount: what a previous run left behind (unlinked entries, data files of
 //! deleted entries, armed writers, sizes not applied) is brought back in line.
 
-use std::sync::atomic::Ordering;
-
-use super::{lock, time_to_ns, Vfs, VfsResult};
-use crate::cache::BLOCK_SIZE;
+use super::{time_to_ns, Vfs, VfsResult};
 use crate::store::{now_ms, now_ns};
 use crate::types::{EntryId, Kind};
 
@@ -39,14 +36,7 @@ impl Vfs {
         if swept > 0 {
             tracing::info!(files = swept, "removed data files of deleted entries");
         }
-        {
-            let blocks = self.store.read(|db| db.all_blocks())?;
-            let mut lru = lock(&self.blocks.lru);
-            for b in blocks {
-                lru.put(b, ());
-                self.blocks.cached.fetch_add(BLOCK_SIZE, Ordering::Relaxed);
-            }
-        }
+        self.blocks.load_blocks()?;
         let held = self.store.write(|db| db.release_held(now_ms()))?;
         // A committed truncate may not have reached the data file: outside the entries that
         // were being written (whose data file is the truth, below), the database's size is.
@@ -84,7 +74,7 @@ impl Vfs {
                     .write(|db| db.set_size_mtime(*id, m.len(), mtime.max(e.mtime_ns)))?;
             }
         }
-        self.retire_all()?;
+        self.blocks.retire_all()?;
         Ok(held.len())
     }
 
