@@ -71,6 +71,13 @@ pub trait FileGate: Send + Sync {
     ///
     /// [`with_closed`]: trait.FileGate.html#method.with_closed
     fn run_closed(&self, id: EntryId, f: &mut dyn FnMut()) -> bool;
+
+    /// Makes the data file of `id` whole for an upload that must send the whole file: the
+    /// blocks it lacks come through the block cache's fetcher (pinned to the version the
+    /// entry records, counted against the budget), in place and under the file's gate, so a
+    /// handle open on the file reads the same data file throughout. Then the file is local.
+    /// Blocking: call it off the async threads.
+    fn fill(&self, id: EntryId) -> CacheResult<()>;
 }
 
 impl dyn FileGate {

@@ -127,11 +127,6 @@ impl FileCache {
         Ok(())
     }
 
-    /// Moves a finished download into place.
-    pub fn commit_temp(&self, id: EntryId) -> CacheResult<()> {
-        std::fs::rename(self.temp_path(id), self.path(id)).map_err(self.err(id))
-    }
-
     /// Free and total bytes of the disk under the cache, for statfs.
     pub fn disk_space(&self) -> CacheResult<(u64, u64, u64)> {
         let c = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes()).map_err(|_| {

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::{backoff, Invalidation, SyncConfig};
-use crate::cache::{FileCache, FileGate};
+use crate::cache::{CacheError, FileCache, FileGate};
 use crate::remote::{hash_file, Cond, ConflictMark, Meta, Remote, RemoteError, Written};
 use crate::store::{now_ms, now_ns, Entry, Job, JobKind, JobState, Store, StoreError, Synced};
 use crate::types::{EntryId, Kind};
@@ -561,10 +561,13 @@ impl Uploader {
                 let meta = self.meta_of(&e, e.synced.hash.clone());
                 match self.remote.update_meta(&key, &meta, &cond, e.size).await {
                     Ok(Some(w)) => Ok((w, e.synced.hash.clone())),
-                    Ok(None) => {
-                        self.fetch(&e).await?;
-                        self.upload(job, &e, &key, &cond).await
-                    }
+                    Ok(None) => match self.fetch(&e).await {
+                        Ok(()) => self.upload(job, &e, &key, &cond).await,
+                        // Changed on the remote since our base: a conflict, as the upload
+                        // conditioned on the base would have found.
+                        Err(SyncError::Remote(err @ RemoteError::Conflict(_))) => Err(err),
+                        Err(err) => return Err(err),
+                    },
                     Err(err) => Err(err),
                 }
             }
@@ -932,18 +935,19 @@ impl Uploader {
         Ok((w, Some(hash)))
     }
 
+    /// Makes the file whole through the block cache's fetcher. (Regression: it downloaded
+    /// into a new data file renamed over the old one, without the file's gate; a reader that
+    /// had the file open kept the old sparse file, now taken for whole, and read zeros.)
     async fn fetch(&self, e: &Entry) -> Result<(), SyncError> {
-        let key = e
-            .synced
-            .key
-            .clone()
-            .ok_or_else(|| SyncError::Local("no local data and no remote copy".into()))?;
-        let tmp = self.cache.temp_path(e.id);
-        self.remote.download(&key, &tmp).await?;
-        self.cache
-            .commit_temp(e.id)
-            .map_err(|err| SyncError::Local(err.to_string()))?;
-        self.store.write(|db| db.set_local(e.id, true))?;
-        Ok(())
+        let (files, id) = (self.files.clone(), e.id);
+        tokio::task::spawn_blocking(move || files.fill(id))
+            .await
+            .map_err(|err| SyncError::Local(err.to_string()))?
+            .map_err(|err| match err {
+                CacheError::Remote(err) => SyncError::Remote(err),
+                CacheError::Store(err) => SyncError::Store(err),
+                CacheError::NotFound => SyncError::Vanished,
+                err => SyncError::Local(err.to_string()),
+            })
     }
 }

@@ -2,7 +2,7 @@
 //! data files through, pins, and the figures `stratus status` shows.
 
 use super::{Vfs, VfsResult};
-use crate::cache::{CacheFigures, FileGate};
+use crate::cache::{CacheError, CacheFigures, CacheResult, FileGate};
 use crate::types::EntryId;
 
 /// The sync engine's way to the block cache's data files.
@@ -27,6 +27,16 @@ impl FileGate for Vfs {
         // `tests/handoff.rs` in one run of seven; the old `is_busy` check had the same gap).
         self.blocks.forget_present(id);
         true
+    }
+
+    fn fill(&self, id: EntryId) -> CacheResult<()> {
+        let gate = self.blocks.gate(id);
+        let _g = super::lock(&gate);
+        let e = self
+            .store
+            .read(|db| db.get(id))?
+            .ok_or(CacheError::NotFound)?;
+        self.blocks.fill(&e)
     }
 }
 
