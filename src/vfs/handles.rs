@@ -73,10 +73,11 @@ impl Vfs {
                 },
             )?;
         }
-        // Everything from here to the registration in `live` runs under the file's gate,
-        // which is also what the sync engine takes to replace or delete the data of a closed
-        // file (`FileGate::run_closed`): either it ran before (and the entry read below is
-        // its result), or it sees this handle and leaves the file alone. Opening the data
+        // Everything from here to the registration of the handle (`BlockCache::opened`, with
+        // its `live` state) runs under the file's gate, which is also what the sync engine
+        // takes to replace or delete the data of a closed file (`FileGate::run_closed`):
+        // either it ran before (and the entry read below is its result), or it sees this
+        // handle and leaves the file alone. Opening the data
         // file first and registering after let the poller delete the data file in between:
         // the handle then read a file nobody wrote to any more. A writer also needs the
         // whole file, and from its registration on the file cannot be handed to the block
