@@ -78,6 +78,18 @@ pub trait FileGate: Send + Sync {
     /// handle open on the file reads the same data file throughout. Then the file is local.
     /// Blocking: call it off the async threads.
     fn fill(&self, id: EntryId) -> CacheResult<()>;
+
+    /// Downloads the version `etag` of `key`, `size` bytes, to `dest` (a scratch file beside
+    /// the data files, which the caller checks and places): a conflict's remote version set
+    /// aside as a copy. Through the same fetcher as every download; another version answers
+    /// `Conflict`. Blocking: call it off the async threads.
+    fn fetch_version(
+        &self,
+        key: &str,
+        etag: Option<&str>,
+        size: u64,
+        dest: &std::path::Path,
+    ) -> CacheResult<()>;
 }
 
 impl dyn FileGate {

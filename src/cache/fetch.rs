@@ -1,4 +1,4 @@
-//! The fetcher: every byte of file data that comes down from the remote lands in a data file
+//! The fetcher: every byte of file data that comes down from the remote reaches this disk
 //! through here, under one rule for versions and one for space.
 //!
 //! - Versions: a ranged GET names the version the entry records (`If-Match` on its ETag);
@@ -7,7 +7,9 @@
 //!   records the version the fetch asked for.
 //! - Space: unless the file is pinned, room for the blocks is made first (`make_room`), and
 //!   blocks that land are listed and counted against the budget (`list_blocks`); every byte
-//!   fetched counts in the remote's `downloaded` figure.
+//!   fetched counts in the remote's `downloaded` figure. A version fetched whole for a
+//!   conflict copy (`fetch_version`) becomes a new file written here: it counts as dirty
+//!   data, like any file not yet uploaded, once the conflict engine places it.
 //! - A file whose every block is here and whose object carries our SHA-256 is checked before
 //!   it is served (`verify`).
 //!
@@ -150,6 +152,43 @@ impl BlockCache {
                 Err(CacheError::Remote(err))
             }
         }
+    }
+
+    /// Downloads version `etag` of `key` (`size` bytes) into a new file at `dest`, outside
+    /// the data files: ranged GETs pinned to that version, several in flight, each block
+    /// written as it arrives. No time limit beyond the remote's own (a copy may be large, and
+    /// nobody waits on it but the uploader).
+    pub fn fetch_version(
+        &self,
+        key: &str,
+        etag: Option<&str>,
+        size: u64,
+        dest: &std::path::Path,
+    ) -> CacheResult<()> {
+        let io = |source| CacheError::Io {
+            path: dest.to_path_buf(),
+            source,
+        };
+        let f = std::fs::File::create(dest).map_err(io)?;
+        f.set_len(size).map_err(io)?;
+        tracing::debug!(%key, size, "fetching a version");
+        self.rt.block_on(async {
+            let mut gets = futures::stream::iter(0..size.div_ceil(BLOCK_SIZE))
+                .map(|i| async move {
+                    let range = i * BLOCK_SIZE..((i + 1) * BLOCK_SIZE).min(size);
+                    self.remote
+                        .get_range(key, range, etag)
+                        .await
+                        .map(|b| (i, b))
+                })
+                .buffer_unordered(FETCHES_IN_FLIGHT);
+            while let Some(got) = gets.next().await {
+                let (i, bytes) = got?;
+                f.write_all_at(&bytes, i * BLOCK_SIZE).map_err(io)?;
+                self.count_downloaded(bytes.len());
+            }
+            Ok(())
+        })
     }
 
     /// How long a batch of fetches may take: short while the remote is known to be away.

@@ -38,6 +38,16 @@ impl FileGate for Vfs {
             .ok_or(CacheError::NotFound)?;
         self.blocks.fill(&e)
     }
+
+    fn fetch_version(
+        &self,
+        key: &str,
+        etag: Option<&str>,
+        size: u64,
+        dest: &std::path::Path,
+    ) -> CacheResult<()> {
+        self.blocks.fetch_version(key, etag, size, dest)
+    }
 }
 
 impl Vfs {
