@@ -86,6 +86,12 @@ impl BlockCache {
         self.make_room(0, EntryId(0), &(0..=0), &[]);
     }
 
+    /// Evicts every clean, unpinned cached block now (`stratus clean --cache`); pinned files,
+    /// blocks being fetched and data not yet uploaded stay.
+    pub fn evict_clean(&self) {
+        self.make_room(self.cfg.budget, EntryId(0), &(0..=0), &[]);
+    }
+
     /// Hands a whole file that the remote now holds exactly to the block cache, where it
     /// counts against the budget and can be evicted. False when its gate was busy: try again
     /// later. A file that is open is marked instead and handed over at its last close.

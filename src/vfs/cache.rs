@@ -76,6 +76,11 @@ impl Vfs {
         self.blocks.cached_bytes()
     }
 
+    /// Evicts every clean, unpinned cached block now (`stratus clean --cache`).
+    pub fn evict_clean(&self) {
+        self.blocks.evict_clean();
+    }
+
     pub fn cache_figures(&self) -> VfsResult<CacheFigures> {
         Ok(self.blocks.figures()?)
     }
