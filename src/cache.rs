@@ -1,25 +1,53 @@
-//! File data on local disk, one sparse file per entry under `STATE/data/`, and the gate
-//! through which the sync engine reaches data the block cache owns.
+//! The block cache: which parts of each file's data are on this machine, in data files under
+//! `STATE/data/`, and everything that decides what stays there.
 //!
-//! A data file holds the bytes of an entry at their own offsets: either the whole file
-//! (`Entry::local`) or the blocks the `blocks` table lists (see `vfs/blocks.rs`).
+//! It owns the data files (`cache/files.rs`), the per-file gates and the bookkeeping of
+//! cached, dirty and pinned bytes (`cache/blocks.rs`), eviction (`cache/evict.rs`), the one
+//! fetcher through which file data comes down (`cache/fetch.rs`, with read-ahead in
+//! `cache/prefetch.rs`) and the pinner (`cache/pin.rs`). The filesystem core calls it; the
+//! sync engine reaches it through [`FileGate`].
 
-use std::fs::{File, OpenOptions};
+mod blocks;
+mod evict;
+mod fetch;
+mod files;
+mod pin;
+mod prefetch;
+
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use crate::remote::RemoteError;
+use crate::store::StoreError;
 use crate::types::EntryId;
+
+pub use blocks::{BlockCache, CacheConfig, CacheFigures, Closed};
+pub use files::FileCache;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("cache i/o on {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    /// I/O on a data file already open (writing fetched bytes, hashing them).
+    #[error("i/o: {0}")]
+    DataIo(#[from] io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("fetching from the remote: {0}")]
+    Remote(#[from] RemoteError),
+    /// The entry went away while its data was being fetched.
+    #[error("no such entry")]
+    NotFound,
+    #[error("invalid argument: {0}")]
+    Invalid(String),
 }
 
 impl CacheError {
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {
             CacheError::Io { source, .. } => source.raw_os_error(),
+            CacheError::DataIo(e) => e.raw_os_error(),
+            _ => None,
         }
     }
 }
@@ -43,6 +71,25 @@ pub trait FileGate: Send + Sync {
     ///
     /// [`with_closed`]: trait.FileGate.html#method.with_closed
     fn run_closed(&self, id: EntryId, f: &mut dyn FnMut()) -> bool;
+
+    /// Makes the data file of `id` whole for an upload that must send the whole file: the
+    /// blocks it lacks come through the block cache's fetcher (pinned to the version the
+    /// entry records, counted against the budget), in place and under the file's gate, so a
+    /// handle open on the file reads the same data file throughout. Then the file is local.
+    /// Blocking: call it off the async threads.
+    fn fill(&self, id: EntryId) -> CacheResult<()>;
+
+    /// Downloads the version `etag` of `key`, `size` bytes, to `dest` (a scratch file beside
+    /// the data files, which the caller checks and places): a conflict's remote version set
+    /// aside as a copy. Through the same fetcher as every download; another version answers
+    /// `Conflict`. Blocking: call it off the async threads.
+    fn fetch_version(
+        &self,
+        key: &str,
+        etag: Option<&str>,
+        size: u64,
+        dest: &std::path::Path,
+    ) -> CacheResult<()>;
 }
 
 impl dyn FileGate {
@@ -64,147 +111,3 @@ impl dyn FileGate {
 /// of a large object costs one short ranged GET, large enough that a sequential read with
 /// several blocks in flight runs at the speed of the network (see docs/architecture.md).
 pub const BLOCK_SIZE: u64 = 1 << 20;
-
-#[derive(Debug, Clone)]
-pub struct FileCache {
-    root: PathBuf,
-}
-
-impl FileCache {
-    pub fn open(state_dir: &Path) -> CacheResult<FileCache> {
-        let root = state_dir.join("data");
-        std::fs::create_dir_all(&root).map_err(|source| CacheError::Io {
-            path: root.clone(),
-            source,
-        })?;
-        Ok(FileCache { root })
-    }
-
-    pub fn path(&self, id: EntryId) -> PathBuf {
-        self.root.join(id.0.to_string())
-    }
-
-    /// A scratch path beside the data files, for downloads that are renamed into place.
-    pub fn temp_path(&self, id: EntryId) -> PathBuf {
-        self.root.join(format!("{}.part", id.0))
-    }
-
-    fn err(&self, id: EntryId) -> impl Fn(io::Error) -> CacheError + '_ {
-        move |source| CacheError::Io {
-            path: self.path(id),
-            source,
-        }
-    }
-
-    /// Opens the data file for reading and writing, creating an empty one when asked.
-    pub fn open_file(&self, id: EntryId, create: bool) -> CacheResult<File> {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(false)
-            .open(self.path(id))
-            .map_err(self.err(id))
-    }
-
-    pub fn create_empty(&self, id: EntryId) -> CacheResult<File> {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(self.path(id))
-            .map_err(self.err(id))
-    }
-
-    /// Cuts or extends the data file (creating it empty first if it is missing).
-    pub fn set_len(&self, id: EntryId, len: u64) -> CacheResult<()> {
-        self.open_file(id, true)?.set_len(len).map_err(self.err(id))
-    }
-
-    pub fn len(&self, id: EntryId) -> CacheResult<Option<u64>> {
-        match std::fs::metadata(self.path(id)) {
-            Ok(m) => Ok(Some(m.len())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(self.err(id)(e)),
-        }
-    }
-
-    /// Ids of every data file present (scratch `.part` files are not listed).
-    pub fn ids(&self) -> CacheResult<Vec<EntryId>> {
-        let rd = std::fs::read_dir(&self.root).map_err(|source| CacheError::Io {
-            path: self.root.clone(),
-            source,
-        })?;
-        Ok(rd
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
-            .map(EntryId)
-            .collect())
-    }
-
-    pub fn remove(&self, id: EntryId) -> CacheResult<()> {
-        match std::fs::remove_file(self.path(id)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(self.err(id)(e)),
-        }
-    }
-
-    /// Gives a block's disk space back without changing the file's length.
-    pub fn punch_hole(&self, id: EntryId, offset: u64, len: u64) -> CacheResult<()> {
-        let f = match OpenOptions::new().write(true).open(self.path(id)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(self.err(id)(e)),
-        };
-        // SAFETY: fallocate on a descriptor we own, with a range inside i64.
-        let r = unsafe {
-            libc::fallocate(
-                std::os::fd::AsRawFd::as_raw_fd(&f),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                offset as libc::off_t,
-                len as libc::off_t,
-            )
-        };
-        if r != 0 {
-            return Err(self.err(id)(io::Error::last_os_error()));
-        }
-        Ok(())
-    }
-
-    /// Makes sure a sparse data file of `size` bytes exists, keeping what it holds.
-    pub fn ensure_sparse(&self, id: EntryId, size: u64) -> CacheResult<()> {
-        let f = self.open_file(id, true)?;
-        let len = f.metadata().map_err(self.err(id))?.len();
-        if len != size {
-            f.set_len(size).map_err(self.err(id))?;
-        }
-        Ok(())
-    }
-
-    /// Moves a finished download into place.
-    pub fn commit_temp(&self, id: EntryId) -> CacheResult<()> {
-        std::fs::rename(self.temp_path(id), self.path(id)).map_err(self.err(id))
-    }
-
-    /// Free and total bytes of the disk under the cache, for statfs.
-    pub fn disk_space(&self) -> CacheResult<(u64, u64, u64)> {
-        let c = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes()).map_err(|_| {
-            CacheError::Io {
-                path: self.root.clone(),
-                source: io::Error::from(io::ErrorKind::InvalidInput),
-            }
-        })?;
-        // SAFETY: statvfs writes into the zeroed struct we own; the path is NUL-terminated.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-            return Err(CacheError::Io {
-                path: self.root.clone(),
-                source: io::Error::last_os_error(),
-            });
-        }
-        let bs = st.f_frsize as u64;
-        Ok((st.f_blocks as u64 * bs, st.f_bavail as u64 * bs, bs))
-    }
-}

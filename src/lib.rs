@@ -3,8 +3,9 @@
 //! Dependencies point one way: `cli` and `daemon` assemble the parts; `fuse` translates
 //! kernel requests into calls on `control` and `vfs`; `vfs` and `sync` never import each
 //! other and meet in `store` (the database) and at `cache::FileGate` (the block cache's
-//! hand-off, which `daemon` wires); `store`, `cache` and `remote` are leaves, and `types`
-//! holds the vocabulary every layer shares.
+//! hand-off, which `daemon` wires); `cache` (the block cache, which fetches file data
+//! itself) sits on `store` and `remote`, which are leaves; `types` holds the vocabulary
+//! every layer shares.
 
 pub mod cache;
 pub mod cli;

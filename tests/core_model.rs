@@ -949,3 +949,47 @@ fn regression_a_drain_ends_with_a_poll_after_the_last_job() {
         }
     }
 }
+
+// Regression: a metadata change (chmod) of a file never read whole, on a remote that cannot
+// replace metadata in place (a local folder; S3 above CopyObject's 5 GiB), made the uploader
+// download the object into a new data file and rename it over the old one, without the
+// file's gate. A reader that had the file open kept the old, sparse data file, now taken
+// for whole: its reads of blocks never fetched returned zeros as the file's content. The
+// uploader now fills the file through the block cache, in place and under the gate.
+#[test]
+fn regression_a_reader_keeps_its_data_when_the_uploader_fetches_the_file() {
+    use stratus::cache::BLOCK_SIZE;
+    use stratus::vfs::SetAttr;
+    let dir = tempfile::tempdir().unwrap();
+    let (state, remote) = (dir.path().join("state"), dir.path().join("remote"));
+    std::fs::create_dir_all(&remote).unwrap();
+    let data: Vec<u8> = (0..3 * BLOCK_SIZE + 100)
+        .map(|i| (i % 251) as u8 + 1)
+        .collect();
+    std::fs::write(remote.join("f"), &data).unwrap();
+    let c = Core::start(&state, &remote);
+    let id = c.resolve("f").unwrap();
+    let fh = c.vfs.open(id, false, false).unwrap().0;
+    // One block fetched: the rest of the data file is a hole.
+    assert_eq!(c.vfs.read(fh, 0, 4096).unwrap(), data[..4096]);
+    c.vfs
+        .setattr(
+            id,
+            &SetAttr {
+                mode: Some(0o600),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    c.drain().unwrap();
+    let at = 2 * BLOCK_SIZE as usize;
+    let got = c.vfs.read(fh, at as u64, 4096).unwrap();
+    assert!(
+        got == data[at..at + 4096],
+        "a read through the handle open across the upload returned other bytes (zeros: {})",
+        got.iter().all(|b| *b == 0)
+    );
+    c.vfs.release(fh).unwrap();
+    assert_eq!(c.read_file("f").unwrap(), data);
+    c.stop();
+}

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::{ConflictPolicy, Invalidation, Shared, SyncError};
-use crate::remote::{hash_file, ObjectInfo, ObjectKind};
+use crate::cache::CacheError;
+use crate::remote::{hash_file, ObjectInfo, ObjectKind, RemoteError};
 use crate::store::{dirty, now_ms, now_ns, Conflict, Db, Entry, NewEntry, StoreError, Synced};
 use crate::types::{EntryId, Kind, VersionMark};
 
@@ -261,13 +262,25 @@ impl Conflicts {
         let parent = e.parent.ok_or(SyncError::Vanished)?;
         let tmp = self.ctx.cache.temp_path(e.id).with_extension("theirs");
         if r.kind != ObjectKind::Symlink {
-            let n = self.ctx.remote.download(key, &tmp).await?;
-            let path = tmp.clone();
-            let hash = tokio::task::spawn_blocking(move || hash_file(&path).ok())
-                .await
-                .ok()
-                .flatten();
-            let same = n == r.size && (r.meta.sha256.is_none() || hash == r.meta.sha256);
+            // Through the block cache's fetcher, pinned to the version `r` names: another
+            // version is the next round's business.
+            let (files, path) = (self.ctx.files.clone(), tmp.clone());
+            let (k, etag, size) = (key.to_string(), r.etag.clone(), r.size);
+            let fetched = tokio::task::spawn_blocking(move || {
+                files.fetch_version(&k, etag.as_deref(), size, &path)?;
+                Ok::<_, CacheError>(hash_file(&path).ok())
+            })
+            .await
+            .map_err(|err| SyncError::Local(err.to_string()))?;
+            let (changed, hash) = match fetched {
+                Ok(hash) => (false, hash),
+                Err(CacheError::Remote(RemoteError::Conflict(_))) => (true, None),
+                Err(CacheError::Remote(err)) => return Err(err.into()),
+                Err(err) => return Err(SyncError::Local(err.to_string())),
+            };
+            let n = std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or(0);
+            let same =
+                !changed && n == r.size && (r.meta.sha256.is_none() || hash == r.meta.sha256);
             if !same {
                 // Changed again since the HEAD: the next round sees the newer version.
                 let _ = std::fs::remove_file(&tmp);

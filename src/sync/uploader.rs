@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::conflict::Conflicts;
 use super::{backoff, Invalidation, Shared, SyncError};
+use crate::cache::CacheError;
 use crate::remote::{hash_file, Cond, ConflictMark, Meta, RemoteError, Written};
 use crate::store::{
     dirty, now_ms, now_ns, Entry, Event, EventKind, Job, JobKind, JobState, StoreError, Synced,
@@ -446,10 +447,13 @@ impl Uploader {
                     .await
                 {
                     Ok(Some(w)) => Ok((w, e.synced.hash.clone())),
-                    Ok(None) => {
-                        self.fetch(&e).await?;
-                        self.upload(job, &e, &key, &cond).await
-                    }
+                    Ok(None) => match self.fetch(&e).await {
+                        Ok(()) => self.upload(job, &e, &key, &cond).await,
+                        // Changed on the remote since our base: a conflict, as the upload
+                        // conditioned on the base would have found.
+                        Err(SyncError::Remote(err @ RemoteError::Conflict(_))) => Err(err),
+                        Err(err) => return Err(err),
+                    },
                     Err(err) => Err(err),
                 }
             }
@@ -837,20 +841,20 @@ impl Uploader {
         Ok((w, Some(hash)))
     }
 
+    /// Makes the file whole through the block cache's fetcher. (Regression: it downloaded
+    /// into a new data file renamed over the old one, without the file's gate; a reader that
+    /// had the file open kept the old sparse file, now taken for whole, and read zeros.)
     async fn fetch(&self, e: &Entry) -> Result<(), SyncError> {
-        let key = e
-            .synced
-            .key
-            .clone()
-            .ok_or_else(|| SyncError::Local("no local data and no remote copy".into()))?;
-        let tmp = self.ctx.cache.temp_path(e.id);
-        self.ctx.remote.download(&key, &tmp).await?;
-        self.ctx
-            .cache
-            .commit_temp(e.id)
-            .map_err(|err| SyncError::Local(err.to_string()))?;
-        self.ctx.store.write(|db| db.set_local(e.id, true))?;
-        Ok(())
+        let (files, id) = (self.ctx.files.clone(), e.id);
+        tokio::task::spawn_blocking(move || files.fill(id))
+            .await
+            .map_err(|err| SyncError::Local(err.to_string()))?
+            .map_err(|err| match err {
+                CacheError::Remote(err) => SyncError::Remote(err),
+                CacheError::Store(err) => SyncError::Store(err),
+                CacheError::NotFound => SyncError::Vanished,
+                err => SyncError::Local(err.to_string()),
+            })
     }
 }
 

@@ -31,8 +31,9 @@ pub enum VfsError {
     Range,
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A data file's own I/O failed (the other cache errors map to their own variants).
     #[error(transparent)]
-    Cache(#[from] CacheError),
+    Cache(CacheError),
     #[error("fetching from the remote: {0}")]
     Remote(#[from] RemoteError),
     #[error("i/o: {0}")]
@@ -40,6 +41,19 @@ pub enum VfsError {
 }
 
 pub type VfsResult<T> = Result<T, VfsError>;
+
+impl From<CacheError> for VfsError {
+    fn from(e: CacheError) -> VfsError {
+        match e {
+            CacheError::Io { .. } => VfsError::Cache(e),
+            CacheError::DataIo(e) => VfsError::Io(e),
+            CacheError::Store(e) => VfsError::Store(e),
+            CacheError::Remote(e) => VfsError::Remote(e),
+            CacheError::NotFound => VfsError::NotFound,
+            CacheError::Invalid(m) => VfsError::Invalid(m),
+        }
+    }
+}
 
 impl VfsError {
     /// The errno the kernel sees. Exhaustive on purpose: a new variant does not compile until

@@ -12,14 +12,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-use super::{lock, Vfs, VfsError, VfsResult};
-use crate::cache::BLOCK_SIZE;
+use super::blocks::lock;
+use super::fetch::FETCHES_IN_FLIGHT;
+use super::{BlockCache, CacheError, CacheResult, BLOCK_SIZE};
 use crate::remote::RemoteError;
 use crate::store::Entry;
 use crate::types::EntryId;
@@ -29,8 +30,6 @@ const CHUNK_BLOCKS: u64 = 16;
 /// Blocks a sequential reader keeps in flight or cached ahead of itself, at most; a small
 /// cache budget shrinks it (a quarter of the budget).
 const READ_AHEAD_BLOCKS: u64 = 128;
-/// GETs of file data in flight at once, all files together.
-const FETCHES_IN_FLIGHT: usize = 8;
 /// A reader whose blocks keep being evicted before it gets to them gives up after this many
 /// rounds (only a cache far too small for the readers at hand does that).
 const MAX_ROUNDS: u32 = 6;
@@ -54,8 +53,8 @@ impl Failure {
         }
     }
 
-    fn error(&self, key: &str) -> VfsError {
-        VfsError::Remote(if self.conflict {
+    fn error(&self, key: &str) -> CacheError {
+        CacheError::Remote(if self.conflict {
             RemoteError::Conflict(key.to_string())
         } else if self.transient {
             RemoteError::unavailable(self.message.clone())
@@ -90,14 +89,15 @@ struct Running {
     next: u64,
 }
 
-/// Fetches in flight, a field of [`Vfs`].
+/// Fetches in flight, a field of [`BlockCache`].
 pub(super) struct Prefetch {
     flights: Mutex<Flights>,
     hashing: Mutex<HashMap<EntryId, Running>>,
     landed: Condvar,
+    /// GETs of file data in flight at once, all files together.
     slots: Arc<tokio::sync::Semaphore>,
-    /// Set once the `Vfs` sits in an `Arc` (`Vfs::start`): background fetches hold one.
-    me: std::sync::OnceLock<std::sync::Weak<Vfs>>,
+    /// Set by [`BlockCache::start`]: until then reads fetch in their own thread.
+    started: AtomicBool,
 }
 
 impl Prefetch {
@@ -107,12 +107,8 @@ impl Prefetch {
             hashing: Mutex::default(),
             landed: Condvar::new(),
             slots: Arc::new(tokio::sync::Semaphore::new(FETCHES_IN_FLIGHT)),
-            me: std::sync::OnceLock::new(),
+            started: AtomicBool::new(false),
         }
-    }
-
-    pub fn set_owner(&self, vfs: &Arc<Vfs>) {
-        let _ = self.me.set(Arc::downgrade(vfs));
     }
 }
 
@@ -125,23 +121,30 @@ struct Target {
     size: u64,
 }
 
-impl Vfs {
+impl BlockCache {
+    /// Starts what runs beside the callers: background fetches, and the pinner that keeps
+    /// pinned files downloaded.
+    pub fn start(self: &Arc<Self>) {
+        self.prefetch.started.store(true, Ordering::Relaxed);
+        self.start_pinner();
+    }
+
     fn read_ahead_blocks(&self) -> u64 {
-        (self.cfg.cache_budget / BLOCK_SIZE / 4).clamp(1, READ_AHEAD_BLOCKS)
+        (self.cfg.budget / BLOCK_SIZE / 4).clamp(1, READ_AHEAD_BLOCKS)
     }
 
     /// Runs `f` under the file's gate once blocks `first..=last` of `e` are in its data
     /// file, fetching what is missing in the background (and, for a sequential reader, the
     /// blocks ahead). Returns `f`'s result and whether anything had to be waited for.
-    pub(super) fn with_blocks<T>(
-        &self,
+    pub fn with_blocks<T, E: From<CacheError>>(
+        self: &Arc<Self>,
         e: &Entry,
         first: u64,
         last: u64,
         sequential: bool,
-        f: impl FnOnce() -> VfsResult<T>,
-    ) -> VfsResult<(T, bool)> {
-        let Some(owner) = self.prefetch.me.get().and_then(|w| w.upgrade()) else {
+        f: impl FnOnce() -> Result<T, E>,
+    ) -> Result<(T, bool), E> {
+        if !self.prefetch.started.load(Ordering::Relaxed) {
             // Not started (tests of the core alone): fetch in this thread.
             let gate = self.gate(e.id);
             let _g = lock(&gate);
@@ -151,7 +154,7 @@ impl Vfs {
         let nblocks = e.size.div_ceil(BLOCK_SIZE);
         let last = last.min(nblocks.saturating_sub(1));
         let key = e.synced.key.clone().ok_or_else(|| {
-            VfsError::Invalid("entry has neither local data nor a remote copy".into())
+            CacheError::Invalid("entry has neither local data nor a remote copy".into())
         })?;
         let target = Target {
             id: e.id,
@@ -170,7 +173,7 @@ impl Vfs {
         if sequential && !streaming && last < 4 && nblocks > 2 * CHUNK_BLOCKS {
             let untouched = self.with_present(e.id, |p| p.iter().all(|i| *i <= last))?;
             if untouched && self.check_fetch_allowed(&key).is_ok() {
-                streaming = self.start_stream(&owner, &target);
+                streaming = self.start_stream(&target);
             }
         }
         let mut waited = false;
@@ -191,7 +194,7 @@ impl Vfs {
                 // Keep the window ahead full, also when nothing is missing here.
                 if !ahead.is_empty() {
                     let keep = first..=last;
-                    self.schedule(&owner, &target, &ahead, &keep)?;
+                    self.schedule(&target, &ahead, &keep)?;
                 }
             }
             if missing.is_empty() {
@@ -201,25 +204,26 @@ impl Vfs {
                 return Ok((out, waited));
             }
             waited = true;
-            self.schedule(&owner, &target, &missing, &(first..=last))?;
+            self.schedule(&target, &missing, &(first..=last))?;
             drop(g);
             self.wait_for(e.id, &missing, &key)?;
         }
         tracing::warn!(%key, "blocks were evicted before they could be read; the cache is too small for the readers at hand");
-        Err(VfsError::Remote(RemoteError::unavailable(
+        Err(CacheError::Remote(RemoteError::unavailable(
             "cache too small for the reads in flight",
-        )))
+        ))
+        .into())
     }
 
     /// Starts background GETs for those of `want` that are neither in flight nor just
     /// failed, after making room for them. The caller holds the file's gate.
     fn schedule(
-        &self,
-        owner: &Arc<Vfs>,
+        self: &Arc<Self>,
+
         t: &Target,
         want: &[u64],
         keep: &std::ops::RangeInclusive<u64>,
-    ) -> VfsResult<()> {
+    ) -> CacheResult<()> {
         self.check_not_corrupt(t.id, &t.etag)?;
         let todo: Vec<u64> = {
             let mut fl = lock(&self.prefetch.flights);
@@ -249,7 +253,7 @@ impl Vfs {
         if !pinned {
             self.make_room(todo.len() as u64 * BLOCK_SIZE, t.id, keep, &todo);
         }
-        self.cache.ensure_sparse(t.id, t.size)?;
+        self.files.ensure_sparse(t.id, t.size)?;
         {
             let mut fl = lock(&self.prefetch.flights);
             let set = fl.inflight.entry(t.id).or_default();
@@ -267,15 +271,18 @@ impl Vfs {
         }
         tracing::debug!(key = %t.key, ?runs, "fetching blocks");
         for (a, b) in runs {
-            let (vfs, t) = (owner.clone(), t.clone());
+            let (cache, t) = (self.clone(), t.clone());
             let slots = self.prefetch.slots.clone();
             self.rt.spawn(async move {
                 let Ok(_slot) = slots.acquire_owned().await else {
                     return;
                 };
                 let range = a * BLOCK_SIZE..((b + 1) * BLOCK_SIZE).min(t.size);
-                let got = vfs.remote.get_range(&t.key, range, t.etag.as_deref()).await;
-                let _ = tokio::task::spawn_blocking(move || vfs.land(&t, a, b, got)).await;
+                let got = cache
+                    .remote
+                    .get_range(&t.key, range, t.etag.as_deref())
+                    .await;
+                let _ = tokio::task::spawn_blocking(move || cache.land(&t, a, b, got)).await;
             });
         }
         Ok(())
@@ -285,18 +292,18 @@ impl Vfs {
     /// it stays at most the read-ahead window ahead of the furthest block asked for, and lets
     /// go (the reader then fetches by ranges) when the reader stops or the transfer fails.
     /// True when a stream runs for the file (this one or one started before).
-    fn start_stream(&self, owner: &Arc<Vfs>, t: &Target) -> bool {
+    fn start_stream(self: &Arc<Self>, t: &Target) -> bool {
         if !lock(&self.prefetch.flights).streaming.insert(t.id) {
             return true;
         }
-        let (vfs, t) = (owner.clone(), t.clone());
+        let (cache, t) = (self.clone(), t.clone());
         self.rt.spawn(async move {
             let mut claimed: Vec<u64> = Vec::new();
-            let r = vfs.stream(&t, &mut claimed).await;
+            let r = cache.stream(&t, &mut claimed).await;
             if let Err(err) = &r {
                 tracing::debug!(key = %t.key, %err, "stream ended early; reading by ranges");
             }
-            let mut fl = lock(&vfs.prefetch.flights);
+            let mut fl = lock(&cache.prefetch.flights);
             fl.streaming.remove(&t.id);
             if let Some(set) = fl.inflight.get_mut(&t.id) {
                 for i in &claimed {
@@ -304,12 +311,16 @@ impl Vfs {
                 }
             }
             drop(fl);
-            vfs.prefetch.landed.notify_all();
+            cache.prefetch.landed.notify_all();
         });
         true
     }
 
-    async fn stream(&self, t: &Target, claimed: &mut Vec<u64>) -> Result<(), RemoteError> {
+    async fn stream(
+        self: &Arc<Self>,
+        t: &Target,
+        claimed: &mut Vec<u64>,
+    ) -> Result<(), RemoteError> {
         let nblocks = t.size.div_ceil(BLOCK_SIZE);
         let Some(body) = self.remote.get_stream(&t.key, t.etag.as_deref()).await else {
             return Ok(());
@@ -321,10 +332,7 @@ impl Vfs {
         while next < nblocks {
             // Claim the blocks just ahead that nobody has or fetches.
             {
-                let present = lock(&self.blocks.present)
-                    .get(&t.id)
-                    .cloned()
-                    .unwrap_or_default();
+                let present = lock(&self.present).get(&t.id).cloned().unwrap_or_default();
                 let mut fl = lock(&self.prefetch.flights);
                 let set = fl.inflight.entry(t.id).or_default();
                 for i in next..(next + STREAM_CLAIM_BLOCKS).min(nblocks) {
@@ -346,10 +354,9 @@ impl Vfs {
             let block = buf.split_to(len).freeze();
             if let Some(pos) = claimed.iter().position(|i| *i == next) {
                 claimed.swap_remove(pos);
-                let (vfs, t2) = (self.prefetch.me.get().and_then(|w| w.upgrade()), t.clone());
-                let Some(vfs) = vfs else { return Ok(()) };
+                let (cache, t2) = (self.clone(), t.clone());
                 let i = next;
-                tokio::task::spawn_blocking(move || vfs.land(&t2, i, i, Ok(block)))
+                tokio::task::spawn_blocking(move || cache.land(&t2, i, i, Ok(block)))
                     .await
                     .map_err(|e| RemoteError::unavailable(e.to_string()))?;
             }
@@ -388,7 +395,7 @@ impl Vfs {
                         None => Ok(()),
                     }) {
                     Ok(()) => {}
-                    Err(VfsError::Remote(err)) => failure = Some(Failure::of(&err)),
+                    Err(CacheError::Remote(err)) => failure = Some(Failure::of(&err)),
                     Err(err) => {
                         tracing::warn!(key = %t.key, %err, "could not store fetched blocks");
                         failure = Some(Failure {
@@ -436,8 +443,8 @@ impl Vfs {
         self.prefetch.landed.notify_all();
     }
 
-    /// [`Vfs::land`] under the gate; the entry, when the bytes were stored.
-    fn land_locked(&self, t: &Target, a: u64, b: u64, bytes: &[u8]) -> VfsResult<Option<Entry>> {
+    /// [`BlockCache::land`] under the gate; the entry, when the bytes were stored.
+    fn land_locked(&self, t: &Target, a: u64, b: u64, bytes: &[u8]) -> CacheResult<Option<Entry>> {
         let Some(cur) = self.store.read(|db| db.get(t.id))? else {
             return Ok(None);
         };
@@ -445,12 +452,9 @@ impl Vfs {
             // Written, replaced or emptied meanwhile: these bytes belong to no one.
             return Ok(None);
         }
-        let f = self.cache.open_file(t.id, false)?;
+        let f = self.files.open_file(t.id, false)?;
         f.write_all_at(bytes, a * BLOCK_SIZE)?;
-        self.store
-            .health()
-            .downloaded
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.count_downloaded(bytes.len());
         self.store.health().record_ok();
         let got: Vec<u64> = (a..=b).collect();
         let pinned = self.store.read(|db| db.pinned_by(t.id))?.is_some();
@@ -462,7 +466,7 @@ impl Vfs {
     /// just fetched from memory, earlier ones from the data file). When it reaches the end
     /// and the object carries our hash, a mismatch refuses the version (see `verify`) before
     /// any reader waiting for these blocks is woken. Called under the file's gate.
-    fn hash_landed(&self, e: &Entry, t: &Target, a: u64, bytes: &[u8]) -> VfsResult<()> {
+    fn hash_landed(&self, e: &Entry, t: &Target, a: u64, bytes: &[u8]) -> CacheResult<()> {
         use sha2::Digest;
         let Some(want) = e.synced.hash.as_deref() else {
             return Ok(());
@@ -501,7 +505,7 @@ impl Vfs {
             } else {
                 let f = match &file {
                     Some(f) => f,
-                    None => file.insert(self.cache.open_file(t.id, false)?),
+                    None => file.insert(self.files.open_file(t.id, false)?),
                 };
                 buf.resize(len, 0);
                 f.read_exact_at(&mut buf, i * BLOCK_SIZE)?;
@@ -523,12 +527,8 @@ impl Vfs {
     }
 
     /// Waits until none of `blocks` is in flight; fails with the error of a fetch that failed.
-    fn wait_for(&self, id: EntryId, blocks: &[u64], key: &str) -> VfsResult<()> {
-        let limit = if self.store.health().is_reachable() {
-            self.cfg.fetch_timeout
-        } else {
-            super::blocks::UNREACHABLE_FETCH_TIMEOUT
-        };
+    fn wait_for(&self, id: EntryId, blocks: &[u64], key: &str) -> CacheResult<()> {
+        let limit = self.fetch_limit();
         let deadline = Instant::now() + limit;
         let mut fl = lock(&self.prefetch.flights);
         loop {
@@ -551,7 +551,7 @@ impl Vfs {
                     .health()
                     .record_error(true, &format!("{key}: block fetch timed out"));
                 self.mark_fetch_failed();
-                return Err(VfsError::Remote(RemoteError::unavailable(
+                return Err(CacheError::Remote(RemoteError::unavailable(
                     "fetch timed out",
                 )));
             }

@@ -1,0 +1,167 @@
+//! Eviction: least recently used clean blocks go when the budget needs room, and whole files
+//! the uploader made clean join the blocks that may go (retire).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use super::blocks::lock;
+use super::{BlockCache, CacheResult, BLOCK_SIZE};
+use crate::types::EntryId;
+
+impl BlockCache {
+    /// Evicts least recently used blocks until `need` more bytes fit the budget next to the
+    /// dirty data. The caller holds `for_id`'s gate; blocks of `for_id` in `keep` (being read
+    /// or fetched) stay. Another file's blocks are evicted only under that file's gate, taken
+    /// without waiting: a file being read right now keeps its blocks until the read is done.
+    /// (Regression: a read-ahead that needed room punched the blocks the same read was about
+    /// to return.) Blocks of pinned files leave the eviction order instead of the disk.
+    pub(super) fn make_room(
+        &self,
+        need: u64,
+        for_id: EntryId,
+        keep: &std::ops::RangeInclusive<u64>,
+        fetching: &[u64],
+    ) {
+        self.retire_cleaned();
+        let budget = self.cfg.budget;
+        let dirty = self.dirty_bytes();
+        let mut spared = Vec::new();
+        let mut pinned: HashMap<EntryId, bool> = HashMap::new();
+        while self.cached.load(Ordering::Relaxed) + dirty + need > budget {
+            let Some(((id, idx), ())) = lock(&self.lru).pop_lru() else {
+                break;
+            };
+            let is_pinned = *pinned.entry(id).or_insert_with(|| {
+                self.store
+                    .read(|db| db.pinned_by(id))
+                    .ok()
+                    .flatten()
+                    .is_some()
+            });
+            if is_pinned {
+                self.cached.fetch_sub(BLOCK_SIZE, Ordering::Relaxed);
+                continue;
+            }
+            let gate;
+            let _guard = if id == for_id {
+                if keep.contains(&idx) || fetching.contains(&idx) {
+                    spared.push((id, idx));
+                    continue;
+                }
+                None
+            } else {
+                gate = self.gate(id);
+                match gate.try_lock() {
+                    Ok(g) => Some(g),
+                    Err(_) => {
+                        spared.push((id, idx));
+                        continue;
+                    }
+                }
+            };
+            // Only a block the database still lists is a cached block: the eviction order
+            // can hold stale ones, and punching those would cut into a complete file.
+            if self
+                .store
+                .write(|db| db.drop_block(id, idx))
+                .unwrap_or(false)
+            {
+                let _ = self.files.punch_hole(id, idx * BLOCK_SIZE, BLOCK_SIZE);
+            }
+            if let Some(set) = lock(&self.present).get_mut(&id) {
+                set.remove(&idx);
+            }
+            self.cached.fetch_sub(BLOCK_SIZE, Ordering::Relaxed);
+        }
+        let mut lru = lock(&self.lru);
+        for b in spared {
+            lru.put(b, ());
+        }
+    }
+
+    /// Evicts down to the budget on behalf of no file in particular (a writer waiting, a pin
+    /// released, clean files taken over).
+    pub fn evict_to_budget(&self) {
+        // No block of an entry 0 exists: nothing is spared.
+        self.make_room(0, EntryId(0), &(0..=0), &[]);
+    }
+
+    /// Evicts every clean, unpinned cached block now (`stratus clean --cache`); pinned files,
+    /// blocks being fetched and data not yet uploaded stay.
+    pub fn evict_clean(&self) {
+        self.make_room(self.cfg.budget, EntryId(0), &(0..=0), &[]);
+    }
+
+    /// Hands a whole file that the remote now holds exactly to the block cache, where it
+    /// counts against the budget and can be evicted. False when its gate was busy: try again
+    /// later. A file that is open is marked instead and handed over at its last close.
+    pub(super) fn retire(&self, id: EntryId) -> bool {
+        let gate = self.gate(id);
+        let Ok(_g) = gate.try_lock() else {
+            return false;
+        };
+        // Under the gate no open can register; a file open now is handed over at its close.
+        if self.retire_on_close(id) {
+            return true;
+        }
+        let n = match self.store.write(|db| db.retire(id, BLOCK_SIZE)) {
+            Ok(Some(n)) => n,
+            Ok(None) => return true,
+            Err(err) => {
+                tracing::warn!(id = id.0, %err, "could not hand a file to the block cache");
+                return true;
+            }
+        };
+        self.forget_dirty_figure();
+        let pinned = self
+            .store
+            .read(|db| db.pinned_by(id))
+            .ok()
+            .flatten()
+            .is_some();
+        if !pinned {
+            let mut lru = lock(&self.lru);
+            for i in 0..n {
+                lru.put((id, i), ());
+            }
+            self.cached.fetch_add(n * BLOCK_SIZE, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// The uploader made `id` clean: it is retired the next time the cache looks (before it
+    /// evicts, when it counts, and in the pinner's rounds), on a FUSE thread rather than the
+    /// uploader's task.
+    pub fn uploaded(&self, id: EntryId) {
+        lock(&self.cleaned).push(id);
+    }
+
+    /// Retires the files the uploader made clean since the last call, and evicts down to the
+    /// budget if that took the cache over it.
+    pub fn take_cleaned(&self) {
+        if self.retire_cleaned() {
+            self.evict_to_budget();
+        }
+    }
+
+    /// Retires the files the uploader made clean since the last call; true if there were any.
+    fn retire_cleaned(&self) -> bool {
+        let ids: Vec<EntryId> = std::mem::take(&mut *lock(&self.cleaned));
+        if ids.is_empty() {
+            return false;
+        }
+        let again: Vec<EntryId> = ids.into_iter().filter(|id| !self.retire(*id)).collect();
+        if !again.is_empty() {
+            lock(&self.cleaned).extend(again);
+        }
+        true
+    }
+
+    /// Called at start: whole clean files left by an earlier run join the block cache.
+    pub fn retire_all(&self) -> CacheResult<()> {
+        for id in self.store.read(|db| db.retirable())? {
+            self.retire(id);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,87 @@
+//! The core's side of the block cache (`crate::cache`): the gate the sync engine reaches
+//! data files through, pins, and the figures `stratus status` shows.
+
+use super::{Vfs, VfsResult};
+use crate::cache::{CacheError, CacheFigures, CacheResult, FileGate};
+use crate::types::EntryId;
+
+/// The sync engine's way to the block cache's data files.
+impl FileGate for Vfs {
+    fn uploaded(&self, id: EntryId) {
+        self.blocks.uploaded(id);
+    }
+
+    fn run_closed(&self, id: EntryId, f: &mut dyn FnMut()) -> bool {
+        let gate = self.blocks.gate(id);
+        let _g = super::lock(&gate);
+        // Every open of an existing file registers its handle under this gate (`Vfs::open`);
+        // `create` registers a new entry, which the sync engine does not know yet.
+        if self.blocks.is_open(id) {
+            return false;
+        }
+        f();
+        // `f` may have dropped the file's blocks and data file. What this cache knew of them
+        // in memory goes too, and is loaded from the database at the next use: a fetch that
+        // landed after the last close had loaded the present set again, and a later open read
+        // the hole of the new data file where that set said block 0 was (found by
+        // `tests/handoff.rs` in one run of seven; the old `is_busy` check had the same gap).
+        self.blocks.forget_present(id);
+        true
+    }
+
+    fn fill(&self, id: EntryId) -> CacheResult<()> {
+        let gate = self.blocks.gate(id);
+        let _g = super::lock(&gate);
+        let e = self
+            .store
+            .read(|db| db.get(id))?
+            .ok_or(CacheError::NotFound)?;
+        self.blocks.fill(&e)
+    }
+
+    fn fetch_version(
+        &self,
+        key: &str,
+        etag: Option<&str>,
+        size: u64,
+        dest: &std::path::Path,
+    ) -> CacheResult<()> {
+        self.blocks.fetch_version(key, etag, size, dest)
+    }
+}
+
+impl Vfs {
+    /// `user.stratus.pin`: whether `ino` is pinned, by itself or by a directory above it.
+    pub fn pinned(&self, ino: EntryId) -> VfsResult<bool> {
+        Ok(self.blocks.pinned(ino)?)
+    }
+
+    /// Pins or unpins `ino` (see [`crate::cache::BlockCache::set_pinned`]).
+    pub fn set_pinned(&self, ino: EntryId, on: bool) -> VfsResult<()> {
+        Ok(self.blocks.set_pinned(ino, on)?)
+    }
+
+    /// `none`, `partial`, `full` or `pinned` (pinned and wholly here): how much of a file's
+    /// data is on this machine.
+    pub fn cache_state(&self, ino: EntryId) -> VfsResult<&'static str> {
+        Ok(self.blocks.cache_state(ino)?)
+    }
+
+    pub fn cache_budget(&self) -> u64 {
+        self.blocks.budget()
+    }
+
+    /// Bytes of evictable cached blocks, as the eviction budget counts them.
+    pub fn cached_bytes(&self) -> u64 {
+        self.blocks.cached_bytes()
+    }
+
+    /// Evicts every clean, unpinned cached block now (`stratus clean --cache`).
+    pub fn evict_clean(&self) {
+        self.blocks.evict_clean();
+    }
+
+    pub fn cache_figures(&self) -> VfsResult<CacheFigures> {
+        Ok(self.blocks.figures()?)
+    }
+}

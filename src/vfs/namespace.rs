@@ -1,0 +1,545 @@
+//! The namespace: lookup, creating, listing, removing and renaming entries, each one
+//! transaction that commits the tree's change with its journal rows.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+use super::{lock, Attr, DirEntry, Live, Vfs, VfsError, VfsResult};
+use crate::store::{dirty, now_ms, now_ns, Db, Entry, NewEntry, Synced};
+use crate::types::{EntryId, Kind};
+
+/// What a removal does after its transaction commits.
+#[derive(Default)]
+struct Removal {
+    files: Vec<EntryId>,
+    unlinked: Vec<EntryId>,
+}
+
+impl Vfs {
+    /// Checks a new name against POSIX and the remote's key rules.
+    pub(super) fn check_new_name(
+        &self,
+        db: &Db<'_>,
+        parent: EntryId,
+        name: &[u8],
+    ) -> VfsResult<()> {
+        if name.len() > crate::remote::NAME_MAX {
+            return Err(VfsError::NameTooLong(format!("{} bytes", name.len())));
+        }
+        if let Err(reason) = self.remote.check_name(name) {
+            tracing::warn!(name = %String::from_utf8_lossy(name), %reason, "refusing a name the remote cannot store");
+            return Err(VfsError::Invalid(reason));
+        }
+        let parent_path = db.path_of(parent)?.ok_or(VfsError::NotFound)?;
+        let key_len = parent_path.len() + usize::from(!parent_path.is_empty()) + name.len();
+        if key_len > self.remote.max_key_len() {
+            tracing::warn!(
+                key_len,
+                max = self.remote.max_key_len(),
+                "refusing a path longer than the remote's key limit"
+            );
+            return Err(VfsError::NameTooLong(format!(
+                "path of {key_len} bytes exceeds the remote's {}-byte key limit",
+                self.remote.max_key_len()
+            )));
+        }
+        Ok(())
+    }
+
+    pub(super) fn dir(&self, db: &Db<'_>, id: EntryId) -> VfsResult<Entry> {
+        let e = db.get(id)?.ok_or(VfsError::NotFound)?;
+        if e.kind != Kind::Dir {
+            return Err(VfsError::NotDir);
+        }
+        Ok(e)
+    }
+
+    pub(super) fn touch_dir(&self, db: &Db<'_>, dir: &Entry) -> VfsResult<()> {
+        let mut d = dir.clone();
+        let now = now_ns();
+        d.mtime_ns = now;
+        d.ctime_ns = now;
+        db.update(&d)?;
+        Ok(())
+    }
+
+    /// A directory that exists on the remote only because keys lie below it (no marker, no
+    /// base) would vanish with its last child there, and the next poll would take it away
+    /// here too: one that loses a child gets its own marker. (Found by the sync model: a
+    /// file another tool wrote at `f/g`, unlinked here, took `f` with it.)
+    pub(super) fn keep_dir(&self, db: &Db<'_>, dir: &Entry) -> VfsResult<()> {
+        if dir.id != EntryId::ROOT && dir.synced.key.is_none() && db.job_for(dir.id)?.is_none() {
+            db.enqueue_sync(dir.id, dirty::META, Some(now_ms()))?;
+        }
+        Ok(())
+    }
+
+    pub fn lookup(&self, parent: EntryId, name: &OsStr) -> VfsResult<Attr> {
+        let name = name.as_bytes();
+        if name.len() > crate::remote::NAME_MAX {
+            return Err(VfsError::NameTooLong(format!("{} bytes", name.len())));
+        }
+        self.fresh_attr(|db| db.lookup(parent, name))
+    }
+
+    pub fn readlink(&self, ino: EntryId) -> VfsResult<Vec<u8>> {
+        let e = self
+            .store
+            .read(|db| db.get(ino))?
+            .ok_or(VfsError::NotFound)?;
+        match (e.kind, e.target) {
+            (Kind::Symlink, Some(t)) => Ok(t),
+            _ => Err(VfsError::Invalid("not a symlink".into())),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn insert_child(
+        &self,
+        parent: EntryId,
+        name: &[u8],
+        kind: Kind,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        target: Option<Vec<u8>>,
+        ready: Option<i64>,
+    ) -> VfsResult<(Entry, Option<File>)> {
+        self.w(|db| {
+            let p = self.dir(db, parent)?;
+            self.check_new_name(db, parent, name)?;
+            if db.lookup(parent, name)?.is_some() {
+                return Err(VfsError::Exists);
+            }
+            // setgid directories hand their group down, as on a local disk.
+            let gid = if p.mode & 0o2000 != 0 { p.gid } else { gid };
+            let mode = if kind == Kind::Dir && p.mode & 0o2000 != 0 {
+                mode | 0o2000
+            } else {
+                mode
+            };
+            let e = db.insert(&NewEntry {
+                parent,
+                name: name.to_vec(),
+                kind,
+                mode: mode & 0o7777,
+                uid,
+                gid,
+                size: target.as_ref().map(|t| t.len() as u64).unwrap_or(0),
+                mtime_ns: now_ns(),
+                target: target.clone(),
+                local: true,
+                synced: Synced::default(),
+                dirty: 0,
+                conflict_of: None,
+            })?;
+            // The file stays open for `create`: a second open would walk the path again.
+            let file = if kind == Kind::File {
+                Some(self.cache.create_empty(e.id)?)
+            } else {
+                None
+            };
+            db.enqueue_sync(e.id, dirty::CONTENT | dirty::META, ready)?;
+            self.touch_dir(db, &p)?;
+            Ok((e, file))
+        })
+    }
+
+    pub fn mkdir(
+        &self,
+        parent: EntryId,
+        name: &OsStr,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> VfsResult<Attr> {
+        let (e, _) = self.insert_child(
+            parent,
+            name.as_bytes(),
+            Kind::Dir,
+            mode,
+            uid,
+            gid,
+            None,
+            Some(now_ms()),
+        )?;
+        Ok(self.attr(&e))
+    }
+
+    pub fn symlink(
+        &self,
+        parent: EntryId,
+        name: &OsStr,
+        target: &[u8],
+        uid: u32,
+        gid: u32,
+    ) -> VfsResult<Attr> {
+        if std::str::from_utf8(target).is_err() {
+            return Err(VfsError::Invalid(
+                "symlink target is not valid UTF-8".into(),
+            ));
+        }
+        let (e, _) = self.insert_child(
+            parent,
+            name.as_bytes(),
+            Kind::Symlink,
+            0o777,
+            uid,
+            gid,
+            Some(target.to_vec()),
+            Some(now_ms()),
+        )?;
+        Ok(self.attr(&e))
+    }
+
+    /// Creates and opens a regular file. The journal row is held until the handle is released.
+    pub fn create(
+        &self,
+        parent: EntryId,
+        name: &OsStr,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> VfsResult<(Attr, u64)> {
+        let mut live = lock(&self.live);
+        let (e, file) = self.insert_child(
+            parent,
+            name.as_bytes(),
+            Kind::File,
+            mode,
+            uid,
+            gid,
+            None,
+            None,
+        )?;
+        let file = file.expect("insert_child opens a file it creates");
+        live.insert(
+            e.id,
+            Live {
+                writers: 1,
+                armed: true,
+                size: 0,
+                mtime_ns: e.mtime_ns,
+                unlinked: false,
+            },
+        );
+        self.blocks.opened(e.id);
+        drop(live);
+        let fh = self.add_handle(e.id, Some(file), true);
+        Ok((self.attr(&e), fh))
+    }
+
+    pub fn opendir(&self, ino: EntryId) -> VfsResult<u64> {
+        let e = self
+            .store
+            .read(|db| db.get(ino))?
+            .ok_or(VfsError::NotFound)?;
+        if e.kind != Kind::Dir {
+            return Err(VfsError::NotDir);
+        }
+        Ok(self.add_handle(e.id, None, false))
+    }
+
+    pub fn readdir(&self, fh: u64, ino: EntryId, offset: u64) -> VfsResult<Arc<Vec<DirEntry>>> {
+        let h = self.handle(fh)?;
+        let mut listing = lock(&h.listing);
+        if offset == 0 || listing.is_none() {
+            let (me, children) = self.r(|db| {
+                let me = db.get(ino)?.ok_or(VfsError::NotFound)?;
+                Ok((me.clone(), db.children(ino)?))
+            })?;
+            let mut v = Vec::with_capacity(children.len() + 2);
+            v.push(DirEntry {
+                ino: me.id.0,
+                kind: Kind::Dir,
+                name: b".".to_vec(),
+            });
+            v.push(DirEntry {
+                ino: me.parent.map(|p| p.0).unwrap_or(EntryId::ROOT.0),
+                kind: Kind::Dir,
+                name: b"..".to_vec(),
+            });
+            v.extend(children.into_iter().map(|c| DirEntry {
+                ino: c.id.0,
+                kind: c.kind,
+                name: c.name,
+            }));
+            *listing = Some(Arc::new(v));
+        }
+        Ok(listing.clone().expect("set above"))
+    }
+
+    /// Removes `e` from the tree: its remote copy is queued for deletion, and an open file
+    /// lives on, unnamed, until its last handle is released.
+    fn remove_entry(
+        &self,
+        db: &Db<'_>,
+        live: &HashMap<EntryId, Live>,
+        e: &Entry,
+        rm: &mut Removal,
+    ) -> VfsResult<()> {
+        if let Some(key) = &e.synced.key {
+            db.enqueue_delete(key, e.kind == Kind::Dir, e.synced.etag.as_deref())?;
+        }
+        if e.kind == Kind::Dir {
+            // A directory may exist remotely without its own upload having run: a file below
+            // it, uploaded first, created it (a local-folder remote makes parents). Deleting a
+            // key that is not there costs one request and is harmless.
+            if let Some(path) = db.path_of(e.id)? {
+                let path = String::from_utf8_lossy(&path).into_owned();
+                if e.synced.key.as_deref() != Some(path.as_str()) {
+                    db.enqueue_delete(&path, true, None)?;
+                }
+            }
+        }
+        match live.get(&e.id) {
+            Some(_) => {
+                rm.unlinked.push(e.id);
+                let mut gone = e.clone();
+                gone.parent = None;
+                gone.ctime_ns = now_ns();
+                db.update(&gone)?;
+                db.set_synced(e.id, &Synced::default())?;
+                if let Some(job) = db.job_for(e.id)? {
+                    db.remove_job(job.seq)?;
+                }
+            }
+            _ => {
+                db.delete_entry(e.id)?;
+                if e.kind == Kind::File {
+                    rm.files.push(e.id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Carries out what a removal may only do once its transaction has committed: drop the
+    /// data files, mark open files unlinked. (Regression: the data file went inside the
+    /// transaction, so a crash before the commit kept the entry but lost its content.)
+    fn finish_removal(&self, rm: Removal, live: &mut HashMap<EntryId, Live>) {
+        for id in rm.unlinked {
+            if let Some(l) = live.get_mut(&id) {
+                l.unlinked = true;
+            }
+        }
+        for id in rm.files {
+            if self.reaper.send(id).is_err() {
+                let _ = self.cache.remove(id);
+            }
+        }
+    }
+
+    pub fn unlink(&self, parent: EntryId, name: &OsStr) -> VfsResult<()> {
+        let mut live = lock(&self.live);
+        let mut rm = Removal::default();
+        self.w(|db| {
+            let p = self.dir(db, parent)?;
+            let e = db
+                .lookup(parent, name.as_bytes())?
+                .ok_or(VfsError::NotFound)?;
+            if e.kind == Kind::Dir {
+                return Err(VfsError::IsDir);
+            }
+            if let Some(c) = db.open_conflict_for(e.id)? {
+                if c.copy_id == e.id.0 {
+                    // Deleting the `.conflict` copy keeps the version at the path; the copy's
+                    // object goes like any other, which settles it on every mount.
+                    db.resolve_conflict(c.id, "path")?;
+                } else {
+                    // The original is gone; the copy stays, as an ordinary file (without its
+                    // mark once it has gone up again).
+                    db.set_conflict_of(EntryId(c.copy_id), None)?;
+                    db.enqueue_sync(EntryId(c.copy_id), dirty::META, Some(now_ms()))?;
+                    db.resolve_conflict(c.id, "original deleted")?;
+                }
+            }
+            self.remove_entry(db, &live, &e, &mut rm)?;
+            self.keep_dir(db, &p)?;
+            self.touch_dir(db, &p)
+        })?;
+        self.finish_removal(rm, &mut live);
+        Ok(())
+    }
+
+    pub fn rmdir(&self, parent: EntryId, name: &OsStr) -> VfsResult<()> {
+        if name.as_bytes() == b"." {
+            return Err(VfsError::Invalid("rmdir of '.'".into()));
+        }
+        let mut live = lock(&self.live);
+        let mut rm = Removal::default();
+        self.w(|db| {
+            let p = self.dir(db, parent)?;
+            let e = db
+                .lookup(parent, name.as_bytes())?
+                .ok_or(VfsError::NotFound)?;
+            if e.kind != Kind::Dir {
+                return Err(VfsError::NotDir);
+            }
+            if db.has_children(e.id)? {
+                return Err(VfsError::NotEmpty);
+            }
+            self.remove_entry(db, &live, &e, &mut rm)?;
+            self.keep_dir(db, &p)?;
+            self.touch_dir(db, &p)
+        })?;
+        self.finish_removal(rm, &mut live);
+        Ok(())
+    }
+
+    pub fn rename(
+        &self,
+        parent: EntryId,
+        name: &OsStr,
+        newparent: EntryId,
+        newname: &OsStr,
+        noreplace: bool,
+    ) -> VfsResult<()> {
+        let (name, newname) = (name.as_bytes(), newname.as_bytes());
+        let mut live = lock(&self.live);
+        let ready_now = Some(now_ms());
+        let mut rm = Removal::default();
+        let r = self.w(|db| {
+            let p = self.dir(db, parent)?;
+            let np = self.dir(db, newparent)?;
+            let src = db.lookup(parent, name)?.ok_or(VfsError::NotFound)?;
+            if parent == newparent && name == newname {
+                return Ok(());
+            }
+            self.check_new_name(db, newparent, newname)?;
+            if src.kind == Kind::Dir {
+                // A directory cannot move below itself.
+                let mut cur = Some(newparent);
+                while let Some(c) = cur {
+                    if c == src.id {
+                        return Err(VfsError::Invalid(
+                            "cannot move a directory inside itself".into(),
+                        ));
+                    }
+                    cur = db.get(c)?.and_then(|e| e.parent);
+                }
+            }
+            // A party to an open conflict that moves settles it: the copy renamed over its
+            // original keeps the copy's version (an ordinary replacing rename, conditioned on
+            // the version it replaces); any other move keeps both.
+            for id in [src.id].into_iter().chain(
+                db.lookup(newparent, newname)?
+                    .filter(|d| d.id != src.id)
+                    .map(|d| d.id),
+            ) {
+                if let Some(c) = db.open_conflict_for(id)? {
+                    let over_original = c.copy_id == src.id.0
+                        && db.lookup(newparent, newname)?.map(|d| d.id.0) == Some(c.entry_id);
+                    db.set_conflict_of(EntryId(c.copy_id), None)?;
+                    if c.copy_id != src.id.0 {
+                        // The copy stays where it is: it goes up again without its mark.
+                        db.enqueue_sync(EntryId(c.copy_id), dirty::META, ready_now)?;
+                    }
+                    db.resolve_conflict(c.id, if over_original { "copy" } else { "both" })?;
+                }
+            }
+            if let Some(dst) = db.lookup(newparent, newname)? {
+                if dst.id == src.id {
+                    return Ok(());
+                }
+                if noreplace {
+                    return Err(VfsError::Exists);
+                }
+                match (src.kind == Kind::Dir, dst.kind == Kind::Dir) {
+                    (true, true) => {
+                        if db.has_children(dst.id)? {
+                            return Err(VfsError::NotEmpty);
+                        }
+                    }
+                    (true, false) => return Err(VfsError::NotDir),
+                    (false, true) => return Err(VfsError::IsDir),
+                    (false, false) => {}
+                }
+                self.remove_entry(db, &live, &dst, &mut rm)?;
+            }
+            // Directory keys to delete once the children have moved.
+            let below = if src.kind == Kind::Dir {
+                db.descendants(src.id)?
+            } else {
+                Vec::new()
+            };
+            let mut old_dirs: Vec<String> = Vec::new();
+            for d in std::iter::once(&src)
+                .chain(below.iter())
+                .filter(|d| d.kind == Kind::Dir)
+            {
+                // The synced key, and the current path too: an upload in flight or a file
+                // below may have created the directory there already (see remove_entry).
+                old_dirs.extend(d.synced.key.clone());
+                if let Some(p) = db.path_of(d.id)? {
+                    let p = String::from_utf8_lossy(&p).into_owned();
+                    if d.synced.key.as_deref() != Some(p.as_str()) {
+                        old_dirs.push(p);
+                    }
+                }
+            }
+            let mut moved = src.clone();
+            moved.parent = Some(newparent);
+            moved.name = newname.to_vec();
+            moved.ctime_ns = now_ns();
+            db.update(&moved)?;
+            let held = |id: EntryId| matches!(live.get(&id), Some(l) if l.armed);
+            db.enqueue_sync(src.id, 0, if held(src.id) { None } else { ready_now })?;
+            for d in &below {
+                db.enqueue_sync(d.id, 0, if held(d.id) { None } else { ready_now })?;
+            }
+            // Behind the children's moves in the queue, deepest first.
+            old_dirs.sort_by_key(|k| std::cmp::Reverse(k.matches('/').count()));
+            for k in old_dirs {
+                db.enqueue_delete(&k, true, None)?;
+            }
+            self.touch_dir(db, &p)?;
+            if newparent != parent {
+                self.keep_dir(db, &p)?;
+                self.touch_dir(db, &np)?;
+            }
+            Ok(())
+        });
+        if r.is_ok() {
+            self.finish_removal(rm, &mut live);
+            drop(live);
+            if newparent != parent && self.store.read(|db| db.any_pinned())? {
+                // Moved into or out of a pinned directory.
+                if let Some(e) = self.store.read(|db| db.lookup(newparent, newname))? {
+                    self.blocks.release_to_eviction(&e)?;
+                    self.blocks.pins_changed();
+                }
+            }
+        }
+        r
+    }
+
+    /// Hard links: one object per path cannot express them.
+    pub fn link(&self) -> VfsResult<Attr> {
+        tracing::warn!("hard links are not supported (one object per path); answering ENOTSUP");
+        Err(VfsError::NotSupported("hard links"))
+    }
+
+    /// Device nodes, fifos and sockets have no object form.
+    pub fn mknod(
+        &self,
+        parent: EntryId,
+        name: &OsStr,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> VfsResult<(Attr, u64)> {
+        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
+            tracing::warn!(
+                "special files (devices, fifos, sockets) are not supported; answering ENOTSUP"
+            );
+            return Err(VfsError::NotSupported("special files"));
+        }
+        let (attr, fh) = self.create(parent, name, mode & 0o7777, uid, gid)?;
+        self.release(fh)?;
+        Ok((attr, 0))
+    }
+}
