@@ -9,6 +9,7 @@ mod activity;
 mod conflicts;
 mod entries;
 mod journal;
+mod queue;
 mod schema;
 
 use std::path::Path;
@@ -20,7 +21,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 pub use activity::{ActivityRow, Event, EventKind, ACTIVITY_KEPT, LAST_FULL_SYNC};
 pub use conflicts::Conflict;
 pub use entries::{dirty, Entry, NewEntry, Synced};
-pub use journal::{Job, JobKind, JobState, QueueRow, QueueStats, Woken};
+pub use journal::{Job, JobKind, JobState, QueueStats, Woken};
+pub use queue::QueueRow;
 pub use schema::SCHEMA_VERSION;
 
 use crate::types::EntryId;
