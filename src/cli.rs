@@ -107,6 +107,10 @@ enum Cmd {
         /// `If-None-Match: *`), although the state dir remembers the answer of an earlier mount.
         #[arg(long)]
         recheck_preconditions: bool,
+        /// The space the mount may use (500G, 2T, ...): status shows used / quota, and `df`
+        /// on the mount answers from it instead of from the local disk.
+        #[arg(long, value_name = "SIZE")]
+        quota: Option<String>,
         /// Serve the status figures in the Prometheus text format at http://ADDR/metrics
         /// (a loopback address; port 0 picks a free one, written to STATE_DIR/metrics.addr).
         #[arg(long, value_name = "ADDR")]
@@ -275,6 +279,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cache_size,
             recheck_preconditions,
             metrics,
+            quota,
         } => {
             let url = RemoteUrl::parse(&remote).map_err(|e| anyhow::anyhow!("bad remote: {e}"))?;
             let mp = absolute(&mountpoint)?;
@@ -298,6 +303,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cache_bytes = parse_size(&cache_size).with_context(|| {
                 format!("--cache-size {cache_size}: expected a size like 500M or 10G")
             })?;
+            let quota =
+                match quota {
+                    Some(q) => Some(parse_size(&q).filter(|v| *v > 0).with_context(|| {
+                        format!("--quota {q}: expected a size like 500G or 2T")
+                    })?),
+                    None => None,
+                };
             let policy = ConflictPolicy::parse(&conflict).with_context(|| {
                 format!("--conflict {conflict}: expected manual, newest, local or remote")
             })?;
@@ -314,6 +326,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cache_size: cache_bytes,
                 recheck_preconditions,
                 metrics,
+                quota,
             };
             if foreground {
                 init_logging(cli.verbose, log_file.as_deref())?;

@@ -87,6 +87,9 @@ pub struct Control {
     refusals: std::sync::Mutex<std::collections::VecDeque<(EntryId, String)>>,
 }
 
+/// A status read asks the remote again when it has not answered for this long.
+const CONTACT_FRESH_MS: i64 = 5_000;
+
 /// How many refusal reasons are remembered.
 const REFUSALS_KEPT: usize = 32;
 /// The JSON of one page stays under this many bytes (an attribute value may hold 64 KiB).
@@ -157,7 +160,7 @@ impl Control {
 
     pub fn status(&self) -> VfsResult<Status> {
         let store = self.vfs.store();
-        let h = store.health();
+        let h = self.vfs.remote().health();
         let (q, stats, times, conflicts) = store.read(|db| {
             Ok::<_, VfsError>((
                 db.queue_stats()?,
@@ -171,7 +174,7 @@ impl Control {
         let mut since_mount = lifetime.since(&self.at_mount);
         // Fetched bytes are counted in memory as they arrive and added to the lifetime
         // figure at unmount.
-        let fetched = h.downloaded.load(std::sync::atomic::Ordering::Relaxed);
+        let fetched = h.downloaded();
         since_mount.downloaded_bytes = fetched;
         lifetime.downloaded_bytes += fetched;
         let cache = self.vfs.cache_figures()?;
@@ -191,6 +194,15 @@ impl Control {
                 .to_string(),
             )
         };
+        // Someone is looking: a remote not heard from for a while is asked now (a poll), so
+        // that one which stopped answering shows as unreachable within seconds (the watch on
+        // unanswered requests, `remote::STALL_MS`), not at the next poll or an HTTP timeout.
+        let heard = h
+            .last_ok()
+            .is_some_and(|t| crate::store::now_ms() - t < CONTACT_FRESH_MS);
+        if !h.is_offline() && h.is_reachable() && !heard && !h.waiting() {
+            store.kick();
+        }
         let (state, since_ms) = if h.is_offline() {
             ("offline", h.offline_since())
         } else if !h.is_reachable() {
@@ -251,6 +263,8 @@ impl Control {
                 dirty: cache.dirty,
                 cache_hits: cache.hits,
                 cache_misses: cache.misses,
+                used: self.vfs.used_bytes()?,
+                quota: self.vfs.quota(),
                 remote_objects: usage.map(|u| u.0),
                 remote_bytes: usage.map(|u| u.1),
             },
@@ -398,16 +412,14 @@ impl Control {
                     None => Err(VfsError::NoAttr),
                 }
             }
-            OFFLINE if root => Ok(if self.vfs.store().health().is_offline() {
+            OFFLINE if root => Ok(if self.vfs.remote().health().is_offline() {
                 b"1".to_vec()
             } else {
                 b"0".to_vec()
             }),
             POLLS if root => {
-                let h = self.vfs.store().health();
-                let load =
-                    |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-                Ok(format!("{} {}", load(&h.polls_started), load(&h.polls)).into_bytes())
+                let (started, done) = self.vfs.remote().health().polls();
+                Ok(format!("{started} {done}").into_bytes())
             }
             CONFLICTS if root => {
                 let all = self.vfs.store().read(|db| db.conflicts())?;
@@ -481,7 +493,7 @@ impl Control {
                     }
                 };
                 let store = self.vfs.store();
-                let changed = store.health().set_offline(on);
+                let changed = self.vfs.remote().health().set_offline(on);
                 store.write(|db| {
                     if !on {
                         db.retry_now(crate::store::now_ms())?;

@@ -43,6 +43,8 @@ pub struct MountConfig {
     pub recheck_preconditions: bool,
     /// Where to serve the Prometheus metrics (a loopback IP:PORT), if anywhere.
     pub metrics: Option<String>,
+    /// The user's quota for the mount: status shows used / quota, `df` answers from it.
+    pub quota: Option<u64>,
 }
 
 fn disk_reserve(cache: &FileCache) -> anyhow::Result<u64> {
@@ -228,7 +230,7 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
         Ok(()) => core.populate(&sync_cfg)?,
         Err(e) if e.is_transient() && populated => {
             tracing::warn!(error = %e, "remote unreachable; serving from local state");
-            core.store().health().record_error(true, &e.to_string());
+            core.remote().health().record_error(true, &e.to_string());
         }
         Err(e) if e.is_transient() => {
             bail!(
@@ -239,7 +241,7 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
         Err(e) => bail!("remote {identity} refused us: {}", e.brief()),
     }
 
-    let reachable = core.store().health().is_reachable();
+    let reachable = core.remote().health().is_reachable();
     check_preconditions(
         core.runtime(),
         core.store(),
@@ -259,6 +261,7 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
         fetch_timeout: Duration::from_secs(120),
         cache_budget: cache_budget(core.cache(), cfg.cache_size)?,
         disk_reserve: disk_reserve(core.cache())?,
+        quota: cfg.quota,
     };
     let (notices, invalidations) = std::sync::mpsc::channel();
     let core = core.start(vfs_cfg, sync_cfg, Some(notices))?;
@@ -315,11 +318,7 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
     let served = session.run();
     tracing::info!("unmounted; stopping the uploader");
     record(core.store(), EventKind::Unmount, &cfg.mountpoint);
-    let fetched = core
-        .store()
-        .health()
-        .downloaded
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let fetched = core.remote().health().downloaded();
     if let Err(e) = core
         .store()
         .write(|db| db.bump("download.bytes", fetched as i64))

@@ -7,6 +7,7 @@ mod bucket;
 mod error;
 mod faulty;
 mod gcs;
+mod health;
 mod http;
 mod local;
 mod memory;
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 pub use backend::{Backend, ByteStream};
 pub use error::{brief_text, RemoteError, RemoteResult};
 pub use faulty::{FaultPlan, Faults, Faulty, Injected};
+pub use health::{Health, Watch, SLOWEST_SEND, STALL_MS};
 pub use local::{hash_file, LocalRemote};
 pub use memory::Memory;
 
@@ -433,9 +435,11 @@ fn implied_dir(key: &str) -> ObjectInfo {
 }
 
 /// The remote a mount talks to: one backend, plus what is the same for every backend (name
-/// checks, listing normalization). vfs, sync and the daemon see only this type.
+/// checks, listing normalization, the remote's health and the offline switch, which gate
+/// network traffic). vfs, sync and the daemon see only this type.
 pub struct Remote {
     backend: Box<dyn Backend>,
+    health: Health,
 }
 
 impl Remote {
@@ -459,7 +463,41 @@ impl Remote {
 
     /// A remote over any backend (tests plug in their own).
     pub fn new(backend: Box<dyn Backend>) -> Remote {
-        Remote { backend }
+        Remote {
+            backend,
+            health: Health::default(),
+        }
+    }
+
+    /// What this mount knows of the remote's health, and the user's offline switch.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Runs a request that sends no body under the health's watch for a silent server, and
+    /// counts any answer (an error of the server's included) as contact.
+    async fn watched<T>(
+        &self,
+        request: impl std::future::Future<Output = RemoteResult<T>>,
+    ) -> RemoteResult<T> {
+        self.watched_sending(0, request).await
+    }
+
+    /// [`Remote::watched`] for a request that sends `bytes`.
+    async fn watched_sending<T>(
+        &self,
+        bytes: u64,
+        request: impl std::future::Future<Output = RemoteResult<T>>,
+    ) -> RemoteResult<T> {
+        let watch = self.health.watch_sending(bytes);
+        let r = request.await;
+        drop(watch);
+        match &r {
+            Err(e) if e.is_transient() => {}
+            Err(RemoteError::Io(_)) => {}
+            _ => self.health.answered(),
+        }
+        r
     }
 
     /// An empty in-memory remote with a server's semantics (see `Memory`), for running the
@@ -495,7 +533,7 @@ impl Remote {
 
     /// Cheap request that proves the remote answers and accepts our credentials.
     pub async fn check(&self) -> RemoteResult<()> {
-        self.backend.check().await
+        self.watched(self.backend.check()).await
     }
 
     /// Checks once whether the server refuses what it must refuse (see `Preconditions`);
@@ -512,18 +550,18 @@ impl Remote {
 
     /// The whole tree with metadata, normalized.
     pub async fn scan(&self) -> RemoteResult<Vec<ObjectInfo>> {
-        Ok(normalize_listing(self.backend.scan().await?))
+        Ok(normalize_listing(self.watched(self.backend.scan()).await?))
     }
 
     /// The tree without per-object metadata (a listing, no HEADs), normalized: what the poller
     /// compares against the last synced versions.
     pub async fn list(&self) -> RemoteResult<Vec<ObjectInfo>> {
-        Ok(normalize_listing(self.backend.list().await?))
+        Ok(normalize_listing(self.watched(self.backend.list()).await?))
     }
 
     /// One object (or directory marker) with its metadata, `None` when absent.
     pub async fn head(&self, key: &str, dir: bool) -> RemoteResult<Option<ObjectInfo>> {
-        self.backend.head(key, dir).await
+        self.watched(self.backend.head(key, dir)).await
     }
 
     /// Bytes `range` of the object, only if it is still the version with ETag `if_match`
@@ -534,7 +572,8 @@ impl Remote {
         range: std::ops::Range<u64>,
         if_match: Option<&str>,
     ) -> RemoteResult<bytes::Bytes> {
-        self.backend.get_range(key, range, if_match).await
+        self.watched(self.backend.get_range(key, range, if_match))
+            .await
     }
 
     /// The whole object as a stream of chunks, pinned to `if_match`: one long GET for a reader
@@ -562,15 +601,17 @@ impl Remote {
         meta: &Meta,
         cond: &Cond,
     ) -> RemoteResult<Written> {
-        self.backend.upload_file(key, src, size, meta, cond).await
+        self.watched_sending(size, self.backend.upload_file(key, src, size, meta, cond))
+            .await
     }
 
     pub async fn put_symlink(&self, key: &str, meta: &Meta, cond: &Cond) -> RemoteResult<Written> {
-        self.backend.put_symlink(key, meta, cond).await
+        self.watched(self.backend.put_symlink(key, meta, cond))
+            .await
     }
 
     pub async fn put_dir(&self, key: &str, meta: &Meta) -> RemoteResult<Written> {
-        self.backend.put_dir(key, meta).await
+        self.watched(self.backend.put_dir(key, meta)).await
     }
 
     /// Replaces an object's metadata in place where the server can (S3: CopyObject onto
@@ -584,7 +625,8 @@ impl Remote {
         cond: &Cond,
         size: u64,
     ) -> RemoteResult<Option<Written>> {
-        self.backend.update_meta(key, meta, cond, size).await
+        self.watched(self.backend.update_meta(key, meta, cond, size))
+            .await
     }
 
     /// Server-side copy of a file or symlink object, metadata included: only while `from`
@@ -597,13 +639,14 @@ impl Remote {
         source: Option<&str>,
         cond: &Cond,
     ) -> RemoteResult<Written> {
-        self.backend.copy(from, to, source, cond).await
+        self.watched(self.backend.copy(from, to, source, cond))
+            .await
     }
 
     /// Deletes an object (or a directory marker); a missing key is success. With `expect`,
     /// only that version goes: another one answers `Conflict`.
     pub async fn delete(&self, key: &str, dir: bool, expect: Option<&str>) -> RemoteResult<()> {
-        self.backend.delete(key, dir, expect).await
+        self.watched(self.backend.delete(key, dir, expect)).await
     }
 }
 

@@ -69,138 +69,6 @@ pub struct Store {
     /// know when there is new work; reached through [`Store::wait_for_jobs`] and
     /// [`Store::kick`].
     wakeups: journal::Wakeups,
-    /// What the uploader last learnt about the remote; in memory only.
-    health: Health,
-}
-
-/// The remote's health as the uploader saw it last, shown by `stratus status`.
-#[derive(Debug, Default)]
-pub struct Health {
-    pub unreachable: std::sync::atomic::AtomicBool,
-    /// The user asked for no network traffic at all.
-    pub offline: std::sync::atomic::AtomicBool,
-    pub last_error: Mutex<Option<(i64, String)>>,
-    /// Polls of the remote started and completed, so `stratus sync --wait` can wait for one
-    /// that started after it was called.
-    pub polls_started: std::sync::atomic::AtomicU64,
-    pub polls: std::sync::atomic::AtomicU64,
-    /// Bytes of file data fetched from the remote since the mount started.
-    pub downloaded: std::sync::atomic::AtomicU64,
-    /// Since when the remote is unreachable (ms; 0 while it answers).
-    unreachable_since_ms: std::sync::atomic::AtomicI64,
-    /// The last time the remote answered anything (ms; 0: never since the mount started).
-    last_ok_ms: std::sync::atomic::AtomicI64,
-    /// Since when the user has the mount offline (ms; 0 while online).
-    offline_since_ms: std::sync::atomic::AtomicI64,
-    /// When the last poll of the remote completed (ms; 0: none yet).
-    last_poll_ms: std::sync::atomic::AtomicI64,
-    /// Objects and bytes under the mount's prefix at the last full listing (-1: none yet).
-    listed: Mutex<Option<(u64, u64)>>,
-}
-
-impl Health {
-    pub fn record_error(&self, transient: bool, msg: &str) {
-        use std::sync::atomic::Ordering::Relaxed;
-        // A permanent error is an answer: the remote is reachable.
-        let was = self.unreachable.swap(transient, Relaxed);
-        if transient && !was {
-            self.unreachable_since_ms.store(now_ms(), Relaxed);
-        } else if !transient {
-            self.answered();
-        }
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((now_ms(), msg.to_string()));
-    }
-
-    /// A failure that says nothing about the remote (a state dir row set aside at mount):
-    /// shown as the last error, reachability left alone.
-    pub fn record_local_error(&self, msg: &str) {
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((now_ms(), msg.to_string()));
-    }
-
-    pub fn record_ok(&self) {
-        self.unreachable
-            .store(false, std::sync::atomic::Ordering::Relaxed);
-        self.answered();
-    }
-
-    fn answered(&self) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.unreachable_since_ms.store(0, Relaxed);
-        self.last_ok_ms.store(now_ms(), Relaxed);
-    }
-
-    /// Takes the mount offline (no network traffic) or back online; answers whether that
-    /// changed anything.
-    pub fn set_offline(&self, on: bool) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
-        let was = self.offline.swap(on, Relaxed);
-        if was != on {
-            self.offline_since_ms
-                .store(if on { now_ms() } else { 0 }, Relaxed);
-        }
-        was != on
-    }
-
-    /// A poll of the remote completed.
-    pub fn poll_done(&self) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.polls.fetch_add(1, Relaxed);
-        self.last_poll_ms.store(now_ms(), Relaxed);
-        self.answered();
-    }
-
-    /// A full listing of the remote found `objects` objects holding `bytes`.
-    pub fn listed(&self, objects: u64, bytes: u64) {
-        *self.listed.lock().unwrap_or_else(|e| e.into_inner()) = Some((objects, bytes));
-    }
-
-    /// Objects and bytes under the mount's prefix at the last full listing.
-    pub fn remote_usage(&self) -> Option<(u64, u64)> {
-        *self.listed.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Since when the remote is unreachable, when it is.
-    pub fn unreachable_since(&self) -> Option<i64> {
-        let v = self
-            .unreachable_since_ms
-            .load(std::sync::atomic::Ordering::Relaxed);
-        (!self.is_reachable()).then_some(v).filter(|v| *v > 0)
-    }
-
-    /// Since when the mount is offline, when it is.
-    pub fn offline_since(&self) -> Option<i64> {
-        let v = self
-            .offline_since_ms
-            .load(std::sync::atomic::Ordering::Relaxed);
-        (self.is_offline() && v > 0).then_some(v)
-    }
-
-    /// The last time the remote answered.
-    pub fn last_ok(&self) -> Option<i64> {
-        Some(self.last_ok_ms.load(std::sync::atomic::Ordering::Relaxed)).filter(|v| *v > 0)
-    }
-
-    /// When the last poll completed.
-    pub fn last_poll(&self) -> Option<i64> {
-        Some(self.last_poll_ms.load(std::sync::atomic::Ordering::Relaxed)).filter(|v| *v > 0)
-    }
-
-    pub fn is_offline(&self) -> bool {
-        self.offline.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    pub fn is_reachable(&self) -> bool {
-        !self.unreachable.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    pub fn last_error(&self) -> Option<(i64, String)> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
 }
 
 /// What a state database not in use holds that has not reached the remote: queued operations
@@ -266,7 +134,6 @@ impl Store {
             path: path.to_path_buf(),
             checkpointer: Checkpointer::start(path)?,
             wakeups: journal::Wakeups::new(),
-            health: Health::default(),
         })
     }
 
@@ -316,11 +183,6 @@ impl Store {
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         Ok(conn)
-    }
-
-    /// The remote's health as the uploader and the fetches saw it last.
-    pub fn health(&self) -> &Health {
-        &self.health
     }
 
     /// Commits since the database was opened; the checkpointer watches it.

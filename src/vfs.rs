@@ -43,6 +43,9 @@ pub struct VfsConfig {
     pub cache_budget: u64,
     /// Free space left on the state dir's disk: pinned downloads stop short of it.
     pub disk_reserve: u64,
+    /// The user's quota for the mount (`--quota`): `statfs` (so `df`) answers from it and
+    /// the bytes of the files in the mount instead of from the local disk.
+    pub quota: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -155,6 +158,8 @@ pub struct Vfs {
     /// committed: deleting a file on the state dir's disk took a third of an unlink, under the
     /// `live` lock. Ids are never reused, and `recover` sweeps what a crash left behind.
     reaper: std::sync::mpsc::Sender<EntryId>,
+    /// Bytes of every file in the mount, and when they were read (`used_bytes`).
+    used: Mutex<Option<(std::time::Instant, u64)>>,
 }
 
 /// Starts the thread that deletes the data files of removed entries.
@@ -227,7 +232,13 @@ impl Vfs {
             reaper,
             blocks,
             opened: Mutex::new(HashMap::new()),
+            used: Mutex::new(None),
         }
+    }
+
+    /// The remote, whose health and offline switch the control attributes show and set.
+    pub fn remote(&self) -> &Arc<Remote> {
+        &self.remote
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -254,9 +265,13 @@ impl Vfs {
     }
 
     pub fn statfs(&self) -> VfsResult<StatFs> {
-        let (total, avail, bs) = self.cache.disk_space()?;
+        let (mut total, mut avail, bs) = self.cache.disk_space()?;
         let files = self.store.read(|db| db.entry_count())?;
         let bsize = bs.max(512);
+        if let Some(quota) = self.cfg.quota {
+            total = quota;
+            avail = quota.saturating_sub(self.used_bytes()?);
+        }
         Ok(StatFs {
             blocks: total / bsize,
             bfree: avail / bsize,
@@ -266,6 +281,25 @@ impl Vfs {
             bsize: bsize as u32,
             namelen: crate::remote::NAME_MAX as u32,
         })
+    }
+
+    /// Bytes of every file in the mount, as a quota counts them; read from the database at
+    /// most once a second (`df` and file managers may ask often).
+    pub fn used_bytes(&self) -> VfsResult<u64> {
+        let mut cached = lock(&self.used);
+        if let Some((at, v)) = *cached {
+            if at.elapsed() < Duration::from_secs(1) {
+                return Ok(v);
+            }
+        }
+        let v = self.store.read(|db| db.file_bytes())?;
+        *cached = Some((std::time::Instant::now(), v));
+        Ok(v)
+    }
+
+    /// The user's quota, if one was set.
+    pub fn quota(&self) -> Option<u64> {
+        self.cfg.quota
     }
 
     /// What is still to do for the entry comes first (a `.conflict` copy not yet uploaded is

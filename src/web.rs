@@ -210,6 +210,20 @@ pub fn prometheus(s: &Status) -> String {
             ("{result=\"miss\"}", st.cache_misses as f64),
         ],
     );
+    metric(
+        "used_bytes",
+        "gauge",
+        "Bytes of every file in the mount.",
+        &[("", st.used as f64)],
+    );
+    if let Some(q) = st.quota {
+        metric(
+            "quota_bytes",
+            "gauge",
+            "The quota set for the mount (--quota).",
+            &[("", q as f64)],
+        );
+    }
     if let (Some(n), Some(b)) = (st.remote_objects, st.remote_bytes) {
         metric(
             "remote_objects",

@@ -68,6 +68,7 @@ fn core(name: &str) -> Core {
         fetch_timeout: Duration::from_secs(30),
         cache_budget: 1 << 30,
         disk_reserve: 0,
+        quota: None,
     };
     Core {
         core: parts.start(vfs_cfg, sync_cfg, None).unwrap(),

@@ -119,3 +119,40 @@ fn uncached_reads_fail_fast_while_the_remote_is_away_and_cached_ones_work() {
     m.sync();
     assert!(fs::read(m.path("cold.bin")).unwrap() == common::mount::data(2, 2 << 20));
 }
+
+/// A server that stops answering (SIGSTOP, a network that drops packets silently) keeps its
+/// connections open: nothing fails, requests just wait. Status must say so within seconds,
+/// not after the HTTP client's timeout; and once it answers again, everything flows.
+#[test]
+fn s3_a_hung_server_shows_as_unreachable_within_ten_seconds() {
+    let (env, proxy) = s3_behind_proxy();
+    let m = env.mount();
+    fs::write(m.path("before.txt"), b"before").unwrap();
+    m.sync();
+    assert_eq!(m.health(), "online");
+
+    proxy.hang();
+    fs::write(m.path("during.txt"), b"written while the server hangs").unwrap();
+    assert!(
+        eventually(10, || m.health() == "unreachable"),
+        "status still says {} 10 s after the server stopped answering:\n{}",
+        m.health(),
+        m.status()
+    );
+    let s = m.status_json();
+    assert!(s["health"]["since_ms"].is_i64(), "{s}");
+    assert!(
+        s["health"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not answered")),
+        "{s}"
+    );
+
+    proxy.restore();
+    m.sync();
+    assert_eq!(m.health(), "online");
+    assert_eq!(
+        env.remote_files()["during.txt"],
+        b"written while the server hangs"
+    );
+}

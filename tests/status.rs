@@ -475,3 +475,48 @@ fn metrics_serve_the_status_figures_to_prometheus_on_loopback_only() {
     assert!(err.contains("loopback"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+#[test]
+fn a_quota_is_shown_as_used_of_quota_and_df_answers_from_it() {
+    let env = Env::new(Backend::Local);
+    let m = env
+        .try_mount(&env.new_state_dir(), &["--quota", "10M"])
+        .unwrap();
+    fs::write(m.path("a.bin"), vec![1u8; 3 << 20]).unwrap();
+    fs::create_dir(m.path("d")).unwrap();
+    fs::write(m.path("d/b.bin"), vec![2u8; 1 << 20]).unwrap();
+    let s = m.status_json();
+    assert_eq!(s["storage"]["quota"], 10 << 20, "{s}");
+    assert_eq!(s["storage"]["used"], 4 << 20, "{s}");
+    let text = m.status();
+    assert!(
+        text.contains("4.0 MiB of the 10.0 MiB quota (40.0%)"),
+        "{text}"
+    );
+
+    // `df` on the mount: the quota's size, and what the files leave of it.
+    let c = std::ffi::CString::new(mp(&m)).unwrap();
+    // SAFETY: a NUL-terminated path and a zeroed struct statvfs fills.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    let (total, avail) = (
+        st.f_blocks * st.f_frsize as u64,
+        st.f_bavail * st.f_frsize as u64,
+    );
+    let slack = st.f_frsize as u64;
+    assert!(total.abs_diff(10 << 20) <= slack, "total {total}");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let c2 = std::ffi::CString::new(mp(&m)).unwrap();
+    assert_eq!(unsafe { libc::statvfs(c2.as_ptr(), &mut st) }, 0);
+    let avail2 = st.f_bavail * st.f_frsize as u64;
+    assert!(
+        avail2.abs_diff(6 << 20) <= slack,
+        "avail {avail} then {avail2}"
+    );
+    // A bad size is one line.
+    let err = env
+        .try_mount(&env.new_state_dir(), &["--quota", "lots"])
+        .err()
+        .unwrap();
+    assert!(err.contains("--quota lots"), "{err}");
+}

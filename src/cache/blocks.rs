@@ -417,7 +417,7 @@ impl BlockCache {
             if dirty <= budget {
                 break;
             }
-            let health = &self.store.health();
+            let health = &self.remote.health();
             if health.is_offline() || !health.is_reachable() {
                 break;
             }

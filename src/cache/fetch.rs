@@ -17,7 +17,7 @@
 //! reads and read-ahead go through `cache/prefetch.rs`, which fetches in the background.
 
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::Ordering;
+
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -113,7 +113,7 @@ impl BlockCache {
         let results = fetched.map_err(|_| {
             tracing::warn!(%key, "block fetch timed out");
             self.mark_fetch_failed();
-            self.store
+            self.remote
                 .health()
                 .record_error(true, &format!("{key}: block fetch timed out"));
             CacheError::Remote(RemoteError::unavailable("fetch timed out"))
@@ -133,7 +133,7 @@ impl BlockCache {
         }
         let complete = self.list_blocks(e.id, &got, pinned)? >= nblocks;
         if !got.is_empty() {
-            self.store.health().record_ok();
+            self.remote.health().record_ok();
         }
         match failure {
             None if complete => self.verify(e, &key).map(|()| true),
@@ -146,7 +146,7 @@ impl BlockCache {
                 tracing::warn!(%key, %err, "block fetch failed");
                 if let RemoteError::Unavailable { message, .. } = &err {
                     // The next uncached read fails within seconds instead of waiting too.
-                    self.store.health().record_error(true, message);
+                    self.remote.health().record_error(true, message);
                     self.mark_fetch_failed();
                 }
                 Err(CacheError::Remote(err))
@@ -193,7 +193,7 @@ impl BlockCache {
 
     /// How long a batch of fetches may take: short while the remote is known to be away.
     pub(super) fn fetch_limit(&self) -> Duration {
-        if self.store.health().is_reachable() {
+        if self.remote.health().is_reachable() {
             self.cfg.fetch_timeout
         } else {
             UNREACHABLE_FETCH_TIMEOUT
@@ -202,10 +202,7 @@ impl BlockCache {
 
     /// Counts bytes that came down in the remote's `downloaded` figure.
     pub(super) fn count_downloaded(&self, bytes: usize) {
-        self.store
-            .health()
-            .downloaded
-            .fetch_add(bytes as u64, Ordering::Relaxed);
+        self.remote.health().add_downloaded(bytes as u64);
     }
 
     /// Refuses a version whose fetched data failed its checksum.
@@ -222,12 +219,12 @@ impl BlockCache {
     /// failed to answer (the kernel retries a failed read page by page, and each retry must
     /// not wait again).
     pub(super) fn check_fetch_allowed(&self, key: &str) -> CacheResult<()> {
-        if self.store.health().is_offline() {
+        if self.remote.health().is_offline() {
             tracing::warn!(%key, "offline: this part of the file is not cached here");
             return Err(CacheError::Remote(RemoteError::unavailable("offline")));
         }
         let quiet = lock(&self.failed_at).is_some_and(|t| t.elapsed() < FAILED_FETCH_QUIET);
-        if quiet && !self.store.health().is_reachable() {
+        if quiet && !self.remote.health().is_reachable() {
             tracing::warn!(%key, "the remote is not answering; this part of the file is not cached here");
             return Err(CacheError::Remote(RemoteError::unavailable(
                 "the remote is not answering",
@@ -252,7 +249,7 @@ impl BlockCache {
             return Ok(());
         }
         tracing::error!(%key, want, got = %got, "fetched data does not match the object's SHA-256; not serving it");
-        self.store.health().record_error(
+        self.remote.health().record_error(
             false,
             &format!("{key}: fetched data does not match its SHA-256"),
         );

@@ -95,7 +95,7 @@ impl BlockCache {
             let n = f.size.div_ceil(BLOCK_SIZE);
             let mut first = 0;
             while first < n {
-                if self.store.health().is_offline() {
+                if self.remote.health().is_offline() {
                     return false;
                 }
                 let (_, avail, _) = self.files.disk_space().unwrap_or((0, 0, 0));
@@ -155,11 +155,11 @@ impl BlockCache {
                         *g
                     };
                     cache.take_cleaned();
-                    let polls = cache.store.health().polls.load(Ordering::Relaxed);
+                    let polls = cache.remote.health().polls().1;
                     if (gen, polls) == seen && !retry {
                         continue;
                     }
-                    let health = &cache.store.health();
+                    let health = &cache.remote.health();
                     if health.is_offline() || !health.is_reachable() {
                         // The uploader and the poller notice when it is back.
                         retry = true;

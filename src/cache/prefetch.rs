@@ -415,7 +415,7 @@ impl BlockCache {
                 }
                 if err.is_transient() {
                     // The next uncached read fails within seconds instead of waiting too.
-                    self.store.health().record_error(true, &err.to_string());
+                    self.remote.health().record_error(true, &err.to_string());
                     self.mark_fetch_failed();
                 }
                 failure = Some(Failure::of(&err));
@@ -455,7 +455,7 @@ impl BlockCache {
         let f = self.files.open_file(t.id, false)?;
         f.write_all_at(bytes, a * BLOCK_SIZE)?;
         self.count_downloaded(bytes.len());
-        self.store.health().record_ok();
+        self.remote.health().record_ok();
         let got: Vec<u64> = (a..=b).collect();
         let pinned = self.store.read(|db| db.pinned_by(t.id))?.is_some();
         self.list_blocks(t.id, &got, pinned)?;
@@ -547,7 +547,7 @@ impl BlockCache {
             let now = Instant::now();
             if now >= deadline {
                 tracing::warn!(%key, "block fetch timed out");
-                self.store
+                self.remote
                     .health()
                     .record_error(true, &format!("{key}: block fetch timed out"));
                 self.mark_fetch_failed();

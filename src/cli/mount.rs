@@ -130,6 +130,9 @@ pub(super) fn spawn_daemon(
     if let Some(m) = &cfg.metrics {
         cmd.arg("--metrics").arg(m);
     }
+    if let Some(q) = cfg.quota {
+        cmd.arg("--quota").arg(q.to_string());
+    }
     for o in options {
         cmd.arg("-o").arg(o);
     }

@@ -157,6 +157,19 @@ pub fn status(mountpoint: &std::path::Path, s: &Status) -> String {
             human(st.dirty)
         ),
     );
+    line(
+        "space:",
+        match st.quota {
+            Some(q) => format!(
+                "{} of the {} quota ({:.1}%){}",
+                human(st.used),
+                human(q),
+                st.used as f64 * 100.0 / q as f64,
+                if st.used > q { "; over quota" } else { "" }
+            ),
+            None => format!("{} in the mount (no quota set: --quota)", human(st.used)),
+        },
+    );
     let reads = st.cache_hits + st.cache_misses;
     line(
         "hit ratio:",

@@ -238,6 +238,9 @@ pub struct StorageReport {
     pub dirty: u64,
     pub cache_hits: u64,
     pub cache_misses: u64,
+    /// Bytes of every file in the mount, and the user's quota (`--quota`) if set.
+    pub used: u64,
+    pub quota: Option<u64>,
     /// Objects and bytes under the mount's prefix at the last full listing.
     pub remote_objects: Option<u64>,
     pub remote_bytes: Option<u64>,

@@ -170,6 +170,11 @@ impl Core {
         &self.vfs
     }
 
+    /// The remote, with its health and the offline switch.
+    pub fn remote(&self) -> &Arc<Remote> {
+        self.vfs.remote()
+    }
+
     pub fn store(&self) -> &Arc<Store> {
         self.vfs.store()
     }

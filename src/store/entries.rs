@@ -493,6 +493,16 @@ impl Db<'_> {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Bytes of every file in the tree (what a quota counts).
+    pub fn file_bytes(&self) -> StoreResult<u64> {
+        let v: i64 = self.conn.query_row(
+            "SELECT coalesce(sum(size), 0) FROM entries WHERE kind = 1 AND parent IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(v as u64)
+    }
+
     pub fn entry_count(&self) -> StoreResult<u64> {
         Ok(self
             .conn

@@ -93,7 +93,7 @@ impl Engine {
                 }
                 continue;
             }
-            if store.health().is_offline() {
+            if self.ctx.remote.health().is_offline() {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = store.kicked() => {}
@@ -122,7 +122,7 @@ impl Engine {
                     // that would poll: offline means no traffic at all. (Found by the core
                     // model test: a poll slipped through as offline was set, and the mount
                     // then replaced a remote version it should not have known yet.)
-                    if store.health().is_offline() {
+                    if self.ctx.remote.health().is_offline() {
                         continue;
                     }
                     let kicked = store.kicks() > served_kicks;
@@ -139,7 +139,7 @@ impl Engine {
                             .await
                         {
                             Ok(()) => {
-                                store.health().record_ok();
+                                self.ctx.remote.health().record_ok();
                                 poll_due = false;
                                 served_kicks = kicks;
                                 next_poll = cfg.poll_interval.map(|d| Instant::now() + d);
@@ -148,7 +148,10 @@ impl Engine {
                                 let transient =
                                     matches!(&e, SyncError::Remote(r) if r.is_transient());
                                 tracing::warn!(error = %e, "poll failed");
-                                store.health().record_error(transient, &e.to_string());
+                                self.ctx
+                                    .remote
+                                    .health()
+                                    .record_error(transient, &e.to_string());
                                 was_unreachable |= transient;
                                 pause_until = Some(Instant::now() + Duration::from_secs(2));
                                 next_poll = cfg.poll_interval.map(|d| Instant::now() + d);

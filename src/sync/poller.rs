@@ -79,11 +79,7 @@ impl Poller {
     /// Lists the remote and applies what changed there.
     pub async fn poll(&self) -> Result<(), SyncError> {
         let _one_at_a_time = self.polling.lock().await;
-        self.ctx
-            .store
-            .health()
-            .polls_started
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.ctx.remote.health().poll_started();
         let listing = self.ctx.remote.list().await?;
         let remote: HashMap<String, ObjectInfo> =
             listing.into_iter().map(|o| (o.key.clone(), o)).collect();
@@ -286,8 +282,8 @@ impl Poller {
         }
         let files = remote.values().filter(|o| o.kind != ObjectKind::Dir);
         let (n, bytes) = files.fold((0u64, 0u64), |(n, b), o| (n + 1, b + o.size));
-        self.ctx.store.health().listed(n, bytes);
-        self.ctx.store.health().poll_done();
+        self.ctx.remote.health().listed(n, bytes);
+        self.ctx.remote.health().poll_done();
         Ok(())
     }
 

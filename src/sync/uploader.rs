@@ -90,7 +90,7 @@ impl Uploader {
     pub(super) fn settle(&self, job: &Job, result: Result<Outcome, SyncError>) -> Settled {
         match result {
             Ok(_) => {
-                self.ctx.store.health().record_ok();
+                self.ctx.remote.health().record_ok();
                 Settled::Done
             }
             Err(SyncError::Remote(e)) if e.is_transient() => {
@@ -102,7 +102,7 @@ impl Uploader {
                     _ => backoff(job.attempts),
                 };
                 tracing::warn!(seq = job.seq, error = %e, retry_in = ?wait, "remote unavailable; will retry");
-                self.ctx.store.health().record_error(true, &e.to_string());
+                self.ctx.remote.health().record_error(true, &e.to_string());
                 let msg = e.to_string();
                 let retry_at = now_ms() + wait.as_millis() as i64;
                 let _ = self
@@ -121,7 +121,7 @@ impl Uploader {
             }
             Err(e) => {
                 tracing::warn!(seq = job.seq, error = %e, "sync failed for good; parking this entry");
-                self.ctx.store.health().record_error(false, &e.to_string());
+                self.ctx.remote.health().record_error(false, &e.to_string());
                 let msg = e.to_string();
                 let _ = self.ctx.store.write(|db| db.park_job(job.seq, &msg));
                 Settled::Later

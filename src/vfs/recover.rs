@@ -95,7 +95,7 @@ impl Vfs {
             .map(|p| String::from_utf8_lossy(&p).into_owned())
             .unwrap_or_else(|| format!("entry {}", id.0));
         tracing::warn!(%path, size, len, error = %err, "recorded size cannot be applied to the data file; keeping the data file's length");
-        self.store.health().record_local_error(&format!(
+        self.remote.health().record_local_error(&format!(
             "{path}: recorded size {size} could not be applied ({err}); kept the {len} bytes of its data file"
         ));
         let mtime = self

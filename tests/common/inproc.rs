@@ -80,6 +80,7 @@ impl Core {
             fetch_timeout: Duration::from_secs(30),
             cache_budget: 64 << 20,
             disk_reserve: 0,
+            quota: None,
         };
         let core = parts.start(vfs_cfg, sync_cfg, None).unwrap();
         Core {
@@ -346,11 +347,7 @@ impl Core {
 
     /// Polls of the remote started and completed.
     fn polls(&self) -> (u64, u64) {
-        let h = self.store().health();
-        (
-            h.polls_started.load(std::sync::atomic::Ordering::SeqCst),
-            h.polls.load(std::sync::atomic::Ordering::SeqCst),
-        )
+        self.vfs.remote().health().polls()
     }
 
     /// Keeps both versions of every open conflict (`stratus resolve --keep both`); how many.

@@ -19,6 +19,9 @@ pub struct Proxy {
 struct Shared {
     target: SocketAddr,
     cut: AtomicBool,
+    /// Connections stay open but nothing passes, either way: a stopped server (SIGSTOP) or a
+    /// network that drops packets silently.
+    hung: AtomicBool,
     stop: AtomicBool,
     next_id: AtomicU64,
     /// Clones of both sockets of every live connection, so `cut` can close them from outside
@@ -34,6 +37,7 @@ impl Proxy {
         let shared = Arc::new(Shared {
             target,
             cut: AtomicBool::new(false),
+            hung: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             next_id: AtomicU64::new(0),
             conns: Mutex::new(HashMap::new()),
@@ -66,6 +70,13 @@ impl Proxy {
 
     pub fn restore(&self) {
         self.shared.cut.store(false, Ordering::SeqCst);
+        self.shared.hung.store(false, Ordering::SeqCst);
+    }
+
+    /// Stops passing anything on, without closing a connection or refusing a new one: the
+    /// server seems to have frozen. `restore` lets everything held through.
+    pub fn hang(&self) {
+        self.shared.hung.store(true, Ordering::SeqCst);
     }
 }
 
@@ -150,7 +161,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             let shared = Arc::clone(&shared);
             let done = Arc::clone(&done);
             pumps.push(std::thread::spawn(move || {
-                pump(from, to);
+                pump(from, to, &shared.hung, &shared.stop);
                 // The second direction to finish forgets the connection.
                 if done.fetch_add(1, Ordering::SeqCst) == 1 {
                     lock(&shared.conns).remove(&id);
@@ -162,7 +173,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 
 /// Copies one direction until EOF, then half-closes the other side so the peer sees the EOF
 /// too; on an error both sockets are closed.
-fn pump(mut from: TcpStream, mut to: TcpStream) {
+fn pump(mut from: TcpStream, mut to: TcpStream, hung: &AtomicBool, stop: &AtomicBool) {
     let mut buf = [0u8; 16 * 1024];
     loop {
         match from.read(&mut buf) {
@@ -171,6 +182,10 @@ fn pump(mut from: TcpStream, mut to: TcpStream) {
                 return;
             }
             Ok(n) => {
+                // Held while hung: the peer waits for bytes that do not come.
+                while hung.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 if to.write_all(&buf[..n]).is_err() {
                     break;
                 }
