@@ -343,7 +343,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 Ok(ExitCode::SUCCESS)
             } else {
-                spawn_daemon(&remote, &cfg, &options, cli.verbose)
+                spawn_daemon(&remote, &cfg, &options, cli.verbose, out)
             }
         }
         Cmd::Unmount { mountpoint } => unmount(&mountpoint, out),

@@ -245,6 +245,7 @@ impl Control {
                 entries: q.entries,
                 bytes: q.bytes,
                 uploading: q.uploading,
+                uploading_bytes: q.uploading_bytes,
                 waiting_for_writer: q.held,
                 parked: q.parked,
                 oldest_ms: q.oldest_ms,

@@ -403,6 +403,9 @@ fn clean_drops_settled_history_evicts_clean_data_and_only_state_dirs_with_nothin
     m.sync();
     let all = json(&m, &["conflicts", mp(&m)]);
     assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
+    let s = m.status_json();
+    assert_eq!(s["conflicts"]["open"], 1, "{s}");
+    assert_eq!(s["totals"]["since_mount"]["conflicts_opened"], 1, "{s}");
     let o = m.stratus(&[
         "resolve",
         m.path("c.txt").to_str().unwrap(),
@@ -410,6 +413,10 @@ fn clean_drops_settled_history_evicts_clean_data_and_only_state_dirs_with_nothin
         "both",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = m.status_json();
+    assert_eq!(s["conflicts"]["open"], 0, "{s}");
+    assert_eq!(s["conflicts"]["settled"], 1, "{s}");
+    assert_eq!(s["totals"]["since_mount"]["conflicts_settled"], 1, "{s}");
     let out = m.stratus(&["clean", mp(&m), "--conflicts", "1d"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("history of 0 settled"));
     std::thread::sleep(std::time::Duration::from_millis(50));

@@ -86,6 +86,7 @@ pub(super) fn spawn_daemon(
     cfg: &MountConfig,
     options: &[String],
     verbose: bool,
+    out: Out,
 ) -> anyhow::Result<ExitCode> {
     daemon::check_mountpoint(&cfg.mountpoint)?;
     daemon::make_private_dir(&cfg.state_dir)?;
@@ -166,11 +167,20 @@ pub(super) fn spawn_daemon(
     }
     let line = line.trim();
     if line == "ok" {
-        println!(
-            "mounted {} on {} (state dir {})",
-            cfg.remote.canonical(),
-            cfg.mountpoint.display(),
-            cfg.state_dir.display()
+        out.print(
+            json!({
+                "mounted": cfg.remote.canonical(),
+                "mountpoint": cfg.mountpoint,
+                "state_dir": cfg.state_dir,
+            }),
+            || {
+                format!(
+                    "mounted {} on {} (state dir {})",
+                    cfg.remote.canonical(),
+                    cfg.mountpoint.display(),
+                    cfg.state_dir.display()
+                )
+            },
         );
         return Ok(ExitCode::SUCCESS);
     }

@@ -103,10 +103,11 @@ pub fn status(mountpoint: &std::path::Path, s: &Status) -> String {
     line(
         "queued:",
         format!(
-            "{} entries, {}; {} uploading; oldest queued {}",
+            "{} entries, {}; {} uploading ({}); oldest queued {}",
             q.entries,
             human(q.bytes),
             q.uploading,
+            human(q.uploading_bytes),
             q.oldest_ms
                 .map(|t| format!("{} ago", span(crate::store::now_ms() - t)))
                 .unwrap_or_else(|| "-".into())

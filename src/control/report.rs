@@ -127,6 +127,8 @@ pub struct QueueReport {
     /// Bytes of file content waiting to go up.
     pub bytes: u64,
     pub uploading: u64,
+    /// Bytes of the files being uploaded now.
+    pub uploading_bytes: u64,
     /// Still open by a writer (they go once closed or fsync'd).
     pub waiting_for_writer: u64,
     /// Failed for good; waiting for the user (`stratus queue --retry`).

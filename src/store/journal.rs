@@ -171,6 +171,8 @@ pub struct QueueStats {
     pub held: u64,
     pub parked: u64,
     pub uploading: u64,
+    /// Bytes of the files being uploaded now.
+    pub uploading_bytes: u64,
     pub max_seq: i64,
     pub last_error: Option<String>,
     /// When the oldest unfinished job was queued (ms).
@@ -562,16 +564,36 @@ impl Db<'_> {
     }
 
     pub fn queue_stats(&self) -> StoreResult<QueueStats> {
-        let (entries, bytes, held, parked, uploading, max_seq): (i64, i64, i64, i64, i64, i64) =
-            self.conn.query_row(
-                "SELECT count(*), coalesce(sum(CASE WHEN e.kind = 1 AND (e.dirty & 1) = 1 THEN e.size ELSE 0 END), 0), \
-                 coalesce(sum(j.ready_at_ms IS NULL), 0), coalesce(sum(j.state = 'parked'), 0), \
-                 coalesce(sum(j.state = 'uploading'), 0), \
-                 coalesce((SELECT max(seq) FROM journal), 0) \
-                 FROM journal j LEFT JOIN entries e ON e.id = j.entry_id",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
-            )?;
+        #[allow(clippy::type_complexity)]
+        let (entries, bytes, held, parked, uploading, max_seq, uploading_bytes): (
+            i64,
+            i64,
+            i64,
+            i64,
+            i64,
+            i64,
+            i64,
+        ) = self.conn.query_row(
+            "SELECT count(*), coalesce(sum(CASE WHEN e.kind = 1 AND (e.dirty & 1) = 1 THEN e.size ELSE 0 END), 0), \
+             coalesce(sum(j.ready_at_ms IS NULL), 0), coalesce(sum(j.state = 'parked'), 0), \
+             coalesce(sum(j.state = 'uploading'), 0), \
+             coalesce((SELECT max(seq) FROM journal), 0), \
+             coalesce(sum(CASE WHEN j.state = 'uploading' AND e.kind = 1 AND (e.dirty & 1) = 1 \
+             THEN e.size ELSE 0 END), 0) \
+             FROM journal j LEFT JOIN entries e ON e.id = j.entry_id",
+            [],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            },
+        )?;
         let max_seq = max_seq.max(self.journal_barrier()?);
         let last_error = self
             .conn
@@ -587,6 +609,7 @@ impl Db<'_> {
             held: held as u64,
             parked: parked as u64,
             uploading: uploading as u64,
+            uploading_bytes: uploading_bytes as u64,
             max_seq,
             last_error,
             oldest_ms: self
