@@ -13,6 +13,9 @@ use crate::store::{Conflict, JobKind, JobState};
 use crate::types::{EntryId, Keep, VersionMark};
 use crate::vfs::{Vfs, VfsError, VfsResult};
 
+mod dashboard;
+pub use dashboard::{Refusal, TreeEntry};
+
 /// A conflict as `user.stratus.conflicts` (all of them) and `user.stratus.conflict` (a file's
 /// last one) carry it, and as `stratus conflicts --json` prints it for scripts: the
 /// database's row (`store::Conflict`) may change without changing this.
@@ -140,6 +143,10 @@ pub const EVICT: &str = "user.stratus.evict";
 /// Per entry: why the last change asked through an attribute of it (`resolve`, `pin`,
 /// `retry`) was refused (ENODATA: nothing refused).
 pub const REFUSAL: &str = "user.stratus.refusal";
+
+/// On the root: the URL of the mount's web dashboard, token included (ENODATA: the mount
+/// was started without `--dashboard`).
+pub const DASHBOARD: &str = "user.stratus.dashboard";
 
 /// Key in the state dir's `meta` table holding the precondition check's answer.
 pub const PRECONDITIONS_META: &str = "preconditions";
@@ -459,6 +466,8 @@ pub struct Control {
     /// Why the last refused `setxattr` on an entry was refused, so the CLI can print the
     /// reason instead of "Invalid argument" (an attribute write carries back only an errno).
     refusals: std::sync::Mutex<std::collections::VecDeque<(EntryId, String)>>,
+    /// The dashboard's URL with its token, once the daemon serves one.
+    dashboard_url: std::sync::OnceLock<String>,
 }
 
 /// How many refusal reasons are remembered.
@@ -508,6 +517,7 @@ impl Control {
             remote,
             at_mount,
             refusals: Default::default(),
+            dashboard_url: Default::default(),
         }
     }
 
@@ -772,6 +782,11 @@ impl Control {
                     None => Err(VfsError::NoAttr),
                 }
             }
+            DASHBOARD if root => self
+                .dashboard_url
+                .get()
+                .map(|u| u.clone().into_bytes())
+                .ok_or(VfsError::NoAttr),
             OFFLINE if root => Ok(if self.vfs.store().health().is_offline() {
                 b"1".to_vec()
             } else {
