@@ -414,6 +414,8 @@ fn a_mount_without_dashboard_opens_no_port_and_says_so() {
     // An earlier mount of this state dir served a dashboard; this one does not.
     let m = env.try_mount(&state, &["--dashboard"]).unwrap();
     let old = Page::of(&m);
+    // The check below sees a listening socket when there is one.
+    assert_eq!(sockets_of(m.daemon_pid()), 1);
     m.unmount();
     let m = env.try_mount(&state, &[]).unwrap();
     assert!(!state.join("dashboard.url").exists());
