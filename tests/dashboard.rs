@@ -1,8 +1,8 @@
 //! The web dashboard in a real browser: Debian's `chromium`, headless, renders the page with
 //! its JavaScript (`--dump-dom`) against a real mount, and the views are checked against what
-//! the test did. Buttons are driven by sending the request the page's script sends (the same
-//! JSON, with the page's own Origin and its cookie), reading which value a button carries from
-//! the rendered DOM.
+//! the test did. The buttons (keep theirs, the offline switch, sync now) are clicked in a
+//! headless Chromium driven over the DevTools protocol; the pin and retry actions and the
+//! access checks send the requests the page's script sends (its JSON, its cookie, its Origin).
 
 mod common;
 
@@ -146,6 +146,147 @@ impl Page {
     }
 }
 
+/// A headless Chromium showing the page, driven over the DevTools protocol: the test clicks
+/// the page's own buttons (`Runtime.evaluate` of `element.click()`), so a click sends exactly
+/// what the page's script sends.
+struct Browser {
+    child: std::process::Child,
+    ws: tungstenite::WebSocket<TcpStream>,
+    next_id: u64,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn open(url: &str) -> Browser {
+        use std::io::BufRead;
+        let profile = tempfile::tempdir().unwrap();
+        let mut child = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--remote-debugging-port=0",
+                "--remote-allow-origins=*",
+                "--window-size=1280,900",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("chromium runs (apt install chromium)");
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut port = None;
+        for line in stderr.lines() {
+            let line = line.unwrap();
+            if let Some(rest) = line.split("ws://127.0.0.1:").nth(1) {
+                port = rest.split('/').next().map(str::to_string);
+                break;
+            }
+        }
+        let port = port.expect("chromium printed its DevTools address");
+        // The page target's socket.
+        let mut target = None;
+        for _ in 0..100 {
+            // DevTools keeps the connection open: read until the JSON is whole.
+            let mut s = TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            write!(
+                s,
+                "GET /json/list HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+            )
+            .unwrap();
+            let mut raw = Vec::new();
+            let mut buf = [0u8; 4096];
+            let mut list = Value::Null;
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                raw.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&raw);
+                if let Some((_, body)) = text.split_once("\r\n\r\n") {
+                    if let Ok(v) = serde_json::from_str::<Value>(body) {
+                        list = v;
+                        break;
+                    }
+                }
+            }
+            target = list.as_array().and_then(|l| {
+                l.iter()
+                    .find(|t| t["type"] == "page")
+                    .and_then(|t| t["webSocketDebuggerUrl"].as_str().map(str::to_string))
+            });
+            if target.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let target = target.expect("a page target");
+        let stream = TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let (ws, _) = tungstenite::client(target.as_str(), stream).unwrap();
+        Browser {
+            child,
+            ws,
+            next_id: 0,
+            _profile: profile,
+        }
+    }
+
+    /// The value of a JavaScript expression in the page (promises awaited).
+    fn eval(&mut self, expr: &str) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let msg = serde_json::json!({
+            "id": id,
+            "method": "Runtime.evaluate",
+            "params": {"expression": expr, "awaitPromise": true, "returnByValue": true},
+        });
+        self.ws
+            .send(tungstenite::Message::text(msg.to_string()))
+            .unwrap();
+        loop {
+            let m = self.ws.read().unwrap();
+            let Ok(text) = m.to_text() else { continue };
+            let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+            if v["id"] == id {
+                assert!(v["result"]["exceptionDetails"].is_null(), "{expr}: {v}");
+                return v["result"]["result"]["value"].clone();
+            }
+        }
+    }
+
+    /// Waits until `expr` is true in the page.
+    fn wait_for(&mut self, secs: u64, expr: &str) {
+        let ok = eventually(secs, || self.eval(expr) == Value::Bool(true));
+        assert!(ok, "never true in the page: {expr}");
+    }
+
+    /// Clicks the element `selector` finds (it must exist).
+    fn click(&mut self, selector: &str) {
+        let expr = format!(
+            "(() => {{ const e = document.querySelector({sel}); if (!e) return false; e.click(); return true; }})()",
+            sel = Value::from(selector)
+        );
+        assert_eq!(
+            self.eval(&expr),
+            Value::Bool(true),
+            "nothing to click at {selector}"
+        );
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn dashboard_mount(env: &Env) -> Mount {
     let state = env.new_state_dir();
     env.try_mount(&state, &["--write-back", "0.2", "--dashboard"])
@@ -194,22 +335,14 @@ fn conflicts_view_shows_both_versions_and_keep_theirs_settles_it_on_disk() {
         );
     }
     assert_eq!(open.matches("class=\"version\"").count(), 2, "{open}");
-    // What the "Keep theirs" button sends.
-    let marker = "aria-label=\"Keep theirs for notes.txt\"";
-    let at = open
-        .find(marker)
-        .unwrap_or_else(|| panic!("no keep theirs in\n{open}"));
-    let before = &open[..at];
-    let keep = before
-        .rsplit("data-keep=\"")
-        .next()
-        .and_then(|s| s.split('"').next())
-        .unwrap();
-    let (code, body) = page.post(
-        "/api/resolve",
-        serde_json::json!({"path": "notes.txt", "keep": keep}),
+    assert!(open.contains("Keep theirs for notes.txt"), "{open}");
+    // A click on "Keep theirs", in the browser.
+    let mut b = Browser::open(&format!("{}#conflicts", page.url));
+    b.wait_for(
+        20,
+        "!!document.body && document.body.dataset.loaded === '1'",
     );
-    assert_eq!(code, 200, "{body}");
+    b.click("button[aria-label='Keep theirs for notes.txt']");
 
     assert!(
         eventually(20, || fs::read(m.path("notes.txt")).ok().as_deref()
@@ -249,9 +382,17 @@ fn offline_queue_view_lists_queued_files_and_the_offline_switch_stops_uploads() 
     fs::write(m.path("first.txt"), b"uploaded before").unwrap();
     m.sync();
 
-    // The switch on the Sync view: offline.
-    let (code, body) = page.post("/api/offline", serde_json::json!({"on": true}));
-    assert_eq!(code, 200, "{body}");
+    // The switch on the Sync view, clicked in the browser: offline.
+    let mut b = Browser::open(&format!("{}#sync", page.url));
+    b.wait_for(
+        20,
+        "!!document.body && document.body.dataset.loaded === '1'",
+    );
+    b.click("#offline-switch");
+    b.wait_for(
+        20,
+        "document.getElementById('health').textContent === 'offline'",
+    );
     fs::write(m.path("queued-a.txt"), b"a while offline").unwrap();
     fs::write(m.path("queued-b.txt"), b"b while offline").unwrap();
     std::thread::sleep(Duration::from_secs(2));
@@ -283,10 +424,12 @@ fn offline_queue_view_lists_queued_files_and_the_offline_switch_stops_uploads() 
     );
 
     // Online again, "sync now": both reach the remote, and the queue view empties.
-    let (code, body) = page.post("/api/offline", serde_json::json!({"on": false}));
-    assert_eq!(code, 200, "{body}");
-    let (code, body) = page.post("/api/sync", serde_json::json!({}));
-    assert_eq!(code, 200, "{body}");
+    b.click("#offline-switch");
+    b.wait_for(
+        20,
+        "document.getElementById('health').textContent === 'online'",
+    );
+    b.click("#sync-now");
     assert!(
         eventually(30, || {
             let f = env.remote_files();
