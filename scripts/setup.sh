@@ -39,7 +39,8 @@ if [ "${1:-}" = "--runtime" ]; then
 fi
 
 # python3: moto runs on it, and so does scripts/gcs_server.py (nothing beyond its standard library).
-wanted=(fuse3 attr fio git libacl1-dev strace python3)
+# chromium: tests/dashboard.rs renders the web dashboard in a real, headless browser.
+wanted=(fuse3 attr fio git libacl1-dev strace python3 chromium)
 have_moto() { python3 -c 'import moto.server, werkzeug.serving' >/dev/null 2>&1; }
 
 if ! have_moto; then

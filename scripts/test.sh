@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what the tests need (fuse3, attr, moto, pjdfstest, fio,
+# The whole test suite: installs what the tests need (fuse3, attr, moto, pjdfstest, fio, chromium,
 # strace), then runs every unit and real-mount test (they start their own moto S3 server, Azurite
 # and GCS test server on 127.0.0.1, some behind a fault-injecting proxy), and the quick conformance,
 # remount-consistency and crash checks on a real mount.

@@ -4,6 +4,7 @@
 //! every stratus mount; `--json` makes every command print JSON (`docs/json.md`), errors too.
 
 mod clean;
+mod dashboard;
 mod mount;
 mod mounts;
 mod report;
@@ -115,12 +116,26 @@ enum Cmd {
         /// (a loopback address; port 0 picks a free one, written to STATE_DIR/metrics.addr).
         #[arg(long, value_name = "ADDR")]
         metrics: Option<String>,
+        /// Serve the web dashboard at ADDR (default 127.0.0.1:0, a free loopback port);
+        /// `stratus dashboard MOUNTPOINT` prints its URL.
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:0")]
+        dashboard: Option<String>,
+        /// Allow a non-loopback --dashboard address (reachable from other machines; the
+        /// token still guards it).
+        #[arg(long)]
+        dashboard_allow_remote: bool,
         /// Log file (the background daemon uses STATE_DIR/stratus.log).
         #[arg(long, hide = true)]
         log_file: Option<PathBuf>,
     },
     /// Unmount cleanly; what is still queued stays queued for the next mount.
     Unmount { mountpoint: PathBuf },
+    /// Print the URL (token included) of the web dashboard of the mount PATH is in; open it
+    /// with xdg-open when there is a display.
+    Dashboard {
+        #[arg(default_value = ".")]
+        path: PathBuf,
+    },
     /// Health, queue, statistics and storage of the mount PATH is in.
     Status {
         #[arg(default_value = ".")]
@@ -280,6 +295,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             recheck_preconditions,
             metrics,
             quota,
+            dashboard,
+            dashboard_allow_remote,
         } => {
             let url = RemoteUrl::parse(&remote).map_err(|e| anyhow::anyhow!("bad remote: {e}"))?;
             let mp = absolute(&mountpoint)?;
@@ -327,6 +344,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 recheck_preconditions,
                 metrics,
                 quota,
+                dashboard,
+                dashboard_allow_remote,
             };
             if foreground {
                 init_logging(cli.verbose, log_file.as_deref())?;
@@ -347,6 +366,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Unmount { mountpoint } => unmount(&mountpoint, out),
+        Cmd::Dashboard { path } => dashboard::run(&path, out),
         Cmd::Status { path } => status(&path, out),
         Cmd::Queue { path, retry, all } => queue(&path, &retry, all, out),
         Cmd::Log {

@@ -20,6 +20,8 @@ use crate::store::{JobKind, JobState};
 use crate::types::{EntryId, Keep};
 use crate::vfs::{Vfs, VfsError, VfsResult};
 
+mod dashboard;
+pub use dashboard::{Refusal, TreeEntry};
 /// Per file: `synced`, `pending`, `uploading` or `error`.
 pub const STATE: &str = "user.stratus.state";
 /// On the root: the status report (`key: value` lines, see [`Status`]).
@@ -68,6 +70,10 @@ pub const EVICT: &str = "user.stratus.evict";
 /// `retry`) was refused (ENODATA: nothing refused).
 pub const REFUSAL: &str = "user.stratus.refusal";
 
+/// On the root: the URL of the mount's web dashboard, token included (ENODATA: the mount
+/// was started without `--dashboard`).
+pub const DASHBOARD: &str = "user.stratus.dashboard";
+
 /// Key in the state dir's `meta` table holding the precondition check's answer.
 pub const PRECONDITIONS_META: &str = "preconditions";
 
@@ -85,6 +91,8 @@ pub struct Control {
     /// Why the last refused `setxattr` on an entry was refused, so the CLI can print the
     /// reason instead of "Invalid argument" (an attribute write carries back only an errno).
     refusals: std::sync::Mutex<std::collections::VecDeque<(EntryId, String)>>,
+    /// The dashboard's URL with its token, once the daemon serves one.
+    dashboard_url: std::sync::OnceLock<String>,
 }
 
 /// A status read asks the remote again when it has not answered for this long.
@@ -137,6 +145,7 @@ impl Control {
             remote,
             at_mount,
             refusals: Default::default(),
+            dashboard_url: Default::default(),
         }
     }
 
@@ -413,6 +422,11 @@ impl Control {
                     None => Err(VfsError::NoAttr),
                 }
             }
+            DASHBOARD if root => self
+                .dashboard_url
+                .get()
+                .map(|u| u.clone().into_bytes())
+                .ok_or(VfsError::NoAttr),
             OFFLINE if root => Ok(if self.vfs.remote().health().is_offline() {
                 b"1".to_vec()
             } else {

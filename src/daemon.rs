@@ -45,6 +45,10 @@ pub struct MountConfig {
     pub metrics: Option<String>,
     /// The user's quota for the mount: status shows used / quota, `df` answers from it.
     pub quota: Option<u64>,
+    /// Where to serve the web dashboard (IP:PORT), if anywhere.
+    pub dashboard: Option<String>,
+    /// Allow a non-loopback dashboard address.
+    pub dashboard_allow_remote: bool,
 }
 
 fn disk_reserve(cache: &FileCache) -> anyhow::Result<u64> {
@@ -277,6 +281,7 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
         core.runtime()
             .spawn(crate::web::serve_metrics(listener, control.clone()));
     }
+    serve_dashboard(&cfg, &core, &control)?;
     let fs = StratusFs::new(control);
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -410,4 +415,33 @@ fn writer_label(mountpoint: &std::path::Path) -> String {
         label.truncate(cut);
     }
     label
+}
+
+/// Serves the web dashboard when `--dashboard` asked for it: a fresh token for this mount,
+/// and the token and URL in the state dir, owner-only. Without the flag no port opens, and
+/// files of an earlier mount are removed so that nothing points at a dead page.
+fn serve_dashboard(cfg: &MountConfig, core: &Core, control: &Arc<Control>) -> anyhow::Result<()> {
+    use crate::web::dashboard;
+    let (token_file, url_file) = (
+        cfg.state_dir.join("dashboard.token"),
+        cfg.state_dir.join("dashboard.url"),
+    );
+    let _ = std::fs::remove_file(&url_file);
+    let _ = std::fs::remove_file(&token_file);
+    let Some(addr) = &cfg.dashboard else {
+        return Ok(());
+    };
+    let listener = core
+        .runtime()
+        .block_on(dashboard::bind(addr, cfg.dashboard_allow_remote))?;
+    let local = listener.local_addr()?;
+    let token = dashboard::new_token()?;
+    let url = dashboard::url(local, &token);
+    dashboard::write_private(&token_file, &token)?;
+    dashboard::write_private(&url_file, &url)?;
+    control.set_dashboard_url(url);
+    tracing::info!(addr = %local, "serving the dashboard");
+    core.runtime()
+        .spawn(dashboard::serve(listener, control.clone(), token));
+    Ok(())
 }

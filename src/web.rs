@@ -1,6 +1,8 @@
 //! The daemon's HTTP endpoints, on loopback only: `--metrics ADDR` serves the status figures
 //! in the Prometheus text format (as rclone's and JuiceFS's daemons do), served by hyper (one
-//! connection per task, HTTP/1.1).
+//! connection per task, HTTP/1.1); `--dashboard` serves the web dashboard ([`dashboard`]).
+
+pub mod dashboard;
 
 use std::convert::Infallible;
 use std::fmt::Write as _;

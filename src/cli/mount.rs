@@ -134,6 +134,12 @@ pub(super) fn spawn_daemon(
     if let Some(q) = cfg.quota {
         cmd.arg("--quota").arg(q.to_string());
     }
+    if let Some(d) = &cfg.dashboard {
+        cmd.arg(format!("--dashboard={d}"));
+    }
+    if cfg.dashboard_allow_remote {
+        cmd.arg("--dashboard-allow-remote");
+    }
     for o in options {
         cmd.arg("-o").arg(o);
     }

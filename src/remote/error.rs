@@ -75,7 +75,15 @@ pub fn brief_text(msg: &str) -> String {
         let text = between(detail, "<Message>", "</Message>")
             .map(|m| one_line(m.split("RequestId:").next().unwrap_or(m)))
             .unwrap_or_default();
-        format!("{code}: {}", text.trim())
+        let status = detail
+            .find("status code: ")
+            .map(|i| &detail[i + "status code: ".len()..])
+            .and_then(|rest| rest.split_whitespace().next())
+            .filter(|c| c.len() == 3 && c.chars().all(|ch| ch.is_ascii_digit()));
+        match status {
+            Some(st) => format!("{code}: {}, HTTP {st}", text.trim()),
+            None => format!("{code}: {}", text.trim()),
+        }
     } else if detail.contains("error sending request") || detail.contains("error trying to connect")
     {
         let host = detail
@@ -120,7 +128,7 @@ mod tests {
         assert_eq!(
             brief_text(m),
             "remote refused: s3: bucket or container not found (NoSuchBucket: The specified \
-             bucket does not exist)"
+             bucket does not exist, HTTP 404)"
         );
         let az = "azure: bucket or container not found (Generic MicrosoftAzure error: x <Error> \
                   <Code>ContainerNotFound</Code> <Message>The specified container does not \

@@ -1,0 +1,617 @@
+//! The web dashboard in a real browser: Debian's `chromium`, headless, renders the page with
+//! its JavaScript (`--dump-dom`) against a real mount, and the views are checked against what
+//! the test did. The buttons (keep theirs, the offline switch, sync now) are clicked in a
+//! headless Chromium driven over the DevTools protocol; the pin and retry actions and the
+//! access checks send the requests the page's script sends (its JSON, its cookie, its Origin).
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::mount::{eventually, Backend, Env, Mount};
+use serde_json::Value;
+
+/// The dashboard of a mount, as its state dir describes it.
+struct Page {
+    url: String,
+    addr: String,
+    token: String,
+    profile: tempfile::TempDir,
+}
+
+impl Page {
+    fn of(m: &Mount) -> Page {
+        let url = fs::read_to_string(m.state.join("dashboard.url")).unwrap();
+        let token = fs::read_to_string(m.state.join("dashboard.token")).unwrap();
+        let addr = url
+            .strip_prefix("http://")
+            .and_then(|u| u.split('/').next())
+            .unwrap()
+            .to_string();
+        assert!(url.ends_with(&format!("/?token={token}")), "{url}");
+        Page {
+            url,
+            addr,
+            token,
+            profile: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn origin(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The page at `#view` after its script has run for a few seconds of virtual time.
+    fn dom(&self, view: &str) -> String {
+        let out = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--virtual-time-budget=5000",
+            ])
+            .arg(format!("--user-data-dir={}", self.profile.path().display()))
+            .arg("--dump-dom")
+            .arg(format!("{}#{view}", self.url))
+            .output()
+            .expect("chromium runs (apt install chromium)");
+        let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            dom.contains("data-loaded=\"1\""),
+            "the page did not load its data:\n{dom}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dom
+    }
+
+    /// A screenshot of `#view` for docs/dashboard/, when STRATUS_SCREENSHOTS names a folder.
+    fn screenshot(&self, view: &str) {
+        let Some(dir) = std::env::var_os("STRATUS_SCREENSHOTS") else {
+            return;
+        };
+        let file = PathBuf::from(dir).join(format!("{view}.png"));
+        let _ = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                "--window-size=1280,900",
+                "--virtual-time-budget=5000",
+            ])
+            .arg(format!("--user-data-dir={}", self.profile.path().display()))
+            .arg(format!("--screenshot={}", file.display()))
+            .arg(format!("{}#{view}", self.url))
+            .output();
+    }
+
+    /// Sends `method path` with `headers` and `body`; the status code and the body.
+    fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        body: &str,
+    ) -> (u16, String) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            self.addr,
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (code, body.to_string())
+    }
+
+    fn cookie(&self) -> (&'static str, String) {
+        ("Cookie", format!("stratus_dashboard={}", self.token))
+    }
+
+    /// What the page's script sends for a button: POST with its cookie and its own Origin.
+    fn post(&self, path: &str, args: Value) -> (u16, Value) {
+        let (code, body) = self.raw(
+            "POST",
+            path,
+            &[
+                self.cookie(),
+                ("Origin", self.origin()),
+                ("Content-Type", "application/json".into()),
+            ],
+            &args.to_string(),
+        );
+        (code, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    fn get(&self, path: &str) -> Value {
+        let (code, body) = self.raw("GET", path, &[self.cookie()], "");
+        assert_eq!(code, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+/// A headless Chromium showing the page, driven over the DevTools protocol: the test clicks
+/// the page's own buttons (`Runtime.evaluate` of `element.click()`), so a click sends exactly
+/// what the page's script sends.
+struct Browser {
+    child: std::process::Child,
+    ws: tungstenite::WebSocket<TcpStream>,
+    next_id: u64,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn open(url: &str) -> Browser {
+        use std::io::BufRead;
+        let profile = tempfile::tempdir().unwrap();
+        let mut child = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--remote-debugging-port=0",
+                "--remote-allow-origins=*",
+                "--window-size=1280,900",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("chromium runs (apt install chromium)");
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut port = None;
+        for line in stderr.lines() {
+            let line = line.unwrap();
+            if let Some(rest) = line.split("ws://127.0.0.1:").nth(1) {
+                port = rest.split('/').next().map(str::to_string);
+                break;
+            }
+        }
+        let port = port.expect("chromium printed its DevTools address");
+        // The page target's socket.
+        let mut target = None;
+        for _ in 0..100 {
+            // DevTools keeps the connection open: read until the JSON is whole.
+            let mut s = TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            write!(
+                s,
+                "GET /json/list HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+            )
+            .unwrap();
+            let mut raw = Vec::new();
+            let mut buf = [0u8; 4096];
+            let mut list = Value::Null;
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                raw.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&raw);
+                if let Some((_, body)) = text.split_once("\r\n\r\n") {
+                    if let Ok(v) = serde_json::from_str::<Value>(body) {
+                        list = v;
+                        break;
+                    }
+                }
+            }
+            target = list.as_array().and_then(|l| {
+                l.iter()
+                    .find(|t| t["type"] == "page")
+                    .and_then(|t| t["webSocketDebuggerUrl"].as_str().map(str::to_string))
+            });
+            if target.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let target = target.expect("a page target");
+        let stream = TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let (ws, _) = tungstenite::client(target.as_str(), stream).unwrap();
+        Browser {
+            child,
+            ws,
+            next_id: 0,
+            _profile: profile,
+        }
+    }
+
+    /// The value of a JavaScript expression in the page (promises awaited).
+    fn eval(&mut self, expr: &str) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let msg = serde_json::json!({
+            "id": id,
+            "method": "Runtime.evaluate",
+            "params": {"expression": expr, "awaitPromise": true, "returnByValue": true},
+        });
+        self.ws
+            .send(tungstenite::Message::text(msg.to_string()))
+            .unwrap();
+        loop {
+            let m = self.ws.read().unwrap();
+            let Ok(text) = m.to_text() else { continue };
+            let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+            if v["id"] == id {
+                assert!(v["result"]["exceptionDetails"].is_null(), "{expr}: {v}");
+                return v["result"]["result"]["value"].clone();
+            }
+        }
+    }
+
+    /// Waits until `expr` is true in the page.
+    fn wait_for(&mut self, secs: u64, expr: &str) {
+        let ok = eventually(secs, || self.eval(expr) == Value::Bool(true));
+        assert!(ok, "never true in the page: {expr}");
+    }
+
+    /// Clicks the element `selector` finds (it must exist).
+    fn click(&mut self, selector: &str) {
+        let expr = format!(
+            "(() => {{ const e = document.querySelector({sel}); if (!e) return false; e.click(); return true; }})()",
+            sel = Value::from(selector)
+        );
+        assert_eq!(
+            self.eval(&expr),
+            Value::Bool(true),
+            "nothing to click at {selector}"
+        );
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn dashboard_mount(env: &Env) -> Mount {
+    let state = env.new_state_dir();
+    env.try_mount(&state, &["--write-back", "0.2", "--dashboard"])
+        .unwrap()
+}
+
+fn mp(m: &Mount) -> &str {
+    m.dir.to_str().unwrap()
+}
+
+/// The part of the DOM from the element with `id` to the end of that section.
+fn section<'a>(dom: &'a str, id: &str) -> &'a str {
+    let start = dom
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id} in\n{dom}"));
+    let rest = &dom[start..];
+    &rest[..rest.find("</section>").unwrap_or(rest.len())]
+}
+
+#[test]
+fn conflicts_view_shows_both_versions_and_keep_theirs_settles_it_on_disk() {
+    let env = Env::new(Backend::Local);
+    let m = dashboard_mount(&env);
+    let page = Page::of(&m);
+    fs::write(m.path("notes.txt"), b"base").unwrap();
+    m.sync();
+    assert!(m.stratus(&["offline", mp(&m), "on"]).status.success());
+    let mine = b"mine: written on this mount";
+    let theirs = b"theirs: written elsewhere while this mount was offline";
+    fs::write(m.path("notes.txt"), mine).unwrap();
+    env.put_remote("notes.txt", theirs);
+    assert!(m.stratus(&["offline", mp(&m), "off"]).status.success());
+    m.sync();
+
+    let dom = page.dom("conflicts");
+    page.screenshot("conflicts");
+    let open = section(&dom, "conflicts-open");
+    let open = &open[..open.find("id=\"conflicts-settled\"").unwrap()];
+    assert!(open.contains("notes.txt"), "{open}");
+    // Both versions, side by side, each with its own size.
+    for v in [&mine[..], &theirs[..]] {
+        assert!(
+            open.contains(&format!("<span class=\"size\">{} B</span>", v.len())),
+            "no version of {} bytes in\n{open}",
+            v.len()
+        );
+    }
+    assert_eq!(open.matches("class=\"version\"").count(), 2, "{open}");
+    assert!(open.contains("Keep theirs for notes.txt"), "{open}");
+    // A click on "Keep theirs", in the browser.
+    let mut b = Browser::open(&format!("{}#conflicts", page.url));
+    b.wait_for(
+        20,
+        "!!document.body && document.body.dataset.loaded === '1'",
+    );
+    b.click("button[aria-label='Keep theirs for notes.txt']");
+
+    assert!(
+        eventually(20, || fs::read(m.path("notes.txt")).ok().as_deref()
+            == Some(&theirs[..])),
+        "notes.txt holds {:?}",
+        fs::read_to_string(m.path("notes.txt"))
+    );
+    let copies: Vec<_> = fs::read_dir(&m.dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("conflict"))
+        .collect();
+    assert!(copies.is_empty(), "the copy is still there: {copies:?}");
+    let out = m.stratus(&["--json", "conflicts", mp(&m)]);
+    let all: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = &all.as_array().unwrap()[0];
+    assert!(!c["resolved_ms"].is_null(), "not settled: {c}");
+
+    // The page shows it settled.
+    let dom = page.dom("conflicts");
+    let settled = section(&dom, "conflicts-settled");
+    assert!(
+        settled.contains("notes.txt") && settled.contains("settled"),
+        "{settled}"
+    );
+    assert!(!settled.contains("Keep theirs"), "{settled}");
+    page.screenshot("sync");
+    m.unmount();
+}
+
+#[test]
+fn offline_queue_view_lists_queued_files_and_the_offline_switch_stops_uploads() {
+    let env = Env::new(Backend::Local);
+    let m = dashboard_mount(&env);
+    let page = Page::of(&m);
+    fs::write(m.path("first.txt"), b"uploaded before").unwrap();
+    m.sync();
+
+    // The switch on the Sync view, clicked in the browser: offline.
+    let mut b = Browser::open(&format!("{}#sync", page.url));
+    b.wait_for(
+        20,
+        "!!document.body && document.body.dataset.loaded === '1'",
+    );
+    b.click("#offline-switch");
+    b.wait_for(
+        20,
+        "document.getElementById('health').textContent === 'offline'",
+    );
+    fs::write(m.path("queued-a.txt"), b"a while offline").unwrap();
+    fs::write(m.path("queued-b.txt"), b"b while offline").unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+
+    let dom = page.dom("queue");
+    page.screenshot("queue");
+    let queue = section(&dom, "queue");
+    for name in ["queued-a.txt", "queued-b.txt"] {
+        assert!(
+            queue.contains(&format!("<tr data-path=\"{name}\"")),
+            "{name} not listed in\n{queue}"
+        );
+    }
+    assert!(
+        queue.find("queued-a.txt") < queue.find("queued-b.txt"),
+        "out of order: {queue}"
+    );
+    let sync = page.dom("sync");
+    assert!(
+        sync.contains("id=\"health\" class=\"offline\""),
+        "{}",
+        section(&sync, "health")
+    );
+    let files = env.remote_files();
+    assert!(
+        !files.contains_key("queued-a.txt") && !files.contains_key("queued-b.txt"),
+        "uploaded while offline: {:?}",
+        files.keys()
+    );
+
+    // Online again, "sync now": both reach the remote, and the queue view empties.
+    b.click("#offline-switch");
+    b.wait_for(
+        20,
+        "document.getElementById('health').textContent === 'online'",
+    );
+    b.click("#sync-now");
+    assert!(
+        eventually(30, || {
+            let f = env.remote_files();
+            f.get("queued-a.txt").map(Vec::as_slice) == Some(&b"a while offline"[..])
+                && f.contains_key("queued-b.txt")
+        }),
+        "not uploaded after going online: {:?}",
+        env.remote_files().keys()
+    );
+    m.sync();
+    let queue_now = page.get("/api/queue");
+    assert_eq!(
+        queue_now["rows"].as_array().unwrap().len(),
+        0,
+        "{queue_now}"
+    );
+
+    // Storage: the file browser shows each entry's state, and pins through the same attribute.
+    let (code, body) = page.post(
+        "/api/pin",
+        serde_json::json!({"path": "first.txt", "on": true}),
+    );
+    assert_eq!(code, 200, "{body}");
+    let pin = Command::new("getfattr")
+        .args(["--only-values", "-n", "user.stratus.pin"])
+        .arg(m.path("first.txt"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&pin.stdout), "1");
+    let dom = page.dom("storage");
+    page.screenshot("storage");
+    let tree = section(&dom, "tree");
+    assert!(tree.contains("<tr data-path=\"queued-a.txt\""), "{tree}");
+    assert!(tree.contains("<td class=\"state\">synced</td>"), "{tree}");
+    assert!(tree.contains(">Unpin</button>"), "{tree}");
+    // A refusal comes back as JSON with its reason.
+    let (code, body) = page.post("/api/retry", serde_json::json!({"path": "first.txt"}));
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("nothing parked"),
+        "{body}"
+    );
+    m.unmount();
+}
+
+#[test]
+fn requests_without_the_token_get_nothing_and_foreign_origins_change_nothing() {
+    let env = Env::new(Backend::Local);
+    let m = dashboard_mount(&env);
+    let page = Page::of(&m);
+    for f in ["dashboard.token", "dashboard.url"] {
+        let mode = fs::metadata(m.state.join(f)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+    // `stratus dashboard` prints the URL.
+    let out = m.stratus(&["dashboard", mp(&m)]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), page.url);
+
+    for path in ["/", "/api/status", "/api/conflicts", "/api/tree?path="] {
+        let (code, body) = page.raw("GET", path, &[], "");
+        assert_eq!((code, body.as_str()), (401, ""), "{path}");
+        let (code, body) = page.raw(
+            "GET",
+            path,
+            &[("Cookie", format!("stratus_dashboard={}", "0".repeat(64)))],
+            "",
+        );
+        assert_eq!(
+            (code, body.as_str()),
+            (401, ""),
+            "{path} with a wrong cookie"
+        );
+    }
+    let (code, body) = page.raw("GET", "/?token=nottheone", &[], "");
+    assert_eq!((code, body.as_str()), (401, ""));
+    let (code, _) = page.raw(
+        "POST",
+        "/api/offline",
+        &[("Origin", page.origin())],
+        r#"{"on":true}"#,
+    );
+    assert_eq!(code, 401);
+
+    // The token in the URL becomes an HttpOnly, SameSite=Strict cookie.
+    let mut s = TcpStream::connect(&page.addr).unwrap();
+    write!(
+        s,
+        "GET /?token={} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        page.token, page.addr
+    )
+    .unwrap();
+    let mut head = String::new();
+    s.read_to_string(&mut head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 303"), "{head}");
+    let lower = head.to_lowercase();
+    assert!(lower.contains("location: /\r\n"), "{head}");
+    assert!(
+        lower.contains("httponly") && lower.contains("samesite=strict"),
+        "{head}"
+    );
+
+    // A page elsewhere cannot change state even when the browser sends the cookie along.
+    for origin in [
+        vec![("Origin", "http://evil.example".to_string())],
+        vec![("Referer", "http://evil.example/page".to_string())],
+        vec![],
+    ] {
+        let mut h = origin.clone();
+        h.push(page.cookie());
+        let (code, body) = page.raw("POST", "/api/offline", &h, r#"{"on":true}"#);
+        assert_eq!(code, 403, "{origin:?}: {body}");
+    }
+    assert_eq!(page.get("/api/status")["health"]["state"], "online");
+    let (code, _) = page.post("/api/offline", serde_json::json!({"on": true}));
+    assert_eq!(code, 200);
+    assert_eq!(page.get("/api/status")["health"]["state"], "offline");
+    m.unmount();
+}
+
+#[test]
+fn a_mount_without_dashboard_opens_no_port_and_says_so() {
+    let env = Env::new(Backend::Local);
+    let state = env.new_state_dir();
+    // An earlier mount of this state dir served a dashboard; this one does not.
+    let m = env.try_mount(&state, &["--dashboard"]).unwrap();
+    let old = Page::of(&m);
+    // The check below sees a listening socket when there is one.
+    assert_eq!(sockets_of(m.daemon_pid()), 1);
+    m.unmount();
+    let m = env.try_mount(&state, &[]).unwrap();
+    assert!(!state.join("dashboard.url").exists());
+    assert!(!state.join("dashboard.token").exists());
+    let out = m.stratus(&["dashboard", mp(&m)]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no dashboard"), "{err}");
+    assert!(
+        TcpStream::connect(&old.addr).is_err(),
+        "{} still answers",
+        old.addr
+    );
+    assert_eq!(
+        sockets_of(m.daemon_pid()),
+        0,
+        "the daemon listens on a port"
+    );
+
+    // A non-loopback address needs the explicit flag.
+    let err = env
+        .try_mount(&env.new_state_dir(), &["--dashboard=0.0.0.0:0"])
+        .err()
+        .expect("a non-loopback dashboard needs --dashboard-allow-remote");
+    assert!(err.contains("--dashboard-allow-remote"), "{err}");
+    m.unmount();
+}
+
+/// Listening TCP sockets held by `pid`.
+fn sockets_of(pid: u32) -> usize {
+    let listening: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .flat_map(|f| {
+            fs::read_to_string(f)
+                .unwrap_or_default()
+                .lines()
+                .skip(1)
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .filter(|l| l.split_whitespace().nth(3) == Some("0A"))
+        .filter_map(|l| l.split_whitespace().nth(9).map(str::to_string))
+        .collect();
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    fds.filter_map(|f| f.ok())
+        .filter_map(|f| fs::read_link(f.path()).ok())
+        .filter_map(|l| {
+            l.to_str()
+                .and_then(|s| s.strip_prefix("socket:["))
+                .map(|s| s.trim_end_matches(']').to_string())
+        })
+        .filter(|inode| listening.contains(inode))
+        .count()
+}
