@@ -235,6 +235,7 @@ impl Control {
             )
         };
         let usage = h.remote_usage();
+        let progress = h.upload_progress();
         Ok(Status {
             pid: std::process::id(),
             remote: self.remote.clone(),
@@ -255,6 +256,8 @@ impl Control {
                 bytes: q.bytes,
                 uploading: q.uploading,
                 uploading_bytes: q.uploading_bytes,
+                uploading_path: progress.as_ref().map(|p| p.0.clone()),
+                uploading_done: progress.as_ref().map(|p| p.1).unwrap_or(0),
                 waiting_for_writer: q.held,
                 parked: q.parked,
                 oldest_ms: q.oldest_ms,

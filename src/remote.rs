@@ -434,6 +434,17 @@ fn implied_dir(key: &str) -> ObjectInfo {
     }
 }
 
+tokio::task_local! {
+    /// Bytes of the upload in progress that the server has taken: the backends add each
+    /// part as it is answered (`note_sent`), `stratus status` shows it.
+    static SENT: std::sync::Arc<std::sync::atomic::AtomicU64>;
+}
+
+/// A part of `bytes` of the upload in progress was taken by the server.
+pub(crate) fn note_sent(bytes: u64) {
+    let _ = SENT.try_with(|s| s.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed));
+}
+
 /// The remote a mount talks to: one backend, plus what is the same for every backend (name
 /// checks, listing normalization, the remote's health and the offline switch, which gate
 /// network traffic). vfs, sync and the daemon see only this type.
@@ -601,8 +612,20 @@ impl Remote {
         meta: &Meta,
         cond: &Cond,
     ) -> RemoteResult<Written> {
-        self.watched_sending(size, self.backend.upload_file(key, src, size, meta, cond))
-            .await
+        /// Ends the upload's progress however the upload ends (also when it is dropped).
+        struct Ends<'a>(&'a Health);
+        impl Drop for Ends<'_> {
+            fn drop(&mut self) {
+                self.0.end_upload();
+            }
+        }
+        let sent = self.health.start_upload(key, size);
+        let _ends = Ends(&self.health);
+        SENT.scope(
+            sent,
+            self.watched_sending(size, self.backend.upload_file(key, src, size, meta, cond)),
+        )
+        .await
     }
 
     pub async fn put_symlink(&self, key: &str, meta: &Meta, cond: &Cond) -> RemoteResult<Written> {

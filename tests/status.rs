@@ -527,3 +527,53 @@ fn a_quota_is_shown_as_used_of_quota_and_df_answers_from_it() {
         .unwrap();
     assert!(err.contains("--quota lots"), "{err}");
 }
+
+/// A large upload shows how far it got, part by part: status names the file and the bytes
+/// the server has taken of it. The parts go through a proxy that slows every chunk down.
+#[test]
+fn s3_status_shows_a_large_upload_part_by_part() {
+    use common::fault_proxy::{FaultProxy, Faults};
+    let env = Env::new(Backend::S3);
+    let target = format!("127.0.0.1:{}", env.moto.as_ref().unwrap().port)
+        .parse()
+        .unwrap();
+    let proxy = FaultProxy::start(target);
+    env.set_endpoint(&proxy.endpoint());
+    let m = env
+        .try_mount(&env.new_state_dir(), &["--write-back", "0"])
+        .unwrap();
+    let size: u64 = 40 << 20;
+    proxy.set(Faults::latency(
+        std::time::Duration::ZERO,
+        std::time::Duration::from_millis(3),
+    ));
+    fs::write(m.path("big.bin"), vec![7u8; size as usize]).unwrap();
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while std::time::Instant::now() < deadline {
+        let q = m.status_json()["queue"].clone();
+        if q["uploading_path"] == "big.bin" {
+            let done = q["uploading_done"].as_u64().unwrap();
+            assert_eq!(q["uploading_bytes"], size, "{q}");
+            seen.push(done);
+            if done > 0 && done < size {
+                break;
+            }
+        }
+        if q["entries"] == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        seen.iter().any(|d| *d > 0 && *d < size),
+        "no partial progress seen: {seen:?}"
+    );
+    proxy.clear();
+    m.sync();
+    assert_eq!(
+        env.remote_files()["big.bin"].len() as u64,
+        size,
+        "the file did not arrive whole"
+    );
+}

@@ -107,7 +107,15 @@ pub fn status(mountpoint: &std::path::Path, s: &Status) -> String {
             q.entries,
             human(q.bytes),
             q.uploading,
-            human(q.uploading_bytes),
+            match &q.uploading_path {
+                Some(p) => format!(
+                    "{}: {} of {}",
+                    p,
+                    human(q.uploading_done),
+                    human(q.uploading_bytes)
+                ),
+                None => human(q.uploading_bytes),
+            },
             q.oldest_ms
                 .map(|t| format!("{} ago", span(crate::store::now_ms() - t)))
                 .unwrap_or_else(|| "-".into())

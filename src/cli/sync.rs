@@ -200,7 +200,11 @@ pub(super) fn sync(
                 now.health.last_error.as_deref().unwrap_or("unreachable")
             )
         });
-        progress.show(pending.total, now.queue.bytes, note.as_deref());
+        progress.show(
+            pending.total,
+            now.queue.bytes.saturating_sub(now.queue.uploading_done),
+            note.as_deref(),
+        );
         let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
         let stuck = pending.errors;
         if pending.total == stuck {

@@ -129,6 +129,10 @@ pub struct QueueReport {
     pub uploading: u64,
     /// Bytes of the files being uploaded now.
     pub uploading_bytes: u64,
+    /// The upload in progress: its path, and the bytes of it the server has taken so far
+    /// (a large file's parts as each is answered; a small file's at its end).
+    pub uploading_path: Option<String>,
+    pub uploading_done: u64,
     /// Still open by a writer (they go once closed or fsync'd).
     pub waiting_for_writer: u64,
     /// Failed for good; waiting for the user (`stratus queue --retry`).

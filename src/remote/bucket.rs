@@ -663,10 +663,11 @@ pub async fn put_parts(
             buf.truncate(n);
             let (store, path, id) = (store.clone(), path.clone(), id.clone());
             in_flight.push_back(tokio::spawn(async move {
-                store
+                let r = store
                     .put_part(&path, &id, idx, PutPayload::from(buf))
                     .await
-                    .map_err(map_err)
+                    .map_err(map_err);
+                r.map(|p| (p, n as u64))
             }));
             if in_flight.len() >= PARTS_IN_FLIGHT {
                 ids.push(join_part(in_flight.pop_front()).await?);
@@ -690,13 +691,15 @@ pub async fn put_parts(
     Ok(ids)
 }
 
-async fn join_part(
-    h: Option<tokio::task::JoinHandle<RemoteResult<object_store::multipart::PartId>>>,
-) -> RemoteResult<String> {
+/// A part's upload, answering its id and its size.
+type PartTask = tokio::task::JoinHandle<RemoteResult<(object_store::multipart::PartId, u64)>>;
+
+async fn join_part(h: Option<PartTask>) -> RemoteResult<String> {
     let h = h.expect("a part in flight");
-    let part = h
+    let (part, n) = h
         .await
         .map_err(|e| RemoteError::Io(std::io::Error::other(e.to_string())))??;
+    super::note_sent(n);
     Ok(part.content_id)
 }
 

@@ -53,6 +53,9 @@ pub struct Health {
     last_poll_ms: AtomicI64,
     /// Objects and bytes under the mount's prefix at the last full listing.
     listed: Mutex<Option<(u64, u64)>>,
+    /// The upload in progress: its key, the bytes of its parts the server has taken, and
+    /// its size.
+    upload: Mutex<Option<(String, std::sync::Arc<AtomicU64>, u64)>>,
     /// Watched requests in flight, by id, with the time each started (plus the allowance
     /// for what it sends).
     in_flight: Mutex<BTreeMap<u64, i64>>,
@@ -125,6 +128,25 @@ impl Health {
     /// Whether any watched request is waiting for an answer.
     pub fn waiting(&self) -> bool {
         !lock(&self.in_flight).is_empty()
+    }
+
+    /// An upload of `size` bytes to `key` starts; the counter it answers goes up as its parts
+    /// are taken (a single PUT: all at once, at its end).
+    pub fn start_upload(&self, key: &str, size: u64) -> std::sync::Arc<AtomicU64> {
+        let sent = std::sync::Arc::new(AtomicU64::new(0));
+        *lock(&self.upload) = Some((key.to_string(), sent.clone(), size));
+        sent
+    }
+
+    pub fn end_upload(&self) {
+        *lock(&self.upload) = None;
+    }
+
+    /// The upload in progress: key, bytes taken by the server so far, size.
+    pub fn upload_progress(&self) -> Option<(String, u64, u64)> {
+        lock(&self.upload)
+            .as_ref()
+            .map(|(k, sent, size)| (k.clone(), sent.load(Relaxed).min(*size), *size))
     }
 
     /// Takes the mount offline (no network traffic) or back online; answers whether that
