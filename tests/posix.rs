@@ -461,11 +461,7 @@ every_backend!(unmount_keeps_the_queue, |env: &Env| {
     let m = env.try_mount(&state, &["--write-back", "3600"]).unwrap();
     fs::write(m.path("later.txt"), b"queued").unwrap();
     assert_eq!(m.state_of("later.txt"), "pending");
-    assert!(
-        m.status_json()["queue"]["entries"] == 1,
-        "{}",
-        m.status()
-    );
+    assert!(m.status_json()["queue"]["entries"] == 1, "{}", m.status());
     m.unmount();
     assert!(!env.remote_files().contains_key("later.txt"));
     let m2 = env.mount_state(&state);

@@ -547,7 +547,20 @@ fn s3_status_shows_a_large_upload_part_by_part() {
         std::time::Duration::ZERO,
         std::time::Duration::from_millis(3),
     ));
+    // Someone follows the activity log while the file goes up.
+    let mut follow = Command::new(BIN)
+        .args(["log", "--follow", "--json", "-n", "0", mp(&m)])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     fs::write(m.path("big.bin"), vec![7u8; size as usize]).unwrap();
+    // `sync --wait` not on a terminal: plain progress lines on stderr.
+    let waiter = Command::new(BIN)
+        .args(["sync", "--wait", "--timeout", "120", mp(&m)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut seen = Vec::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while std::time::Instant::now() < deadline {
@@ -570,10 +583,35 @@ fn s3_status_shows_a_large_upload_part_by_part() {
         "no partial progress seen: {seen:?}"
     );
     proxy.clear();
+    let waited = waiter.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&waited.stderr);
+    assert!(waited.status.success(), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("sync: 0/1 entries") && l.contains("40.0 MiB")),
+        "no progress line: {err}"
+    );
     m.sync();
     assert_eq!(
         env.remote_files()["big.bin"].len() as u64,
         size,
         "the file did not arrive whole"
+    );
+    // The follower printed the upload as it landed, one JSON object per line.
+    use std::io::BufRead;
+    let lines = std::io::BufReader::new(follow.stdout.take().unwrap());
+    let mut got = None;
+    for line in lines.lines() {
+        let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if v["kind"] == "upload" && v["path"] == "big.bin" {
+            got = Some(v);
+            break;
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!(
+        got.expect("log --follow never showed the upload")["bytes"],
+        size
     );
 }
