@@ -324,10 +324,12 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
     tracing::info!("unmounted; stopping the uploader");
     record(core.store(), EventKind::Unmount, &cfg.mountpoint);
     let fetched = core.remote().health().downloaded();
-    if let Err(e) = core
-        .store()
-        .write(|db| db.bump("download.bytes", fetched as i64))
-    {
+    if let Err(e) = core.store().write(|db| {
+        db.bump(
+            &crate::store::counter(EventKind::Download, true),
+            fetched as i64,
+        )
+    }) {
         tracing::warn!(error = %e, "could not save the download statistics");
     }
     core.shutdown(Duration::from_secs(10));

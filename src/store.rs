@@ -18,7 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-pub use activity::{ActivityRow, Event, EventKind, ACTIVITY_KEPT, LAST_FULL_SYNC};
+pub use activity::{counter, ActivityRow, Event, EventKind, ACTIVITY_KEPT, LAST_FULL_SYNC};
 pub use conflicts::Conflict;
 pub use entries::{dirty, Entry, NewEntry, Synced};
 pub use journal::{Job, JobKind, JobState, QueueStats, Woken};

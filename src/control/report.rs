@@ -165,11 +165,7 @@ impl Counters {
     pub fn from_stats(s: &std::collections::HashMap<String, i64>) -> Counters {
         use crate::store::EventKind as K;
         let get = |k: K, bytes: bool| {
-            let name = if bytes {
-                format!("{}.bytes", k.as_str())
-            } else {
-                k.as_str().to_string()
-            };
+            let name = crate::store::counter(k, bytes);
             s.get(&name).copied().unwrap_or(0).max(0) as u64
         };
         Counters {

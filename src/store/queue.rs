@@ -40,7 +40,7 @@ impl Db<'_> {
     /// `limit`.
     pub fn queue_rows(&self, after_seq: i64, limit: usize) -> StoreResult<Vec<QueueRow>> {
         let mut st = self.conn.prepare_cached(
-            "SELECT j.seq, j.entry_id, j.delete_key, j.delete_dir, j.state, j.ready_at_ms, \
+            "SELECT j.seq, j.entry_id, j.delete_key, j.state, j.ready_at_ms, \
              j.attempts, j.last_error, j.queued_ms, e.kind, e.dirty, e.size, e.synced_key \
              FROM journal j LEFT JOIN entries e ON e.id = j.entry_id \
              WHERE j.seq > ?1 ORDER BY j.seq LIMIT ?2",
@@ -50,7 +50,6 @@ impl Db<'_> {
             i64,
             Option<i64>,
             Option<String>,
-            bool,
             String,
             Option<i64>,
             i64,
@@ -75,7 +74,6 @@ impl Db<'_> {
                     r.get(9)?,
                     r.get(10)?,
                     r.get(11)?,
-                    r.get(12)?,
                 ))
             })?
             .collect::<Result<_, _>>()?;
@@ -84,7 +82,6 @@ impl Db<'_> {
             seq,
             entry,
             key,
-            dir,
             state,
             ready,
             attempts,
@@ -104,8 +101,7 @@ impl Db<'_> {
                         (None, _) => "delete",
                         (Some(2), None) => "mkdir",
                         (Some(3), None) => "symlink",
-                        (Some(1), _) if content => "upload",
-                        (Some(1), None) => "upload",
+                        (Some(1), k) if content || k.is_none() => "upload",
                         (_, Some(k)) if !key_names(k, &path) => "move",
                         _ => "metadata",
                     };
@@ -119,7 +115,6 @@ impl Db<'_> {
                 (None, Some(k)) => ("delete", k.trim_end_matches('/').to_string(), 0),
                 (None, None) => continue,
             };
-            let _ = dir;
             out.push(QueueRow {
                 seq,
                 op,
