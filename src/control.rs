@@ -236,6 +236,7 @@ impl Control {
         };
         let usage = h.remote_usage();
         let progress = h.upload_progress();
+        let (upload_rate, download_rate) = h.rates();
         Ok(Status {
             pid: std::process::id(),
             remote: self.remote.clone(),
@@ -250,6 +251,8 @@ impl Control {
                     .get(crate::store::LAST_FULL_SYNC)
                     .copied()
                     .filter(|_| q.entries == 0),
+                upload_rate,
+                download_rate,
             },
             queue: QueueReport {
                 entries: q.entries,

@@ -437,12 +437,12 @@ fn implied_dir(key: &str) -> ObjectInfo {
 tokio::task_local! {
     /// Bytes of the upload in progress that the server has taken: the backends add each
     /// part as it is answered (`note_sent`), `stratus status` shows it.
-    static SENT: std::sync::Arc<std::sync::atomic::AtomicU64>;
+    static SENT: std::sync::Arc<health::Progress>;
 }
 
 /// A part of `bytes` of the upload in progress was taken by the server.
 pub(crate) fn note_sent(bytes: u64) {
-    let _ = SENT.try_with(|s| s.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed));
+    let _ = SENT.try_with(|s| s.add(bytes));
 }
 
 /// The remote a mount talks to: one backend, plus what is the same for every backend (name
@@ -621,11 +621,15 @@ impl Remote {
         }
         let sent = self.health.start_upload(key, size);
         let _ends = Ends(&self.health);
-        SENT.scope(
-            sent,
-            self.watched_sending(size, self.backend.upload_file(key, src, size, meta, cond)),
-        )
-        .await
+        let written = SENT
+            .scope(
+                sent.clone(),
+                self.watched_sending(size, self.backend.upload_file(key, src, size, meta, cond)),
+            )
+            .await?;
+        // A single PUT (and a local folder) counts its bytes once they are all taken.
+        sent.add(size.saturating_sub(sent.sent()));
+        Ok(written)
     }
 
     pub async fn put_symlink(&self, key: &str, meta: &Meta, cond: &Cond) -> RemoteResult<Written> {

@@ -158,6 +158,11 @@ struct Browser {
 
 impl Browser {
     fn open(url: &str) -> Browser {
+        Browser::open_sized(url, (1280, 900))
+    }
+
+    /// The page in a window of `width` x `height` CSS pixels.
+    fn open_sized(url: &str, (width, height): (u32, u32)) -> Browser {
         use std::io::BufRead;
         let profile = tempfile::tempdir().unwrap();
         let mut child = Command::new("chromium")
@@ -168,8 +173,8 @@ impl Browser {
                 "--no-first-run",
                 "--remote-debugging-port=0",
                 "--remote-allow-origins=*",
-                "--window-size=1280,900",
             ])
+            .arg(format!("--window-size={width},{height}"))
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg(url)
             .stdout(std::process::Stdio::null())
@@ -237,15 +242,11 @@ impl Browser {
         }
     }
 
-    /// The value of a JavaScript expression in the page (promises awaited).
-    fn eval(&mut self, expr: &str) -> Value {
+    /// Sends a DevTools command; its result.
+    fn send(&mut self, method: &str, params: Value) -> Value {
         self.next_id += 1;
         let id = self.next_id;
-        let msg = serde_json::json!({
-            "id": id,
-            "method": "Runtime.evaluate",
-            "params": {"expression": expr, "awaitPromise": true, "returnByValue": true},
-        });
+        let msg = serde_json::json!({ "id": id, "method": method, "params": params });
         self.ws
             .send(tungstenite::Message::text(msg.to_string()))
             .unwrap();
@@ -254,10 +255,60 @@ impl Browser {
             let Ok(text) = m.to_text() else { continue };
             let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
             if v["id"] == id {
-                assert!(v["result"]["exceptionDetails"].is_null(), "{expr}: {v}");
-                return v["result"]["result"]["value"].clone();
+                assert!(v["error"].is_null(), "{method}: {v}");
+                return v["result"].clone();
             }
         }
+    }
+
+    /// The value of a JavaScript expression in the page (promises awaited).
+    fn eval(&mut self, expr: &str) -> Value {
+        let r = self.send(
+            "Runtime.evaluate",
+            serde_json::json!({"expression": expr, "awaitPromise": true, "returnByValue": true}),
+        );
+        assert!(r["exceptionDetails"].is_null(), "{expr}: {r}");
+        r["result"]["value"].clone()
+    }
+
+    /// Presses a key as a keyboard would (`Tab`, `Enter`, ` `), through the browser's input
+    /// pipeline: focus moves and the focused element acts as for a real key.
+    fn press(&mut self, key: &str, code: u32) {
+        let text = match key {
+            "Enter" => "\r",
+            " " => " ",
+            _ => "",
+        };
+        let (named, key_code) = if key == " " {
+            ("Space", 32)
+        } else {
+            (key, code)
+        };
+        self.send(
+            "Input.dispatchKeyEvent",
+            serde_json::json!({"type": "keyDown", "key": key, "code": named,
+                "windowsVirtualKeyCode": key_code, "text": text}),
+        );
+        self.send(
+            "Input.dispatchKeyEvent",
+            serde_json::json!({"type": "keyUp", "key": key, "code": named,
+                "windowsVirtualKeyCode": key_code}),
+        );
+    }
+
+    /// Presses Tab until the focused element matches `selector`; how many presses it took.
+    fn tab_to(&mut self, selector: &str) -> usize {
+        let expr = format!(
+            "!!document.activeElement && document.activeElement.matches({})",
+            Value::from(selector)
+        );
+        for n in 1..=60 {
+            self.press("Tab", 9);
+            if self.eval(&expr) == Value::Bool(true) {
+                return n;
+            }
+        }
+        panic!("Tab never reaches {selector}");
     }
 
     /// Waits until `expr` is true in the page.
@@ -306,20 +357,28 @@ fn section<'a>(dom: &'a str, id: &str) -> &'a str {
     &rest[..rest.find("</section>").unwrap_or(rest.len())]
 }
 
+const MINE: &[u8] = b"mine: written on this mount";
+const THEIRS: &[u8] = b"theirs: written elsewhere while this mount was offline";
+
+/// A conflict on notes.txt: this mount wrote [`MINE`] while offline, another machine
+/// [`THEIRS`].
+fn make_conflict(env: &Env, m: &Mount) -> (&'static [u8], &'static [u8]) {
+    fs::write(m.path("notes.txt"), b"base").unwrap();
+    m.sync();
+    assert!(m.stratus(&["offline", mp(m), "on"]).status.success());
+    fs::write(m.path("notes.txt"), MINE).unwrap();
+    env.put_remote("notes.txt", THEIRS);
+    assert!(m.stratus(&["offline", mp(m), "off"]).status.success());
+    m.sync();
+    (MINE, THEIRS)
+}
+
 #[test]
 fn conflicts_view_shows_both_versions_and_keep_theirs_settles_it_on_disk() {
     let env = Env::new(Backend::Local);
     let m = dashboard_mount(&env);
     let page = Page::of(&m);
-    fs::write(m.path("notes.txt"), b"base").unwrap();
-    m.sync();
-    assert!(m.stratus(&["offline", mp(&m), "on"]).status.success());
-    let mine = b"mine: written on this mount";
-    let theirs = b"theirs: written elsewhere while this mount was offline";
-    fs::write(m.path("notes.txt"), mine).unwrap();
-    env.put_remote("notes.txt", theirs);
-    assert!(m.stratus(&["offline", mp(&m), "off"]).status.success());
-    m.sync();
+    let (mine, theirs) = make_conflict(&env, &m);
 
     let dom = page.dom("conflicts");
     page.screenshot("conflicts");
@@ -327,7 +386,7 @@ fn conflicts_view_shows_both_versions_and_keep_theirs_settles_it_on_disk() {
     let open = &open[..open.find("id=\"conflicts-settled\"").unwrap()];
     assert!(open.contains("notes.txt"), "{open}");
     // Both versions, side by side, each with its own size.
-    for v in [&mine[..], &theirs[..]] {
+    for v in [mine, theirs] {
         assert!(
             open.contains(&format!("<span class=\"size\">{} B</span>", v.len())),
             "no version of {} bytes in\n{open}",
@@ -335,6 +394,42 @@ fn conflicts_view_shows_both_versions_and_keep_theirs_settles_it_on_disk() {
         );
     }
     assert_eq!(open.matches("class=\"version\"").count(), 2, "{open}");
+    // Who wrote each: this mount, and a program that left no stratus metadata (the other
+    // machine wrote the remote folder directly, over the file this mount had uploaded).
+    assert_eq!(
+        open.matches("<span class=\"writer\">not recorded (written by another tool)</span>")
+            .count(),
+        1,
+        "{open}"
+    );
+    // A line diff of the two texts: the line only in one version and the line only in the
+    // other, each marked, and nothing else.
+    let removed: Vec<&str> = open
+        .split("<span class=\"del\">")
+        .skip(1)
+        .map(|s| &s[..s.find("</span>").unwrap()])
+        .collect();
+    let added: Vec<&str> = open
+        .split("<span class=\"add\">")
+        .skip(1)
+        .map(|s| &s[..s.find("</span>").unwrap()])
+        .collect();
+    let (mine_s, theirs_s) = (
+        String::from_utf8_lossy(mine),
+        String::from_utf8_lossy(theirs),
+    );
+    let mut both: Vec<String> = removed
+        .iter()
+        .chain(&added)
+        .map(|l| l.to_string())
+        .collect();
+    both.sort();
+    let mut want = vec![format!("+ {theirs_s}"), format!("− {mine_s}")];
+    if removed.first().is_some_and(|l| l.contains("theirs")) {
+        want = vec![format!("+ {mine_s}"), format!("− {theirs_s}")];
+    }
+    want.sort();
+    assert_eq!(both, want, "the line diff is wrong:\n{open}");
     assert!(open.contains("Keep theirs for notes.txt"), "{open}");
     // A click on "Keep theirs", in the browser.
     let mut b = Browser::open(&format!("{}#conflicts", page.url));
@@ -346,7 +441,7 @@ fn conflicts_view_shows_both_versions_and_keep_theirs_settles_it_on_disk() {
 
     assert!(
         eventually(20, || fs::read(m.path("notes.txt")).ok().as_deref()
-            == Some(&theirs[..])),
+            == Some(theirs)),
         "notes.txt holds {:?}",
         fs::read_to_string(m.path("notes.txt"))
     );
@@ -392,6 +487,11 @@ fn offline_queue_view_lists_queued_files_and_the_offline_switch_stops_uploads() 
     b.wait_for(
         20,
         "document.getElementById('health').textContent === 'offline'",
+    );
+    // A toast says so.
+    b.wait_for(
+        10,
+        "document.getElementById('toast').textContent.includes('Remote is offline')",
     );
     fs::write(m.path("queued-a.txt"), b"a while offline").unwrap();
     fs::write(m.path("queued-b.txt"), b"b while offline").unwrap();
@@ -472,6 +572,112 @@ fn offline_queue_view_lists_queued_files_and_the_offline_switch_stops_uploads() 
         body["error"].as_str().unwrap().contains("nothing parked"),
         "{body}"
     );
+    m.unmount();
+}
+
+#[test]
+fn on_a_narrow_window_the_keyboard_alone_settles_a_conflict() {
+    let env = Env::new(Backend::Local);
+    let m = dashboard_mount(&env);
+    let page = Page::of(&m);
+    let (_, theirs) = make_conflict(&env, &m);
+    // A phone-sized window: nothing is wider than it, on any view.
+    let mut b = Browser::open_sized(&page.url, (390, 844));
+    b.wait_for(
+        20,
+        "!!document.body && document.body.dataset.loaded === '1'",
+    );
+    let fits = "document.documentElement.scrollWidth <= window.innerWidth";
+    assert_eq!(
+        b.eval(fits),
+        Value::Bool(true),
+        "the Sync view scrolls sideways"
+    );
+    // Every control has a name a screen reader can read.
+    let unnamed = b.eval(
+        "[...document.querySelectorAll('button, input, a')].filter((e) => !(e.getAttribute('aria-label')          || e.textContent.trim() || (e.labels && e.labels.length))).map((e) => e.outerHTML)",
+    );
+    assert_eq!(unnamed, serde_json::json!([]), "controls without a name");
+
+    // Tab to the Conflicts view's link and open it with Enter.
+    b.tab_to("nav a[data-view='conflicts']");
+    b.press("Enter", 13);
+    b.wait_for(10, "!document.getElementById('view-conflicts').hidden");
+    b.wait_for(
+        20,
+        "!!document.querySelector(\"button[aria-label='Keep theirs for notes.txt']\")",
+    );
+    assert_eq!(
+        b.eval(fits),
+        Value::Bool(true),
+        "the Conflicts view scrolls sideways"
+    );
+    // Tab to "Keep theirs"; the page's refreshes (every second) leave the focus there.
+    b.tab_to("button[aria-label='Keep theirs for notes.txt']");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        b.eval("document.activeElement.getAttribute('aria-label')"),
+        Value::from("Keep theirs for notes.txt"),
+        "a refresh took the focus away"
+    );
+    b.press("Enter", 13);
+    assert!(
+        eventually(20, || fs::read(m.path("notes.txt")).ok().as_deref()
+            == Some(theirs)),
+        "Enter on Keep theirs did not settle: notes.txt holds {:?}",
+        fs::read_to_string(m.path("notes.txt"))
+    );
+    for view in ["storage", "queue"] {
+        b.eval(&format!("location.hash = '#{view}'"));
+        b.wait_for(
+            10,
+            &format!("!document.getElementById('view-{view}').hidden"),
+        );
+        assert_eq!(
+            b.eval(fits),
+            Value::Bool(true),
+            "the {view} view scrolls sideways"
+        );
+    }
+    m.unmount();
+}
+
+#[test]
+fn a_long_queue_is_listed_whole_and_the_quota_bar_reads_the_quota() {
+    let env = Env::new(Backend::Local);
+    let state = env.new_state_dir();
+    let m = env
+        .try_mount(
+            &state,
+            &["--write-back", "0.2", "--dashboard", "--quota", "10M"],
+        )
+        .unwrap();
+    let page = Page::of(&m);
+    assert!(m.stratus(&["offline", mp(&m), "on"]).status.success());
+    // More than one page of the queue (200 rows): every entry shows, in order.
+    for i in 0..250 {
+        fs::write(m.path(&format!("q{i:03}.txt")), format!("file {i}")).unwrap();
+    }
+    fs::write(m.path("big.bin"), vec![1u8; 3 << 20]).unwrap();
+    let dom = page.dom("queue");
+    let queue = section(&dom, "queue");
+    let listed: Vec<&str> = queue
+        .split("<tr data-path=\"")
+        .skip(1)
+        .map(|r| &r[..r.find('"').unwrap()])
+        .collect();
+    let mut want: Vec<String> = (0..250).map(|i| format!("q{i:03}.txt")).collect();
+    want.push("big.bin".into());
+    assert_eq!(listed, want, "the queue view lists a different queue");
+
+    // The storage bar measures against the quota, not the cache budget.
+    let dom = page.dom("storage");
+    let bar = section(&dom, "quota-label");
+    assert!(bar.contains(">Used / quota<"), "{bar}");
+    assert!(bar.contains("aria-valuemax=\"10485760\""), "{bar}");
+    let used = m.status_json()["storage"]["used"].as_u64().unwrap();
+    assert!(used >= 3 << 20, "used {used}");
+    assert!(bar.contains(" of 10.0 MiB"), "{bar}");
     m.unmount();
 }
 

@@ -9,7 +9,7 @@ use std::fs;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 
-use common::mount::{Backend, Env, Mount, BIN};
+use common::mount::{eventually, Backend, Env, Mount, BIN};
 use serde_json::Value;
 
 fn json(m: &Mount, args: &[&str]) -> Value {
@@ -564,12 +564,20 @@ fn s3_status_shows_a_large_upload_part_by_part() {
     let mut seen = Vec::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while std::time::Instant::now() < deadline {
-        let q = m.status_json()["queue"].clone();
+        let s = m.status_json();
+        let q = s["queue"].clone();
         if q["uploading_path"] == "big.bin" {
             let done = q["uploading_done"].as_u64().unwrap();
             assert_eq!(q["uploading_bytes"], size, "{q}");
             seen.push(done);
             if done > 0 && done < size {
+                // A part landed in the last moment: the upload rate counts it, and no more
+                // than the server took.
+                let rate = s["health"]["upload_rate"].as_u64().unwrap();
+                assert!(
+                    rate > 0 && rate <= done,
+                    "upload rate {rate} with {done} taken"
+                );
                 break;
             }
         }
@@ -597,6 +605,15 @@ fn s3_status_shows_a_large_upload_part_by_part() {
         size,
         "the file did not arrive whole"
     );
+    // A file another machine wrote comes down: the download rate shows it.
+    env.put_remote("down.bin", &vec![9u8; 8 << 20]);
+    assert!(
+        eventually(30, || m.path("down.bin").exists()),
+        "down.bin never appeared"
+    );
+    assert_eq!(fs::read(m.path("down.bin")).unwrap().len(), 8 << 20);
+    let rate = m.status_json()["health"]["download_rate"].as_u64().unwrap();
+    assert!(rate > 0, "no download rate right after reading 8 MiB");
     // The follower printed the upload as it landed, one JSON object per line.
     use std::io::BufRead;
     let lines = std::io::BufReader::new(follow.stdout.take().unwrap());

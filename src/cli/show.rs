@@ -99,6 +99,14 @@ pub fn status(mountpoint: &std::path::Path, s: &Status) -> String {
             ago(h.last_full_sync_ms)
         },
     );
+    line(
+        "transfer:",
+        format!(
+            "up {}/s, down {}/s (last 5 s)",
+            human(h.upload_rate),
+            human(h.download_rate)
+        ),
+    );
     let q = &s.queue;
     line(
         "queued:",

@@ -24,6 +24,9 @@ pub struct TreeEntry {
     pub pinned: bool,
 }
 
+/// The largest file the conflicts view shows as text (a diff beyond that is for a tool).
+pub const TEXT_LIMIT: u64 = 256 * 1024;
+
 /// Why a change asked by path was refused: the errno the attribute write would give and the
 /// reason `user.stratus.refusal` would carry.
 #[derive(Debug, Clone)]
@@ -106,6 +109,42 @@ impl Control {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    /// The content of the file at `path` as text, for the conflicts view's line diff: `Err`
+    /// says why there is none to show (larger than [`TEXT_LIMIT`], not UTF-8, not a file).
+    /// Reads through the same open and read as any program (fetching what is not cached).
+    pub fn text_at(&self, path: &str) -> Result<Result<String, String>, Refusal> {
+        let id = self.entry_at(path)?;
+        let attr = self.vfs.getattr(id)?;
+        if attr.kind != Kind::File {
+            return Ok(Err("not a file".into()));
+        }
+        if attr.size > TEXT_LIMIT {
+            return Ok(Err(format!("larger than {} KiB", TEXT_LIMIT / 1024)));
+        }
+        let (fh, _) = self.vfs.open(id, false, false)?;
+        let mut data = Vec::new();
+        let read = loop {
+            match self.vfs.read(fh, data.len() as u64, 64 * 1024) {
+                Ok(chunk) if chunk.is_empty() => break Ok(()),
+                Ok(chunk) if data.len() + chunk.len() > TEXT_LIMIT as usize => {
+                    break Err(None);
+                }
+                Ok(chunk) => data.extend_from_slice(&chunk),
+                Err(e) => break Err(Some(e)),
+            }
+        };
+        let _ = self.vfs.release(fh);
+        match read {
+            Ok(()) => {}
+            Err(None) => return Ok(Err(format!("larger than {} KiB", TEXT_LIMIT / 1024))),
+            Err(Some(e)) => return Err(e.into()),
+        }
+        if data.contains(&0) {
+            return Ok(Err("binary".into()));
+        }
+        Ok(String::from_utf8(data).map_err(|_| "not UTF-8 text".to_string()))
     }
 
     /// Reads attribute `name` of the entry at `path`.

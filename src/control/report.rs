@@ -118,6 +118,10 @@ pub struct HealthReport {
     pub last_poll_ms: Option<i64>,
     /// The last time everything queued had reached the remote.
     pub last_full_sync_ms: Option<i64>,
+    /// Bytes a second the server took (upload) and sent (download), averaged over the last
+    /// five seconds (`remote::RATE_WINDOW_MS`).
+    pub upload_rate: u64,
+    pub download_rate: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -5,8 +5,9 @@
 //! remote reads and reports it through `Remote::health()`. In memory only.
 
 use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A request without a body to send that has had no answer for this long, while nothing else
@@ -18,6 +19,11 @@ pub const STALL_MS: i64 = 5_000;
 /// The slowest upload, in bytes a second, that is still taken for a server at work: an
 /// upload gets the time to send its bytes at this rate on top of [`STALL_MS`].
 pub const SLOWEST_SEND: u64 = 64 * 1024;
+
+/// The window a transfer rate is averaged over: long enough that an upload whose parts land
+/// a few seconds apart shows a steady rate, short enough that a stalled one drops to zero
+/// soon after.
+pub const RATE_WINDOW_MS: i64 = 5_000;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -55,7 +61,10 @@ pub struct Health {
     listed: Mutex<Option<(u64, u64)>>,
     /// The upload in progress: its key, the bytes of its parts the server has taken, and
     /// its size.
-    upload: Mutex<Option<(String, std::sync::Arc<AtomicU64>, u64)>>,
+    upload: Mutex<Option<(String, Arc<Progress>, u64)>>,
+    /// Bytes the server took and bytes that came down, over the last [`RATE_WINDOW_MS`].
+    up: Arc<Meter>,
+    down: Meter,
     /// Watched requests in flight, by id, with the time each started (plus the allowance
     /// for what it sends).
     in_flight: Mutex<BTreeMap<u64, i64>>,
@@ -71,6 +80,55 @@ pub struct Watch<'a> {
 impl Drop for Watch<'_> {
     fn drop(&mut self) {
         lock(&self.health.in_flight).remove(&self.id);
+    }
+}
+
+/// Bytes moved over the last [`RATE_WINDOW_MS`], for a transfer rate.
+#[derive(Debug, Default)]
+pub struct Meter {
+    /// (when, bytes), oldest first; nothing older than the window.
+    events: Mutex<VecDeque<(i64, u64)>>,
+}
+
+impl Meter {
+    fn add(&self, bytes: u64) {
+        let now = now_ms();
+        let mut ev = lock(&self.events);
+        Self::forget_old(&mut ev, now);
+        ev.push_back((now, bytes));
+    }
+
+    fn forget_old(ev: &mut VecDeque<(i64, u64)>, now: i64) {
+        while ev.front().is_some_and(|(t, _)| now - t > RATE_WINDOW_MS) {
+            ev.pop_front();
+        }
+    }
+
+    /// Bytes a second over the window.
+    fn rate(&self) -> u64 {
+        let mut ev = lock(&self.events);
+        Self::forget_old(&mut ev, now_ms());
+        ev.iter().map(|(_, b)| b).sum::<u64>() * 1000 / RATE_WINDOW_MS as u64
+    }
+}
+
+/// The progress of the upload in progress: bytes the server has taken so far, also counted
+/// in the upload rate.
+#[derive(Debug)]
+pub struct Progress {
+    sent: AtomicU64,
+    meter: Arc<Meter>,
+}
+
+impl Progress {
+    /// The server took `bytes` more of the upload (a part, or the whole of a single PUT).
+    pub fn add(&self, bytes: u64) {
+        self.sent.fetch_add(bytes, Relaxed);
+        self.meter.add(bytes);
+    }
+
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Relaxed)
     }
 }
 
@@ -132,8 +190,11 @@ impl Health {
 
     /// An upload of `size` bytes to `key` starts; the counter it answers goes up as its parts
     /// are taken (a single PUT: all at once, at its end).
-    pub fn start_upload(&self, key: &str, size: u64) -> std::sync::Arc<AtomicU64> {
-        let sent = std::sync::Arc::new(AtomicU64::new(0));
+    pub fn start_upload(&self, key: &str, size: u64) -> Arc<Progress> {
+        let sent = Arc::new(Progress {
+            sent: AtomicU64::new(0),
+            meter: self.up.clone(),
+        });
         *lock(&self.upload) = Some((key.to_string(), sent.clone(), size));
         sent
     }
@@ -146,7 +207,7 @@ impl Health {
     pub fn upload_progress(&self) -> Option<(String, u64, u64)> {
         lock(&self.upload)
             .as_ref()
-            .map(|(k, sent, size)| (k.clone(), sent.load(Relaxed).min(*size), *size))
+            .map(|(k, sent, size)| (k.clone(), sent.sent().min(*size), *size))
     }
 
     /// Takes the mount offline (no network traffic) or back online; answers whether that
@@ -229,6 +290,12 @@ impl Health {
     /// `n` bytes of file data arrived from the remote.
     pub fn add_downloaded(&self, n: u64) {
         self.downloaded.fetch_add(n, Relaxed);
+        self.down.add(n);
+    }
+
+    /// Upload and download rates, bytes a second over the last [`RATE_WINDOW_MS`].
+    pub fn rates(&self) -> (u64, u64) {
+        (self.up.rate(), self.down.rate())
     }
 
     /// Bytes of file data fetched since the mount started.

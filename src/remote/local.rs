@@ -355,15 +355,22 @@ impl LocalRemote {
                 return Err(RemoteError::Conflict(from));
             }
             precheck(&dest, &cond)?;
+            let sha256 = get_sha_xattr(&src);
+            // A file another program rewrote in place keeps our attributes: believe them
+            // only while our stamped hash still holds.
+            let ours = sha256.is_some() || m.file_type().is_symlink();
             let meta = Meta {
                 mtime_ns: Some(m.mtime() * 1_000_000_000 + m.mtime_nsec()),
                 mode: Some(m.mode() & 0o7777),
                 uid: Some(m.uid()),
                 gid: Some(m.gid()),
-                sha256: get_sha_xattr(&src),
+                sha256,
                 symlink: None,
-                writer: get_xattr(&src, WRITER_XATTR),
-                conflict: get_xattr(&src, CONFLICT_XATTR).and_then(|v| ConflictMark::decode(&v)),
+                writer: ours.then(|| get_xattr(&src, WRITER_XATTR)).flatten(),
+                conflict: ours
+                    .then(|| get_xattr(&src, CONFLICT_XATTR))
+                    .flatten()
+                    .and_then(|v| ConflictMark::decode(&v)),
             };
             let tmp = temp_beside(&dest)?;
             let r = (|| {
@@ -541,6 +548,11 @@ fn info_of(path: &Path, key: String, m: &fs::Metadata) -> RemoteResult<Option<Ob
         return Ok(None);
     };
     let mtime_ns = m.mtime() * 1_000_000_000 + m.mtime_nsec();
+    let sha256 = if kind == ObjectKind::File {
+        get_sha_xattr(path)
+    } else {
+        None
+    };
     Ok(Some(ObjectInfo {
         key,
         kind,
@@ -557,16 +569,16 @@ fn info_of(path: &Path, key: String, m: &fs::Metadata) -> RemoteResult<Option<Ob
             mode: Some(m.mode() & 0o7777),
             uid: Some(m.uid()),
             gid: Some(m.gid()),
-            sha256: if kind == ObjectKind::File {
-                get_sha_xattr(path)
-            } else {
-                None
-            },
+            sha256: sha256.clone(),
             symlink,
-            writer: (kind == ObjectKind::File)
+            // A file another program rewrote in place keeps our attributes: believe them
+            // only while our stamped hash still holds.
+            writer: sha256
+                .is_some()
                 .then(|| get_xattr(path, WRITER_XATTR))
                 .flatten(),
-            conflict: (kind == ObjectKind::File)
+            conflict: sha256
+                .is_some()
                 .then(|| get_xattr(path, CONFLICT_XATTR))
                 .flatten()
                 .and_then(|v| ConflictMark::decode(&v)),

@@ -255,6 +255,20 @@ impl Dashboard {
         if req.method() != Method::GET {
             return error(StatusCode::METHOD_NOT_ALLOWED, "GET or POST only");
         }
+        if req.uri().path() == "/api/text" {
+            // A read may fetch from the remote, which blocks: not on the server's threads.
+            let control = self.control.clone();
+            let path = param(&q, "path").unwrap_or("").to_string();
+            return match tokio::task::spawn_blocking(move || control.text_at(&path)).await {
+                Ok(Ok(Ok(text))) => json(StatusCode::OK, &serde_json::json!({ "text": text })),
+                Ok(Ok(Err(why))) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "text": null, "why": why }),
+                ),
+                Ok(Err(r)) => refused(r),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            };
+        }
         self.read(req.uri().path(), &q)
     }
 
