@@ -66,10 +66,12 @@ fn read_only_mount_refuses_every_change_and_never_writes_the_remote() {
     env.put_remote("a.txt", b"remote a");
     env.put_remote("dir/b.txt", b"remote b");
     let state = env.new_state_dir();
-    // A write queued by an earlier read-write mount, left for later (an hour's write-back):
-    // a read-only mount of the same state dir must leave it queued, not upload it.
-    let m = env.try_mount(&state, &["--write-back", "3600"]).unwrap();
+    // A write queued by an earlier read-write mount, unmounted before its write-back of 8 s
+    // was up: due while the read-only mount of the same state dir runs, which must leave it
+    // queued, not upload it.
+    let m = env.try_mount(&state, &["--write-back", "8"]).unwrap();
     fs::write(m.path("queued.txt"), b"queued").unwrap();
+    let written = std::time::Instant::now();
     m.unmount();
     let before = snapshot(&env.root);
     assert!(!before.iter().any(|e| e.0 == "queued.txt"));
@@ -117,6 +119,9 @@ fn read_only_mount_refuses_every_change_and_never_writes_the_remote() {
         // `stratus sync` asks for a poll and a drain: neither may write.
         let _ = m.stratus(&["sync", m.dir.to_str().unwrap()]);
         std::thread::sleep(Duration::from_secs(2));
+        // Past the queued write's due time (and a poll or two at the 0.1 s write-back).
+        let due = written + Duration::from_secs(12);
+        std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
         assert_eq!(fs::read(m.path("a.txt")).unwrap(), b"remote a");
         m.unmount();
         assert_eq!(
