@@ -389,29 +389,45 @@ fn a_user_mounts_when_dev_fuse_is_open_to_them_and_is_told_what_to_do_otherwise(
     assert_eq!(fs::metadata(env.root.join("n.txt")).unwrap().uid(), NOBODY);
 }
 
-/// Makes /sbin/mount.fuse.stratus (where util-linux's mount(8) looks: /sbin only, not
-/// /usr/local/sbin) a symlink to the binary under test while it lives, and puts back what
-/// was there before.
+/// The mount(8) helpers (/sbin/mount.fuse.stratus and /sbin/mount.stratus, where util-linux
+/// looks: /sbin only, not /usr/local/sbin) as `scripts/setup.sh --mount-helper` links them,
+/// to the binary under test while this lives; what was there before is put back.
 struct Helper {
-    path: PathBuf,
-    before: Option<PathBuf>,
+    before: Vec<(PathBuf, Option<PathBuf>)>,
 }
+
+const HELPERS: [&str; 2] = ["/sbin/mount.fuse.stratus", "/sbin/mount.stratus"];
 
 impl Helper {
     fn install() -> Helper {
-        let path = PathBuf::from("/sbin/mount.fuse.stratus");
-        let before = fs::read_link(&path).ok();
-        let _ = fs::remove_file(&path);
-        std::os::unix::fs::symlink(BIN, &path).expect("writing /sbin (tests run as root)");
-        Helper { path, before }
+        let before = HELPERS
+            .iter()
+            .map(|p| (PathBuf::from(p), fs::read_link(p).ok()))
+            .collect();
+        let o = Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/setup.sh"))
+            .args(["--mount-helper", BIN])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "setup.sh --mount-helper: {}",
+            stderr(&o)
+        );
+        for p in HELPERS {
+            assert_eq!(fs::canonicalize(p).unwrap(), fs::canonicalize(BIN).unwrap());
+        }
+        Helper { before }
     }
 }
 
 impl Drop for Helper {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
-        if let Some(b) = &self.before {
-            let _ = std::os::unix::fs::symlink(b, &self.path);
+        for (p, b) in &self.before {
+            let _ = fs::remove_file(p);
+            if let Some(b) = b {
+                let _ = std::os::unix::fs::symlink(b, p);
+            }
         }
     }
 }
@@ -448,6 +464,23 @@ fn mount_t_fuse_stratus_and_an_fstab_line_mount_and_umount_takes_them_off() {
     let o = Command::new("umount").arg(&mp).output().unwrap();
     assert!(o.status.success(), "umount: {}", stderr(&o));
     assert!(mount_options(&mp).is_none());
+    assert!(eventually(30, || !alive(pid)), "the daemon outlived umount");
+
+    // The short spelling, `-t stratus` (mount.stratus).
+    let state1 = env.new_state_dir();
+    let o = Command::new("mount")
+        .args(["-t", "stratus"])
+        .arg(&env.root)
+        .arg(&mp)
+        .arg("-o")
+        .arg(format!("state_dir={}", state1.display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "mount -t stratus: {}", stderr(&o));
+    assert_eq!(fs::read(mp.join("f.txt")).unwrap(), b"via mount(8)");
+    let pid = daemon_of(&state1);
+    let o = Command::new("umount").arg(&mp).output().unwrap();
+    assert!(o.status.success(), "umount: {}", stderr(&o));
     assert!(eventually(30, || !alive(pid)), "the daemon outlived umount");
 
     // An fstab line (in a file of the test's own: mount -T reads it instead of /etc/fstab).
@@ -500,11 +533,35 @@ fn foreground_mount_notifies_ready_once_it_answers_and_stopping_on_sigterm_keepi
     sock.set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
 
-    let mut child = Command::new(BIN)
-        .args(["mount", env.root.to_str().unwrap(), mp.to_str().unwrap()])
-        .args(["--foreground", "--write-back", "3600", "--state-dir"])
-        .arg(&state)
-        .arg("--log-file")
+    // The command line of the unit file in docs/, run as systemd would run it.
+    let unit = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/systemd/stratus-sync.service"),
+    )
+    .unwrap();
+    assert!(unit.lines().any(|l| l == "Type=notify"), "{unit}");
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart");
+    let (root, mpath, spath) = (
+        env.root.to_str().unwrap(),
+        mp.to_str().unwrap(),
+        state.to_str().unwrap(),
+    );
+    let argv: Vec<&str> = exec
+        .split_whitespace()
+        .map(|a| match a {
+            "/usr/local/bin/stratus" => BIN,
+            "${REMOTE}" => root,
+            "${MOUNTPOINT}" => mpath,
+            "/var/lib/stratus/sync" => spath,
+            a => a,
+        })
+        .collect();
+    assert_eq!(argv[0], BIN, "{exec}");
+    let mut child = Command::new(argv[0])
+        .args(&argv[1..])
+        .args(["--write-back", "3600", "--log-file"])
         .arg(state.join("stratus.log"))
         .env("NOTIFY_SOCKET", &sock_path)
         .stdin(Stdio::null())
