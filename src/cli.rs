@@ -445,6 +445,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn set(path: &Path, name: &str, value: &[u8]) -> anyhow::Result<()> {
     match control::set(path, name, value) {
         Ok(()) => Ok(()),
+        // The kernel refuses every attribute write on a read-only mount before it reaches us.
+        Err(e) if e.raw_os_error() == Some(libc::EROFS) => {
+            bail!("{}: the mount is read-only (-o ro)", path.display())
+        }
         Err(e) => match control::get(path, control::REFUSAL) {
             Ok(why) if e.raw_os_error() != Some(libc::ENOTSUP) => {
                 bail!("{}", String::from_utf8_lossy(&why))

@@ -116,8 +116,12 @@ fn read_only_mount_refuses_every_change_and_never_writes_the_remote() {
             .output()
             .unwrap();
         assert!(!t.status.success());
-        // `stratus sync` asks for a poll and a drain: neither may write.
-        let _ = m.stratus(&["sync", m.dir.to_str().unwrap()]);
+        // `stratus sync` (a drain and a poll) is refused, as the kernel refuses every
+        // attribute write on a read-only mount, with the reason.
+        let o = m.stratus(&["sync", m.dir.to_str().unwrap()]);
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains("read-only (-o ro)"), "{}", stderr(&o));
+        assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
         std::thread::sleep(Duration::from_secs(2));
         // Past the queued write's due time (and a poll or two at the 0.1 s write-back).
         let due = written + Duration::from_secs(12);
