@@ -44,3 +44,33 @@ fn send_to(path: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
     sock.send_to_addr(state.as_bytes(), &addr)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::linux::net::SocketAddrExt;
+
+    #[test]
+    fn sends_to_a_path_and_to_an_abstract_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let by_path = UnixDatagram::bind(&path).unwrap();
+        let name = format!("stratus-notify-test-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let abstract_ = UnixDatagram::bind_addr(&addr).unwrap();
+        for (socket, sock) in [
+            (path.into_os_string(), &by_path),
+            (format!("@{name}").into(), &abstract_),
+        ] {
+            Notifier {
+                socket: Some(socket),
+            }
+            .send("READY=1");
+            let mut buf = [0u8; 64];
+            let n = sock.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], b"READY=1");
+        }
+        // No socket: nothing to do, and no failure.
+        Notifier { socket: None }.send("READY=1");
+    }
+}

@@ -60,11 +60,26 @@ pub struct Parsed {
 }
 
 /// Options mount(8), fstab and systemd hand to every helper, which concern them and not the
-/// filesystem: accepted and ignored.
+/// filesystem, and the access-time options an fstab line often carries (atime is never
+/// uploaded, as `noatime` would have it): accepted and ignored.
 fn ignored(opt: &str) -> bool {
     matches!(
         opt,
-        "_netdev" | "nofail" | "noauto" | "auto" | "user" | "users" | "nouser" | "defaults"
+        "_netdev"
+            | "nofail"
+            | "noauto"
+            | "auto"
+            | "user"
+            | "users"
+            | "nouser"
+            | "defaults"
+            | "atime"
+            | "noatime"
+            | "relatime"
+            | "norelatime"
+            | "strictatime"
+            | "nodiratime"
+            | "lazytime"
     ) || opt.starts_with("x-")
         || opt.starts_with("comment=")
 }
@@ -171,7 +186,7 @@ mod tests {
     fn mount8_lists() {
         let p = parse_s3(&[
             "ro,allow_other,uid=1000,gid=100,umask=022,_netdev,nofail,x-systemd.automount",
-            "comment=fstab,defaults,noexec,dev",
+            "comment=fstab,defaults,noexec,dev,noatime,relatime",
         ])
         .unwrap();
         assert_eq!(p.mount.access, Access::Everyone);
