@@ -8,6 +8,9 @@
 # --quick  short runs (what CI uses)
 # --peer   the mount is not stratus (a local directory, bindfs, rclone): run pjdfstest without
 #          our expected-failure list, and report instead of failing
+#
+# pjdfstest switches to other users: mount stratus with `-o allow_other` (without it only the
+# mounting user may enter, root included), on a path other users can reach.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 quick=0
@@ -22,6 +25,10 @@ while [ $# -gt 1 ]; do
 done
 [ $# -eq 1 ] || { echo "usage: $0 [--quick] [--peer] MOUNTPOINT" >&2; exit 2; }
 mnt=$(cd "$1" && pwd)
+if [ $peer -eq 0 ] && ! setpriv --reuid=65534 --regid=65534 --clear-groups -- stat "$mnt" >/dev/null 2>&1; then
+    echo "conformance: other users cannot reach $mnt, and pjdfstest switches to them: mount it with -o allow_other on a path they can reach" >&2
+    exit 2
+fi
 failures=0
 passed=0
 say() { printf '%s\n' "$*"; }

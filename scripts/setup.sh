@@ -26,6 +26,29 @@ installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
 }
 
+# --mount-helper [BINARY]: makes /sbin/mount.fuse.stratus and /sbin/mount.stratus symlinks to
+# the stratus binary (default: `stratus` on PATH, else target/release/stratus), so that
+# `mount -t fuse.stratus REMOTE MNT -o OPTIONS` and fstab lines work. /sbin, not /usr/local/sbin:
+# util-linux's mount(8) looks for helpers in /sbin only (checked with util-linux 2.38 on Debian 12).
+if [ "${1:-}" = "--mount-helper" ]; then
+    bin="${2:-$(command -v stratus || true)}"
+    [ -n "$bin" ] || bin="$PWD/target/release/stratus"
+    bin=$(readlink -f "$bin")
+    if [ ! -x "$bin" ]; then
+        say "no stratus binary at $bin (cargo build --release first, or name it)" >&2
+        exit 1
+    fi
+    for name in mount.fuse.stratus mount.stratus; do
+        if [ "$(readlink "/sbin/$name" 2>/dev/null)" = "$bin" ]; then
+            say "/sbin/$name already points at $bin"
+        else
+            as_root ln -sfn "$bin" "/sbin/$name"
+            say "linked /sbin/$name to $bin"
+        fi
+    done
+    exit 0
+fi
+
 # --runtime: only what a mount needs (quickstart.sh), not the test servers and tools.
 if [ "${1:-}" = "--runtime" ]; then
     missing=()

@@ -13,11 +13,12 @@ cargo test --all-targets -- --test-threads=4 "$@"
 
 # Quick conformance suites on a stratus mount over a fresh local-folder remote.
 work=$(mktemp -d)
-# pjdfstest switches to other users, who must be able to reach the mount.
+# pjdfstest switches to other users, who must be able to reach the mount (and to be let in:
+# -o allow_other).
 chmod 755 "$work"
 mkdir -p "$work/remote" "$work/mnt"
 trap 'target/debug/stratus unmount "$work/mnt" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
-target/debug/stratus mount "$work/remote" "$work/mnt" --state-dir "$work/state" --write-back 0.2
+target/debug/stratus mount "$work/remote" "$work/mnt" --state-dir "$work/state" --write-back 0.2 -o allow_other
 scripts/conformance.sh --quick "$work/mnt"
 target/debug/stratus sync "$work/mnt" --wait --timeout 300
 # After the queue drained, the remote folder holds exactly the tree the mount shows.

@@ -6,6 +6,7 @@
 mod clean;
 mod dashboard;
 mod mount;
+mod mount_helper;
 mod mounts;
 mod report;
 mod show;
@@ -72,6 +73,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// One value per process, parsed once: the size of the mount variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Mount REMOTE (a directory, file:///path, s3://, az:// or gs://) on MOUNTPOINT.
@@ -88,9 +91,16 @@ enum Cmd {
         /// Seconds a closed file is left alone before it is uploaded.
         #[arg(long, default_value_t = 2.0)]
         write_back: f64,
-        /// Extra object_store option, KEY=VALUE (repeatable).
-        #[arg(short = 'o', value_name = "KEY=VALUE")]
+        /// Mount options, comma-separated as mount(8) passes them: allow_other, allow_root,
+        /// ro, rw, uid=N, gid=N, umask=OCTAL, dev, nodev, suid, nosuid, exec, noexec,
+        /// default_permissions, state_dir=PATH; _netdev, nofail, noauto, defaults, x-* and
+        /// comment=* are ignored. See docs/semantics.md.
+        #[arg(short = 'o', value_name = "OPTIONS")]
         options: Vec<String>,
+        /// object_store setting for the remote, KEY=VALUE (repeatable), such as
+        /// aws_virtual_hosted_style_request=true.
+        #[arg(long = "store-opt", value_name = "KEY=VALUE")]
+        store_opts: Vec<String>,
         /// Seconds between listings of the remote for changes made elsewhere; 0 turns
         /// polling off (`stratus sync` still polls).
         #[arg(long, default_value_t = 15.0)]
@@ -253,7 +263,10 @@ impl Out {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match mount_helper::args() {
+        Some(args) => Cli::parse_from(args),
+        None => Cli::parse(),
+    };
     if !matches!(cli.cmd, Cmd::Mount { .. }) {
         // A command whose output goes to a closed pipe (`stratus status | head -1`) ends
         // quietly, as other Unix tools do, instead of panicking in `println!`. The daemon
@@ -288,6 +301,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             foreground,
             write_back,
             options,
+            store_opts,
             log_file,
             poll_interval,
             conflict,
@@ -300,17 +314,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let url = RemoteUrl::parse(&remote).map_err(|e| anyhow::anyhow!("bad remote: {e}"))?;
             let mp = absolute(&mountpoint)?;
-            let state_dir = match state_dir {
+            let parsed = daemon::parse_mount_options(&options, |k| {
+                crate::remote::Remote::is_store_option(&url, k)
+            })
+            .map_err(anyhow::Error::msg)?;
+            let mut opts = Vec::new();
+            for o in &store_opts {
+                let (k, v) = o
+                    .split_once('=')
+                    .with_context(|| format!("--store-opt {o}: expected KEY=VALUE"))?;
+                opts.push((k.to_string(), v.to_string()));
+            }
+            for (k, v) in parsed.store {
+                eprintln!("stratus: warning: -o {k}=... is deprecated for object_store settings; use --store-opt {k}=...");
+                opts.push((k, v));
+            }
+            let state_dir = match state_dir.or(parsed.mount.state_dir.clone()) {
                 Some(d) => absolute(&d)?,
                 None => default_state_dir(&url, &mp)?,
             };
-            let mut opts = Vec::new();
-            for o in &options {
-                let (k, v) = o
-                    .split_once('=')
-                    .with_context(|| format!("-o {o}: expected KEY=VALUE"))?;
-                opts.push((k.to_string(), v.to_string()));
-            }
             if !(0.0..=86_400.0).contains(&write_back) {
                 bail!("--write-back must be between 0 and 86400 seconds");
             }
@@ -335,7 +357,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 mountpoint: mp,
                 state_dir,
                 write_back: Duration::from_secs_f64(write_back),
-                options: opts,
+                store_options: opts,
+                mount: parsed.mount,
                 fuse_threads: 4,
                 poll_interval: (poll_interval > 0.0)
                     .then(|| Duration::from_secs_f64(poll_interval)),
@@ -362,7 +385,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 Ok(ExitCode::SUCCESS)
             } else {
-                spawn_daemon(&remote, &cfg, &options, cli.verbose, out)
+                spawn_daemon(&remote, &cfg, cli.verbose, out)
             }
         }
         Cmd::Unmount { mountpoint } => unmount(&mountpoint, out),
@@ -422,6 +445,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn set(path: &Path, name: &str, value: &[u8]) -> anyhow::Result<()> {
     match control::set(path, name, value) {
         Ok(()) => Ok(()),
+        // The kernel refuses every attribute write on a read-only mount before it reaches us.
+        Err(e) if e.raw_os_error() == Some(libc::EROFS) => {
+            bail!("{}: the mount is read-only (-o ro)", path.display())
+        }
         Err(e) => match control::get(path, control::REFUSAL) {
             Ok(why) if e.raw_os_error() != Some(libc::ENOTSUP) => {
                 bail!("{}", String::from_utf8_lossy(&why))

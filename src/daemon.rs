@@ -1,14 +1,18 @@
 //! Runs one mount in the foreground: locks the state dir, checks the remote, starts the core
 //! (`daemon/wiring.rs`) and serves the FUSE session until unmounted.
 
+mod notify;
+mod options;
 mod wiring;
 
+pub use notify::Notifier;
+pub use options::{parse as parse_mount_options, Access, MountOptions};
 pub use wiring::{Core, CoreBuilder};
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +22,7 @@ use fuser::MountOption;
 
 use crate::cache::FileCache;
 use crate::control::{Control, PRECONDITIONS_IGNORED, PRECONDITIONS_META};
-use crate::fuse::StratusFs;
+use crate::fuse::{StratusFs, View};
 use crate::remote::{Preconditions, Remote, RemoteUrl};
 use crate::store::{Event, EventKind, Store};
 use crate::sync::{ConflictPolicy, SyncConfig};
@@ -33,7 +37,10 @@ pub struct MountConfig {
     pub mountpoint: PathBuf,
     pub state_dir: PathBuf,
     pub write_back: Duration,
-    pub options: Vec<(String, String)>,
+    /// object_store settings (`--store-opt`).
+    pub store_options: Vec<(String, String)>,
+    /// The FUSE side (`-o`).
+    pub mount: MountOptions,
     pub fuse_threads: usize,
     pub poll_interval: Option<Duration>,
     pub policy: ConflictPolicy,
@@ -121,6 +128,41 @@ pub fn make_private_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("making state dir {} private", dir.display()))
 }
 
+/// Takes every permission of group and others off what the state dir holds (files 0600 at
+/// most, directories 0700): the cached copies of the user's files, the journal and the log
+/// are the user's alone, also in a state dir an older version left readable.
+fn tighten_state_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut tightened = 0u64;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))?;
+        for e in entries {
+            let e = e?;
+            let m = e.metadata()?;
+            let mode = m.permissions().mode() & 0o7777;
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if !m.is_file() {
+                continue;
+            }
+            if mode & 0o077 != 0 {
+                std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(mode & 0o700))
+                    .with_context(|| format!("making {} private", e.path().display()))?;
+                tightened += 1;
+            }
+        }
+    }
+    if tightened > 0 {
+        tracing::info!(
+            state_dir = %dir.display(),
+            files = tightened,
+            "state dir was readable by others; made it private"
+        );
+    }
+    Ok(())
+}
+
 /// Holds `STATE/lock` for the life of the mount: a second mount of the same state dir fails.
 fn lock_state_dir(dir: &Path) -> anyhow::Result<File> {
     let path = dir.join("lock");
@@ -129,6 +171,7 @@ fn lock_state_dir(dir: &Path) -> anyhow::Result<File> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: flock on a descriptor we own.
@@ -203,12 +246,25 @@ pub fn is_mounted(mp: &Path) -> bool {
 /// Mounts and serves until unmounted (by `stratus unmount`, fusermount3 -u, umount or a
 /// signal). What is still queued stays in the journal for the next mount.
 pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
+    let systemd = Notifier::from_env();
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    cfg.mount
+        .check_allowed(
+            euid,
+            std::fs::read_to_string("/etc/fuse.conf").ok().as_deref(),
+        )
+        .map_err(anyhow::Error::msg)?;
     make_private_dir(&cfg.state_dir)?;
+    tighten_state_dir(&cfg.state_dir)?;
     let _lock = lock_state_dir(&cfg.state_dir)?;
     check_mountpoint(&cfg.mountpoint)?;
 
-    let core = CoreBuilder::open(&cfg.state_dir, &cfg.remote, &cfg.options)?;
+    let core = CoreBuilder::open(&cfg.state_dir, &cfg.remote, &cfg.store_options)?;
     let identity = core.identity().to_string();
+    if cfg.mount.read_only {
+        core.remote().set_read_only();
+    }
 
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
@@ -245,7 +301,8 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
         Err(e) => bail!("remote {identity} refused us: {}", e.brief()),
     }
 
-    let reachable = core.remote().health().is_reachable();
+    // A read-only mount skips the check: it writes a scratch object.
+    let reachable = core.remote().health().is_reachable() && !cfg.mount.read_only;
     check_preconditions(
         core.runtime(),
         core.store(),
@@ -274,32 +331,70 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
     if let Some(addr) = &cfg.metrics {
         let listener = core.runtime().block_on(crate::web::bind_loopback(addr))?;
         tracing::info!(addr = %listener.local_addr()?, "serving metrics");
-        std::fs::write(
-            cfg.state_dir.join("metrics.addr"),
-            listener.local_addr()?.to_string(),
+        crate::web::dashboard::write_private(
+            &cfg.state_dir.join("metrics.addr"),
+            &listener.local_addr()?.to_string(),
         )?;
         core.runtime()
             .spawn(crate::web::serve_metrics(listener, control.clone()));
     }
     serve_dashboard(&cfg, &core, &control)?;
-    let fs = StratusFs::new(control);
+    let m = &cfg.mount;
+    let fs = StratusFs::new(
+        control,
+        View {
+            read_only: m.read_only,
+            uid: m.uid,
+            gid: m.gid,
+            umask: m.umask.unwrap_or(0),
+        },
+    );
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         MountOption::FSName(identity.clone()),
         MountOption::Subtype("stratus".into()),
         MountOption::DefaultPermissions,
-        MountOption::NoDev,
-        MountOption::NoSuid,
+        if m.dev {
+            MountOption::Dev
+        } else {
+            MountOption::NoDev
+        },
+        if m.suid {
+            MountOption::Suid
+        } else {
+            MountOption::NoSuid
+        },
+        if m.exec {
+            MountOption::Exec
+        } else {
+            MountOption::NoExec
+        },
+        if m.read_only {
+            MountOption::RO
+        } else {
+            MountOption::RW
+        },
     ];
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        config.acl = fuser::SessionACL::All;
-    }
+    // Nobody but the mounting user gets in unless the options say so, root included (FUSE's
+    // own default, and what every other FUSE filesystem does).
+    config.acl = match m.access {
+        Access::Owner => fuser::SessionACL::Owner,
+        Access::OwnerAndRoot => fuser::SessionACL::RootAndOwner,
+        Access::Everyone => fuser::SessionACL::All,
+    };
     config.n_threads = Some(cfg.fuse_threads);
-    let mut session = fuser::Session::new(fs, &cfg.mountpoint, &config)
-        .with_context(|| format!("mounting on {}", cfg.mountpoint.display()))?;
+    let mut session = match fuser::Session::new(fs, &cfg.mountpoint, &config) {
+        Ok(s) => s,
+        Err(e) if euid != 0 && e.kind() == std::io::ErrorKind::PermissionDenied => {
+            bail!("{}", explain_denied(&e))
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("mounting on {}", cfg.mountpoint.display()))
+        }
+    };
     crate::fuse::forward_invalidations(session.notifier(), invalidations);
     let mut unmounter = session.unmount_callable();
+    let stopping = systemd.clone();
     core.runtime().spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut term), Ok(mut int)) = (
@@ -313,6 +408,7 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
             _ = int.recv() => {}
         }
         tracing::info!("signal received; unmounting");
+        stopping.send("STOPPING=1");
         if let Err(e) = unmounter.unmount() {
             tracing::warn!(error = %e, "unmount failed");
         }
@@ -320,7 +416,11 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
     tracing::info!(mountpoint = %cfg.mountpoint.display(), remote = %identity, "mount is live");
     record(core.store(), EventKind::Mount, &cfg.mountpoint);
     ready.ok();
+    systemd.send("READY=1");
     let served = session.run();
+    // Unmounted by umount or fusermount3 -u (a signal has said it already: systemd takes
+    // the second as the same state).
+    systemd.send("STOPPING=1");
     tracing::info!("unmounted; stopping the uploader");
     record(core.store(), EventKind::Unmount, &cfg.mountpoint);
     let fetched = core.remote().health().downloaded();
@@ -335,6 +435,21 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
     core.shutdown(Duration::from_secs(10));
     served.context("serving the mount")?;
     Ok(())
+}
+
+/// One line that says what to do when the kernel refused a user's mount: /dev/fuse is not
+/// open to them, or fusermount3 refused.
+fn explain_denied(e: &std::io::Error) -> String {
+    let dev = std::fs::metadata("/dev/fuse").ok();
+    let open = OpenOptions::new().read(true).write(true).open("/dev/fuse");
+    match (dev, open) {
+        (None, _) => "cannot mount: /dev/fuse is missing (as root: modprobe fuse)".to_string(),
+        (Some(_), Err(_)) => "cannot mount: /dev/fuse is not open to this user (as root: chmod 0666 /dev/fuse, or add the user to the group owning it), or mount as root".to_string(),
+        (Some(_), Ok(_)) => format!(
+            "cannot mount: {} (check that fusermount3 is installed set-uid root, from the fuse3 package)",
+            e.to_string().trim()
+        ),
+    }
 }
 
 /// Puts a mount or unmount in the activity log; a failure is logged, never fatal.

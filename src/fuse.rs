@@ -37,13 +37,47 @@ const TTL: Duration = Duration::from_secs(30);
 pub struct StratusFs {
     vfs: Arc<Vfs>,
     control: Arc<Control>,
+    view: View,
+}
+
+/// How the mount presents itself, from the mount options: read-only, and the owner and mode
+/// mask every entry is shown with (`uid=`, `gid=`, `umask=`, as vfat and rclone do).
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    pub read_only: bool,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub umask: u32,
+}
+
+impl View {
+    fn attr(&self, a: &Attr) -> FileAttr {
+        let mut f = fattr(a);
+        f.uid = self.uid.unwrap_or(f.uid);
+        f.gid = self.gid.unwrap_or(f.gid);
+        f.perm &= !(self.umask as u16);
+        f
+    }
+}
+
+/// Answers EROFS to a change on a read-only mount. The kernel refuses most changes on an
+/// `ro` mount before they get here; this holds for the rest (and whatever a future kernel
+/// lets through), because such a mount must never change the local state either.
+macro_rules! refuse_on_ro {
+    ($self:expr, $reply:expr) => {
+        if $self.view.read_only {
+            $reply.error(Errno::EROFS);
+            return;
+        }
+    };
 }
 
 impl StratusFs {
-    pub fn new(control: Arc<Control>) -> StratusFs {
+    pub fn new(control: Arc<Control>, view: View) -> StratusFs {
         StratusFs {
             vfs: control.vfs().clone(),
             control,
+            view,
         }
     }
 }
@@ -118,7 +152,7 @@ impl Filesystem for StratusFs {
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _op = op_span!(req, "lookup", parent, None::<u64>);
         match self.vfs.lookup(ino(parent), name) {
-            Ok(a) => reply.entry(&TTL, &fattr(&a), Generation(0)),
+            Ok(a) => reply.entry(&TTL, &self.view.attr(&a), Generation(0)),
             Err(e) => reply.error(errno("lookup", e)),
         }
     }
@@ -126,7 +160,7 @@ impl Filesystem for StratusFs {
     fn getattr(&self, req: &Request, i: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let _op = op_span!(req, "getattr", i, fh.map(|h| h.0));
         match self.vfs.getattr(ino(i)) {
-            Ok(a) => reply.attr(&TTL, &fattr(&a)),
+            Ok(a) => reply.attr(&TTL, &self.view.attr(&a)),
             Err(e) => reply.error(errno("getattr", e)),
         }
     }
@@ -150,6 +184,7 @@ impl Filesystem for StratusFs {
         reply: ReplyAttr,
     ) {
         let _op = op_span!(req, "setattr", i, fh.map(|h| h.0));
+        refuse_on_ro!(self, reply);
         let set = SetAttr {
             mode,
             uid,
@@ -159,7 +194,7 @@ impl Filesystem for StratusFs {
             mtime: mtime.map(time),
         };
         match self.vfs.setattr(ino(i), &set) {
-            Ok(a) => reply.attr(&TTL, &fattr(&a)),
+            Ok(a) => reply.attr(&TTL, &self.view.attr(&a)),
             Err(e) => reply.error(errno("setattr", e)),
         }
     }
@@ -183,11 +218,12 @@ impl Filesystem for StratusFs {
         reply: ReplyEntry,
     ) {
         let _op = op_span!(req, "mknod", parent, None::<u64>);
+        refuse_on_ro!(self, reply);
         match self
             .vfs
             .mknod(ino(parent), name, mode & !umask, req.uid(), req.gid())
         {
-            Ok((a, _)) => reply.entry(&TTL, &fattr(&a), Generation(0)),
+            Ok((a, _)) => reply.entry(&TTL, &self.view.attr(&a), Generation(0)),
             Err(e) => reply.error(errno("mknod", e)),
         }
     }
@@ -202,17 +238,19 @@ impl Filesystem for StratusFs {
         reply: ReplyEntry,
     ) {
         let _op = op_span!(req, "mkdir", parent, None::<u64>);
+        refuse_on_ro!(self, reply);
         match self
             .vfs
             .mkdir(ino(parent), name, mode & !umask, req.uid(), req.gid())
         {
-            Ok(a) => reply.entry(&TTL, &fattr(&a), Generation(0)),
+            Ok(a) => reply.entry(&TTL, &self.view.attr(&a), Generation(0)),
             Err(e) => reply.error(errno("mkdir", e)),
         }
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _op = op_span!(req, "unlink", parent, None::<u64>);
+        refuse_on_ro!(self, reply);
         match self.vfs.unlink(ino(parent), name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("unlink", e)),
@@ -221,6 +259,7 @@ impl Filesystem for StratusFs {
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _op = op_span!(req, "rmdir", parent, None::<u64>);
+        refuse_on_ro!(self, reply);
         match self.vfs.rmdir(ino(parent), name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("rmdir", e)),
@@ -236,6 +275,7 @@ impl Filesystem for StratusFs {
         reply: ReplyEntry,
     ) {
         let _op = op_span!(req, "symlink", parent, None::<u64>);
+        refuse_on_ro!(self, reply);
         match self.vfs.symlink(
             ino(parent),
             link_name,
@@ -243,7 +283,7 @@ impl Filesystem for StratusFs {
             req.uid(),
             req.gid(),
         ) {
-            Ok(a) => reply.entry(&TTL, &fattr(&a), Generation(0)),
+            Ok(a) => reply.entry(&TTL, &self.view.attr(&a), Generation(0)),
             Err(e) => reply.error(errno("symlink", e)),
         }
     }
@@ -259,6 +299,7 @@ impl Filesystem for StratusFs {
         reply: ReplyEmpty,
     ) {
         let _op = op_span!(req, "rename", parent, None::<u64>);
+        refuse_on_ro!(self, reply);
         if flags.contains(RenameFlags::RENAME_EXCHANGE)
             || flags.contains(RenameFlags::RENAME_WHITEOUT)
         {
@@ -288,8 +329,9 @@ impl Filesystem for StratusFs {
         reply: ReplyEntry,
     ) {
         let _op = op_span!(req, "link", i, None::<u64>);
+        refuse_on_ro!(self, reply);
         match self.vfs.link() {
-            Ok(a) => reply.entry(&TTL, &fattr(&a), Generation(0)),
+            Ok(a) => reply.entry(&TTL, &self.view.attr(&a), Generation(0)),
             Err(e) => reply.error(errno("link", e)),
         }
     }
@@ -297,6 +339,9 @@ impl Filesystem for StratusFs {
     fn open(&self, req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _op = op_span!(req, "open", i, None::<u64>);
         let writable = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
+        if writable {
+            refuse_on_ro!(self, reply);
+        }
         let truncate = writable && flags.0 & libc::O_TRUNC != 0;
         match self.vfs.open(ino(i), writable, truncate) {
             Ok((fh, keep)) => {
@@ -342,6 +387,7 @@ impl Filesystem for StratusFs {
         reply: ReplyWrite,
     ) {
         let _op = op_span!(req, "write", i, Some(fh.0));
+        refuse_on_ro!(self, reply);
         match self.vfs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno("write", e)),
@@ -443,7 +489,7 @@ impl Filesystem for StratusFs {
                 (n + 1) as u64,
                 OsStr::from_bytes(&d.name),
                 &TTL,
-                &fattr(&attr),
+                &self.view.attr(&attr),
                 Generation(0),
             ) {
                 break;
@@ -501,6 +547,7 @@ impl Filesystem for StratusFs {
         reply: ReplyEmpty,
     ) {
         let _op = op_span!(req, "setxattr", i, None::<u64>);
+        refuse_on_ro!(self, reply);
         match self.control.setxattr(ino(i), name.as_bytes(), value) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("setxattr", e)),
@@ -545,6 +592,7 @@ impl Filesystem for StratusFs {
         reply: ReplyEmpty,
     ) {
         let _op = op_span!(req, "fallocate", i, Some(fh.0));
+        refuse_on_ro!(self, reply);
         match self.vfs.fallocate(fh.0, offset, length, mode) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("fallocate", e)),
@@ -562,6 +610,7 @@ impl Filesystem for StratusFs {
         reply: ReplyCreate,
     ) {
         let _op = op_span!(req, "create", parent, None::<u64>);
+        refuse_on_ro!(self, reply);
         match self.vfs.create(
             ino(parent),
             name,
@@ -571,7 +620,7 @@ impl Filesystem for StratusFs {
         ) {
             Ok((a, fh)) => reply.created(
                 &TTL,
-                &fattr(&a),
+                &self.view.attr(&a),
                 Generation(0),
                 FileHandle(fh),
                 FopenFlags::empty(),

@@ -451,15 +451,19 @@ pub(crate) fn note_sent(bytes: u64) {
 pub struct Remote {
     backend: Box<dyn Backend>,
     health: Health,
+    /// A read-only mount (`-o ro`): every request that would change the remote is refused
+    /// here, whoever makes it, so that such a mount never writes to the remote.
+    read_only: std::sync::atomic::AtomicBool,
 }
 
 impl Remote {
-    /// Builds the client for `url`; `options` are extra object_store settings from `-o`.
+    /// Builds the client for `url`; `options` are extra object_store settings from
+    /// `--store-opt`.
     pub fn open(url: &RemoteUrl, options: &[(String, String)]) -> Result<Remote, String> {
         let backend: Box<dyn Backend> = match url {
             RemoteUrl::Local(p) => {
                 if !options.is_empty() {
-                    return Err("-o options apply to cloud remotes only".into());
+                    return Err("--store-opt applies to cloud remotes only".into());
                 }
                 Box::new(LocalRemote::new(p.clone()))
             }
@@ -477,7 +481,40 @@ impl Remote {
         Remote {
             backend,
             health: Health::default(),
+            read_only: Default::default(),
         }
+    }
+
+    /// Whether `key` names an object_store setting of `url`'s backend (what `--store-opt`
+    /// takes), so that `-o KEY=VALUE` can tell one from a mistyped mount option.
+    pub fn is_store_option(url: &RemoteUrl, key: &str) -> bool {
+        use object_store::{aws::AmazonS3ConfigKey, azure::AzureConfigKey, gcp::GoogleConfigKey};
+        match url {
+            RemoteUrl::Local(_) => false,
+            RemoteUrl::S3 { .. } => key.parse::<AmazonS3ConfigKey>().is_ok(),
+            RemoteUrl::Azure { .. } => key.parse::<AzureConfigKey>().is_ok(),
+            RemoteUrl::Gcs { .. } => key.parse::<GoogleConfigKey>().is_ok(),
+        }
+    }
+
+    /// Makes every later write request fail without reaching the server (`-o ro`).
+    pub fn set_read_only(&self) {
+        self.read_only
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn writable(&self, key: &str) -> RemoteResult<()> {
+        if self.is_read_only() {
+            tracing::warn!(key, "write to the remote refused: the mount is read-only");
+            return Err(RemoteError::Permanent(format!(
+                "{key}: the mount is read-only"
+            )));
+        }
+        Ok(())
     }
 
     /// What this mount knows of the remote's health, and the user's offline switch.
@@ -550,6 +587,10 @@ impl Remote {
     /// Checks once whether the server refuses what it must refuse (see `Preconditions`);
     /// `None` for a local folder, where mounts serialize through `.stratus-lock` instead.
     pub async fn probe_preconditions(&self) -> Option<RemoteResult<Preconditions>> {
+        // The probe writes a scratch object.
+        if let Err(e) = self.writable("precondition probe") {
+            return Some(Err(e));
+        }
         Some(self.backend.probe_preconditions()?.await)
     }
 
@@ -619,6 +660,7 @@ impl Remote {
                 self.0.end_upload();
             }
         }
+        self.writable(key)?;
         let sent = self.health.start_upload(key, size);
         let _ends = Ends(&self.health);
         let written = SENT
@@ -633,11 +675,13 @@ impl Remote {
     }
 
     pub async fn put_symlink(&self, key: &str, meta: &Meta, cond: &Cond) -> RemoteResult<Written> {
+        self.writable(key)?;
         self.watched(self.backend.put_symlink(key, meta, cond))
             .await
     }
 
     pub async fn put_dir(&self, key: &str, meta: &Meta) -> RemoteResult<Written> {
+        self.writable(key)?;
         self.watched(self.backend.put_dir(key, meta)).await
     }
 
@@ -652,6 +696,7 @@ impl Remote {
         cond: &Cond,
         size: u64,
     ) -> RemoteResult<Option<Written>> {
+        self.writable(key)?;
         self.watched(self.backend.update_meta(key, meta, cond, size))
             .await
     }
@@ -666,6 +711,7 @@ impl Remote {
         source: Option<&str>,
         cond: &Cond,
     ) -> RemoteResult<Written> {
+        self.writable(to)?;
         self.watched(self.backend.copy(from, to, source, cond))
             .await
     }
@@ -673,6 +719,7 @@ impl Remote {
     /// Deletes an object (or a directory marker); a missing key is success. With `expect`,
     /// only that version goes: another one answers `Conflict`.
     pub async fn delete(&self, key: &str, dir: bool, expect: Option<&str>) -> RemoteResult<()> {
+        self.writable(key)?;
         self.watched(self.backend.delete(key, dir, expect)).await
     }
 }

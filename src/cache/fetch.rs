@@ -169,7 +169,15 @@ impl BlockCache {
             path: dest.to_path_buf(),
             source,
         };
-        let f = std::fs::File::create(dest).map_err(io)?;
+        let f = std::os::unix::fs::OpenOptionsExt::mode(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true),
+            0o600,
+        )
+        .open(dest)
+        .map_err(io)?;
         f.set_len(size).map_err(io)?;
         tracing::debug!(%key, size, "fetching a version");
         self.rt.block_on(async {

@@ -4,6 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::{CacheError, CacheResult};
@@ -17,10 +18,15 @@ pub struct FileCache {
 impl FileCache {
     pub fn open(state_dir: &Path) -> CacheResult<FileCache> {
         let root = state_dir.join("data");
-        std::fs::create_dir_all(&root).map_err(|source| CacheError::Io {
-            path: root.clone(),
-            source,
-        })?;
+        // The cached copies of the user's files are the user's alone: 0700 here, 0600 each.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&root)
+            .map_err(|source| CacheError::Io {
+                path: root.clone(),
+                source,
+            })?;
         Ok(FileCache { root })
     }
 
@@ -47,6 +53,7 @@ impl FileCache {
             .write(true)
             .create(create)
             .truncate(false)
+            .mode(0o600)
             .open(self.path(id))
             .map_err(self.err(id))
     }
@@ -57,6 +64,7 @@ impl FileCache {
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(self.path(id))
             .map_err(self.err(id))
     }

@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -30,6 +31,7 @@ pub(super) fn init_logging(verbose: bool, file: Option<&Path>) -> anyhow::Result
             let f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(path)
                 .with_context(|| format!("opening log file {}", path.display()))?;
             builder
@@ -43,14 +45,15 @@ pub(super) fn init_logging(verbose: bool, file: Option<&Path>) -> anyhow::Result
 }
 
 /// Where the default state dirs live: `$XDG_STATE_HOME/stratus` or
-/// `~/.local/state/stratus`.
+/// `~/.local/state/stratus`; for root with neither set (mount(8) from fstab at boot, a
+/// systemd unit), `/var/lib/stratus`.
 pub(super) fn state_base() -> anyhow::Result<PathBuf> {
-    let base = match std::env::var_os("XDG_STATE_HOME") {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => PathBuf::from(
-            std::env::var_os("HOME").context("neither XDG_STATE_HOME nor HOME is set")?,
-        )
-        .join(".local/state"),
+    let base = match (std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME")) {
+        (Some(d), _) if !d.is_empty() => PathBuf::from(d),
+        (_, Some(h)) if !h.is_empty() => PathBuf::from(h).join(".local/state"),
+        // SAFETY: geteuid cannot fail.
+        _ if unsafe { libc::geteuid() } == 0 => return Ok(PathBuf::from("/var/lib/stratus")),
+        _ => bail!("neither XDG_STATE_HOME nor HOME is set"),
     };
     Ok(base.join("stratus"))
 }
@@ -84,7 +87,6 @@ pub(super) fn default_state_dir(remote: &RemoteUrl, mp: &Path) -> anyhow::Result
 pub(super) fn spawn_daemon(
     remote: &str,
     cfg: &MountConfig,
-    options: &[String],
     verbose: bool,
     out: Out,
 ) -> anyhow::Result<ExitCode> {
@@ -140,8 +142,9 @@ pub(super) fn spawn_daemon(
     if cfg.dashboard_allow_remote {
         cmd.arg("--dashboard-allow-remote");
     }
-    for o in options {
-        cmd.arg("-o").arg(o);
+    cmd.arg("-o").arg(cfg.mount.to_arg());
+    for (k, v) in &cfg.store_options {
+        cmd.arg("--store-opt").arg(format!("{k}={v}"));
     }
     cmd.env(READY_FD_ENV, write_fd.to_string())
         .stdin(Stdio::null())

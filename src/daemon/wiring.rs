@@ -45,7 +45,16 @@ impl CoreBuilder {
         identity: &str,
         remote: impl FnOnce() -> anyhow::Result<Remote>,
     ) -> anyhow::Result<CoreBuilder> {
-        let store = Arc::new(Store::open(&state_dir.join("state.db"))?);
+        // SQLite creates the database 0644 and gives its -wal and -shm files the database's
+        // mode: created 0600 first, all three stay private.
+        let db = state_dir.join("state.db");
+        std::os::unix::fs::OpenOptionsExt::mode(
+            std::fs::OpenOptions::new().write(true).create(true),
+            0o600,
+        )
+        .open(&db)
+        .with_context(|| format!("creating {}", db.display()))?;
+        let store = Arc::new(Store::open(&db)?);
         let identity = identity.to_string();
         match store.read(|db| db.meta_get("remote"))? {
             Some(r) if r != identity => bail!(
@@ -195,7 +204,12 @@ impl Core {
         if let Some(engine) = self.engine.take() {
             match within {
                 Some(d) => {
-                    let _ = self.rt.block_on(tokio::time::timeout(d, engine));
+                    // The timer is made inside the runtime: `timeout` made outside it
+                    // panicked ("no reactor running"), so every unmount ended in a panic
+                    // (exit 101) before the runtime was shut down.
+                    let _ = self
+                        .rt
+                        .block_on(async { tokio::time::timeout(d, engine).await });
                 }
                 None => {
                     let _ = self.rt.block_on(engine);

@@ -111,7 +111,13 @@ impl Engine {
                 }
                 pause_until = None;
             }
-            let job = match self.uploader.next_job() {
+            // A read-only mount leaves the queue of an earlier mount queued: it never writes.
+            let next = if self.ctx.remote.is_read_only() {
+                Ok(None)
+            } else {
+                self.uploader.next_job()
+            };
+            let job = match next {
                 Ok(Some(j)) => j,
                 Ok(None) => {
                     // Polling off (`--poll-interval 0`) means off: the remote change a job
