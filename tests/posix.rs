@@ -256,6 +256,138 @@ every_backend!(symlinks, |env: &Env| {
     assert_eq!(tree["d/g"].data, b"target");
 });
 
+fn mknod(path: &std::path::Path, mode: u32, dev: u64) -> std::io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: NUL-terminated path; plain syscall.
+    if unsafe { libc::mknod(c.as_ptr(), mode, dev) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+// Fifos, sockets and device nodes are made, opened and changed as on a local disk, go to the
+// remote as empty objects carrying their type (and a device's number), and come back from a
+// remount with an empty state dir.
+every_backend!(special_files, |env: &Env| {
+    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use stratus::types::Special;
+    let m = env.mount();
+    fs::create_dir(m.path("d")).unwrap();
+    mknod(&m.path("d/fifo"), libc::S_IFIFO | 0o640, 0).unwrap();
+    // The kernel carries a fifo's traffic: a writer and a reader meet through the mount.
+    let p = m.path("d/fifo");
+    let writer = std::thread::spawn(move || fs::write(p, b"through the pipe"));
+    assert_eq!(fs::read(m.path("d/fifo")).unwrap(), b"through the pipe");
+    writer.join().unwrap().unwrap();
+    // bind(2) makes the socket file, and a client connects through it.
+    let listener = UnixListener::bind(m.path("sock")).unwrap();
+    let mut client = UnixStream::connect(m.path("sock")).unwrap();
+    client.write_all(b"ping").unwrap();
+    let (mut served, _) = listener.accept().unwrap();
+    let mut got = [0u8; 4];
+    served.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"ping");
+    drop((client, served, listener));
+    // mknod c 1 3 (/dev/null's number) makes the node; the mount is `nodev`, as FUSE mounts
+    // are, so the kernel refuses to open it (a remote cannot hand out devices).
+    mknod(&m.path("null"), libc::S_IFCHR | 0o666, libc::makedev(1, 3)).unwrap();
+    assert_eq!(
+        errno_of(&fs::read(m.path("null")).unwrap_err()),
+        libc::EACCES
+    );
+    mknod(
+        &m.path("blk"),
+        libc::S_IFBLK | 0o600,
+        libc::makedev(259, 70_000),
+    )
+    .unwrap();
+    assert_eq!(
+        errno_of(&mknod(&m.path("blk"), libc::S_IFIFO | 0o600, 0).unwrap_err()),
+        libc::EEXIST
+    );
+    // chmod, chown, utimens and rename work on them.
+    fs::set_permissions(m.path("d/fifo"), fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(m.path("d/fifo"), Some(1234), Some(5678)).unwrap();
+    let when = UNIX_EPOCH + Duration::from_secs(978_307_200);
+    let c = CString::new(m.path("d/fifo").as_os_str().as_bytes()).unwrap();
+    let ts = libc::timespec {
+        tv_sec: 978_307_200,
+        tv_nsec: 0,
+    };
+    // SAFETY: NUL-terminated path, two valid timespecs.
+    assert_eq!(
+        unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), [ts, ts].as_ptr(), 0) },
+        0
+    );
+    fs::rename(m.path("d/fifo"), m.path("d/pipe")).unwrap();
+    let check = |root: &dyn Fn(&str) -> std::path::PathBuf, what: &str| {
+        let md = fs::symlink_metadata(root("d/pipe")).unwrap();
+        assert!(md.file_type().is_fifo(), "{what}: d/pipe is a fifo");
+        assert_eq!(md.mode() & 0o7777, 0o600, "{what}: fifo mode");
+        assert_eq!((md.uid(), md.gid()), (1234, 5678), "{what}: fifo owner");
+        assert_eq!(md.modified().unwrap(), when, "{what}: fifo mtime");
+        assert_eq!(md.len(), 0);
+        let md = fs::symlink_metadata(root("sock")).unwrap();
+        assert!(md.file_type().is_socket(), "{what}: sock is a socket");
+        let md = fs::symlink_metadata(root("null")).unwrap();
+        assert!(
+            md.file_type().is_char_device(),
+            "{what}: null is a char device"
+        );
+        assert_eq!(
+            md.rdev(),
+            libc::makedev(1, 3),
+            "{what}: null's device number"
+        );
+        let md = fs::symlink_metadata(root("blk")).unwrap();
+        assert!(
+            md.file_type().is_block_device(),
+            "{what}: blk is a block device"
+        );
+        assert_eq!(
+            md.rdev(),
+            libc::makedev(259, 70_000),
+            "{what}: blk's device number"
+        );
+        assert_eq!(md.mode() & 0o7777, 0o600);
+    };
+    check(&|p| m.path(p), "this mount");
+
+    m.sync();
+    let tree = env.remote_tree();
+    assert!(
+        !tree.contains_key("d/fifo"),
+        "the old name is gone: {:?}",
+        tree.keys()
+    );
+    for (key, want) in [
+        ("d/pipe", Special::Fifo),
+        ("sock", Special::Socket),
+        ("null", Special::CharDev(libc::makedev(1, 3))),
+        ("blk", Special::BlockDev(libc::makedev(259, 70_000))),
+    ] {
+        let o = &tree[key];
+        assert_eq!(o.meta.special, Some(want), "{key}'s type on the remote");
+        assert!(o.data.is_empty(), "{key} is an empty object");
+    }
+    assert_eq!(tree["d/pipe"].meta.mode, Some(0o600));
+    assert_eq!(tree["d/pipe"].meta.uid, Some(1234));
+    m.unmount();
+
+    // Another mount, with an empty state dir, rebuilds them from the listing.
+    let m2 = env.mount();
+    check(&|p| m2.path(p), "a fresh mount");
+    let p = m2.path("d/pipe");
+    let writer = std::thread::spawn(move || fs::write(p, b"again"));
+    assert_eq!(fs::read(m2.path("d/pipe")).unwrap(), b"again");
+    writer.join().unwrap().unwrap();
+    fs::remove_file(m2.path("d/pipe")).unwrap();
+    m2.sync();
+    assert!(!env.remote_tree().contains_key("d/pipe"));
+});
+
 every_backend!(chmod_chown_utimens, |env: &Env| {
     let m = env.mount();
     fs::write(m.path("r"), b"x").unwrap();

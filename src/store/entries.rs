@@ -1,11 +1,11 @@
-//! The `entries` and `blocks` tables: the tree (one row per file, directory or symlink, with
+//! The `entries` and `blocks` tables: the tree (one row per file, directory, symlink or special file, with
 //! its attributes and the base the remote last agreed on), pins, and which blocks of a partly
 //! fetched file its data file holds.
 
 use rusqlite::{params, OptionalExtension, Row};
 
 use super::{now_ns, Db, StoreError, StoreResult};
-use crate::types::{EntryId, Kind};
+use crate::types::{EntryId, Kind, Special};
 
 impl Kind {
     fn to_sql(self) -> i64 {
@@ -13,14 +13,30 @@ impl Kind {
             Kind::File => 1,
             Kind::Dir => 2,
             Kind::Symlink => 3,
+            Kind::Special(Special::Fifo) => 4,
+            Kind::Special(Special::Socket) => 5,
+            Kind::Special(Special::CharDev(_)) => 6,
+            Kind::Special(Special::BlockDev(_)) => 7,
         }
     }
 
-    fn from_sql(v: i64) -> rusqlite::Result<Self> {
+    /// The `rdev` column: a device's number, 0 for everything else.
+    fn rdev_sql(self) -> i64 {
+        match self {
+            Kind::Special(s) => s.rdev() as i64,
+            _ => 0,
+        }
+    }
+
+    fn from_sql(v: i64, rdev: i64) -> rusqlite::Result<Self> {
         match v {
             1 => Ok(Kind::File),
             2 => Ok(Kind::Dir),
             3 => Ok(Kind::Symlink),
+            4 => Ok(Kind::Special(Special::Fifo)),
+            5 => Ok(Kind::Special(Special::Socket)),
+            6 => Ok(Kind::Special(Special::CharDev(rdev as u64))),
+            7 => Ok(Kind::Special(Special::BlockDev(rdev as u64))),
             other => Err(rusqlite::Error::IntegralValueOutOfRange(0, other)),
         }
     }
@@ -94,14 +110,14 @@ const RETIRABLE: &str = "kind = 1 AND local = 1 AND dirty = 0 AND synced_key IS 
 
 const ENTRY_COLS: &str = "id, parent, name, kind, mode, uid, gid, size, mtime_ns, ctime_ns, \
      atime_ns, target, local, synced_key, synced_etag, synced_version, synced_hash, dirty, dirty_seq, \
-     conflict_of";
+     conflict_of, rdev";
 
 fn entry_from_row(r: &Row<'_>) -> rusqlite::Result<Entry> {
     Ok(Entry {
         id: EntryId(r.get::<_, i64>(0)? as u64),
         parent: r.get::<_, Option<i64>>(1)?.map(|p| EntryId(p as u64)),
         name: r.get(2)?,
-        kind: Kind::from_sql(r.get(3)?)?,
+        kind: Kind::from_sql(r.get(3)?, r.get(20)?)?,
         mode: r.get(4)?,
         uid: r.get(5)?,
         gid: r.get(6)?,
@@ -234,8 +250,8 @@ impl Db<'_> {
         let mut st = self.conn.prepare_cached(
             "INSERT INTO entries(parent, name, kind, mode, uid, gid, size, mtime_ns, ctime_ns, atime_ns, \
              target, local, synced_key, synced_etag, synced_version, synced_hash, dirty, dirty_seq, \
-             conflict_of) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, 0, ?17)",
+             conflict_of, rdev) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, 0, ?17, ?18)",
         )?;
         st.execute(params![
             e.parent.0 as i64,
@@ -255,6 +271,7 @@ impl Db<'_> {
             e.synced.hash,
             e.dirty,
             e.conflict_of.map(|c| c.0 as i64),
+            e.kind.rdev_sql(),
         ])?;
         let id = EntryId(self.conn.last_insert_rowid() as u64);
         self.must_get(id)

@@ -127,6 +127,9 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE stats (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
      ALTER TABLE journal ADD COLUMN queued_ms INTEGER;
      ALTER TABLE journal ADD COLUMN closed_ms INTEGER;",
+    // 10: special files (kinds 4 to 7: fifo, socket, character and block device) and a
+    // device's number.
+    "ALTER TABLE entries ADD COLUMN rdev INTEGER NOT NULL DEFAULT 0;",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

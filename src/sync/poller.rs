@@ -50,9 +50,9 @@ fn paths_of(entries: &HashMap<EntryId, Entry>) -> HashMap<EntryId, String> {
     out
 }
 
-fn default_mode(kind: Kind) -> u32 {
+pub(super) fn default_mode(kind: Kind) -> u32 {
     match kind {
-        Kind::File => 0o644,
+        Kind::File | Kind::Special(_) => 0o644,
         Kind::Dir => 0o755,
         Kind::Symlink => 0o777,
     }
@@ -374,10 +374,12 @@ impl Poller {
     fn take_remote_closed(&self, e: &Entry, key: &str, r: &ObjectInfo) -> Result<(), SyncError> {
         let want_kind = match r.kind {
             ObjectKind::Symlink => Kind::Symlink,
+            ObjectKind::Special(s) => Kind::Special(s),
             _ => Kind::File,
         };
         if want_kind != e.kind {
-            // A file became a symlink or the reverse: replace the entry.
+            // A file became a symlink or the reverse (or a fifo, or another device): replace
+            // the entry.
             self.delete_local_closed(e)?;
             return self.store_new(key, r);
         }
@@ -388,10 +390,10 @@ impl Poller {
             if cur.dirty_seq != e.dirty_seq || cur.dirty != 0 || db.job_for(e.id)?.is_some() {
                 return Ok(false);
             }
-            cur.size = if want_kind == Kind::Symlink {
-                r.meta.symlink.as_ref().map(|t| t.len() as u64).unwrap_or(0)
-            } else {
-                r.size
+            cur.size = match want_kind {
+                Kind::Symlink => r.meta.symlink.as_ref().map(|t| t.len() as u64).unwrap_or(0),
+                Kind::Special(_) => 0,
+                _ => r.size,
             };
             cur.mtime_ns = r
                 .meta
@@ -523,11 +525,7 @@ impl Poller {
 
     /// Inserts an entry for a remote object, with any missing parent directories.
     fn store_new(&self, key: &str, r: &ObjectInfo) -> Result<(), SyncError> {
-        let kind = match r.kind {
-            ObjectKind::File => Kind::File,
-            ObjectKind::Dir => Kind::Dir,
-            ObjectKind::Symlink => Kind::Symlink,
-        };
+        let kind = super::entry_kind(r.kind);
         let created = self.ctx.store.write(|db| {
             let mut parent = EntryId::ROOT;
             let mut first_new: Option<(EntryId, Vec<u8>)> = None;

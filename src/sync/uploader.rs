@@ -228,6 +228,10 @@ impl Uploader {
                 .target
                 .as_ref()
                 .map(|t| String::from_utf8_lossy(t).into_owned()),
+            special: match e.kind {
+                Kind::Special(s) => Some(s),
+                _ => None,
+            },
             writer: Some(self.ctx.cfg.writer.clone()),
             conflict,
         }
@@ -394,7 +398,8 @@ impl Uploader {
                 .put_dir(&key, &self.meta_of(&e, None))
                 .await
                 .map(|w| (w, None)),
-            Kind::Symlink => self
+            // A special file is an empty object, written whole like a symlink.
+            Kind::Symlink | Kind::Special(_) => self
                 .ctx
                 .remote
                 .put_symlink(&key, &self.meta_of(&e, None), &cond)
@@ -873,7 +878,9 @@ fn sync_event(e: &Entry, synced: &Synced) -> Option<Event> {
         Kind::File if content || e.synced.key.is_none() => {
             Event::new(EventKind::Upload).bytes(e.size)
         }
-        Kind::Dir | Kind::Symlink if e.synced.key.is_none() => Event::new(EventKind::Create),
+        Kind::Dir | Kind::Symlink | Kind::Special(_) if e.synced.key.is_none() => {
+            Event::new(EventKind::Create)
+        }
         _ if moved_from.is_some() => Event::new(EventKind::Move).detail(format!(
             "from {}",
             moved_from.unwrap_or_default().trim_end_matches('/')

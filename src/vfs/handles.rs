@@ -62,6 +62,9 @@ impl Vfs {
         match e.kind {
             Kind::Dir => return Ok((self.add_handle(e.id, None, false), false)),
             Kind::Symlink => return Err(VfsError::Invalid("open of a symlink".into())),
+            // The kernel opens fifos, sockets and devices itself (`init_special_inode`) and
+            // never asks a FUSE daemon to.
+            Kind::Special(_) => return Err(VfsError::Invalid("open of a special file".into())),
             Kind::File => {}
         }
         if truncate {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::{lock, Attr, DirEntry, Live, Vfs, VfsError, VfsResult};
 use crate::store::{dirty, now_ms, now_ns, Db, Entry, NewEntry, Synced};
-use crate::types::{EntryId, Kind};
+use crate::types::{EntryId, Kind, Special};
 
 /// What a removal does after its transaction commits.
 #[derive(Default)]
@@ -523,23 +523,38 @@ impl Vfs {
         Err(VfsError::NotSupported("hard links"))
     }
 
-    /// Device nodes, fifos and sockets have no object form.
+    /// A regular file, or a fifo, socket or device node: a name with attributes and no data
+    /// file (the kernel serves a special file's traffic itself), uploaded as an empty object
+    /// whose metadata carries its type and device number.
     pub fn mknod(
         &self,
         parent: EntryId,
         name: &OsStr,
         mode: u32,
+        rdev: u64,
         uid: u32,
         gid: u32,
-    ) -> VfsResult<(Attr, u64)> {
-        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
-            tracing::warn!(
-                "special files (devices, fifos, sockets) are not supported; answering ENOTSUP"
-            );
-            return Err(VfsError::NotSupported("special files"));
+    ) -> VfsResult<Attr> {
+        let fmt = mode & libc::S_IFMT;
+        if fmt == libc::S_IFREG || fmt == 0 {
+            let (attr, fh) = self.create(parent, name, mode & 0o7777, uid, gid)?;
+            self.release(fh)?;
+            return Ok(attr);
         }
-        let (attr, fh) = self.create(parent, name, mode & 0o7777, uid, gid)?;
-        self.release(fh)?;
-        Ok((attr, 0))
+        let Some(special) = Special::from_mode(mode, rdev) else {
+            // S_IFDIR and S_IFLNK have their own calls; anything else is no type at all.
+            return Err(VfsError::Invalid(format!("mknod of file type {fmt:o}")));
+        };
+        let (e, _) = self.insert_child(
+            parent,
+            name.as_bytes(),
+            Kind::Special(special),
+            mode,
+            uid,
+            gid,
+            None,
+            Some(now_ms()),
+        )?;
+        Ok(self.attr(&e))
     }
 }
