@@ -388,6 +388,31 @@ every_backend!(special_files, |env: &Env| {
     assert!(!env.remote_tree().contains_key("d/pipe"));
 });
 
+// fstat on an open directory that was removed, or renamed over, answers as on ext4: the
+// directory with nlink 0, not ENOENT (issue 14; pjdfstest and xfstests check it).
+every_backend!(fstat_of_a_removed_open_directory, |env: &Env| {
+    let m = env.mount();
+    fs::create_dir(m.path("gone")).unwrap();
+    fs::create_dir(m.path("over")).unwrap();
+    fs::create_dir(m.path("new")).unwrap();
+    let gone = fs::File::open(m.path("gone")).unwrap();
+    let over = fs::File::open(m.path("over")).unwrap();
+    fs::remove_dir(m.path("gone")).unwrap();
+    fs::rename(m.path("new"), m.path("over")).unwrap();
+    for (what, f) in [("removed", &gone), ("renamed over", &over)] {
+        let md = f
+            .metadata()
+            .unwrap_or_else(|e| panic!("fstat of the {what} directory: {e}"));
+        assert!(md.is_dir(), "{what}");
+        assert_eq!(md.nlink(), 0, "{what}: nlink");
+    }
+    assert_eq!(
+        errno_of(&fs::metadata(m.path("gone")).unwrap_err()),
+        libc::ENOENT
+    );
+    drop((gone, over));
+});
+
 every_backend!(chmod_chown_utimens, |env: &Env| {
     let m = env.mount();
     fs::write(m.path("r"), b"x").unwrap();

@@ -66,7 +66,14 @@ impl Vfs {
     }
 
     pub fn getattr(&self, ino: EntryId) -> VfsResult<Attr> {
-        self.fresh_attr(|db| db.get(ino))
+        match self.fresh_attr(|db| db.get(ino)) {
+            // A directory removed while open: fstat on it answers, with nlink 0.
+            Err(VfsError::NotFound) => lock(&self.gone_dirs)
+                .get(&ino)
+                .cloned()
+                .ok_or(VfsError::NotFound),
+            other => other,
+        }
     }
 
     pub fn setattr(&self, ino: EntryId, set: &SetAttr) -> VfsResult<Attr> {

@@ -272,8 +272,21 @@ impl Vfs {
     }
 
     pub fn releasedir(&self, fh: u64) -> VfsResult<()> {
-        lock(&self.handles).remove(&fh);
+        let h = lock(&self.handles).remove(&fh);
+        if let Some(h) = h {
+            let mut gone = lock(&self.gone_dirs);
+            if gone.contains_key(&h.id) && !self.dir_is_open(h.id) {
+                gone.remove(&h.id);
+            }
+        }
         Ok(())
+    }
+
+    /// Whether a directory handle of `id` is open.
+    pub(super) fn dir_is_open(&self, id: EntryId) -> bool {
+        lock(&self.handles)
+            .values()
+            .any(|h| h.id == id && h.file.is_none())
     }
 
     /// `posix_fallocate` (mode 0): reserves `offset..offset + len` in the data file and

@@ -16,6 +16,8 @@ use crate::types::{EntryId, Kind, Special};
 struct Removal {
     files: Vec<EntryId>,
     unlinked: Vec<EntryId>,
+    /// Removed directories that a handle holds open, with their last attributes.
+    open_dirs: Vec<(EntryId, Attr)>,
 }
 
 impl Vfs {
@@ -312,6 +314,12 @@ impl Vfs {
                 if e.kind == Kind::File {
                     rm.files.push(e.id);
                 }
+                if e.kind == Kind::Dir && self.dir_is_open(e.id) {
+                    let mut a = self.attr_of(e, None);
+                    a.nlink = 0;
+                    a.ctime = std::time::SystemTime::now();
+                    rm.open_dirs.push((e.id, a));
+                }
             }
         }
         Ok(())
@@ -321,6 +329,9 @@ impl Vfs {
     /// data files, mark open files unlinked. (Regression: the data file went inside the
     /// transaction, so a crash before the commit kept the entry but lost its content.)
     fn finish_removal(&self, rm: Removal, live: &mut HashMap<EntryId, Live>) {
+        if !rm.open_dirs.is_empty() {
+            lock(&self.gone_dirs).extend(rm.open_dirs);
+        }
         for id in rm.unlinked {
             if let Some(l) = live.get_mut(&id) {
                 l.unlinked = true;
