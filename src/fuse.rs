@@ -314,12 +314,12 @@ impl Filesystem for StratusFs {
         &self,
         req: &Request,
         i: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
         reply: ReplyEntry,
     ) {
         let _op = op_span!(req, "link", i, None::<u64>);
-        match self.vfs.link() {
+        match self.vfs.link(ino(i), ino(newparent), newname) {
             Ok(a) => reply.entry(&TTL, &fattr(&a), Generation(0)),
             Err(e) => reply.error(errno("link", e)),
         }

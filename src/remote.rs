@@ -39,6 +39,9 @@ pub struct Meta {
     /// A fifo, socket or device node: the object is empty and this is what it stands for
     /// (`stratus_type`, and for a device `stratus_rdev` as `MAJOR:MINOR`).
     pub special: Option<Special>,
+    /// The hard-link group: every name of one inode carries the same value (with the same
+    /// content hash), so another mount joins them into one inode again.
+    pub link: Option<String>,
     /// Which mount wrote this version (`host:mountpoint`), so that a conflict can say who
     /// wrote each side.
     pub writer: Option<String>,
@@ -111,6 +114,7 @@ const META_SHA256: &str = "stratus_sha256";
 const META_SYMLINK: &str = "stratus_symlink";
 const META_TYPE: &str = "stratus_type";
 const META_RDEV: &str = "stratus_rdev";
+const META_LINK: &str = "stratus_link";
 
 /// A device number as `MAJOR:MINOR`, the form `ls -l` and `/proc/devices` use, so that the
 /// metadata reads the same on every machine whatever its `dev_t` encoding.
@@ -157,6 +161,7 @@ impl Meta {
                 .filter(|t| matches!(t, Special::CharDev(_) | Special::BlockDev(_)))
                 .map(|t| rdev_text(t.rdev())),
         );
+        push(META_LINK, self.link.clone());
         push(
             META_WRITER,
             self.writer
@@ -209,6 +214,7 @@ impl Meta {
                 META_CONFLICT => m.conflict = ConflictMark::decode(v),
                 META_TYPE => special = Some(v.trim().to_string()),
                 META_RDEV => rdev = parse_rdev(v).unwrap_or(0),
+                META_LINK => m.link = Some(v.trim().to_string()).filter(|l| !l.is_empty()),
                 _ => {}
             }
         }
@@ -763,6 +769,7 @@ mod tests {
             sha256: Some("ab".repeat(32)),
             symlink: Some(" ../a b/%x\ny ".into()),
             special: Some(Special::BlockDev(libc::makedev(259, 1_048_577))),
+            link: Some("0123456789abcdef0123456789abcdef".into()),
             writer: Some("host:/home/me/my files".into()),
             conflict: Some(ConflictMark {
                 of: "report ü.docx".into(),

@@ -184,6 +184,9 @@ pub fn populate(store: &Store, objects: &[ObjectInfo], cfg: &SyncConfig) -> Stor
             if kind == Kind::Dir {
                 ids.insert(&o.key, e.id);
             }
+            if let Some(group) = o.meta.link.as_deref().filter(|_| kind != Kind::Dir) {
+                db.join_link_group(e.id, group, o.meta.sha256.as_deref())?;
+            }
             if o.meta.conflict.is_some() {
                 marked.push((e, o));
             }

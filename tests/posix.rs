@@ -527,11 +527,9 @@ every_backend!(statfs_reports_the_name_limit, |env: &Env| {
     assert!(st.f_blocks > 0 && st.f_bavail > 0);
 });
 
-every_backend!(hard_links_and_overlong_names_are_refused, |env: &Env| {
+every_backend!(overlong_names_are_refused, |env: &Env| {
     let m = env.mount();
     fs::write(m.path("r"), b"x").unwrap();
-    let e = fs::hard_link(m.path("r"), m.path("hl")).unwrap_err();
-    assert_eq!(errno_of(&e), libc::EOPNOTSUPP);
     let long = "n".repeat(256);
     let e = fs::write(m.path(&long), b"x").unwrap_err();
     assert_eq!(errno_of(&e), libc::ENAMETOOLONG);
@@ -539,6 +537,83 @@ every_backend!(hard_links_and_overlong_names_are_refused, |env: &Env| {
     m.sync();
     let names: Vec<String> = env.remote_tree().into_keys().collect();
     assert_eq!(names, vec!["n".repeat(255), "r".to_string()]);
+});
+
+// Hard links: one inode under several names, each name a full object on the remote whose
+// `stratus_link` metadata lets a fresh mount join them again.
+every_backend!(hard_links, |env: &Env| {
+    let m = env.mount();
+    fs::create_dir(m.path("d")).unwrap();
+    fs::write(m.path("a"), b"first").unwrap();
+    fs::hard_link(m.path("a"), m.path("d/b")).unwrap();
+    fs::hard_link(m.path("d/b"), m.path("c")).unwrap();
+    let ino = fs::metadata(m.path("a")).unwrap().ino();
+    for n in ["a", "d/b", "c"] {
+        let md = fs::metadata(m.path(n)).unwrap();
+        assert_eq!(
+            (md.ino(), md.nlink()),
+            (ino, 3),
+            "{n}: one inode, three names"
+        );
+    }
+    assert_eq!(
+        errno_of(&fs::hard_link(m.path("a"), m.path("c")).unwrap_err()),
+        libc::EEXIST
+    );
+    // A write through one name is read through every other.
+    let mut f = OpenOptions::new().append(true).open(m.path("d/b")).unwrap();
+    f.write_all(b" and more").unwrap();
+    drop(f);
+    assert_eq!(fs::read(m.path("a")).unwrap(), b"first and more");
+    fs::set_permissions(m.path("c"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(fs::metadata(m.path("a")).unwrap().mode() & 0o7777, 0o600);
+    // rename(2) between two names of one inode does nothing.
+    fs::rename(m.path("a"), m.path("c")).unwrap();
+    assert!(m.path("a").exists() && m.path("c").exists());
+    // Removing the first name keeps the inode under the others.
+    fs::remove_file(m.path("a")).unwrap();
+    let md = fs::metadata(m.path("d/b")).unwrap();
+    assert_eq!((md.ino(), md.nlink()), (ino, 2));
+    assert_eq!(fs::read(m.path("c")).unwrap(), b"first and more");
+
+    m.sync();
+    let tree = env.remote_tree();
+    assert!(!tree.contains_key("a"), "{:?}", tree.keys());
+    for n in ["d/b", "c"] {
+        assert_eq!(
+            tree[n].data, b"first and more",
+            "{n} holds the full content"
+        );
+        assert_eq!(tree[n].meta.mode, Some(0o600), "{n}'s mode");
+    }
+    if env.backend != common::mount::Backend::Local {
+        let group = tree["c"].meta.link.clone();
+        assert!(group.is_some(), "the names carry their link group");
+        assert_eq!(tree["d/b"].meta.link, group);
+    }
+    m.unmount();
+
+    // A fresh state dir over the same remote joins the names into one inode again.
+    let m2 = env.mount();
+    let (b, c) = (
+        fs::metadata(m2.path("d/b")).unwrap(),
+        fs::metadata(m2.path("c")).unwrap(),
+    );
+    assert_eq!(b.ino(), c.ino(), "the link is rebuilt");
+    assert_eq!((b.nlink(), c.nlink()), (2, 2));
+    fs::write(m2.path("c"), b"rewritten").unwrap();
+    assert_eq!(fs::read(m2.path("d/b")).unwrap(), b"rewritten");
+    // An edit of a linked file goes up under every name.
+    m2.sync();
+    let tree = env.remote_tree();
+    assert_eq!(tree["d/b"].data, b"rewritten");
+    assert_eq!(tree["c"].data, b"rewritten");
+    fs::remove_file(m2.path("c")).unwrap();
+    assert_eq!(fs::metadata(m2.path("d/b")).unwrap().nlink(), 1);
+    m2.sync();
+    let tree = env.remote_tree();
+    assert!(!tree.contains_key("c"));
+    assert_eq!(tree["d/b"].data, b"rewritten");
 });
 
 every_backend!(metadata_survives_remount_with_empty_state, |env: &Env| {

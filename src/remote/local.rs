@@ -32,6 +32,8 @@ const CONFLICT_XATTR: &str = "user.stratus_conflict";
 /// (a fifo blocks its reader), and a device node needs root to make.
 const TYPE_XATTR: &str = "user.stratus_type";
 const RDEV_XATTR: &str = "user.stratus_rdev";
+/// A hard link's group (`Meta::link`).
+const LINK_XATTR: &str = "user.stratus_link";
 
 pub struct LocalRemote {
     root: PathBuf,
@@ -381,6 +383,7 @@ impl LocalRemote {
                 sha256: get_sha_xattr(&src),
                 symlink: None,
                 special: None,
+                link: get_xattr(&src, LINK_XATTR),
                 writer: get_xattr(&src, WRITER_XATTR),
                 conflict: get_xattr(&src, CONFLICT_XATTR).and_then(|v| ConflictMark::decode(&v)),
             };
@@ -590,6 +593,9 @@ fn info_of(path: &Path, key: String, m: &fs::Metadata) -> RemoteResult<Option<Ob
                 ObjectKind::Special(s) => Some(s),
                 _ => None,
             },
+            link: (kind == ObjectKind::File)
+                .then(|| get_xattr(path, LINK_XATTR))
+                .flatten(),
             writer: (kind == ObjectKind::File)
                 .then(|| get_xattr(path, WRITER_XATTR))
                 .flatten(),
@@ -761,6 +767,9 @@ fn set_extra_xattrs(path: &Path, meta: &Meta) {
     }
     if let Some(c) = &meta.conflict {
         set_xattr(path, CONFLICT_XATTR, &c.encode());
+    }
+    if let Some(l) = &meta.link {
+        set_xattr(path, LINK_XATTR, l);
     }
 }
 

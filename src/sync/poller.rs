@@ -138,6 +138,16 @@ impl Poller {
             } else {
                 Local::Unchanged
             };
+            if let Some(of) = e.link_of {
+                self.link_changed(e, of, key, lside, rside).await?;
+                continue;
+            }
+            if e.link_group.is_some()
+                && lside == Local::Unchanged
+                && self.inode_name_changed(e, key, rside).await?
+            {
+                continue;
+            }
             self.apply(e, key, lside, rside).await?;
         }
 
@@ -334,6 +344,142 @@ impl Poller {
             }
             Action::Nothing | Action::Upload | Action::DeleteRemote | Action::Restore => Ok(()),
         }
+    }
+
+    /// A further hard link's key changed on the remote. Another mount's new version of the
+    /// inode (its copy carries the link group) only moves this name's base: the inode's own
+    /// key brings the content. Anything else (another tool wrote or deleted the name) detaches
+    /// the name: it becomes a file of its own, taken from the remote like any file. The inode
+    /// keeps its content under its other names, so nothing written here is lost.
+    async fn link_changed(
+        &self,
+        e: &Entry,
+        of: EntryId,
+        key: &str,
+        lside: Local,
+        rside: RemoteSide,
+    ) -> Result<(), SyncError> {
+        let Some(parent) = e.parent else {
+            return Ok(());
+        };
+        let head = match rside {
+            RemoteSide::Deleted | RemoteSide::Absent => None,
+            _ => match self.ctx.remote.head(key, false).await? {
+                Some(h) => Some(h),
+                None => return Ok(()),
+            },
+        };
+        let group = self
+            .ctx
+            .store
+            .read(|db| db.get(of))?
+            .and_then(|i| i.link_group);
+        if let Some(h) = &head {
+            if h.meta.link.is_some() && h.meta.link == group {
+                self.ctx
+                    .store
+                    .write(|db| db.set_synced(e.id, &super::base_of(key, h)))?;
+                return Ok(());
+            }
+        }
+        if head.is_none() && lside != Local::Unchanged {
+            // Its own job puts the name back.
+            return Ok(());
+        }
+        let detached = self.ctx.store.write(|db| {
+            let Some(cur) = db.get(e.id)? else {
+                return Ok::<_, StoreError>(None);
+            };
+            if cur.dirty_seq != e.dirty_seq && head.is_none() {
+                return Ok(None);
+            }
+            if head.is_none() {
+                db.delete_entry(e.id)?;
+                return Ok(None);
+            }
+            // Whatever copy of the inode this name still waited for is moot now.
+            if let Some(job) = db.job_for(e.id)? {
+                db.remove_job(job.seq)?;
+            }
+            db.set_link_of(e.id, None)?;
+            db.mark_clean(e.id)?;
+            db.get(e.id)
+        })?;
+        if let Some(d) = detached {
+            tracing::info!(
+                path = key,
+                "a hard link edited elsewhere is a file of its own now"
+            );
+            self.apply(&d, key, Local::Unchanged, rside).await?;
+        }
+        self.ctx.notify(Invalidation::Entry {
+            parent,
+            name: e.name.clone(),
+        });
+        self.ctx.notify(Invalidation::Inode(of));
+        Ok(())
+    }
+
+    /// The key of an inode with further names was deleted or written by another tool: the
+    /// inode moves to one of its other names (keeping its content), and what is at the key
+    /// now, if anything, comes in as a new file. `false` when it has no other name left, or
+    /// the change is another mount's new version of the inode (same link group).
+    async fn inode_name_changed(
+        &self,
+        e: &Entry,
+        key: &str,
+        rside: RemoteSide,
+    ) -> Result<bool, SyncError> {
+        let Some(parent) = e.parent else {
+            return Ok(false);
+        };
+        let head = match rside {
+            RemoteSide::Deleted | RemoteSide::Absent => None,
+            _ => match self.ctx.remote.head(key, false).await? {
+                Some(h) if h.meta.link.is_some() && h.meta.link == e.link_group => {
+                    return Ok(false)
+                }
+                Some(h) => Some(h),
+                None => return Ok(true),
+            },
+        };
+        let moved = self.ctx.files.with_closed(e.id, || {
+            self.ctx.store.write(|db| {
+                let Some(cur) = db.get(e.id)? else {
+                    return Ok::<_, StoreError>(None);
+                };
+                if cur.dirty_seq != e.dirty_seq || db.job_for(e.id)?.is_some() {
+                    return Ok(None);
+                }
+                let Some(other) = db.links_of(e.id)?.into_iter().next() else {
+                    return Ok(None);
+                };
+                db.take_name_of_link(e.id, &other)?;
+                Ok(Some(other))
+            })
+        });
+        let Some(Ok(Some(other))) = moved else {
+            return Ok(false);
+        };
+        tracing::info!(
+            path = key,
+            "a hard-linked name changed elsewhere; the inode keeps its other names"
+        );
+        self.ctx.notify(Invalidation::Entry {
+            parent,
+            name: e.name.clone(),
+        });
+        if let Some(p) = other.parent {
+            self.ctx.notify(Invalidation::Entry {
+                parent: p,
+                name: other.name.clone(),
+            });
+        }
+        self.ctx.notify(Invalidation::Inode(e.id));
+        if let Some(h) = head {
+            self.store_new(key, &h)?;
+        }
+        Ok(true)
     }
 
     /// Whether the local data of `e` has the SHA-256 the remote object carries.
@@ -585,6 +731,9 @@ impl Poller {
                         })?;
                         if first_new.is_none() {
                             first_new = Some((parent, part.as_bytes().to_vec()));
+                        }
+                        if let Some(group) = r.meta.link.as_deref().filter(|_| last) {
+                            db.join_link_group(e.id, group, r.meta.sha256.as_deref())?;
                         }
                         parent = e.id;
                     }

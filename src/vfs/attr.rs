@@ -55,6 +55,11 @@ impl Vfs {
     }
 
     pub(super) fn with_links(&self, e: &Entry, mut a: Attr) -> Attr {
+        if e.link_group.is_some() && e.parent.is_some() {
+            if let Ok(n) = self.store.read(|db| db.link_count(e.id)) {
+                a.nlink = n;
+            }
+        }
         if e.kind == Kind::Dir {
             // A directory is linked from its parent, from its own '.', and from the '..' of
             // each subdirectory.

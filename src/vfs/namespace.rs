@@ -84,7 +84,7 @@ impl Vfs {
         if name.len() > crate::remote::NAME_MAX {
             return Err(VfsError::NameTooLong(format!("{} bytes", name.len())));
         }
-        self.fresh_attr(|db| db.lookup(parent, name))
+        self.fresh_attr(|db| db.lookup_inode(parent, name))
     }
 
     pub fn readlink(&self, ino: EntryId) -> VfsResult<Vec<u8>> {
@@ -265,7 +265,7 @@ impl Vfs {
                 name: b"..".to_vec(),
             });
             v.extend(children.into_iter().map(|c| DirEntry {
-                ino: c.id.0,
+                ino: c.link_of.unwrap_or(c.id).0,
                 kind: c.kind,
                 name: c.name,
             }));
@@ -368,7 +368,7 @@ impl Vfs {
                     db.resolve_conflict(c.id, "original deleted")?;
                 }
             }
-            self.remove_entry(db, &live, &e, &mut rm)?;
+            self.remove_name(db, &live, &e, &mut rm)?;
             self.keep_dir(db, &p)?;
             self.touch_dir(db, &p)
         })?;
@@ -453,7 +453,8 @@ impl Vfs {
                 }
             }
             if let Some(dst) = db.lookup(newparent, newname)? {
-                if dst.id == src.id {
+                // Two names of one inode: rename(2) does nothing and succeeds.
+                if dst.link_of.unwrap_or(dst.id) == src.link_of.unwrap_or(src.id) {
                     return Ok(());
                 }
                 if noreplace {
@@ -469,7 +470,7 @@ impl Vfs {
                     (false, true) => return Err(VfsError::IsDir),
                     (false, false) => {}
                 }
-                self.remove_entry(db, &live, &dst, &mut rm)?;
+                self.remove_name(db, &live, &dst, &mut rm)?;
             }
             // Directory keys to delete once the children have moved.
             let below = if src.kind == Kind::Dir {
@@ -528,10 +529,97 @@ impl Vfs {
         r
     }
 
-    /// Hard links: one object per path cannot express them.
-    pub fn link(&self) -> VfsResult<Attr> {
-        tracing::warn!("hard links are not supported (one object per path); answering ENOTSUP");
-        Err(VfsError::NotSupported("hard links"))
+    /// A further name of the inode `ino`: a row of its own (its own key and base on the
+    /// remote, where it is a full copy of the inode's object) pointing at the inode's row,
+    /// which keeps the attributes and the data. The inode gets a link group, which every
+    /// name's object carries as `stratus_link`, so that another mount joins the names again.
+    pub fn link(&self, ino: EntryId, newparent: EntryId, newname: &OsStr) -> VfsResult<Attr> {
+        let name = newname.as_bytes();
+        let now = Some(now_ms());
+        self.w(|db| {
+            let p = self.dir(db, newparent)?;
+            self.check_new_name(db, newparent, name)?;
+            if db.lookup(newparent, name)?.is_some() {
+                return Err(VfsError::Exists);
+            }
+            let mut inode = db.get(ino)?.ok_or(VfsError::NotFound)?;
+            if inode.kind == Kind::Dir {
+                return Err(VfsError::Invalid("hard link to a directory".into()));
+            }
+            if inode.parent.is_none() {
+                // Unlinked while open: no name to add to.
+                return Err(VfsError::NotFound);
+            }
+            if inode.link_group.is_none() {
+                let group = new_link_group();
+                db.set_link_group(ino, Some(&group))?;
+                // Its own object must say which group it is in.
+                db.enqueue_sync(ino, dirty::META, now)?;
+            }
+            let e = db.insert(&NewEntry {
+                parent: newparent,
+                name: name.to_vec(),
+                kind: inode.kind,
+                mode: inode.mode,
+                uid: inode.uid,
+                gid: inode.gid,
+                size: inode.size,
+                mtime_ns: inode.mtime_ns,
+                target: inode.target.clone(),
+                local: false,
+                synced: Synced::default(),
+                dirty: 0,
+                conflict_of: None,
+            })?;
+            db.set_link_of(e.id, Some(ino))?;
+            db.enqueue_sync(e.id, dirty::CONTENT | dirty::META, now)?;
+            inode.ctime_ns = now_ns();
+            db.update(&inode)?;
+            self.touch_dir(db, &p)
+        })?;
+        self.getattr(ino)
+    }
+
+    /// Removes the name `e`. A further hard link goes alone (its object with it); the inode's
+    /// own name, while the inode has other names, is handed one of them (the inode keeps its
+    /// id, data and attributes); anything else is removed whole.
+    fn remove_name(
+        &self,
+        db: &Db<'_>,
+        live: &HashMap<EntryId, Live>,
+        e: &Entry,
+        rm: &mut Removal,
+    ) -> VfsResult<()> {
+        if let Some(of) = e.link_of {
+            if let Some(key) = &e.synced.key {
+                db.enqueue_delete(key, false, e.synced.etag.as_deref())?;
+            }
+            db.delete_entry(e.id)?;
+            return self.touch_inode(db, of);
+        }
+        let other = match e.link_group {
+            Some(_) => db.links_of(e.id)?.into_iter().next(),
+            None => None,
+        };
+        let Some(other) = other else {
+            return self.remove_entry(db, live, e, rm);
+        };
+        if let Some(key) = &e.synced.key {
+            db.enqueue_delete(key, false, e.synced.etag.as_deref())?;
+        }
+        db.take_name_of_link(e.id, &other)?;
+        // The inode's object is now the one at that name (or goes there, if the link's copy
+        // had not run yet); its links copy from it.
+        db.enqueue_sync(e.id, 0, Some(now_ms()))?;
+        self.touch_inode(db, e.id)
+    }
+
+    fn touch_inode(&self, db: &Db<'_>, id: EntryId) -> VfsResult<()> {
+        if let Some(mut inode) = db.get(id)? {
+            inode.ctime_ns = now_ns();
+            db.update(&inode)?;
+        }
+        Ok(())
     }
 
     /// A regular file, or a fifo, socket or device node: a name with attributes and no data
@@ -568,4 +656,18 @@ impl Vfs {
         )?;
         Ok(self.attr(&e))
     }
+}
+
+/// A new hard-link group id: 128 random bits in hex. Unique across mounts, which may each
+/// link files at the same moment.
+fn new_link_group() -> String {
+    let mut b = [0u8; 16];
+    // SAFETY: `b` is writable for its length.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        // Never on Linux for 16 bytes once booted; the time and pid are still unique here.
+        b[..8].copy_from_slice(&now_ns().to_le_bytes());
+        b[8..12].copy_from_slice(&std::process::id().to_le_bytes());
+    }
+    hex::encode(b)
 }
