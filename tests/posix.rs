@@ -586,11 +586,22 @@ every_backend!(hard_links, |env: &Env| {
         );
         assert_eq!(tree[n].meta.mode, Some(0o600), "{n}'s mode");
     }
-    if env.backend != common::mount::Backend::Local {
-        let group = tree["c"].meta.link.clone();
-        assert!(group.is_some(), "the names carry their link group");
-        assert_eq!(tree["d/b"].meta.link, group);
-    }
+    let group = tree["c"].meta.link.clone();
+    assert!(group.is_some(), "the names carry their link group");
+    assert_eq!(tree["d/b"].meta.link, group);
+    // A file already on the remote when it gets a second name: its own object gains the
+    // group too. (Regression: the link's commit wrote the row back without the metadata
+    // change it had just queued, so the object never said it was linked.)
+    fs::write(m.path("solo"), b"synced first").unwrap();
+    m.sync();
+    fs::hard_link(m.path("solo"), m.path("d/solo2")).unwrap();
+    m.sync();
+    let tree = env.remote_tree();
+    assert!(
+        tree["solo"].meta.link.is_some(),
+        "solo's object carries the group"
+    );
+    assert_eq!(tree["solo"].meta.link, tree["d/solo2"].meta.link);
     m.unmount();
 
     // A fresh state dir over the same remote joins the names into one inode again.
@@ -601,6 +612,15 @@ every_backend!(hard_links, |env: &Env| {
     );
     assert_eq!(b.ino(), c.ino(), "the link is rebuilt");
     assert_eq!((b.nlink(), c.nlink()), (2, 2));
+    let (s1, s2) = (
+        fs::metadata(m2.path("solo")).unwrap(),
+        fs::metadata(m2.path("d/solo2")).unwrap(),
+    );
+    assert_eq!(
+        (s1.ino(), s1.nlink()),
+        (s2.ino(), 2),
+        "solo's link is rebuilt"
+    );
     fs::write(m2.path("c"), b"rewritten").unwrap();
     assert_eq!(fs::read(m2.path("d/b")).unwrap(), b"rewritten");
     // An edit of a linked file goes up under every name.

@@ -550,6 +550,9 @@ impl Vfs {
                 // Unlinked while open: no name to add to.
                 return Err(VfsError::NotFound);
             }
+            // Before the job below: `update` writes the row's dirty bits back as read.
+            inode.ctime_ns = now_ns();
+            db.update(&inode)?;
             if inode.link_group.is_none() {
                 let group = new_link_group();
                 db.set_link_group(ino, Some(&group))?;
@@ -573,8 +576,6 @@ impl Vfs {
             })?;
             db.set_link_of(e.id, Some(ino))?;
             db.enqueue_sync(e.id, dirty::CONTENT | dirty::META, now)?;
-            inode.ctime_ns = now_ns();
-            db.update(&inode)?;
             self.touch_dir(db, &p)
         })?;
         self.getattr(ino)

@@ -689,17 +689,22 @@ fn walk_local(dir: &Path, prefix: &str, out: &mut BTreeMap<String, RemoteObj>) {
             let pairs: Vec<(&str, String)> = [
                 ("stratus_type", "user.stratus_type"),
                 ("stratus_rdev", "user.stratus_rdev"),
+                ("stratus_link", "user.stratus_link"),
             ]
             .into_iter()
             .filter_map(|(k, x)| local_xattr(&e.path(), x).map(|v| (k, v)))
             .collect();
-            let special = Meta::from_pairs(pairs.iter().map(|(k, v)| (*k, v.as_str()))).special;
+            let ours = Meta::from_pairs(pairs.iter().map(|(k, v)| (*k, v.as_str())));
             out.insert(
                 rel,
                 RemoteObj {
                     kind: ObjKind::File,
                     data: std::fs::read(e.path()).unwrap(),
-                    meta: Meta { special, ..meta },
+                    meta: Meta {
+                        special: ours.special,
+                        link: ours.link,
+                        ..meta
+                    },
                 },
             );
         }
