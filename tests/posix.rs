@@ -636,6 +636,47 @@ every_backend!(hard_links, |env: &Env| {
     assert_eq!(tree["d/b"].data, b"rewritten");
 });
 
+// Another tool that writes one name of a hard-linked file (a plain PUT, no stratus
+// metadata) splits it off: that name becomes a file of its own with the new content, and
+// the inode keeps its content under its other names (docs/semantics.md).
+every_backend!(
+    a_linked_name_written_elsewhere_becomes_its_own_file,
+    |env: &Env| {
+        let m = env.mount();
+        fs::write(m.path("a"), b"ours").unwrap();
+        fs::hard_link(m.path("a"), m.path("b")).unwrap();
+        fs::hard_link(m.path("a"), m.path("c")).unwrap();
+        m.sync();
+        env.put_remote("b", b"theirs");
+        // The inode's own name too: it moves to another of its names.
+        env.put_remote("a", b"also theirs");
+        m.sync();
+        assert!(
+            eventually(10, || fs::read(m.path("b")).ok().as_deref()
+                == Some(b"theirs")),
+            "b shows the other tool's version"
+        );
+        assert!(eventually(10, || fs::read(m.path("a")).ok().as_deref()
+            == Some(b"also theirs")));
+        assert_eq!(fs::read(m.path("c")).unwrap(), b"ours");
+        let (a, b, c) = (
+            fs::metadata(m.path("a")).unwrap(),
+            fs::metadata(m.path("b")).unwrap(),
+            fs::metadata(m.path("c")).unwrap(),
+        );
+        assert_ne!(a.ino(), c.ino());
+        assert_ne!(b.ino(), c.ino());
+        assert_eq!((a.nlink(), b.nlink(), c.nlink()), (1, 1, 1));
+        // Writes through c no longer reach the others.
+        fs::write(m.path("c"), b"ours, later").unwrap();
+        m.sync();
+        let files = env.remote_files();
+        assert_eq!(files["a"], b"also theirs");
+        assert_eq!(files["b"], b"theirs");
+        assert_eq!(files["c"], b"ours, later");
+    }
+);
+
 every_backend!(metadata_survives_remount_with_empty_state, |env: &Env| {
     let m = env.mount();
     fs::create_dir_all(m.path("docs/empty")).unwrap();

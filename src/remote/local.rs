@@ -567,6 +567,14 @@ fn info_of(path: &Path, key: String, m: &fs::Metadata) -> RemoteResult<Option<Ob
         return Ok(None);
     };
     let mtime_ns = m.mtime() * 1_000_000_000 + m.mtime_nsec();
+    let sha256 = if kind == ObjectKind::File {
+        get_sha_xattr(path)
+    } else {
+        None
+    };
+    // A file rewritten in place by another program keeps its xattrs; only a hash that is
+    // still valid says it is still the linked inode's content.
+    let link = sha256.as_ref().and_then(|_| get_xattr(path, LINK_XATTR));
     Ok(Some(ObjectInfo {
         key,
         kind,
@@ -583,19 +591,13 @@ fn info_of(path: &Path, key: String, m: &fs::Metadata) -> RemoteResult<Option<Ob
             mode: Some(m.mode() & 0o7777),
             uid: Some(m.uid()),
             gid: Some(m.gid()),
-            sha256: if kind == ObjectKind::File {
-                get_sha_xattr(path)
-            } else {
-                None
-            },
+            sha256,
             symlink,
             special: match kind {
                 ObjectKind::Special(s) => Some(s),
                 _ => None,
             },
-            link: (kind == ObjectKind::File)
-                .then(|| get_xattr(path, LINK_XATTR))
-                .flatten(),
+            link,
             writer: (kind == ObjectKind::File)
                 .then(|| get_xattr(path, WRITER_XATTR))
                 .flatten(),

@@ -375,7 +375,7 @@ impl Poller {
             .read(|db| db.get(of))?
             .and_then(|i| i.link_group);
         if let Some(h) = &head {
-            if h.meta.link.is_some() && h.meta.link == group {
+            if h.meta.link.is_some() && h.meta.link == group && h.meta.sha256.is_some() {
                 self.ctx
                     .store
                     .write(|db| db.set_synced(e.id, &super::base_of(key, h)))?;
@@ -436,7 +436,11 @@ impl Poller {
         let head = match rside {
             RemoteSide::Deleted | RemoteSide::Absent => None,
             _ => match self.ctx.remote.head(key, false).await? {
-                Some(h) if h.meta.link.is_some() && h.meta.link == e.link_group => {
+                Some(h)
+                    if h.meta.link.is_some()
+                        && h.meta.link == e.link_group
+                        && h.meta.sha256.is_some() =>
+                {
                     return Ok(false)
                 }
                 Some(h) => Some(h),
