@@ -677,6 +677,33 @@ every_backend!(
     }
 );
 
+// Two stratus mounts share a hard-linked file: an edit on one goes up under every name and
+// the other mount takes it without splitting the link.
+every_backend!(linked_file_edited_on_another_mount, |env: &Env| {
+    let a = env.mount();
+    fs::write(a.path("x"), b"one").unwrap();
+    fs::hard_link(a.path("x"), a.path("y")).unwrap();
+    a.sync();
+    let b = env.mount();
+    assert_eq!(fs::metadata(b.path("y")).unwrap().nlink(), 2);
+    fs::write(b.path("y"), b"two, from the other mount").unwrap();
+    b.sync();
+    a.sync();
+    assert!(
+        eventually(10, || fs::read(a.path("x")).ok().as_deref()
+            == Some(b"two, from the other mount")),
+        "the edit reached the first mount"
+    );
+    assert_eq!(fs::read(a.path("y")).unwrap(), b"two, from the other mount");
+    let (x, y) = (
+        fs::metadata(a.path("x")).unwrap(),
+        fs::metadata(a.path("y")).unwrap(),
+    );
+    assert_eq!((x.ino(), x.nlink()), (y.ino(), 2), "still one inode");
+    let files = env.remote_files();
+    assert_eq!(files["x"], files["y"]);
+});
+
 every_backend!(metadata_survives_remount_with_empty_state, |env: &Env| {
     let m = env.mount();
     fs::create_dir_all(m.path("docs/empty")).unwrap();
