@@ -144,7 +144,7 @@ impl Poller {
             }
             if e.link_group.is_some()
                 && lside == Local::Unchanged
-                && self.inode_name_changed(e, key, rside).await?
+                && self.inode_name_changed(e, key, rside, &remote).await?
             {
                 continue;
             }
@@ -429,6 +429,7 @@ impl Poller {
         e: &Entry,
         key: &str,
         rside: RemoteSide,
+        remote: &HashMap<String, ObjectInfo>,
     ) -> Result<bool, SyncError> {
         let Some(parent) = e.parent else {
             return Ok(false);
@@ -455,7 +456,15 @@ impl Poller {
                 if cur.dirty_seq != e.dirty_seq || db.job_for(e.id)?.is_some() {
                     return Ok(None);
                 }
-                let Some(other) = db.links_of(e.id)?.into_iter().next() else {
+                // A name whose object the listing shows unchanged: one changed too is split
+                // off by its own turn in this poll, and the inode must not move onto it.
+                let unchanged = |l: &Entry| {
+                    l.synced
+                        .key
+                        .as_ref()
+                        .is_some_and(|k| remote.get(k).is_some_and(|o| o.etag == l.synced.etag))
+                };
+                let Some(other) = db.links_of(e.id)?.into_iter().find(unchanged) else {
                     return Ok(None);
                 };
                 db.take_name_of_link(e.id, &other)?;
