@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Remount consistency: a random tree workload (several processes at once), drain the queue,
 # unmount, mount again with an EMPTY state dir so that everything is read back from the remote,
-# and compare manifests (type, size, mode, path, content hash of every entry). Prints one line.
+# and compare manifests (type, size, mode, path, content hash of every entry; hard links, fifos,
+# sockets and device nodes included, see tree_workload.py). Prints one line.
 #
 #   scripts/remount-check.sh [--quick] [--churn] [REMOTE]
 #

@@ -2,17 +2,22 @@
 """Random tree workload and manifests, for the remount-consistency check.
 
     tree_workload.py run DIR [--procs N] [--ops N] [--seed S] [--churn]   creates, writes,
-        renames and deletes files and directories across a tree, from several processes at
-        once; --churn (fsstress-like) also renames and removes whole directories mid-run,
+        renames and deletes files and directories, hard links, fifos, sockets and device nodes
+        across a tree, from several processes at once; --churn (fsstress-like) also renames and removes whole directories mid-run,
         unlinks files below just-renamed directories and keeps files open across renames
     tree_workload.py manifest DIR                                prints one line per entry:
-        type, size, mode, path, SHA-256 of the content (or the symlink target), sorted
+        type, size, mode, path, SHA-256 of the content (or the symlink target), sorted;
+        a special file as its type (and a device's MAJOR:MINOR), and every name of a hard-linked
+        file with the first name of its inode. A local-folder remote keeps special files as
+        empty files and links as separate files, each marked by stratus's `user.stratus_*`
+        xattrs, which the manifest reads the same way, so a mount and its remote folder compare.
 """
 import argparse
 import hashlib
 import multiprocessing
 import os
 import random
+import socket
 import stat
 import sys
 
@@ -21,11 +26,12 @@ def worker(root: str, ops: int, seed: int) -> None:
     rnd = random.Random(seed)
     base = os.path.join(root, f"p{seed}")
     os.makedirs(base, exist_ok=True)
-    files, dirs = [], [base]
+    files, dirs, specials = [], [base], []
     for i in range(ops):
         op = rnd.choices(
-            ["mkdir", "create", "write", "rename", "delete", "rmdir", "symlink", "chmod", "truncate"],
-            weights=[8, 30, 20, 12, 10, 4, 3, 5, 8],
+            ["mkdir", "create", "write", "rename", "delete", "rmdir", "symlink", "chmod", "truncate",
+             "link", "special", "special_op"],
+            weights=[8, 30, 20, 12, 10, 4, 3, 5, 8, 5, 3, 3],
         )[0]
         try:
             if op == "mkdir":
@@ -62,6 +68,37 @@ def worker(root: str, ops: int, seed: int) -> None:
                 os.chmod(rnd.choice(files), rnd.choice([0o600, 0o640, 0o644, 0o755]))
             elif op == "truncate" and files:
                 os.truncate(rnd.choice(files), rnd.randrange(0, 300_000))
+            elif op == "link" and files:
+                # A further name of a file: writes through either show through both.
+                to = os.path.join(rnd.choice(dirs), f"h{i}.bin")
+                os.link(rnd.choice(files), to)
+                files.append(to)
+            elif op == "special":
+                p = os.path.join(rnd.choice(dirs), f"s{i}")
+                kind = rnd.choice(["fifo", "socket", "chr", "blk"])
+                if kind == "fifo":
+                    os.mkfifo(p, 0o640)
+                elif kind == "socket":
+                    s = socket.socket(socket.AF_UNIX)
+                    s.bind(p)
+                    s.close()
+                elif kind == "chr":
+                    os.mknod(p, stat.S_IFCHR | 0o600, os.makedev(1, 3))
+                else:
+                    os.mknod(p, stat.S_IFBLK | 0o600, os.makedev(7, i % 256))
+                specials.append(p)
+            elif op == "special_op" and specials:
+                p = rnd.choice(specials)
+                what = rnd.choice(["chmod", "rename", "delete"])
+                if what == "chmod":
+                    os.chmod(p, rnd.choice([0o600, 0o644]))
+                elif what == "rename":
+                    to = os.path.join(rnd.choice(dirs), f"t{i}")
+                    os.rename(p, to)
+                    specials[specials.index(p)] = to
+                else:
+                    specials.remove(p)
+                    os.unlink(p)
         except FileNotFoundError:
             # A file this process renamed away from under a symlink, and similar: fine.
             pass
@@ -126,8 +163,21 @@ def churn_worker(root: str, ops: int, seed: int) -> None:
         h.close()
 
 
+def xattr(p: str, name: str):
+    try:
+        return os.getxattr(p, name, follow_symlinks=False).decode()
+    except OSError:
+        return None
+
+
+SPECIAL = {stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket", stat.S_IFCHR: "chr", stat.S_IFBLK: "blk"}
+
+
 def manifest(root: str) -> None:
     rows = []
+    # Hard links: the names of one inode (a mount) or of one stratus link group (a remote
+    # folder), each row then marked with the group's first name.
+    groups: dict = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             if dirpath == root and name == ".stratus-lock":
@@ -142,10 +192,29 @@ def manifest(root: str) -> None:
                 rows.append(f"l - - {rel} {h}")
             elif stat.S_ISDIR(st.st_mode):
                 rows.append(f"d - {mode:o} {rel} -")
+            elif stat.S_IFMT(st.st_mode) in SPECIAL:
+                kind = SPECIAL[stat.S_IFMT(st.st_mode)]
+                dev = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}" if kind in ("chr", "blk") else "-"
+                rows.append(f"{kind} {dev} {mode:o} {rel} -")
+            elif st.st_size == 0 and xattr(p, "user.stratus_type"):
+                kind = xattr(p, "user.stratus_type")
+                dev = xattr(p, "user.stratus_rdev") if kind in ("chr", "blk") else "-"
+                rows.append(f"{kind} {dev} {mode:o} {rel} -")
             else:
                 with open(p, "rb") as f:
                     h = hashlib.sha256(f.read()).hexdigest()
-                rows.append(f"f {st.st_size} {mode:o} {rel} {h}")
+                row = f"f {st.st_size} {mode:o} {rel} {h}"
+                key = ("ino", st.st_ino) if st.st_nlink > 1 else None
+                if key is None and xattr(p, "user.stratus_link"):
+                    key = ("group", xattr(p, "user.stratus_link"), h)
+                if key is None:
+                    rows.append(row)
+                else:
+                    groups.setdefault(key, []).append((rel, row))
+    for names in groups.values():
+        first = min(rel for rel, _ in names)
+        for rel, row in names:
+            rows.append(row + (f" ={first}" if len(names) > 1 else ""))
     for r in sorted(rows):
         print(r)
 

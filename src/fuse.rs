@@ -14,7 +14,7 @@ use fuser::{
 };
 
 use crate::control::Control;
-use crate::types::{EntryId, Kind};
+use crate::types::{EntryId, Kind, Special};
 use crate::vfs::{Attr, SetAttr, Vfs, VfsError};
 
 /// One span per request, so every line logged while serving it carries the request id, the
@@ -87,7 +87,31 @@ fn kind(k: Kind) -> FileType {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
         Kind::Symlink => FileType::Symlink,
+        Kind::Special(Special::Fifo) => FileType::NamedPipe,
+        Kind::Special(Special::Socket) => FileType::Socket,
+        Kind::Special(Special::CharDev(_)) => FileType::CharDevice,
+        Kind::Special(Special::BlockDev(_)) => FileType::BlockDevice,
     }
+}
+
+/// The kernel's 32-bit device encoding (`new_encode_dev` in include/linux/kdev_t.h): minor
+/// bits 0-7 and 20-31, major bits 8-19.
+fn kernel_major(dev: u32) -> u32 {
+    (dev & 0xfff00) >> 8
+}
+
+fn kernel_minor(dev: u32) -> u32 {
+    (dev & 0xff) | ((dev >> 12) & 0xfff00)
+}
+
+/// `rdev` for the kernel, in the same encoding.
+fn kernel_rdev(k: Kind) -> u32 {
+    let dev = match k {
+        Kind::Special(s) => s.rdev(),
+        _ => return 0,
+    };
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
 }
 
 fn fattr(a: &Attr) -> FileAttr {
@@ -104,7 +128,7 @@ fn fattr(a: &Attr) -> FileAttr {
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: kernel_rdev(a.kind),
         blksize: 4096,
         flags: 0,
     }
@@ -214,16 +238,23 @@ impl Filesystem for StratusFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
         let _op = op_span!(req, "mknod", parent, None::<u64>);
         refuse_on_ro!(self, reply);
-        match self
-            .vfs
-            .mknod(ino(parent), name, mode & !umask, req.uid(), req.gid())
-        {
-            Ok((a, _)) => reply.entry(&TTL, &self.view.attr(&a), Generation(0)),
+        // The kernel hands the device number in its own encoding (`new_encode_dev`); stored
+        // as the `dev_t` glibc's `makedev` builds, it is the same number for every reader.
+        let rdev = libc::makedev(kernel_major(rdev), kernel_minor(rdev));
+        match self.vfs.mknod(
+            ino(parent),
+            name,
+            mode & (libc::S_IFMT | !umask),
+            rdev,
+            req.uid(),
+            req.gid(),
+        ) {
+            Ok(a) => reply.entry(&TTL, &self.view.attr(&a), Generation(0)),
             Err(e) => reply.error(errno("mknod", e)),
         }
     }
@@ -324,13 +355,13 @@ impl Filesystem for StratusFs {
         &self,
         req: &Request,
         i: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
         reply: ReplyEntry,
     ) {
         let _op = op_span!(req, "link", i, None::<u64>);
         refuse_on_ro!(self, reply);
-        match self.vfs.link() {
+        match self.vfs.link(ino(i), ino(newparent), newname) {
             Ok(a) => reply.entry(&TTL, &self.view.attr(&a), Generation(0)),
             Err(e) => reply.error(errno("link", e)),
         }

@@ -24,7 +24,7 @@ pub use health::{Health, Watch, SLOWEST_SEND, STALL_MS};
 pub use local::{hash_file, LocalRemote};
 pub use memory::Memory;
 
-pub use crate::types::VersionMark;
+pub use crate::types::{Special, VersionMark};
 
 /// Attributes that ride along with each object, as `stratus_*` metadata (underscores, not
 /// dashes: Azure refuses dashes in metadata names).
@@ -36,6 +36,12 @@ pub struct Meta {
     pub gid: Option<u32>,
     pub sha256: Option<String>,
     pub symlink: Option<String>,
+    /// A fifo, socket or device node: the object is empty and this is what it stands for
+    /// (`stratus_type`, and for a device `stratus_rdev` as `MAJOR:MINOR`).
+    pub special: Option<Special>,
+    /// The hard-link group: every name of one inode carries the same value (with the same
+    /// content hash), so another mount joins them into one inode again.
+    pub link: Option<String>,
     /// Which mount wrote this version (`host:mountpoint`), so that a conflict can say who
     /// wrote each side.
     pub writer: Option<String>,
@@ -106,6 +112,23 @@ const META_UID: &str = "stratus_uid";
 const META_GID: &str = "stratus_gid";
 const META_SHA256: &str = "stratus_sha256";
 const META_SYMLINK: &str = "stratus_symlink";
+const META_TYPE: &str = "stratus_type";
+const META_RDEV: &str = "stratus_rdev";
+const META_LINK: &str = "stratus_link";
+
+/// A device number as `MAJOR:MINOR`, the form `ls -l` and `/proc/devices` use, so that the
+/// metadata reads the same on every machine whatever its `dev_t` encoding.
+pub fn rdev_text(rdev: u64) -> String {
+    format!("{}:{}", libc::major(rdev), libc::minor(rdev))
+}
+
+pub fn parse_rdev(s: &str) -> Option<u64> {
+    let (maj, min) = s.split_once(':')?;
+    Some(libc::makedev(
+        maj.trim().parse().ok()?,
+        min.trim().parse().ok()?,
+    ))
+}
 
 /// Bytes that cannot travel in an HTTP header value, escaped in the symlink target.
 /// Spaces too: HTTP trims them at either end of a header value.
@@ -131,6 +154,14 @@ impl Meta {
                 .as_ref()
                 .map(|t| percent_encoding::utf8_percent_encode(t, HEADER_UNSAFE).to_string()),
         );
+        push(META_TYPE, self.special.map(|t| t.name().to_string()));
+        push(
+            META_RDEV,
+            self.special
+                .filter(|t| matches!(t, Special::CharDev(_) | Special::BlockDev(_)))
+                .map(|t| rdev_text(t.rdev())),
+        );
+        push(META_LINK, self.link.clone());
         push(
             META_WRITER,
             self.writer
@@ -141,10 +172,24 @@ impl Meta {
         out
     }
 
+    /// What an object carrying this metadata stands for (`dir` for a directory marker).
+    pub fn object_kind(&self, dir: bool) -> ObjectKind {
+        if dir {
+            ObjectKind::Dir
+        } else if self.symlink.is_some() {
+            ObjectKind::Symlink
+        } else if let Some(s) = self.special {
+            ObjectKind::Special(s)
+        } else {
+            ObjectKind::File
+        }
+    }
+
     /// Reads our metadata back; anything missing or malformed is `None` (objects written by
     /// other tools carry none of it).
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Meta {
         let mut m = Meta::default();
+        let (mut special, mut rdev) = (None, 0);
         for (k, v) in pairs {
             // Some servers hand `stratus_mtime` back as `stratus-mtime` (moto rebuilds header
             // names from CGI variables), so both spellings are read.
@@ -167,9 +212,13 @@ impl Meta {
                         .map(|s| s.into_owned())
                 }
                 META_CONFLICT => m.conflict = ConflictMark::decode(v),
+                META_TYPE => special = Some(v.trim().to_string()),
+                META_RDEV => rdev = parse_rdev(v).unwrap_or(0),
+                META_LINK => m.link = Some(v.trim().to_string()).filter(|l| !l.is_empty()),
                 _ => {}
             }
         }
+        m.special = special.and_then(|t| Special::parse(&t, rdev));
         m
     }
 }
@@ -179,6 +228,8 @@ pub enum ObjectKind {
     File,
     Dir,
     Symlink,
+    /// An empty object whose metadata names a fifo, socket or device node.
+    Special(Special),
 }
 
 /// One entry of the remote tree as a scan sees it.
@@ -768,6 +819,8 @@ mod tests {
             gid: Some(100),
             sha256: Some("ab".repeat(32)),
             symlink: Some(" ../a b/%x\ny ".into()),
+            special: Some(Special::BlockDev(libc::makedev(259, 1_048_577))),
+            link: Some("0123456789abcdef0123456789abcdef".into()),
             writer: Some("host:/home/me/my files".into()),
             conflict: Some(ConflictMark {
                 of: "report ü.docx".into(),
@@ -788,6 +841,18 @@ mod tests {
             .all(|(_, v)| !v.chars().any(|c| c.is_control())));
         let back = Meta::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         assert_eq!(back, m);
+        assert!(pairs.contains(&("stratus_rdev".into(), "259:1048577".into())));
+        // A fifo carries no device number; a type we do not know is no special file.
+        let fifo = Meta {
+            special: Some(Special::Fifo),
+            ..Meta::default()
+        };
+        assert_eq!(
+            fifo.to_pairs(),
+            vec![("stratus_type".to_string(), "fifo".to_string())]
+        );
+        let odd = Meta::from_pairs([("stratus_type", "door")]);
+        assert_eq!(odd.object_kind(false), ObjectKind::File);
     }
 
     #[test]

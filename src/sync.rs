@@ -154,16 +154,8 @@ pub fn populate(store: &Store, objects: &[ObjectInfo], cfg: &SyncConfig) -> Stor
                 tracing::warn!(key = %o.key, "skipping remote key whose parent is not a directory");
                 continue;
             };
-            let kind = match o.kind {
-                ObjectKind::File => Kind::File,
-                ObjectKind::Dir => Kind::Dir,
-                ObjectKind::Symlink => Kind::Symlink,
-            };
-            let default_mode = match kind {
-                Kind::File => 0o644,
-                Kind::Dir => 0o755,
-                Kind::Symlink => 0o777,
-            };
+            let kind = entry_kind(o.kind);
+            let default_mode = poller::default_mode(kind);
             let target = o.meta.symlink.clone().map(String::into_bytes);
             let e = db.insert(&NewEntry {
                 parent,
@@ -175,7 +167,7 @@ pub fn populate(store: &Store, objects: &[ObjectInfo], cfg: &SyncConfig) -> Stor
                 size: match kind {
                     Kind::File => o.size,
                     Kind::Symlink => target.as_ref().map(|t| t.len() as u64).unwrap_or(0),
-                    Kind::Dir => 0,
+                    Kind::Dir | Kind::Special(_) => 0,
                 },
                 mtime_ns: o.meta.mtime_ns.or(o.last_modified_ns).unwrap_or(now),
                 target,
@@ -192,6 +184,9 @@ pub fn populate(store: &Store, objects: &[ObjectInfo], cfg: &SyncConfig) -> Stor
             if kind == Kind::Dir {
                 ids.insert(&o.key, e.id);
             }
+            if let Some(group) = o.meta.link.as_deref().filter(|_| kind != Kind::Dir) {
+                db.join_link_group(e.id, group, o.meta.sha256.as_deref())?;
+            }
             if o.meta.conflict.is_some() {
                 marked.push((e, o));
             }
@@ -203,6 +198,16 @@ pub fn populate(store: &Store, objects: &[ObjectInfo], cfg: &SyncConfig) -> Stor
         db.meta_set("populated", "1")?;
         Ok(n)
     })
+}
+
+/// The kind of entry a remote object stands for.
+fn entry_kind(k: ObjectKind) -> Kind {
+    match k {
+        ObjectKind::File => Kind::File,
+        ObjectKind::Dir => Kind::Dir,
+        ObjectKind::Symlink => Kind::Symlink,
+        ObjectKind::Special(s) => Kind::Special(s),
+    }
 }
 
 #[cfg(test)]

@@ -26,6 +26,61 @@ pub enum Kind {
     File,
     Dir,
     Symlink,
+    /// A fifo, socket or device node: a name with attributes and no data. The kernel serves
+    /// its traffic (a fifo's pipe, a socket's connections, a device's driver) itself.
+    Special(Special),
+}
+
+/// The kind of a special file; a device carries its number (`dev_t`, as `makedev` builds it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Special {
+    Fifo,
+    Socket,
+    CharDev(u64),
+    BlockDev(u64),
+}
+
+impl Special {
+    /// The name it travels under in remote metadata (`stratus_type`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Special::Fifo => "fifo",
+            Special::Socket => "socket",
+            Special::CharDev(_) => "chr",
+            Special::BlockDev(_) => "blk",
+        }
+    }
+
+    /// From the metadata's type name and device number (`None` for a name we do not know).
+    pub fn parse(name: &str, rdev: u64) -> Option<Special> {
+        match name {
+            "fifo" => Some(Special::Fifo),
+            "socket" => Some(Special::Socket),
+            "chr" => Some(Special::CharDev(rdev)),
+            "blk" => Some(Special::BlockDev(rdev)),
+            _ => None,
+        }
+    }
+
+    /// The device number, 0 for a fifo or socket.
+    pub fn rdev(self) -> u64 {
+        match self {
+            Special::Fifo | Special::Socket => 0,
+            Special::CharDev(d) | Special::BlockDev(d) => d,
+        }
+    }
+
+    /// From the `S_IFMT` bits of a mode as mknod(2) gives it; `None` for a regular file or a
+    /// type mknod cannot make.
+    pub fn from_mode(mode: u32, rdev: u64) -> Option<Special> {
+        match mode & libc::S_IFMT {
+            libc::S_IFIFO => Some(Special::Fifo),
+            libc::S_IFSOCK => Some(Special::Socket),
+            libc::S_IFCHR => Some(Special::CharDev(rdev)),
+            libc::S_IFBLK => Some(Special::BlockDev(rdev)),
+            _ => None,
+        }
+    }
 }
 
 /// What the kernel must forget because something other than a FUSE request changed the tree

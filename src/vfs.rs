@@ -160,6 +160,9 @@ pub struct Vfs {
     reaper: std::sync::mpsc::Sender<EntryId>,
     /// Bytes of every file in the mount, and when they were read (`used_bytes`).
     used: Mutex<Option<(std::time::Instant, u64)>>,
+    /// Directories removed (rmdir, or renamed over) while a handle had them open: what
+    /// `fstat` on that handle answers (nlink 0, as on a local disk) until the last one closes.
+    gone_dirs: Mutex<HashMap<EntryId, Attr>>,
 }
 
 /// Starts the thread that deletes the data files of removed entries.
@@ -228,6 +231,7 @@ impl Vfs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             live: Mutex::new(HashMap::new()),
+            gone_dirs: Mutex::new(HashMap::new()),
             notices: Mutex::new(None),
             reaper,
             blocks,

@@ -99,6 +99,7 @@ impl Control {
                     Kind::File => "file",
                     Kind::Dir => "dir",
                     Kind::Symlink => "symlink",
+                    Kind::Special(s) => s.name(),
                 }
                 .into(),
                 size: self.vfs.getattr(id).map(|a| a.size).unwrap_or(0),

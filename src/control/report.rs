@@ -264,7 +264,7 @@ pub struct ConflictCounts {
 #[serde(default)]
 pub struct QueueEntry {
     pub seq: i64,
-    /// `upload`, `mkdir`, `symlink`, `move`, `metadata` or `delete`.
+    /// `upload`, `mkdir`, `symlink`, `mknod` (a fifo, socket or device node), `move`, `metadata` or `delete`.
     pub op: String,
     pub path: String,
     pub bytes: u64,

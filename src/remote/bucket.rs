@@ -156,13 +156,7 @@ pub fn headed(rel: &str, dir: bool, h: RawHead) -> ObjectInfo {
 }
 
 pub fn kind_of(dir: bool, meta: &Meta) -> ObjectKind {
-    if dir {
-        ObjectKind::Dir
-    } else if meta.symlink.is_some() {
-        ObjectKind::Symlink
-    } else {
-        ObjectKind::File
-    }
+    meta.object_kind(dir)
 }
 
 /// One prefix of one bucket or container, through object_store.
@@ -596,6 +590,7 @@ impl Bucket {
         meta: &Meta,
         mode: PutMode,
     ) -> RemoteResult<Written> {
+        // A special file's object is empty: its metadata says what it is.
         let body = meta.symlink.clone().unwrap_or_default().into_bytes();
         self.put(key, PutPayload::from(body), mode, attributes(meta))
             .await

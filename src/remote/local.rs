@@ -27,6 +27,13 @@ const SHA_XATTR: &str = "user.stratus_sha256";
 /// Who wrote the file, and a `.conflict` copy's mark (`remote::ConflictMark`).
 const WRITER_XATTR: &str = "user.stratus_writer";
 const CONFLICT_XATTR: &str = "user.stratus_conflict";
+/// A fifo, socket or device node is an empty regular file carrying its type and device
+/// number, as on every other backend: a real one in the folder could not be read by a scan
+/// (a fifo blocks its reader), and a device node needs root to make.
+const TYPE_XATTR: &str = "user.stratus_type";
+const RDEV_XATTR: &str = "user.stratus_rdev";
+/// A hard link's group (`Meta::link`).
+const LINK_XATTR: &str = "user.stratus_link";
 
 pub struct LocalRemote {
     root: PathBuf,
@@ -289,8 +296,21 @@ impl LocalRemote {
         blocking(move || {
             let _lock = lock()?;
             precheck(&dest, &cond)?;
-            let target = meta.symlink.clone().unwrap_or_default();
             let tmp = temp_beside(&dest)?;
+            if let Some(special) = meta.special {
+                let r = (|| {
+                    let f = fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+                    set_special_xattrs(&tmp, special)?;
+                    apply_meta(&tmp, &meta, false)?;
+                    f.sync_all().map_err(|e| io_err(&tmp, e))?;
+                    replace(&tmp, &dest)
+                })();
+                if r.is_err() {
+                    let _ = fs::remove_file(&tmp);
+                }
+                return r;
+            }
+            let target = meta.symlink.clone().unwrap_or_default();
             std::os::unix::fs::symlink(&target, &tmp).map_err(|e| io_err(&tmp, e))?;
             let r = apply_meta(&tmp, &meta, true).and_then(|_| replace(&tmp, &dest));
             if r.is_err() {
@@ -366,6 +386,8 @@ impl LocalRemote {
                 gid: Some(m.gid()),
                 sha256,
                 symlink: None,
+                special: None,
+                link: ours.then(|| get_xattr(&src, LINK_XATTR)).flatten(),
                 writer: ours.then(|| get_xattr(&src, WRITER_XATTR)).flatten(),
                 conflict: ours
                     .then(|| get_xattr(&src, CONFLICT_XATTR))
@@ -543,7 +565,11 @@ fn info_of(path: &Path, key: String, m: &fs::Metadata) -> RemoteResult<Option<Ob
         let t = fs::read_link(path).map_err(|e| io_err(path, e))?;
         (ObjectKind::Symlink, Some(t.to_string_lossy().into_owned()))
     } else if ft.is_file() {
-        (ObjectKind::File, None)
+        // An empty file with our type mark; written into since, it is a file again.
+        match get_special(path).filter(|_| m.size() == 0) {
+            Some(s) => (ObjectKind::Special(s), None),
+            None => (ObjectKind::File, None),
+        }
     } else {
         return Ok(None);
     };
@@ -553,6 +579,9 @@ fn info_of(path: &Path, key: String, m: &fs::Metadata) -> RemoteResult<Option<Ob
     } else {
         None
     };
+    // A file rewritten in place by another program keeps its xattrs; only a hash that is
+    // still valid says it is still the linked inode's content.
+    let link = sha256.as_ref().and_then(|_| get_xattr(path, LINK_XATTR));
     Ok(Some(ObjectInfo {
         key,
         kind,
@@ -571,6 +600,11 @@ fn info_of(path: &Path, key: String, m: &fs::Metadata) -> RemoteResult<Option<Ob
             gid: Some(m.gid()),
             sha256: sha256.clone(),
             symlink,
+            special: match kind {
+                ObjectKind::Special(s) => Some(s),
+                _ => None,
+            },
+            link,
             // A file another program rewrote in place keeps our attributes: believe them
             // only while our stamped hash still holds.
             writer: sha256
@@ -699,6 +733,45 @@ fn set_sha_xattr(path: &Path, hash: &str) {
     };
 }
 
+fn set_special_xattrs(path: &Path, special: super::Special) -> RemoteResult<()> {
+    // Unlike the hash, the type is the object itself: a folder that cannot keep it would
+    // turn the fifo into a plain empty file, so the write fails instead.
+    for (name, value) in [
+        (TYPE_XATTR, special.name().to_string()),
+        (RDEV_XATTR, super::rdev_text(special.rdev())),
+    ] {
+        let c = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| RemoteError::Permanent(format!("{}: NUL in path", path.display())))?;
+        let n = CString::new(name).expect("constant name");
+        // SAFETY: NUL-terminated path and name; the value pointer and length describe `value`.
+        let r = unsafe {
+            libc::setxattr(
+                c.as_ptr(),
+                n.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        };
+        if r != 0 {
+            return Err(RemoteError::Permanent(format!(
+                "{}: the remote folder cannot keep a special file's type ({name}): {}",
+                path.display(),
+                io::Error::last_os_error()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn get_special(path: &Path) -> Option<super::Special> {
+    let t = get_xattr(path, TYPE_XATTR)?;
+    let rdev = get_xattr(path, RDEV_XATTR)
+        .and_then(|r| super::parse_rdev(&r))
+        .unwrap_or(0);
+    super::Special::parse(&t, rdev)
+}
+
 /// The writer and the conflict mark, as plain xattrs (kept only where the filesystem keeps
 /// user xattrs, like the hash).
 fn set_extra_xattrs(path: &Path, meta: &Meta) {
@@ -707,6 +780,9 @@ fn set_extra_xattrs(path: &Path, meta: &Meta) {
     }
     if let Some(c) = &meta.conflict {
         set_xattr(path, CONFLICT_XATTR, &c.encode());
+    }
+    if let Some(l) = &meta.link {
+        set_xattr(path, LINK_XATTR, l);
     }
 }
 

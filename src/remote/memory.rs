@@ -12,8 +12,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 
 use super::{
-    Backend, ByteStream, Cond, Meta, ObjectInfo, ObjectKind, Preconditions, RemoteError,
-    RemoteResult, Written,
+    Backend, ByteStream, Cond, Meta, ObjectInfo, Preconditions, RemoteError, RemoteResult, Written,
 };
 
 /// Bytes per chunk of a stream.
@@ -140,13 +139,7 @@ impl Memory {
         };
         ObjectInfo {
             key: key.to_string(),
-            kind: if dir {
-                ObjectKind::Dir
-            } else if meta.symlink.is_some() {
-                ObjectKind::Symlink
-            } else {
-                ObjectKind::File
-            },
+            kind: meta.object_kind(dir),
             size: o.data.len() as u64,
             etag: Some(o.etag.clone()),
             version: Some(o.version.to_string()),
@@ -380,7 +373,7 @@ impl Backend for Memory {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Remote;
+    use super::super::{ObjectKind, Remote};
     use super::*;
 
     fn rt() -> tokio::runtime::Runtime {

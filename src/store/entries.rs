@@ -1,11 +1,11 @@
-//! The `entries` and `blocks` tables: the tree (one row per file, directory or symlink, with
+//! The `entries` and `blocks` tables: the tree (one row per file, directory, symlink or special file, with
 //! its attributes and the base the remote last agreed on), pins, and which blocks of a partly
 //! fetched file its data file holds.
 
 use rusqlite::{params, OptionalExtension, Row};
 
 use super::{now_ns, Db, StoreError, StoreResult};
-use crate::types::{EntryId, Kind};
+use crate::types::{EntryId, Kind, Special};
 
 impl Kind {
     fn to_sql(self) -> i64 {
@@ -13,14 +13,30 @@ impl Kind {
             Kind::File => 1,
             Kind::Dir => 2,
             Kind::Symlink => 3,
+            Kind::Special(Special::Fifo) => 4,
+            Kind::Special(Special::Socket) => 5,
+            Kind::Special(Special::CharDev(_)) => 6,
+            Kind::Special(Special::BlockDev(_)) => 7,
         }
     }
 
-    fn from_sql(v: i64) -> rusqlite::Result<Self> {
+    /// The `rdev` column: a device's number, 0 for everything else.
+    fn rdev_sql(self) -> i64 {
+        match self {
+            Kind::Special(s) => s.rdev() as i64,
+            _ => 0,
+        }
+    }
+
+    fn from_sql(v: i64, rdev: i64) -> rusqlite::Result<Self> {
         match v {
             1 => Ok(Kind::File),
             2 => Ok(Kind::Dir),
             3 => Ok(Kind::Symlink),
+            4 => Ok(Kind::Special(Special::Fifo)),
+            5 => Ok(Kind::Special(Special::Socket)),
+            6 => Ok(Kind::Special(Special::CharDev(rdev as u64))),
+            7 => Ok(Kind::Special(Special::BlockDev(rdev as u64))),
             other => Err(rusqlite::Error::IntegralValueOutOfRange(0, other)),
         }
     }
@@ -66,6 +82,11 @@ pub struct Entry {
     /// Set on a `.conflict` copy: the entry whose conflict it records. Such a copy stays
     /// local (never uploaded) unless the user keeps both versions.
     pub conflict_of: Option<EntryId>,
+    /// A second (third, ...) hard link: the entry that is the inode. This row is only a name
+    /// with its own remote key and base; attributes and data are the inode's.
+    pub link_of: Option<EntryId>,
+    /// The inode's id on the remote (`stratus_link`), set once it has had a second name.
+    pub link_group: Option<String>,
 }
 
 /// The fields of a new entry; the rest start empty.
@@ -88,20 +109,21 @@ pub struct NewEntry {
 
 /// A whole file the remote holds exactly (clean, no job, not a conflict copy): what
 /// [`Db::retire`] may hand to the block cache.
-const RETIRABLE: &str = "kind = 1 AND local = 1 AND dirty = 0 AND synced_key IS NOT NULL \
+const RETIRABLE: &str =
+    "kind = 1 AND local = 1 AND link_of IS NULL AND dirty = 0 AND synced_key IS NOT NULL \
      AND synced_etag IS NOT NULL AND conflict_of IS NULL \
      AND NOT EXISTS (SELECT 1 FROM journal j WHERE j.entry_id = entries.id)";
 
 const ENTRY_COLS: &str = "id, parent, name, kind, mode, uid, gid, size, mtime_ns, ctime_ns, \
      atime_ns, target, local, synced_key, synced_etag, synced_version, synced_hash, dirty, dirty_seq, \
-     conflict_of";
+     conflict_of, rdev, link_of, link_group";
 
 fn entry_from_row(r: &Row<'_>) -> rusqlite::Result<Entry> {
     Ok(Entry {
         id: EntryId(r.get::<_, i64>(0)? as u64),
         parent: r.get::<_, Option<i64>>(1)?.map(|p| EntryId(p as u64)),
         name: r.get(2)?,
-        kind: Kind::from_sql(r.get(3)?)?,
+        kind: Kind::from_sql(r.get(3)?, r.get(20)?)?,
         mode: r.get(4)?,
         uid: r.get(5)?,
         gid: r.get(6)?,
@@ -120,6 +142,8 @@ fn entry_from_row(r: &Row<'_>) -> rusqlite::Result<Entry> {
         dirty: r.get(17)?,
         dirty_seq: r.get(18)?,
         conflict_of: r.get::<_, Option<i64>>(19)?.map(|c| EntryId(c as u64)),
+        link_of: r.get::<_, Option<i64>>(21)?.map(|c| EntryId(c as u64)),
+        link_group: r.get(22)?,
     })
 }
 
@@ -234,8 +258,8 @@ impl Db<'_> {
         let mut st = self.conn.prepare_cached(
             "INSERT INTO entries(parent, name, kind, mode, uid, gid, size, mtime_ns, ctime_ns, atime_ns, \
              target, local, synced_key, synced_etag, synced_version, synced_hash, dirty, dirty_seq, \
-             conflict_of) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, 0, ?17)",
+             conflict_of, rdev) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, 0, ?17, ?18)",
         )?;
         st.execute(params![
             e.parent.0 as i64,
@@ -255,6 +279,7 @@ impl Db<'_> {
             e.synced.hash,
             e.dirty,
             e.conflict_of.map(|c| c.0 as i64),
+            e.kind.rdev_sql(),
         ])?;
         let id = EntryId(self.conn.last_insert_rowid() as u64);
         self.must_get(id)
@@ -434,7 +459,8 @@ impl Db<'_> {
                 SELECT id FROM entries WHERE pinned = 1 AND (parent IS NOT NULL OR id = 1) \
                 UNION \
                 SELECT e.id FROM entries e JOIN down ON e.parent = down.id \
-             ) SELECT {ENTRY_COLS} FROM entries WHERE kind = 1 AND id IN (SELECT id FROM down)"
+             ) SELECT {ENTRY_COLS} FROM entries WHERE kind = 1 AND link_of IS NULL \
+             AND id IN (SELECT id FROM down)"
         ))?;
         let rows = st.query_map([], entry_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -496,7 +522,8 @@ impl Db<'_> {
     /// Bytes of every file in the tree (what a quota counts).
     pub fn file_bytes(&self) -> StoreResult<u64> {
         let v: i64 = self.conn.query_row(
-            "SELECT coalesce(sum(size), 0) FROM entries WHERE kind = 1 AND parent IS NOT NULL",
+            "SELECT coalesce(sum(size), 0) FROM entries WHERE kind = 1 AND parent IS NOT NULL \
+             AND link_of IS NULL",
             [],
             |r| r.get(0),
         )?;
@@ -539,6 +566,94 @@ impl Db<'_> {
             params![id.0 as i64, of.map(|o| o.0 as i64)],
         )?;
         Ok(())
+    }
+
+    /// Makes `id` a further name of the inode `of` (or, with `None`, an inode of its own).
+    pub fn set_link_of(&self, id: EntryId, of: Option<EntryId>) -> StoreResult<()> {
+        self.conn.execute(
+            "UPDATE entries SET link_of = ?2, local = CASE WHEN ?2 IS NULL THEN local ELSE 0 END \
+             WHERE id = ?1",
+            params![id.0 as i64, of.map(|o| o.0 as i64)],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_link_group(&self, id: EntryId, group: Option<&str>) -> StoreResult<()> {
+        self.conn.execute(
+            "UPDATE entries SET link_group = ?2 WHERE id = ?1",
+            params![id.0 as i64, group],
+        )?;
+        Ok(())
+    }
+
+    /// The further names of the inode `id` (not counting its own row).
+    pub fn links_of(&self, id: EntryId) -> StoreResult<Vec<Entry>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {ENTRY_COLS} FROM entries WHERE link_of = ?1 AND parent IS NOT NULL ORDER BY id"
+        ))?;
+        let rows = st.query_map([id.0 as i64], entry_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// How many names the inode `id` has (its own row's, if it has one, and its links).
+    pub fn link_count(&self, id: EntryId) -> StoreResult<u32> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT count(*) FROM entries WHERE (id = ?1 OR link_of = ?1) AND parent IS NOT NULL",
+        )?;
+        Ok(st.query_row([id.0 as i64], |r| r.get::<_, i64>(0))? as u32)
+    }
+
+    /// The inode of the live entry named `name` in `parent`: the entry itself, or, for a
+    /// further hard link, the entry it links to.
+    pub fn lookup_inode(&self, parent: EntryId, name: &[u8]) -> StoreResult<Option<Entry>> {
+        match self.lookup(parent, name)? {
+            Some(Entry {
+                link_of: Some(of), ..
+            }) => self.get(of),
+            other => Ok(other),
+        }
+    }
+
+    /// The inode a remote object with link group `group` and content `hash` joins: the
+    /// entry that is that group's inode here, holding the same content. A name whose content
+    /// differs (another tool edited it) stays a file of its own.
+    pub fn find_link_inode(&self, group: &str, hash: Option<&str>) -> StoreResult<Option<Entry>> {
+        let Some(hash) = hash else {
+            return Ok(None);
+        };
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {ENTRY_COLS} FROM entries WHERE link_group = ?1 AND link_of IS NULL \
+             AND parent IS NOT NULL AND synced_hash = ?2 ORDER BY id LIMIT 1"
+        ))?;
+        Ok(st
+            .query_row(params![group, hash], entry_from_row)
+            .optional()?)
+    }
+
+    /// Joins the entry `id`, just made from a remote object carrying link group `group`, to
+    /// that group's inode, or makes it the inode when it is the first name seen.
+    pub fn join_link_group(&self, id: EntryId, group: &str, hash: Option<&str>) -> StoreResult<()> {
+        match self.find_link_inode(group, hash)? {
+            Some(inode) if inode.id != id => self.set_link_of(id, Some(inode.id)),
+            _ => self.set_link_group(id, Some(group)),
+        }
+    }
+
+    /// The inode `primary` loses its own name but keeps its other names: it takes over the
+    /// name, key and base of its link `link`, whose row goes. The inode keeps its id (the
+    /// kernel's inode number), data and attributes; the key it had is the caller's to delete.
+    pub fn take_name_of_link(&self, primary: EntryId, link: &Entry) -> StoreResult<()> {
+        self.conn.execute(
+            "DELETE FROM journal WHERE entry_id = ?1",
+            [link.id.0 as i64],
+        )?;
+        self.conn
+            .execute("DELETE FROM entries WHERE id = ?1", [link.id.0 as i64])?;
+        self.conn.execute(
+            "UPDATE entries SET parent = ?2, name = ?3 WHERE id = ?1",
+            params![primary.0 as i64, link.parent.map(|p| p.0 as i64), link.name],
+        )?;
+        self.set_synced(primary, &link.synced)
     }
 
     /// Marks an entry clean: the remote holds what it shows. Drops its sync job.

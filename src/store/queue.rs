@@ -11,7 +11,7 @@ use crate::types::EntryId;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueRow {
     pub seq: i64,
-    /// `upload`, `mkdir`, `symlink`, `move`, `metadata` or `delete`.
+    /// `upload`, `mkdir`, `symlink`, `mknod` (a fifo, socket or device node), `move`, `metadata` or `delete`.
     pub op: &'static str,
     pub path: String,
     /// Bytes the operation sends (an upload's file size).
@@ -101,6 +101,7 @@ impl Db<'_> {
                         (None, _) => "delete",
                         (Some(2), None) => "mkdir",
                         (Some(3), None) => "symlink",
+                        (Some(4..=7), None) => "mknod",
                         (Some(1), k) if content || k.is_none() => "upload",
                         (_, Some(k)) if !key_names(k, &path) => "move",
                         _ => "metadata",

@@ -127,6 +127,16 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE stats (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
      ALTER TABLE journal ADD COLUMN queued_ms INTEGER;
      ALTER TABLE journal ADD COLUMN closed_ms INTEGER;",
+    // 10: special files (kinds 4 to 7: fifo, socket, character and block device) and a
+    // device's number.
+    "ALTER TABLE entries ADD COLUMN rdev INTEGER NOT NULL DEFAULT 0;",
+    // 11: hard links. Every name is a row (it has its own key and base on the remote); a
+    // second name of an inode points at the row that is the inode (`link_of`), which holds
+    // the attributes and the data file. `link_group` is the inode's id on the remote (the
+    // `stratus_link` metadata every name carries), so another mount can join the names again.
+    "ALTER TABLE entries ADD COLUMN link_of INTEGER;
+     ALTER TABLE entries ADD COLUMN link_group TEXT;
+     CREATE INDEX entries_by_link ON entries(link_of) WHERE link_of IS NOT NULL;",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

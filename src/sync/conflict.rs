@@ -111,6 +111,7 @@ fn entry_of_remote(
 ) -> NewEntry {
     let kind = match r.kind {
         ObjectKind::Symlink => Kind::Symlink,
+        ObjectKind::Special(s) => Kind::Special(s),
         _ => Kind::File,
     };
     let target = r.meta.symlink.clone().map(String::into_bytes);
@@ -123,6 +124,7 @@ fn entry_of_remote(
         gid: r.meta.gid.unwrap_or(like.gid),
         size: match kind {
             Kind::Symlink => target.as_ref().map(|t| t.len() as u64).unwrap_or(0),
+            Kind::Special(_) => 0,
             _ => r.size,
         },
         mtime_ns: remote_mtime(r).unwrap_or_else(now_ns),
@@ -261,7 +263,7 @@ impl Conflicts {
     ) -> Result<bool, SyncError> {
         let parent = e.parent.ok_or(SyncError::Vanished)?;
         let tmp = self.ctx.cache.temp_path(e.id).with_extension("theirs");
-        if r.kind != ObjectKind::Symlink {
+        if matches!(r.kind, ObjectKind::File | ObjectKind::Dir) {
             // Through the block cache's fetcher, pinned to the version `r` names: another
             // version is the next round's business.
             let (files, path) = (self.ctx.files.clone(), tmp.clone());
@@ -300,7 +302,7 @@ impl Conflicts {
                 fields.dirty = dirty::CONTENT | dirty::META;
                 let copy = db.insert(&fields)?;
                 db.enqueue_sync(copy.id, dirty::CONTENT | dirty::META, Some(now_ms()))?;
-                if r.kind != ObjectKind::Symlink {
+                if matches!(r.kind, ObjectKind::File | ObjectKind::Dir) {
                     // Inside the transaction: if it fails, nothing was recorded; if the commit
                     // fails after it, the data file has no entry and is swept at the next start.
                     std::fs::rename(&tmp, self.ctx.cache.path(copy.id)).map_err(|err| {

@@ -50,9 +50,9 @@ fn paths_of(entries: &HashMap<EntryId, Entry>) -> HashMap<EntryId, String> {
     out
 }
 
-fn default_mode(kind: Kind) -> u32 {
+pub(super) fn default_mode(kind: Kind) -> u32 {
     match kind {
-        Kind::File => 0o644,
+        Kind::File | Kind::Special(_) => 0o644,
         Kind::Dir => 0o755,
         Kind::Symlink => 0o777,
     }
@@ -138,6 +138,16 @@ impl Poller {
             } else {
                 Local::Unchanged
             };
+            if let Some(of) = e.link_of {
+                self.link_changed(e, of, key, lside, rside).await?;
+                continue;
+            }
+            if e.link_group.is_some()
+                && lside == Local::Unchanged
+                && self.inode_name_changed(e, key, rside, &remote).await?
+            {
+                continue;
+            }
             self.apply(e, key, lside, rside).await?;
         }
 
@@ -336,6 +346,155 @@ impl Poller {
         }
     }
 
+    /// A further hard link's key changed on the remote. Another mount's new version of the
+    /// inode (its copy carries the link group) only moves this name's base: the inode's own
+    /// key brings the content. Anything else (another tool wrote or deleted the name) detaches
+    /// the name: it becomes a file of its own, taken from the remote like any file. The inode
+    /// keeps its content under its other names, so nothing written here is lost.
+    async fn link_changed(
+        &self,
+        e: &Entry,
+        of: EntryId,
+        key: &str,
+        lside: Local,
+        rside: RemoteSide,
+    ) -> Result<(), SyncError> {
+        let Some(parent) = e.parent else {
+            return Ok(());
+        };
+        let head = match rside {
+            RemoteSide::Deleted | RemoteSide::Absent => None,
+            _ => match self.ctx.remote.head(key, false).await? {
+                Some(h) => Some(h),
+                None => return Ok(()),
+            },
+        };
+        let group = self
+            .ctx
+            .store
+            .read(|db| db.get(of))?
+            .and_then(|i| i.link_group);
+        if let Some(h) = &head {
+            if h.meta.link.is_some() && h.meta.link == group && h.meta.sha256.is_some() {
+                self.ctx
+                    .store
+                    .write(|db| db.set_synced(e.id, &super::base_of(key, h)))?;
+                return Ok(());
+            }
+        }
+        if head.is_none() && lside != Local::Unchanged {
+            // Its own job puts the name back.
+            return Ok(());
+        }
+        let detached = self.ctx.store.write(|db| {
+            let Some(cur) = db.get(e.id)? else {
+                return Ok::<_, StoreError>(None);
+            };
+            if cur.dirty_seq != e.dirty_seq && head.is_none() {
+                return Ok(None);
+            }
+            if head.is_none() {
+                db.delete_entry(e.id)?;
+                return Ok(None);
+            }
+            // Whatever copy of the inode this name still waited for is moot now.
+            if let Some(job) = db.job_for(e.id)? {
+                db.remove_job(job.seq)?;
+            }
+            db.set_link_of(e.id, None)?;
+            db.mark_clean(e.id)?;
+            db.get(e.id)
+        })?;
+        if let Some(d) = detached {
+            tracing::info!(
+                path = key,
+                "a hard link edited elsewhere is a file of its own now"
+            );
+            self.apply(&d, key, Local::Unchanged, rside).await?;
+        }
+        self.ctx.notify(Invalidation::Entry {
+            parent,
+            name: e.name.clone(),
+        });
+        self.ctx.notify(Invalidation::Inode(of));
+        Ok(())
+    }
+
+    /// The key of an inode with further names was deleted or written by another tool: the
+    /// inode moves to one of its other names (keeping its content), and what is at the key
+    /// now, if anything, comes in as a new file. `false` when it has no other name left, or
+    /// the change is another mount's new version of the inode (same link group).
+    async fn inode_name_changed(
+        &self,
+        e: &Entry,
+        key: &str,
+        rside: RemoteSide,
+        remote: &HashMap<String, ObjectInfo>,
+    ) -> Result<bool, SyncError> {
+        let Some(parent) = e.parent else {
+            return Ok(false);
+        };
+        let head = match rside {
+            RemoteSide::Deleted | RemoteSide::Absent => None,
+            _ => match self.ctx.remote.head(key, false).await? {
+                Some(h)
+                    if h.meta.link.is_some()
+                        && h.meta.link == e.link_group
+                        && h.meta.sha256.is_some() =>
+                {
+                    return Ok(false)
+                }
+                Some(h) => Some(h),
+                None => return Ok(true),
+            },
+        };
+        let moved = self.ctx.files.with_closed(e.id, || {
+            self.ctx.store.write(|db| {
+                let Some(cur) = db.get(e.id)? else {
+                    return Ok::<_, StoreError>(None);
+                };
+                if cur.dirty_seq != e.dirty_seq || db.job_for(e.id)?.is_some() {
+                    return Ok(None);
+                }
+                // A name whose object the listing shows unchanged: one changed too is split
+                // off by its own turn in this poll, and the inode must not move onto it.
+                let unchanged = |l: &Entry| {
+                    l.synced
+                        .key
+                        .as_ref()
+                        .is_some_and(|k| remote.get(k).is_some_and(|o| o.etag == l.synced.etag))
+                };
+                let Some(other) = db.links_of(e.id)?.into_iter().find(unchanged) else {
+                    return Ok(None);
+                };
+                db.take_name_of_link(e.id, &other)?;
+                Ok(Some(other))
+            })
+        });
+        let Some(Ok(Some(other))) = moved else {
+            return Ok(false);
+        };
+        tracing::info!(
+            path = key,
+            "a hard-linked name changed elsewhere; the inode keeps its other names"
+        );
+        self.ctx.notify(Invalidation::Entry {
+            parent,
+            name: e.name.clone(),
+        });
+        if let Some(p) = other.parent {
+            self.ctx.notify(Invalidation::Entry {
+                parent: p,
+                name: other.name.clone(),
+            });
+        }
+        self.ctx.notify(Invalidation::Inode(e.id));
+        if let Some(h) = head {
+            self.store_new(key, &h)?;
+        }
+        Ok(true)
+    }
+
     /// Whether the local data of `e` has the SHA-256 the remote object carries.
     async fn same_content(&self, e: &Entry, r: &ObjectInfo) -> bool {
         let Some(remote_hash) = r.meta.sha256.clone() else {
@@ -374,10 +533,12 @@ impl Poller {
     fn take_remote_closed(&self, e: &Entry, key: &str, r: &ObjectInfo) -> Result<(), SyncError> {
         let want_kind = match r.kind {
             ObjectKind::Symlink => Kind::Symlink,
+            ObjectKind::Special(s) => Kind::Special(s),
             _ => Kind::File,
         };
         if want_kind != e.kind {
-            // A file became a symlink or the reverse: replace the entry.
+            // A file became a symlink or the reverse (or a fifo, or another device): replace
+            // the entry.
             self.delete_local_closed(e)?;
             return self.store_new(key, r);
         }
@@ -388,10 +549,10 @@ impl Poller {
             if cur.dirty_seq != e.dirty_seq || cur.dirty != 0 || db.job_for(e.id)?.is_some() {
                 return Ok(false);
             }
-            cur.size = if want_kind == Kind::Symlink {
-                r.meta.symlink.as_ref().map(|t| t.len() as u64).unwrap_or(0)
-            } else {
-                r.size
+            cur.size = match want_kind {
+                Kind::Symlink => r.meta.symlink.as_ref().map(|t| t.len() as u64).unwrap_or(0),
+                Kind::Special(_) => 0,
+                _ => r.size,
             };
             cur.mtime_ns = r
                 .meta
@@ -523,11 +684,7 @@ impl Poller {
 
     /// Inserts an entry for a remote object, with any missing parent directories.
     fn store_new(&self, key: &str, r: &ObjectInfo) -> Result<(), SyncError> {
-        let kind = match r.kind {
-            ObjectKind::File => Kind::File,
-            ObjectKind::Dir => Kind::Dir,
-            ObjectKind::Symlink => Kind::Symlink,
-        };
+        let kind = super::entry_kind(r.kind);
         let created = self.ctx.store.write(|db| {
             let mut parent = EntryId::ROOT;
             let mut first_new: Option<(EntryId, Vec<u8>)> = None;
@@ -587,6 +744,9 @@ impl Poller {
                         })?;
                         if first_new.is_none() {
                             first_new = Some((parent, part.as_bytes().to_vec()));
+                        }
+                        if let Some(group) = r.meta.link.as_deref().filter(|_| last) {
+                            db.join_link_group(e.id, group, r.meta.sha256.as_deref())?;
                         }
                         parent = e.id;
                     }

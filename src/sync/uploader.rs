@@ -228,6 +228,11 @@ impl Uploader {
                 .target
                 .as_ref()
                 .map(|t| String::from_utf8_lossy(t).into_owned()),
+            special: match e.kind {
+                Kind::Special(s) => Some(s),
+                _ => None,
+            },
+            link: e.link_group.clone(),
             writer: Some(self.ctx.cfg.writer.clone()),
             conflict,
         }
@@ -374,6 +379,9 @@ impl Uploader {
         };
         let key = String::from_utf8(path)
             .map_err(|_| SyncError::Local("path is not valid UTF-8".into()))?;
+        if let Some(of) = e.link_of {
+            return self.sync_link(job, &e, of, key).await;
+        }
         let old = e.synced.key.clone().filter(|k| *k != key);
         let moved_only = e.dirty == 0 && old.is_some();
         if e.synced.key.as_deref() == Some(key.as_str()) && e.dirty == 0 {
@@ -394,7 +402,8 @@ impl Uploader {
                 .put_dir(&key, &self.meta_of(&e, None))
                 .await
                 .map(|w| (w, None)),
-            Kind::Symlink => self
+            // A special file is an empty object, written whole like a symlink.
+            Kind::Symlink | Kind::Special(_) => self
                 .ctx
                 .remote
                 .put_symlink(&key, &self.meta_of(&e, None), &cond)
@@ -504,6 +513,7 @@ impl Uploader {
 
     async fn finish(&self, job: &Job, e: &Entry, synced: Synced) -> Result<Outcome, SyncError> {
         let uploaded_key = synced.key.clone();
+        let synced_etag = synced.etag.clone();
         let (clean, gone) = self.ctx.store.write(|db| {
             if db
                 .get(e.id)?
@@ -536,7 +546,94 @@ impl Uploader {
         if clean && e.kind == Kind::File {
             self.ctx.files.uploaded(e.id);
         }
+        // S3 keeps an object's ETag when only its metadata changed: a chmod goes to the
+        // links too.
+        if e.link_group.is_some()
+            && e.link_of.is_none()
+            && (e.dirty != 0 || e.synced.etag != synced_etag)
+        {
+            // A new version of an inode with further names: each name's object copies it.
+            self.ctx.store.write(|db| {
+                for l in db.links_of(e.id)? {
+                    db.enqueue_sync(l.id, dirty::CONTENT | dirty::META, Some(now_ms()))?;
+                }
+                Ok::<_, StoreError>(())
+            })?;
+        }
         Ok(if clean { Outcome::Done } else { Outcome::Again })
+    }
+
+    /// A further name of a hard-linked inode: its object is a server-side copy of the
+    /// inode's object, once that is up (the copy carries the data, the metadata and the link
+    /// group). A copy refused (the inode's object or this name's key changed elsewhere)
+    /// waits: the next poll sorts out what changed.
+    async fn sync_link(
+        &self,
+        job: &Job,
+        e: &Entry,
+        of: EntryId,
+        key: String,
+    ) -> Result<Outcome, SyncError> {
+        let (inode, busy) = self
+            .ctx
+            .store
+            .read(|db| Ok::<_, StoreError>((db.get(of)?, db.job_for(of)?.is_some())))?;
+        let Some(inode) = inode else {
+            self.ctx.store.write(|db| db.remove_job(job.seq))?;
+            return Ok(Outcome::Done);
+        };
+        let (Some(src), Some(src_etag)) = (inode.synced.key.clone(), inode.synced.etag.clone())
+        else {
+            return Err(SyncError::Wait(
+                "a hard link waits for its inode's upload".into(),
+            ));
+        };
+        if busy || inode.dirty != 0 {
+            return Err(SyncError::Wait(
+                "a hard link waits for its inode's upload".into(),
+            ));
+        }
+        if e.dirty == 0 && e.synced.key.as_deref() == Some(key.as_str()) {
+            return self.finish(job, e, e.synced.clone()).await;
+        }
+        let cond = self.expected_at(e, &key)?;
+        self.evict_tenants(&key, Some(e.id)).await?;
+        let written = match inode.kind {
+            Kind::File => {
+                self.ctx
+                    .remote
+                    .copy(&src, &key, Some(&src_etag), &cond)
+                    .await
+            }
+            _ => {
+                self.ctx
+                    .remote
+                    .put_symlink(&key, &self.meta_of(&inode, None), &cond)
+                    .await
+            }
+        };
+        let w = match written {
+            Ok(w) => w,
+            Err(err @ (RemoteError::Conflict(_) | RemoteError::NotFound(_))) => {
+                self.poll_wanted
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                return Err(SyncError::Wait(format!(
+                    "a hard link's copy was refused ({err}); waiting for a poll"
+                )));
+            }
+            Err(err) => return Err(err.into()),
+        };
+        if let Some(old) = e.synced.key.as_deref().filter(|k| *k != key) {
+            self.delete_key(old, false, Some(e.id), e.synced.etag.as_deref())
+                .await?;
+        }
+        let synced = Synced {
+            key: Some(key),
+            etag: w.etag,
+            version: w.version,
+            hash: inode.synced.hash.clone(),
+        };
+        self.finish(job, e, synced).await
     }
 
     /// What the key must hold for our write to be the next version: our base there, or the
@@ -873,7 +970,9 @@ fn sync_event(e: &Entry, synced: &Synced) -> Option<Event> {
         Kind::File if content || e.synced.key.is_none() => {
             Event::new(EventKind::Upload).bytes(e.size)
         }
-        Kind::Dir | Kind::Symlink if e.synced.key.is_none() => Event::new(EventKind::Create),
+        Kind::Dir | Kind::Symlink | Kind::Special(_) if e.synced.key.is_none() => {
+            Event::new(EventKind::Create)
+        }
         _ if moved_from.is_some() => Event::new(EventKind::Move).detail(format!(
             "from {}",
             moved_from.unwrap_or_default().trim_end_matches('/')

@@ -55,6 +55,11 @@ impl Vfs {
     }
 
     pub(super) fn with_links(&self, e: &Entry, mut a: Attr) -> Attr {
+        if e.link_group.is_some() && e.parent.is_some() {
+            if let Ok(n) = self.store.read(|db| db.link_count(e.id)) {
+                a.nlink = n;
+            }
+        }
         if e.kind == Kind::Dir {
             // A directory is linked from its parent, from its own '.', and from the '..' of
             // each subdirectory.
@@ -66,7 +71,14 @@ impl Vfs {
     }
 
     pub fn getattr(&self, ino: EntryId) -> VfsResult<Attr> {
-        self.fresh_attr(|db| db.get(ino))
+        match self.fresh_attr(|db| db.get(ino)) {
+            // A directory removed while open: fstat on it answers, with nlink 0.
+            Err(VfsError::NotFound) => lock(&self.gone_dirs)
+                .get(&ino)
+                .cloned()
+                .ok_or(VfsError::NotFound),
+            other => other,
+        }
     }
 
     pub fn setattr(&self, ino: EntryId, set: &SetAttr) -> VfsResult<Attr> {

@@ -62,6 +62,9 @@ impl Vfs {
         match e.kind {
             Kind::Dir => return Ok((self.add_handle(e.id, None, false), false)),
             Kind::Symlink => return Err(VfsError::Invalid("open of a symlink".into())),
+            // The kernel opens fifos, sockets and devices itself (`init_special_inode`) and
+            // never asks a FUSE daemon to.
+            Kind::Special(_) => return Err(VfsError::Invalid("open of a special file".into())),
             Kind::File => {}
         }
         if truncate {
@@ -269,8 +272,21 @@ impl Vfs {
     }
 
     pub fn releasedir(&self, fh: u64) -> VfsResult<()> {
-        lock(&self.handles).remove(&fh);
+        let h = lock(&self.handles).remove(&fh);
+        if let Some(h) = h {
+            let mut gone = lock(&self.gone_dirs);
+            if gone.contains_key(&h.id) && !self.dir_is_open(h.id) {
+                gone.remove(&h.id);
+            }
+        }
         Ok(())
+    }
+
+    /// Whether a directory handle of `id` is open.
+    pub(super) fn dir_is_open(&self, id: EntryId) -> bool {
+        lock(&self.handles)
+            .values()
+            .any(|h| h.id == id && h.file.is_none())
     }
 
     /// `posix_fallocate` (mode 0): reserves `offset..offset + len` in the data file and

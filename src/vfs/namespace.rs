@@ -9,13 +9,15 @@ use std::sync::Arc;
 
 use super::{lock, Attr, DirEntry, Live, Vfs, VfsError, VfsResult};
 use crate::store::{dirty, now_ms, now_ns, Db, Entry, NewEntry, Synced};
-use crate::types::{EntryId, Kind};
+use crate::types::{EntryId, Kind, Special};
 
 /// What a removal does after its transaction commits.
 #[derive(Default)]
 struct Removal {
     files: Vec<EntryId>,
     unlinked: Vec<EntryId>,
+    /// Removed directories that a handle holds open, with their last attributes.
+    open_dirs: Vec<(EntryId, Attr)>,
 }
 
 impl Vfs {
@@ -82,7 +84,7 @@ impl Vfs {
         if name.len() > crate::remote::NAME_MAX {
             return Err(VfsError::NameTooLong(format!("{} bytes", name.len())));
         }
-        self.fresh_attr(|db| db.lookup(parent, name))
+        self.fresh_attr(|db| db.lookup_inode(parent, name))
     }
 
     pub fn readlink(&self, ino: EntryId) -> VfsResult<Vec<u8>> {
@@ -263,7 +265,7 @@ impl Vfs {
                 name: b"..".to_vec(),
             });
             v.extend(children.into_iter().map(|c| DirEntry {
-                ino: c.id.0,
+                ino: c.link_of.unwrap_or(c.id).0,
                 kind: c.kind,
                 name: c.name,
             }));
@@ -312,6 +314,12 @@ impl Vfs {
                 if e.kind == Kind::File {
                     rm.files.push(e.id);
                 }
+                if e.kind == Kind::Dir && self.dir_is_open(e.id) {
+                    let mut a = self.attr_of(e, None);
+                    a.nlink = 0;
+                    a.ctime = std::time::SystemTime::now();
+                    rm.open_dirs.push((e.id, a));
+                }
             }
         }
         Ok(())
@@ -321,6 +329,9 @@ impl Vfs {
     /// data files, mark open files unlinked. (Regression: the data file went inside the
     /// transaction, so a crash before the commit kept the entry but lost its content.)
     fn finish_removal(&self, rm: Removal, live: &mut HashMap<EntryId, Live>) {
+        if !rm.open_dirs.is_empty() {
+            lock(&self.gone_dirs).extend(rm.open_dirs);
+        }
         for id in rm.unlinked {
             if let Some(l) = live.get_mut(&id) {
                 l.unlinked = true;
@@ -357,7 +368,7 @@ impl Vfs {
                     db.resolve_conflict(c.id, "original deleted")?;
                 }
             }
-            self.remove_entry(db, &live, &e, &mut rm)?;
+            self.remove_name(db, &live, &e, &mut rm)?;
             self.keep_dir(db, &p)?;
             self.touch_dir(db, &p)
         })?;
@@ -442,7 +453,8 @@ impl Vfs {
                 }
             }
             if let Some(dst) = db.lookup(newparent, newname)? {
-                if dst.id == src.id {
+                // Two names of one inode: rename(2) does nothing and succeeds.
+                if dst.link_of.unwrap_or(dst.id) == src.link_of.unwrap_or(src.id) {
                     return Ok(());
                 }
                 if noreplace {
@@ -458,7 +470,7 @@ impl Vfs {
                     (false, true) => return Err(VfsError::IsDir),
                     (false, false) => {}
                 }
-                self.remove_entry(db, &live, &dst, &mut rm)?;
+                self.remove_name(db, &live, &dst, &mut rm)?;
             }
             // Directory keys to delete once the children have moved.
             let below = if src.kind == Kind::Dir {
@@ -517,29 +529,146 @@ impl Vfs {
         r
     }
 
-    /// Hard links: one object per path cannot express them.
-    pub fn link(&self) -> VfsResult<Attr> {
-        tracing::warn!("hard links are not supported (one object per path); answering ENOTSUP");
-        Err(VfsError::NotSupported("hard links"))
+    /// A further name of the inode `ino`: a row of its own (its own key and base on the
+    /// remote, where it is a full copy of the inode's object) pointing at the inode's row,
+    /// which keeps the attributes and the data. The inode gets a link group, which every
+    /// name's object carries as `stratus_link`, so that another mount joins the names again.
+    pub fn link(&self, ino: EntryId, newparent: EntryId, newname: &OsStr) -> VfsResult<Attr> {
+        let name = newname.as_bytes();
+        let now = Some(now_ms());
+        self.w(|db| {
+            let p = self.dir(db, newparent)?;
+            self.check_new_name(db, newparent, name)?;
+            if db.lookup(newparent, name)?.is_some() {
+                return Err(VfsError::Exists);
+            }
+            let mut inode = db.get(ino)?.ok_or(VfsError::NotFound)?;
+            if inode.kind == Kind::Dir {
+                return Err(VfsError::Invalid("hard link to a directory".into()));
+            }
+            if inode.parent.is_none() {
+                // Unlinked while open: no name to add to.
+                return Err(VfsError::NotFound);
+            }
+            // Before the job below: `update` writes the row's dirty bits back as read.
+            inode.ctime_ns = now_ns();
+            db.update(&inode)?;
+            if inode.link_group.is_none() {
+                let group = new_link_group();
+                db.set_link_group(ino, Some(&group))?;
+                // Its own object must say which group it is in.
+                db.enqueue_sync(ino, dirty::META, now)?;
+            }
+            let e = db.insert(&NewEntry {
+                parent: newparent,
+                name: name.to_vec(),
+                kind: inode.kind,
+                mode: inode.mode,
+                uid: inode.uid,
+                gid: inode.gid,
+                size: inode.size,
+                mtime_ns: inode.mtime_ns,
+                target: inode.target.clone(),
+                local: false,
+                synced: Synced::default(),
+                dirty: 0,
+                conflict_of: None,
+            })?;
+            db.set_link_of(e.id, Some(ino))?;
+            db.enqueue_sync(e.id, dirty::CONTENT | dirty::META, now)?;
+            self.touch_dir(db, &p)
+        })?;
+        self.getattr(ino)
     }
 
-    /// Device nodes, fifos and sockets have no object form.
+    /// Removes the name `e`. A further hard link goes alone (its object with it); the inode's
+    /// own name, while the inode has other names, is handed one of them (the inode keeps its
+    /// id, data and attributes); anything else is removed whole.
+    fn remove_name(
+        &self,
+        db: &Db<'_>,
+        live: &HashMap<EntryId, Live>,
+        e: &Entry,
+        rm: &mut Removal,
+    ) -> VfsResult<()> {
+        if let Some(of) = e.link_of {
+            if let Some(key) = &e.synced.key {
+                db.enqueue_delete(key, false, e.synced.etag.as_deref())?;
+            }
+            db.delete_entry(e.id)?;
+            return self.touch_inode(db, of);
+        }
+        let other = match e.link_group {
+            Some(_) => db.links_of(e.id)?.into_iter().next(),
+            None => None,
+        };
+        let Some(other) = other else {
+            return self.remove_entry(db, live, e, rm);
+        };
+        if let Some(key) = &e.synced.key {
+            db.enqueue_delete(key, false, e.synced.etag.as_deref())?;
+        }
+        db.take_name_of_link(e.id, &other)?;
+        // The inode's object is now the one at that name (or goes there, if the link's copy
+        // had not run yet); its links copy from it.
+        db.enqueue_sync(e.id, 0, Some(now_ms()))?;
+        self.touch_inode(db, e.id)
+    }
+
+    fn touch_inode(&self, db: &Db<'_>, id: EntryId) -> VfsResult<()> {
+        if let Some(mut inode) = db.get(id)? {
+            inode.ctime_ns = now_ns();
+            db.update(&inode)?;
+        }
+        Ok(())
+    }
+
+    /// A regular file, or a fifo, socket or device node: a name with attributes and no data
+    /// file (the kernel serves a special file's traffic itself), uploaded as an empty object
+    /// whose metadata carries its type and device number.
     pub fn mknod(
         &self,
         parent: EntryId,
         name: &OsStr,
         mode: u32,
+        rdev: u64,
         uid: u32,
         gid: u32,
-    ) -> VfsResult<(Attr, u64)> {
-        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
-            tracing::warn!(
-                "special files (devices, fifos, sockets) are not supported; answering ENOTSUP"
-            );
-            return Err(VfsError::NotSupported("special files"));
+    ) -> VfsResult<Attr> {
+        let fmt = mode & libc::S_IFMT;
+        if fmt == libc::S_IFREG || fmt == 0 {
+            let (attr, fh) = self.create(parent, name, mode & 0o7777, uid, gid)?;
+            self.release(fh)?;
+            return Ok(attr);
         }
-        let (attr, fh) = self.create(parent, name, mode & 0o7777, uid, gid)?;
-        self.release(fh)?;
-        Ok((attr, 0))
+        let Some(special) = Special::from_mode(mode, rdev) else {
+            // S_IFDIR and S_IFLNK have their own calls; anything else is no type at all.
+            return Err(VfsError::Invalid(format!("mknod of file type {fmt:o}")));
+        };
+        let (e, _) = self.insert_child(
+            parent,
+            name.as_bytes(),
+            Kind::Special(special),
+            mode,
+            uid,
+            gid,
+            None,
+            Some(now_ms()),
+        )?;
+        Ok(self.attr(&e))
     }
+}
+
+/// A new hard-link group id: 128 random bits in hex. Unique across mounts, which may each
+/// link files at the same moment.
+fn new_link_group() -> String {
+    let mut b = [0u8; 16];
+    // SAFETY: `b` is writable for its length.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        // Never on Linux for 16 bytes once booted; the time and pid are still unique here.
+        b[..8].copy_from_slice(&now_ns().to_le_bytes());
+        b[8..12].copy_from_slice(&std::process::id().to_le_bytes());
+    }
+    hex::encode(b)
 }

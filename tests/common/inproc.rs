@@ -266,7 +266,7 @@ impl Core {
                         Err(VfsError::Remote(e)) if cached_only && e.is_transient() => {}
                         Err(e) => return Err(e),
                     },
-                    Kind::Symlink => {}
+                    Kind::Symlink | Kind::Special(_) => {}
                 }
             }
         }

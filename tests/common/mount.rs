@@ -684,16 +684,41 @@ fn walk_local(dir: &Path, prefix: &str, out: &mut BTreeMap<String, RemoteObj>) {
                 },
             );
         } else {
+            // A special file is an empty file with its type in xattrs, read here with plain
+            // getxattr(2) and parsed by the same rules as any backend's metadata.
+            let pairs: Vec<(&str, String)> = [
+                ("stratus_type", "user.stratus_type"),
+                ("stratus_rdev", "user.stratus_rdev"),
+                ("stratus_link", "user.stratus_link"),
+            ]
+            .into_iter()
+            .filter_map(|(k, x)| local_xattr(&e.path(), x).map(|v| (k, v)))
+            .collect();
+            let ours = Meta::from_pairs(pairs.iter().map(|(k, v)| (*k, v.as_str())));
             out.insert(
                 rel,
                 RemoteObj {
                     kind: ObjKind::File,
                     data: std::fs::read(e.path()).unwrap(),
-                    meta,
+                    meta: Meta {
+                        special: ours.special,
+                        link: ours.link,
+                        ..meta
+                    },
                 },
             );
         }
     }
+}
+
+fn local_xattr(path: &Path, name: &str) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let n = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0u8; 256];
+    // SAFETY: NUL-terminated path and name; `buf` is writable for its length.
+    let r = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (r >= 0).then(|| String::from_utf8_lossy(&buf[..r as usize]).into_owned())
 }
 
 pub struct Mount {
