@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-use super::blocks::lock;
+use super::blocks::{disk_bytes, lock};
 use super::fetch::FETCHES_IN_FLIGHT;
 use super::{BlockCache, CacheError, CacheResult, BLOCK_SIZE};
 use crate::remote::RemoteError;
@@ -251,9 +251,15 @@ impl BlockCache {
         self.check_fetch_allowed(&t.key)?;
         let pinned = self.store.read(|db| db.pinned_by(t.id))?.is_some();
         if !pinned {
-            self.make_room(todo.len() as u64 * BLOCK_SIZE, t.id, keep, &todo);
+            // Each GET below gives back its share when it lands or fails.
+            self.reserve_room(t.size, t.id, keep, &todo);
         }
-        self.files.ensure_sparse(t.id, t.size)?;
+        if let Err(err) = self.files.ensure_sparse(t.id, t.size) {
+            if !pinned {
+                self.unreserve(todo.iter().map(|i| disk_bytes(t.size, *i)).sum());
+            }
+            return Err(err);
+        }
         {
             let mut fl = lock(&self.prefetch.flights);
             let set = fl.inflight.entry(t.id).or_default();
@@ -271,10 +277,16 @@ impl BlockCache {
         }
         tracing::debug!(key = %t.key, ?runs, "fetching blocks");
         for (a, b) in runs {
+            let reserved: u64 = if pinned {
+                0
+            } else {
+                (a..=b).map(|i| disk_bytes(t.size, i)).sum()
+            };
             let (cache, t) = (self.clone(), t.clone());
             let slots = self.prefetch.slots.clone();
             self.rt.spawn(async move {
                 let Ok(_slot) = slots.acquire_owned().await else {
+                    cache.unreserve(reserved);
                     return;
                 };
                 let range = a * BLOCK_SIZE..((b + 1) * BLOCK_SIZE).min(t.size);
@@ -282,7 +294,11 @@ impl BlockCache {
                     .remote
                     .get_range(&t.key, range, t.etag.as_deref())
                     .await;
-                let _ = tokio::task::spawn_blocking(move || cache.land(&t, a, b, got)).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    cache.land(&t, a, b, got, false);
+                    cache.unreserve(reserved);
+                })
+                .await;
             });
         }
         Ok(())
@@ -356,7 +372,8 @@ impl BlockCache {
                 claimed.swap_remove(pos);
                 let (cache, t2) = (self.clone(), t.clone());
                 let i = next;
-                tokio::task::spawn_blocking(move || cache.land(&t2, i, i, Ok(block)))
+                // Room is made as each block lands: the stream reserves none ahead.
+                tokio::task::spawn_blocking(move || cache.land(&t2, i, i, Ok(block), true))
                     .await
                     .map_err(|e| RemoteError::unavailable(e.to_string()))?;
             }
@@ -381,15 +398,16 @@ impl BlockCache {
         Ok(())
     }
 
-    /// Puts a finished GET's bytes in place, if the file is still the version it asked for.
-    fn land(&self, t: &Target, a: u64, b: u64, got: Result<bytes::Bytes, RemoteError>) {
+    /// Puts a finished GET's bytes in place, if the file is still the version it asked for;
+    /// `room`: make room for them first (the whole-object stream, which reserves none).
+    fn land(&self, t: &Target, a: u64, b: u64, got: Result<bytes::Bytes, RemoteError>, room: bool) {
         let mut failure = None;
         match got {
             Ok(bytes) => {
                 let gate = self.gate(t.id);
                 let _g = lock(&gate);
                 match self
-                    .land_locked(t, a, b, &bytes)
+                    .land_locked(t, a, b, &bytes, room)
                     .and_then(|landed| match landed {
                         Some(e) => self.hash_landed(&e, t, a, &bytes),
                         None => Ok(()),
@@ -444,7 +462,14 @@ impl BlockCache {
     }
 
     /// [`BlockCache::land`] under the gate; the entry, when the bytes were stored.
-    fn land_locked(&self, t: &Target, a: u64, b: u64, bytes: &[u8]) -> CacheResult<Option<Entry>> {
+    fn land_locked(
+        &self,
+        t: &Target,
+        a: u64,
+        b: u64,
+        bytes: &[u8],
+        room: bool,
+    ) -> CacheResult<Option<Entry>> {
         let Some(cur) = self.store.read(|db| db.get(t.id))? else {
             return Ok(None);
         };
@@ -452,13 +477,17 @@ impl BlockCache {
             // Written, replaced or emptied meanwhile: these bytes belong to no one.
             return Ok(None);
         }
+        let pinned = self.store.read(|db| db.pinned_by(t.id))?.is_some();
+        if room && !pinned {
+            let need = (a..=b).map(|i| disk_bytes(t.size, i)).sum();
+            self.make_room(need, t.id, &(a..=b), &[]);
+        }
         let f = self.files.open_file(t.id, false)?;
         f.write_all_at(bytes, a * BLOCK_SIZE)?;
         self.count_downloaded(bytes.len());
         self.remote.health().record_ok();
         let got: Vec<u64> = (a..=b).collect();
-        let pinned = self.store.read(|db| db.pinned_by(t.id))?.is_some();
-        self.list_blocks(t.id, &got, pinned)?;
+        self.list_blocks(t.id, t.size, &got, pinned)?;
         Ok(Some(cur))
     }
 
