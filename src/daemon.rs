@@ -49,6 +49,8 @@ pub struct MountConfig {
     pub dashboard: Option<String>,
     /// Allow a non-loopback dashboard address.
     pub dashboard_allow_remote: bool,
+    /// `--bwlimit`: upload and download rates (changeable later with `stratus bwlimit`).
+    pub bwlimit: crate::remote::Limits,
 }
 
 fn disk_reserve(cache: &FileCache) -> anyhow::Result<u64> {
@@ -209,6 +211,7 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
 
     let core = CoreBuilder::open(&cfg.state_dir, &cfg.remote, &cfg.options)?;
     let identity = core.identity().to_string();
+    core.remote().set_bwlimit(cfg.bwlimit);
 
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };

@@ -30,6 +30,8 @@ const CHUNK_BLOCKS: u64 = 16;
 /// Blocks a sequential reader keeps in flight or cached ahead of itself, at most; a small
 /// cache budget shrinks it (a quarter of the budget).
 const READ_AHEAD_BLOCKS: u64 = 128;
+/// Under a download limit, the read-ahead window holds what the limit lets in in this time.
+const READ_AHEAD_UNDER_LIMIT: Duration = Duration::from_secs(8);
 /// A reader whose blocks keep being evicted before it gets to them gives up after this many
 /// rounds (only a cache far too small for the readers at hand does that).
 const MAX_ROUNDS: u32 = 6;
@@ -130,7 +132,16 @@ impl BlockCache {
     }
 
     fn read_ahead_blocks(&self) -> u64 {
-        (self.cfg.budget / BLOCK_SIZE / 4).clamp(1, READ_AHEAD_BLOCKS)
+        let window = (self.cfg.budget / BLOCK_SIZE / 4).clamp(1, READ_AHEAD_BLOCKS);
+        // Under a download limit, no more ahead than the limit lets in within a few
+        // seconds: a reader waiting behind a long window would otherwise wait out its fetch
+        // timeout for blocks queued behind the read-ahead.
+        let down = self.remote.bwlimit().down;
+        if down.is_off() {
+            window
+        } else {
+            window.min((down.0 * READ_AHEAD_UNDER_LIMIT.as_secs() / BLOCK_SIZE).max(1))
+        }
     }
 
     /// Runs `f` under the file's gate once blocks `first..=last` of `e` are in its data
