@@ -4,7 +4,8 @@
 //!
 //! What counts against `--cache-size`: clean blocks (fetched, or written here and uploaded
 //! since) and whole files not yet handed over (dirty data). Pinned files are kept because the
-//! user asked, outside the budget; `stratus status` shows them separately.
+//! user asked, outside the budget; `stratus status` shows them separately. Each counts what
+//! it occupies on disk (see [`disk_bytes`]), as `du` would: a 3-byte file is 4 KiB, not a block.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -109,8 +109,10 @@ impl BlockCache {
         fetching: &[u64],
     ) -> u64 {
         let need: u64 = fetching.iter().map(|i| disk_bytes(size, *i)).sum();
-        self.make_room(need, for_id, keep, fetching);
+        // Reserved before the room is made, so that a fetch planned at the same moment for
+        // another file already counts this one.
         self.reserved.fetch_add(need, Ordering::Relaxed);
+        self.make_room(0, for_id, keep, fetching);
         need
     }
 

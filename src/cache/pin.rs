@@ -1,6 +1,7 @@
 //! Pinned files: downloaded in the background and kept out of eviction, by a thread that
 //! wakes when a pin is set, after each poll of the remote and, while a download failed, every
-//! few seconds.
+//! few seconds. Every 2 s the same thread is the cache's housekeeping: it retires uploaded
+//! files and evicts down to the budget when an eviction had to spare blocks a reader held.
 
 use std::sync::Arc;
 use std::time::Duration;

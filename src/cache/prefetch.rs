@@ -205,7 +205,7 @@ impl BlockCache {
                 // Keep the window ahead full, also when nothing is missing here.
                 if !ahead.is_empty() {
                     let keep = first..=last;
-                    self.schedule(&target, &ahead, &keep)?;
+                    self.schedule(&target, &ahead, &keep, true)?;
                 }
             }
             if missing.is_empty() {
@@ -215,7 +215,7 @@ impl BlockCache {
                 return Ok((out, waited));
             }
             waited = true;
-            self.schedule(&target, &missing, &(first..=last))?;
+            self.schedule(&target, &missing, &(first..=last), false)?;
             drop(g);
             self.wait_for(e.id, &missing, &key)?;
         }
@@ -227,13 +227,16 @@ impl BlockCache {
     }
 
     /// Starts background GETs for those of `want` that are neither in flight nor just
-    /// failed, after making room for them. The caller holds the file's gate.
+    /// failed, after making room for them. The caller holds the file's gate. `ahead`: these
+    /// are read-ahead, which goes only as far as fetches in flight, all readers together,
+    /// stay within half the budget: several readers' windows must not add up past the budget
+    /// (a reader's own missing blocks always go).
     fn schedule(
         self: &Arc<Self>,
-
         t: &Target,
         want: &[u64],
         keep: &std::ops::RangeInclusive<u64>,
+        ahead: bool,
     ) -> CacheResult<()> {
         self.check_not_corrupt(t.id, &t.etag)?;
         let todo: Vec<u64> = {
@@ -256,6 +259,11 @@ impl BlockCache {
                 })
                 .collect()
         };
+        let mut todo = todo;
+        if ahead {
+            let room = (self.cfg.budget / 2).saturating_sub(self.reserved.load(Ordering::Relaxed));
+            todo.truncate((room / BLOCK_SIZE) as usize);
+        }
         if todo.is_empty() {
             return Ok(());
         }
