@@ -134,6 +134,11 @@ enum Cmd {
         /// token still guards it).
         #[arg(long)]
         dashboard_allow_remote: bool,
+        /// Bandwidth limit as rclone writes it: 4M (4 MiB/s each way), 4M:20M
+        /// (upload:download), off; units B, K, M, G (binary; a bare number is KiB/s).
+        /// Change it on the live mount with `stratus bwlimit`.
+        #[arg(long, value_name = "RATE", default_value = "off")]
+        bwlimit: String,
         /// Log file (the background daemon uses STATE_DIR/stratus.log).
         #[arg(long, hide = true)]
         log_file: Option<PathBuf>,
@@ -202,6 +207,12 @@ enum Cmd {
     Unpin {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+    },
+    /// Set the bandwidth limit of a live mount: 4M, 4M:20M (upload:download) or off.
+    Bwlimit {
+        path: PathBuf,
+        /// 4M, 4M:20M (upload:download), off; units B, K, M, G (binary)
+        rate: String,
     },
     /// Go offline (no network traffic; changes queue) or back online.
     Offline {
@@ -311,7 +322,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             quota,
             dashboard,
             dashboard_allow_remote,
+            bwlimit,
         } => {
+            let bwlimit = crate::remote::Limits::parse(&bwlimit)
+                .map_err(|e| anyhow::anyhow!("--bwlimit: {e}"))?;
             let url = RemoteUrl::parse(&remote).map_err(|e| anyhow::anyhow!("bad remote: {e}"))?;
             let mp = absolute(&mountpoint)?;
             let parsed = daemon::parse_mount_options(&options, |k| {
@@ -369,6 +383,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 quota,
                 dashboard,
                 dashboard_allow_remote,
+                bwlimit,
             };
             if foreground {
                 init_logging(cli.verbose, log_file.as_deref())?;
@@ -421,6 +436,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Resolve { path, keep } => resolve(&path, &keep, out),
         Cmd::Pin { paths } => pin(&paths, true, out),
         Cmd::Unpin { paths } => pin(&paths, false, out),
+        Cmd::Bwlimit { path, rate } => {
+            let limits =
+                crate::remote::Limits::parse(&rate).map_err(|e| anyhow::anyhow!("bwlimit: {e}"))?;
+            let t = mounts::target(&path)?;
+            set(&t.root, control::BWLIMIT, limits.to_string().as_bytes())?;
+            out.print(
+                json!({"mount": t.root, "bwlimit": control::BwLimitReport::of(limits)}),
+                || {
+                    format!(
+                        "{}: bandwidth limit {}",
+                        t.root.display(),
+                        show::bwlimit(limits)
+                    )
+                },
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Offline { path, state } => {
             let on = match state.as_str() {
                 "on" => true,

@@ -12,8 +12,8 @@ use std::sync::Arc;
 mod report;
 
 pub use report::{
-    ConflictCounts, ConflictInfo, Counters, HealthReport, LogEntry, Page, Pending, PendingJob,
-    QueueEntry, QueueReport, Status, StorageReport, Totals, PENDING_SHOWN,
+    BwLimitReport, ConflictCounts, ConflictInfo, Counters, HealthReport, LogEntry, Page, Pending,
+    PendingJob, QueueEntry, QueueReport, Status, StorageReport, Totals, PENDING_SHOWN,
 };
 
 use crate::store::{JobKind, JobState};
@@ -45,6 +45,9 @@ pub const RESOLVE: &str = "user.stratus.resolve";
 pub const CONFLICT: &str = "user.stratus.conflict";
 /// On the root: `1` while offline (no network traffic at all), `0` otherwise; settable.
 pub const OFFLINE: &str = "user.stratus.offline";
+/// On the root: the bandwidth limit, `off`, `4M` or `4M:20M` (upload:download) as rclone
+/// writes it; settable (`stratus bwlimit`).
+pub const BWLIMIT: &str = "user.stratus.bwlimit";
 /// On the root: every conflict, open and resolved, as a JSON array.
 pub const CONFLICTS: &str = "user.stratus.conflicts";
 /// On the root: `STARTED DONE`, how many polls of the remote have started and completed.
@@ -289,6 +292,7 @@ impl Control {
                 settled: conflicts.len() as u64 - open,
             },
             preconditions,
+            bwlimit: BwLimitReport::of(self.vfs.remote().bwlimit()),
         })
     }
 
@@ -433,6 +437,7 @@ impl Control {
                 .get()
                 .map(|u| u.clone().into_bytes())
                 .ok_or(VfsError::NoAttr),
+            BWLIMIT if root => Ok(self.vfs.remote().bwlimit().to_string().into_bytes()),
             OFFLINE if root => Ok(if self.vfs.remote().health().is_offline() {
                 b"1".to_vec()
             } else {
@@ -502,6 +507,13 @@ impl Control {
                     }
                 };
                 self.vfs.set_pinned(ino, on)
+            }
+            BWLIMIT if ino == EntryId::ROOT => {
+                let limits = crate::remote::Limits::parse(&value)
+                    .map_err(|e| VfsError::Invalid(format!("{BWLIMIT}: {e}")))?;
+                self.vfs.remote().set_bwlimit(limits);
+                tracing::info!(bwlimit = %limits, "bandwidth limit changed");
+                Ok(())
             }
             OFFLINE if ino == EntryId::ROOT => {
                 let on = match value.trim() {
@@ -604,7 +616,7 @@ impl Control {
         self.vfs.getattr(ino)?;
         let mut names = vec![STATE, CACHE, PIN];
         if ino == EntryId::ROOT {
-            names.extend([STATUS, OFFLINE, CONFLICTS]);
+            names.extend([STATUS, OFFLINE, BWLIMIT, CONFLICTS]);
         }
         let mut out = Vec::new();
         for n in names {

@@ -56,6 +56,8 @@ pub struct MountConfig {
     pub dashboard: Option<String>,
     /// Allow a non-loopback dashboard address.
     pub dashboard_allow_remote: bool,
+    /// `--bwlimit`: upload and download rates (changeable later with `stratus bwlimit`).
+    pub bwlimit: crate::remote::Limits,
 }
 
 fn disk_reserve(cache: &FileCache) -> anyhow::Result<u64> {
@@ -265,6 +267,7 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
     if cfg.mount.read_only {
         core.remote().set_read_only();
     }
+    core.remote().set_bwlimit(cfg.bwlimit);
 
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };

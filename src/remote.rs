@@ -4,6 +4,7 @@
 mod azure;
 mod backend;
 mod bucket;
+mod bwlimit;
 mod error;
 mod faulty;
 mod gcs;
@@ -18,6 +19,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use backend::{Backend, ByteStream};
+pub use bwlimit::{Limits, Rate};
 pub use error::{brief_text, RemoteError, RemoteResult};
 pub use faulty::{FaultPlan, Faults, Faulty, Injected};
 pub use health::{Health, Watch, SLOWEST_SEND, STALL_MS};
@@ -501,10 +503,12 @@ pub(crate) fn note_sent(bytes: u64) {
 /// network traffic). vfs, sync and the daemon see only this type.
 pub struct Remote {
     backend: Box<dyn Backend>,
-    health: Health,
+    health: std::sync::Arc<Health>,
     /// A read-only mount (`-o ro`): every request that would change the remote is refused
     /// here, whoever makes it, so that such a mount never writes to the remote.
     read_only: std::sync::atomic::AtomicBool,
+    /// `--bwlimit`: shared by every transfer of this remote, changeable while mounted.
+    bw: std::sync::Arc<bwlimit::BwLimit>,
 }
 
 impl Remote {
@@ -531,8 +535,9 @@ impl Remote {
     pub fn new(backend: Box<dyn Backend>) -> Remote {
         Remote {
             backend,
-            health: Health::default(),
+            health: Default::default(),
             read_only: Default::default(),
+            bw: Default::default(),
         }
     }
 
@@ -568,6 +573,27 @@ impl Remote {
         Ok(())
     }
 
+    /// The bandwidth limits in force (`--bwlimit`, `stratus bwlimit`).
+    pub fn bwlimit(&self) -> Limits {
+        self.bw.limits()
+    }
+
+    /// Sets the bandwidth limits; transfers already waiting for their turn take the new
+    /// rate within 100 ms.
+    pub fn set_bwlimit(&self, l: Limits) {
+        self.bw.set(l);
+    }
+
+    /// Runs `f` with the backends' pacing ([`bwlimit::pace_up`], [`bwlimit::pace_down`])
+    /// reaching this remote's limits.
+    async fn paced<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        let pace = bwlimit::Pace {
+            limit: self.bw.clone(),
+            health: self.health.clone(),
+        };
+        bwlimit::PACE.scope(pace, f).await
+    }
+
     /// What this mount knows of the remote's health, and the user's offline switch.
     pub fn health(&self) -> &Health {
         &self.health
@@ -582,13 +608,44 @@ impl Remote {
         self.watched_sending(0, request).await
     }
 
-    /// [`Remote::watched`] for a request that sends `bytes`.
+    /// [`Remote::watched`] for a request that sends `bytes`: allowed the time to send them at
+    /// [`SLOWEST_SEND`], or at the upload limit when that is slower.
     async fn watched_sending<T>(
         &self,
         bytes: u64,
         request: impl std::future::Future<Output = RemoteResult<T>>,
     ) -> RemoteResult<T> {
-        let watch = self.health.watch_sending(bytes);
+        let up = self.bw.up.rate();
+        let rate = if up.is_off() {
+            SLOWEST_SEND
+        } else {
+            up.0.min(SLOWEST_SEND)
+        };
+        self.watched_for(self.health.watch_paced(bytes, rate), request)
+            .await
+    }
+
+    /// [`Remote::watched`] for a request that receives `bytes`: under a download limit it is
+    /// allowed the time to take them at that rate, since it is we who hold the server back.
+    async fn watched_receiving<T>(
+        &self,
+        bytes: u64,
+        request: impl std::future::Future<Output = RemoteResult<T>>,
+    ) -> RemoteResult<T> {
+        let down = self.bw.down.rate();
+        let watch = if down.is_off() {
+            self.health.watch()
+        } else {
+            self.health.watch_paced(bytes, down.0)
+        };
+        self.watched_for(watch, request).await
+    }
+
+    async fn watched_for<T>(
+        &self,
+        watch: Watch<'_>,
+        request: impl std::future::Future<Output = RemoteResult<T>>,
+    ) -> RemoteResult<T> {
         let r = request.await;
         drop(watch);
         match &r {
@@ -675,7 +732,8 @@ impl Remote {
         range: std::ops::Range<u64>,
         if_match: Option<&str>,
     ) -> RemoteResult<bytes::Bytes> {
-        self.watched(self.backend.get_range(key, range, if_match))
+        let len = range.end.saturating_sub(range.start);
+        self.paced(self.watched_receiving(len, self.backend.get_range(key, range, if_match)))
             .await
     }
 
@@ -687,12 +745,28 @@ impl Remote {
         key: &str,
         if_match: Option<&str>,
     ) -> Option<RemoteResult<ByteStream>> {
-        Some(self.backend.get_stream(key, if_match)?.await)
+        let body = self.backend.get_stream(key, if_match)?.await;
+        // The stream is read after this call returns, outside any paced scope: each chunk
+        // pays the download bucket as it comes.
+        let bw = self.bw.clone();
+        Some(body.map(|s| {
+            use futures::StreamExt;
+            s.then(move |chunk| {
+                let bw = bw.clone();
+                async move {
+                    if let Ok(c) = &chunk {
+                        bw.down.take(c.len() as u64).await;
+                    }
+                    chunk
+                }
+            })
+            .boxed()
+        }))
     }
 
     /// Downloads the whole object to `dest`, returning its size.
     pub async fn download(&self, key: &str, dest: &Path) -> RemoteResult<u64> {
-        self.backend.download(key, dest).await
+        self.paced(self.backend.download(key, dest)).await
     }
 
     /// Uploads a file's content with metadata; `meta.sha256` must already be set.
@@ -717,7 +791,12 @@ impl Remote {
         let written = SENT
             .scope(
                 sent.clone(),
-                self.watched_sending(size, self.backend.upload_file(key, src, size, meta, cond)),
+                self.paced(
+                    self.watched_sending(
+                        size,
+                        self.backend.upload_file(key, src, size, meta, cond),
+                    ),
+                ),
             )
             .await?;
         // A single PUT (and a local folder) counts its bytes once they are all taken.

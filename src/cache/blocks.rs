@@ -4,7 +4,8 @@
 //!
 //! What counts against `--cache-size`: clean blocks (fetched, or written here and uploaded
 //! since) and whole files not yet handed over (dirty data). Pinned files are kept because the
-//! user asked, outside the budget; `stratus status` shows them separately.
+//! user asked, outside the budget; `stratus status` shows them separately. Each counts what
+//! it occupies on disk (see [`disk_bytes`]), as `du` would: a 3-byte file is 4 KiB, not a block.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +29,19 @@ const STALLED_QUEUE: Duration = Duration::from_secs(30);
 const DISK_FLOOR: u64 = 32 << 20;
 /// How stale the free-space figure may be when a writer consults it.
 const DISK_FIGURE_TTL: Duration = Duration::from_millis(50);
+
+/// The unit in which the disk's filesystem allocates space to a data file (4 KiB on ext4,
+/// xfs and btrfs): a cached block occupies its length rounded up to it, which is what `du`
+/// shows and what the cache counts.
+pub(super) const DISK_UNIT: u64 = 4096;
+
+/// The bytes block `idx` of a file of `size` bytes occupies in its sparse data file: its
+/// length (the last block is short, a 3-byte file's only block is 3 bytes) rounded up to
+/// [`DISK_UNIT`]. A block past the end (a stale row of a file since cut) occupies nothing.
+pub(super) fn disk_bytes(size: u64, idx: u64) -> u64 {
+    let len = size.saturating_sub(idx * BLOCK_SIZE).min(BLOCK_SIZE);
+    len.next_multiple_of(DISK_UNIT)
+}
 
 /// What the block cache is allowed: its budget, its patience with the remote, and the free
 /// space it leaves on the disk.
@@ -85,10 +99,15 @@ pub struct BlockCache {
     pub(super) cfg: CacheConfig,
     /// Blocks present per partly cached file, loaded on first use.
     pub(super) present: Mutex<HashMap<EntryId, HashSet<u64>>>,
-    /// Eviction order of cached blocks; `cached` counts their bytes. Blocks of pinned files
-    /// are dropped from it when eviction reaches them, and come back when the pin goes.
-    pub(super) lru: Mutex<lru::LruCache<(EntryId, u64), ()>>,
+    /// Eviction order of cached blocks, each with the bytes it occupies on disk
+    /// ([`disk_bytes`]); `cached` is their sum. Blocks of pinned files are dropped from it
+    /// when eviction reaches them, and come back when the pin goes.
+    pub(super) lru: Mutex<lru::LruCache<(EntryId, u64), u64>>,
     pub(super) cached: AtomicU64,
+    /// Bytes of fetches in flight that room was made for: counted against the budget from
+    /// the moment room is made until they land (or fail), so fetches planned one after
+    /// another cannot each find the same free room.
+    pub(super) reserved: AtomicU64,
     /// Versions whose fetched data failed the SHA-256 check: refused until the remote
     /// version changes.
     pub(super) corrupt: Mutex<HashSet<(EntryId, Option<String>)>>,
@@ -139,6 +158,7 @@ impl BlockCache {
             present: Mutex::default(),
             lru: Mutex::new(lru::LruCache::unbounded()),
             cached: Default::default(),
+            reserved: Default::default(),
             corrupt: Mutex::default(),
             gates: Mutex::default(),
             open: Mutex::default(),
@@ -263,30 +283,48 @@ impl BlockCache {
     /// and, unless the file is pinned, in the eviction order. The present set is loaded before
     /// the rows are added, so the new blocks are counted once. Returns how many blocks are
     /// present now. The caller holds the file's gate.
-    pub(super) fn list_blocks(&self, id: EntryId, got: &[u64], pinned: bool) -> CacheResult<u64> {
+    pub(super) fn list_blocks(
+        &self,
+        id: EntryId,
+        size: u64,
+        got: &[u64],
+        pinned: bool,
+    ) -> CacheResult<u64> {
         self.with_present(id, |_| ())?;
         self.store.write(|db| db.add_blocks(id, got))?;
         self.with_present(id, |set| {
-            let mut lru = lock(&self.lru);
             for i in got {
                 if set.insert(*i) && !pinned {
-                    lru.put((id, *i), ());
-                    self.cached.fetch_add(BLOCK_SIZE, Ordering::Relaxed);
+                    self.count_block(id, *i, disk_bytes(size, *i));
                 }
             }
             set.len() as u64
         })
     }
 
+    /// Puts a block in the eviction order, counted at `bytes`. A block already there (a
+    /// stale entry of an earlier copy) is counted once.
+    pub(super) fn count_block(&self, id: EntryId, idx: u64, bytes: u64) {
+        let old = lock(&self.lru).put((id, idx), bytes);
+        self.cached.fetch_add(bytes, Ordering::Relaxed);
+        if let Some(old) = old {
+            self.cached.fetch_sub(old, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes a block out of the eviction order and its bytes out of `cached`.
+    pub(super) fn uncount_block(&self, id: EntryId, idx: u64) {
+        if let Some(bytes) = lock(&self.lru).pop(&(id, idx)) {
+            self.cached.fetch_sub(bytes, Ordering::Relaxed);
+        }
+    }
+
     /// Drops the in-memory block list of `id` (its blocks are no longer evictable: the file
     /// became whole, or it is gone).
     pub fn forget_blocks(&self, id: EntryId) {
         if let Some(set) = lock(&self.present).remove(&id) {
-            let mut lru = lock(&self.lru);
             for idx in set {
-                if lru.pop(&(id, idx)).is_some() {
-                    self.cached.fetch_sub(BLOCK_SIZE, Ordering::Relaxed);
-                }
+                self.uncount_block(id, idx);
             }
         }
     }
@@ -294,10 +332,8 @@ impl BlockCache {
     /// Called at start: every block the database lists joins the eviction order.
     pub fn load_blocks(&self) -> CacheResult<()> {
         let blocks = self.store.read(|db| db.all_blocks())?;
-        let mut lru = lock(&self.lru);
-        for b in blocks {
-            lru.put(b, ());
-            self.cached.fetch_add(BLOCK_SIZE, Ordering::Relaxed);
+        for (id, idx, size) in blocks {
+            self.count_block(id, idx, disk_bytes(size, idx));
         }
         Ok(())
     }
@@ -353,20 +389,23 @@ impl BlockCache {
     pub fn figures(&self) -> CacheResult<CacheFigures> {
         self.take_cleaned();
         let (blocks, dirty, pinned) = self.store.read(|db| {
-            let blocks = db.block_count()?;
-            let dirty = db.whole_file_bytes()?;
+            let blocks = db.block_bytes(BLOCK_SIZE, DISK_UNIT)?;
+            let dirty = db.whole_file_bytes(DISK_UNIT)?;
             let mut pinned = 0;
             for f in db.pinned_files()? {
                 pinned += if f.local {
-                    f.size
+                    f.size.next_multiple_of(DISK_UNIT)
                 } else {
-                    (db.blocks_of(f.id)?.len() as u64 * BLOCK_SIZE).min(f.size)
+                    db.blocks_of(f.id)?
+                        .into_iter()
+                        .map(|i| disk_bytes(f.size, i))
+                        .sum()
                 };
             }
             Ok::<_, CacheError>((blocks, dirty, pinned))
         })?;
         Ok(CacheFigures {
-            used: blocks * BLOCK_SIZE + dirty,
+            used: blocks + dirty,
             budget: self.cfg.budget,
             pinned,
             dirty,
@@ -389,7 +428,7 @@ impl BlockCache {
         self.grown.store(0, Ordering::Relaxed);
         let v = self
             .store
-            .read(|db| db.whole_file_bytes())
+            .read(|db| db.whole_file_bytes(DISK_UNIT))
             .unwrap_or_default();
         *memo = Some((Instant::now(), v));
         v

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
-use super::blocks::lock;
+use super::blocks::{disk_bytes, lock};
 use super::{BlockCache, CacheResult, BLOCK_SIZE};
 use crate::types::EntryId;
 
@@ -27,8 +27,15 @@ impl BlockCache {
         let dirty = self.dirty_bytes();
         let mut spared = Vec::new();
         let mut pinned: HashMap<EntryId, bool> = HashMap::new();
-        while self.cached.load(Ordering::Relaxed) + dirty + need > budget {
-            let Some(((id, idx), ())) = lock(&self.lru).pop_lru() else {
+        let over = |need: u64| {
+            self.cached.load(Ordering::Relaxed)
+                + self.reserved.load(Ordering::Relaxed)
+                + dirty
+                + need
+                > budget
+        };
+        while over(need) {
+            let Some(((id, idx), bytes)) = lock(&self.lru).pop_lru() else {
                 break;
             };
             let is_pinned = *pinned.entry(id).or_insert_with(|| {
@@ -39,13 +46,13 @@ impl BlockCache {
                     .is_some()
             });
             if is_pinned {
-                self.cached.fetch_sub(BLOCK_SIZE, Ordering::Relaxed);
+                self.cached.fetch_sub(bytes, Ordering::Relaxed);
                 continue;
             }
             let gate;
             let _guard = if id == for_id {
                 if keep.contains(&idx) || fetching.contains(&idx) {
-                    spared.push((id, idx));
+                    spared.push((id, idx, bytes));
                     continue;
                 }
                 None
@@ -54,7 +61,7 @@ impl BlockCache {
                 match gate.try_lock() {
                     Ok(g) => Some(g),
                     Err(_) => {
-                        spared.push((id, idx));
+                        spared.push((id, idx, bytes));
                         continue;
                     }
                 }
@@ -71,12 +78,47 @@ impl BlockCache {
             if let Some(set) = lock(&self.present).get_mut(&id) {
                 set.remove(&idx);
             }
-            self.cached.fetch_sub(BLOCK_SIZE, Ordering::Relaxed);
+            self.cached.fetch_sub(bytes, Ordering::Relaxed);
         }
+        // Spared blocks keep their place at the old end of the order: they are the first to
+        // go once their reader lets go of them.
         let mut lru = lock(&self.lru);
-        for b in spared {
-            lru.put(b, ());
+        for (id, idx, bytes) in spared {
+            lru.put((id, idx), bytes);
+            lru.demote(&(id, idx));
         }
+    }
+
+    /// Whether the cache holds more than its budget (blocks spared by an earlier eviction
+    /// because a reader held them): the housekeeping evicts then.
+    pub fn over_budget(&self) -> bool {
+        self.cached.load(Ordering::Relaxed)
+            + self.reserved.load(Ordering::Relaxed)
+            + self.dirty_bytes()
+            > self.cfg.budget
+    }
+
+    /// Makes room for blocks `fetching` of `for_id` (see [`BlockCache::make_room`]) and
+    /// reserves it until they land: the caller hands the bytes returned back to
+    /// [`BlockCache::unreserve`] once the blocks are listed or the fetch failed.
+    pub(super) fn reserve_room(
+        &self,
+        size: u64,
+        for_id: EntryId,
+        keep: &std::ops::RangeInclusive<u64>,
+        fetching: &[u64],
+    ) -> u64 {
+        let need: u64 = fetching.iter().map(|i| disk_bytes(size, *i)).sum();
+        // Reserved before the room is made, so that a fetch planned at the same moment for
+        // another file already counts this one.
+        self.reserved.fetch_add(need, Ordering::Relaxed);
+        self.make_room(0, for_id, keep, fetching);
+        need
+    }
+
+    /// Gives back room reserved by [`BlockCache::reserve_room`].
+    pub(super) fn unreserve(&self, bytes: u64) {
+        self.reserved.fetch_sub(bytes, Ordering::Relaxed);
     }
 
     /// Evicts down to the budget on behalf of no file in particular (a writer waiting, a pin
@@ -104,8 +146,8 @@ impl BlockCache {
         if self.retire_on_close(id) {
             return true;
         }
-        let n = match self.store.write(|db| db.retire(id, BLOCK_SIZE)) {
-            Ok(Some(n)) => n,
+        let size = match self.store.write(|db| db.retire(id, BLOCK_SIZE)) {
+            Ok(Some(size)) => size,
             Ok(None) => return true,
             Err(err) => {
                 tracing::warn!(id = id.0, %err, "could not hand a file to the block cache");
@@ -120,11 +162,9 @@ impl BlockCache {
             .flatten()
             .is_some();
         if !pinned {
-            let mut lru = lock(&self.lru);
-            for i in 0..n {
-                lru.put((id, i), ());
+            for i in 0..size.div_ceil(BLOCK_SIZE) {
+                self.count_block(id, i, disk_bytes(size, i));
             }
-            self.cached.fetch_add(n * BLOCK_SIZE, Ordering::Relaxed);
         }
         true
     }

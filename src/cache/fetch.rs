@@ -85,9 +85,27 @@ impl BlockCache {
         })?;
         self.check_fetch_allowed(&key)?;
         let pinned = self.store.read(|db| db.pinned_by(e.id))?.is_some();
-        if !pinned {
-            self.make_room(want.len() as u64 * BLOCK_SIZE, e.id, &(first..=last), &want);
-        }
+        let reserved = if pinned {
+            0
+        } else {
+            self.reserve_room(e.size, e.id, &(first..=last), &want)
+        };
+        let r = self.fetch_blocks(e, &key, &want, nblocks, pinned);
+        self.unreserve(reserved);
+        r
+    }
+
+    /// [`BlockCache::ensure_blocks`] once room is made: fetches `want`, writes and lists
+    /// what came.
+    fn fetch_blocks(
+        &self,
+        e: &Entry,
+        key: &str,
+        want: &[u64],
+        nblocks: u64,
+        pinned: bool,
+    ) -> CacheResult<bool> {
+        let key = key.to_string();
         self.files.ensure_sparse(e.id, e.size)?;
         let etag = e.synced.etag.clone();
         let size = e.size;
@@ -131,7 +149,7 @@ impl BlockCache {
                 Err(err) => failure = Some(err),
             }
         }
-        let complete = self.list_blocks(e.id, &got, pinned)? >= nblocks;
+        let complete = self.list_blocks(e.id, e.size, &got, pinned)? >= nblocks;
         if !got.is_empty() {
             self.remote.health().record_ok();
         }

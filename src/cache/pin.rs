@@ -1,12 +1,12 @@
 //! Pinned files: downloaded in the background and kept out of eviction, by a thread that
 //! wakes when a pin is set, after each poll of the remote and, while a download failed, every
-//! few seconds.
+//! few seconds. Every 2 s the same thread is the cache's housekeeping: it retires uploaded
+//! files and evicts down to the budget when an eviction had to spare blocks a reader held.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::blocks::lock;
+use super::blocks::{disk_bytes, lock};
 use super::{BlockCache, CacheError, CacheResult, BLOCK_SIZE};
 use crate::store::Entry;
 use crate::types::{EntryId, Kind};
@@ -61,17 +61,14 @@ impl BlockCache {
             let mut out = Vec::new();
             for f in files {
                 if db.pinned_by(f.id)?.is_none() {
-                    out.push((f.id, db.blocks_of(f.id)?));
+                    out.push((f.id, f.size, db.blocks_of(f.id)?));
                 }
             }
             Ok::<_, CacheError>(out)
         })?;
-        let mut lru = lock(&self.lru);
-        for (id, blocks) in files {
+        for (id, size, blocks) in files {
             for i in blocks {
-                if lru.put((id, i), ()).is_none() {
-                    self.cached.fetch_add(BLOCK_SIZE, Ordering::Relaxed);
-                }
+                self.count_block(id, i, disk_bytes(size, i));
             }
         }
         Ok(())
@@ -155,6 +152,10 @@ impl BlockCache {
                         *g
                     };
                     cache.take_cleaned();
+                    if cache.over_budget() {
+                        // Blocks a reader held while eviction went by go now.
+                        cache.evict_to_budget();
+                    }
                     let polls = cache.remote.health().polls().1;
                     if (gen, polls) == seen && !retry {
                         continue;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-use super::blocks::lock;
+use super::blocks::{disk_bytes, lock};
 use super::fetch::FETCHES_IN_FLIGHT;
 use super::{BlockCache, CacheError, CacheResult, BLOCK_SIZE};
 use crate::remote::RemoteError;
@@ -30,6 +30,8 @@ const CHUNK_BLOCKS: u64 = 16;
 /// Blocks a sequential reader keeps in flight or cached ahead of itself, at most; a small
 /// cache budget shrinks it (a quarter of the budget).
 const READ_AHEAD_BLOCKS: u64 = 128;
+/// Under a download limit, the read-ahead window holds what the limit lets in in this time.
+const READ_AHEAD_UNDER_LIMIT: Duration = Duration::from_secs(8);
 /// A reader whose blocks keep being evicted before it gets to them gives up after this many
 /// rounds (only a cache far too small for the readers at hand does that).
 const MAX_ROUNDS: u32 = 6;
@@ -130,7 +132,16 @@ impl BlockCache {
     }
 
     fn read_ahead_blocks(&self) -> u64 {
-        (self.cfg.budget / BLOCK_SIZE / 4).clamp(1, READ_AHEAD_BLOCKS)
+        let window = (self.cfg.budget / BLOCK_SIZE / 4).clamp(1, READ_AHEAD_BLOCKS);
+        // Under a download limit, no more ahead than the limit lets in within a few
+        // seconds: a reader waiting behind a long window would otherwise wait out its fetch
+        // timeout for blocks queued behind the read-ahead.
+        let down = self.remote.bwlimit().down;
+        if down.is_off() {
+            window
+        } else {
+            window.min((down.0 * READ_AHEAD_UNDER_LIMIT.as_secs() / BLOCK_SIZE).max(1))
+        }
     }
 
     /// Runs `f` under the file's gate once blocks `first..=last` of `e` are in its data
@@ -194,7 +205,7 @@ impl BlockCache {
                 // Keep the window ahead full, also when nothing is missing here.
                 if !ahead.is_empty() {
                     let keep = first..=last;
-                    self.schedule(&target, &ahead, &keep)?;
+                    self.schedule(&target, &ahead, &keep, true)?;
                 }
             }
             if missing.is_empty() {
@@ -204,7 +215,7 @@ impl BlockCache {
                 return Ok((out, waited));
             }
             waited = true;
-            self.schedule(&target, &missing, &(first..=last))?;
+            self.schedule(&target, &missing, &(first..=last), false)?;
             drop(g);
             self.wait_for(e.id, &missing, &key)?;
         }
@@ -216,13 +227,16 @@ impl BlockCache {
     }
 
     /// Starts background GETs for those of `want` that are neither in flight nor just
-    /// failed, after making room for them. The caller holds the file's gate.
+    /// failed, after making room for them. The caller holds the file's gate. `ahead`: these
+    /// are read-ahead, which goes only as far as fetches in flight, all readers together,
+    /// stay within half the budget: several readers' windows must not add up past the budget
+    /// (a reader's own missing blocks always go).
     fn schedule(
         self: &Arc<Self>,
-
         t: &Target,
         want: &[u64],
         keep: &std::ops::RangeInclusive<u64>,
+        ahead: bool,
     ) -> CacheResult<()> {
         self.check_not_corrupt(t.id, &t.etag)?;
         let todo: Vec<u64> = {
@@ -245,15 +259,26 @@ impl BlockCache {
                 })
                 .collect()
         };
+        let mut todo = todo;
+        if ahead {
+            let room = (self.cfg.budget / 2).saturating_sub(self.reserved.load(Ordering::Relaxed));
+            todo.truncate((room / BLOCK_SIZE) as usize);
+        }
         if todo.is_empty() {
             return Ok(());
         }
         self.check_fetch_allowed(&t.key)?;
         let pinned = self.store.read(|db| db.pinned_by(t.id))?.is_some();
         if !pinned {
-            self.make_room(todo.len() as u64 * BLOCK_SIZE, t.id, keep, &todo);
+            // Each GET below gives back its share when it lands or fails.
+            self.reserve_room(t.size, t.id, keep, &todo);
         }
-        self.files.ensure_sparse(t.id, t.size)?;
+        if let Err(err) = self.files.ensure_sparse(t.id, t.size) {
+            if !pinned {
+                self.unreserve(todo.iter().map(|i| disk_bytes(t.size, *i)).sum());
+            }
+            return Err(err);
+        }
         {
             let mut fl = lock(&self.prefetch.flights);
             let set = fl.inflight.entry(t.id).or_default();
@@ -271,10 +296,16 @@ impl BlockCache {
         }
         tracing::debug!(key = %t.key, ?runs, "fetching blocks");
         for (a, b) in runs {
+            let reserved: u64 = if pinned {
+                0
+            } else {
+                (a..=b).map(|i| disk_bytes(t.size, i)).sum()
+            };
             let (cache, t) = (self.clone(), t.clone());
             let slots = self.prefetch.slots.clone();
             self.rt.spawn(async move {
                 let Ok(_slot) = slots.acquire_owned().await else {
+                    cache.unreserve(reserved);
                     return;
                 };
                 let range = a * BLOCK_SIZE..((b + 1) * BLOCK_SIZE).min(t.size);
@@ -282,7 +313,11 @@ impl BlockCache {
                     .remote
                     .get_range(&t.key, range, t.etag.as_deref())
                     .await;
-                let _ = tokio::task::spawn_blocking(move || cache.land(&t, a, b, got)).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    cache.land(&t, a, b, got, false);
+                    cache.unreserve(reserved);
+                })
+                .await;
             });
         }
         Ok(())
@@ -356,7 +391,8 @@ impl BlockCache {
                 claimed.swap_remove(pos);
                 let (cache, t2) = (self.clone(), t.clone());
                 let i = next;
-                tokio::task::spawn_blocking(move || cache.land(&t2, i, i, Ok(block)))
+                // Room is made as each block lands: the stream reserves none ahead.
+                tokio::task::spawn_blocking(move || cache.land(&t2, i, i, Ok(block), true))
                     .await
                     .map_err(|e| RemoteError::unavailable(e.to_string()))?;
             }
@@ -381,15 +417,16 @@ impl BlockCache {
         Ok(())
     }
 
-    /// Puts a finished GET's bytes in place, if the file is still the version it asked for.
-    fn land(&self, t: &Target, a: u64, b: u64, got: Result<bytes::Bytes, RemoteError>) {
+    /// Puts a finished GET's bytes in place, if the file is still the version it asked for;
+    /// `room`: make room for them first (the whole-object stream, which reserves none).
+    fn land(&self, t: &Target, a: u64, b: u64, got: Result<bytes::Bytes, RemoteError>, room: bool) {
         let mut failure = None;
         match got {
             Ok(bytes) => {
                 let gate = self.gate(t.id);
                 let _g = lock(&gate);
                 match self
-                    .land_locked(t, a, b, &bytes)
+                    .land_locked(t, a, b, &bytes, room)
                     .and_then(|landed| match landed {
                         Some(e) => self.hash_landed(&e, t, a, &bytes),
                         None => Ok(()),
@@ -444,7 +481,14 @@ impl BlockCache {
     }
 
     /// [`BlockCache::land`] under the gate; the entry, when the bytes were stored.
-    fn land_locked(&self, t: &Target, a: u64, b: u64, bytes: &[u8]) -> CacheResult<Option<Entry>> {
+    fn land_locked(
+        &self,
+        t: &Target,
+        a: u64,
+        b: u64,
+        bytes: &[u8],
+        room: bool,
+    ) -> CacheResult<Option<Entry>> {
         let Some(cur) = self.store.read(|db| db.get(t.id))? else {
             return Ok(None);
         };
@@ -452,13 +496,17 @@ impl BlockCache {
             // Written, replaced or emptied meanwhile: these bytes belong to no one.
             return Ok(None);
         }
+        let pinned = self.store.read(|db| db.pinned_by(t.id))?.is_some();
+        if room && !pinned {
+            let need = (a..=b).map(|i| disk_bytes(t.size, i)).sum();
+            self.make_room(need, t.id, &(a..=b), &[]);
+        }
         let f = self.files.open_file(t.id, false)?;
         f.write_all_at(bytes, a * BLOCK_SIZE)?;
         self.count_downloaded(bytes.len());
         self.remote.health().record_ok();
         let got: Vec<u64> = (a..=b).collect();
-        let pinned = self.store.read(|db| db.pinned_by(t.id))?.is_some();
-        self.list_blocks(t.id, &got, pinned)?;
+        self.list_blocks(t.id, t.size, &got, pinned)?;
         Ok(Some(cur))
     }
 

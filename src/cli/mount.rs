@@ -122,6 +122,8 @@ pub(super) fn spawn_daemon(
         .arg(cfg.policy.as_str())
         .arg("--cache-size")
         .arg(cfg.cache_size.to_string())
+        .arg("--bwlimit")
+        .arg(cfg.bwlimit.to_string())
         .arg("--log-file")
         .arg(&log);
     if verbose {

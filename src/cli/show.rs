@@ -187,6 +187,7 @@ pub fn status(mountpoint: &std::path::Path, s: &Status) -> String {
             None => format!("{} in the mount (no quota set: --quota)", human(st.used)),
         },
     );
+    line("bandwidth:", bwlimit_report(&s.bwlimit));
     let reads = st.cache_hits + st.cache_misses;
     line(
         "hit ratio:",
@@ -225,6 +226,23 @@ pub fn status(mountpoint: &std::path::Path, s: &Status) -> String {
         },
     );
     o
+}
+
+/// The bandwidth limit for people: `upload 4 MiB/s, download 20 MiB/s`, `no limit`.
+pub fn bwlimit(l: crate::remote::Limits) -> String {
+    bwlimit_report(&control::BwLimitReport::of(l))
+}
+
+fn bwlimit_report(b: &control::BwLimitReport) -> String {
+    let one = |r: Option<u64>| {
+        r.map(|v| format!("{}/s", human(v)))
+            .unwrap_or("no limit".into())
+    };
+    match (b.upload, b.download) {
+        (None, None) => "no limit (--bwlimit, stratus bwlimit)".into(),
+        (u, d) if u == d => format!("{} each way ({})", one(u), b.text),
+        (u, d) => format!("upload {}, download {} ({})", one(u), one(d), b.text),
+    }
 }
 
 pub fn queue_header() -> String {

@@ -101,6 +101,29 @@ pub struct Status {
     /// `enforced`, `ignored` or `not checked yet` for a cloud remote (see
     /// `daemon::check_preconditions`); `None` for a local folder.
     pub preconditions: Option<String>,
+    pub bwlimit: BwLimitReport,
+}
+
+/// The bandwidth limit in force (`--bwlimit`, `stratus bwlimit`).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct BwLimitReport {
+    /// Bytes a second; `None`: no limit.
+    pub upload: Option<u64>,
+    pub download: Option<u64>,
+    /// As `--bwlimit` takes it: `off`, `4M`, `4M:20M`.
+    pub text: String,
+}
+
+impl BwLimitReport {
+    pub fn of(l: crate::remote::Limits) -> BwLimitReport {
+        let bps = |r: crate::remote::Rate| (!r.is_off()).then_some(r.0);
+        BwLimitReport {
+            upload: bps(l.up),
+            download: bps(l.down),
+            text: l.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]

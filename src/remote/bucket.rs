@@ -495,7 +495,10 @@ impl Bucket {
                     )))
                 }
                 Ok(chunk) => match chunk.map_err(map_err)? {
-                    Some(c) => buf.extend_from_slice(&c),
+                    Some(c) => {
+                        buf.extend_from_slice(&c);
+                        super::bwlimit::pace_down(c.len() as u64).await;
+                    }
                     None => break,
                 },
             }
@@ -540,6 +543,7 @@ impl Bucket {
         while let Some(chunk) = stream.try_next().await.map_err(map_err)? {
             f.write_all(&chunk).await?;
             n += chunk.len() as u64;
+            super::bwlimit::pace_down(chunk.len() as u64).await;
         }
         f.flush().await?;
         Ok(n)
@@ -579,6 +583,7 @@ impl Bucket {
         mode: PutMode,
     ) -> RemoteResult<Written> {
         let data = tokio::fs::read(src).await?;
+        super::bwlimit::pace_up(data.len() as u64).await;
         self.put(key, PutPayload::from(data), mode, attributes(meta))
             .await
     }
@@ -656,6 +661,9 @@ pub async fn put_parts(
                 break;
             }
             buf.truncate(n);
+            // Each part pays the upload bucket before it goes out: under a limit, parts
+            // leave one by one at its rate.
+            super::bwlimit::pace_up(n as u64).await;
             let (store, path, id) = (store.clone(), path.clone(), id.clone());
             in_flight.push_back(tokio::spawn(async move {
                 let r = store

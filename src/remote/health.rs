@@ -169,8 +169,15 @@ impl Health {
     /// Starts watching a request that sends `bytes`: it is allowed the time to send them at
     /// [`SLOWEST_SEND`] bytes a second before its silence counts.
     pub fn watch_sending(&self, bytes: u64) -> Watch<'_> {
+        self.watch_paced(bytes, SLOWEST_SEND)
+    }
+
+    /// Starts watching a request that moves `bytes` at no less than `rate` bytes a second
+    /// (a bandwidth limit may set it below [`SLOWEST_SEND`]): allowed the time that takes
+    /// before its silence counts.
+    pub fn watch_paced(&self, bytes: u64, rate: u64) -> Watch<'_> {
         let id = self.next_watch.fetch_add(1, Relaxed);
-        let allowance = (bytes.saturating_mul(1000) / SLOWEST_SEND) as i64;
+        let allowance = (bytes.saturating_mul(1000) / rate.max(1)) as i64;
         lock(&self.in_flight).insert(id, now_ms().saturating_add(allowance));
         Watch { health: self, id }
     }

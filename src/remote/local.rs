@@ -203,7 +203,7 @@ impl LocalRemote {
         let src = self.path(key);
         let if_match = if_match.map(str::to_string);
         let root = self.root.clone();
-        blocking(move || {
+        let got = blocking(move || {
             root_present(&root)?;
             let f = fs::File::open(&src).map_err(|e| io_err(&src, e))?;
             let m = f.metadata().map_err(|e| io_err(&src, e))?;
@@ -224,14 +224,17 @@ impl LocalRemote {
             }
             Ok(bytes::Bytes::from(buf))
         })
-        .await
+        .await?;
+        // A folder is read at disk speed; the limit applies to what was read.
+        super::bwlimit::pace_down(got.len() as u64).await;
+        Ok(got)
     }
 
     pub async fn download(&self, key: &str, dest: &Path) -> RemoteResult<u64> {
         let src = self.path(key);
         let dest = dest.to_path_buf();
         let root = self.root.clone();
-        blocking(move || {
+        let n = blocking(move || {
             root_present(&root)?;
             let mut from = fs::File::open(&src).map_err(|e| io_err(&src, e))?;
             let before = from.metadata().map_err(|e| io_err(&src, e))?;
@@ -247,14 +250,16 @@ impl LocalRemote {
             }
             Ok(n)
         })
-        .await
+        .await?;
+        super::bwlimit::pace_down(n).await;
+        Ok(n)
     }
 
     pub async fn upload_file(
         &self,
         key: &str,
         src: &Path,
-        _size: u64,
+        size: u64,
         meta: &Meta,
         cond: &Cond,
     ) -> RemoteResult<Written> {
@@ -263,6 +268,8 @@ impl LocalRemote {
         let meta = meta.clone();
         let cond = cond.clone();
         let lock = self.lock_fn();
+        // The copy runs at disk speed; under a limit the file pays for its bytes first.
+        super::bwlimit::pace_up(size).await;
         blocking(move || {
             let tmp = temp_beside(&dest)?;
             let r = (|| {

@@ -371,7 +371,7 @@ impl Db<'_> {
     /// Turns a whole, clean file into a fully cached one: its data file stays as it is, but
     /// its blocks are listed, so they count against the cache budget and can be evicted like
     /// fetched ones. Only a file the remote holds exactly (clean, no job) qualifies; returns
-    /// how many blocks it now lists, or `None` when it did not qualify.
+    /// the file's size, or `None` when it did not qualify.
     pub fn retire(&self, id: EntryId, block_size: u64) -> StoreResult<Option<u64>> {
         let size: Option<i64> = self
             .conn
@@ -389,7 +389,7 @@ impl Db<'_> {
         let n = (size as u64).div_ceil(block_size);
         let idx: Vec<u64> = (0..n).collect();
         self.add_blocks(id, &idx)?;
-        Ok(Some(n))
+        Ok(Some(size as u64))
     }
 
     /// Whole files that [`Db::retire`] would take: at start, before anything is open.
@@ -402,11 +402,13 @@ impl Db<'_> {
     }
 
     /// Bytes of files whose data file is whole and not yet handed to the block cache: what
-    /// was written here and waits for (or is in) its upload.
-    pub fn whole_file_bytes(&self) -> StoreResult<u64> {
+    /// was written here and waits for (or is in) its upload. Each file's size is rounded up
+    /// to `unit`, the disk's allocation unit, as `du` counts it.
+    pub fn whole_file_bytes(&self, unit: u64) -> StoreResult<u64> {
         Ok(self.conn.query_row(
-            "SELECT coalesce(sum(size), 0) FROM entries WHERE local = 1 AND kind = 1",
-            [],
+            "SELECT coalesce(sum((size + ?1 - 1) / ?1 * ?1), 0) FROM entries \
+             WHERE local = 1 AND kind = 1",
+            [unit as i64],
             |r| r.get::<_, i64>(0),
         )? as u64)
     }
@@ -445,11 +447,15 @@ impl Db<'_> {
     }
 
     /// Cached blocks of files not wholly local, all files together.
-    pub fn block_count(&self) -> StoreResult<u64> {
-        Ok(self
-            .conn
-            .query_row("SELECT count(*) FROM blocks", [], |r| r.get::<_, i64>(0))?
-            as u64)
+    /// Bytes the listed blocks occupy in their data files: each block's length within its
+    /// file (the last one is short) rounded up to `unit`, the disk's allocation unit.
+    pub fn block_bytes(&self, block_size: u64, unit: u64) -> StoreResult<u64> {
+        Ok(self.conn.query_row(
+            "SELECT coalesce(sum((min(?1, max(e.size - b.idx * ?1, 0)) + ?2 - 1) / ?2 * ?2), 0) \
+             FROM blocks b JOIN entries e ON e.id = b.entry_id",
+            [block_size as i64, unit as i64],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
     }
 
     /// Every file that is pinned, directly or through a directory above it.
@@ -466,13 +472,16 @@ impl Db<'_> {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Every cached block, for rebuilding the eviction order at start.
-    pub fn all_blocks(&self) -> StoreResult<Vec<(EntryId, u64)>> {
-        let mut st = self.conn.prepare("SELECT entry_id, idx FROM blocks")?;
+    /// Every cached block with its file's size, for rebuilding the eviction order at start.
+    pub fn all_blocks(&self) -> StoreResult<Vec<(EntryId, u64, u64)>> {
+        let mut st = self.conn.prepare(
+            "SELECT b.entry_id, b.idx, e.size FROM blocks b JOIN entries e ON e.id = b.entry_id",
+        )?;
         let rows = st.query_map([], |r| {
             Ok((
                 EntryId(r.get::<_, i64>(0)? as u64),
                 r.get::<_, i64>(1)? as u64,
+                r.get::<_, i64>(2)? as u64,
             ))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
