@@ -9,6 +9,7 @@ mod faulty;
 mod gcs;
 mod health;
 mod http;
+mod interop;
 mod local;
 mod memory;
 mod s3;
@@ -21,6 +22,7 @@ pub use backend::{Backend, ByteStream};
 pub use error::{brief_text, RemoteError, RemoteResult};
 pub use faulty::{FaultPlan, Faults, Faulty, Injected};
 pub use health::{Health, Watch, SLOWEST_SEND, STALL_MS};
+pub use interop::Flavor;
 pub use local::{hash_file, LocalRemote};
 pub use memory::Memory;
 
@@ -141,14 +143,26 @@ impl Meta {
         out
     }
 
-    /// Reads our metadata back; anything missing or malformed is `None` (objects written by
-    /// other tools carry none of it).
+    /// [`Meta::to_pairs`] and then the keys rclone, s3fs and gcsfuse read (`mtime` in
+    /// `flavor`'s format, `mode`, `uid`, `gid`; see `interop`), for an object that is a
+    /// directory marker when `dir`.
+    pub fn to_pairs_for(&self, flavor: Flavor, dir: bool) -> Vec<(String, String)> {
+        let mut out = self.to_pairs();
+        out.extend(interop::tool_pairs(self, flavor, dir));
+        out
+    }
+
+    /// Reads our metadata back, and the times, mode and owner other tools keep where ours are
+    /// missing or were changed by such a tool since (see `interop::ToolKeys::apply`); anything
+    /// missing or malformed is `None`.
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Meta {
         let mut m = Meta::default();
+        let mut tools = interop::ToolKeys::default();
         for (k, v) in pairs {
             // Some servers hand `stratus_mtime` back as `stratus-mtime` (moto rebuilds header
             // names from CGI variables), so both spellings are read.
-            match k.to_ascii_lowercase().replace('-', "_").as_str() {
+            let k = k.to_ascii_lowercase().replace('-', "_");
+            match k.as_str() {
                 META_MTIME => m.mtime_ns = v.parse().ok(),
                 META_MODE => m.mode = u32::from_str_radix(v, 8).ok().map(|v| v & 0o7777),
                 META_UID => m.uid = v.parse().ok(),
@@ -167,9 +181,10 @@ impl Meta {
                         .map(|s| s.into_owned())
                 }
                 META_CONFLICT => m.conflict = ConflictMark::decode(v),
-                _ => {}
+                other => tools.note(other, v),
             }
         }
+        tools.apply(&mut m);
         m
     }
 }
