@@ -169,6 +169,15 @@ pub fn kind_of(dir: bool, meta: &Meta) -> ObjectKind {
     }
 }
 
+/// The delete of a directory's old-style marker (`Bucket::old_marker`) that follows the delete
+/// of its `dir/` marker, best effort: most directories have none, and a server whose signature
+/// check mishandles the `$` (moto with authentication on) must not make every rmdir fail.
+pub fn old_marker_gone(key: &str, r: RemoteResult<()>) {
+    if let Err(e) = r {
+        tracing::debug!(key, error = %e, "could not delete an old-style folder marker");
+    }
+}
+
 /// One prefix of one bucket or container, through object_store.
 pub struct Bucket {
     pub store: Arc<dyn ObjectStore>,

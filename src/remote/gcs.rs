@@ -12,7 +12,8 @@ use object_store::PutMode;
 
 use super::backend::{Backend, ByteStream};
 use super::bucket::{
-    etag, headed, parts_then_complete, retry_config, Bucket, CLIENT_DEFAULTS, MULTIPART_THRESHOLD,
+    etag, headed, old_marker_gone, parts_then_complete, retry_config, Bucket, CLIENT_DEFAULTS,
+    MULTIPART_THRESHOLD,
 };
 use super::{Cond, Flavor, Meta, ObjectInfo, Preconditions, RemoteError, RemoteResult, Written};
 use requests::GcsRaw;
@@ -204,7 +205,9 @@ impl Gcs {
     async fn delete(&self, key: &str, dir: bool, expect: Option<&str>) -> RemoteResult<()> {
         if dir {
             self.raw.delete(&self.bucket.marker(key), None).await?;
-            return self.raw.delete(&self.bucket.old_marker(key), None).await;
+            let old = self.raw.delete(&self.bucket.old_marker(key), None).await;
+            old_marker_gone(key, old);
+            return Ok(());
         }
         self.bucket.guard_present(self, key, expect).await?;
         let full = self.bucket.full(key);

@@ -11,8 +11,8 @@ use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 
 use super::backend::{Backend, ByteStream};
 use super::bucket::{
-    cond_headers, etag, headed, parts_then_complete, put_mode, retry_config, Bucket,
-    CLIENT_DEFAULTS, MULTIPART_THRESHOLD,
+    cond_headers, etag, headed, old_marker_gone, parts_then_complete, put_mode, retry_config,
+    Bucket, CLIENT_DEFAULTS, MULTIPART_THRESHOLD,
 };
 use super::{Cond, Flavor, Meta, ObjectInfo, Preconditions, RemoteError, RemoteResult, Written};
 use requests::S3Raw;
@@ -170,7 +170,9 @@ impl S3 {
     async fn delete(&self, key: &str, dir: bool, expect: Option<&str>) -> RemoteResult<()> {
         if dir {
             self.raw.delete(&self.bucket.marker(key)).await?;
-            return self.raw.delete(&self.bucket.old_marker(key)).await;
+            let old = self.raw.delete(&self.bucket.old_marker(key)).await;
+            old_marker_gone(key, old);
+            return Ok(());
         }
         self.bucket.guard_present(self, key, expect).await?;
         match self.raw.delete_if(&self.bucket.full(key), expect).await {
