@@ -38,11 +38,12 @@ fn run(c: &mut Command) -> Output {
     out
 }
 
-/// `touch -d` in UTC (GNU touch keeps the nanoseconds).
+/// `touch -d` in UTC (GNU touch keeps the nanoseconds); `-h` sets the time by name, without
+/// opening the file (which, in a mount, would fetch a file it does not hold).
 fn set_mtime(p: &Path, when: &str) {
     run(Command::new("touch")
         .env("TZ", "UTC")
-        .arg("-m")
+        .args(["-h", "-m"])
         .arg("-d")
         .arg(when)
         .arg(p));
@@ -173,6 +174,18 @@ fn rclone_sees_what_the_mount_wrote(backend: Backend) {
         !dry.contains("Skipped"),
         "rclone sync --dry-run would change something:\n{dry}"
     );
+    // rclone --metadata brings the modes back too (it parses `mode` as octal).
+    let back = env.tmp.path().join("rclone-copy-back");
+    rclone(
+        &env,
+        &[
+            "copy",
+            "--metadata",
+            &rclone_root(&env),
+            back.to_str().unwrap(),
+        ],
+    );
+    assert_tree(&back, STRATUS_NS, 1, "rclone copy --metadata back");
     m.unmount();
 }
 
@@ -216,23 +229,27 @@ fn azure_a_tree_rclone_copied_keeps_its_times_and_modes_in_a_mount() {
     mount_sees_what_rclone_wrote(Backend::Azure);
 }
 
-/// A touch in the mount (a metadata-only change) reaches rclone too.
+/// A touch in a mount reaches rclone too: of a file this mount never fetched (the object's
+/// metadata replaced in place) and of one it holds (uploaded again).
 #[test]
 fn s3_a_touch_in_the_mount_reaches_rclone() {
     let env = Env::new(Backend::S3);
     let m = env.mount();
     write_tree(&m.dir, STRATUS_MTIME);
     m.sync();
+    set_mtime(&m.path("sub/b.bin"), TOOL_MTIME);
+    m.sync();
+    m.unmount();
+    let m = env.mount();
     set_mtime(&m.path("a.txt"), TOOL_MTIME);
     m.sync();
-    let lsl = text(&rclone(
-        &env,
-        &["lsl", &format!("{}/a.txt", rclone_root(&env))],
-    ));
-    assert!(
-        lsl.contains("1999-09-09 09:09:09.500000000 a.txt"),
-        "rclone lsl after touch:\n{lsl}"
-    );
+    let lsl = text(&rclone(&env, &["lsl", &rclone_root(&env)]));
+    for name in ["a.txt", "sub/b.bin"] {
+        assert!(
+            lsl.contains(&format!("1999-09-09 09:09:09.500000000 {name}")),
+            "rclone lsl after touch:\n{lsl}"
+        );
+    }
     m.unmount();
 }
 
@@ -332,16 +349,22 @@ fn is_mounted(dir: &Path) -> bool {
 }
 
 /// s3fs mounting a bucket a stratus mount wrote shows the same modes and times (to the
-/// second: s3fs 1.90 reads the nanoseconds, but the kernel's attribute may round them).
+/// second: s3fs 1.90 reads the nanoseconds, but the kernel's attribute may round them), and
+/// a symlink as a symlink (`mode` carries `S_IFLNK`, the body is the target).
 #[test]
 fn s3_s3fs_shows_the_modes_and_times_a_mount_wrote() {
     let env = Env::new(Backend::S3);
     let m = env.mount();
     write_tree(&m.dir, STRATUS_MTIME);
+    std::os::unix::fs::symlink("sub/b.bin", m.path("link")).unwrap();
     m.sync();
     let s = S3fs::mount(&env);
     assert_tree(&s.dir, STRATUS_NS, 1_000_000_000, "s3fs");
     assert!(std::fs::metadata(s.dir.join("sub")).unwrap().is_dir());
+    assert_eq!(
+        std::fs::read_link(s.dir.join("link")).map_err(|e| e.to_string()),
+        Ok(PathBuf::from("sub/b.bin"))
+    );
     m.unmount();
 }
 
