@@ -68,9 +68,16 @@ pub fn tool_pairs(meta: &Meta, flavor: Flavor, dir: bool) -> Vec<(String, String
 }
 
 /// Seconds since the epoch with exactly nine decimals when not whole: rclone reads any number
-/// of decimals, but s3fs reads the digits after the point as nanoseconds.
+/// of decimals, but s3fs reads the digits after the point as nanoseconds. Before 1970, a sign
+/// and the magnitude, as rclone writes and reads them (s3fs ignores times before 1970).
 fn seconds_text(ns: i64) -> String {
-    let (s, frac) = (ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000));
+    if ns < 0 {
+        return format!(
+            "-{}",
+            seconds_text(ns.unsigned_abs().min(i64::MAX as u64) as i64)
+        );
+    }
+    let (s, frac) = (ns / 1_000_000_000, ns % 1_000_000_000);
     if frac == 0 {
         s.to_string()
     } else {
@@ -270,10 +277,12 @@ mod tests {
         assert_eq!(parse_time("12x"), None);
         assert_eq!(seconds_text(t), "981173106.500000000");
         assert_eq!(seconds_text(t - 500_000_000), "981173106");
-        assert_eq!(seconds_text(-1), "-1.999999999");
+        // Before 1970: rclone's sign and magnitude.
+        assert_eq!(seconds_text(-1), "-0.000000001");
+        assert_eq!(parse_time(&seconds_text(-1)), Some(-1));
         assert_eq!(
-            parse_time(&seconds_text(-1)),
-            Some(-1_000_000_000 - 999_999_999)
+            parse_time(&seconds_text(-1_500_000_000)),
+            Some(-1_500_000_000)
         );
         assert_eq!(rfc3339(t), "2001-02-03T04:05:06.500000000Z");
     }
