@@ -357,10 +357,15 @@ fn s3_s3fs_shows_the_modes_and_times_a_mount_wrote() {
     let m = env.mount();
     write_tree(&m.dir, STRATUS_MTIME);
     std::os::unix::fs::symlink("sub/b.bin", m.path("link")).unwrap();
+    std::fs::create_dir(m.path("empty")).unwrap();
+    std::fs::set_permissions(m.path("empty"), std::fs::Permissions::from_mode(0o710)).unwrap();
     m.sync();
     let s = S3fs::mount(&env);
     assert_tree(&s.dir, STRATUS_NS, 1_000_000_000, "s3fs");
     assert!(std::fs::metadata(s.dir.join("sub")).unwrap().is_dir());
+    let empty = std::fs::metadata(s.dir.join("empty")).unwrap();
+    assert!(empty.is_dir(), "s3fs shows the dir/ marker as {empty:?}");
+    assert_eq!(empty.mode() & 0o7777, 0o710, "{:o}", empty.mode());
     assert_eq!(
         std::fs::read_link(s.dir.join("link")).map_err(|e| e.to_string()),
         Ok(PathBuf::from("sub/b.bin"))
@@ -395,6 +400,12 @@ fn s3_a_mount_shows_what_s3fs_wrote() {
         std::fs::Permissions::from_mode(0o644),
     )
     .unwrap();
+    std::fs::create_dir(s.dir.join("s3fs-dir")).unwrap();
+    std::fs::set_permissions(
+        s.dir.join("s3fs-dir"),
+        std::fs::Permissions::from_mode(0o701),
+    )
+    .unwrap();
     drop(s);
 
     let m = env.mount();
@@ -409,6 +420,8 @@ fn s3_a_mount_shows_what_s3fs_wrote() {
     );
     assert_ne!(mtime_ns(&a), STRATUS_NS, "a.txt keeps the old time");
     assert_eq!(perm(&m.path("sub/b.bin")), 0o644, "s3fs's chmod");
+    assert!(m.path("s3fs-dir").is_dir());
+    assert_eq!(perm(&m.path("s3fs-dir")), 0o701, "s3fs's directory mode");
     assert_eq!(mtime_ns(&m.path("sub/b.bin")), STRATUS_NS);
     m.unmount();
 }
