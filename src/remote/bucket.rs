@@ -18,9 +18,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::backend::{Backend, ByteStream};
 use super::http::{map_err, status_in};
 use super::{
-    Cond, Meta, ObjectInfo, ObjectKind, Preconditions, RemoteError, RemoteResult, Written,
+    Cond, Flavor, Meta, ObjectInfo, ObjectKind, Preconditions, RemoteError, RemoteResult, Written,
     PROBE_PREFIX,
 };
+
+/// What ends the key of an old-style directory marker (see `Bucket::old_marker`).
+pub const OLD_MARKER_SUFFIX: &str = "_$folder$";
 
 /// Files above this go up as multipart uploads.
 pub const MULTIPART_THRESHOLD: u64 = 16 * 1024 * 1024;
@@ -103,8 +106,9 @@ pub fn put_mode(cond: &Cond) -> PutMode {
     }
 }
 
-pub fn attributes(meta: &Meta) -> Attributes {
-    meta.to_pairs()
+/// Metadata pairs as object_store attributes.
+pub fn attributes(pairs: Vec<(String, String)>) -> Attributes {
+    pairs
         .into_iter()
         .map(|(k, v)| (Attribute::Metadata(k.into()), AttributeValue::from(v)))
         .collect()
@@ -159,29 +163,51 @@ pub fn kind_of(dir: bool, meta: &Meta) -> ObjectKind {
     meta.object_kind(dir)
 }
 
+/// The delete of a directory's old-style marker (`Bucket::old_marker`) that follows the delete
+/// of its `dir/` marker, best effort: most directories have none, and a server whose signature
+/// check mishandles the `$` (moto with authentication on) must not make every rmdir fail.
+pub fn old_marker_gone(key: &str, r: RemoteResult<()>) {
+    if let Err(e) = r {
+        tracing::debug!(key, error = %e, "could not delete an old-style folder marker");
+    }
+}
+
 /// One prefix of one bucket or container, through object_store.
 pub struct Bucket {
     pub store: Arc<dyn ObjectStore>,
     prefix: String,
     /// `s3`, `azure`, `gcs`: for messages.
     pub name: &'static str,
+    /// Which formats the other tools' metadata keys take here.
+    pub flavor: Flavor,
     /// Set when the mount-time check found that the server ignores preconditions: each
     /// conditional write then compares with a HEAD first (see `guard`).
     ignores_preconditions: AtomicBool,
 }
 
 impl Bucket {
-    pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, name: &'static str) -> Bucket {
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, flavor: Flavor) -> Bucket {
+        let name = match flavor {
+            Flavor::S3 => "s3",
+            Flavor::Azure => "azure",
+            Flavor::Gcs => "gcs",
+        };
         Bucket {
             store,
             prefix: prefix.to_string(),
             name,
+            flavor,
             ignores_preconditions: AtomicBool::new(false),
         }
     }
 
     pub fn set_preconditions_ignored(&self, ignored: bool) {
         self.ignores_preconditions.store(ignored, Ordering::Relaxed);
+    }
+
+    /// Our metadata and the other tools' keys (see `Meta::to_pairs_for`) as attributes.
+    pub fn attributes(&self, meta: &Meta, dir: bool) -> Attributes {
+        attributes(meta.to_pairs_for(self.flavor, dir))
     }
 
     /// The whole key of `key`, prefix included.
@@ -196,6 +222,13 @@ impl Bucket {
     /// The key of a directory marker (`dir/`, as S3 tools and gcsfuse write them).
     pub fn marker(&self, key: &str) -> String {
         format!("{}/", self.full(key))
+    }
+
+    /// The older marker form `dir_$folder$` (S3 Organizer, Hadoop's s3n, s3fs before `dir/`):
+    /// read as a directory, never written; an rmdir removes it too, or it would bring the
+    /// directory back.
+    pub fn old_marker(&self, key: &str) -> String {
+        format!("{}{OLD_MARKER_SUFFIX}", self.full(key))
     }
 
     pub fn path(&self, key: &str) -> RemoteResult<Path> {
@@ -233,7 +266,10 @@ impl Bucket {
             };
             let (rel, marker) = match rel.strip_suffix('/') {
                 Some(r) => (r, true),
-                None => (rel, false),
+                None => match rel.strip_suffix(OLD_MARKER_SUFFIX) {
+                    Some(r) if !r.is_empty() && !r.ends_with('/') => (r, true),
+                    _ => (rel, false),
+                },
             };
             if rel.is_empty() {
                 continue;
@@ -584,8 +620,13 @@ impl Bucket {
     ) -> RemoteResult<Written> {
         let data = tokio::fs::read(src).await?;
         super::bwlimit::pace_up(data.len() as u64).await;
-        self.put(key, PutPayload::from(data), mode, attributes(meta))
-            .await
+        self.put(
+            key,
+            PutPayload::from(data),
+            mode,
+            self.attributes(meta, false),
+        )
+        .await
     }
 
     /// A symlink: an object whose body is the target.
@@ -597,8 +638,13 @@ impl Bucket {
     ) -> RemoteResult<Written> {
         // A special file's object is empty: its metadata says what it is.
         let body = meta.symlink.clone().unwrap_or_default().into_bytes();
-        self.put(key, PutPayload::from(body), mode, attributes(meta))
-            .await
+        self.put(
+            key,
+            PutPayload::from(body),
+            mode,
+            self.attributes(meta, false),
+        )
+        .await
     }
 }
 
@@ -609,7 +655,7 @@ impl Bucket {
 pub async fn parts_then_complete<Fut>(
     store: Arc<dyn MultipartStore>,
     path: &Path,
-    meta: &Meta,
+    attributes: Attributes,
     src: &std::path::Path,
     complete: impl FnOnce(MultipartId, Vec<String>) -> Fut,
 ) -> RemoteResult<Written>
@@ -617,7 +663,7 @@ where
     Fut: std::future::Future<Output = RemoteResult<(Option<String>, Option<String>)>>,
 {
     let opts = PutMultipartOptions {
-        attributes: attributes(meta),
+        attributes,
         ..Default::default()
     };
     let id = store

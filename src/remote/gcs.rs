@@ -12,9 +12,10 @@ use object_store::PutMode;
 
 use super::backend::{Backend, ByteStream};
 use super::bucket::{
-    etag, headed, parts_then_complete, retry_config, Bucket, CLIENT_DEFAULTS, MULTIPART_THRESHOLD,
+    etag, headed, old_marker_gone, parts_then_complete, retry_config, Bucket, CLIENT_DEFAULTS,
+    MULTIPART_THRESHOLD,
 };
-use super::{Cond, Meta, ObjectInfo, Preconditions, RemoteError, RemoteResult, Written};
+use super::{Cond, Flavor, Meta, ObjectInfo, Preconditions, RemoteError, RemoteResult, Written};
 use requests::GcsRaw;
 
 pub struct Gcs {
@@ -45,7 +46,7 @@ impl Gcs {
         let gcs = Arc::new(b.build().map_err(|e| format!("gs://{bucket}: {e}"))?);
         let raw = GcsRaw::new(&base_url, bucket, gcs.credentials().clone());
         Ok(Gcs {
-            bucket: Bucket::new(gcs.clone(), prefix, "gcs"),
+            bucket: Bucket::new(gcs.clone(), prefix, Flavor::Gcs),
             gcs,
             raw,
         })
@@ -62,7 +63,11 @@ impl Gcs {
         } else {
             self.bucket.full(rel)
         };
-        Ok(self.raw.head(&key).await?.map(|h| headed(rel, dir, h)))
+        let mut h = self.raw.head(&key).await?;
+        if h.is_none() && dir {
+            h = self.raw.head(&self.bucket.old_marker(rel)).await?;
+        }
+        Ok(h.map(|h| headed(rel, dir, h)))
     }
 
     /// `cond` as the generation GCS must find at `key` (`"0"`: no object), which the server
@@ -126,7 +131,7 @@ impl Gcs {
         parts_then_complete(
             self.gcs.clone(),
             &self.bucket.path(key)?,
-            meta,
+            self.bucket.attributes(meta, false),
             src,
             |id, parts| async move {
                 raw.complete_multipart(&full, &id, &parts, generation.as_deref())
@@ -161,7 +166,7 @@ impl Gcs {
                 &full,
                 Some(want),
                 generation.as_deref(),
-                Some(&meta.to_pairs()),
+                Some(&meta.to_pairs_for(Flavor::Gcs, false)),
             )
             .await?;
         Ok(Some(Written {
@@ -199,7 +204,10 @@ impl Gcs {
     /// With `expect`, only the generation that holds that ETag goes.
     async fn delete(&self, key: &str, dir: bool, expect: Option<&str>) -> RemoteResult<()> {
         if dir {
-            return self.raw.delete(&self.bucket.marker(key), None).await;
+            self.raw.delete(&self.bucket.marker(key), None).await?;
+            let old = self.raw.delete(&self.bucket.old_marker(key), None).await;
+            old_marker_gone(key, old);
+            return Ok(());
         }
         self.bucket.guard_present(self, key, expect).await?;
         let full = self.bucket.full(key);
@@ -326,7 +334,10 @@ impl Backend for Gcs {
         Box::pin(async move {
             let (etag, version) = self
                 .raw
-                .put_empty(&self.bucket.marker(key), &meta.to_pairs())
+                .put_empty(
+                    &self.bucket.marker(key),
+                    &meta.to_pairs_for(Flavor::Gcs, true),
+                )
                 .await?;
             Ok(Written { etag, version })
         })

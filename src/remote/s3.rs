@@ -11,10 +11,10 @@ use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 
 use super::backend::{Backend, ByteStream};
 use super::bucket::{
-    cond_headers, etag, headed, parts_then_complete, put_mode, retry_config, Bucket,
-    CLIENT_DEFAULTS, MULTIPART_THRESHOLD,
+    cond_headers, etag, headed, old_marker_gone, parts_then_complete, put_mode, retry_config,
+    Bucket, CLIENT_DEFAULTS, MULTIPART_THRESHOLD,
 };
-use super::{Cond, Meta, ObjectInfo, Preconditions, RemoteError, RemoteResult, Written};
+use super::{Cond, Flavor, Meta, ObjectInfo, Preconditions, RemoteError, RemoteResult, Written};
 use requests::S3Raw;
 
 /// CopyObject's limit for a single request.
@@ -60,7 +60,7 @@ impl S3 {
             s3.credentials().clone(),
         );
         Ok(S3 {
-            bucket: Bucket::new(s3.clone(), prefix, "s3"),
+            bucket: Bucket::new(s3.clone(), prefix, Flavor::S3),
             s3,
             raw,
         })
@@ -77,7 +77,11 @@ impl S3 {
         } else {
             self.bucket.full(rel)
         };
-        Ok(self.raw.head(&key).await?.map(|h| headed(rel, dir, h)))
+        let mut h = self.raw.head(&key).await?;
+        if h.is_none() && dir {
+            h = self.raw.head(&self.bucket.old_marker(rel)).await?;
+        }
+        Ok(h.map(|h| headed(rel, dir, h)))
     }
 
     async fn upload_file(
@@ -98,7 +102,7 @@ impl S3 {
         parts_then_complete(
             self.s3.clone(),
             &self.bucket.path(key)?,
-            meta,
+            self.bucket.attributes(meta, false),
             src,
             |id, parts| async move { raw.complete_multipart(&full, &id, &parts, &headers).await },
         )
@@ -127,7 +131,11 @@ impl S3 {
         }
         let tag = self
             .raw
-            .copy_with_metadata(&self.bucket.full(key), &meta.to_pairs(), want)
+            .copy_with_metadata(
+                &self.bucket.full(key),
+                &meta.to_pairs_for(Flavor::S3, false),
+                want,
+            )
             .await?;
         Ok(Some(Written {
             etag: etag(tag),
@@ -161,7 +169,10 @@ impl S3 {
 
     async fn delete(&self, key: &str, dir: bool, expect: Option<&str>) -> RemoteResult<()> {
         if dir {
-            return self.raw.delete(&self.bucket.marker(key)).await;
+            self.raw.delete(&self.bucket.marker(key)).await?;
+            let old = self.raw.delete(&self.bucket.old_marker(key)).await;
+            old_marker_gone(key, old);
+            return Ok(());
         }
         self.bucket.guard_present(self, key, expect).await?;
         match self.raw.delete_if(&self.bucket.full(key), expect).await {
@@ -261,7 +272,10 @@ impl Backend for S3 {
         Box::pin(async move {
             let etag = self
                 .raw
-                .put_empty(&self.bucket.marker(key), &meta.to_pairs())
+                .put_empty(
+                    &self.bucket.marker(key),
+                    &meta.to_pairs_for(Flavor::S3, true),
+                )
                 .await?;
             Ok(Written {
                 etag,
