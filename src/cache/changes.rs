@@ -123,17 +123,27 @@ impl ChangeLog {
     }
 
     /// An upload of `id` that took its snapshot at `gen` landed as version `base`: changes
-    /// noted up to `gen` are in it; later ones stay.
+    /// noted up to `gen` are in it; later ones stay. A file with none left loses its record,
+    /// so the log holds only files with changes on their way: the next change starts again
+    /// from the entry, clean by then at this version (or, in the moment before the uploader
+    /// marks it clean, unknown: a whole upload, never a wrong one).
     pub fn landed(&self, id: EntryId, gen: u64, base: Option<Base>) {
         let mut s = super::blocks::lock(&self.state);
         let rec = s.files.entry(id).or_default();
         rec.blocks.retain(|_, g| *g > gen);
         rec.base = base;
+        if rec.blocks.is_empty() {
+            s.files.remove(&id);
+        }
     }
 
-    /// Drops the record of `id` (its entry is gone).
-    pub fn forget(&self, id: EntryId) {
-        super::blocks::lock(&self.state).files.remove(&id);
+    /// The data file of `id` changed by a path that does not note its ranges (anything but
+    /// the core's write and truncate, such as writes the kernel would pass straight to the
+    /// data file): its next upload must be whole. Whoever adds such a path calls this.
+    pub fn untracked_change(&self, id: EntryId) {
+        let mut s = super::blocks::lock(&self.state);
+        s.gen += 1;
+        s.files.entry(id).or_default().base = None;
     }
 }
 
@@ -188,15 +198,39 @@ mod tests {
     }
 
     #[test]
+    fn an_untracked_change_makes_the_next_upload_whole() {
+        let log = ChangeLog::default();
+        let id = EntryId(5);
+        log.start(id, Some(base("e1")));
+        log.untracked_change(id);
+        assert!(log.snapshot(id).changes.is_none());
+    }
+
+    #[test]
     fn an_unknown_base_becomes_known_once_an_upload_lands() {
         let log = ChangeLog::default();
         let id = EntryId(5);
         log.note(id, 0..1, true);
         let snap = log.snapshot(id);
         assert!(snap.changes.is_none());
+        log.note(id, MB..MB + 1, true);
         log.landed(id, snap.gen, Some(base("e2")));
-        assert!(log.snapshot(id).changes.unwrap().changed.is_empty());
+        let c = log.snapshot(id).changes.unwrap();
+        assert_eq!(c.base.etag, "e2");
+        assert_eq!(c.changed.len(), 1);
+        assert_eq!(c.changed[0], MB..2 * MB);
         log.landed(id, snap.gen, None);
         assert!(log.snapshot(id).changes.is_none());
+    }
+
+    #[test]
+    fn a_file_with_nothing_left_to_send_leaves_the_log() {
+        let log = ChangeLog::default();
+        let id = EntryId(5);
+        log.start(id, Some(base("e1")));
+        log.note(id, 0..1, true);
+        let snap = log.snapshot(id);
+        log.landed(id, snap.gen, Some(base("e2")));
+        assert!(!log.knows(id));
     }
 }
