@@ -11,8 +11,8 @@
 #   scripts/bench.sh [--quick] [--out FILE] [--notes FILE]
 #
 # --quick       smaller workloads (a few minutes instead of ~20)
-# --out FILE    where the report goes (overwritten, except the section of scripts/bench-cache.sh
-#               between its markers, which is kept at the end); default docs/benchmarks.md
+# --out FILE    where the report goes (overwritten, except the sections of scripts/bench-cache.sh
+#               and scripts/bench-diff.sh between their markers, kept at the end); default docs/benchmarks.md
 # --notes FILE  markdown appended to the report's notes (the analysis of missed targets)
 #
 # Needs root (it drops the page cache between workloads) and /dev/fuse. Installs bindfs,

@@ -363,6 +363,9 @@ def report(args):
     kept = cache_block(args.out)
     if kept:
         text += "\n" + kept + "\n"
+    kept = diff_block(args.out)
+    if kept:
+        text += "\n" + kept + "\n"
     with open(args.out, "w") as f:
         f.write(text)
     print()
@@ -401,6 +404,21 @@ def cache_block(path):
         return ""
     span = cache_span(text)
     return text[span[0]:span[1]] if span else ""
+
+
+DIFF_BEGIN_RE = re.compile(r"^<!-- bench-diff:begin\b.*-->$", re.M)
+DIFF_END_RE = re.compile(r"^<!-- bench-diff:end -->$", re.M)
+
+
+def diff_block(path):
+    """The section of scripts/bench-diff.sh in the file at path, markers included, or ""."""
+    try:
+        text = open(path).read()
+    except FileNotFoundError:
+        return ""
+    b = DIFF_BEGIN_RE.search(text)
+    e = DIFF_END_RE.search(text, b.end()) if b else None
+    return text[b.start():e.end()] if e else ""
 
 
 CACHE_COLUMNS = [("get", "plain GET"), ("local", "local disk"), ("stratus", "stratus"), ("rclone", "rclone")]

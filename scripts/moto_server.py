@@ -97,10 +97,11 @@ def s3_preconditions():
       at the same moment both passed (10 of 10 tries with 24 MiB uploads). S3 decides a
       conditional write atomically (the loser gets 412, or 409 ConditionalRequestConflict).
     - moto ignores `If-Match` on CompleteMultipartUpload, and on CopyObject both the target's
-      `If-None-Match: *` / `If-Match` and the source's `x-amz-copy-source-if-match`. S3
-      answers each failed one with 412 PreconditionFailed (a target `If-Match` on a missing
-      key: 404 NoSuchKey, as on PutObject); see the CopyObject and CompleteMultipartUpload
-      API references.
+      `If-None-Match: *` / `If-Match` and the source's `x-amz-copy-source-if-match`, which
+      it ignores on UploadPartCopy too. S3 answers each failed one with 412
+      PreconditionFailed (a target `If-Match` on a missing key: 404 NoSuchKey, as on
+      PutObject); see the CopyObject, UploadPartCopy and CompleteMultipartUpload API
+      references.
 
     One lock around every write of a key (PUT, POST, DELETE) makes each check and its write
     one step, and the checks S3 makes and moto skips are made here, under that lock. Nothing
@@ -130,6 +131,7 @@ def s3_preconditions():
     orig_put = S3Response._key_response_put
     orig_delete = S3Response._key_response_delete
     orig_copy = S3Response.copy_object
+    orig_part_copy = S3Response.upload_part_copy
 
     def post(self, request, body, bucket_name, query, key_name, *args, **kwargs):
         with lock:
@@ -163,7 +165,18 @@ def s3_preconditions():
         check_target(self, key_name, self.backend.get_object(self.bucket_name, key_name))
         return orig_copy(self)
 
+    def upload_part_copy(self):
+        with lock:
+            source = urlparse(self.headers.get("x-amz-copy-source"))
+            src_bucket, src_key = unquote(source.path).lstrip("/").split("/", 1)
+            src = self.backend.get_object(src_bucket, src_key)
+            want = self.headers.get("x-amz-copy-source-if-match")
+            if src is not None and want and bare(want) != bare(src.etag):
+                raise PreconditionFailed("x-amz-copy-source-If-Match")
+            return orig_part_copy(self)
+
     S3Response._key_response_post = post
+    S3Response.upload_part_copy = upload_part_copy
     S3Response._key_response_put = put
     S3Response._key_response_delete = delete
     S3Response.copy_object = copy_object

@@ -8,6 +8,7 @@
 //! sync engine reaches it through [`FileGate`].
 
 mod blocks;
+mod changes;
 mod evict;
 mod fetch;
 mod files;
@@ -22,6 +23,7 @@ use crate::store::StoreError;
 use crate::types::EntryId;
 
 pub use blocks::{BlockCache, CacheConfig, CacheFigures, Closed};
+pub use changes::{Base, ChangeLog, ChangeSet, Snapshot};
 pub use files::FileCache;
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +65,14 @@ pub trait FileGate: Send + Sync {
     /// unchanged since): the block cache takes it over, to count and evict it like fetched
     /// blocks. A file still open is taken over at its last close.
     fn uploaded(&self, id: EntryId);
+
+    /// What an upload of `id` starting now may build on: the blocks changed since the
+    /// remote's version, if this run knows that version (see `cache/changes.rs`).
+    fn changes(&self, id: EntryId) -> Snapshot;
+
+    /// An upload of `id` whose snapshot was taken at `gen` landed as `base` (`None`: as a
+    /// version later changes cannot build on): changes noted up to `gen` are in it.
+    fn landed(&self, id: EntryId, gen: u64, base: Option<Base>);
 
     /// Runs `f` under the file's gate if no handle has `id` open, and says whether it ran.
     /// An open registers its handle under the same gate before it opens the data file, so

@@ -5,6 +5,7 @@ mod azure;
 mod backend;
 mod bucket;
 mod bwlimit;
+mod delta;
 mod error;
 mod faulty;
 mod gcs;
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 pub use backend::{Backend, ByteStream};
 pub use bwlimit::{Limits, Rate};
+pub use delta::Delta;
 pub use error::{brief_text, RemoteError, RemoteResult};
 pub use faulty::{FaultPlan, Faults, Faulty, Injected};
 pub use health::{Health, Watch, SLOWEST_SEND, STALL_MS};
@@ -508,6 +510,12 @@ tokio::task_local! {
     static SENT: std::sync::Arc<health::Progress>;
 }
 
+/// A part of `bytes` of the upload in progress was copied on the server from the previous
+/// version (a differential upload): progress, but nothing on the wire, so not in the rate.
+pub(crate) fn note_copied(bytes: u64) {
+    let _ = SENT.try_with(|s| s.copied(bytes));
+}
+
 /// A part of `bytes` of the upload in progress was taken by the server.
 pub(crate) fn note_sent(bytes: u64) {
     let _ = SENT.try_with(|s| s.add(bytes));
@@ -793,6 +801,21 @@ impl Remote {
         meta: &Meta,
         cond: &Cond,
     ) -> RemoteResult<Written> {
+        self.upload_changes(key, src, size, meta, cond, None).await
+    }
+
+    /// [`Remote::upload_file`] that, with `delta`, may send only the changed ranges and have
+    /// the server copy the rest from the version `delta` builds on (which `cond` must name),
+    /// where the backend can; otherwise the whole file goes.
+    pub async fn upload_changes(
+        &self,
+        key: &str,
+        src: &Path,
+        size: u64,
+        meta: &Meta,
+        cond: &Cond,
+        delta: Option<&Delta>,
+    ) -> RemoteResult<Written> {
         /// Ends the upload's progress however the upload ends (also when it is dropped).
         struct Ends<'a>(&'a Health);
         impl Drop for Ends<'_> {
@@ -806,12 +829,14 @@ impl Remote {
         let written = SENT
             .scope(
                 sent.clone(),
-                self.paced(
-                    self.watched_sending(
-                        size,
-                        self.backend.upload_file(key, src, size, meta, cond),
-                    ),
-                ),
+                self.paced(self.watched_sending(size, async {
+                    let differential = delta
+                        .and_then(|d| self.backend.upload_delta(key, src, size, meta, cond, d));
+                    match differential {
+                        Some(upload) => upload.await,
+                        None => self.backend.upload_file(key, src, size, meta, cond).await,
+                    }
+                })),
             )
             .await?;
         // A single PUT (and a local folder) counts its bytes once they are all taken.

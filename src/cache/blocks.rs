@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::changes::ChangeLog;
 use super::prefetch::Prefetch;
 use super::{CacheError, CacheResult, FileCache, BLOCK_SIZE};
 use crate::remote::Remote;
@@ -135,6 +136,8 @@ pub struct BlockCache {
     pub(super) pin_wake: std::sync::Condvar,
     /// Fetches in flight in the background (reads and read-ahead).
     pub(super) prefetch: Prefetch,
+    /// What changed in each file since the remote's version, for differential uploads.
+    changes: ChangeLog,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -173,7 +176,13 @@ impl BlockCache {
             pin_generation: Mutex::default(),
             pin_wake: Default::default(),
             prefetch: Prefetch::new(),
+            changes: ChangeLog::default(),
         })
+    }
+
+    /// Which blocks of each file changed since the version the remote holds.
+    pub fn changes(&self) -> &ChangeLog {
+        &self.changes
     }
 
     /// The data files.

@@ -13,12 +13,15 @@ use object_store::{Attribute, AttributeValue, Attributes, MultipartId, PutMode, 
 
 use super::backend::{Backend, ByteStream};
 use super::bucket::{
-    cond_headers, etag, kind_of, listed, meta_of, put_mode, put_parts, retry_config, Bucket,
-    CLIENT_DEFAULTS, MULTIPART_THRESHOLD,
+    cond_headers, etag, kind_of, listed, meta_of, parts_reusing_then_complete, put_mode, put_parts,
+    retry_config, Bucket, CLIENT_DEFAULTS, MULTIPART_THRESHOLD, PART,
 };
+use super::delta::parts;
 use super::http::classify_message;
-use super::{Cond, Flavor, Meta, ObjectInfo, Preconditions, RemoteError, RemoteResult, Written};
-use requests::AzureRaw;
+use super::{
+    Cond, Delta, Flavor, Meta, ObjectInfo, Preconditions, RemoteError, RemoteResult, Written,
+};
+use requests::{AzureRaw, BlockRef};
 
 /// Azure's directory marker: an empty blob at the directory's own name carrying this metadata,
 /// as blobfuse2 and Data Lake Storage write it. object_store cannot name a blob that ends in
@@ -151,6 +154,87 @@ impl Azure {
             etag: etag(tag),
             version: None,
         })
+    }
+
+    /// A Put Block List that reuses, for each 8 MiB part `delta` holds unchanged, the block
+    /// the base version committed for it, and uploads the other parts as new blocks;
+    /// committed only while the blob still holds the base (`If-Match`). Only a base whose
+    /// committed blocks are our parts, cut the same way (a multipart upload of ours), has
+    /// blocks to reuse; any other goes up whole, as does a base replaced since (its block
+    /// list names another ETag: the conditioned write then finds the conflict).
+    async fn delta_upload(
+        &self,
+        key: &str,
+        src: &std::path::Path,
+        size: u64,
+        meta: &Meta,
+        cond: &Cond,
+        delta: &Delta,
+    ) -> RemoteResult<Written> {
+        self.bucket.guard(self, key, cond).await?;
+        let full = self.bucket.full(key);
+        let listed = self.raw.get_block_list(&full).await?;
+        let base_parts: Vec<std::ops::Range<u64>> = parts(delta.base_len, PART).collect();
+        let blocks = match listed {
+            Some((tag, blocks))
+                if etag(tag.clone()).as_deref() == Some(delta.base_etag.as_str())
+                    && blocks.len() == base_parts.len()
+                    && blocks
+                        .iter()
+                        .zip(&base_parts)
+                        .all(|((_, n), r)| *n == r.end - r.start) =>
+            {
+                blocks
+            }
+            _ => {
+                tracing::debug!(key, "base not in our blocks; uploading the whole file");
+                return self.upload_file(key, src, size, meta, cond).await;
+            }
+        };
+        // A part is reused only where the base's block is exactly its range (a file cut
+        // inside its last part keeps a shorter last part than the base's block).
+        let mut delta = delta.clone();
+        for (idx, r) in parts(size, PART).enumerate() {
+            let same_block = base_parts.get(idx) == Some(&r);
+            if delta.unchanged(&r) && !same_block {
+                delta.changed.push(r);
+            }
+        }
+        delta.changed.sort_by_key(|r| r.start);
+        const COMMITTED: &str = "committed:";
+        let (raw, headers, pairs) = (
+            &self.raw,
+            cond_headers(cond),
+            meta.to_pairs_for(Flavor::Azure, false),
+        );
+        let (full, blocks) = (&full, &blocks);
+        tracing::debug!(
+            key,
+            reused = delta.reusable_parts(size, PART),
+            "differential upload"
+        );
+        parts_reusing_then_complete(
+            self.az.clone(),
+            &self.bucket.path(key)?,
+            // The metadata goes with the Put Block List (Azure's multipart takes none).
+            Default::default(),
+            src,
+            size,
+            &delta,
+            |_, idx, _| async move { Ok(format!("{COMMITTED}{}", blocks[idx].0)) },
+            |_, parts| async move {
+                let refs: Vec<BlockRef> = parts
+                    .into_iter()
+                    .map(|p| match p.strip_prefix(COMMITTED) {
+                        Some(name) => BlockRef::Committed(name.to_string()),
+                        None => BlockRef::Uncommitted(p),
+                    })
+                    .collect();
+                let tag = raw.put_block_list_of(full, &refs, &pairs, &headers).await?;
+                Ok((tag, None))
+            },
+        )
+        .await
     }
 
     /// Writes a folder blob. Never over a file of the same name: that would destroy a
@@ -379,6 +463,32 @@ impl Backend for Azure {
         cond: &'a Cond,
     ) -> BoxFuture<'a, RemoteResult<Written>> {
         Box::pin(Azure::upload_file(self, key, src, size, meta, cond))
+    }
+
+    fn upload_delta<'a>(
+        &'a self,
+        key: &'a str,
+        src: &'a std::path::Path,
+        size: u64,
+        meta: &'a Meta,
+        cond: &'a Cond,
+        delta: &'a Delta,
+    ) -> Option<BoxFuture<'a, RemoteResult<Written>>> {
+        let Cond::Match {
+            etag: Some(base), ..
+        } = cond
+        else {
+            return None;
+        };
+        if *base != delta.base_etag
+            || size <= MULTIPART_THRESHOLD
+            || delta.reusable_parts(size, PART) == 0
+        {
+            return None;
+        }
+        Some(Box::pin(Azure::delta_upload(
+            self, key, src, size, meta, cond, delta,
+        )))
     }
 
     fn put_symlink<'a>(

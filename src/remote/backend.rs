@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
-use super::{Cond, Meta, ObjectInfo, Preconditions, RemoteResult, Written};
+use super::{Cond, Delta, Meta, ObjectInfo, Preconditions, RemoteResult, Written};
 
 /// A stream of an object's bytes, as `get_stream` hands it out.
 pub type ByteStream = BoxStream<'static, RemoteResult<Bytes>>;
@@ -84,6 +84,23 @@ pub trait Backend: Send + Sync {
         meta: &'a Meta,
         cond: &'a Cond,
     ) -> BoxFuture<'a, RemoteResult<Written>>;
+
+    /// A differential upload: the ranges `delta` lists as changed are sent, the rest is
+    /// copied on the server from the version `delta` builds on, only while the key still
+    /// holds it. `None` where the backend cannot (or it would save nothing): the caller sends
+    /// the whole file.
+    #[allow(clippy::too_many_arguments)]
+    fn upload_delta<'a>(
+        &'a self,
+        _key: &'a str,
+        _src: &'a Path,
+        _size: u64,
+        _meta: &'a Meta,
+        _cond: &'a Cond,
+        _delta: &'a Delta,
+    ) -> Option<BoxFuture<'a, RemoteResult<Written>>> {
+        None
+    }
 
     fn put_symlink<'a>(
         &'a self,

@@ -18,8 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::backend::{Backend, ByteStream};
 use super::http::{map_err, status_in};
 use super::{
-    Cond, Flavor, Meta, ObjectInfo, ObjectKind, Preconditions, RemoteError, RemoteResult, Written,
-    PROBE_PREFIX,
+    Cond, Delta, Flavor, Meta, ObjectInfo, ObjectKind, Preconditions, RemoteError, RemoteResult,
+    Written, PROBE_PREFIX,
 };
 
 /// What ends the key of an old-style directory marker (see `Bucket::old_marker`).
@@ -685,6 +685,100 @@ where
             Err(e)
         }
     }
+}
+
+/// The size of a multipart upload's parts, for backends that plan a differential upload on
+/// the same cut (S3 wants every part but the last at 5 MiB or more).
+pub const PART: u64 = PART_SIZE as u64;
+
+/// A differential multipart upload: each `PART`-sized range of `src` that `delta` holds
+/// unchanged becomes a part copied on the server by `copy_part` (pinned to the base's ETag),
+/// every other part is sent from `src`; `complete` (a raw request carrying the upload's
+/// precondition, the base's ETag) assembles them. Aborted, like any multipart upload, when
+/// anything fails.
+#[allow(clippy::too_many_arguments)]
+pub async fn parts_reusing_then_complete<C, CFut, Fut>(
+    store: Arc<dyn MultipartStore>,
+    path: &Path,
+    attributes: Attributes,
+    src: &std::path::Path,
+    size: u64,
+    delta: &Delta,
+    copy_part: C,
+    complete: impl FnOnce(MultipartId, Vec<String>) -> Fut,
+) -> RemoteResult<Written>
+where
+    C: Fn(MultipartId, usize, std::ops::Range<u64>) -> CFut,
+    CFut: std::future::Future<Output = RemoteResult<String>>,
+    Fut: std::future::Future<Output = RemoteResult<(Option<String>, Option<String>)>>,
+{
+    let opts = PutMultipartOptions {
+        attributes,
+        ..Default::default()
+    };
+    let id = store
+        .create_multipart_opts(path, opts)
+        .await
+        .map_err(map_err)?;
+    let done = async {
+        let parts: Vec<String> = futures::stream::iter(super::delta::parts(size, PART).enumerate())
+            .map(|(idx, range)| {
+                let (store, id, copy) = (store.clone(), id.clone(), &copy_part);
+                async move {
+                    let n = range.end - range.start;
+                    let part = if delta.unchanged(&range) {
+                        let part = copy(id, idx, range).await?;
+                        super::note_copied(n);
+                        return Ok(part);
+                    } else {
+                        let buf = read_range(src, range).await?;
+                        store
+                            .put_part(path, &id, idx, PutPayload::from(buf))
+                            .await
+                            .map_err(map_err)?
+                            .content_id
+                    };
+                    super::note_sent(n);
+                    Ok::<_, RemoteError>(part)
+                }
+            })
+            .buffered(PARTS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        complete(id.clone(), parts).await
+    }
+    .await;
+    match done {
+        Ok((tag, version)) => Ok(Written {
+            etag: etag(tag),
+            version,
+        }),
+        Err(e) => {
+            let _ = store.abort_multipart(path, &id).await;
+            Err(e)
+        }
+    }
+}
+
+/// Bytes `range` of the file at `src`.
+async fn read_range(
+    src: &std::path::Path,
+    range: std::ops::Range<u64>,
+) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncSeekExt;
+    let mut f = tokio::fs::File::open(src).await?;
+    f.seek(std::io::SeekFrom::Start(range.start)).await?;
+    let mut buf = vec![0u8; (range.end - range.start) as usize];
+    let n = read_full(&mut f, &mut buf).await?;
+    if n < buf.len() {
+        // The file shrank under the upload: this version cannot be sent; the uploader's
+        // check of the entry after the upload sends the new one.
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the file shrank during its upload",
+        ));
+    }
+    Ok(buf)
 }
 
 /// Uploads the parts of a multipart upload through object_store (`PARTS_IN_FLIGHT` at once)

@@ -127,6 +127,11 @@ impl Progress {
         self.meter.add(bytes);
     }
 
+    /// `bytes` more of the upload are done without being sent (copied on the server).
+    pub fn copied(&self, bytes: u64) {
+        self.sent.fetch_add(bytes, Relaxed);
+    }
+
     pub fn sent(&self) -> u64 {
         self.sent.load(Relaxed)
     }

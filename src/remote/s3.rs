@@ -11,10 +11,12 @@ use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 
 use super::backend::{Backend, ByteStream};
 use super::bucket::{
-    cond_headers, etag, headed, old_marker_gone, parts_then_complete, put_mode, retry_config,
-    Bucket, CLIENT_DEFAULTS, MULTIPART_THRESHOLD,
+    cond_headers, etag, headed, old_marker_gone, parts_reusing_then_complete, parts_then_complete,
+    put_mode, retry_config, Bucket, CLIENT_DEFAULTS, MULTIPART_THRESHOLD, PART,
 };
-use super::{Cond, Flavor, Meta, ObjectInfo, Preconditions, RemoteError, RemoteResult, Written};
+use super::{
+    Cond, Delta, Flavor, Meta, ObjectInfo, Preconditions, RemoteError, RemoteResult, Written,
+};
 use requests::S3Raw;
 
 /// CopyObject's limit for a single request.
@@ -107,6 +109,58 @@ impl S3 {
             |id, parts| async move { raw.complete_multipart(&full, &id, &parts, &headers).await },
         )
         .await
+    }
+
+    /// A multipart upload whose parts that `delta` holds unchanged are UploadPartCopy of the
+    /// base version (pinned to its ETag by `x-amz-copy-source-if-match`), the others sent,
+    /// completed only while the key still holds the base (`If-Match`). `None` (the caller
+    /// sends the whole file) when there is no part to reuse or no base to pin.
+    fn delta_upload<'a>(
+        &'a self,
+        key: &'a str,
+        src: &'a std::path::Path,
+        size: u64,
+        meta: &'a Meta,
+        cond: &'a Cond,
+        delta: &'a Delta,
+    ) -> Option<BoxFuture<'a, RemoteResult<Written>>> {
+        let Cond::Match {
+            etag: Some(base), ..
+        } = cond
+        else {
+            return None;
+        };
+        if *base != delta.base_etag
+            || size <= MULTIPART_THRESHOLD
+            || delta.reusable_parts(size, PART) == 0
+        {
+            return None;
+        }
+        Some(Box::pin(async move {
+            self.bucket.guard(self, key, cond).await?;
+            let full = self.bucket.full(key);
+            let headers = cond_headers(cond);
+            let raw = &self.raw;
+            let (full, base) = (&full, base.as_str());
+            tracing::debug!(
+                key,
+                reused = delta.reusable_parts(size, PART),
+                "differential upload"
+            );
+            parts_reusing_then_complete(
+                self.s3.clone(),
+                &self.bucket.path(key)?,
+                self.bucket.attributes(meta, false),
+                src,
+                size,
+                delta,
+                |id, idx, range| async move {
+                    raw.upload_part_copy(full, &id, idx + 1, range, base).await
+                },
+                |id, parts| async move { raw.complete_multipart(full, &id, &parts, &headers).await },
+            )
+            .await
+        }))
     }
 
     /// Replaces the metadata by copying the object onto itself (`x-amz-metadata-directive:
@@ -254,6 +308,18 @@ impl Backend for S3 {
         cond: &'a Cond,
     ) -> BoxFuture<'a, RemoteResult<Written>> {
         Box::pin(S3::upload_file(self, key, src, size, meta, cond))
+    }
+
+    fn upload_delta<'a>(
+        &'a self,
+        key: &'a str,
+        src: &'a std::path::Path,
+        size: u64,
+        meta: &'a Meta,
+        cond: &'a Cond,
+        delta: &'a Delta,
+    ) -> Option<BoxFuture<'a, RemoteResult<Written>>> {
+        self.delta_upload(key, src, size, meta, cond, delta)
     }
 
     fn put_symlink<'a>(

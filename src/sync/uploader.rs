@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use super::conflict::Conflicts;
 use super::{backoff, Invalidation, Shared, SyncError};
-use crate::cache::CacheError;
-use crate::remote::{hash_file, Cond, ConflictMark, Meta, RemoteError, Written};
+use crate::cache::{Base, CacheError, ChangeSet};
+use crate::remote::{hash_file, Cond, ConflictMark, Delta, Meta, RemoteError, Written};
 use crate::store::{
     dirty, now_ms, now_ns, Entry, Event, EventKind, Job, JobKind, JobState, StoreError, Synced,
 };
@@ -914,10 +914,12 @@ impl Uploader {
     ) -> Result<(Written, Option<String>), RemoteError> {
         let path = self.ctx.cache.path(e.id);
         let p2 = path.clone();
-        let (hash, size) = tokio::task::spawn_blocking(move || {
+        // Taken before the file is read: whatever changes after is counted for the next upload.
+        let snap = self.ctx.files.changes(e.id);
+        let (hash, size, ino) = tokio::task::spawn_blocking(move || {
             let h = hash_file(&p2)?;
-            let n = std::fs::metadata(&p2)?.len();
-            Ok::<_, std::io::Error>((h, n))
+            let m = std::fs::metadata(&p2)?;
+            Ok::<_, std::io::Error>((h, m.len(), std::os::unix::fs::MetadataExt::ino(&m)))
         })
         .await
         .map_err(|e| RemoteError::Io(std::io::Error::other(e.to_string())))?
@@ -930,11 +932,19 @@ impl Uploader {
             .write(|db| db.note_tried(job.seq, &hash))
             .map_err(|err| RemoteError::Io(std::io::Error::other(err.to_string())))?;
         let meta = self.meta_of(e, Some(hash.clone()));
+        let delta = differential(e, key, cond, ino, snap.changes);
         let w = self
             .ctx
             .remote
-            .upload_file(key, &path, size, &meta, cond)
+            .upload_changes(key, &path, size, &meta, cond, delta.as_ref())
             .await?;
+        // The object now is this data file as of the snapshot: later changes build on it.
+        let landed = w.etag.clone().map(|etag| Base {
+            etag,
+            len: size,
+            ino,
+        });
+        self.ctx.files.landed(e.id, snap.gen, landed);
         Ok((w, Some(hash)))
     }
 
@@ -953,6 +963,35 @@ impl Uploader {
                 err => SyncError::Local(err.to_string()),
             })
     }
+}
+
+/// The plan of a differential upload of `e` to `key`, when its changes are counted from the
+/// very version the upload replaces (`cond` pins it) on this same data file (`ino`); `None`
+/// sends the whole file. A wrong plan would put a mix of versions on the remote, so every
+/// doubt answers `None`.
+fn differential(
+    e: &Entry,
+    key: &str,
+    cond: &Cond,
+    ino: u64,
+    changes: Option<ChangeSet>,
+) -> Option<Delta> {
+    let c = changes?;
+    let Cond::Match {
+        etag: Some(want), ..
+    } = cond
+    else {
+        return None;
+    };
+    let same = e.synced.key.as_deref() == Some(key)
+        && e.synced.etag.as_deref() == Some(c.base.etag.as_str())
+        && *want == c.base.etag
+        && c.base.ino == ino;
+    same.then_some(Delta {
+        base_etag: c.base.etag,
+        base_len: c.base.len,
+        changed: c.changed,
+    })
 }
 
 /// The activity-log event of a finished sync of `e` that left the remote at `synced`: an

@@ -89,6 +89,7 @@ impl Vfs {
         let now = now_ns();
         let mut flags = 0;
         let mut truncate_to = None;
+        let mut truncate_changes = None;
         let gate;
         let mut _gate_guard = None;
         if let Some(size) = set.size {
@@ -109,6 +110,11 @@ impl Vfs {
             if !e.local && size > 0 {
                 self.blocks.fill(&e)?;
             }
+            // Before anything changes: the entry as it is now says whether the data file
+            // is the remote's version. Everything between the two lengths changes.
+            self.start_changes(&e);
+            truncate_changes = Some(size.min(e.size)..size.max(e.size));
+            self.note_change(e.id, size.min(e.size)..size.max(e.size), false);
             // Emptied without a fetch: the old blocks go with the commit below.
             e.local = true;
             truncate_to = Some(size);
@@ -241,6 +247,9 @@ impl Vfs {
                     tracing::warn!(id = e.id.0, error = %err, "truncated file's upload stays held until the next mount");
                 }
             }
+        }
+        if let Some(changed) = truncate_changes {
+            self.note_change(e.id, changed, true);
         }
         // Taken before the lock goes: see `fresh_attr`.
         let a = self.attr_of(&e, live.get(&e.id));

@@ -2,13 +2,24 @@
 //! data files through, pins, and the figures `stratus status` shows.
 
 use super::{Vfs, VfsResult};
-use crate::cache::{CacheError, CacheFigures, CacheResult, FileGate};
-use crate::types::EntryId;
+use std::os::unix::fs::MetadataExt;
+
+use crate::cache::{Base, CacheError, CacheFigures, CacheResult, FileGate};
+use crate::store::{dirty, Entry};
+use crate::types::{EntryId, Kind};
 
 /// The sync engine's way to the block cache's data files.
 impl FileGate for Vfs {
     fn uploaded(&self, id: EntryId) {
         self.blocks.uploaded(id);
+    }
+
+    fn changes(&self, id: EntryId) -> crate::cache::Snapshot {
+        self.blocks.changes().snapshot(id)
+    }
+
+    fn landed(&self, id: EntryId, gen: u64, base: Option<crate::cache::Base>) {
+        self.blocks.changes().landed(id, gen, base)
     }
 
     fn run_closed(&self, id: EntryId, f: &mut dyn FnMut()) -> bool {
@@ -51,6 +62,33 @@ impl FileGate for Vfs {
 }
 
 impl Vfs {
+    /// Starts the change record of `e` (read before this change is committed) if this run
+    /// has none: from its synced version if the entry is clean (whatever blocks its data file
+    /// holds are that version's), else unknown (its next upload is whole). Call before the first [`Vfs::note_change`] of a change.
+    pub(super) fn start_changes(&self, e: &Entry) {
+        let changes = self.blocks.changes();
+        if changes.knows(e.id) {
+            return;
+        }
+        let base = (e.kind == Kind::File && e.dirty & dirty::CONTENT == 0)
+            .then_some(())
+            .and_then(|()| e.synced.key.as_ref().and(e.synced.etag.clone()))
+            .and_then(|etag| {
+                let ino = std::fs::metadata(self.cache.path(e.id)).ok()?.ino();
+                Some(Base {
+                    etag,
+                    len: e.size,
+                    ino,
+                })
+            });
+        changes.start(e.id, base);
+    }
+
+    /// Bytes `range` of `id` are about to change (`done` false) or have changed.
+    pub(super) fn note_change(&self, id: EntryId, range: std::ops::Range<u64>, done: bool) {
+        self.blocks.changes().note(id, range, done);
+    }
+
     /// `user.stratus.pin`: whether `ino` is pinned, by itself or by a directory above it.
     pub fn pinned(&self, ino: EntryId) -> VfsResult<bool> {
         Ok(self.blocks.pinned(ino)?)

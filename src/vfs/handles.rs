@@ -178,22 +178,34 @@ impl Vfs {
         }
         let f = h.file.as_ref().ok_or(VfsError::IsDir)?;
         self.blocks.throttle_writer()?;
-        {
+        if !self.blocks.changes().knows(h.id) {
+            // Read before this write arms the entry: clean now means the data file is the
+            // remote's version, which a differential upload may build on.
+            if let Some(e) = self.store.read(|db| db.get(h.id))? {
+                self.start_changes(&e);
+            }
+        }
+        let end = offset + data.len() as u64;
+        let changed = {
             let mut live = lock(&self.live);
             let l = live.get_mut(&h.id).ok_or(VfsError::BadHandle)?;
             self.blocks
                 .check_disk_room((offset + data.len() as u64).saturating_sub(l.size))?;
+            // A write past the end changes the hole before it too (zeros, not the base's bytes).
+            let changed = offset.min(l.size)..end;
+            self.note_change(h.id, changed.clone(), false);
             if !l.armed && !l.unlinked {
                 // Journal first: once this write is acknowledged, a crash must find it queued.
                 self.store
                     .write(|db| db.enqueue_sync(h.id, dirty::CONTENT, None))?;
                 l.armed = true;
             }
-        }
+            changed
+        };
         f.write_all_at(data, offset)?;
+        self.note_change(h.id, changed, true);
         let mut live = lock(&self.live);
         if let Some(l) = live.get_mut(&h.id) {
-            let end = offset + data.len() as u64;
             if end > l.size {
                 self.blocks.note_growth(end - l.size);
             }

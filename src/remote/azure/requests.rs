@@ -38,6 +38,15 @@ pub struct RawBlob {
     pub folder: bool,
 }
 
+/// One block of a Put Block List.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockRef {
+    /// A block of the blob's committed version, by its name as Get Block List gave it.
+    Committed(String),
+    /// A block `put_part` uploaded, by the content id it answered.
+    Uncommitted(String),
+}
+
 pub struct AzureRaw {
     client: reqwest::Client,
     /// `https://ACCOUNT.blob.core.windows.net/CONTAINER`, or the emulator's path-style URL.
@@ -172,10 +181,84 @@ impl AzureRaw {
         meta: &[(String, String)],
         conditions: &[(&'static str, String)],
     ) -> RemoteResult<Option<String>> {
+        let blocks: Vec<BlockRef> = blocks.iter().cloned().map(BlockRef::Uncommitted).collect();
+        self.put_block_list_of(name, &blocks, meta, conditions)
+            .await
+    }
+
+    /// Get Block List of blob `name`'s committed blocks: the blob's ETag and its blocks in
+    /// order, each as (name as the service spells it, base64; size). `None` when the blob is
+    /// missing. A differential upload reuses the blocks of unchanged ranges, and its Put Block
+    /// List is conditioned on that ETag, so blocks of another version are never committed.
+    pub async fn get_block_list(
+        &self,
+        name: &str,
+    ) -> RemoteResult<Option<(Option<String>, Vec<(String, u64)>)>> {
+        let url = format!(
+            "{}?comp=blocklist&blocklisttype=committed",
+            self.blob_url(name)
+        );
+        let r = self
+            .send(
+                http::Method::GET,
+                &url,
+                Vec::new(),
+                Vec::new(),
+                "get block list",
+            )
+            .await?;
+        match r.status().as_u16() {
+            200..=299 => {}
+            404 => return Ok(None),
+            _ => return Err(write_error("get block list", name, r).await),
+        }
+        let etag = header(&r, "etag");
+        let body = r
+            .text()
+            .await
+            .map_err(|e| RemoteError::unavailable(format!("get block list {name}: {e}")))?;
+        let mut blocks: Vec<(String, u64)> = Vec::new();
+        let mut current: (Option<String>, Option<u64>) = (None, None);
+        walk_xml(&body, |path, text| {
+            let in_committed = path.iter().any(|p| p == "CommittedBlocks");
+            match path.last().map(String::as_str) {
+                Some("Name") if in_committed => current.0 = Some(text),
+                Some("Size") if in_committed => current.1 = text.trim().parse().ok(),
+                Some("Block") if in_committed => {
+                    let (Some(n), Some(size)) = (current.0.take(), current.1.take()) else {
+                        return Err("a block without a name or size".into());
+                    };
+                    blocks.push((n, size));
+                }
+                _ => {}
+            }
+            Ok(())
+        })
+        .map_err(|e| RemoteError::unavailable(format!("get block list {name}: {e}")))?;
+        Ok(Some((etag, blocks)))
+    }
+
+    /// Put Block List of `blocks`, each either already committed in the blob (reused from
+    /// its current version) or uploaded by `put_part` and not yet committed.
+    pub async fn put_block_list_of(
+        &self,
+        name: &str,
+        blocks: &[BlockRef],
+        meta: &[(String, String)],
+        conditions: &[(&'static str, String)],
+    ) -> RemoteResult<Option<String>> {
         let mut xml = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList>");
-        for id in blocks {
-            let id = base64::engine::general_purpose::STANDARD.encode(id);
-            xml.push_str(&format!("<Uncommitted>{id}</Uncommitted>"));
+        for b in blocks {
+            match b {
+                BlockRef::Committed(id) => xml.push_str(&format!(
+                    "<Committed>{}</Committed>",
+                    quick_xml::escape::escape(id.as_str())
+                )),
+                BlockRef::Uncommitted(id) => {
+                    let id = base64::engine::general_purpose::STANDARD.encode(id);
+                    xml.push_str(&format!("<Uncommitted>{id}</Uncommitted>"));
+                }
+            }
         }
         xml.push_str("</BlockList>");
         let mut headers = prefixed_meta("x-ms-meta-", meta);

@@ -323,6 +323,64 @@ impl S3Raw {
         Ok((etag, version))
     }
 
+    /// UploadPartCopy: part `part_number` (from 1) of upload `upload_id` of `key` becomes
+    /// bytes `range` of the object at `key` itself, only while it still has ETag
+    /// `source_if_match` (`x-amz-copy-source-if-match`; another version answers `Conflict`).
+    /// Returns the part's ETag, which the completion lists.
+    pub async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: usize,
+        range: std::ops::Range<u64>,
+        source_if_match: &str,
+    ) -> RemoteResult<String> {
+        let mut headers = BTreeMap::new();
+        headers.insert(
+            "x-amz-copy-source".to_string(),
+            format!(
+                "/{}/{}",
+                uri_encode(&self.inner.bucket, false),
+                uri_encode(key, true)
+            ),
+        );
+        headers.insert(
+            "x-amz-copy-source-range".to_string(),
+            format!("bytes={}-{}", range.start, range.end - 1),
+        );
+        headers.insert(
+            "x-amz-copy-source-if-match".to_string(),
+            source_if_match.to_string(),
+        );
+        let part = part_number.to_string();
+        let resp = self
+            .send(
+                Method::PUT,
+                Some(key),
+                &[("partNumber", part.as_str()), ("uploadId", upload_id)],
+                headers,
+                "copy part",
+                key,
+            )
+            .await?;
+        let status = resp.status();
+        if status == StatusCode::NOT_FOUND {
+            let (code, detail) = not_found("copy part", key, resp).await;
+            // The base is gone: as for a changed base, the completion must not happen.
+            return Err(match code.as_deref() {
+                Some("NoSuchKey") | None => RemoteError::Conflict(detail),
+                Some("NoSuchUpload") => RemoteError::unavailable(detail),
+                _ => RemoteError::Permanent(detail),
+            });
+        }
+        if !status.is_success() {
+            return Err(failed("copy part", key, resp).await);
+        }
+        etag_of_body("copy part", key, &read_limited(resp).await)?.ok_or_else(|| {
+            RemoteError::unavailable(format!("copy part {key:?}: answer without an ETag"))
+        })
+    }
+
     /// CompleteMultipartUpload of `upload_id` with `parts` (the part ids object_store's
     /// `put_part` returned, in order), decided by the server against `conditions`
     /// (`If-None-Match: *` or `If-Match`): object_store's own completion cannot send them.
@@ -685,6 +743,49 @@ mod tests {
             "x-amz-metadata-directive: replace\r\n",
             "x-amz-copy-source-if-match: \"abc\"\r\n",
             "x-amz-meta-stratus_mode: 600\r\n",
+        ] {
+            assert!(request.contains(line), "missing {line:?} in {request}");
+        }
+    }
+
+    /// A differential upload's copied part names its range (inclusive, as HTTP ranges are)
+    /// and is pinned to the base's ETag; a refused pin or a vanished base is a conflict, so
+    /// the upload is abandoned instead of completing a mix of versions.
+    #[tokio::test]
+    async fn upload_part_copy_is_ranged_and_pinned_to_the_base() {
+        let body = "<CopyPartResult><ETag>&quot;p1&quot;</ETag></CopyPartResult>";
+        let ok: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_boxed_str(),
+        );
+        let (endpoint, server) = fake_server(vec![
+            ok,
+            "HTTP/1.1 412 Precondition Failed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 54\r\nConnection: close\r\n\r\n\
+             <Error><Code>NoSuchKey</Code><Message>x</Message></Error>",
+        ]);
+        let raw = fake_client(endpoint, None);
+        let etag = raw
+            .upload_part_copy("d/big file", "up-1", 3, 16 << 20..24 << 20, "\"base\"")
+            .await
+            .unwrap();
+        assert_eq!(etag, "\"p1\"");
+        for _ in 0..2 {
+            assert!(matches!(
+                raw.upload_part_copy("d/big file", "up-1", 3, 0..1, "\"base\"")
+                    .await,
+                Err(RemoteError::Conflict(_))
+            ));
+        }
+        let request = server.join().unwrap().remove(0).to_ascii_lowercase();
+        for line in [
+            "put /bkt/d/big%20file?partnumber=3&uploadid=up-1 http/1.1\r\n",
+            "x-amz-copy-source: /bkt/d/big%20file\r\n",
+            "x-amz-copy-source-range: bytes=16777216-25165823\r\n",
+            "x-amz-copy-source-if-match: \"base\"\r\n",
         ] {
             assert!(request.contains(line), "missing {line:?} in {request}");
         }
