@@ -24,8 +24,25 @@ What it implements, following the XML API reference (cloud.google.com/storage/do
 - XML multipart uploads: POST ?uploads, PUT ?partNumber=&uploadId=, POST ?uploadId=
   (complete, with the destination preconditions), DELETE ?uploadId= (abort).
 
+And the subset of the JSON API (cloud.google.com/storage/docs/json_api) that rclone's GCS
+backend uses, over the same objects (point rclone's `endpoint` at http://HOST:PORT/storage/v1/):
+- GET /storage/v1/b/BUCKET (the bucket exists); GET /storage/v1/b/BUCKET/o (list: prefix,
+  delimiter, maxResults, pageToken, startOffset, endOffset; live objects only).
+- GET/PATCH/DELETE /storage/v1/b/BUCKET/o/OBJECT: the object resource (`metadata` is the XML
+  API's `x-goog-meta-*`, `md5Hash` and `crc32c` in base64, `size`, `generation`, `updated`);
+  media with `alt=media` or from /download/storage/v1/..., with Range.
+- Uploads to /upload/storage/v1/b/BUCKET/o: uploadType=media, multipart (multipart/related)
+  and resumable (chunks by PUT or POST, 308 or Google's `X-Http-Status-Code-Override`).
+- POST .../o/OBJECT/copyTo/b/BUCKET/o/OBJECT and rewriteTo (done in one call).
+- `ifGenerationMatch` / `ifMetagenerationMatch` on writes and deletes; errors in the JSON
+  API's form ({"error": {"code", "message", "errors": [{"reason"}]}}).
+
 Where it may differ from real GCS (said here so nobody trusts it further than this):
 - Authentication is ignored (any or no Authorization header is accepted).
+- JSON API paths are told apart from XML ones by their prefix, so an XML bucket named
+  `storage`, `upload` or `download` is out of reach. Source preconditions on JSON copies,
+  `versions=true` listings, `matchGlob` (refused with 400), ACLs and bucket writes through
+  the JSON API are not implemented.
 - If-Match / If-None-Match are honoured on GET and HEAD only, as the XML API documents them;
   on PUT and DELETE they are ignored (as we understand GCS to do), so a client that relied on
   them would be caught silently overwriting here too.
@@ -72,7 +89,7 @@ META_PREFIX = "x-goog-meta-"
 
 
 class Obj:
-    __slots__ = ("data", "generation", "metageneration", "etag", "mtime", "headers", "meta")
+    __slots__ = ("data", "generation", "metageneration", "etag", "mtime", "headers", "meta", "crc")
 
     def __init__(self, data, generation, etag, headers, meta):
         self.data = data
@@ -82,6 +99,7 @@ class Obj:
         self.mtime = time.time()
         self.headers = headers
         self.meta = meta
+        self.crc = None  # the JSON API's crc32c, computed when first asked for
 
 
 class State:
@@ -228,6 +246,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def route(self):
         raw_path, _, raw_query = self.path.partition("?")
+        if raw_path.startswith(JSON_PREFIXES):
+            raise JsonRequest(raw_path, raw_query)
         query = urllib.parse.parse_qs(raw_query, keep_blank_values=True)
         query = {k: v[0] for k, v in query.items()}
         path = urllib.parse.unquote(raw_path, errors="strict")
@@ -240,6 +260,8 @@ class Handler(BaseHTTPRequestHandler):
             bucket, key, query, headers = self.route()
             body = b"" if self.command in ("GET", "HEAD") else self.body()
             fn(bucket, key, query, headers, body)
+        except JsonRequest as j:
+            json_api(self, j.raw_path, j.raw_query)
         except Fail as f:
             self.error(f)
         except UnicodeDecodeError:
@@ -259,6 +281,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_DELETE(self):
         self.handle_any(self.delete)
+
+    def do_PATCH(self):
+        raw_path, _, raw_query = self.path.partition("?")
+        if not raw_path.startswith(JSON_PREFIXES):
+            # What BaseHTTPRequestHandler answers for a method it has no do_ for, as before.
+            return self.send_error(501, "Unsupported method (%r)" % self.command)
+        json_api(self, raw_path, raw_query)
 
     # ---------- helpers under the lock ----------
 
@@ -630,6 +659,469 @@ class Handler(BaseHTTPRequestHandler):
             STATE.retire(bucket, key, current)
             del objects[key]
         self.reply(204)
+
+
+# ---------- the JSON API (the subset rclone's GCS backend uses) ----------
+#
+# Routed by path prefix, before the XML API sees the request: an XML path whose bucket is
+# named `storage`, `upload` or `download` would be taken for a JSON one (GCS itself tells the
+# two apart by host name, which a server on 127.0.0.1 cannot). Object names travel in one
+# percent-encoded path segment (`/` as %2F), so paths are split before they are decoded.
+
+JSON_PREFIXES = ("/storage/v1/", "/upload/storage/v1/", "/download/storage/v1/")
+JSON_TYPE = "application/json; charset=UTF-8"
+# The XML API's stored headers and the JSON API's names for them.
+JSON_FIELDS = (
+    ("cache-control", "cacheControl"),
+    ("content-disposition", "contentDisposition"),
+    ("content-encoding", "contentEncoding"),
+    ("content-language", "contentLanguage"),
+    ("content-type", "contentType"),
+)
+JSON_REASONS = {400: "invalid", 404: "notFound", 409: "conflict", 412: "conditionNotMet",
+                416: "requestedRangeNotSatisfiable"}
+
+
+class JsonRequest(Exception):
+    """Raised by `Handler.route` to hand a JSON API path to `json_api`."""
+
+    def __init__(self, raw_path, raw_query):
+        super().__init__(raw_path)
+        self.raw_path = raw_path
+        self.raw_query = raw_query
+
+
+def _crc32c_table():
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+CRC32C_TABLE = _crc32c_table()
+
+
+def crc32c(data):
+    c = 0xFFFFFFFF
+    for b in data:
+        c = CRC32C_TABLE[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+
+
+def obj_crc32c(obj):
+    """Base64 of the big-endian CRC32C, as the JSON API's `crc32c` and `x-goog-hash` carry it."""
+    if obj.crc is None:
+        obj.crc = base64.b64encode(crc32c(obj.data).to_bytes(4, "big")).decode()
+    return obj.crc
+
+
+def obj_md5(obj):
+    return base64.b64encode(hashlib.md5(obj.data).digest()).decode()
+
+
+def json_resource(host, bucket, key, obj):
+    """The object resource (cloud.google.com/storage/docs/json_api/v1/objects)."""
+    name = urllib.parse.quote(key, safe="")
+    base = "http://%s" % host
+    out = {
+        "kind": "storage#object",
+        "id": "%s/%s/%d" % (bucket, key, obj.generation),
+        "selfLink": "%s/storage/v1/b/%s/o/%s" % (base, bucket, name),
+        "mediaLink": "%s/download/storage/v1/b/%s/o/%s?generation=%d&alt=media"
+        % (base, bucket, name, obj.generation),
+        "name": key,
+        "bucket": bucket,
+        "generation": str(obj.generation),
+        "metageneration": str(obj.metageneration),
+        "storageClass": "STANDARD",
+        "size": str(len(obj.data)),
+        "md5Hash": obj_md5(obj),
+        "crc32c": obj_crc32c(obj),
+        "etag": obj.etag.strip('"'),
+        "timeCreated": iso_date(obj.mtime),
+        "updated": iso_date(obj.mtime),
+    }
+    for header, field in JSON_FIELDS:
+        if header in obj.headers:
+            out[field] = obj.headers[header]
+    if obj.meta:
+        out["metadata"] = dict(obj.meta)
+    return out
+
+
+def attributes_from_resource(resource):
+    """(content headers, user metadata) from an object resource, as the XML API keeps them."""
+    if not isinstance(resource, dict):
+        raise Fail(400, "invalid", "the object resource is not a JSON object")
+    content = {h: str(resource[f]) for h, f in JSON_FIELDS if resource.get(f) is not None}
+    content.setdefault("content-type", "application/octet-stream")
+    meta = resource.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise Fail(400, "invalid", "metadata is not a map")
+    return content, {str(k): str(v) for k, v in meta.items() if v is not None}
+
+
+def json_preconditions(query):
+    """The JSON API's `ifGenerationMatch` / `ifMetagenerationMatch` as the XML headers
+    `check_write_preconditions` reads."""
+    out = {}
+    if "ifGenerationMatch" in query:
+        out["x-goog-if-generation-match"] = query["ifGenerationMatch"]
+    if "ifMetagenerationMatch" in query:
+        out["x-goog-if-metageneration-match"] = query["ifMetagenerationMatch"]
+    return out
+
+
+def parse_multipart_related(content_type, body):
+    """The two parts of an `uploadType=multipart` body: the JSON resource and the media."""
+    boundary = None
+    for param in content_type.split(";")[1:]:
+        k, _, v = param.strip().partition("=")
+        if k.lower() == "boundary":
+            boundary = v.strip('"')
+    if not boundary:
+        raise Fail(400, "invalid", "multipart upload without a boundary")
+    delim = b"--" + boundary.encode()
+    chunks = body.split(delim)
+    parts = []
+    for chunk in chunks[1:]:
+        if chunk.startswith(b"--"):
+            break
+        head, sep, data = chunk.partition(b"\r\n\r\n")
+        if not sep:
+            raise Fail(400, "invalid", "multipart part without headers")
+        if data.endswith(b"\r\n"):
+            data = data[:-2]
+        parts.append(data)
+    if len(parts) != 2:
+        raise Fail(400, "invalid", "a multipart upload has a resource and a media part")
+    try:
+        resource = json.loads(parts[0] or b"{}")
+    except ValueError:
+        raise Fail(400, "invalid", "the resource part is not JSON")
+    return resource, parts[1]
+
+
+class JsonHandler:
+    """One JSON API request on `h` (a `Handler`): routing, errors in the JSON API's form."""
+
+    def __init__(self, h, raw_path, raw_query):
+        self.h = h
+        query = urllib.parse.parse_qs(raw_query, keep_blank_values=True)
+        self.query = {k: v[0] for k, v in query.items()}
+        self.headers = {k.lower(): v for k, v in h.headers.items()}
+        self.host = self.headers.get("host", "127.0.0.1")
+        self.upload = raw_path.startswith("/upload/")
+        self.download = raw_path.startswith("/download/")
+        rest = raw_path.split("/storage/v1/", 1)[1]
+        self.segments = [urllib.parse.unquote(s, errors="strict") for s in rest.split("/")]
+
+    def send(self, status, value, headers=()):
+        body = json.dumps(value).encode()
+        self.h.reply(status, body, headers, JSON_TYPE)
+
+    def fail(self, f):
+        if self.h.command == "HEAD" or f.status in (304, 308):
+            return self.h.reply(f.status)
+        reason = JSON_REASONS.get(f.status, f.code)
+        self.send(f.status, {"error": {"code": f.status, "message": f.message or f.code,
+                                       "errors": [{"domain": "global", "reason": reason,
+                                                   "message": f.message or f.code}]}})
+
+    def run(self):
+        try:
+            body = b"" if self.h.command in ("GET", "HEAD") else self.h.body()
+            self.dispatch(body)
+        except Fail as f:
+            self.fail(f)
+
+    def dispatch(self, body):
+        s, m = self.segments, self.h.command
+        if len(s) < 2 or s[0] != "b" or not s[1]:
+            raise Fail(404, "notFound", "no such JSON API path")
+        bucket = s[1]
+        if len(s) == 2 and m == "GET" and not self.upload:
+            with STATE.lock:
+                self.h.objects(bucket)
+            return self.send(200, {"kind": "storage#bucket", "id": bucket, "name": bucket,
+                                   "storageClass": "STANDARD", "location": "US"})
+        if len(s) < 3 or s[2] != "o":
+            raise Fail(404, "notFound", "no such JSON API path")
+        if len(s) == 3:
+            # A resumable upload's chunks come by PUT, or by POST from Google's Go client.
+            if self.upload and m in ("PUT", "POST") and "upload_id" in self.query:
+                return self.resume(bucket, body)
+            if self.upload and m == "POST":
+                return self.insert(bucket, body)
+            if m == "GET":
+                return self.list(bucket)
+        elif len(s) == 4:
+            key = s[3]
+            if m in ("GET", "HEAD") and (self.download or self.query.get("alt") == "media"):
+                return self.media(bucket, key)
+            if m == "GET":
+                return self.get(bucket, key)
+            if m == "DELETE":
+                return self.delete(bucket, key)
+            if m == "PATCH":
+                return self.patch(bucket, key, body)
+        elif len(s) == 9 and m == "POST" and s[4] in ("copyTo", "rewriteTo") and s[5] == "b" \
+                and s[7] == "o":
+            return self.copy(bucket, s[3], s[6], s[8], s[4] == "rewriteTo", body)
+        raise Fail(404, "notFound", "%s %s is not implemented here" % (m, "/".join(s)))
+
+    def live(self, bucket, key):
+        """The object, or the generation `?generation=` names (under the lock)."""
+        obj = self.h.objects(bucket).get(key)
+        want = self.query.get("generation")
+        if want is not None and (obj is None or str(obj.generation) != want):
+            obj = STATE.old.get((bucket, key, int(want) if want.isdigit() else -1))
+        if obj is None:
+            raise Fail(404, "notFound", "No such object: %s/%s" % (bucket, key))
+        return obj
+
+    def get(self, bucket, key):
+        with STATE.lock:
+            obj = self.live(bucket, key)
+        self.send(200, json_resource(self.host, bucket, key, obj))
+
+    def media(self, bucket, key):
+        with STATE.lock:
+            obj = self.live(bucket, key)
+        want = self.query.get("ifGenerationMatch")
+        if want is not None and want != str(obj.generation):
+            raise Fail(412, "conditionNotMet", "generation does not match")
+        data = obj.data
+        headers = [
+            ("ETag", obj.etag),
+            ("Last-Modified", http_date(obj.mtime)),
+            ("x-goog-generation", str(obj.generation)),
+            ("x-goog-metageneration", str(obj.metageneration)),
+            ("x-goog-stored-content-length", str(len(data))),
+            ("x-goog-hash", "crc32c=%s,md5=%s" % (obj_crc32c(obj), obj_md5(obj))),
+            ("Accept-Ranges", "bytes"),
+        ]
+        for k, v in obj.headers.items():
+            if k != "content-type":
+                headers.append((k, v))
+        ctype = obj.headers.get("content-type", "application/octet-stream")
+        rng = self.headers.get("range")
+        span = parse_range(rng, len(data)) if rng else None
+        if span == "unsatisfiable":
+            raise Fail(416, "requestedRangeNotSatisfiable", "the range cannot be satisfied")
+        status = 200
+        if span is not None:
+            start, end = span
+            headers.append(("Content-Range", "bytes %d-%d/%d" % (start, end, len(data))))
+            data, status = data[start : end + 1], 206
+        self.h.reply(status, data, headers, ctype)
+
+    def list(self, bucket):
+        q = self.query
+        if "matchGlob" in q:
+            raise Fail(400, "invalid", "matchGlob is not implemented here")
+        prefix = q.get("prefix", "")
+        delimiter = q.get("delimiter", "")
+        start, end = q.get("startOffset", ""), q.get("endOffset")
+        try:
+            limit = max(1, min(int(q.get("maxResults") or 1000), 1000))
+        except ValueError:
+            raise Fail(400, "invalid", "bad maxResults")
+        after = None
+        if q.get("pageToken"):
+            try:
+                after = base64.urlsafe_b64decode(q["pageToken"].encode()).decode()
+            except ValueError:
+                raise Fail(400, "invalid", "bad pageToken")
+        with STATE.lock:
+            objects = self.h.objects(bucket)
+            # Each common prefix stands once, where its first key would; the page token is
+            # the last entry returned, and every later entry sorts after it.
+            entries = []
+            for k in sorted(objects):
+                if not k.startswith(prefix) or k < start or (end is not None and k >= end):
+                    continue
+                rest = k[len(prefix) :]
+                if delimiter and delimiter in rest:
+                    cp = prefix + rest[: rest.index(delimiter) + len(delimiter)]
+                    if not entries or entries[-1] != (cp, None):
+                        entries.append((cp, None))
+                    continue
+                entries.append((k, objects[k]))
+            if after is not None:
+                entries = [e for e in entries if e[0] > after]
+            page = entries[:limit]
+            items = [json_resource(self.host, bucket, k, o) for k, o in page if o is not None]
+        out = {"kind": "storage#objects"}
+        prefixes = [k for k, o in page if o is None]
+        if prefixes:
+            out["prefixes"] = prefixes
+        if items:
+            out["items"] = items
+        if len(entries) > limit:
+            out["nextPageToken"] = base64.urlsafe_b64encode(page[-1][0].encode()).decode()
+        self.send(200, out)
+
+    def store(self, bucket, key, data, content, meta):
+        """Writes a new generation under the lock, with the request's preconditions."""
+        if not key:
+            raise Fail(400, "required", "an object needs a name")
+        with STATE.lock:
+            objects = self.h.objects(bucket)
+            current = objects.get(key)
+            check_write_preconditions(json_preconditions(self.query), current)
+            obj = Obj(data, STATE.next_generation(), quoted_md5(data), content, meta)
+            STATE.retire(bucket, key, current)
+            objects[key] = obj
+        return obj
+
+    def insert(self, bucket, body):
+        kind = self.query.get("uploadType", "")
+        if kind == "media":
+            key = self.query.get("name", "")
+            content = {"content-type": self.headers.get("content-type",
+                                                     "application/octet-stream")}
+            obj = self.store(bucket, key, body, content, {})
+        elif kind == "multipart":
+            resource, data = parse_multipart_related(self.headers.get("content-type", ""), body)
+            content, meta = attributes_from_resource(resource)
+            key = resource.get("name") or self.query.get("name", "")
+            obj = self.store(bucket, key, data, content, meta)
+        elif kind == "resumable":
+            try:
+                resource = json.loads(body or b"{}")
+            except ValueError:
+                raise Fail(400, "invalid", "the resource is not JSON")
+            content, meta = attributes_from_resource(resource)
+            key = resource.get("name") or self.query.get("name", "")
+            if not key:
+                raise Fail(400, "required", "an object needs a name")
+            upload_id = uuid.uuid4().hex
+            with STATE.lock:
+                self.h.objects(bucket)
+                STATE.uploads[upload_id] = {"bucket": bucket, "key": key, "headers": content,
+                                            "meta": meta, "data": bytearray(),
+                                            "query": dict(self.query)}
+            location = "http://%s/upload/storage/v1/b/%s/o?uploadType=resumable&upload_id=%s" % (
+                self.host, urllib.parse.quote(bucket, safe=""), upload_id)
+            return self.h.reply(200, b"", [("Location", location)])
+        else:
+            raise Fail(400, "invalid", "uploadType %r is not implemented here" % kind)
+        self.send(200, json_resource(self.host, bucket, key, obj))
+
+    def resume(self, bucket, body):
+        """A chunk of a resumable upload: `Content-Range: bytes A-B/TOTAL` (or `*/TOTAL` to
+        ask how far it got or to finish, `A-B/*` while the total is unknown); 308 until the
+        upload is complete."""
+        upload_id = self.query.get("upload_id", "")
+        with STATE.lock:
+            up = STATE.uploads.get(upload_id)
+            if up is None or up["bucket"] != bucket or "data" not in up:
+                raise Fail(404, "notFound", "no such upload")
+            spec = self.headers.get("content-range", "").strip()
+            unit, _, spec = spec.partition(" ")
+            span, _, total = spec.partition("/")
+            if unit != "bytes" or not total:
+                raise Fail(400, "invalid", "bad Content-Range")
+            if span != "*":
+                first = int(span.partition("-")[0])
+                if first != len(up["data"]):
+                    raise Fail(400, "invalid", "chunk starts at %d, have %d" %
+                               (first, len(up["data"])))
+                up["data"] += body
+            done = total != "*" and int(total) == len(up["data"])
+            if not done:
+                have = len(up["data"])
+                headers = [("Range", "bytes=0-%d" % (have - 1))] if have else []
+                # Google's Go client asks for 200 plus this header instead of a bare 308.
+                if self.headers.get("x-guploader-no-308", "").lower() == "yes":
+                    headers.append(("X-Http-Status-Code-Override", "308"))
+                    return self.h.reply(200, b"", headers)
+                return self.h.reply(308, b"", headers)
+            del STATE.uploads[upload_id]
+        self.query = up["query"]
+        obj = self.store(bucket, up["key"], bytes(up["data"]), up["headers"], up["meta"])
+        self.send(200, json_resource(self.host, bucket, up["key"], obj))
+
+    def delete(self, bucket, key):
+        with STATE.lock:
+            objects = self.h.objects(bucket)
+            current = objects.get(key)
+            if current is None:
+                raise Fail(404, "notFound", "No such object: %s/%s" % (bucket, key))
+            check_write_preconditions(json_preconditions(self.query), current)
+            STATE.retire(bucket, key, current)
+            del objects[key]
+        self.h.reply(204)
+
+    def patch(self, bucket, key, body):
+        """Metadata only, in place: a new metageneration, the same generation. A `null`
+        metadata value removes that key, as on GCS."""
+        try:
+            resource = json.loads(body or b"{}")
+        except ValueError:
+            raise Fail(400, "invalid", "the resource is not JSON")
+        with STATE.lock:
+            objects = self.h.objects(bucket)
+            obj = objects.get(key)
+            if obj is None:
+                raise Fail(404, "notFound", "No such object: %s/%s" % (bucket, key))
+            check_write_preconditions(json_preconditions(self.query), obj)
+            for header, field in JSON_FIELDS:
+                if field in resource:
+                    if resource[field] is None:
+                        obj.headers.pop(header, None)
+                    else:
+                        obj.headers[header] = str(resource[field])
+            for k, v in (resource.get("metadata") or {}).items():
+                if v is None:
+                    obj.meta.pop(k, None)
+                else:
+                    obj.meta[k] = str(v)
+            obj.metageneration += 1
+        self.send(200, json_resource(self.host, bucket, key, obj))
+
+    def copy(self, src_bucket, src_key, bucket, key, rewrite, body):
+        """copyTo and rewriteTo (done in one call): the body's resource, when it names any
+        field, replaces the source's metadata, as rclone's SetModTime relies on."""
+        try:
+            resource = json.loads(body or b"{}")
+        except ValueError:
+            raise Fail(400, "invalid", "the resource is not JSON")
+        with STATE.lock:
+            source = self.h.objects(src_bucket).get(src_key)
+            want = self.query.get("sourceGeneration")
+            if want is not None and (source is None or str(source.generation) != want):
+                source = STATE.old.get((src_bucket, src_key, int(want) if want.isdigit() else -1))
+            if source is None:
+                raise Fail(404, "notFound", "No such object: %s/%s" % (src_bucket, src_key))
+            if resource:
+                content, meta = attributes_from_resource(resource)
+            else:
+                content, meta = dict(source.headers), dict(source.meta)
+            objects = self.h.objects(bucket)
+            current = objects.get(key)
+            check_write_preconditions(json_preconditions(self.query), current)
+            obj = Obj(source.data, STATE.next_generation(), source.etag, content, meta)
+            STATE.retire(bucket, key, current)
+            objects[key] = obj
+        out = json_resource(self.host, bucket, key, obj)
+        if rewrite:
+            size = str(len(obj.data))
+            out = {"kind": "storage#rewriteResponse", "totalBytesRewritten": size,
+                   "objectSize": size, "done": True, "resource": out}
+        self.send(200, out)
+
+
+def json_api(handler, raw_path, raw_query):
+    try:
+        j = JsonHandler(handler, raw_path, raw_query)
+    except UnicodeDecodeError:
+        return handler.error(Fail(400, "InvalidArgument", "path is not UTF-8"))
+    j.run()
 
 
 def main():
