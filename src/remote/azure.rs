@@ -474,18 +474,7 @@ impl Backend for Azure {
         cond: &'a Cond,
         delta: &'a Delta,
     ) -> Option<BoxFuture<'a, RemoteResult<Written>>> {
-        let Cond::Match {
-            etag: Some(base), ..
-        } = cond
-        else {
-            return None;
-        };
-        if *base != delta.base_etag
-            || size <= MULTIPART_THRESHOLD
-            || delta.reusable_parts(size, PART) == 0
-        {
-            return None;
-        }
+        delta.base_for(cond, size, PART)?;
         Some(Box::pin(Azure::delta_upload(
             self, key, src, size, meta, cond, delta,
         )))

@@ -662,6 +662,25 @@ pub async fn parts_then_complete<Fut>(
 where
     Fut: std::future::Future<Output = RemoteResult<(Option<String>, Option<String>)>>,
 {
+    multipart(store.clone(), path, attributes, |id| async move {
+        let parts = put_parts(store, path, &id, src).await?;
+        complete(id, parts).await
+    })
+    .await
+}
+
+/// Creates a multipart upload, runs `body` (its parts and its completion) and answers what
+/// the completion wrote; aborts the upload when anything fails, so no parts are left behind.
+async fn multipart<'a, F, Fut>(
+    store: Arc<dyn MultipartStore>,
+    path: &'a Path,
+    attributes: Attributes,
+    body: F,
+) -> RemoteResult<Written>
+where
+    F: FnOnce(MultipartId) -> Fut,
+    Fut: std::future::Future<Output = RemoteResult<(Option<String>, Option<String>)>> + 'a,
+{
     let opts = PutMultipartOptions {
         attributes,
         ..Default::default()
@@ -670,12 +689,7 @@ where
         .create_multipart_opts(path, opts)
         .await
         .map_err(map_err)?;
-    let done = async {
-        let parts = put_parts(store.clone(), path, &id, src).await?;
-        complete(id.clone(), parts).await
-    }
-    .await;
-    match done {
+    match body(id.clone()).await {
         Ok((tag, version)) => Ok(Written {
             etag: etag(tag),
             version,
@@ -712,32 +726,23 @@ where
     CFut: std::future::Future<Output = RemoteResult<String>>,
     Fut: std::future::Future<Output = RemoteResult<(Option<String>, Option<String>)>>,
 {
-    let opts = PutMultipartOptions {
-        attributes,
-        ..Default::default()
-    };
-    let id = store
-        .create_multipart_opts(path, opts)
-        .await
-        .map_err(map_err)?;
-    let done = async {
+    multipart(store.clone(), path, attributes, |id| async move {
         let parts: Vec<String> = futures::stream::iter(super::delta::parts(size, PART).enumerate())
             .map(|(idx, range)| {
                 let (store, id, copy) = (store.clone(), id.clone(), &copy_part);
                 async move {
                     let n = range.end - range.start;
-                    let part = if delta.unchanged(&range) {
+                    if delta.unchanged(&range) {
                         let part = copy(id, idx, range).await?;
                         super::note_copied(n);
                         return Ok(part);
-                    } else {
-                        let buf = read_range(src, range).await?;
-                        store
-                            .put_part(path, &id, idx, PutPayload::from(buf))
-                            .await
-                            .map_err(map_err)?
-                            .content_id
-                    };
+                    }
+                    let buf = read_range(src, range).await?;
+                    let part = store
+                        .put_part(path, &id, idx, PutPayload::from(buf))
+                        .await
+                        .map_err(map_err)?
+                        .content_id;
                     super::note_sent(n);
                     Ok::<_, RemoteError>(part)
                 }
@@ -745,19 +750,9 @@ where
             .buffered(PARTS_IN_FLIGHT)
             .try_collect()
             .await?;
-        complete(id.clone(), parts).await
-    }
-    .await;
-    match done {
-        Ok((tag, version)) => Ok(Written {
-            etag: etag(tag),
-            version,
-        }),
-        Err(e) => {
-            let _ = store.abort_multipart(path, &id).await;
-            Err(e)
-        }
-    }
+        complete(id, parts).await
+    })
+    .await
 }
 
 /// Bytes `range` of the file at `src`.

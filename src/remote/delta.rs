@@ -18,6 +18,23 @@ pub struct Delta {
 }
 
 impl Delta {
+    /// The base ETag a differential upload of `size` bytes under `cond` would pin its copies
+    /// to, with parts of `part` bytes: `None` (send the whole file) when the upload is not
+    /// conditioned on the very base this delta was recorded against, the file is too small for
+    /// a multipart upload, or no part is left unchanged.
+    pub fn base_for<'c>(&self, cond: &'c super::Cond, size: u64, part: u64) -> Option<&'c str> {
+        let super::Cond::Match {
+            etag: Some(base), ..
+        } = cond
+        else {
+            return None;
+        };
+        (*base == self.base_etag
+            && size > super::bucket::MULTIPART_THRESHOLD
+            && self.reusable_parts(size, part) > 0)
+            .then_some(base.as_str())
+    }
+
     /// Whether bytes `range` of the new file are the base's bytes at the same offsets.
     pub fn unchanged(&self, range: &Range<u64>) -> bool {
         range.end <= self.base_len

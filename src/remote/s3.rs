@@ -124,24 +124,13 @@ impl S3 {
         cond: &'a Cond,
         delta: &'a Delta,
     ) -> Option<BoxFuture<'a, RemoteResult<Written>>> {
-        let Cond::Match {
-            etag: Some(base), ..
-        } = cond
-        else {
-            return None;
-        };
-        if *base != delta.base_etag
-            || size <= MULTIPART_THRESHOLD
-            || delta.reusable_parts(size, PART) == 0
-        {
-            return None;
-        }
+        let base = delta.base_for(cond, size, PART)?;
         Some(Box::pin(async move {
             self.bucket.guard(self, key, cond).await?;
             let full = self.bucket.full(key);
             let headers = cond_headers(cond);
             let raw = &self.raw;
-            let (full, base) = (&full, base.as_str());
+            let (full, base) = (&full, base);
             tracing::debug!(
                 key,
                 reused = delta.reusable_parts(size, PART),
