@@ -248,6 +248,38 @@ def md_table(header, rows, align):
     return "\n".join(out)
 
 
+def judge(goals, results, labels, better, ran, short):
+    """A markdown table of goals (text, workload, baseline, ratio needed), each checked for both
+    stratus mounts, and how many were met and missed: a goal is met only when both meet it."""
+    rows = []
+    met = missed = 0
+    for text, w, b, need in goals:
+        if w not in labels:
+            continue
+        cells, verdicts = [], []
+        for s in STRATUS:
+            if s not in ran:
+                continue
+            r = ratio(results, w, s, b, better[w])
+            if r is None:
+                cells.append("–")
+                verdicts.append(None)
+            else:
+                ok = r >= need
+                cells.append(f"{fmt_ratio(r)} {'✓' if ok else '✗'}")
+                verdicts.append(ok)
+        if not verdicts or any(v is None for v in verdicts):
+            verdict = "not measured"
+        elif all(verdicts):
+            verdict, met = "**met**", met + 1
+        else:
+            verdict, missed = "**missed**", missed + 1
+        rows.append([text, labels[w], f"≥ {need:g}x"] + cells + [verdict])
+    table = md_table(["target", "workload", "needed"] + [f"{short[s]}" for s in STRATUS if s in ran]
+                     + ["result"], rows, ["---", "---", "---:"] + ["---:"] * sum(s in ran for s in STRATUS) + ["---"])
+    return table, met, missed
+
+
 def report(args):
     meta = {"workloads": [], "notes": [], "versions": {}}
     with open(args.meta) as f:  # KEY<TAB>VALUE lines; workload and note repeat
@@ -310,32 +342,15 @@ def report(args):
     goals.append(("sequential read of a cached file (page cache dropped) ≥ 0.5x local disk", "seqread", "local", 0.5))
     goals.append(("sequential write with a final fsync ≥ 0.7x local disk", "seqwrite", "local", 0.7))
     goals.append(("queue drain after the extract at least as fast as rclone", "drain", "rclone", 1.0))
-    rows = []
-    met = missed = 0
-    for text, w, b, need in goals:
-        if w not in labels:
-            continue
-        cells, verdicts = [], []
-        for s in STRATUS:
-            if s not in ran:
-                continue
-            r = ratio(results, w, s, b, better[w])
-            if r is None:
-                cells.append("–")
-                verdicts.append(None)
-            else:
-                ok = r >= need
-                cells.append(f"{fmt_ratio(r)} {'✓' if ok else '✗'}")
-                verdicts.append(ok)
-        if not verdicts or any(v is None for v in verdicts):
-            verdict = "not measured"
-        elif all(verdicts):
-            verdict, met = "**met**", met + 1
-        else:
-            verdict, missed = "**missed**", missed + 1
-        rows.append([text, labels[w], f"≥ {need:g}x"] + cells + [verdict])
-    targets = md_table(["target", "workload", "needed"] + [f"{short[s]}" for s in STRATUS if s in ran]
-                       + ["result"], rows, ["---", "---", "---:"] + ["---:"] * sum(s in ran for s in STRATUS) + ["---"])
+    targets, met, missed = judge(goals, results, labels, better, ran, short)
+    # targets of issue 13 (its "upload drain ≥ 0.8x a plain PUT" is not measured here)
+    goals = [("cached read, page cache dropped ≥ 0.9x local disk", "seqread", "local", 0.9),
+             ("write + fsync ≥ 0.9x local disk", "seqwrite", "local", 0.9)]
+    for base, need in (("bindfs", 1.5), ("rclone", 5.0), ("juicefs", 5.0)):
+        for w in ("create", "unlink", "extract", "git"):
+            goals.append((f"small files and git: ≥ {need:g}x {short[base]}", w, base, need))
+    goals.append(("upload drain of the big file ahead of rclone", "drain-big", "rclone", 1.0))
+    targets13, met13, missed13 = judge(goals, results, labels, better, ran, short)
 
     v = meta["versions"]
     lines = [
@@ -379,6 +394,12 @@ def report(args):
         "",
         targets,
         "",
+        "## Targets (issue 13)",
+        "",
+        f"The same way, against issue 13's targets. {met13} met, {missed13} missed.",
+        "",
+        targets13,
+        "",
         "## Notes",
         "",
     ]
@@ -401,6 +422,8 @@ def report(args):
     print(ratios)
     print()
     print(targets)
+    print()
+    print(targets13)
 
 
 # ---------------------------------------------------------------------------------------------
