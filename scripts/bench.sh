@@ -9,9 +9,11 @@
 # and writes a markdown report (figures, ratios against the local disk, bindfs and rclone, the
 # targets of issue 5 met or missed) to docs/benchmarks.md, or to --out FILE.
 #
-#   scripts/bench.sh [--quick] [--out FILE] [--notes FILE]
+#   scripts/bench.sh [--quick] [--extras] [--out FILE] [--notes FILE]
 #
 # --quick       smaller workloads (a few minutes instead of ~20)
+# --extras      then also run scripts/bench-diff.sh and scripts/bench-bwlimit.sh (stratus over
+#               moto only; smaller files with --quick), each writing its own section into FILE
 # --out FILE    where the report goes (overwritten, except the sections of scripts/bench-cache.sh,
 #               scripts/bench-bwlimit.sh and scripts/bench-diff.sh between their markers, kept at
 #               the end); default docs/benchmarks.md
@@ -42,16 +44,18 @@ for v in BENCH_TARGETS BENCH_TARBALL STRATUS; do
 done
 
 usage() {
-    echo "usage: $0 [--quick] [--out FILE] [--notes FILE]" >&2
+    echo "usage: $0 [--quick] [--extras] [--out FILE] [--notes FILE]" >&2
     exit 2
 }
 
 quick=0
+extras=0
 out=$here/docs/benchmarks.md
 notes_file=
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) quick=1 ;;
+        --extras) extras=1 ;;
         --out) [ $# -ge 2 ] || usage; out=$2; shift ;;
         --out=*) out=${1#--out=} ;;
         --notes) [ $# -ge 2 ] || usage; notes_file=$2; shift ;;
@@ -555,11 +559,11 @@ total=$(since "$started")
     printf 'workload\textract: `tar -xzf %s` (%s files, %s compressed) into an empty directory, the tarball read from the page cache\n' \
         "$crate_name" "$(fmt_n "$nfiles")" "$(du -h "$tarball" | cut -f1)"
     printf 'workload\tupload drain: from the end of the extract until the remote holds the tree; stratus: `stratus sync MNT --wait`; rclone: until moto lists all %s objects (polled every 0.5 s); JuiceFS, which stores 4 MiB blocks rather than files: until the block objects moto lists beyond those there before hold all the bytes written; the remote is then checked to hold every file (JuiceFS: every byte)\n' "$(fmt_n "$nfiles")"
-    printf 'workload\tgit: in the extracted tree `git init`, `git add -A`, `git commit` and then `git status`, each timed on its own, the page cache kept; "git init + add + commit" is their sum. The commit is checked to hold every file and `git status` to list nothing; the uploads of .git are then let settle (untimed)\n'
     printf 'workload\t`ls -lR` and `du -s` over the tree, each after `sync; echo 3 > /proc/sys/vm/drop_caches`\n'
+    printf 'workload\tgit: in the extracted tree `git init`, `git add -A`, `git commit` and then `git status`, each timed on its own, the page cache kept; "git init + add + commit" is their sum. The commit is checked to hold every file and `git status` to list nothing; the uploads of .git are then let settle (untimed)\n'
     printf 'workload\tsmall files: one python3 process creates %s files of 100 bytes in one directory (open O_CREAT|O_EXCL, write, close), then stats each, then unlinks each; ops/s per phase. Uploads and deletes are then let settle (untimed)\n' "$(fmt_n "$nsmall")"
     printf 'workload\tsequential write: `fio --rw=write --bs=1M --size=%sM --end_fsync=1 --ioengine=psync --fallocate=none`, timed from start to exit (the final fsync included), after dropping the page cache; then the upload drain of that file, as above\n' "$big_mib"
-    printf 'workload\tsequential read of that file: `fio --rw=read --bs=1M`, page cache dropped first, so stratus and rclone read it from their own on-disk cache\n'
+    printf 'workload\tsequential read of that file: `fio --rw=read --bs=1M`, page cache dropped first, so stratus, rclone and JuiceFS read it from their own on-disk cache\n'
     printf 'workload\trandom reads: `fio --rw=randread --bs=4k --time_based --runtime=%s`, buffered, page cache dropped first (pages read during the run stay cached, the same on every target)\n' "$rand_secs"
 } >>"$work/meta"
 {
@@ -575,6 +579,20 @@ total=$(since "$started")
 
 $tools report --results "$work/results" --meta "$work/meta" --out "$out"
 say "report written to $out"
+if [ $extras -eq 1 ]; then
+    # Each in a process of its own, with its own work dir and cleanup; they need a build with
+    # --bwlimit and `stratus bwlimit` (issue 13) and with differential uploads to say anything.
+    diff_size=128 bw_size=64
+    [ $quick -eq 0 ] || diff_size=32 bw_size=16
+    for extra in "bench-diff.sh --size $diff_size" "bench-bwlimit.sh --size-mib $bw_size"; do
+        say "running scripts/$extra --out $out"
+        # shellcheck disable=SC2086 # the options are split on purpose
+        STRATUS=$stratus "$here/scripts/"$extra --out "$out" >&2 || {
+            say "scripts/$extra failed; its section in $out is left as it was"
+            printf 'extras\t%s\n' "$extra" >>"$work/failed"
+        }
+    done
+fi
 if [ -s "$work/failed" ]; then
     say "failed targets: $(cut -f1 "$work/failed" | tr '\n' ' ')"
     exit 1
