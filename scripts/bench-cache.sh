@@ -31,7 +31,7 @@
 #                per GET of a 1 GiB object), which measures moto, not the cache. By default moto
 #                runs with MOTO_RANGED_GETS_IN_PLACE=1 (see scripts/moto_server.py)
 #
-# Needs root (it drops the page cache) and /dev/fuse. Installs rclone, fio, curl and moto when
+# Needs root (it drops the page cache) and /dev/fuse. Installs rclone 1.75 (pip), fio, curl and moto when
 # missing. moto keeps the object in a directory under /dev/shm, so that dropping the page cache
 # only ever empties the client side. Environment:
 #   STRATUS=PATH      the binary to measure (default target/release/stratus, built if missing)
@@ -103,7 +103,9 @@ tools="python3 $here/scripts/bench_tools.py"
 # preconditions
 
 common_preconditions
-install_missing rclone fio fusermount3:fuse3 curl getfattr:attr
+install_missing fio fusermount3:fuse3 curl getfattr:attr
+rclone_bin=
+case " $targets " in *" rclone "*) find_rclone ;; esac
 curl --help all 2>/dev/null | grep -q -- --aws-sigv4 || die "this curl has no --aws-sigv4 (needs curl 7.75 or newer)"
 find_stratus
 
@@ -229,7 +231,7 @@ mount_rclone() { # NAME: a fresh cache dir and mountpoint; sets mnt, cache, daem
     mkdir -p "$mnt"
     register_mount fuse "$mnt"
     rclone_env_for "$work/$1/rclone.conf"
-    "${rclone_env[@]}" rclone mount "X:$bucket" "$mnt" --vfs-cache-mode full \
+    "${rclone_env[@]}" "$rclone_bin" mount "X:$bucket" "$mnt" --vfs-cache-mode full \
         --cache-dir "$cache" --log-file "$work/$1/rclone.log" --log-level INFO &
     daemon_pid=$!
     register_pid "$daemon_pid" 10 rclone
@@ -478,7 +480,7 @@ fmt_put=$(rate "$size_mib" "$put_secs")
     printf 'size\t%s\n' "$size_label"
     [ -z "$notes_file" ] || printf 'notes_file\t%s\n' "$notes_file"
     printf 'v_stratus\t%s\n' "$(stratus_version)"
-    printf 'v_rclone\t%s\n' "$(rclone version 2>/dev/null | head -1)"
+    printf 'v_rclone\t%s\n' "$([ -z "$rclone_bin" ] || "$rclone_bin" version 2>/dev/null | head -1)"
     printf 'v_curl\t%s\n' "$(curl --version | head -1 | cut -d' ' -f1-2)"
     printf 'v_fio\t%s\n' "$(fio --version)"
     printf 'v_moto\t%s\n' "$(python3 -c 'import moto; print(moto.__version__)')"
