@@ -45,12 +45,19 @@ pub struct Snapshot {
 /// A block noted before its bytes were written: changed, whatever generation an upload saw.
 const PENDING: u64 = u64::MAX;
 
+/// A change spanning more blocks than this (a truncate to terabytes, say) is not tracked block
+/// by block: the file's next upload is whole. Keeps a note cheap whatever the range.
+const MAX_TRACKED_BLOCKS: u64 = 1 << 14;
+
 #[derive(Debug, Default)]
 struct Record {
     /// `None`: unknown since when the file changed; the next upload is whole.
     base: Option<Base>,
     /// Changed blocks, each with the generation of its last change.
     blocks: BTreeMap<u64, u64>,
+    /// The generation of the last change not tracked by block (too large, or made behind the
+    /// core): while an upload's snapshot predates it, the next upload is whole.
+    whole: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -80,7 +87,7 @@ impl ChangeLog {
             .entry(id)
             .or_insert(Record {
                 base,
-                blocks: BTreeMap::new(),
+                ..Record::default()
             });
     }
 
@@ -96,7 +103,12 @@ impl ChangeLog {
         if range.is_empty() {
             return;
         }
-        for b in range.start / BLOCK_SIZE..=(range.end - 1) / BLOCK_SIZE {
+        let (first, last) = (range.start / BLOCK_SIZE, (range.end - 1) / BLOCK_SIZE);
+        if last - first >= MAX_TRACKED_BLOCKS {
+            rec.whole = Some(gen);
+            return;
+        }
+        for b in first..=last {
             rec.blocks.insert(b, gen);
         }
     }
@@ -105,6 +117,9 @@ impl ChangeLog {
     pub fn snapshot(&self, id: EntryId) -> Snapshot {
         let s = super::blocks::lock(&self.state);
         let changes = s.files.get(&id).and_then(|rec| {
+            if rec.whole.is_some() {
+                return None;
+            }
             let base = rec.base.clone()?;
             let mut changed: Vec<Range<u64>> = Vec::new();
             for &b in rec.blocks.keys() {
@@ -131,8 +146,9 @@ impl ChangeLog {
         let mut s = super::blocks::lock(&self.state);
         let rec = s.files.entry(id).or_default();
         rec.blocks.retain(|_, g| *g > gen);
+        rec.whole = rec.whole.filter(|g| *g > gen);
         rec.base = base;
-        if rec.blocks.is_empty() {
+        if rec.blocks.is_empty() && rec.whole.is_none() {
             s.files.remove(&id);
         }
     }
@@ -143,7 +159,8 @@ impl ChangeLog {
     pub fn untracked_change(&self, id: EntryId) {
         let mut s = super::blocks::lock(&self.state);
         s.gen += 1;
-        s.files.entry(id).or_default().base = None;
+        let gen = s.gen;
+        s.files.entry(id).or_default().whole = Some(gen);
     }
 }
 
@@ -159,6 +176,33 @@ mod tests {
             len: 100 * MB,
             ino: 7,
         }
+    }
+
+    #[test]
+    fn a_huge_change_is_not_tracked_by_block_and_makes_the_next_upload_whole() {
+        let log = ChangeLog::default();
+        log.start(EntryId(1), Some(base("a")));
+        // A truncate to 8 EiB notes at once (no block-by-block walk).
+        log.note(EntryId(1), 5..i64::MAX as u64, false);
+        log.note(EntryId(1), 5..i64::MAX as u64, true);
+        let snap = log.snapshot(EntryId(1));
+        assert!(
+            snap.changes.is_none(),
+            "a huge change must make the upload whole"
+        );
+        // The whole upload lands: the next small change builds on it again.
+        log.landed(EntryId(1), snap.gen, Some(base("b")));
+        log.start(EntryId(1), Some(base("b")));
+        log.note(EntryId(1), 0..1, true);
+        assert!(log.snapshot(EntryId(1)).changes.is_some());
+        // An untracked change made while an upload ran survives that upload's landing.
+        let snap = log.snapshot(EntryId(1));
+        log.untracked_change(EntryId(1));
+        log.landed(EntryId(1), snap.gen, Some(base("c")));
+        assert!(
+            log.snapshot(EntryId(1)).changes.is_none(),
+            "an untracked change after the snapshot was forgotten"
+        );
     }
 
     #[test]
