@@ -199,6 +199,9 @@ mod tests {
         let snap = log.snapshot(EntryId(1));
         log.untracked_change(EntryId(1));
         log.landed(EntryId(1), snap.gen, Some(base("c")));
+        // The next write starts its record as any write does, and notes its block.
+        log.start(EntryId(1), Some(base("c")));
+        log.note(EntryId(1), 0..1, true);
         assert!(
             log.snapshot(EntryId(1)).changes.is_none(),
             "an untracked change after the snapshot was forgotten"
