@@ -252,25 +252,47 @@ fn two_mount_conflicts_keep_both_versions() {
     let _shared = share_cluster();
     let env = cluster_env!("conflict");
     let (a, b) = pair(&env);
+    logs_on_failure(&[("A", &a), ("B", &b)], || conflicts_of_two(&env, &a, &b));
+}
 
+/// Runs `f`; if it panics, prints the end of each mount's daemon log before passing the panic
+/// on: a failure here happened once in CI under load and not in 40 runs since, so the next one
+/// must say what both daemons did.
+fn logs_on_failure(mounts: &[(&str, &Mount)], f: impl FnOnce()) {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    if let Err(p) = r {
+        for (name, m) in mounts {
+            let log = fs::read_to_string(m.state.join("stratus.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(400)..].join("\n");
+            eprintln!(
+                "---- mount {name} ({}): daemon log ----\n{tail}",
+                m.dir.display()
+            );
+        }
+        std::panic::resume_unwind(p);
+    }
+}
+
+fn conflicts_of_two(env: &ClusterEnv, a: &Mount, b: &Mount) {
     // B offline: A's version reached the server first and keeps the path.
     fs::write(a.path("f.txt"), b"base").unwrap();
     a.sync();
     b.sync();
-    assert_eq!(read(&b, "f.txt"), b"base");
-    offline(&b, true);
+    assert_eq!(read(b, "f.txt"), b"base");
+    offline(b, true);
     fs::write(a.path("f.txt"), b"from A").unwrap();
     a.sync();
     fs::write(b.path("f.txt"), b"from B").unwrap();
-    offline(&b, false);
+    offline(b, false);
     b.sync();
     a.sync();
-    let c = copies(&b, "");
+    let c = copies(b, "");
     assert_eq!(
         c.len(),
         1,
         "one conflict copy expected: {:?}",
-        listing(&b, "")
+        listing(b, "")
     );
     let copy = c[0].clone();
     assert!(
@@ -290,7 +312,7 @@ fn two_mount_conflicts_keep_both_versions() {
     fs::write(a.path("g.txt"), b"g base").unwrap();
     a.sync();
     b.sync();
-    assert_eq!(read(&b, "g.txt"), b"g base");
+    assert_eq!(read(b, "g.txt"), b"g base");
     fs::write(a.path("g.txt"), b"g from A").unwrap();
     fs::write(b.path("g.txt"), b"g from B").unwrap();
     std::thread::scope(|s| {
@@ -300,13 +322,13 @@ fn two_mount_conflicts_keep_both_versions() {
     a.sync();
     b.sync();
     a.sync();
-    let g_copies: Vec<String> = copies(&a, "")
+    let g_copies: Vec<String> = copies(a, "")
         .into_iter()
         .filter(|n| n.starts_with("g.conflict-"))
         .collect();
-    assert_eq!(g_copies.len(), 1, "{:?}", listing(&a, ""));
-    let winner = read(&a, "g.txt");
-    let loser = read(&a, &g_copies[0]);
+    assert_eq!(g_copies.len(), 1, "{:?}", listing(a, ""));
+    let winner = read(a, "g.txt");
+    let loser = read(a, &g_copies[0]);
     let mut both = vec![winner.clone(), loser.clone()];
     both.sort();
     assert_eq!(both, vec![b"g from A".to_vec(), b"g from B".to_vec()]);
@@ -316,7 +338,7 @@ fn two_mount_conflicts_keep_both_versions() {
     want.insert(copy, b"from B".to_vec());
     want.insert("g.txt".to_string(), winner);
     want.insert(g_copies[0].clone(), loser);
-    everyone_holds(&env, &a, &b, &want);
+    everyone_holds(env, a, b, &want);
     for m in [&a, &b] {
         assert_eq!(open_conflicts(m), 2);
     }
