@@ -69,6 +69,10 @@ struct Cli {
     /// {"error": "..."} with a non-zero exit. See docs/json.md.
     #[arg(long, global = true)]
     json: bool,
+    /// Print nothing on success (errors still go to stderr), as a mount(8) helper does:
+    /// `mount.fuse.stratus` passes it.
+    #[arg(short, long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -257,6 +261,7 @@ enum Cmd {
 #[derive(Clone, Copy)]
 struct Out {
     json: bool,
+    quiet: bool,
 }
 
 impl Out {
@@ -264,7 +269,7 @@ impl Out {
     fn print(&self, value: serde_json::Value, text: impl FnOnce() -> String) {
         if self.json {
             println!("{value}");
-        } else {
+        } else if !self.quiet {
             let t = text();
             if !t.is_empty() {
                 println!("{}", t.trim_end_matches('\n'));
@@ -287,7 +292,10 @@ pub fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    let out = Out { json: cli.json };
+    let out = Out {
+        json: cli.json,
+        quiet: cli.quiet,
+    };
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -303,7 +311,10 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let out = Out { json: cli.json };
+    let out = Out {
+        json: cli.json,
+        quiet: cli.quiet,
+    };
     match cli.cmd {
         Cmd::Mount {
             remote,

@@ -166,6 +166,13 @@ fn tighten_state_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Holds `STATE/lock` for the life of the mount: a second mount of the same state dir fails.
+///
+/// Except right after an unmount: `umount` returns as soon as the kernel lets go, while the
+/// daemon still stops its uploader (up to [`STOP_GRACE`]), so `umount; mount` would find the
+/// state dir held. The stopping daemon leaves `STATE/stopping` (see [`mark_stopping`]); a
+/// mount that finds the lock held waits for a holder that says it is stopping, and gives a
+/// holder that has not said so yet [`SAY_STOPPING`] to say it (xfstests unmounts and mounts
+/// the scratch filesystem back to back).
 fn lock_state_dir(dir: &Path) -> anyhow::Result<File> {
     let path = dir.join("lock");
     let mut f = OpenOptions::new()
@@ -176,18 +183,56 @@ fn lock_state_dir(dir: &Path) -> anyhow::Result<File> {
         .mode(0o600)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
+    let stopping = dir.join("stopping");
+    let start = std::time::Instant::now();
+    let mut said = false;
     // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    while unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let holder = std::fs::read_to_string(&path).unwrap_or_default();
-        bail!(
-            "state dir {} is held by another live mount (pid {})",
-            dir.display(),
-            holder.trim()
-        );
+        let holder = holder.trim();
+        let is_stopping = std::fs::read_to_string(&stopping).is_ok_and(|p| p.trim() == holder);
+        let waited = start.elapsed();
+        if !(waited < SAY_STOPPING || (is_stopping && waited < SAY_STOPPING + STOP_GRACE)) {
+            bail!(
+                "state dir {} is held by another live mount (pid {holder})",
+                dir.display()
+            );
+        }
+        if is_stopping && !said {
+            tracing::info!(
+                pid = holder,
+                "waiting for the previous mount of this state dir to finish stopping"
+            );
+            said = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
+    let _ = std::fs::remove_file(&stopping);
     f.set_len(0)?;
     write!(f, "{}", std::process::id())?;
     Ok(f)
+}
+
+/// How long a stopping daemon may take after the unmount: the uploader's own grace, plus
+/// saving the statistics and closing the database.
+const STOP_GRACE: Duration = Duration::from_secs(20);
+/// How long a lock holder gets to say it is stopping, after `umount` returned.
+const SAY_STOPPING: Duration = Duration::from_secs(2);
+
+/// Says, in `STATE/stopping`, that this daemon's mount is gone and it only finishes its work:
+/// the next mount of this state dir waits for the lock instead of failing.
+fn mark_stopping(dir: &Path) {
+    let path = dir.join("stopping");
+    let written = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| write!(f, "{}", std::process::id()));
+    if let Err(e) = written {
+        tracing::warn!(error = %e, "could not mark the state dir as stopping");
+    }
 }
 
 /// Checks that `mp` can be mounted on; a mount left behind by a killed daemon (ENOTCONN) is
@@ -424,6 +469,7 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
     // Unmounted by umount or fusermount3 -u (a signal has said it already: systemd takes
     // the second as the same state).
     systemd.send("STOPPING=1");
+    mark_stopping(&cfg.state_dir);
     tracing::info!("unmounted; stopping the uploader");
     record(core.store(), EventKind::Unmount, &cfg.mountpoint);
     let fetched = core.remote().health().downloaded();
