@@ -424,11 +424,6 @@ target_rclone() {
     restore_sbin
 }
 
-started=$(date -u '+%Y-%m-%d %H:%M UTC')
-for t in "${targets[@]}"; do
-    say "target $t"
-    "target_$t"
-done
 
 # ---------------------------------------------------------------------------------------------
 # the report
@@ -444,14 +439,16 @@ target_label() {
 mins() { printf '%d min' "$((($1 + 30) / 60))"; }
 report() {
     local t
-    echo "Written by \`$command_line\` (started $started, finished $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, kernel $(uname -r))."
+    local rest=("${targets[@]:${#done_targets[@]}}") when="finished"
+    [ ${#rest[@]} -eq 0 ] || when="written after ${done_targets[*]}, ${rest[*]} still to run"
+    echo "Written by \`$command_line\` (started $started, $when $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, kernel $(uname -r))."
     [ $do_pjd -eq 0 ] || echo "pjdfstest: \`pjd/pjdfstest\` at $(source_commit "$pjd_src"), run as \`prove -rv TESTS\` from a directory in the mount, as root."
     [ $do_xfs -eq 0 ] || echo "xfstests: \`kdave/xfstests\` at $(source_commit "$xfs_src"), run as \`./check $xfs_args\`, a test still running after ${test_timeout} s killed and counted as failed."
     echo
     if [ $do_pjd -eq 1 ]; then
         echo "| target (pjdfstest) | files | files with failures | tests | passed | failed | time |"
         echo "|---|---:|---:|---:|---:|---:|---:|"
-        for t in "${targets[@]}"; do
+        for t in "${done_targets[@]}"; do
             read -r f ff n nf <"$logs/$t-pjdfstest.sum"
             echo "| $(target_label "$t") | $f | $ff | $n | $((n - nf)) | $nf | $(mins "$(cat "$logs/$t-pjdfstest.secs")") |"
         done
@@ -463,14 +460,14 @@ report() {
         echo "| target (xfstests) | tests | ran | passed | failed | not run | time |"
         echo "|---|---:|---:|---:|---:|---:|---:|"
         local all bad nr
-        for t in "${targets[@]}"; do
+        for t in "${done_targets[@]}"; do
             all=$(wc -w <"$logs/$t-xfstests.ran")
             bad=$(wc -w <"$logs/$t-xfstests.failed")
             nr=$(wc -w <"$logs/$t-xfstests.notrun")
             echo "| $t | $all | $((all - nr)) | $((all - nr - bad)) | $bad | $nr | $(mins "$(cat "$logs/$t-xfstests.secs")") |"
         done
         echo
-        for t in "${targets[@]}"; do
+        for t in "${done_targets[@]}"; do
             echo "Failed on $t: $(sed 's/ /, /g' "$logs/$t-xfstests.failed" | sed 's/^$/none/')."
             if [ -s "$logs/$t-xfstests.timedout" ]; then
                 echo "Killed after ${test_timeout} s on $t: $(sort -u "$logs/$t-xfstests.timedout" | paste -sd' ' | sed 's/ /, /g')."
@@ -480,16 +477,29 @@ report() {
         done
     fi
 }
-section=$work/conformance-external.section.md
-report >"$section"
-if [ -f "$out" ] && grep -q '<!-- conformance-external:start -->' "$out" && grep -q '<!-- conformance-external:end -->' "$out"; then
-    awk -v sec="$section" '
-        /<!-- conformance-external:end -->/ { while ((getline l < sec) > 0) print l; skip = 0 }
-        !skip { print }
-        /<!-- conformance-external:start -->/ { skip = 1 }
-    ' "$out" >"$out.tmp" && mv "$out.tmp" "$out"
-else
-    cp "$section" "$out"
-fi
-cat "$section"
+write_report() { # the targets done so far, into $out (between the markers when it has them)
+    local section=$work/conformance-external.section.md
+    report >"$section"
+    if [ -f "$out" ] && grep -q '<!-- conformance-external:start -->' "$out" &&
+        grep -q '<!-- conformance-external:end -->' "$out"; then
+        awk -v sec="$section" '
+            /<!-- conformance-external:end -->/ { while ((getline l < sec) > 0) print l; skip = 0 }
+            !skip { print }
+            /<!-- conformance-external:start -->/ { skip = 1 }
+        ' "$out" >"$out.tmp" && mv "$out.tmp" "$out"
+    else
+        cp "$section" "$out"
+    fi
+}
+
+started=$(date -u '+%Y-%m-%d %H:%M UTC')
+done_targets=()
+for t in "${targets[@]}"; do
+    say "target $t"
+    "target_$t"
+    done_targets+=("$t")
+    # After each target, so that a run stopped later still leaves what it measured.
+    write_report
+done
+cat "$work/conformance-external.section.md"
 say "report written to $out"
