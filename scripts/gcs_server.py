@@ -21,6 +21,8 @@ What it implements, following the XML API reference (cloud.google.com/storage/do
   If-Unmodified-Since, and `?generation=`.
 - Listing: GET /BUCKET?list-type=2 with prefix, delimiter, max-keys, start-after and
   continuation-token.
+- Compose (`PUT OBJECT?compose`, a ComposeRequest of components pinned by <Generation>,
+  under the destination's `x-goog-if-generation-match`).
 - XML multipart uploads: POST ?uploads, PUT ?partNumber=&uploadId=, POST ?uploadId=
   (complete, with the destination preconditions), DELETE ?uploadId= (abort).
 
@@ -481,12 +483,60 @@ class Handler(BaseHTTPRequestHandler):
             return self.put_part(bucket, key, query, body)
         if "x-goog-copy-source" in headers:
             return self.copy(bucket, key, headers)
+        if "compose" in query:
+            return self.compose(bucket, key, headers, body)
         content, meta = self.attributes_from(headers)
         with STATE.lock:
             objects = self.objects(bucket)
             current = objects.get(key)
             check_write_preconditions(headers, current)
             obj = Obj(body, STATE.next_generation(), quoted_md5(body), content, meta)
+            STATE.retire(bucket, key, current)
+            objects[key] = obj
+        self.reply(
+            200,
+            headers=[
+                ("ETag", obj.etag),
+                ("x-goog-generation", str(obj.generation)),
+                ("x-goog-metageneration", "1"),
+            ],
+        )
+
+    def compose(self, bucket, key, headers, body):
+        """`PUT key?compose`: the concatenation of up to 32 objects of the bucket (each may be
+        pinned with <Generation>), with the request's metadata, under the destination's write
+        preconditions. A composite object's ETag is not an MD5, as on GCS."""
+        try:
+            root = ET.fromstring(body)
+        except ET.ParseError:
+            raise Fail(400, "MalformedXML", "bad ComposeRequest body")
+        wanted = []
+        for comp in root.iter():
+            if comp.tag.rsplit("}", 1)[-1] != "Component":
+                continue
+            fields = {c.tag.rsplit("}", 1)[-1]: (c.text or "") for c in comp}
+            if not fields.get("Name"):
+                raise Fail(400, "MalformedXML", "Component without Name")
+            wanted.append((fields["Name"], (fields.get("Generation") or "").strip()))
+        if not 1 <= len(wanted) <= 32:
+            raise Fail(400, "InvalidArgument", "compose takes 1 to 32 components")
+        content, meta = self.attributes_from(headers)
+        with STATE.lock:
+            objects = self.objects(bucket)
+            chunks = []
+            for name, gen in wanted:
+                src = objects.get(name)
+                if src is not None and gen and str(src.generation) != gen:
+                    src = STATE.old.get((bucket, name, int(gen))) if gen.isdigit() else None
+                if src is None:
+                    raise Fail(404, "NoSuchKey", "component %s is missing" % name)
+                chunks.append(src.data)
+            current = objects.get(key)
+            check_write_preconditions(headers, current)
+            data = b"".join(chunks)
+            generation = STATE.next_generation()
+            etag = '"C%s"' % hashlib.md5(b"%d" % generation).hexdigest()[:16]
+            obj = Obj(data, generation, etag, content, meta)
             STATE.retire(bucket, key, current)
             objects[key] = obj
         self.reply(

@@ -237,3 +237,101 @@ fn azure_small_changes_send_only_their_parts() {
 fn azure_a_remote_change_meanwhile_ends_in_a_conflict_copy() {
     a_remote_change_meanwhile_ends_in_a_conflict_copy(Backend::Azure);
 }
+
+/// GCS composes whole objects only: an append goes up as the appended bytes alone, and the
+/// server composes the new version from the base's generation and them; a patch inside the
+/// file has no server-side form there and goes whole. The object is always the file, and no
+/// scratch object stays behind.
+#[test]
+fn gcs_an_append_sends_only_the_appended_bytes_and_a_patch_the_whole_file() {
+    let (env, proxy) = behind_fault_proxy(Backend::Gcs);
+    let m = mount(&env);
+    let size = 24 * MIB;
+    let mut want = data(31, size);
+    let first = sent_by(&m, &proxy, || fs::write(m.path("log.bin"), &want).unwrap());
+    assert!(
+        first >= size as u64,
+        "the first upload sent only {first} bytes"
+    );
+    assert_remote_is(&env, "log.bin", &want);
+
+    for (i, len) in [1usize, 100 * 1024].into_iter().enumerate() {
+        let more = data(32 + i as u64, len);
+        let sent = sent_by(&m, &proxy, || {
+            let mut f = fs::OpenOptions::new()
+                .append(true)
+                .open(m.path("log.bin"))
+                .unwrap();
+            f.write_all(&more).unwrap();
+        });
+        want.extend_from_slice(&more);
+        assert!(
+            sent < (len + MIB) as u64,
+            "an append of {len} bytes sent {sent} bytes (the file is {} bytes)\n{}",
+            want.len(),
+            m.log_lines_with("log.bin")
+        );
+        assert_remote_is(&env, "log.bin", &want);
+    }
+    let keys: Vec<String> = env.remote_tree().into_keys().collect();
+    assert_eq!(keys, vec!["log.bin".to_string()], "a scratch object stayed");
+
+    let patch = data(35, 4096);
+    let sent = sent_by(&m, &proxy, || {
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(m.path("log.bin"))
+            .unwrap();
+        f.write_all_at(&patch, 10 * MIB as u64).unwrap();
+    });
+    want[10 * MIB..10 * MIB + 4096].copy_from_slice(&patch);
+    assert!(
+        sent >= want.len() as u64,
+        "a patch inside the file sent {sent} bytes, not the whole file"
+    );
+    assert_remote_is(&env, "log.bin", &want);
+    assert_eq!(fs::read(m.path("log.bin")).unwrap(), want);
+}
+
+/// Another writer replaced the object before our append went up: the compose is refused by
+/// generation, the path keeps their version whole, and ours goes up as a conflict copy.
+#[test]
+fn gcs_an_append_over_a_remote_change_ends_in_a_conflict_copy() {
+    let (env, _proxy) = behind_fault_proxy(Backend::Gcs);
+    let m = mount(&env);
+    let mut ours = data(41, 8 * MIB);
+    fs::write(m.path("log.bin"), &ours).unwrap();
+    m.sync();
+    let theirs = data(42, 8 * MIB);
+    env.put_remote("log.bin", &theirs);
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(m.path("log.bin"))
+        .unwrap();
+    f.write_all(b"appended here").unwrap();
+    drop(f);
+    ours.extend_from_slice(b"appended here");
+    let _ = m.stratus(&[
+        "sync",
+        m.dir.to_str().unwrap(),
+        "--wait",
+        "--timeout",
+        "120",
+    ]);
+    assert!(
+        common::mount::eventually(60, || env
+            .remote_files()
+            .keys()
+            .any(|k| k.starts_with("log.conflict-"))),
+        "no conflict copy on the remote: {:?}\n{}",
+        env.remote_files().keys().collect::<Vec<_>>(),
+        m.log_tail()
+    );
+    let files = env.remote_files();
+    assert!(files["log.bin"] == theirs, "the path holds a mixed object");
+    let copy = files
+        .iter()
+        .find(|(k, _)| k.starts_with("log.conflict-"))
+        .unwrap();
+    assert!(*copy.1 == ours, "the conflict copy is not our file");
+}

@@ -756,7 +756,7 @@ where
 }
 
 /// Bytes `range` of the file at `src`.
-async fn read_range(
+pub(super) async fn read_range(
     src: &std::path::Path,
     range: std::ops::Range<u64>,
 ) -> std::io::Result<Vec<u8>> {

@@ -192,6 +192,74 @@ impl GcsRaw {
         Ok((header(&r, "etag"), header(&r, GENERATION)))
     }
 
+    /// `body` at `key` with `meta`, only while `key` has generation `generation` ("0":
+    /// nothing there).
+    pub async fn put(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        meta: &[(String, String)],
+        generation: Option<&str>,
+    ) -> RemoteResult<Version> {
+        let mut headers = prefixed_meta(META_PREFIX, meta);
+        if let Some(g) = generation {
+            headers.push((IF_GENERATION.into(), g.to_string()));
+        }
+        let what = format!("put {key:?}");
+        let r = self
+            .send(Method::PUT, &self.url(key), &headers, body, &what)
+            .await?;
+        if !r.status().is_success() {
+            return Err(error(&what, r).await);
+        }
+        Ok((header(&r, "etag"), header(&r, GENERATION)))
+    }
+
+    /// `PUT key?compose`: `key` becomes the concatenation of `components` (each a key of this
+    /// bucket pinned to one generation), with `meta`, only while `key` has generation
+    /// `generation`. A component that is gone (or at another generation) answers `NotFound`
+    /// or `Conflict`, a failed destination condition `Conflict`.
+    pub async fn compose(
+        &self,
+        key: &str,
+        components: &[(&str, &str)],
+        meta: &[(String, String)],
+        generation: &str,
+    ) -> RemoteResult<Version> {
+        let mut body = String::from("<ComposeRequest>");
+        for (name, g) in components {
+            body.push_str(&format!(
+                "<Component><Name>{}</Name><Generation>{}</Generation></Component>",
+                quick_xml::escape::escape(*name),
+                quick_xml::escape::escape(*g)
+            ));
+        }
+        body.push_str("</ComposeRequest>");
+        let mut url = url::Url::parse(&self.url(key))
+            .map_err(|e| RemoteError::Permanent(format!("compose {key:?}: {e}")))?;
+        url.query_pairs_mut().append_key_only("compose");
+        let mut headers = prefixed_meta(META_PREFIX, meta);
+        headers.push((IF_GENERATION.into(), generation.to_string()));
+        let what = format!("compose {key:?}");
+        let r = self
+            .send(
+                Method::PUT,
+                url.as_str(),
+                &headers,
+                body.into_bytes(),
+                &what,
+            )
+            .await?;
+        match r.status() {
+            s if s.is_success() => {}
+            StatusCode::NOT_FOUND => return Err(not_found(&what, r).await),
+            _ => return Err(error(&what, r).await),
+        }
+        let generation = header(&r, GENERATION);
+        let etag = header(&r, "etag");
+        Ok((etag, generation))
+    }
+
     /// Server-side copy of `from` to `to`, decided by the server: only while `from` has ETag
     /// `source_etag`, and only while `to` has generation `generation` ("0": nothing there).
     /// `replace`: the copy's metadata (`x-goog-metadata-directive: REPLACE`) instead of the
