@@ -75,7 +75,14 @@ every_backend!(sigkill_loses_nothing_acknowledged, |env: &Env| {
             }
         })
     };
-    std::thread::sleep(Duration::from_millis(1500));
+    // At least 1.5 s of work, and enough acknowledged writes to mean something even on a
+    // loaded machine (under a load of 20 on 2 cores, 1.5 s gave 11), within a minute.
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_millis(1500)
+        || (acked.lock().unwrap().len() <= 40 && start.elapsed() < Duration::from_secs(60))
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     m.kill9();
     stop.store(true, Ordering::Relaxed);
     worker.join().unwrap();
