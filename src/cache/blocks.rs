@@ -86,6 +86,10 @@ pub struct Closed {
 #[derive(Debug, Default)]
 struct Holder {
     handles: u32,
+    /// Handles the kernel reads through straight from the data file (FUSE passthrough):
+    /// while there are any, eviction leaves the file's blocks alone, since no read of them
+    /// reaches the cache to fetch a block back.
+    passthrough: u32,
     /// The uploader made this file clean while it was open: hand it over at the last close.
     retire_on_close: bool,
 }
@@ -209,6 +213,26 @@ impl BlockCache {
     /// Whether some handle has `id` open.
     pub fn is_open(&self, id: EntryId) -> bool {
         lock(&self.open).contains_key(&id)
+    }
+
+    /// One of `id`'s open handles reads through the kernel straight from the data file
+    /// (`on`), or no longer does. Called under the file's gate when `on`, so an eviction,
+    /// which checks [`BlockCache::is_passthrough`] under that gate, sees it.
+    pub fn set_passthrough(&self, id: EntryId, on: bool) {
+        let mut open = lock(&self.open);
+        if let Some(h) = open.get_mut(&id) {
+            if on {
+                h.passthrough += 1;
+            } else {
+                h.passthrough = h.passthrough.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Whether a handle of `id` reads from its data file without asking the cache: its
+    /// blocks must stay. The caller holds the file's gate.
+    pub fn is_passthrough(&self, id: EntryId) -> bool {
+        lock(&self.open).get(&id).is_some_and(|h| h.passthrough > 0)
     }
 
     /// A handle of `id` went. At the last one, what this cache knew of the file's blocks in
@@ -445,6 +469,15 @@ impl BlockCache {
 
     pub fn forget_dirty_figure(&self) {
         *lock(&self.dirty) = None;
+    }
+
+    /// Whether the state dir's disk has `bytes` free above the floor writes keep, without
+    /// counting them as written (a write handed to the kernel is checked here once, at open).
+    pub fn has_room(&self, bytes: u64) -> bool {
+        match self.files.disk_space() {
+            Ok((_, avail, _)) => avail >= DISK_FLOOR.saturating_add(bytes),
+            Err(_) => false,
+        }
     }
 
     /// Back-pressure: while dirty data alone exceeds the budget and the uploader has work it

@@ -7,7 +7,7 @@ use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
-use super::{lock, Attr, DirEntry, Live, Vfs, VfsError, VfsResult};
+use super::{lock, Attr, DirEntry, Live, Opened, Vfs, VfsError, VfsResult};
 use crate::store::{dirty, now_ms, now_ns, Db, Entry, NewEntry, Synced};
 use crate::types::{EntryId, Kind, Special};
 
@@ -206,6 +206,23 @@ impl Vfs {
         uid: u32,
         gid: u32,
     ) -> VfsResult<(Attr, u64)> {
+        let (a, o) = self.create_with(parent, name, mode, uid, gid, false)?;
+        Ok((a, o.fh))
+    }
+
+    /// `create` for the kernel: a new file is written from scratch, so its handle may pass
+    /// through to the data file (`passthrough`, when the mount uses it; see
+    /// [`Vfs::open_with`]).
+    pub fn create_with(
+        &self,
+        parent: EntryId,
+        name: &OsStr,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        passthrough: bool,
+    ) -> VfsResult<(Attr, Opened)> {
+        let pass = passthrough && self.may_pass_write();
         let mut live = lock(&self.live);
         let (e, file) = self.insert_child(
             parent,
@@ -217,11 +234,30 @@ impl Vfs {
             None,
             None,
         )?;
-        let file = file.expect("insert_child opens a file it creates");
+        let mut file = file.expect("insert_child opens a file it creates");
+        // The kernel writes through a file of its own; ours is read-only (see `Handle::file`).
+        let backing = if pass {
+            match File::open(self.cache.path(e.id)).and_then(|f| Ok((f.try_clone()?, f))) {
+                Ok((ours, kernels)) => {
+                    file = ours;
+                    Some(kernels)
+                }
+                Err(err) => {
+                    tracing::debug!(id = e.id.0, error = %err, "no passthrough for a new file");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let pass = backing.is_some();
         live.insert(
             e.id,
             Live {
                 writers: 1,
+                pass: pass as u32,
+                pass_writers: pass as u32,
+                plain: !pass as u32,
                 armed: true,
                 size: 0,
                 mtime_ns: e.mtime_ns,
@@ -230,8 +266,15 @@ impl Vfs {
         );
         self.blocks.opened(e.id);
         drop(live);
-        let fh = self.add_handle(e.id, Some(file), true);
-        Ok((self.attr(&e), fh))
+        let fh = self.add_handle(e.id, Some(file), true, pass);
+        Ok((
+            self.attr(&e),
+            Opened {
+                fh,
+                keep_cache: false,
+                backing,
+            },
+        ))
     }
 
     pub fn opendir(&self, ino: EntryId) -> VfsResult<u64> {
@@ -242,7 +285,7 @@ impl Vfs {
         if e.kind != Kind::Dir {
             return Err(VfsError::NotDir);
         }
-        Ok(self.add_handle(e.id, None, false))
+        Ok(self.add_handle(e.id, None, false, false))
     }
 
     pub fn readdir(&self, fh: u64, ino: EntryId, offset: u64) -> VfsResult<Arc<Vec<DirEntry>>> {
