@@ -267,6 +267,9 @@ impl Vfs {
         self.blocks.opened(e.id);
         drop(live);
         let fh = self.add_handle(e.id, Some(file), true, pass);
+        if pass {
+            self.passthrough.count_open();
+        }
         Ok((
             self.attr(&e),
             Opened {

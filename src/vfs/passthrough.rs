@@ -62,14 +62,41 @@ pub struct Opened {
     pub backing: Option<File>,
 }
 
+/// A file the kernel may still write without the core's knowledge.
+#[derive(Clone)]
+pub(super) enum Lingering {
+    /// Closed while a writable mapping of its data file lived on.
+    Handle(Arc<Handle>),
+    /// Held open for writing through a file the kernel opened for the previous run of the
+    /// daemon (its writes still reach the data file after that daemon died).
+    Orphan(EntryId),
+}
+
+impl Lingering {
+    fn id(&self) -> EntryId {
+        match self {
+            Lingering::Handle(h) => h.id,
+            Lingering::Orphan(id) => *id,
+        }
+    }
+
+    fn same(&self, other: &Lingering) -> bool {
+        match (self, other) {
+            (Lingering::Handle(a), Lingering::Handle(b)) => Arc::ptr_eq(a, b),
+            (Lingering::Orphan(a), Lingering::Orphan(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
 /// The passthrough state of one mount, owned by the core.
 pub(super) struct State {
     mode: Mutex<PassthroughMode>,
     opens: AtomicU64,
     reads: AtomicU64,
     writes: AtomicU64,
-    /// Handles closed while a writable mapping of their data file lived on (`linger`).
-    lingering: Mutex<Vec<Arc<Handle>>>,
+    /// Files whose close waits for the kernel to stop writing their data file (`linger`).
+    lingering: Mutex<Vec<Lingering>>,
     wake: Condvar,
 }
 
@@ -136,7 +163,7 @@ pub(super) fn spawn_linger_watch(vfs: Weak<Vfs>) {
         .name("stratus-linger".into())
         .spawn(move || loop {
             let Some(v) = vfs.upgrade() else { return };
-            let waiting: Vec<Arc<Handle>> = {
+            let waiting: Vec<Lingering> = {
                 let list = lock(&v.passthrough.lingering);
                 let (list, _) = v
                     .passthrough
@@ -151,14 +178,22 @@ pub(super) fn spawn_linger_watch(vfs: Weak<Vfs>) {
             drop(v);
             std::thread::sleep(LINGER_CHECK);
             let Some(v) = vfs.upgrade() else { return };
-            for h in waiting {
-                if open_for_writing_elsewhere(&v.cache.path(h.id)) {
+            for l in waiting {
+                let id = l.id();
+                if open_for_writing_elsewhere(&v.cache.path(id)) {
                     continue;
                 }
-                lock(&v.passthrough.lingering).retain(|x| !Arc::ptr_eq(x, &h));
-                tracing::debug!(id = h.id.0, "mapping gone; closing the file");
-                if let Err(e) = v.finish_release(&h) {
-                    tracing::warn!(id = h.id.0, error = %e, "closing a passthrough file failed");
+                lock(&v.passthrough.lingering).retain(|x| !x.same(&l));
+                tracing::debug!(
+                    id = id.0,
+                    "nothing writes the data file any more; closing it"
+                );
+                let r = match &l {
+                    Lingering::Handle(h) => v.finish_release(h),
+                    Lingering::Orphan(id) => v.finish_orphan(*id),
+                };
+                if let Err(e) = r {
+                    tracing::warn!(id = id.0, error = %e, "closing a passthrough file failed");
                 }
             }
         });
@@ -305,8 +340,47 @@ impl Vfs {
             id = h.id.0,
             "data file still open for writing after the last close; waiting"
         );
-        lock(&self.passthrough.lingering).push(h.clone());
+        lock(&self.passthrough.lingering).push(Lingering::Handle(h.clone()));
         self.passthrough.wake.notify_all();
         true
+    }
+
+    /// At mount, for a file the previous run left armed: if the kernel still writes its data
+    /// file through a file opened for that run (a passthrough handle outlives its daemon,
+    /// and its writes still land), the upload stays held and the file counts as open (the
+    /// poller leaves it alone) until that file is closed. True if it does.
+    pub(super) fn hold_orphan_writer(&self, id: EntryId) -> VfsResult<bool> {
+        if !open_for_writing_elsewhere(&self.cache.path(id)) {
+            return Ok(false);
+        }
+        self.store.write(|db| db.set_ready(id, None))?;
+        self.blocks.opened(id);
+        tracing::warn!(
+            id = id.0,
+            "a program still writes this file through a descriptor opened before the daemon stopped; its upload waits until that is closed"
+        );
+        lock(&self.passthrough.lingering).push(Lingering::Orphan(id));
+        self.passthrough.wake.notify_all();
+        Ok(true)
+    }
+
+    /// The kernel no longer writes a file `hold_orphan_writer` held: its size and mtime
+    /// come from the data file, and its upload (whole) goes after the write-back delay.
+    fn finish_orphan(&self, id: EntryId) -> VfsResult<()> {
+        self.blocks.changes().untracked_change(id);
+        if let (Some((size, mtime)), Some(e)) =
+            (self.data_file_attrs(id), self.store.read(|db| db.get(id))?)
+        {
+            let ready = self.ready_at();
+            self.w(|db| {
+                db.set_size_mtime(id, size, mtime.max(e.mtime_ns))?;
+                db.set_ready(id, Some(ready))?;
+                Ok(())
+            })?;
+        }
+        if self.blocks.closed(id).retire {
+            self.blocks.hand_over(id);
+        }
+        Ok(())
     }
 }

@@ -67,6 +67,9 @@ impl Vfs {
             if e.kind != Kind::File || !e.local {
                 continue;
             }
+            if self.hold_orphan_writer(*id)? {
+                continue;
+            }
             let path = self.cache.path(*id);
             if let Ok(m) = std::fs::metadata(&path) {
                 let mtime = m.modified().map(time_to_ns).unwrap_or(e.mtime_ns);
