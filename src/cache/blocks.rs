@@ -127,6 +127,8 @@ pub struct BlockCache {
     dirty: Mutex<Option<(Instant, u64)>>,
     /// Free bytes on the state dir's disk, when they were read, and what writes added since.
     free: Mutex<Option<(Instant, u64)>>,
+    /// Free bytes on the state dir's disk for [`BlockCache::has_room`], and when read.
+    room: Mutex<Option<(Instant, u64)>>,
     grown_since_free: AtomicU64,
     /// Bytes by which written files grew since `dirty` was read from the database: a burst
     /// of writes must not outrun the figure.
@@ -172,6 +174,7 @@ impl BlockCache {
             cleaned: Mutex::default(),
             dirty: Mutex::default(),
             free: Mutex::default(),
+            room: Mutex::default(),
             grown_since_free: Default::default(),
             grown: Default::default(),
             hits: Default::default(),
@@ -473,17 +476,38 @@ impl BlockCache {
 
     /// Whether the state dir's disk has `bytes` free above the floor writes keep, without
     /// counting them as written (a write handed to the kernel is checked here once, at open).
+    /// The figure is at most a second old: a burst of creates asks once.
     pub fn has_room(&self, bytes: u64) -> bool {
-        match self.files.disk_space() {
-            Ok((_, avail, _)) => avail >= DISK_FLOOR.saturating_add(bytes),
-            Err(_) => false,
-        }
+        let mut memo = lock(&self.room);
+        let avail = match *memo {
+            Some((at, v)) if at.elapsed() < Duration::from_secs(1) => v,
+            _ => match self.files.disk_space() {
+                Ok((_, avail, _)) => {
+                    *memo = Some((Instant::now(), avail));
+                    avail
+                }
+                Err(_) => return false,
+            },
+        };
+        avail >= DISK_FLOOR.saturating_add(bytes)
     }
 
     /// Back-pressure: while dirty data alone exceeds the budget and the uploader has work it
     /// can do, a writer waits for it instead of filling the disk. Offline, or when every dirty
     /// byte belongs to a file still open for writing, the write goes on (only a full disk
     /// stops it, with ENOSPC).
+    /// [`BlockCache::throttle_writer`] for a writer the kernel will serve directly (FUSE
+    /// passthrough), called once at its open: files the uploader made clean since are handed
+    /// over and the cache evicted down to its budget first, which the writes themselves,
+    /// never reaching the cache, would not do.
+    pub fn throttle_direct_writer(&self) -> CacheResult<()> {
+        self.take_cleaned();
+        if self.over_budget() {
+            self.evict_to_budget();
+        }
+        self.throttle_writer()
+    }
+
     pub fn throttle_writer(&self) -> CacheResult<()> {
         let budget = self.cfg.budget;
         if self.dirty_bytes() <= budget {

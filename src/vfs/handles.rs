@@ -99,6 +99,11 @@ impl Vfs {
             Kind::Special(_) => return Err(VfsError::Invalid("open of a special file".into())),
             Kind::File => {}
         }
+        if writable && passthrough && self.passthrough.is_on() {
+            // As in `create_with`: a writer that may get the data file waits here, not at
+            // each write, while the cache is over its budget.
+            self.blocks.throttle_direct_writer()?;
+        }
         if truncate {
             self.setattr(
                 e.id,
@@ -172,7 +177,7 @@ impl Vfs {
             // Journal first, as for the first write (`write`): from this reply on the
             // kernel writes without asking, and a crash must find the file queued.
             self.store
-                .write(|db| db.enqueue_sync(e.id, dirty::CONTENT, None))?;
+                .write(|db| db.enqueue_sync(e.id, dirty::CONTENT | dirty::PASSTHROUGH, None))?;
             l.armed = true;
         }
         if pass && writable {
@@ -332,11 +337,17 @@ impl Vfs {
             let mut live = lock(&self.live);
             if let Some(l) = live.get_mut(&h.id) {
                 if l.pass_writers > 0 {
-                    // The kernel may write again without asking: the upload stays held
-                    // until the last close, and only the size and mtime are recorded.
+                    // The kernel writes without asking: size and mtime are the data file's.
+                    // The upload goes as for any writer's fsync; the kernel's writes after
+                    // it are covered by `dirty::PASSTHROUGH` at a crash, and by the re-arm
+                    // when that upload lands (`FileGate::landed`).
                     self.take_data_file_attrs(h.id, l);
-                    let (size, mtime) = (l.size, l.mtime_ns);
-                    self.w(|db| Ok(db.set_size_mtime(h.id, size, mtime)?))?;
+                    if l.armed {
+                        self.disarm(h.id, l)?;
+                    } else {
+                        let (size, mtime) = (l.size, l.mtime_ns);
+                        self.w(|db| Ok(db.set_size_mtime(h.id, size, mtime)?))?;
+                    }
                 } else {
                     self.disarm(h.id, l)?;
                 }
@@ -379,8 +390,22 @@ impl Vfs {
             l.plain = l.plain.saturating_sub(1);
         }
         let mut result = Ok(());
+        if h.passthrough && h.writable && l.pass_writers == 0 && !l.armed && !l.unlinked {
+            // Let go by an fsync and not armed since: queued again (a job already waiting
+            // keeps its place), so that nothing the kernel wrote after may go unsent.
+            let ready = self.ready_at();
+            result = self.w(|db| {
+                db.enqueue_sync(h.id, dirty::CONTENT | dirty::PASSTHROUGH, Some(ready))?;
+                Ok(db.set_size_mtime(h.id, l.size, l.mtime_ns)?)
+            });
+        }
         if l.writers == 0 {
-            result = self.disarm(h.id, l);
+            result = result.and(self.disarm(h.id, l));
+        }
+        if h.passthrough && h.writable {
+            // The kernel's writes never reached `note_growth`: the next writer's throttle
+            // reads the figure again, with this file's size just written back.
+            self.blocks.forget_dirty_figure();
         }
         if h.passthrough {
             self.blocks.set_passthrough(h.id, false);

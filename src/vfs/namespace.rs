@@ -109,6 +109,7 @@ impl Vfs {
         gid: u32,
         target: Option<Vec<u8>>,
         ready: Option<i64>,
+        passthrough: bool,
     ) -> VfsResult<(Entry, Option<File>)> {
         self.w(|db| {
             let p = self.dir(db, parent)?;
@@ -144,7 +145,8 @@ impl Vfs {
             } else {
                 None
             };
-            db.enqueue_sync(e.id, dirty::CONTENT | dirty::META, ready)?;
+            let pass = if passthrough { dirty::PASSTHROUGH } else { 0 };
+            db.enqueue_sync(e.id, dirty::CONTENT | dirty::META | pass, ready)?;
             self.touch_dir(db, &p)?;
             Ok((e, file))
         })
@@ -167,6 +169,7 @@ impl Vfs {
             gid,
             None,
             Some(now_ms()),
+            false,
         )?;
         Ok(self.attr(&e))
     }
@@ -193,6 +196,7 @@ impl Vfs {
             gid,
             Some(target.to_vec()),
             Some(now_ms()),
+            false,
         )?;
         Ok(self.attr(&e))
     }
@@ -223,6 +227,11 @@ impl Vfs {
         passthrough: bool,
     ) -> VfsResult<(Attr, Opened)> {
         let pass = passthrough && self.may_pass_write();
+        if pass {
+            // The kernel's writes will not wait for the uploader one by one (`write`):
+            // a writer given the data file waits here while the cache is over its budget.
+            self.blocks.throttle_direct_writer()?;
+        }
         let mut live = lock(&self.live);
         let (e, file) = self.insert_child(
             parent,
@@ -233,6 +242,7 @@ impl Vfs {
             gid,
             None,
             None,
+            pass,
         )?;
         let mut file = file.expect("insert_child opens a file it creates");
         // The kernel writes through a file of its own; ours is read-only (see `Handle::file`).
@@ -700,6 +710,7 @@ impl Vfs {
             gid,
             None,
             Some(now_ms()),
+            false,
         )?;
         Ok(self.attr(&e))
     }

@@ -136,9 +136,11 @@ impl State {
 /// for two system calls; should an open for writing break it meanwhile, the kernel signals
 /// SIGWINCH (ignored by default), not SIGIO (which would end the daemon).
 fn open_for_writing_elsewhere(path: &std::path::Path) -> bool {
-    let Ok(f) = File::open(path) else {
-        return false;
-    };
+    File::open(path).is_ok_and(|f| written_elsewhere(&f))
+}
+
+/// [`open_for_writing_elsewhere`] through `f`, a read-only descriptor of the data file.
+fn written_elsewhere(f: &File) -> bool {
     let fd = f.as_raw_fd();
     // SAFETY: fcntl on a descriptor this function owns.
     unsafe {
@@ -333,7 +335,15 @@ impl Vfs {
         let last = lock(&self.live)
             .get(&h.id)
             .is_some_and(|l| l.pass_writers <= 1);
-        if !last || !open_for_writing_elsewhere(&self.cache.path(h.id)) {
+        if !last {
+            return false;
+        }
+        // The handle's own descriptor is read-only (see `Handle::file`): it does not count.
+        let written = match &h.file {
+            Some(f) => written_elsewhere(f),
+            None => open_for_writing_elsewhere(&self.cache.path(h.id)),
+        };
+        if !written {
             return false;
         }
         tracing::debug!(
