@@ -147,6 +147,17 @@ every_backend!(
         let state = env.new_state_dir();
         let m = env.mount_state(&state);
         fs::write(m.path("old.txt"), b"an older file").unwrap();
+        let first = data(21, 3 << 20);
+        let mut f = fs::File::create(m.path("log.bin")).unwrap();
+        f.write_all(&first).unwrap();
+        f.sync_data().unwrap();
+        // The fsync let the upload go: once it landed, the file must be held again, since
+        // the kernel writes on without telling the daemon.
+        assert!(
+            eventually(30, || env.remote_files().get("log.bin") == Some(&first)),
+            "the fsync'd content never reached the remote while the file was open"
+        );
+        f.write_all(b"after fsync").unwrap();
         // A file never uploaded (offline), opened again to append: it passes through too,
         // and its append, acknowledged without fsync, must survive (the open armed its
         // upload, so the remount takes the data file's length, not the one recorded at the
@@ -158,11 +169,6 @@ every_backend!(
             .open(m.path("app.txt"))
             .unwrap();
         app.write_all(b" and tail").unwrap();
-        let first = data(21, 3 << 20);
-        let mut f = fs::File::create(m.path("log.bin")).unwrap();
-        f.write_all(&first).unwrap();
-        f.sync_data().unwrap();
-        f.write_all(b"after fsync").unwrap();
         assert_eq!(passthrough(&m).4, 0, "the writes passed through");
         m.kill9();
         let m = env.try_mount(&state, &["--write-back", "0.2"]).unwrap();
