@@ -131,10 +131,7 @@ pub fn status(mountpoint: &std::path::Path, s: &Status) -> String {
     );
     line(
         "still open:",
-        format!(
-            "{} (uploaded once closed or fsync'd; once closed in passthrough mode)",
-            q.waiting_for_writer
-        ),
+        format!("{} (uploaded once closed or fsync'd)", q.waiting_for_writer),
     );
     line(
         "parked:",

@@ -178,7 +178,7 @@ pub struct QueueReport {
     /// (a large file's parts as each is answered; a small file's at its end).
     pub uploading_path: Option<String>,
     pub uploading_done: u64,
-    /// Still open by a writer (they go once closed or fsync'd; a passthrough writer once closed).
+    /// Still open by a writer (they go once closed or fsync'd).
     pub waiting_for_writer: u64,
     /// Failed for good; waiting for the user (`stratus queue --retry`).
     pub parked: u64,
