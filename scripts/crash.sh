@@ -77,13 +77,16 @@ for r in $(seq 1 "$rounds"); do
     pid=$(cat "$state/lock")
     kill -9 "$pid"
     while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
-    fusermount3 -uz "$mp"
-    # The writers stop by themselves once the mount is gone (ENOTCONN); none may still be
-    # running when the state dir is mounted again.
-    for _ in $(seq 100); do kill -0 "$wl_pid" 2>/dev/null || break; sleep 0.05; done
+    # The writers stop by themselves once the daemon is gone (ENOTCONN at their next open,
+    # fsync or close); none may still be running when the state dir is mounted again. They
+    # are stopped before the dead mount is detached: with FUSE passthrough, writes through a
+    # file already open still succeed after the daemon died, so a writer may go on for a
+    # while, and after the detach its next open would reach the directory under the mount.
+    for _ in $(seq 20); do kill -0 "$wl_pid" 2>/dev/null || break; sleep 0.05; done
     kill -9 -- "-$wl_pid" 2>/dev/null || true
     wait "$wl_pid" 2>/dev/null || true
     wl_pid=
+    fusermount3 -uz "$mp"
     lost_before=$(wc -l <"$work/lost")
 
     "$stratus" mount "$remote" "$mp" --state-dir "$state" --write-back 0.2 >/dev/null

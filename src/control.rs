@@ -12,8 +12,9 @@ use std::sync::Arc;
 mod report;
 
 pub use report::{
-    BwLimitReport, ConflictCounts, ConflictInfo, Counters, HealthReport, LogEntry, Page, Pending,
-    PendingJob, QueueEntry, QueueReport, Status, StorageReport, Totals, PENDING_SHOWN,
+    BwLimitReport, ConflictCounts, ConflictInfo, Counters, HealthReport, LogEntry, Page,
+    PassthroughReport, Pending, PendingJob, QueueEntry, QueueReport, Status, StorageReport, Totals,
+    PENDING_SHOWN,
 };
 
 use crate::store::{JobKind, JobState};
@@ -293,6 +294,16 @@ impl Control {
             },
             preconditions,
             bwlimit: BwLimitReport::of(self.vfs.remote().bwlimit()),
+            passthrough: {
+                let p = self.vfs.passthrough_report();
+                PassthroughReport {
+                    state: if p.on { "on" } else { "off" }.into(),
+                    reason: p.reason,
+                    opens: p.opens,
+                    fuse_reads: p.reads,
+                    fuse_writes: p.writes,
+                }
+            },
         })
     }
 

@@ -395,6 +395,7 @@ pub fn run(cfg: MountConfig, ready: &mut Ready) -> anyhow::Result<()> {
             uid: m.uid,
             gid: m.gid,
             umask: m.umask.unwrap_or(0),
+            passthrough: m.passthrough,
         },
     );
     let mut config = fuser::Config::default();

@@ -7,15 +7,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BackingId, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::control::Control;
 use crate::types::{EntryId, Kind, Special};
-use crate::vfs::{Attr, SetAttr, Vfs, VfsError};
+use crate::vfs::{Attr, PassthroughMode, SetAttr, Vfs, VfsError};
 
 /// One span per request, so every line logged while serving it carries the request id, the
 /// inode and the file handle (`STRATUS_LOG=debug` shows them; at the default level the span is
@@ -38,6 +38,55 @@ pub struct StratusFs {
     vfs: Arc<Vfs>,
     control: Arc<Control>,
     view: View,
+    backing: Backing,
+}
+
+/// The kernel's ids of the data files handed to it for passthrough: fuser's `BackingId`,
+/// which the core must not see. The kernel wants one id per inode for all its open handles
+/// (another id for the same inode fails the open with EIO), kept registered until each
+/// handle's release.
+#[derive(Default)]
+struct Backing {
+    ids: std::sync::Mutex<Backings>,
+}
+
+#[derive(Default)]
+struct Backings {
+    by_fh: std::collections::HashMap<u64, Arc<BackingId>>,
+    by_ino: std::collections::HashMap<u64, std::sync::Weak<BackingId>>,
+}
+
+impl Backing {
+    /// The id of `ino`'s data file for handle `fh`: the inode's if some handle holds one,
+    /// else `register(file)`'s.
+    fn get(
+        &self,
+        ino: u64,
+        fh: u64,
+        register: impl FnOnce() -> std::io::Result<BackingId>,
+    ) -> std::io::Result<Arc<BackingId>> {
+        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        let id = match ids.by_ino.get(&ino).and_then(|w| w.upgrade()) {
+            Some(id) => id,
+            None => {
+                let id = Arc::new(register()?);
+                ids.by_ino.insert(ino, Arc::downgrade(&id));
+                id
+            }
+        };
+        ids.by_fh.insert(fh, id.clone());
+        Ok(id)
+    }
+
+    /// Handle `fh` was released: its id goes, and with the inode's last, the registration.
+    fn release(&self, ino: u64, fh: u64) {
+        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        if ids.by_fh.remove(&fh).is_some()
+            && ids.by_ino.get(&ino).is_some_and(|w| w.strong_count() == 0)
+        {
+            ids.by_ino.remove(&ino);
+        }
+    }
 }
 
 /// How the mount presents itself, from the mount options: read-only, and the owner and mode
@@ -48,6 +97,9 @@ pub struct View {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub umask: u32,
+    /// Open cached files in FUSE passthrough mode where the kernel allows it (off with
+    /// `-o nopassthrough`).
+    pub passthrough: bool,
 }
 
 impl View {
@@ -73,11 +125,42 @@ macro_rules! refuse_on_ro {
 }
 
 impl StratusFs {
+    /// Asks the kernel for passthrough, and says why the mount goes without it.
+    fn passthrough_mode(&self, config: &mut KernelConfig) -> PassthroughMode {
+        if !self.view.passthrough {
+            return PassthroughMode::Off("-o nopassthrough".into());
+        }
+        // SAFETY: geteuid cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        if euid != 0 {
+            // FUSE_DEV_IOC_BACKING_OPEN wants CAP_SYS_ADMIN.
+            return PassthroughMode::Off(format!(
+                "needs CAP_SYS_ADMIN (the mount runs as uid {euid}; mount as root for it)"
+            ));
+        }
+        if let Err(missing) = config.add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH) {
+            tracing::debug!(?missing, "kernel lacks FUSE passthrough");
+            return PassthroughMode::Off(
+                "the kernel does not offer it (Linux 6.9 or later with CONFIG_FUSE_PASSTHROUGH)"
+                    .into(),
+            );
+        }
+        // 2: the data files may sit on a stacked filesystem (overlayfs, as in a container);
+        // the price is that nothing may be stacked on this mount.
+        if let Err(max) = config.set_max_stack_depth(2) {
+            if let Err(e) = config.set_max_stack_depth(max) {
+                return PassthroughMode::Off(format!("the kernel allows no stacking depth ({e})"));
+            }
+        }
+        PassthroughMode::On
+    }
+
     pub fn new(control: Arc<Control>, view: View) -> StratusFs {
         StratusFs {
             vfs: control.vfs().clone(),
             control,
             view,
+            backing: Backing::default(),
         }
     }
 }
@@ -169,6 +252,7 @@ impl Filesystem for StratusFs {
         ) {
             tracing::debug!(?missing, "kernel lacks READDIRPLUS");
         }
+        self.vfs.set_passthrough(self.passthrough_mode(config));
         tracing::info!("mounted");
         Ok(())
     }
@@ -374,14 +458,28 @@ impl Filesystem for StratusFs {
             refuse_on_ro!(self, reply);
         }
         let truncate = writable && flags.0 & libc::O_TRUNC != 0;
-        match self.vfs.open(ino(i), writable, truncate) {
-            Ok((fh, keep)) => {
-                let flags = if keep {
+        match self.vfs.open_with(ino(i), writable, truncate, true) {
+            Ok(o) => {
+                let flags = if o.keep_cache {
                     FopenFlags::FOPEN_KEEP_CACHE
                 } else {
                     FopenFlags::empty()
                 };
-                reply.opened(FileHandle(fh), flags)
+                if let Some(file) = &o.backing {
+                    match self.backing.get(i.0, o.fh, || reply.open_backing(file)) {
+                        // No FOPEN_KEEP_CACHE: the kernel (6.18) answers EIO to an open
+                        // that asks for passthrough and to keep a page cache it does not use.
+                        Ok(id) => {
+                            return reply.opened_passthrough(
+                                FileHandle(o.fh),
+                                FopenFlags::empty(),
+                                &id,
+                            )
+                        }
+                        Err(e) => self.vfs.passthrough_refused(o.fh, &e.to_string()),
+                    }
+                }
+                reply.opened(FileHandle(o.fh), flags)
             }
             Err(e) => reply.error(errno("open", e)),
         }
@@ -448,7 +546,9 @@ impl Filesystem for StratusFs {
         reply: ReplyEmpty,
     ) {
         let _op = op_span!(req, "release", i, Some(fh.0));
-        match self.vfs.release(fh.0) {
+        let r = self.vfs.release(fh.0);
+        self.backing.release(i.0, fh.0);
+        match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("release", e)),
         }
@@ -642,20 +742,39 @@ impl Filesystem for StratusFs {
     ) {
         let _op = op_span!(req, "create", parent, None::<u64>);
         refuse_on_ro!(self, reply);
-        match self.vfs.create(
+        match self.vfs.create_with(
             ino(parent),
             name,
             mode & !umask & 0o7777,
             req.uid(),
             req.gid(),
+            true,
         ) {
-            Ok((a, fh)) => reply.created(
-                &TTL,
-                &self.view.attr(&a),
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty(),
-            ),
+            Ok((a, o)) => {
+                let attr = self.view.attr(&a);
+                if let Some(file) = &o.backing {
+                    match self.backing.get(a.ino, o.fh, || reply.open_backing(file)) {
+                        Ok(id) => {
+                            return reply.created_passthrough(
+                                &TTL,
+                                &attr,
+                                Generation(0),
+                                FileHandle(o.fh),
+                                FopenFlags::empty(),
+                                &id,
+                            )
+                        }
+                        Err(e) => self.vfs.passthrough_refused(o.fh, &e.to_string()),
+                    }
+                }
+                reply.created(
+                    &TTL,
+                    &attr,
+                    Generation(0),
+                    FileHandle(o.fh),
+                    FopenFlags::empty(),
+                )
+            }
             Err(e) => reply.error(errno("create", e)),
         }
     }

@@ -13,6 +13,7 @@ mod conflicts;
 mod error;
 mod handles;
 mod namespace;
+mod passthrough;
 mod recover;
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use crate::cache::CacheFigures;
 pub use error::{VfsError, VfsResult};
+pub use passthrough::{Opened, PassthroughMode, PassthroughReport};
 
 use crate::cache::{BlockCache, CacheConfig, FileCache};
 use crate::remote::Remote;
@@ -116,8 +118,13 @@ impl SyncState {
 
 struct Handle {
     id: EntryId,
+    /// The data file; read-only for a passthrough handle (the kernel writes through a file of
+    /// its own), so that only the kernel's files count as writers of it (`linger`).
     file: Option<File>,
     writable: bool,
+    /// The kernel reads and writes this handle's data straight from the data file (FUSE
+    /// passthrough): no read or write of it reaches the core.
+    passthrough: bool,
     /// Where the previous read ended: a read starting there is sequential.
     last_end: AtomicU64,
     /// Directory listing taken at the first readdir, so that paging is stable.
@@ -129,6 +136,12 @@ struct Handle {
 #[derive(Debug, Clone)]
 struct Live {
     writers: u32,
+    /// Handles in passthrough mode, those of them open for writing, and the other handles.
+    /// The kernel refuses (EIO) a passthrough open of a file it has open otherwise and the
+    /// reverse, so an open follows the handles already there (`Vfs::may_pass`).
+    pass: u32,
+    pass_writers: u32,
+    plain: u32,
     /// Written since the journal row was last released: the row is held.
     armed: bool,
     size: u64,
@@ -163,6 +176,9 @@ pub struct Vfs {
     /// Directories removed (rmdir, or renamed over) while a handle had them open: what
     /// `fstat` on that handle answers (nlink 0, as on a local disk) until the last one closes.
     gone_dirs: Mutex<HashMap<EntryId, Attr>>,
+    /// FUSE passthrough: whether opens may use it, counts of what used it, and handles whose
+    /// release waits for a writable mapping of the data file to go (`vfs/passthrough.rs`).
+    passthrough: passthrough::State,
 }
 
 /// Starts the thread that deletes the data files of removed entries.
@@ -237,6 +253,7 @@ impl Vfs {
             blocks,
             opened: Mutex::new(HashMap::new()),
             used: Mutex::new(None),
+            passthrough: passthrough::State::default(),
         }
     }
 
@@ -262,10 +279,12 @@ impl Vfs {
         now_ms() + self.cfg.write_back.as_millis() as i64
     }
 
-    /// Starts what runs beside the FUSE threads: the block cache's background fetches and
-    /// the pinner that keeps pinned files downloaded.
-    pub fn start(&self) {
+    /// Starts what runs beside the FUSE threads: the block cache's background fetches, the
+    /// pinner that keeps pinned files downloaded, and the watch on passthrough files whose
+    /// writable mapping outlived their last close.
+    pub fn start(self: &Arc<Self>) {
         self.blocks.start();
+        passthrough::spawn_linger_watch(Arc::downgrade(self));
     }
 
     pub fn statfs(&self) -> VfsResult<StatFs> {

@@ -86,6 +86,10 @@ pub struct Closed {
 #[derive(Debug, Default)]
 struct Holder {
     handles: u32,
+    /// Handles the kernel reads through straight from the data file (FUSE passthrough):
+    /// while there are any, eviction leaves the file's blocks alone, since no read of them
+    /// reaches the cache to fetch a block back.
+    passthrough: u32,
     /// The uploader made this file clean while it was open: hand it over at the last close.
     retire_on_close: bool,
 }
@@ -123,6 +127,8 @@ pub struct BlockCache {
     dirty: Mutex<Option<(Instant, u64)>>,
     /// Free bytes on the state dir's disk, when they were read, and what writes added since.
     free: Mutex<Option<(Instant, u64)>>,
+    /// Free bytes on the state dir's disk for [`BlockCache::has_room`], and when read.
+    room: Mutex<Option<(Instant, u64)>>,
     grown_since_free: AtomicU64,
     /// Bytes by which written files grew since `dirty` was read from the database: a burst
     /// of writes must not outrun the figure.
@@ -168,6 +174,7 @@ impl BlockCache {
             cleaned: Mutex::default(),
             dirty: Mutex::default(),
             free: Mutex::default(),
+            room: Mutex::default(),
             grown_since_free: Default::default(),
             grown: Default::default(),
             hits: Default::default(),
@@ -209,6 +216,26 @@ impl BlockCache {
     /// Whether some handle has `id` open.
     pub fn is_open(&self, id: EntryId) -> bool {
         lock(&self.open).contains_key(&id)
+    }
+
+    /// One of `id`'s open handles reads through the kernel straight from the data file
+    /// (`on`), or no longer does. Called under the file's gate when `on`, so an eviction,
+    /// which checks [`BlockCache::is_passthrough`] under that gate, sees it.
+    pub fn set_passthrough(&self, id: EntryId, on: bool) {
+        let mut open = lock(&self.open);
+        if let Some(h) = open.get_mut(&id) {
+            if on {
+                h.passthrough += 1;
+            } else {
+                h.passthrough = h.passthrough.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Whether a handle of `id` reads from its data file without asking the cache: its
+    /// blocks must stay. The caller holds the file's gate.
+    pub fn is_passthrough(&self, id: EntryId) -> bool {
+        lock(&self.open).get(&id).is_some_and(|h| h.passthrough > 0)
     }
 
     /// A handle of `id` went. At the last one, what this cache knew of the file's blocks in
@@ -447,10 +474,40 @@ impl BlockCache {
         *lock(&self.dirty) = None;
     }
 
+    /// Whether the state dir's disk has `bytes` free above the floor writes keep, without
+    /// counting them as written (a write handed to the kernel is checked here once, at open).
+    /// The figure is at most a second old: a burst of creates asks once.
+    pub fn has_room(&self, bytes: u64) -> bool {
+        let mut memo = lock(&self.room);
+        let avail = match *memo {
+            Some((at, v)) if at.elapsed() < Duration::from_secs(1) => v,
+            _ => match self.files.disk_space() {
+                Ok((_, avail, _)) => {
+                    *memo = Some((Instant::now(), avail));
+                    avail
+                }
+                Err(_) => return false,
+            },
+        };
+        avail >= DISK_FLOOR.saturating_add(bytes)
+    }
+
     /// Back-pressure: while dirty data alone exceeds the budget and the uploader has work it
     /// can do, a writer waits for it instead of filling the disk. Offline, or when every dirty
     /// byte belongs to a file still open for writing, the write goes on (only a full disk
     /// stops it, with ENOSPC).
+    /// [`BlockCache::throttle_writer`] for a writer the kernel will serve directly (FUSE
+    /// passthrough), called once at its open: files the uploader made clean since are handed
+    /// over and the cache evicted down to its budget first, which the writes themselves,
+    /// never reaching the cache, would not do.
+    pub fn throttle_direct_writer(&self) -> CacheResult<()> {
+        self.take_cleaned();
+        if self.over_budget() {
+            self.evict_to_budget();
+        }
+        self.throttle_writer()
+    }
+
     pub fn throttle_writer(&self) -> CacheResult<()> {
         let budget = self.cfg.budget;
         if self.dirty_bytes() <= budget {

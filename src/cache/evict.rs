@@ -66,6 +66,12 @@ impl BlockCache {
                     }
                 }
             };
+            // The kernel reads this file straight from its data file (FUSE passthrough): a
+            // hole punched now would read as zeros. It may go once that handle closes.
+            if self.is_passthrough(id) {
+                spared.push((id, idx, bytes));
+                continue;
+            }
             // Only a block the database still lists is a cached block: the eviction order
             // can hold stale ones, and punching those would cut into a complete file.
             if self

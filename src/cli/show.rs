@@ -188,6 +188,18 @@ pub fn status(mountpoint: &std::path::Path, s: &Status) -> String {
         },
     );
     line("bandwidth:", bwlimit_report(&s.bwlimit));
+    let p = &s.passthrough;
+    line(
+        "passthrough:",
+        match (p.state.as_str(), &p.reason) {
+            ("on", _) => format!(
+                "on ({} files opened so since mount: the kernel reads and writes their cached data directly)",
+                p.opens
+            ),
+            (state, Some(why)) => format!("{state} ({why})"),
+            (state, None) => state.to_string(),
+        },
+    );
     let reads = st.cache_hits + st.cache_misses;
     line(
         "hit ratio:",

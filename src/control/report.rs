@@ -102,6 +102,24 @@ pub struct Status {
     /// `daemon::check_preconditions`); `None` for a local folder.
     pub preconditions: Option<String>,
     pub bwlimit: BwLimitReport,
+    pub passthrough: PassthroughReport,
+}
+
+/// FUSE passthrough: whether cached files are opened so that the kernel reads and writes
+/// their data files directly, and what reached the daemon anyway.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct PassthroughReport {
+    /// `on` or `off`.
+    pub state: String,
+    /// Why it is off: the mount option, the kernel, or a refusal.
+    pub reason: Option<String>,
+    /// Files opened in passthrough mode since the mount.
+    pub opens: u64,
+    /// Read and write requests that reached the daemon since the mount (none come for a
+    /// file open in passthrough mode).
+    pub fuse_reads: u64,
+    pub fuse_writes: u64,
 }
 
 /// The bandwidth limit in force (`--bwlimit`, `stratus bwlimit`).

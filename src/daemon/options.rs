@@ -31,6 +31,9 @@ pub struct MountOptions {
     pub exec: bool,
     /// `state_dir=PATH`: what `--state-dir` says, for an fstab line, which has no flags.
     pub state_dir: Option<PathBuf>,
+    /// `nopassthrough` turns off FUSE passthrough (reads and writes of cached files going
+    /// straight to their data files), which is on where the kernel allows it.
+    pub passthrough: bool,
 }
 
 impl Default for MountOptions {
@@ -47,6 +50,7 @@ impl Default for MountOptions {
             suid: false,
             exec: true,
             state_dir: None,
+            passthrough: true,
         }
     }
 }
@@ -118,6 +122,8 @@ pub fn parse(raw: &[String], is_store_key: impl Fn(&str) -> bool) -> Result<Pars
             ("nosuid", None) => m.suid = false,
             ("exec", None) => m.exec = true,
             ("noexec", None) => m.exec = false,
+            ("passthrough", None) => m.passthrough = true,
+            ("nopassthrough", None) => m.passthrough = false,
             ("uid", Some(v)) => m.uid = Some(number(key, v, 10)?),
             ("gid", Some(v)) => m.gid = Some(number(key, v, 10)?),
             ("umask", Some(v)) => m.umask = Some(number(key, v, 8)? & 0o7777),
@@ -149,6 +155,7 @@ impl MountOptions {
         o.push(self.uid.map(|v| format!("uid={v}")));
         o.push(self.gid.map(|v| format!("gid={v}")));
         o.push(self.umask.map(|v| format!("umask={v:o}")));
+        o.push((!self.passthrough).then(|| "nopassthrough".to_string()));
         o.into_iter().flatten().collect::<Vec<_>>().join(",")
     }
 
@@ -186,9 +193,10 @@ mod tests {
     fn mount8_lists() {
         let p = parse_s3(&[
             "ro,allow_other,uid=1000,gid=100,umask=022,_netdev,nofail,x-systemd.automount",
-            "comment=fstab,defaults,noexec,dev,noatime,relatime",
+            "comment=fstab,defaults,noexec,dev,noatime,relatime,nopassthrough",
         ])
         .unwrap();
+        assert!(!p.mount.passthrough);
         assert_eq!(p.mount.access, Access::Everyone);
         assert!(p.mount.read_only && p.mount.dev && !p.mount.exec && !p.mount.suid);
         assert_eq!(

@@ -46,6 +46,11 @@ impl Kind {
 pub mod dirty {
     pub const CONTENT: i64 = 1;
     pub const META: i64 = 2;
+    /// Written by the kernel straight to the data file (FUSE passthrough), where writes
+    /// need not pass the core: after a crash the data file's length is the file's, as for
+    /// a held writer, even once the upload was let go (fsync). Set only with `CONTENT`,
+    /// and cleared with it.
+    pub const PASSTHROUGH: i64 = 4;
 }
 
 /// What the remote held for an entry the last time we synced it: the base of later decisions.
@@ -547,6 +552,18 @@ impl Db<'_> {
     }
 
     /// Complete files and their recorded sizes, for recovery at start.
+    /// Whole files not yet uploaded since the kernel wrote them directly
+    /// (`dirty::PASSTHROUGH`): their data file, not the recorded size, is the truth.
+    pub fn passthrough_written(&self) -> StoreResult<Vec<EntryId>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id FROM entries WHERE kind = 1 AND local = 1 AND (dirty & ?1) != 0")?;
+        let rows = st.query_map([dirty::PASSTHROUGH], |r| {
+            Ok(EntryId(r.get::<_, i64>(0)? as u64))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn complete_files(&self) -> StoreResult<Vec<(EntryId, u64)>> {
         let mut st = self
             .conn

@@ -8,6 +8,10 @@ use crate::types::{EntryId, Kind};
 impl Vfs {
     pub(super) fn attr_of(&self, e: &Entry, live: Option<&Live>) -> Attr {
         let (size, mtime_ns) = match live {
+            // The kernel writes this file without telling the core: the data file knows.
+            Some(l) if l.pass_writers > 0 => {
+                self.data_file_attrs(e.id).unwrap_or((l.size, l.mtime_ns))
+            }
             Some(l) => (l.size, l.mtime_ns),
             None => (e.size, e.mtime_ns),
         };
@@ -230,6 +234,7 @@ impl Vfs {
                 l.mtime_ns = e.mtime_ns;
             }
         }
+        let pass_written = live.get(&e.id).is_some_and(|l| l.pass_writers > 0);
         // Shrinking: the data file follows the committed size, never leads it: after a
         // crash in between, `recover` cuts it to the size the database holds. (Regression:
         // it was cut first, and a crash before the commit left the old size, the truncated
@@ -250,6 +255,19 @@ impl Vfs {
         }
         if let Some(changed) = truncate_changes {
             self.note_change(e.id, changed, true);
+        }
+        if pass_written && (set.size.is_some() || set.mtime.is_some()) {
+            // While the kernel writes it, the data file's mtime is the file's (`attr_of`).
+            let t = super::ns_to_time(e.mtime_ns);
+            if let Err(err) = self.cache.open_file(e.id, false).and_then(|f| {
+                f.set_modified(t)
+                    .map_err(|source| crate::cache::CacheError::Io {
+                        path: self.cache.path(e.id),
+                        source,
+                    })
+            }) {
+                tracing::warn!(id = e.id.0, error = %err, "could not set a data file's mtime");
+            }
         }
         // Taken before the lock goes: see `fresh_attr`.
         let a = self.attr_of(&e, live.get(&e.id));

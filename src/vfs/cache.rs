@@ -19,7 +19,25 @@ impl FileGate for Vfs {
     }
 
     fn landed(&self, id: EntryId, gen: u64, base: Option<crate::cache::Base>) {
-        self.blocks.changes().landed(id, gen, base)
+        self.blocks.changes().landed(id, gen, base);
+        // A passthrough writer is still open (the upload was let go by its fsync): the
+        // kernel may have written since the uploader read the file, and will write on
+        // without telling. Armed again before the uploader marks the entry clean, which the
+        // moved `dirty_seq` then stops: the entry stays dirty, its upload held to the close.
+        let mut live = super::lock(&self.live);
+        if let Some(l) = live.get_mut(&id) {
+            if l.pass_writers > 0 && !l.armed && !l.unlinked {
+                let armed = self
+                    .store
+                    .write(|db| db.enqueue_sync(id, dirty::CONTENT | dirty::PASSTHROUGH, None));
+                match armed {
+                    Ok(()) => l.armed = true,
+                    Err(e) => {
+                        tracing::warn!(id = id.0, error = %e, "could not hold a file open in passthrough mode after its upload")
+                    }
+                }
+            }
+        }
     }
 
     fn run_closed(&self, id: EntryId, f: &mut dyn FnMut()) -> bool {

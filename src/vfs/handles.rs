@@ -7,7 +7,7 @@ use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{lock, Handle, Live, SetAttr, Vfs, VfsError, VfsResult};
+use super::{lock, ns_to_time, Handle, Live, Opened, SetAttr, Vfs, VfsError, VfsResult};
 use crate::cache::BLOCK_SIZE;
 use crate::store::{dirty, now_ns};
 use crate::types::{EntryId, Kind};
@@ -28,7 +28,13 @@ fn read_at(f: &File, offset: u64, size: u32) -> VfsResult<Vec<u8>> {
 }
 
 impl Vfs {
-    pub(super) fn add_handle(&self, id: EntryId, file: Option<File>, writable: bool) -> u64 {
+    pub(super) fn add_handle(
+        &self,
+        id: EntryId,
+        file: Option<File>,
+        writable: bool,
+        passthrough: bool,
+    ) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.handles).insert(
             fh,
@@ -36,6 +42,7 @@ impl Vfs {
                 id,
                 file,
                 writable,
+                passthrough,
                 last_end: AtomicU64::new(u64::MAX),
                 listing: Mutex::new(None),
             }),
@@ -55,17 +62,47 @@ impl Vfs {
     /// opened at the version it was last opened at here (a remote change, which the poller
     /// takes only while the file is closed, changes the version).
     pub fn open(&self, ino: EntryId, writable: bool, truncate: bool) -> VfsResult<(u64, bool)> {
+        let o = self.open_with(ino, writable, truncate, false)?;
+        Ok((o.fh, o.keep_cache))
+    }
+
+    /// [`Vfs::open`] for the kernel, which may take the handle in passthrough mode
+    /// (`passthrough`, when the mount uses it): then `Opened::backing` is the data file for
+    /// the kernel to read and write directly, and no read or write of the handle reaches the
+    /// core. A file passes through when its data is wholly here (a writer's always is, it is
+    /// filled first) and, for a writer, when its next upload is whole anyway: written from
+    /// scratch (`truncate`, empty) or never uploaded. A writer of a file the remote holds
+    /// stays on the core's path, whose writes the change log notes, so a change to a large
+    /// file still goes up as a differential upload.
+    pub fn open_with(
+        &self,
+        ino: EntryId,
+        writable: bool,
+        truncate: bool,
+        passthrough: bool,
+    ) -> VfsResult<Opened> {
         let e = self
             .store
             .read(|db| db.get(ino))?
             .ok_or(VfsError::NotFound)?;
         match e.kind {
-            Kind::Dir => return Ok((self.add_handle(e.id, None, false), false)),
+            Kind::Dir => {
+                return Ok(Opened {
+                    fh: self.add_handle(e.id, None, false, false),
+                    keep_cache: false,
+                    backing: None,
+                })
+            }
             Kind::Symlink => return Err(VfsError::Invalid("open of a symlink".into())),
             // The kernel opens fifos, sockets and devices itself (`init_special_inode`) and
             // never asks a FUSE daemon to.
             Kind::Special(_) => return Err(VfsError::Invalid("open of a special file".into())),
             Kind::File => {}
+        }
+        if writable && passthrough && self.passthrough.is_on() {
+            // As in `create_with`: a writer that may get the data file waits here, not at
+            // each write, while the cache is over its budget.
+            self.blocks.throttle_direct_writer()?;
         }
         if truncate {
             self.setattr(
@@ -106,11 +143,7 @@ impl Vfs {
                 self.cache.ensure_sparse(e.id, e.size)?;
             }
         }
-        let file = if writable {
-            self.cache.open_file(e.id, false)?
-        } else {
-            File::open(self.cache.path(e.id))?
-        };
+        let wanted = passthrough && self.may_pass_data(&e, writable, truncate)?;
         let mut live = lock(&self.live);
         let size = if e.local {
             self.cache.len(e.id)?.unwrap_or(e.size)
@@ -119,14 +152,59 @@ impl Vfs {
         };
         let l = live.entry(e.id).or_insert(Live {
             writers: 0,
+            pass: 0,
+            pass_writers: 0,
+            plain: 0,
             armed: false,
             size,
             mtime_ns: e.mtime_ns,
             unlinked: false,
         });
+        // The kernel's rule: every open of a file open in passthrough mode passes through
+        // (with the same backing file), and none does while it is open otherwise.
+        let pass = self.passthrough.is_on() && (l.pass > 0 || (wanted && l.plain == 0));
+        let (file, backing) = if pass {
+            // Ours read-only: the kernel writes through a file of its own (see `linger`).
+            let f = File::open(self.cache.path(e.id))?;
+            let b = f.try_clone()?;
+            (f, Some(b))
+        } else if writable {
+            (self.cache.open_file(e.id, false)?, None)
+        } else {
+            (File::open(self.cache.path(e.id))?, None)
+        };
+        if pass && writable && !l.unlinked && !l.armed {
+            // Journal first, as for the first write (`write`): from this reply on the
+            // kernel writes without asking, and a crash must find the file queued.
+            self.store
+                .write(|db| db.enqueue_sync(e.id, dirty::CONTENT | dirty::PASSTHROUGH, None))?;
+            l.armed = true;
+        }
+        if pass && writable {
+            // The kernel's writes are not noted block by block: the next upload is whole.
+            self.blocks.changes().untracked_change(e.id);
+            if l.pass_writers == 0 {
+                // The data file's mtime is the file's from now until the last close (the
+                // kernel's writes move it): it starts as the file's own.
+                if let Err(err) = file.set_modified(ns_to_time(l.mtime_ns)) {
+                    tracing::debug!(id = e.id.0, error = %err, "could not set a data file's mtime");
+                }
+            }
+        }
         self.blocks.opened(e.id);
+        if pass {
+            l.pass += 1;
+            if !e.local {
+                self.blocks.set_passthrough(e.id, true);
+            }
+        } else {
+            l.plain += 1;
+        }
         if writable {
             l.writers += 1;
+            if pass {
+                l.pass_writers += 1;
+            }
         }
         drop(live);
         let version = (e.synced.etag.clone(), e.size, e.mtime_ns);
@@ -137,10 +215,19 @@ impl Vfs {
             }
             opened.insert(e.id, version.clone()).as_ref() == Some(&version)
         };
-        Ok((self.add_handle(e.id, Some(file), writable), keep_cache))
+        let fh = self.add_handle(e.id, Some(file), writable, pass);
+        if pass {
+            self.passthrough.count_open();
+        }
+        Ok(Opened {
+            fh,
+            keep_cache,
+            backing,
+        })
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> VfsResult<Vec<u8>> {
+        self.passthrough.count_read();
         let h = self.handle(fh)?;
         let f = h.file.as_ref().ok_or(VfsError::IsDir)?;
         if !h.writable {
@@ -172,6 +259,7 @@ impl Vfs {
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> VfsResult<u32> {
+        self.passthrough.count_write();
         let h = self.handle(fh)?;
         if !h.writable {
             return Err(VfsError::BadHandle);
@@ -237,6 +325,8 @@ impl Vfs {
     pub fn fsync(&self, fh: u64, datasync: bool) -> VfsResult<()> {
         let h = self.handle(fh)?;
         if let Some(f) = &h.file {
+            // A passthrough handle's file is another descriptor of the same data file: its
+            // fsync writes back what the kernel wrote through its own.
             if datasync {
                 f.sync_data()?;
             } else {
@@ -246,7 +336,21 @@ impl Vfs {
         {
             let mut live = lock(&self.live);
             if let Some(l) = live.get_mut(&h.id) {
-                self.disarm(h.id, l)?;
+                if l.pass_writers > 0 {
+                    // The kernel writes without asking: size and mtime are the data file's.
+                    // The upload goes as for any writer's fsync; the kernel's writes after
+                    // it are covered by `dirty::PASSTHROUGH` at a crash, and by the re-arm
+                    // when that upload lands (`FileGate::landed`).
+                    self.take_data_file_attrs(h.id, l);
+                    if l.armed {
+                        self.disarm(h.id, l)?;
+                    } else {
+                        let (size, mtime) = (l.size, l.mtime_ns);
+                        self.w(|db| Ok(db.set_size_mtime(h.id, size, mtime)?))?;
+                    }
+                } else {
+                    self.disarm(h.id, l)?;
+                }
             }
         }
         self.store.make_durable()?;
@@ -258,6 +362,14 @@ impl Vfs {
         if h.file.is_none() {
             return Ok(());
         }
+        if h.passthrough && h.writable && self.linger(&h) {
+            return Ok(());
+        }
+        self.finish_release(&h)
+    }
+
+    /// What closing `h` does, once no mapping of it writes any more (see `linger`).
+    pub(super) fn finish_release(&self, h: &Handle) -> VfsResult<()> {
         let mut live = lock(&self.live);
         let Some(l) = live.get_mut(&h.id) else {
             return Ok(());
@@ -265,9 +377,38 @@ impl Vfs {
         if h.writable {
             l.writers = l.writers.saturating_sub(1);
         }
+        if h.passthrough {
+            l.pass = l.pass.saturating_sub(1);
+            if h.writable {
+                // What the kernel wrote: the data file's size and mtime are the file's, and
+                // its next upload is whole (written after any upload that started before).
+                self.take_data_file_attrs(h.id, l);
+                l.pass_writers = l.pass_writers.saturating_sub(1);
+                self.blocks.changes().untracked_change(h.id);
+            }
+        } else {
+            l.plain = l.plain.saturating_sub(1);
+        }
         let mut result = Ok(());
+        if h.passthrough && h.writable && l.pass_writers == 0 && !l.armed && !l.unlinked {
+            // Let go by an fsync and not armed since: queued again (a job already waiting
+            // keeps its place), so that nothing the kernel wrote after may go unsent.
+            let ready = self.ready_at();
+            result = self.w(|db| {
+                db.enqueue_sync(h.id, dirty::CONTENT | dirty::PASSTHROUGH, Some(ready))?;
+                Ok(db.set_size_mtime(h.id, l.size, l.mtime_ns)?)
+            });
+        }
         if l.writers == 0 {
-            result = self.disarm(h.id, l);
+            result = result.and(self.disarm(h.id, l));
+        }
+        if h.passthrough && h.writable {
+            // The kernel's writes never reached `note_growth`: the next writer's throttle
+            // reads the figure again, with this file's size just written back.
+            self.blocks.forget_dirty_figure();
+        }
+        if h.passthrough {
+            self.blocks.set_passthrough(h.id, false);
         }
         let closed = self.blocks.closed(h.id);
         if closed.last {
@@ -318,14 +459,25 @@ impl Vfs {
         if !h.writable {
             return Err(VfsError::BadHandle);
         }
-        let f = h.file.as_ref().ok_or(VfsError::IsDir)?;
+        let own;
+        let f = if h.passthrough {
+            // Its own file is read-only (see `Handle::file`).
+            own = self.cache.open_file(h.id, false)?;
+            &own
+        } else {
+            h.file.as_ref().ok_or(VfsError::IsDir)?
+        };
         let end = offset
             .checked_add(len)
             .filter(|end| *end <= i64::MAX as u64)
             .ok_or_else(|| VfsError::Invalid("fallocate range overflows".into()))?;
         let size = {
-            let live = lock(&self.live);
-            live.get(&h.id).ok_or(VfsError::BadHandle)?.size
+            let mut live = lock(&self.live);
+            let l = live.get_mut(&h.id).ok_or(VfsError::BadHandle)?;
+            if l.pass_writers > 0 {
+                self.take_data_file_attrs(h.id, l);
+            }
+            l.size
         };
         self.blocks.check_disk_room(len)?;
         let before = f.metadata()?.len();

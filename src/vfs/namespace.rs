@@ -7,7 +7,7 @@ use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
-use super::{lock, Attr, DirEntry, Live, Vfs, VfsError, VfsResult};
+use super::{lock, Attr, DirEntry, Live, Opened, Vfs, VfsError, VfsResult};
 use crate::store::{dirty, now_ms, now_ns, Db, Entry, NewEntry, Synced};
 use crate::types::{EntryId, Kind, Special};
 
@@ -109,6 +109,7 @@ impl Vfs {
         gid: u32,
         target: Option<Vec<u8>>,
         ready: Option<i64>,
+        passthrough: bool,
     ) -> VfsResult<(Entry, Option<File>)> {
         self.w(|db| {
             let p = self.dir(db, parent)?;
@@ -144,7 +145,8 @@ impl Vfs {
             } else {
                 None
             };
-            db.enqueue_sync(e.id, dirty::CONTENT | dirty::META, ready)?;
+            let pass = if passthrough { dirty::PASSTHROUGH } else { 0 };
+            db.enqueue_sync(e.id, dirty::CONTENT | dirty::META | pass, ready)?;
             self.touch_dir(db, &p)?;
             Ok((e, file))
         })
@@ -167,6 +169,7 @@ impl Vfs {
             gid,
             None,
             Some(now_ms()),
+            false,
         )?;
         Ok(self.attr(&e))
     }
@@ -193,6 +196,7 @@ impl Vfs {
             gid,
             Some(target.to_vec()),
             Some(now_ms()),
+            false,
         )?;
         Ok(self.attr(&e))
     }
@@ -206,6 +210,28 @@ impl Vfs {
         uid: u32,
         gid: u32,
     ) -> VfsResult<(Attr, u64)> {
+        let (a, o) = self.create_with(parent, name, mode, uid, gid, false)?;
+        Ok((a, o.fh))
+    }
+
+    /// `create` for the kernel: a new file is written from scratch, so its handle may pass
+    /// through to the data file (`passthrough`, when the mount uses it; see
+    /// [`Vfs::open_with`]).
+    pub fn create_with(
+        &self,
+        parent: EntryId,
+        name: &OsStr,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        passthrough: bool,
+    ) -> VfsResult<(Attr, Opened)> {
+        let pass = passthrough && self.may_pass_write();
+        if pass {
+            // The kernel's writes will not wait for the uploader one by one (`write`):
+            // a writer given the data file waits here while the cache is over its budget.
+            self.blocks.throttle_direct_writer()?;
+        }
         let mut live = lock(&self.live);
         let (e, file) = self.insert_child(
             parent,
@@ -216,12 +242,32 @@ impl Vfs {
             gid,
             None,
             None,
+            pass,
         )?;
-        let file = file.expect("insert_child opens a file it creates");
+        let mut file = file.expect("insert_child opens a file it creates");
+        // The kernel writes through a file of its own; ours is read-only (see `Handle::file`).
+        let backing = if pass {
+            match File::open(self.cache.path(e.id)).and_then(|f| Ok((f.try_clone()?, f))) {
+                Ok((ours, kernels)) => {
+                    file = ours;
+                    Some(kernels)
+                }
+                Err(err) => {
+                    tracing::debug!(id = e.id.0, error = %err, "no passthrough for a new file");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let pass = backing.is_some();
         live.insert(
             e.id,
             Live {
                 writers: 1,
+                pass: pass as u32,
+                pass_writers: pass as u32,
+                plain: !pass as u32,
                 armed: true,
                 size: 0,
                 mtime_ns: e.mtime_ns,
@@ -230,8 +276,18 @@ impl Vfs {
         );
         self.blocks.opened(e.id);
         drop(live);
-        let fh = self.add_handle(e.id, Some(file), true);
-        Ok((self.attr(&e), fh))
+        let fh = self.add_handle(e.id, Some(file), true, pass);
+        if pass {
+            self.passthrough.count_open();
+        }
+        Ok((
+            self.attr(&e),
+            Opened {
+                fh,
+                keep_cache: false,
+                backing,
+            },
+        ))
     }
 
     pub fn opendir(&self, ino: EntryId) -> VfsResult<u64> {
@@ -242,7 +298,7 @@ impl Vfs {
         if e.kind != Kind::Dir {
             return Err(VfsError::NotDir);
         }
-        Ok(self.add_handle(e.id, None, false))
+        Ok(self.add_handle(e.id, None, false, false))
     }
 
     pub fn readdir(&self, fh: u64, ino: EntryId, offset: u64) -> VfsResult<Arc<Vec<DirEntry>>> {
@@ -654,6 +710,7 @@ impl Vfs {
             gid,
             None,
             Some(now_ms()),
+            false,
         )?;
         Ok(self.attr(&e))
     }

@@ -37,7 +37,14 @@ impl Vfs {
             tracing::info!(files = swept, "removed data files of deleted entries");
         }
         self.blocks.load_blocks()?;
-        let held = self.store.write(|db| db.release_held(now_ms()))?;
+        let mut held = self.store.write(|db| db.release_held(now_ms()))?;
+        // Written by the kernel since their last upload: the data file holds writes the
+        // database never heard of, as for a held writer.
+        for id in self.store.read(|db| db.passthrough_written())? {
+            if !held.contains(&id) {
+                held.push(id);
+            }
+        }
         // A committed truncate may not have reached the data file: outside the entries that
         // were being written (whose data file is the truth, below), the database's size is.
         let complete = self.store.read(|db| db.complete_files())?;
@@ -65,6 +72,9 @@ impl Vfs {
                 continue;
             };
             if e.kind != Kind::File || !e.local {
+                continue;
+            }
+            if self.hold_orphan_writer(*id)? {
                 continue;
             }
             let path = self.cache.path(*id);
