@@ -133,6 +133,7 @@ impl Gcs {
             &self.bucket.path(key)?,
             self.bucket.attributes(meta, false),
             src,
+            size,
             |id, parts| async move {
                 raw.complete_multipart(&full, &id, &parts, generation.as_deref())
                     .await
