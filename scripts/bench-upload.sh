@@ -24,9 +24,10 @@
 #              has none); default docs/benchmarks.md, whose rewrite by scripts/bench.sh keeps it
 #
 # Needs root and /dev/fuse. Environment: STRATUS=PATH, the binary to measure (default
-# target/release/stratus, built if missing); the baseline is built with
-# `cargo build --release --example put_baseline` when missing. Everything it starts is stopped
-# on exit.
+# target/release/stratus, built if missing); STRATUS_BEFORE=PATH, another build (an older
+# revision) measured the same way on a mount of its own, in the same runs; the baseline is
+# built with `cargo build --release --example put_baseline` when missing. Everything it starts
+# is stopped on exit.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 prog=bench-upload
@@ -34,6 +35,8 @@ prog=bench-upload
 . "$here/scripts/bench_lib.sh"
 command_line="scripts/bench-upload.sh${*:+ $*}"
 [ -z "${STRATUS:-}" ] || command_line="STRATUS='$STRATUS' $command_line"
+before=${STRATUS_BEFORE:-}
+[ -z "$before" ] || command_line="STRATUS_BEFORE='$before' $command_line"
 
 size_mib=512 runs=3
 out=$here/docs/benchmarks.md
@@ -67,14 +70,32 @@ start_moto "$bucket" "$work/moto.log"
 head -c "$((size_mib << 20))" /dev/urandom >"$work/src.bin"
 want=$(sha256sum "$work/src.bin" | cut -d' ' -f1)
 
-mnt=$work/mnt state=$work/state
-mkdir -p "$mnt"
-register_mount stratus "$mnt"
-stratus_env "$stratus" mount "s3://$bucket" "$mnt" --state-dir "$state" >"$work/mount.out" 2>&1 ||
-    die "stratus mount failed: $(cat "$work/mount.out")"
-daemon_pid=$(cat "$state/lock" 2>/dev/null || true)
-[ -z "$daemon_pid" ] || register_pid "$daemon_pid" 10 stratus
+mount_one() { # BINARY NAME: a mount of the bucket at $work/NAME (state dir $work/NAME-state)
+    local m=$work/$2 st=$work/$2-state pid
+    mkdir -p "$m"
+    register_mount stratus "$m"
+    stratus_env "$1" mount "s3://$bucket" "$m" --state-dir "$st" >"$work/$2-mount.out" 2>&1 ||
+        die "stratus mount failed: $(cat "$work/$2-mount.out")"
+    pid=$(cat "$st/lock" 2>/dev/null || true)
+    [ -z "$pid" ] || register_pid "$pid" 10 "stratus $2"
+}
+mount_one "$stratus" mnt
+[ -z "$before" ] || mount_one "$before" before
 rclone_env_for "$work/rclone.conf"
+
+drain_on() { # BINARY NAME KEY: the file written into the mount (untimed), then the drain timed;
+    # sets drain_secs
+    local m=$work/$2 t0
+    drop_caches
+    dd if="$work/src.bin" of="$m/$3" bs=1M conv=fsync status=none
+    t0=$(now)
+    "$1" sync "$m" --wait --timeout 1200 >"$work/sync.out" 2>&1 ||
+        die "stratus sync --wait failed: $(tail -3 "$work/sync.out")"
+    drain_secs=$(since "$t0")
+    check_object "$3"
+    rm "$m/$3"
+    "$1" sync "$m" --wait --timeout 600 >/dev/null 2>&1 || die "stratus did not delete $3"
+}
 
 delete_object() { curl -sS -f -o /dev/null -X DELETE "$moto_endpoint/$bucket/$1" || die "could not delete $1"; }
 check_object() { # KEY: the object on moto is the file, byte for byte
@@ -92,16 +113,19 @@ for run in $(seq "$runs"); do
     check_object base.bin
     delete_object base.bin
 
-    # stratus: written (untimed), then drained (timed)
-    drop_caches
-    dd if="$work/src.bin" of="$mnt/big.bin" bs=1M conv=fsync status=none
-    t0=$(now)
-    "$stratus" sync "$mnt" --wait --timeout 1200 >"$work/sync.out" 2>&1 ||
-        die "stratus sync --wait failed: $(tail -3 "$work/sync.out")"
-    drain_secs=$(since "$t0")
-    check_object big.bin
-    rm "$mnt/big.bin"
-    "$stratus" sync "$mnt" --wait --timeout 600 >/dev/null 2>&1 || die "stratus did not delete big.bin"
+    # stratus: written (untimed), then drained (timed); with a second build, the two take
+    # turns going first, so that neither always follows the same step
+    before_secs=
+    if [ -n "$before" ] && [ $((run % 2)) -eq 0 ]; then
+        drain_on "$before" before before.bin
+        before_secs=$drain_secs
+    fi
+    drain_on "$stratus" mnt big.bin
+    if [ -n "$before" ] && [ $((run % 2)) -eq 1 ]; then
+        after_secs=$drain_secs
+        drain_on "$before" before before.bin
+        before_secs=$drain_secs drain_secs=$after_secs
+    fi
 
     # rclone copyto
     t0=$(now)
@@ -111,8 +135,8 @@ for run in $(seq "$runs"); do
     check_object rclone.bin
     delete_object rclone.bin
 
-    rows+=("$run	$base_secs	$drain_secs	$rclone_secs")
-    say "run $run: baseline $base_secs s, stratus drain $drain_secs s, rclone copyto $rclone_secs s"
+    rows+=("$run	$base_secs	$drain_secs	$rclone_secs	$before_secs")
+    say "run $run: baseline $base_secs s, stratus drain $drain_secs s${before:+ (before: $before_secs s)}, rclone copyto $rclone_secs s"
 done
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -133,14 +157,25 @@ mibs() { awk -v n="$size_mib" -v s="$1" 'BEGIN { printf "%.0f", n / s }'; }
     echo
     echo "- machine: $(nproc) cores, $(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM; load average $load_start at the start, $load_end at the end"
     echo "- $(stratus_version); $("$rclone_bin" version 2>/dev/null | head -1); moto $(python3 -c 'import moto; print(moto.__version__)')"
+    [ -z "$before" ] || echo "- before: \`$before\`, $("$before" --version 2>/dev/null | head -1), built $(date -u -r "$before" '+%Y-%m-%d %H:%M UTC'), on a mount of its own in the same runs (after stratus in odd runs, before it in even ones)"
     echo
-    echo "| run | baseline PUT | stratus drain | rclone copyto | stratus / baseline (target ≥ 0.8) | stratus / rclone |"
-    echo "|---:|---:|---:|---:|---:|---:|"
+    ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
+    if [ -n "$before" ]; then
+        echo "| run | baseline PUT | stratus drain | stratus before | rclone copyto | stratus / baseline (target ≥ 0.8) | before / baseline | stratus / rclone |"
+        echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
+    else
+        echo "| run | baseline PUT | stratus drain | rclone copyto | stratus / baseline (target ≥ 0.8) | stratus / rclone |"
+        echo "|---:|---:|---:|---:|---:|---:|"
+    fi
     for r in "${rows[@]}"; do
-        IFS=$'\t' read -r run b d c <<<"$r"
-        echo "| $run | $b s ($(mibs "$b") MiB/s) | $d s ($(mibs "$d") MiB/s) | $c s ($(mibs "$c") MiB/s) |" \
-            "$(awk -v b="$b" -v d="$d" 'BEGIN { printf "%.2fx", b / d }') |" \
-            "$(awk -v c="$c" -v d="$d" 'BEGIN { printf "%.2fx", c / d }') |"
+        IFS=$'\t' read -r run b d c o <<<"$r"
+        if [ -n "$before" ]; then
+            echo "| $run | $b s ($(mibs "$b") MiB/s) | $d s ($(mibs "$d") MiB/s) | $o s ($(mibs "$o") MiB/s) | $c s ($(mibs "$c") MiB/s) |" \
+                "$(ratio "$b" "$d") | $(ratio "$b" "$o") | $(ratio "$c" "$d") |"
+        else
+            echo "| $run | $b s ($(mibs "$b") MiB/s) | $d s ($(mibs "$d") MiB/s) | $c s ($(mibs "$c") MiB/s) |" \
+                "$(ratio "$b" "$d") | $(ratio "$c" "$d") |"
+        fi
     done
     echo
     echo "<!-- bench-upload:end -->"
