@@ -12,11 +12,12 @@
 #   scripts/bench.sh [--quick] [--extras] [--out FILE] [--notes FILE]
 #
 # --quick       smaller workloads (a few minutes instead of ~20)
-# --extras      then also run scripts/bench-diff.sh and scripts/bench-bwlimit.sh (stratus over
-#               moto only; smaller files with --quick), each writing its own section into FILE
+# --extras      then also run scripts/bench-diff.sh, scripts/bench-bwlimit.sh and
+#               scripts/bench-upload.sh (stratus over moto only, bench-upload also rclone and a
+#               plain PUT; smaller files with --quick), each writing its own section into FILE
 # --out FILE    where the report goes (overwritten, except the sections of scripts/bench-cache.sh,
-#               scripts/bench-bwlimit.sh and scripts/bench-diff.sh between their markers, kept at
-#               the end); default docs/benchmarks.md
+#               scripts/bench-bwlimit.sh, scripts/bench-diff.sh and scripts/bench-upload.sh
+#               between their markers, kept at the end); default docs/benchmarks.md
 # --notes FILE  markdown appended to the report's notes (the analysis of missed targets)
 #
 # Needs root (it drops the page cache between workloads) and /dev/fuse. Installs bindfs, fio,
@@ -95,6 +96,17 @@ install_missing bindfs fio fusermount3:fuse3 curl git
 find_stratus
 rclone_bin= juicefs_bin=
 case " $targets " in *" rclone "*) find_rclone ;; esac
+# The bar for the upload drain of the big file (stratus-s3): a plain multipart PUT of the same
+# bytes to the same server with object_store (examples/put_baseline.rs).
+baseline=${BASELINE:-$here/target/release/examples/put_baseline}
+case " $targets " in
+    *" stratus-s3 "*)
+        if [ ! -x "$baseline" ]; then
+            say "building the baseline (cargo build --release --example put_baseline)"
+            (cd "$here" && cargo build --release --example put_baseline) >&2
+        fi
+        ;;
+esac
 case " $targets " in *" juicefs "*) find_juicefs ;; esac
 
 if [ -n "${BENCH_TARBALL:-}" ]; then
@@ -326,6 +338,31 @@ settle() { # untimed: let uploads and deletes of the previous workload finish
     esac
 }
 
+plain_put_big() { # the bar for the drain: the same bytes sent to the same server without a mount
+    case "$target" in
+        stratus-s3 | rclone) ;;
+        *) return 0 ;;
+    esac
+    local copy=$tdir/big.copy t0 out
+    cp "$mnt/big.dat" "$copy" # untimed: the same bytes, from a file on the local disk
+    if [ "$target" = stratus-s3 ]; then
+        step put-big "$label_put_big"
+        out=$(stratus_env "$baseline" "$copy" stratus-bench plain.dat 8 8) || die "the baseline PUT failed"
+        record put-big "$label_put_big" "${out%% s,*}" s lower
+        curl -sS -f -o /dev/null -X DELETE "$moto_endpoint/stratus-bench/plain.dat" || die "could not delete plain.dat"
+    else
+        step copyto-big "$label_copyto_big"
+        t0=$(now)
+        "${rclone_env[@]}" "$rclone_bin" copyto "$copy" X:rclone-bench/plain.dat >"$tdir/copyto.out" 2>&1 ||
+            die "rclone copyto failed: $(tail -3 "$tdir/copyto.out")"
+        record copyto-big "$label_copyto_big" "$(since "$t0")" s lower
+        # Through rclone: moto answered an unsigned DELETE in this bucket with 403.
+        "${rclone_env[@]}" "$rclone_bin" deletefile X:rclone-bench/plain.dat >>"$tdir/copyto.out" 2>&1 ||
+            die "could not delete plain.dat: $(tail -3 "$tdir/copyto.out")"
+    fi
+    rm -f "$copy"
+}
+
 snapshot_keys() { # what the bucket holds now, so that a drain counts only the objects written after
     [ "$target" = juicefs ] || return 0
     $tools s3-keys "$moto_endpoint" juicefs-bench "$jfs_volume/chunks/" >"$tdir/before-keys" ||
@@ -453,6 +490,7 @@ run_workloads() {
     t0=$(now)
     step drain-big "$label_drain_big"
     drain drain-big "$label_drain_big" "$t0" big
+    plain_put_big
 
     step seqread "$label_seqread"
     drop_caches
@@ -490,6 +528,8 @@ label_stat="stat $(fmt_n "$nsmall") small files"
 label_unlink="unlink $(fmt_n "$nsmall") small files"
 label_seqwrite="sequential write ${big_mib} MiB + fsync"
 label_drain_big="upload drain after the ${big_mib} MiB write"
+label_put_big="plain multipart PUT of that file, no mount"
+label_copyto_big="rclone copyto of that file, no mount"
 label_seqread="sequential read ${big_mib} MiB, cold"
 label_randread="random 4 KiB reads, ${rand_secs} s, cold"
 
@@ -563,6 +603,7 @@ total=$(since "$started")
     printf 'workload\tgit: in the extracted tree `git init`, `git add -A`, `git commit` and then `git status`, each timed on its own, the page cache kept; "git init + add + commit" is their sum. The commit is checked to hold every file and `git status` to list nothing; the uploads of .git are then let settle (untimed)\n'
     printf 'workload\tsmall files: one python3 process creates %s files of 100 bytes in one directory (open O_CREAT|O_EXCL, write, close), then stats each, then unlinks each; ops/s per phase. Uploads and deletes are then let settle (untimed)\n' "$(fmt_n "$nsmall")"
     printf 'workload\tsequential write: `fio --rw=write --bs=1M --size=%sM --end_fsync=1 --ioengine=psync --fallocate=none`, timed from start to exit (the final fsync included), after dropping the page cache; then the upload drain of that file, as above\n' "$big_mib"
+    printf 'workload\tthe bar for that drain, after it (stratus-s3 and rclone targets, same moto server): the file copied out of the mount (untimed), then sent with a plain multipart PUT by `examples/put_baseline.rs` (object_store put_multipart + WriteMultipart: the client library, 8 MiB parts and payload signing stratus uses, 8 parts in flight, nothing around it; in the stratus-S3 column), and by `rclone copyto FILE X:BUCKET/KEY` (rclone defaults: 5 MiB chunks, 4 in flight; in the rclone column); each object deleted after\n'
     printf 'workload\tsequential read of that file: `fio --rw=read --bs=1M`, page cache dropped first, so stratus, rclone and JuiceFS read it from their own on-disk cache\n'
     printf 'workload\trandom reads: `fio --rw=randread --bs=4k --time_based --runtime=%s`, buffered, page cache dropped first (pages read during the run stay cached, the same on every target)\n' "$rand_secs"
 } >>"$work/meta"
@@ -582,9 +623,10 @@ say "report written to $out"
 if [ $extras -eq 1 ]; then
     # Each in a process of its own, with its own work dir and cleanup; they need a build with
     # --bwlimit and `stratus bwlimit` (issue 13) and with differential uploads to say anything.
-    diff_size=128 bw_size=64
-    [ $quick -eq 0 ] || diff_size=32 bw_size=16
-    for extra in "bench-diff.sh --size $diff_size" "bench-bwlimit.sh --size-mib $bw_size"; do
+    diff_size=128 bw_size=64 up_args="--size 512 --runs 3"
+    [ $quick -eq 0 ] || diff_size=32 bw_size=16 up_args="--size 128 --runs 1"
+    for extra in "bench-diff.sh --size $diff_size" "bench-bwlimit.sh --size-mib $bw_size" \
+        "bench-upload.sh $up_args"; do
         say "running scripts/$extra --out $out"
         # shellcheck disable=SC2086 # the options are split on purpose
         STRATUS=$stratus "$here/scripts/"$extra --out "$out" >&2 || {

@@ -140,7 +140,7 @@ impl Azure {
         }
         let path = self.bucket.path(key)?;
         // Blocks nobody commits expire by themselves (Azure has no abort).
-        let parts = put_parts(self.az.clone(), &path, &MultipartId::new(), src).await?;
+        let parts = put_parts(self.az.clone(), &path, &MultipartId::new(), src, size).await?;
         let tag = self
             .raw
             .put_block_list(

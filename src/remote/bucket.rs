@@ -13,7 +13,7 @@ use object_store::{
     Attribute, AttributeValue, Attributes, ClientConfigKey, GetOptions, MultipartId, ObjectStore,
     ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use super::backend::{Backend, ByteStream};
 use super::http::{map_err, status_in};
@@ -28,8 +28,11 @@ pub const OLD_MARKER_SUFFIX: &str = "_$folder$";
 /// Files above this go up as multipart uploads.
 pub const MULTIPART_THRESHOLD: u64 = 16 * 1024 * 1024;
 const PART_SIZE: usize = 8 * 1024 * 1024;
-/// Parts in flight at once for one multipart upload.
-const PARTS_IN_FLIGHT: usize = 4;
+/// Parts in flight at once for one multipart upload: enough round trips overlapped for a
+/// server across a network, and the setting of the benchmarks' plain-PUT baseline (on moto
+/// 4 and 8 measure alike; docs/benchmarks.md, "What limits the upload drain"). Each holds
+/// its 8 MiB buffer, so an upload holds 64 MiB at most.
+const PARTS_IN_FLIGHT: usize = 8;
 /// HEAD requests in flight at once while scanning.
 const SCAN_CONCURRENCY: usize = 16;
 /// All three clouds cap object names at 1024 bytes.
@@ -648,22 +651,23 @@ impl Bucket {
     }
 }
 
-/// Uploads `src` in parts through object_store, then lets `complete` (a raw request that
-/// carries the server's precondition) assemble them. A refused or failed completion aborts
-/// the upload, whose parts would otherwise be kept (and billed); if a completion did go
-/// through, there is no upload left to abort.
+/// Uploads `src` (`size` bytes) in parts through object_store, then lets `complete` (a raw
+/// request that carries the server's precondition) assemble them. A refused or failed
+/// completion aborts the upload, whose parts would otherwise be kept (and billed); if a
+/// completion did go through, there is no upload left to abort.
 pub async fn parts_then_complete<Fut>(
     store: Arc<dyn MultipartStore>,
     path: &Path,
     attributes: Attributes,
     src: &std::path::Path,
+    size: u64,
     complete: impl FnOnce(MultipartId, Vec<String>) -> Fut,
 ) -> RemoteResult<Written>
 where
     Fut: std::future::Future<Output = RemoteResult<(Option<String>, Option<String>)>>,
 {
     multipart(store.clone(), path, attributes, |id| async move {
-        let parts = put_parts(store, path, &id, src).await?;
+        let parts = put_parts(store, path, &id, src, size).await?;
         complete(id, parts).await
     })
     .await
@@ -727,128 +731,141 @@ where
     Fut: std::future::Future<Output = RemoteResult<(Option<String>, Option<String>)>>,
 {
     multipart(store.clone(), path, attributes, |id| async move {
-        let parts: Vec<String> = futures::stream::iter(super::delta::parts(size, PART).enumerate())
-            .map(|(idx, range)| {
-                let (store, id, copy) = (store.clone(), id.clone(), &copy_part);
-                async move {
-                    let n = range.end - range.start;
-                    if delta.unchanged(&range) {
-                        let part = copy(id, idx, range).await?;
-                        super::note_copied(n);
-                        return Ok(part);
-                    }
-                    let buf = read_range(src, range).await?;
-                    let part = store
-                        .put_part(path, &id, idx, PutPayload::from(buf))
-                        .await
-                        .map_err(map_err)?
-                        .content_id;
-                    super::note_sent(n);
-                    Ok::<_, RemoteError>(part)
-                }
-            })
-            .buffered(PARTS_IN_FLIGHT)
-            .try_collect()
-            .await?;
+        let reuse = |idx: usize, range: std::ops::Range<u64>| {
+            delta
+                .unchanged(&range)
+                .then(|| copy_part(id.clone(), idx, range))
+        };
+        let parts = send_parts(store, path, &id, src, size, reuse).await?;
         complete(id, parts).await
     })
     .await
 }
 
-/// Bytes `range` of the file at `src`.
+/// Bytes `range` of the file at `src` (an error if the file is shorter).
 pub(super) async fn read_range(
     src: &std::path::Path,
     range: std::ops::Range<u64>,
-) -> std::io::Result<Vec<u8>> {
-    use tokio::io::AsyncSeekExt;
-    let mut f = tokio::fs::File::open(src).await?;
-    f.seek(std::io::SeekFrom::Start(range.start)).await?;
-    let mut buf = vec![0u8; (range.end - range.start) as usize];
-    let n = read_full(&mut f, &mut buf).await?;
-    if n < buf.len() {
-        // The file shrank under the upload: this version cannot be sent; the uploader's
-        // check of the entry after the upload sends the new one.
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "the file shrank during its upload",
-        ));
-    }
-    Ok(buf)
+) -> std::io::Result<bytes::Bytes> {
+    let file = Arc::new(std::fs::File::open(src)?);
+    read_part(file, range).await
 }
 
-/// Uploads the parts of a multipart upload through object_store (`PARTS_IN_FLIGHT` at once)
-/// and returns their ids in order; the completion is ours, because it must carry the
-/// server's precondition.
+/// Uploads the parts of a multipart upload through object_store and returns their ids in
+/// order; the completion is the caller's, because it must carry the server's precondition.
 pub async fn put_parts(
     store: Arc<dyn MultipartStore>,
     path: &Path,
     id: &MultipartId,
     src: &std::path::Path,
+    size: u64,
 ) -> RemoteResult<Vec<String>> {
-    let mut f = tokio::fs::File::open(src).await?;
-    let mut in_flight = std::collections::VecDeque::new();
-    let mut ids = Vec::new();
-    let result: RemoteResult<()> = async {
-        for idx in 0.. {
-            let mut buf = vec![0u8; PART_SIZE];
-            let n = read_full(&mut f, &mut buf).await?;
-            if n == 0 && idx > 0 {
-                break;
-            }
-            buf.truncate(n);
-            // Each part pays the upload bucket before it goes out: under a limit, parts
-            // leave one by one at its rate.
-            super::bwlimit::pace_up(n as u64).await;
-            let (store, path, id) = (store.clone(), path.clone(), id.clone());
-            in_flight.push_back(tokio::spawn(async move {
-                let r = store
-                    .put_part(&path, &id, idx, PutPayload::from(buf))
-                    .await
-                    .map_err(map_err);
-                r.map(|p| (p, n as u64))
-            }));
-            if in_flight.len() >= PARTS_IN_FLIGHT {
-                ids.push(join_part(in_flight.pop_front()).await?);
-            }
-            if n < PART_SIZE {
-                break;
-            }
-        }
-        while let Some(h) = in_flight.pop_front() {
-            ids.push(join_part(Some(h)).await?);
-        }
-        Ok(())
-    }
-    .await;
-    if let Err(e) = result {
-        for h in in_flight {
-            h.abort();
-        }
-        return Err(e);
-    }
-    Ok(ids)
+    let no_reuse =
+        |_: usize, _: std::ops::Range<u64>| None::<futures::future::Ready<RemoteResult<String>>>;
+    send_parts(store, path, id, src, size, no_reuse).await
 }
 
-/// A part's upload, answering its id and its size.
-type PartTask = tokio::task::JoinHandle<RemoteResult<(object_store::multipart::PartId, u64)>>;
-
-async fn join_part(h: Option<PartTask>) -> RemoteResult<String> {
-    let h = h.expect("a part in flight");
-    let (part, n) = h
-        .await
-        .map_err(|e| RemoteError::Io(std::io::Error::other(e.to_string())))??;
-    super::note_sent(n);
-    Ok(part.content_id)
+/// The parts of `src` (`size` bytes cut at `PART`), `PARTS_IN_FLIGHT` at once, in whatever
+/// order they finish (a slow part holds one slot, not the whole upload): each one a
+/// server-side copy where `reuse` answers one, else read from `src` once, straight into the
+/// buffer that becomes the request's body, and sent. Answers the parts' ids in order.
+///
+/// Each part read pays the upload bucket before it goes out: under a limit, parts leave one
+/// by one at its rate. Every part's buffer is in flight: memory stays at `PARTS_IN_FLIGHT`
+/// parts, whatever the file's size.
+async fn send_parts<C, CFut>(
+    store: Arc<dyn MultipartStore>,
+    path: &Path,
+    id: &MultipartId,
+    src: &std::path::Path,
+    size: u64,
+    reuse: C,
+) -> RemoteResult<Vec<String>>
+where
+    C: Fn(usize, std::ops::Range<u64>) -> Option<CFut>,
+    CFut: std::future::Future<Output = RemoteResult<String>>,
+{
+    let file = Arc::new(std::fs::File::open(src)?);
+    let ranges: Vec<_> = super::delta::parts(size, PART).collect();
+    let mut ids: Vec<Option<String>> = vec![None; ranges.len()];
+    let mut done = futures::stream::iter(ranges.into_iter().enumerate())
+        .map(|(idx, range)| {
+            let copy = reuse(idx, range.clone());
+            let (store, path, id, file) = (store.clone(), path.clone(), id.clone(), file.clone());
+            async move {
+                let n = range.end - range.start;
+                if let Some(copy) = copy {
+                    let part = copy.await?;
+                    super::note_copied(n);
+                    return Ok((idx, part));
+                }
+                let body = read_part(file, range).await?;
+                super::bwlimit::pace_up(n).await;
+                // On a task of its own: the request's signing hashes the body, and with
+                // several parts in flight that work spreads over the runtime's threads.
+                let part = Aborting(tokio::spawn(async move {
+                    store
+                        .put_part(&path, &id, idx, PutPayload::from(body))
+                        .await
+                }))
+                .await
+                .map_err(|e| RemoteError::Io(std::io::Error::other(e.to_string())))?
+                .map_err(map_err)?;
+                super::note_sent(n);
+                Ok::<_, RemoteError>((idx, part.content_id))
+            }
+        })
+        .buffer_unordered(PARTS_IN_FLIGHT);
+    while let Some((idx, part)) = done.try_next().await? {
+        ids[idx] = Some(part);
+    }
+    Ok(ids
+        .into_iter()
+        .map(|p| p.expect("every part answered"))
+        .collect())
 }
 
-async fn read_full(f: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        let r = f.read(&mut buf[n..]).await?;
-        if r == 0 {
-            break;
-        }
-        n += r;
+/// A spawned task that is aborted when its handle is dropped: a failed upload stops the
+/// parts still in flight instead of leaving them running detached.
+struct Aborting<T>(tokio::task::JoinHandle<T>);
+
+impl<T> std::future::Future for Aborting<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
     }
-    Ok(n)
+}
+
+impl<T> Drop for Aborting<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Bytes `range` of `file`, read with one positioned read (on a blocking thread) into the
+/// buffer that becomes the part's body: no copy between the page cache and the request.
+async fn read_part(
+    file: Arc<std::fs::File>,
+    range: std::ops::Range<u64>,
+) -> std::io::Result<bytes::Bytes> {
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; (range.end - range.start) as usize];
+        file.read_exact_at(&mut buf, range.start).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                // The file shrank under the upload: this version cannot be sent; the
+                // uploader's check of the entry after the upload sends the new one.
+                std::io::Error::new(e.kind(), "the file shrank during its upload")
+            } else {
+                e
+            }
+        })?;
+        Ok(bytes::Bytes::from(buf))
+    })
+    .await
+    .map_err(|e| std::io::Error::other(e.to_string()))?
 }

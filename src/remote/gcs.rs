@@ -144,6 +144,7 @@ impl Gcs {
             &self.bucket.path(key)?,
             self.bucket.attributes(meta, false),
             src,
+            size,
             |id, parts| async move {
                 raw.complete_multipart(&full, &id, &parts, generation.as_deref())
                     .await
@@ -218,7 +219,10 @@ impl Gcs {
                 "{PROBE_PREFIX}append-{:x}-{nanos:x}",
                 std::process::id()
             ));
-            let (_, scratch_gen) = self.raw.put(&scratch, tail, &[], Some("0")).await?;
+            let (_, scratch_gen) = self
+                .raw
+                .put(&scratch, tail.to_vec(), &[], Some("0"))
+                .await?;
             let full = self.bucket.full(key);
             let composed = match scratch_gen {
                 Some(g) => {

@@ -106,6 +106,7 @@ impl S3 {
             &self.bucket.path(key)?,
             self.bucket.attributes(meta, false),
             src,
+            size,
             |id, parts| async move { raw.complete_multipart(&full, &id, &parts, &headers).await },
         )
         .await

@@ -23,6 +23,10 @@ struct Gate {
     pattern: Option<String>,
     /// The head of the request being held.
     held: Option<String>,
+    /// Hold every matching request, not only the first (`hold_every`).
+    every: bool,
+    /// The heads of the matching requests held right now.
+    holding: Vec<String>,
     open: bool,
 }
 
@@ -65,9 +69,37 @@ impl GateProxy {
         let mut g = self.shared.gate.lock().unwrap();
         *g = Gate {
             pattern: Some(parts.join("\n").to_ascii_lowercase()),
-            held: None,
-            open: false,
+            ..Gate::default()
         };
+    }
+
+    /// Holds every request whose head contains every one of `parts` (case-insensitive), until
+    /// `release`: how many a client keeps waiting at once is how many it has in flight.
+    pub fn hold_every(&self, parts: &[&str]) {
+        let mut g = self.shared.gate.lock().unwrap();
+        *g = Gate {
+            pattern: Some(parts.join("\n").to_ascii_lowercase()),
+            every: true,
+            ..Gate::default()
+        };
+    }
+
+    /// Waits until the heads of the requests held right now (`hold_every`) satisfy `enough`,
+    /// or `timeout` passed; answers those heads.
+    pub fn wait_holding(
+        &self,
+        timeout: Duration,
+        enough: impl Fn(&[String]) -> bool,
+    ) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.shared.gate.lock().unwrap();
+        while !enough(&g.holding) {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            g = self.shared.changed.wait_timeout(g, left).unwrap().0;
+        }
+        g.holding.clone()
     }
 
     /// Waits until a request is held and returns its head.
@@ -135,11 +167,17 @@ fn serve(client: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
         }
         {
             let mut g = shared.gate.lock().unwrap();
-            if g.pattern.as_deref().is_some_and(|p| matches(p, &head)) && g.held.is_none() {
+            if g.pattern.as_deref().is_some_and(|p| matches(p, &head))
+                && (g.every || g.held.is_none())
+            {
                 g.held = Some(head.clone());
+                g.holding.push(head.clone());
                 shared.changed.notify_all();
                 while !g.open {
                     g = shared.changed.wait(g).unwrap();
+                }
+                if let Some(i) = g.holding.iter().position(|h| *h == head) {
+                    g.holding.remove(i);
                 }
             }
         }
