@@ -97,8 +97,8 @@ pub struct View {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub umask: u32,
-    /// Open cached files in FUSE passthrough mode where the kernel allows it (off with
-    /// `-o nopassthrough`).
+    /// Open cached files in FUSE passthrough mode where the kernel allows it (asked for with
+    /// `-o passthrough`).
     pub passthrough: bool,
 }
 
@@ -128,7 +128,7 @@ impl StratusFs {
     /// Asks the kernel for passthrough, and says why the mount goes without it.
     fn passthrough_mode(&self, config: &mut KernelConfig) -> PassthroughMode {
         if !self.view.passthrough {
-            return PassthroughMode::Off("-o nopassthrough".into());
+            return PassthroughMode::Off("not asked for: -o passthrough".into());
         }
         // SAFETY: geteuid cannot fail.
         let euid = unsafe { libc::geteuid() };

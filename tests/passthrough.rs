@@ -11,6 +11,13 @@ use std::time::Duration;
 
 use common::mount::{data, eventually, Backend, Env, Mount};
 
+/// Passthrough is asked for (`-o passthrough`): off by default in this release.
+const ON: [&str; 4] = ["--write-back", "0.2", "-o", "passthrough"];
+
+fn mount_on(env: &Env) -> Mount {
+    env.try_mount(&env.new_state_dir(), &ON).unwrap()
+}
+
 /// `(state, reason, opens, fuse_reads, fuse_writes)` from `status --json`.
 fn passthrough(m: &Mount) -> (String, String, u64, u64, u64) {
     let s = m.status_json();
@@ -45,7 +52,7 @@ fn write_fsync_read(m: &Mount, rel: &str, body: &[u8]) {
 }
 
 every_backend!(passthrough_reads_and_writes_land, |env: &Env| {
-    let m = env.mount();
+    let m = mount_on(env);
     let (state, reason, ..) = passthrough(&m);
     assert_eq!(
         state, "on",
@@ -97,7 +104,7 @@ every_backend!(passthrough_reads_and_writes_land, |env: &Env| {
     drop(m);
     // A fresh mount of the same remote reads the same bytes (fetched, then whole: its
     // second read passes through).
-    let m2 = env.mount();
+    let m2 = mount_on(env);
     assert!(fs::read(m2.path("big.bin")).unwrap() == want);
     assert!(fs::read(m2.path("big.bin")).unwrap() == want);
     assert_eq!(fs::read(m2.path("cut.bin")).unwrap(), cut);
@@ -110,19 +117,19 @@ every_backend!(passthrough_reads_and_writes_land, |env: &Env| {
 fn the_data_path_skips_the_daemon_only_with_passthrough() {
     let env = Env::new(Backend::Local);
     let body = data(7, 8 << 20);
-    let on = env.mount();
+    let on = mount_on(&env);
     write_fsync_read(&on, "f.bin", &body);
     let (state, _, opens, reads, writes) = passthrough(&on);
     assert_eq!((state.as_str(), reads, writes), ("on", 0, 0));
     assert!(opens >= 2, "{opens}");
     drop(on);
     let off = env
-        .try_mount(&env.new_state_dir(), &["-o", "nopassthrough"])
+        .try_mount(&env.new_state_dir(), &["--write-back", "0.2"])
         .unwrap();
     write_fsync_read(&off, "g.bin", &body);
     let (state, reason, opens, reads, writes) = passthrough(&off);
     assert_eq!(state, "off");
-    assert!(reason.contains("nopassthrough"), "{reason}");
+    assert!(reason.contains("-o passthrough"), "{reason}");
     assert_eq!(opens, 0);
     assert!(
         reads > 0 && writes > 0,
@@ -130,7 +137,7 @@ fn the_data_path_skips_the_daemon_only_with_passthrough() {
     );
     assert!(
         off.status()
-            .contains("passthrough:    off (-o nopassthrough)"),
+            .contains("passthrough:    off (not asked for: -o passthrough)"),
         "{}",
         off.status()
     );
@@ -145,7 +152,7 @@ every_backend!(
     sigkill_after_fsync_through_passthrough_loses_nothing,
     |env: &Env| {
         let state = env.new_state_dir();
-        let m = env.mount_state(&state);
+        let m = env.try_mount(&state, &ON).unwrap();
         fs::write(m.path("old.txt"), b"an older file").unwrap();
         let first = data(21, 3 << 20);
         let mut f = fs::File::create(m.path("log.bin")).unwrap();
@@ -171,7 +178,7 @@ every_backend!(
         app.write_all(b" and tail").unwrap();
         assert_eq!(passthrough(&m).4, 0, "the writes passed through");
         m.kill9();
-        let m = env.try_mount(&state, &["--write-back", "0.2"]).unwrap();
+        let m = env.try_mount(&state, &ON).unwrap();
         let mut want = first.clone();
         want.extend_from_slice(b"after fsync");
         drop(app);
@@ -205,7 +212,14 @@ every_backend!(
 #[test]
 fn a_conflict_while_open_in_passthrough_keeps_both_versions() {
     let env = Env::new(Backend::S3);
-    let args = ["--poll-interval", "0", "--write-back", "0.2"];
+    let args = [
+        "--poll-interval",
+        "0",
+        "--write-back",
+        "0.2",
+        "-o",
+        "passthrough",
+    ];
     let a = env.try_mount(&env.new_state_dir(), &args).unwrap();
     let b = env.try_mount(&env.new_state_dir(), &args).unwrap();
     fs::write(a.path("f.txt"), b"base").unwrap();
@@ -256,9 +270,7 @@ fn a_conflict_while_open_in_passthrough_keeps_both_versions() {
 #[test]
 fn writes_through_a_mapping_that_outlives_close_reach_the_remote() {
     let env = Env::new(Backend::Local);
-    let m = env
-        .try_mount(&env.new_state_dir(), &["--write-back", "0.2"])
-        .unwrap();
+    let m = mount_on(&env);
     let f = fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -31,8 +31,10 @@ pub struct MountOptions {
     pub exec: bool,
     /// `state_dir=PATH`: what `--state-dir` says, for an fstab line, which has no flags.
     pub state_dir: Option<PathBuf>,
-    /// `nopassthrough` turns off FUSE passthrough (reads and writes of cached files going
-    /// straight to their data files), which is on where the kernel allows it.
+    /// `passthrough` turns on FUSE passthrough (reads and writes of cached files going
+    /// straight to their data files) where the kernel allows it; `nopassthrough` (the
+    /// default in this release: a write-through's size reaches `stratus status` only at
+    /// release, and the cache budget is checked at open only) leaves it off.
     pub passthrough: bool,
 }
 
@@ -50,7 +52,7 @@ impl Default for MountOptions {
             suid: false,
             exec: true,
             state_dir: None,
-            passthrough: true,
+            passthrough: false,
         }
     }
 }
@@ -155,7 +157,7 @@ impl MountOptions {
         o.push(self.uid.map(|v| format!("uid={v}")));
         o.push(self.gid.map(|v| format!("gid={v}")));
         o.push(self.umask.map(|v| format!("umask={v:o}")));
-        o.push((!self.passthrough).then(|| "nopassthrough".to_string()));
+        o.push(self.passthrough.then(|| "passthrough".to_string()));
         o.into_iter().flatten().collect::<Vec<_>>().join(",")
     }
 
@@ -197,6 +199,8 @@ mod tests {
         ])
         .unwrap();
         assert!(!p.mount.passthrough);
+        assert!(parse_s3(&["passthrough"]).unwrap().mount.passthrough);
+        assert!(!parse_s3(&["defaults"]).unwrap().mount.passthrough);
         assert_eq!(p.mount.access, Access::Everyone);
         assert!(p.mount.read_only && p.mount.dev && !p.mount.exec && !p.mount.suid);
         assert_eq!(
