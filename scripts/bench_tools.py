@@ -410,7 +410,7 @@ def report(args):
     kept = cache_block(args.out)
     if kept:
         text += "\n" + kept + "\n"
-    for name in ("bench-bwlimit", "bench-diff"):
+    for name in ("bench-bwlimit", "bench-diff", "bench-scale"):
         kept = marked_block(args.out, name)
         if kept:
             text += "\n" + kept + "\n"

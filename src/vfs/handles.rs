@@ -55,6 +55,8 @@ impl Vfs {
     /// opened at the version it was last opened at here (a remote change, which the poller
     /// takes only while the file is closed, changes the version).
     pub fn open(&self, ino: EntryId, writable: bool, truncate: bool) -> VfsResult<(u64, bool)> {
+        // A file a listing alone made may be a symlink, or have a mode that forbids this.
+        self.read_meta_first(ino)?;
         let e = self
             .store
             .read(|db| db.get(ino))?

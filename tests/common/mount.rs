@@ -129,6 +129,15 @@ impl Env {
         Env::build(Backend::S3, Some(server), None)
     }
 
+    /// An S3 remote on a moto server of the test's own, in a bucket of a given name (one the
+    /// server was started with, `MOTO_SEED`).
+    pub fn on_moto_bucket(server: Arc<Moto>, bucket: &str) -> Env {
+        let mut env = Env::build(Backend::S3, Some(server), None);
+        env.bucket = bucket.to_string();
+        env.moto.as_ref().expect("S3 backend").create_bucket(bucket);
+        env
+    }
+
     /// A local-folder remote and state dirs under `base` (the in-process tests put them on
     /// tmpfs, where an fsync costs nothing).
     pub fn local_in(base: &Path) -> Env {
