@@ -257,6 +257,21 @@ impl Env {
         self.mount_state(&self.new_state_dir())
     }
 
+    /// [`Env::mount`], then waits until the metadata a first mount's listing lacked (S3, GCS:
+    /// modes, times, symlinks, special files, hard links) has been read in the background.
+    pub fn mount_read(&self) -> Mount {
+        let m = self.mount();
+        if matches!(self.backend, Backend::S3 | Backend::Gcs) {
+            assert!(
+                eventually(30, || !m
+                    .log_lines_with("metadata of the listed entries read")
+                    .is_empty()),
+                "the metadata was not read within 30 s"
+            );
+        }
+        m
+    }
+
     pub fn mount_state(&self, state: &Path) -> Mount {
         self.try_mount(state, &["--write-back", "0.2"])
             .unwrap_or_else(|e| panic!("mount failed: {e}"))
