@@ -422,7 +422,7 @@ def report(args):
     kept = cache_block(args.out)
     if kept:
         text += "\n" + kept + "\n"
-    for name in ("bench-bwlimit", "bench-diff", "bench-upload", "bench-upload-notes"):
+    for name in ("bench-bwlimit", "bench-diff", "bench-upload", "bench-upload-notes", "bench-scale"):
         kept = marked_block(args.out, name)
         if kept:
             text += "\n" + kept + "\n"

@@ -10,6 +10,20 @@ and slicing it, under a per-object lock, so on a 1 GiB object a 1 MiB ranged GET
 the range. With the switch, a single-range GET reads only its bytes. Off by default: the
 tests keep stock moto, whose ranged GETs stay correct while the object is overwritten.
 
+With MOTO_SEED=BUCKET[/PREFIX]:OBJECTS:DIRS (for tests/scale.rs and scripts/bench-scale.sh)
+the server starts with BUCKET holding OBJECTS small objects spread over DIRS directories
+(`PREFIX/dNNNNN/fNNNNNNN`, each holding its own number as text), put straight into moto's
+backend:
+20,000 take a second that way, where PUTs over HTTP take minutes. Served, listed and read
+like any other object.
+
+With MOTO_FAST_LISTING=1 a fourth quirk goes (also for the scale test and benchmark): moto
+answers every ListObjectsV2 page by sorting the whole bucket through Python calls per key
+(about 1 s a page at 100,000 keys, so a listing of that bucket took 116 s, and the figure
+measured moto). Real S3 serves a page at the cost of the page. With the switch, a listing
+without a delimiter walks a sorted list of the bucket's names, kept until a key is added or
+removed; listings with a delimiter stay moto's own.
+
 A third fix is always on: conditional writes are decided atomically and with every
 precondition S3 documents for them, also those moto skips (see `s3_preconditions`).
 
@@ -209,6 +223,86 @@ if os.environ.get("MOTO_IGNORE_PRECONDITIONS") == "1":
 
 if os.environ.get("MOTO_RANGED_GETS_IN_PLACE") == "1":
     ranged_gets_in_place()
+
+
+
+def fast_listing():
+    import bisect
+
+    from moto.s3.models import FakeDeleteMarker, S3Backend
+    from moto.s3.utils import _VersionedKeyStore
+    from moto.utilities.utils import md5_hash
+
+    def forgetting(orig):
+        def change(self, *args, **kwargs):
+            self.__dict__.pop("_sorted_names", None)
+            return orig(self, *args, **kwargs)
+
+        return change
+
+    for name in ("__setitem__", "__delitem__", "pop", "setlist", "clear", "update"):
+        setattr(_VersionedKeyStore, name, forgetting(getattr(_VersionedKeyStore, name)))
+
+    def names_of(store):
+        names = store.__dict__.get("_sorted_names")
+        if names is None:
+            names = sorted(dict.keys(store))
+            store.__dict__["_sorted_names"] = names
+        return names
+
+    orig = S3Backend.list_objects_v2
+
+    def list_objects_v2(self, bucket, prefix, delimiter, continuation_token, start_after, max_keys):
+        if delimiter or not hasattr(bucket.keys, "__dict__"):
+            return orig(self, bucket, prefix, delimiter, continuation_token, start_after, max_keys)
+        prefix = prefix or ""
+        names = names_of(bucket.keys)
+        after = self._pagination_tokens.get(continuation_token) if continuation_token else start_after
+        i = bisect.bisect_right(names, after) if after else bisect.bisect_left(names, prefix)
+        out, truncated = [], False
+        while i < len(names):
+            name = names[i]
+            i += 1
+            if not name.startswith(prefix):
+                if name > prefix:
+                    break
+                continue
+            versions = dict.get(bucket.keys, name)
+            if not versions or isinstance(versions[-1], FakeDeleteMarker):
+                continue
+            if len(out) == max_keys:
+                truncated = True
+                break
+            out.append(versions[-1])
+        token = None
+        if truncated and out:
+            token = md5_hash(out[-1].name.encode("utf-8")).hexdigest()
+            self._pagination_tokens[token] = out[-1].name
+        return out, truncated, token
+
+    S3Backend.list_objects_v2 = list_objects_v2
+
+
+def seed(spec):
+    """Fills a bucket through moto's backend before the server starts (see MOTO_SEED)."""
+    from moto.backends import get_backend
+    from moto.core import DEFAULT_ACCOUNT_ID
+
+    where, objects, dirs = spec.split(":")
+    bucket, _, prefix = where.partition("/")
+    prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+    objects, dirs = int(objects), max(1, int(dirs))
+    backend = get_backend("s3")[DEFAULT_ACCOUNT_ID]["global"]
+    backend.create_bucket(bucket, "us-east-1")
+    for i in range(objects):
+        backend.put_object(bucket, f"{prefix}d{i % dirs:05d}/f{i:07d}", str(i).encode())
+
+
+if os.environ.get("MOTO_FAST_LISTING") == "1":
+    fast_listing()
+
+if os.environ.get("MOTO_SEED"):
+    seed(os.environ["MOTO_SEED"])
 
 from moto.server import main  # noqa: E402  (after the patch, so run_simple uses it)
 

@@ -17,7 +17,7 @@ mod memory;
 mod s3;
 mod xml;
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 pub use backend::{Backend, ByteStream};
@@ -52,8 +52,9 @@ pub struct Meta {
     /// wrote each side.
     pub writer: Option<String>,
     /// Set on the `.conflict` copy of an open conflict, so that every mount that sees the
-    /// copy knows it is one, and which version sits at the original path.
-    pub conflict: Option<ConflictMark>,
+    /// copy knows it is one, and which version sits at the original path. Boxed: rare, and
+    /// inline it was half the size of every listing row a first mount holds.
+    pub conflict: Option<Box<ConflictMark>>,
 }
 
 /// What an open conflict's `.conflict` copy carries in its metadata: the name of the file it
@@ -229,7 +230,7 @@ impl Meta {
                         .ok()
                         .map(|s| s.into_owned())
                 }
-                META_CONFLICT => m.conflict = ConflictMark::decode(v),
+                META_CONFLICT => m.conflict = ConflictMark::decode(v).map(Box::new),
                 META_TYPE => special = Some(v.trim().to_string()),
                 META_RDEV => rdev = parse_rdev(v).unwrap_or(0),
                 META_LINK => m.link = Some(v.trim().to_string()).filter(|l| !l.is_empty()),
@@ -449,47 +450,57 @@ pub fn check_key(key: &str) -> Result<Vec<&str>, String> {
 /// Builds a consistent tree from raw listing rows: drops keys that are not valid POSIX paths,
 /// adds the directories that are only implied by deeper keys, and settles keys that are both
 /// a file and a directory (the directory wins; the file is skipped with a warning, never deleted).
-pub fn normalize_listing(rows: Vec<ObjectInfo>) -> Vec<ObjectInfo> {
-    let mut by_key: BTreeMap<String, ObjectInfo> = BTreeMap::new();
-    let mut dirs: BTreeMap<String, ()> = BTreeMap::new();
-    for row in rows {
-        let parts = match check_key(&row.key) {
-            Ok(p) => p,
-            Err(reason) => {
-                tracing::warn!(key = %row.key, %reason, "skipping remote key that is not a valid path");
-                continue;
-            }
-        };
-        for i in 1..parts.len() {
-            dirs.insert(parts[..i].join("/"), ());
+/// Sorted by key. In place: a first mount of a big bucket holds its whole listing here, and a
+/// second copy of it (a map of the rows) doubled the daemon's peak memory.
+pub fn normalize_listing(mut rows: Vec<ObjectInfo>) -> Vec<ObjectInfo> {
+    rows.retain(|row| match check_key(&row.key) {
+        Ok(_) => true,
+        Err(reason) => {
+            tracing::warn!(key = %row.key, %reason, "skipping remote key that is not a valid path");
+            false
         }
-        if row.kind == ObjectKind::Dir {
-            dirs.insert(row.key.clone(), ());
+    });
+    let is_dir = |o: &ObjectInfo| o.kind == ObjectKind::Dir;
+    // Every directory a key implies or a marker names.
+    let mut dirs: BTreeSet<String> = BTreeSet::new();
+    for row in &rows {
+        for (i, _) in row.key.match_indices('/') {
+            if !dirs.contains(&row.key[..i]) {
+                dirs.insert(row.key[..i].to_string());
+            }
         }
-        match by_key.get(&row.key) {
-            Some(existing) if existing.kind == ObjectKind::Dir => {
-                if row.kind != ObjectKind::Dir {
-                    tracing::warn!(key = %row.key, "remote key is both a file and a directory; showing the directory");
-                }
-            }
-            _ => {
-                by_key.insert(row.key.clone(), row);
-            }
+        if is_dir(row) && !dirs.contains(&row.key) {
+            dirs.insert(row.key.clone());
         }
     }
-    for d in dirs.keys() {
-        match by_key.get(d) {
-            Some(o) if o.kind == ObjectKind::Dir => {}
-            Some(_) => {
-                tracing::warn!(key = %d, "remote key is both a file and a directory; showing the directory");
-                by_key.insert(d.clone(), implied_dir(d));
-            }
-            None => {
-                by_key.insert(d.clone(), implied_dir(d));
-            }
+    // A directory sorts before a file of the same key, so the dedup keeps the directory.
+    rows.sort_unstable_by(|a, b| a.key.cmp(&b.key).then(is_dir(b).cmp(&is_dir(a))));
+    rows.dedup_by(|later, kept| {
+        let same = later.key == kept.key;
+        if same && is_dir(kept) && !is_dir(later) {
+            tracing::warn!(key = %later.key, "remote key is both a file and a directory; showing the directory");
+        }
+        same
+    });
+    for row in rows.iter_mut() {
+        if !is_dir(row) && dirs.contains(&row.key) {
+            tracing::warn!(key = %row.key, "remote key is both a file and a directory; showing the directory");
+            *row = implied_dir(&row.key);
         }
     }
-    by_key.into_values().collect()
+    let missing: Vec<ObjectInfo> = dirs
+        .iter()
+        .filter(|d| {
+            rows.binary_search_by(|r| r.key.as_str().cmp(d.as_str()))
+                .is_err()
+        })
+        .map(|d| implied_dir(d))
+        .collect();
+    if !missing.is_empty() {
+        rows.extend(missing);
+        rows.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    }
+    rows
 }
 
 fn implied_dir(key: &str) -> ObjectInfo {
@@ -742,6 +753,11 @@ impl Remote {
         Ok(normalize_listing(self.watched(self.backend.list()).await?))
     }
 
+    /// Whether [`Remote::list`] carries each object's metadata (see `Backend::listing_has_meta`).
+    pub fn listing_has_meta(&self) -> bool {
+        self.backend.listing_has_meta()
+    }
+
     /// One object (or directory marker) with its metadata, `None` when absent.
     pub async fn head(&self, key: &str, dir: bool) -> RemoteResult<Option<ObjectInfo>> {
         self.watched(self.backend.head(key, dir)).await
@@ -941,7 +957,7 @@ mod tests {
             special: Some(Special::BlockDev(libc::makedev(259, 1_048_577))),
             link: Some("0123456789abcdef0123456789abcdef".into()),
             writer: Some("host:/home/me/my files".into()),
-            conflict: Some(ConflictMark {
+            conflict: Some(Box::new(ConflictMark {
                 of: "report ü.docx".into(),
                 at_path: VersionMark {
                     sha256: Some("cd".repeat(32)),
@@ -951,7 +967,7 @@ mod tests {
                     writer: Some("other:/mnt/x&y=z".into()),
                 },
                 detected_ms: 1_800_000_000_000,
-            }),
+            })),
         };
         let pairs = m.to_pairs();
         assert!(pairs.iter().all(|(k, _)| !k.contains('-')));

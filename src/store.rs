@@ -359,6 +359,7 @@ mod test_util {
                 synced: Synced::default(),
                 dirty: 0,
                 conflict_of: None,
+                unread: false,
             })
         })
         .unwrap()

@@ -3,6 +3,7 @@
 
 mod conflict;
 mod engine;
+mod metadata;
 mod poller;
 pub mod reconcile;
 mod uploader;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use engine::{Engine, USER_QUIET};
+pub use metadata::MetaReader;
 pub use poller::Poller;
 
 use crate::cache::{FileCache, FileGate};
@@ -129,8 +131,16 @@ pub fn backoff(attempts: i64) -> Duration {
 }
 
 /// Fills an empty state database with the remote tree (one transaction: a crash midway
-/// leaves an empty database, and the next mount scans again).
-pub fn populate(store: &Store, objects: &[ObjectInfo], cfg: &SyncConfig) -> StoreResult<usize> {
+/// leaves an empty database, and the next mount lists again). Objects for which `meta_read`
+/// is false come from a listing alone: files and directory markers are marked unread and show
+/// defaults (mode 0644 or 0755, the mount's owner, the listing's last-modified as mtime) until
+/// the metadata reader (`sync/metadata.rs`) has HEADed them.
+pub fn populate(
+    store: &Store,
+    objects: &[ObjectInfo],
+    cfg: &SyncConfig,
+    meta_read: impl Fn(&ObjectInfo) -> bool,
+) -> StoreResult<usize> {
     store.write(|db| {
         db.insert_root(
             0o755,
@@ -157,7 +167,8 @@ pub fn populate(store: &Store, objects: &[ObjectInfo], cfg: &SyncConfig) -> Stor
             let kind = entry_kind(o.kind);
             let default_mode = poller::default_mode(kind);
             let target = o.meta.symlink.clone().map(String::into_bytes);
-            let e = db.insert(&NewEntry {
+            let has_object = kind != Kind::Dir || o.etag.is_some();
+            let id = db.insert_quick(&NewEntry {
                 parent,
                 name: name.as_bytes().to_vec(),
                 kind,
@@ -173,26 +184,28 @@ pub fn populate(store: &Store, objects: &[ObjectInfo], cfg: &SyncConfig) -> Stor
                 target,
                 local: kind != Kind::File,
                 synced: Synced {
-                    key: (kind != Kind::Dir || o.etag.is_some()).then(|| o.key.clone()),
+                    key: has_object.then(|| o.key.clone()),
                     etag: o.etag.clone(),
                     version: o.version.clone(),
                     hash: o.meta.sha256.clone(),
                 },
                 dirty: 0,
                 conflict_of: None,
+                unread: has_object && !meta_read(o),
             })?;
             if kind == Kind::Dir {
-                ids.insert(&o.key, e.id);
+                ids.insert(&o.key, id);
             }
             if let Some(group) = o.meta.link.as_deref().filter(|_| kind != Kind::Dir) {
-                db.join_link_group(e.id, group, o.meta.sha256.as_deref())?;
+                db.join_link_group(id, group, o.meta.sha256.as_deref())?;
             }
             if o.meta.conflict.is_some() {
-                marked.push((e, o));
+                marked.push((id, o));
             }
             n += 1;
         }
-        for (copy, o) in marked {
+        for (id, o) in marked {
+            let copy = db.must_get(id)?;
             conflict::adopt_mark(db, &copy, &o.key, o, &cfg.writer)?;
         }
         db.meta_set("populated", "1")?;

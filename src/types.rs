@@ -148,3 +148,16 @@ impl Keep {
         }
     }
 }
+
+/// Reads an entry's metadata now, where a first mount filled the entry from a listing alone
+/// (`Entry::unread`): the core calls it before it answers what it cannot answer honestly
+/// without (opening a file, which might be a symlink or have a mode that forbids it; a change
+/// whose upload would carry the attributes). The sync engine's metadata reader implements
+/// it; the daemon's wiring hands it to the core, which does not import `sync`.
+pub trait MetaSource: Send + Sync {
+    /// `Ok(true)` when what the kernel holds for the entry no longer stands in a way an open
+    /// must respect: the name is now another kind or another inode (a symlink, a special
+    /// file, a hard link joined to its inode), or the mode or owner changed. `Err` says why
+    /// the metadata could not be read.
+    fn read_now(&self, id: EntryId) -> Result<bool, String>;
+}

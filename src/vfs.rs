@@ -29,7 +29,7 @@ pub use passthrough::{Opened, PassthroughMode, PassthroughReport};
 use crate::cache::{BlockCache, CacheConfig, FileCache};
 use crate::remote::Remote;
 use crate::store::{now_ms, Db, Store};
-use crate::types::{EntryId, Invalidation, Kind};
+use crate::types::{EntryId, Invalidation, Kind, MetaSource};
 
 #[derive(Debug, Clone)]
 pub struct VfsConfig {
@@ -179,6 +179,10 @@ pub struct Vfs {
     /// FUSE passthrough: whether opens may use it, counts of what used it, and handles whose
     /// release waits for a writable mapping of the data file to go (`vfs/passthrough.rs`).
     passthrough: passthrough::State,
+    /// Reads the metadata of an entry a listing alone made (`Entry::unread`), before an open
+    /// or a change; set by the wiring once the sync engine exists. Weak: the reader holds the
+    /// sync engine's parts, which hold this core (as the `FileGate`); the wiring's `Core` owns it.
+    meta: Mutex<Option<std::sync::Weak<dyn MetaSource>>>,
 }
 
 /// Starts the thread that deletes the data files of removed entries.
@@ -254,6 +258,38 @@ impl Vfs {
             opened: Mutex::new(HashMap::new()),
             used: Mutex::new(None),
             passthrough: passthrough::State::default(),
+            meta: Mutex::new(None),
+        }
+    }
+
+    /// Where the metadata of unread entries is read on demand (the sync engine's reader).
+    pub fn set_meta_source(&self, source: std::sync::Weak<dyn MetaSource>) {
+        *lock(&self.meta) = Some(source);
+    }
+
+    /// Reads the entry's metadata first if a listing alone made it: an open or a change must
+    /// not act on the defaults it shows until then. `Err(Stale)` when the kernel's view of
+    /// it no longer stands (another kind or inode, another mode or owner): the kernel looks
+    /// the path up again and retries the call once.
+    pub(crate) fn read_meta_first(&self, id: EntryId) -> VfsResult<()> {
+        if !self.r(|db| Ok(db.get(id)?.is_some_and(|e| e.unread)))? {
+            return Ok(());
+        }
+        let source = match lock(&self.meta).as_ref() {
+            // No sync engine (a core without one): nothing can read it.
+            None => return Ok(()),
+            Some(weak) => weak.upgrade(),
+        };
+        let Some(source) = source else {
+            return Err(VfsError::Metadata("the mount is shutting down".into()));
+        };
+        match source.read_now(id) {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(VfsError::Stale),
+            Err(reason) => {
+                tracing::warn!(ino = id.0, %reason, "could not read an entry's metadata");
+                Err(VfsError::Metadata(reason))
+            }
         }
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 use crate::cache::{FileCache, FileGate};
-use crate::remote::{Remote, RemoteUrl};
+use crate::remote::{ObjectInfo, ObjectKind, Remote, RemoteUrl};
 use crate::store::Store;
 use crate::sync::{populate, Engine, Poller, SyncConfig, SyncError};
 use crate::types::Invalidation;
@@ -107,13 +107,50 @@ impl CoreBuilder {
         if self.store.read(|db| db.meta_get("populated"))?.is_some() {
             return Ok(());
         }
-        tracing::info!(remote = %self.identity, "scanning the remote");
-        let objects = self
+        tracing::info!(remote = %self.identity, "listing the remote");
+        let started = std::time::Instant::now();
+        // A listing, no HEADs: the metadata a listing lacks is read once the mount is live
+        // (`sync::MetaReader`), so a bucket of any size mounts in the time of its listing.
+        let mut objects = self
             .rt
-            .block_on(self.remote.scan())
+            .block_on(self.remote.list())
             .with_context(|| format!("listing {}", self.identity))?;
-        let n = populate(&self.store, &objects, cfg)?;
-        tracing::info!(entries = n, "state dir filled from the remote");
+        let listed = started.elapsed();
+        let complete = self.remote.listing_has_meta();
+        let mut headed = std::collections::HashSet::new();
+        if !complete {
+            // A `.conflict` copy records its open conflict in its metadata: those few are
+            // read before the mount is live, so `stratus conflicts` shows the conflict at once.
+            for o in objects.iter_mut().filter(|o| {
+                o.kind == ObjectKind::File
+                    && o.key
+                        .rsplit('/')
+                        .next()
+                        .is_some_and(|n| n.contains(".conflict-"))
+            }) {
+                let h = self
+                    .rt
+                    .block_on(self.remote.head(&o.key, false))
+                    .with_context(|| format!("reading the metadata of {}", o.key))?;
+                if let Some(h) = h {
+                    *o = ObjectInfo {
+                        last_modified_ns: o.last_modified_ns,
+                        ..h
+                    };
+                    headed.insert(o.key.clone());
+                }
+            }
+        }
+        let n = populate(&self.store, &objects, cfg, |o| {
+            complete || headed.contains(&o.key)
+        })?;
+        drop(objects);
+        tracing::info!(
+            entries = n,
+            listing_secs = listed.as_secs_f64(),
+            secs = started.elapsed().as_secs_f64(),
+            "state dir filled from the remote's listing"
+        );
         Ok(())
     }
 
@@ -152,10 +189,15 @@ impl CoreBuilder {
             notices,
         );
         let poller = engine.poller();
+        let reader = engine.meta_reader(self.rt.handle().clone());
+        let source: Arc<dyn crate::types::MetaSource> = reader.clone();
+        vfs.set_meta_source(Arc::downgrade(&source));
+        self.rt.spawn(reader.run(stop_rx.clone()));
         let engine = self.rt.spawn(engine.run(stop_rx));
         Ok(Core {
             rt: self.rt,
             vfs,
+            _reader: source,
             poller,
             stop,
             engine: Some(engine),
@@ -169,6 +211,8 @@ impl CoreBuilder {
 pub struct Core {
     rt: tokio::runtime::Runtime,
     vfs: Arc<Vfs>,
+    /// The metadata reader the VFS reaches (weakly) for entries a listing alone made.
+    _reader: Arc<dyn crate::types::MetaSource>,
     poller: Arc<Poller>,
     stop: tokio::sync::watch::Sender<bool>,
     engine: Option<tokio::task::JoinHandle<()>>,

@@ -100,7 +100,12 @@ impl Azure {
                 continue;
             }
             let lm = b.last_modified.and_then(|t| t.timestamp_nanos_opt());
-            rows.push(listed(rel, b.folder, b.size, etag(b.etag), lm));
+            let meta = Meta::from_pairs(b.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            rows.push(ObjectInfo {
+                kind: kind_of(b.folder, &meta),
+                meta,
+                ..listed(rel, b.folder, b.size, etag(b.etag), lm)
+            });
         }
         Ok(Bucket::without_probes(rows))
     }
@@ -419,6 +424,11 @@ impl Backend for Azure {
 
     fn list(&self) -> BoxFuture<'_, RemoteResult<Vec<ObjectInfo>>> {
         Box::pin(Azure::list(self))
+    }
+
+    /// List Blobs with `include=metadata` carries every blob's metadata.
+    fn listing_has_meta(&self) -> bool {
+        true
     }
 
     fn head<'a>(

@@ -49,6 +49,13 @@ pub trait Backend: Send + Sync {
         self.scan()
     }
 
+    /// Whether `list` carries each object's metadata as `scan` does (a local folder reads
+    /// its files' attributes while it walks them); where it does not, a first mount fills
+    /// its state dir from the listing and reads the metadata later, by HEADs.
+    fn listing_has_meta(&self) -> bool {
+        false
+    }
+
     /// One object, or directory marker with `dir`, with its metadata; `None` when absent.
     fn head<'a>(
         &'a self,

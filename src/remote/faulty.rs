@@ -306,6 +306,10 @@ impl Backend for Faulty {
         self.inner.set_preconditions_ignored(ignored)
     }
 
+    fn listing_has_meta(&self) -> bool {
+        self.inner.listing_has_meta()
+    }
+
     fn scan(&self) -> BoxFuture<'_, RemoteResult<Vec<ObjectInfo>>> {
         Box::pin(async move {
             self.arrive(Kind::Scan, "").await?;

@@ -399,7 +399,8 @@ impl LocalRemote {
                 conflict: ours
                     .then(|| get_xattr(&src, CONFLICT_XATTR))
                     .flatten()
-                    .and_then(|v| ConflictMark::decode(&v)),
+                    .and_then(|v| ConflictMark::decode(&v))
+                    .map(Box::new),
             };
             let tmp = temp_beside(&dest)?;
             let r = (|| {
@@ -483,6 +484,11 @@ impl super::Backend for LocalRemote {
 
     fn scan(&self) -> BoxFuture<'_, RemoteResult<Vec<ObjectInfo>>> {
         Box::pin(LocalRemote::scan(self))
+    }
+
+    /// A folder's walk reads every file's attributes anyway (`list` is `scan`).
+    fn listing_has_meta(&self) -> bool {
+        true
     }
 
     fn head<'a>(
@@ -622,7 +628,8 @@ fn info_of(path: &Path, key: String, m: &fs::Metadata) -> RemoteResult<Option<Ob
                 .is_some()
                 .then(|| get_xattr(path, CONFLICT_XATTR))
                 .flatten()
-                .and_then(|v| ConflictMark::decode(&v)),
+                .and_then(|v| ConflictMark::decode(&v))
+                .map(Box::new),
         },
     }))
 }

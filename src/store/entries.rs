@@ -92,6 +92,10 @@ pub struct Entry {
     pub link_of: Option<EntryId>,
     /// The inode's id on the remote (`stratus_link`), set once it has had a second name.
     pub link_group: Option<String>,
+    /// Made from a listing alone: the object's metadata is not read yet, so mode, owner and
+    /// mtime are defaults (and the listing's last-modified), and a symlink or special file
+    /// still shows as a file. Cleared when a HEAD of the object has been applied.
+    pub unread: bool,
 }
 
 /// The fields of a new entry; the rest start empty.
@@ -110,6 +114,8 @@ pub struct NewEntry {
     pub synced: Synced,
     pub dirty: i64,
     pub conflict_of: Option<EntryId>,
+    /// See [`Entry::unread`].
+    pub unread: bool,
 }
 
 /// A whole file the remote holds exactly (clean, no job, not a conflict copy): what
@@ -121,7 +127,7 @@ const RETIRABLE: &str =
 
 const ENTRY_COLS: &str = "id, parent, name, kind, mode, uid, gid, size, mtime_ns, ctime_ns, \
      atime_ns, target, local, synced_key, synced_etag, synced_version, synced_hash, dirty, dirty_seq, \
-     conflict_of, rdev, link_of, link_group";
+     conflict_of, rdev, link_of, link_group, unread";
 
 fn entry_from_row(r: &Row<'_>) -> rusqlite::Result<Entry> {
     Ok(Entry {
@@ -149,6 +155,7 @@ fn entry_from_row(r: &Row<'_>) -> rusqlite::Result<Entry> {
         conflict_of: r.get::<_, Option<i64>>(19)?.map(|c| EntryId(c as u64)),
         link_of: r.get::<_, Option<i64>>(21)?.map(|c| EntryId(c as u64)),
         link_group: r.get(22)?,
+        unread: r.get(23)?,
     })
 }
 
@@ -263,8 +270,8 @@ impl Db<'_> {
         let mut st = self.conn.prepare_cached(
             "INSERT INTO entries(parent, name, kind, mode, uid, gid, size, mtime_ns, ctime_ns, atime_ns, \
              target, local, synced_key, synced_etag, synced_version, synced_hash, dirty, dirty_seq, \
-             conflict_of, rdev) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, 0, ?17, ?18)",
+             conflict_of, rdev, unread) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, 0, ?17, ?18, ?19)",
         )?;
         st.execute(params![
             e.parent.0 as i64,
@@ -285,9 +292,71 @@ impl Db<'_> {
             e.dirty,
             e.conflict_of.map(|c| c.0 as i64),
             e.kind.rdev_sql(),
+            e.unread,
         ])?;
         let id = EntryId(self.conn.last_insert_rowid() as u64);
         self.must_get(id)
+    }
+
+    /// [`Db::insert`] without reading the row back: `populate` inserts a whole listing.
+    pub fn insert_quick(&self, e: &NewEntry) -> StoreResult<EntryId> {
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO entries(parent, name, kind, mode, uid, gid, size, mtime_ns, ctime_ns, atime_ns, \
+             target, local, synced_key, synced_etag, synced_version, synced_hash, dirty, dirty_seq, \
+             conflict_of, rdev, unread) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, 0, ?17, ?18, ?19)",
+        )?;
+        st.execute(params![
+            e.parent.0 as i64,
+            e.name,
+            e.kind.to_sql(),
+            e.mode,
+            e.uid,
+            e.gid,
+            e.size as i64,
+            e.mtime_ns,
+            now_ns(),
+            e.target,
+            e.local,
+            e.synced.key,
+            e.synced.etag,
+            e.synced.version,
+            e.synced.hash,
+            e.dirty,
+            e.conflict_of.map(|c| c.0 as i64),
+            e.kind.rdev_sql(),
+            e.unread,
+        ])?;
+        Ok(EntryId(self.conn.last_insert_rowid() as u64))
+    }
+
+    /// Up to `limit` entries whose metadata is still unread, oldest first (a listing's
+    /// order), from id `after` on.
+    pub fn unread_after(&self, after: EntryId, limit: usize) -> StoreResult<Vec<EntryId>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id FROM entries WHERE unread = 1 AND id > ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![after.0 as i64, limit as i64], |r| {
+            Ok(EntryId(r.get::<_, i64>(0)? as u64))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// How many entries still wait for their metadata.
+    pub fn unread_count(&self) -> StoreResult<u64> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM entries WHERE unread = 1", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
+    }
+
+    pub fn set_unread(&self, id: EntryId, unread: bool) -> StoreResult<()> {
+        self.conn.execute(
+            "UPDATE entries SET unread = ?2 WHERE id = ?1",
+            params![id.0 as i64, unread],
+        )?;
+        Ok(())
     }
 
     /// Writes back every attribute of `e` (the caller read, changed and hands it back) except

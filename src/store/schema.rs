@@ -137,6 +137,11 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE entries ADD COLUMN link_of INTEGER;
      ALTER TABLE entries ADD COLUMN link_group TEXT;
      CREATE INDEX entries_by_link ON entries(link_of) WHERE link_of IS NOT NULL;",
+    // 12: entries made from a listing alone (a first mount of a bucket): their metadata
+    // (mode, owner, mtime, symlink target, special type, hash, link group, conflict mark) is
+    // read later, by one HEAD each, in the background or when first needed.
+    "ALTER TABLE entries ADD COLUMN unread INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX entries_unread ON entries(id) WHERE unread = 1;",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

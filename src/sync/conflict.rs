@@ -133,6 +133,7 @@ fn entry_of_remote(
         synced: super::base_of(key, r),
         dirty: 0,
         conflict_of: None,
+        unread: false,
     }
 }
 

@@ -61,6 +61,12 @@ impl Engine {
         }
     }
 
+    /// The metadata reader: its background run, and reads on demand for the core, which
+    /// block on `rt` (called from FUSE threads, outside the runtime).
+    pub fn meta_reader(&self, rt: tokio::runtime::Handle) -> Arc<super::MetaReader> {
+        Arc::new(super::MetaReader::new(self.ctx.clone(), rt))
+    }
+
     /// The poller, for a poll outside the loop (a test racing polls against opens).
     pub fn poller(&self) -> Arc<Poller> {
         self.poller.clone()

@@ -50,6 +50,24 @@ fn paths_of(entries: &HashMap<EntryId, Entry>) -> HashMap<EntryId, String> {
     out
 }
 
+/// A listing as `Remote::list` gives it (normalized: sorted by key, each key once), looked up
+/// by key. Kept as the listing's own vector: a map of it cost a second copy of every row and
+/// key, which a poll of a big bucket paid on every poll.
+struct Listing(Vec<ObjectInfo>);
+
+impl Listing {
+    fn get(&self, key: &str) -> Option<&ObjectInfo> {
+        self.0
+            .binary_search_by(|o| o.key.as_str().cmp(key))
+            .ok()
+            .map(|i| &self.0[i])
+    }
+
+    fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+}
+
 pub(super) fn default_mode(kind: Kind) -> u32 {
     match kind {
         Kind::File | Kind::Special(_) => 0o644,
@@ -81,8 +99,7 @@ impl Poller {
         let _one_at_a_time = self.polling.lock().await;
         self.ctx.remote.health().poll_started();
         let listing = self.ctx.remote.list().await?;
-        let remote: HashMap<String, ObjectInfo> =
-            listing.into_iter().map(|o| (o.key.clone(), o)).collect();
+        let remote = Listing(listing);
         let (entries, jobs, sent, deletes) = self.ctx.store.read(|db| {
             let entries: HashMap<EntryId, Entry> =
                 db.all_entries()?.into_iter().map(|e| (e.id, e)).collect();
@@ -180,14 +197,12 @@ impl Poller {
 
         // 2. Remote keys nothing here has a base for: new objects, directories, a delete of
         //    ours that a remote edit overtook, or a path both sides created.
-        let mut keys: Vec<&String> = remote.keys().collect();
-        keys.sort();
         let mut marked = Vec::new();
-        for key in keys {
+        for o in remote.0.iter() {
+            let key = &o.key;
             if based.contains(key.as_str()) {
                 continue;
             }
-            let o = &remote[key];
             match by_path.get(key.as_str()).and_then(|id| entries.get(id)) {
                 Some(e) if o.kind == ObjectKind::Dir => {
                     if e.kind == Kind::Dir && e.synced.key.is_none() && o.etag.is_some() {
@@ -290,7 +305,7 @@ impl Poller {
                 self.ctx.notify(Invalidation::Entry { parent, name });
             }
         }
-        let files = remote.values().filter(|o| o.kind != ObjectKind::Dir);
+        let files = remote.0.iter().filter(|o| o.kind != ObjectKind::Dir);
         let (n, bytes) = files.fold((0u64, 0u64), |(n, b), o| (n + 1, b + o.size));
         self.ctx.remote.health().listed(n, bytes);
         self.ctx.remote.health().poll_done();
@@ -429,7 +444,7 @@ impl Poller {
         e: &Entry,
         key: &str,
         rside: RemoteSide,
-        remote: &HashMap<String, ObjectInfo>,
+        remote: &Listing,
     ) -> Result<bool, SyncError> {
         let Some(parent) = e.parent else {
             return Ok(false);
@@ -569,6 +584,8 @@ impl Poller {
             // The cached data (whole or in blocks) is the old version's.
             db.set_local(e.id, cur.local)?;
             db.set_synced(e.id, &super::base_of(key, r))?;
+            // `r` is a HEAD: its metadata is read.
+            db.set_unread(e.id, false)?;
             if let Some(c) = db.open_conflict_of_copy(e.id)? {
                 let still_marked =
                     r.meta.conflict.as_ref().is_some_and(|m| {
@@ -741,6 +758,7 @@ impl Poller {
                             },
                             dirty: 0,
                             conflict_of: None,
+                            unread: false,
                         })?;
                         if first_new.is_none() {
                             first_new = Some((parent, part.as_bytes().to_vec()));

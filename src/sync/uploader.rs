@@ -234,7 +234,7 @@ impl Uploader {
             },
             link: e.link_group.clone(),
             writer: Some(self.ctx.cfg.writer.clone()),
-            conflict,
+            conflict: conflict.map(Box::new),
         }
     }
 
@@ -365,6 +365,16 @@ impl Uploader {
     }
 
     async fn sync_entry(&self, job: &Job, id: EntryId) -> Result<Outcome, SyncError> {
+        // Attributes from a listing alone are defaults: an upload must never write them over
+        // the object's own (every change the core makes reads them first; this is the net).
+        if self
+            .ctx
+            .store
+            .read(|db| db.get(id))?
+            .is_some_and(|e| e.unread)
+        {
+            self.ctx.read_meta(id).await?;
+        }
         let snap = self.ctx.store.read(|db| {
             let Some(e) = db.get(id)? else {
                 return Ok::<_, StoreError>(None);

@@ -86,6 +86,8 @@ impl Vfs {
     }
 
     pub fn setattr(&self, ino: EntryId, set: &SetAttr) -> VfsResult<Attr> {
+        // The change goes up with all the entry's attributes: the real ones, not defaults.
+        self.read_meta_first(ino)?;
         let mut e = self
             .store
             .read(|db| db.get(ino))?

@@ -38,6 +38,14 @@ pub enum VfsError {
     Remote(#[from] RemoteError),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// What the kernel holds for the name was made stale by metadata just read (a file that
+    /// turned out to be a symlink, a mode that forbids the open): ESTALE makes the kernel look
+    /// the path up again and retry the open once, with the true attributes.
+    #[error("the entry changed when its metadata was read")]
+    Stale,
+    /// The metadata a listing lacked could not be read (the remote is unreachable).
+    #[error("reading metadata: {0}")]
+    Metadata(String),
 }
 
 pub type VfsResult<T> = Result<T, VfsError>;
@@ -83,6 +91,8 @@ impl VfsError {
                 _ => libc::EIO,
             },
             VfsError::Remote(_) => libc::EIO,
+            VfsError::Stale => libc::ESTALE,
+            VfsError::Metadata(_) => libc::EIO,
             VfsError::Io(e) => match e.raw_os_error() {
                 Some(libc::ENOSPC) => libc::ENOSPC,
                 Some(libc::EDQUOT) => libc::EDQUOT,
@@ -104,6 +114,7 @@ impl VfsError {
                 | VfsError::NoAttr
                 | VfsError::Range
                 | VfsError::NameTooLong(_)
+                | VfsError::Stale
         )
     }
 }

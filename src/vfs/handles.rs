@@ -81,6 +81,8 @@ impl Vfs {
         truncate: bool,
         passthrough: bool,
     ) -> VfsResult<Opened> {
+        // A file a listing alone made may be a symlink, or have a mode that forbids this.
+        self.read_meta_first(ino)?;
         let e = self
             .store
             .read(|db| db.get(ino))?

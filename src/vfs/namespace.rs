@@ -138,6 +138,7 @@ impl Vfs {
                 synced: Synced::default(),
                 dirty: 0,
                 conflict_of: None,
+                unread: false,
             })?;
             // The file stays open for `create`: a second open would walk the path again.
             let file = if kind == Kind::File {
@@ -590,6 +591,8 @@ impl Vfs {
     /// which keeps the attributes and the data. The inode gets a link group, which every
     /// name's object carries as `stratus_link`, so that another mount joins the names again.
     pub fn link(&self, ino: EntryId, newparent: EntryId, newname: &OsStr) -> VfsResult<Attr> {
+        // The new name is a copy of the inode's object with its hash and attributes.
+        self.read_meta_first(ino)?;
         let name = newname.as_bytes();
         let now = Some(now_ms());
         self.w(|db| {
@@ -629,6 +632,7 @@ impl Vfs {
                 synced: Synced::default(),
                 dirty: 0,
                 conflict_of: None,
+                unread: false,
             })?;
             db.set_link_of(e.id, Some(ino))?;
             db.enqueue_sync(e.id, dirty::CONTENT | dirty::META, now)?;

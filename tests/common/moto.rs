@@ -120,6 +120,11 @@ impl Moto {
         })
     }
 
+    /// The server's whole log: one line per request it answered.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     pub fn log_tail(&self) -> String {
         log_tail(&self.log)
     }

@@ -129,6 +129,15 @@ impl Env {
         Env::build(Backend::S3, Some(server), None)
     }
 
+    /// An S3 remote on a moto server of the test's own, in a bucket of a given name (one the
+    /// server was started with, `MOTO_SEED`).
+    pub fn on_moto_bucket(server: Arc<Moto>, bucket: &str) -> Env {
+        let mut env = Env::build(Backend::S3, Some(server), None);
+        env.bucket = bucket.to_string();
+        env.moto.as_ref().expect("S3 backend").create_bucket(bucket);
+        env
+    }
+
     /// A local-folder remote and state dirs under `base` (the in-process tests put them on
     /// tmpfs, where an fsync costs nothing).
     pub fn local_in(base: &Path) -> Env {
@@ -246,6 +255,21 @@ impl Env {
     /// Mounts with a fresh state dir; panics with the daemon's reason if it fails.
     pub fn mount(&self) -> Mount {
         self.mount_state(&self.new_state_dir())
+    }
+
+    /// [`Env::mount`], then waits until the metadata a first mount's listing lacked (S3, GCS:
+    /// modes, times, symlinks, special files, hard links) has been read in the background.
+    pub fn mount_read(&self) -> Mount {
+        let m = self.mount();
+        if matches!(self.backend, Backend::S3 | Backend::Gcs) {
+            assert!(
+                eventually(30, || !m
+                    .log_lines_with("metadata of the listed entries read")
+                    .is_empty()),
+                "the metadata was not read within 30 s"
+            );
+        }
+        m
     }
 
     pub fn mount_state(&self, state: &Path) -> Mount {

@@ -36,6 +36,9 @@ pub struct RawBlob {
     pub last_modified: Option<DateTime<Utc>>,
     /// Carries `hdi_isfolder=true`: a directory marker.
     pub folder: bool,
+    /// Its user metadata (`include=metadata`), names as the service gives them: the listing
+    /// carries what a HEAD would, so a first mount needs no request per blob.
+    pub metadata: Vec<(String, String)>,
 }
 
 /// One block of a Put Block List.
@@ -413,8 +416,11 @@ fn parse_list_page(xml: &str) -> Result<ListPage, String> {
                 }
                 _ => {}
             },
-            [_, "Blobs", "Blob", "Metadata", key] if key.eq_ignore_ascii_case("hdi_isfolder") => {
-                current.folder = text.trim().eq_ignore_ascii_case("true")
+            [_, "Blobs", "Blob", "Metadata", key] => {
+                if key.eq_ignore_ascii_case("hdi_isfolder") {
+                    current.folder = text.trim().eq_ignore_ascii_case("true")
+                }
+                current.metadata.push((key.to_string(), text));
             }
             [_, "NextMarker"] => page.next_marker = Some(text),
             _ => {}
