@@ -194,10 +194,16 @@ fn a_remote_change_meanwhile_ends_in_a_conflict_copy(backend: Backend) {
     let f = fs::OpenOptions::new()
         .write(true)
         .open(m.path("big.bin"))
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}\n{}", m.log_tail()));
     f.write_all_at(&patch, 10 * MIB as u64).unwrap();
     drop(f);
     ours[10 * MIB..10 * MIB + 4096].copy_from_slice(&patch);
+    theirs_at_the_path_ours_in_a_copy(&env, &m, "big", &theirs, &ours);
+}
+
+/// After a sync: the remote holds `theirs` whole at `NAME.bin` and `ours` in a
+/// `NAME.conflict-*` copy, never a mix of the two.
+fn theirs_at_the_path_ours_in_a_copy(env: &Env, m: &Mount, name: &str, theirs: &[u8], ours: &[u8]) {
     let _ = m.stratus(&[
         "sync",
         m.dir.to_str().unwrap(),
@@ -205,21 +211,22 @@ fn a_remote_change_meanwhile_ends_in_a_conflict_copy(backend: Backend) {
         "--timeout",
         "120",
     ]);
+    let prefix = format!("{name}.conflict-");
     assert!(
         common::mount::eventually(60, || env
             .remote_files()
             .keys()
-            .any(|k| k.starts_with("big.conflict-"))),
+            .any(|k| k.starts_with(&prefix))),
         "no conflict copy on the remote: {:?}\n{}",
         env.remote_files().keys().collect::<Vec<_>>(),
         m.log_tail()
     );
     let files = env.remote_files();
-    assert!(files["big.bin"] == theirs, "the path holds a mixed object");
-    let copy = files
-        .iter()
-        .find(|(k, _)| k.starts_with("big.conflict-"))
-        .unwrap();
+    assert!(
+        files[&format!("{name}.bin")] == theirs,
+        "the path holds a mixed object"
+    );
+    let copy = files.iter().find(|(k, _)| k.starts_with(&prefix)).unwrap();
     assert!(*copy.1 == ours, "the conflict copy is not our file");
 }
 
@@ -311,27 +318,5 @@ fn gcs_an_append_over_a_remote_change_ends_in_a_conflict_copy() {
     f.write_all(b"appended here").unwrap();
     drop(f);
     ours.extend_from_slice(b"appended here");
-    let _ = m.stratus(&[
-        "sync",
-        m.dir.to_str().unwrap(),
-        "--wait",
-        "--timeout",
-        "120",
-    ]);
-    assert!(
-        common::mount::eventually(60, || env
-            .remote_files()
-            .keys()
-            .any(|k| k.starts_with("log.conflict-"))),
-        "no conflict copy on the remote: {:?}\n{}",
-        env.remote_files().keys().collect::<Vec<_>>(),
-        m.log_tail()
-    );
-    let files = env.remote_files();
-    assert!(files["log.bin"] == theirs, "the path holds a mixed object");
-    let copy = files
-        .iter()
-        .find(|(k, _)| k.starts_with("log.conflict-"))
-        .unwrap();
-    assert!(*copy.1 == ours, "the conflict copy is not our file");
+    theirs_at_the_path_ours_in_a_copy(&env, &m, "log", &theirs, &ours);
 }

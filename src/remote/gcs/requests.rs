@@ -176,20 +176,7 @@ impl GcsRaw {
     /// An empty object at `key` (a directory marker `dir/`, as gcsfuse and the Cloud Console
     /// write them) with `meta` as its metadata.
     pub async fn put_empty(&self, key: &str, meta: &[(String, String)]) -> RemoteResult<Version> {
-        let what = format!("put {key:?}");
-        let r = self
-            .send(
-                Method::PUT,
-                &self.url(key),
-                &prefixed_meta(META_PREFIX, meta),
-                Vec::new(),
-                &what,
-            )
-            .await?;
-        if !r.status().is_success() {
-            return Err(error(&what, r).await);
-        }
-        Ok((header(&r, "etag"), header(&r, GENERATION)))
+        self.put(key, Vec::new(), meta, None).await
     }
 
     /// `body` at `key` with `meta`, only while `key` has generation `generation` ("0":
