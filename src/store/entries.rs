@@ -266,35 +266,7 @@ impl Db<'_> {
     }
 
     pub fn insert(&self, e: &NewEntry) -> StoreResult<Entry> {
-        let now = now_ns();
-        let mut st = self.conn.prepare_cached(
-            "INSERT INTO entries(parent, name, kind, mode, uid, gid, size, mtime_ns, ctime_ns, atime_ns, \
-             target, local, synced_key, synced_etag, synced_version, synced_hash, dirty, dirty_seq, \
-             conflict_of, rdev, unread) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, 0, ?17, ?18, ?19)",
-        )?;
-        st.execute(params![
-            e.parent.0 as i64,
-            e.name,
-            e.kind.to_sql(),
-            e.mode,
-            e.uid,
-            e.gid,
-            e.size as i64,
-            e.mtime_ns,
-            now,
-            e.target,
-            e.local,
-            e.synced.key,
-            e.synced.etag,
-            e.synced.version,
-            e.synced.hash,
-            e.dirty,
-            e.conflict_of.map(|c| c.0 as i64),
-            e.kind.rdev_sql(),
-            e.unread,
-        ])?;
-        let id = EntryId(self.conn.last_insert_rowid() as u64);
+        let id = self.insert_quick(e)?;
         self.must_get(id)
     }
 
