@@ -373,6 +373,23 @@ fn make_conflict(env: &Env, m: &Mount) -> (&'static [u8], &'static [u8]) {
     (MINE, THEIRS)
 }
 
+/// The conflict copies beside the mount's files.
+fn conflict_copies(m: &Mount) -> Vec<String> {
+    fs::read_dir(&m.dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("conflict"))
+        .collect()
+}
+
+/// "Keep theirs" has taken effect: theirs at the path and no copy beside it. Theirs may have
+/// been the file at the path all along (then the click only removes the copy, after the click
+/// returns), so the path alone would not show that anything happened.
+fn settled_on_theirs(m: &Mount, theirs: &[u8]) -> bool {
+    fs::read(m.path("notes.txt")).ok().as_deref() == Some(theirs) && conflict_copies(m).is_empty()
+}
+
 #[test]
 fn conflicts_view_shows_both_versions_and_keep_theirs_settles_it_on_disk() {
     let env = Env::new(Backend::Local);
@@ -440,18 +457,11 @@ fn conflicts_view_shows_both_versions_and_keep_theirs_settles_it_on_disk() {
     b.click("button[aria-label='Keep theirs for notes.txt']");
 
     assert!(
-        eventually(20, || fs::read(m.path("notes.txt")).ok().as_deref()
-            == Some(theirs)),
-        "notes.txt holds {:?}",
-        fs::read_to_string(m.path("notes.txt"))
+        eventually(20, || settled_on_theirs(&m, theirs)),
+        "notes.txt holds {:?}; copies beside it: {:?}",
+        fs::read_to_string(m.path("notes.txt")),
+        conflict_copies(&m)
     );
-    let copies: Vec<_> = fs::read_dir(&m.dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("conflict"))
-        .collect();
-    assert!(copies.is_empty(), "the copy is still there: {copies:?}");
     let out = m.stratus(&["--json", "conflicts", mp(&m)]);
     let all: Value = serde_json::from_slice(&out.stdout).unwrap();
     let c = &all.as_array().unwrap()[0];
@@ -622,10 +632,10 @@ fn on_a_narrow_window_the_keyboard_alone_settles_a_conflict() {
     );
     b.press("Enter", 13);
     assert!(
-        eventually(20, || fs::read(m.path("notes.txt")).ok().as_deref()
-            == Some(theirs)),
-        "Enter on Keep theirs did not settle: notes.txt holds {:?}",
-        fs::read_to_string(m.path("notes.txt"))
+        eventually(20, || settled_on_theirs(&m, theirs)),
+        "Enter on Keep theirs did not settle: notes.txt holds {:?}; copies beside it: {:?}",
+        fs::read_to_string(m.path("notes.txt")),
+        conflict_copies(&m)
     );
     for view in ["storage", "queue"] {
         b.eval(&format!("location.hash = '#{view}'"));
