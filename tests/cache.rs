@@ -330,9 +330,8 @@ fn a_silent_remote_fails_uncached_reads_fast() {
             &["--write-back", "0.2", "--poll-interval", "0"],
         )
         .unwrap();
-    // The metadata a first mount's listing lacks is read first: this test is about data reads
-    // (an open of a file whose metadata is still unread waits for that HEAD, up to the request
-    // timeout; see the closing note of the scale change).
+    // The metadata a first mount's listing lacks is read first: this test is about data
+    // reads (the next test is about an open that waits on that metadata).
     assert!(
         common::mount::eventually(30, || !m
             .log_lines_with("metadata of the listed entries read")
@@ -372,6 +371,59 @@ fn a_silent_remote_fails_uncached_reads_fast() {
         common::mount::eventually(60, || fs::read(m.path("cold.bin"))
             .is_ok_and(|b| b == data(42, 2 * MIB as usize))),
         "reads must work again once the server answers"
+    );
+}
+
+/// A first mount reads the metadata its listing lacks in the background; an open that comes
+/// first reads it on demand, and a silent server must not hold that open for the request
+/// timeout either.
+#[test]
+fn an_open_waiting_on_unread_metadata_fails_fast_on_a_silent_remote() {
+    use common::fault_proxy::{s3_behind_fault_proxy, Faults};
+    use std::time::{Duration, Instant};
+    let (env, proxy) = s3_behind_fault_proxy();
+    env.put_remote("cold.bin", &data(43, 2 * MIB as usize));
+    let m = env
+        .try_mount(
+            &env.new_state_dir(),
+            &["--write-back", "0.2", "--poll-interval", "0"],
+        )
+        .unwrap();
+    // Silent before the background reads start (2 s after the mount came up).
+    proxy.set(Faults::latency(
+        Duration::from_secs(30),
+        Duration::from_secs(30),
+    ));
+    proxy.cut_all();
+    assert!(m.path("cold.bin").exists(), "the listing shows it");
+    let t = Instant::now();
+    let e = fs::read(m.path("cold.bin")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO));
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(
+        !m.log_lines_with("could not read an entry's metadata")
+            .is_empty(),
+        "the open did not wait on the metadata: {}",
+        m.log_tail()
+    );
+    // The kernel and the user try again at once: that fails at once.
+    let t = Instant::now();
+    assert!(fs::read(m.path("cold.bin")).is_err());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    proxy.clear();
+    proxy.cut_all();
+    assert!(
+        common::mount::eventually(60, || fs::read(m.path("cold.bin"))
+            .is_ok_and(|b| b == data(43, 2 * MIB as usize))),
+        "opens must work again once the server answers"
     );
 }
 

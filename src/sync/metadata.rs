@@ -8,8 +8,8 @@
 //! poller replaces one whose kind changed remotely), hard links (a name joins its group's
 //! inode) and conflict marks. Every change the kernel may have cached is invalidated.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tokio::sync::watch;
@@ -27,6 +27,16 @@ const BATCH: usize = 256;
 /// The background reads start this long after the core: the first requests of a new mount
 /// (a `ls`, a `find`) do not queue behind HEADs at the server.
 const START_DELAY: Duration = Duration::from_secs(2);
+
+/// How long an on-demand read (an `open` waiting on it) waits for the server's answer: the
+/// time a data read allows its first byte.
+const ON_DEMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// [`ON_DEMAND_TIMEOUT`] while the remote is known not to answer.
+const UNREACHABLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// After an on-demand read got no answer, others fail at once for this long unless the remote
+/// has answered something since: the kernel retries a failed call, and each retry must not wait again.
+const FAILED_QUIET: Duration = Duration::from_secs(2);
 
 /// What applying one entry's metadata did, for the invalidations and the caller.
 #[derive(Debug, Default)]
@@ -211,11 +221,18 @@ impl Shared {
 pub struct MetaReader {
     ctx: Arc<Shared>,
     rt: tokio::runtime::Handle,
+    /// When an on-demand read last got no answer (and that time in ms since the epoch, as the
+    /// remote's health records its last answer).
+    failed_at: Mutex<Option<(Instant, i64)>>,
 }
 
 impl MetaReader {
     pub(super) fn new(ctx: Arc<Shared>, rt: tokio::runtime::Handle) -> MetaReader {
-        MetaReader { ctx, rt }
+        MetaReader {
+            ctx,
+            rt,
+            failed_at: Mutex::new(None),
+        }
     }
 
     /// Entries whose metadata is still to be read.
@@ -305,9 +322,46 @@ impl MetaReader {
 }
 
 impl MetaSource for MetaReader {
+    /// A caller waits on this (an `open`), so it fails fast as a data read does: at once
+    /// while offline or within [`FAILED_QUIET`] of a read that got no answer (the kernel may
+    /// retry at once), and after [`ON_DEMAND_TIMEOUT`] when a server that accepted the
+    /// request says nothing (sooner while the remote is known not to answer).
     fn read_now(&self, id: EntryId) -> Result<bool, String> {
-        self.rt
-            .block_on(self.ctx.read_meta(id))
-            .map_err(|e| e.to_string())
+        const UNREAD: &str = "this entry's metadata has not been read yet";
+        let health = self.ctx.remote.health();
+        if health.is_offline() {
+            return Err(format!("offline, and {UNREAD}"));
+        }
+        // Quiet: a read got no answer a moment ago, and the server has answered nothing since.
+        let failed = *self
+            .failed_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let quiet = failed.is_some_and(|(at, at_ms)| {
+            at.elapsed() < FAILED_QUIET && health.last_ok().unwrap_or(0) < at_ms
+        });
+        if quiet {
+            return Err(format!("the remote is not answering, and {UNREAD}"));
+        }
+        let limit = if health.is_reachable() {
+            ON_DEMAND_TIMEOUT
+        } else {
+            UNREACHABLE_TIMEOUT
+        };
+        match self
+            .rt
+            // The timer is made inside the runtime: `timeout` made outside it panics.
+            .block_on(async { tokio::time::timeout(limit, self.ctx.read_meta(id)).await })
+        {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => {
+                *self
+                    .failed_at
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some((Instant::now(), crate::store::now_ms()));
+                Err(format!("the remote gave no answer within {limit:?}"))
+            }
+        }
     }
 }
