@@ -66,6 +66,10 @@ pub trait FileGate: Send + Sync {
     /// blocks. A file still open is taken over at its last close.
     fn uploaded(&self, id: EntryId);
 
+    /// The cached data of `id` went because the remote holds a newer version that no poll
+    /// brought (the metadata reader found it): a pinned file is downloaded again.
+    fn version_dropped(&self, id: EntryId);
+
     /// What an upload of `id` starting now may build on: the blocks changed since the
     /// remote's version, if this run knows that version (see `cache/changes.rs`).
     fn changes(&self, id: EntryId) -> Snapshot;

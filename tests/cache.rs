@@ -223,8 +223,9 @@ every_backend!(
         for (name, _) in &pinned {
             assert!(
                 common::mount::eventually(60, || cache_attr(&m, name) == "pinned"),
-                "{name}: {}",
-                cache_attr(&m, name)
+                "{name}: {}\n{}",
+                cache_attr(&m, name),
+                m.log_tail()
             );
             assert_eq!(xattr(&m.path(name), "user.stratus.pin"), "1");
         }
@@ -372,6 +373,54 @@ fn a_silent_remote_fails_uncached_reads_fast() {
             .is_ok_and(|b| b == data(42, 2 * MIB as usize))),
         "reads must work again once the server answers"
     );
+}
+
+/// A pinned file whose newer version only the metadata reader finds (no poll ran: the
+/// listing was taken before the change) is downloaded again, not left empty.
+#[test]
+fn a_pinned_file_changed_before_its_metadata_was_read_is_downloaded_again() {
+    use common::mount::{eventually, Backend};
+    let env = Env::new(Backend::S3);
+    // Listed before it, so the background reads reach it seconds after the mount.
+    for i in 0..400 {
+        env.put_remote(&format!("a/{i:04}.txt"), b"x");
+    }
+    let old = data(51, MIB as usize + 3);
+    let new = data(52, MIB as usize + 9);
+    env.put_remote("z.bin", &old);
+    let m = env
+        .try_mount(
+            &env.new_state_dir(),
+            &["--write-back", "0.2", "--poll-interval", "0"],
+        )
+        .unwrap();
+    let o = std::process::Command::new("setfattr")
+        .args(["-n", "user.stratus.pin", "-v", "1"])
+        .arg(m.path("z.bin"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        eventually(30, || cache_attr(&m, "z.bin") == "pinned"),
+        "not downloaded: {}",
+        cache_attr(&m, "z.bin")
+    );
+    env.put_remote("z.bin", &new);
+    assert!(
+        eventually(60, || !m
+            .log_lines_with("a newer version than the listing's")
+            .is_empty()),
+        "the metadata reader did not find the new version:\n{}",
+        m.log_tail()
+    );
+    assert!(
+        eventually(30, || cache_attr(&m, "z.bin") == "pinned"),
+        "the new version was not downloaded: {}\n{}",
+        cache_attr(&m, "z.bin"),
+        m.log_tail()
+    );
+    m.stratus(&["offline", m.dir.to_str().unwrap(), "on"]);
+    assert!(fs::read(m.path("z.bin")).unwrap() == new, "offline read");
 }
 
 /// A first mount reads the metadata its listing lacks in the background; an open that comes

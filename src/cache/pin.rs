@@ -117,7 +117,12 @@ impl BlockCache {
                         {
                             self.ensure_blocks(&cur, first, last).map(|_| ())
                         }
-                        _ => break,
+                        // Gone or changed since the list: the next round takes what is there
+                        // now (a new version's metadata, read after the listing, wakes no poll).
+                        _ => {
+                            done = false;
+                            break;
+                        }
                     }
                 };
                 if let Err(err) = r {

@@ -45,6 +45,8 @@ struct Applied {
     /// joined), or a mode or owner an open must be checked against.
     stale: bool,
     notices: Vec<Invalidation>,
+    /// The cached data went (a newer version than the listing's).
+    dropped: bool,
 }
 
 impl Shared {
@@ -84,6 +86,10 @@ impl Shared {
                 None => return Ok(false),
             }
         };
+        if applied.dropped {
+            // Out of the transaction: the block cache reads the store.
+            self.files.version_dropped(id);
+        }
         for n in applied.notices {
             self.notify(n);
         }
@@ -186,6 +192,11 @@ impl Shared {
                 // A new version since the listing: nothing of the old one may be served.
                 db.set_local(e.id, false)?;
                 let _ = self.cache.remove(e.id);
+                tracing::info!(
+                    path = key,
+                    "a newer version than the listing's; cached data dropped"
+                );
+                out.dropped = true;
             }
             db.update(&cur)?;
             db.set_synced(e.id, &base_of(key, h))?;

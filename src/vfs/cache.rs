@@ -14,6 +14,12 @@ impl FileGate for Vfs {
         self.blocks.uploaded(id);
     }
 
+    fn version_dropped(&self, id: EntryId) {
+        if self.blocks.pinned(id).unwrap_or(false) {
+            self.blocks.pins_changed();
+        }
+    }
+
     fn changes(&self, id: EntryId) -> crate::cache::Snapshot {
         self.blocks.changes().snapshot(id)
     }
